@@ -1,0 +1,254 @@
+//! The forward (noising) process: replace tokens by `mask_id` at random.
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use rand::Rng;
+
+use crate::error::{check_shape, check_unit_interval};
+use crate::schedule::{LinearSchedule, MaskSchedule};
+use crate::{CoreError, MdmRng};
+
+/// The `eps` of SMDM pre-training: `p_mask = (1 - eps) t + eps`, so no row is ever left clean.
+pub const DEFAULT_EPS: f64 = 1e-3;
+
+/// A noised batch.
+#[derive(Debug, Clone)]
+pub struct NoisedBatch<B: Backend> {
+    /// `[batch, seq_len]` ids with masked positions replaced by `mask_id`.
+    pub noisy: Tensor<B, 2, Int>,
+    /// `[batch, seq_len]`, true where the token was masked.
+    pub mask: Tensor<B, 2, Bool>,
+    /// `[batch]`, the masking probability of each row, `1 - alpha((1 - eps) t + eps)`.
+    pub p_mask: Tensor<B, 1>,
+}
+
+/// Samples the forward process `q(x_t | x_0)`: each position of row `b` is masked independently with
+/// probability `p_mask[b]`, except positions that must stay clean (prompts).
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::{Int, Tensor};
+/// use mdm_core::{forward_process::ForwardProcess, rng_from_seed};
+///
+/// let device = Default::default();
+/// let x0 = Tensor::<Flex, 2, Int>::from_ints([[5, 6, 7, 8], [9, 10, 11, 12]], &device);
+/// let process = ForwardProcess::new(1024);
+/// let mut rng = rng_from_seed(0);
+/// // row 0 at t = 0.5, row 1 at t = 1.0 (everything outside the prompt masked)
+/// let noised = process.noise(x0, &[0.5, 1.0], Some(&[0, 2]), &mut rng).unwrap();
+/// let row1: Vec<i32> = noised.noisy.slice([1..2, 0..4]).into_data().convert::<i32>().to_vec().unwrap();
+/// assert_eq!(row1, vec![9, 10, 1024, 1024]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ForwardProcess<S: MaskSchedule = LinearSchedule> {
+    /// Id written at masked positions.
+    pub mask_id: usize,
+    /// Lower bound on the time actually used: `t' = (1 - eps) t + eps`.
+    pub eps: f64,
+    /// The masking schedule.
+    pub schedule: S,
+}
+
+impl ForwardProcess<LinearSchedule> {
+    /// The SMDM forward process: linear schedule, `eps = 1e-3`.
+    pub fn new(mask_id: usize) -> Self {
+        Self {
+            mask_id,
+            eps: DEFAULT_EPS,
+            schedule: LinearSchedule,
+        }
+    }
+}
+
+impl<S: MaskSchedule> ForwardProcess<S> {
+    /// Same process with another `eps` (0 gives `p_mask = t`, as the likelihood estimators use).
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Same process with another schedule.
+    pub fn with_schedule<S2: MaskSchedule>(self, schedule: S2) -> ForwardProcess<S2> {
+        ForwardProcess {
+            mask_id: self.mask_id,
+            eps: self.eps,
+            schedule,
+        }
+    }
+
+    /// The masking probability at time `t`: `1 - alpha((1 - eps) t + eps)`.
+    pub fn p_mask(&self, t: f64) -> f64 {
+        self.schedule.mask_prob((1.0 - self.eps) * t + self.eps)
+    }
+
+    /// Noises `x0` (`[batch, seq_len]`) at per-row times `t` (`[batch]`, each in `[0, 1]`).
+    ///
+    /// `prompt_len`, when given, holds per row the number of leading positions that stay clean.
+    /// Uniform draws are made on the host from `rng`, so the result depends only on the seed.
+    pub fn noise<B: Backend>(
+        &self,
+        x0: Tensor<B, 2, Int>,
+        t: &[f64],
+        prompt_len: Option<&[usize]>,
+        rng: &mut MdmRng,
+    ) -> Result<NoisedBatch<B>, CoreError> {
+        let [batch, seq_len] = x0.dims();
+        check_shape("t", &[batch], &[t.len()])?;
+        let p_mask: Vec<f64> = t
+            .iter()
+            .map(|&t| {
+                check_unit_interval("t", t)?;
+                Ok(self.p_mask(t))
+            })
+            .collect::<Result<_, CoreError>>()?;
+        if let Some(prompt_len) = prompt_len {
+            check_shape("prompt_len", &[batch], &[prompt_len.len()])?;
+            check_prompt_len(prompt_len, seq_len)?;
+        }
+        let mut mask = Vec::with_capacity(batch * seq_len);
+        for (b, &p) in p_mask.iter().enumerate() {
+            let clean = prompt_len.map_or(0, |pl| pl[b]);
+            for l in 0..seq_len {
+                // draw for every position (also clean ones) so that the stream does not depend on
+                // the prompt lengths
+                let u: f64 = rng.random();
+                mask.push(l >= clean && u < p);
+            }
+        }
+        let device = x0.device();
+        let mask = Tensor::<B, 2, Bool>::from_bool(
+            TensorData::new(mask, [batch, seq_len]),
+            &device,
+        );
+        let noisy = x0.mask_fill(mask.clone(), self.mask_id as i64);
+        let p_mask = Tensor::<B, 1>::from_data(
+            TensorData::new(p_mask.iter().map(|&p| p as f32).collect(), [batch]),
+            &device,
+        );
+        Ok(NoisedBatch {
+            noisy,
+            mask,
+            p_mask,
+        })
+    }
+}
+
+/// `[batch, seq_len]` mask, true at the first `prompt_len[b]` positions of row `b`.
+pub fn prompt_mask<B: Backend>(
+    prompt_len: &[usize],
+    seq_len: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2, Bool>, CoreError> {
+    check_prompt_len(prompt_len, seq_len)?;
+    let data: Vec<bool> = prompt_len
+        .iter()
+        .flat_map(|&p| (0..seq_len).map(move |l| l < p))
+        .collect();
+    Ok(Tensor::from_bool(
+        TensorData::new(data, [prompt_len.len(), seq_len]),
+        device,
+    ))
+}
+
+pub(crate) fn check_prompt_len(prompt_len: &[usize], seq_len: usize) -> Result<(), CoreError> {
+    for (row, &p) in prompt_len.iter().enumerate() {
+        if p > seq_len {
+            return Err(CoreError::PromptTooLong {
+                row,
+                prompt_len: p,
+                seq_len,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng_from_seed;
+    use burn::backend::Flex;
+    use proptest::prelude::*;
+
+    type B = Flex;
+
+    fn ids(batch: usize, len: usize) -> Tensor<B, 2, Int> {
+        let data: Vec<i32> = (0..batch * len).map(|i| (i % 97) as i32).collect();
+        Tensor::from_data(TensorData::new(data, [batch, len]), &Default::default())
+    }
+
+    fn host<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
+        data.convert::<T>().to_vec().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn clean_positions_never_masked_and_mask_id_exactly_where_masked(
+            batch in 1usize..5, len in 1usize..40, seed in any::<u64>(), t in 0.0f64..=1.0,
+            prompt_seed in any::<u64>(),
+        ) {
+            let mut rng = rng_from_seed(seed);
+            let prompt_len: Vec<usize> = (0..batch).map(|b| ((prompt_seed >> (b * 8)) as usize) % (len + 1)).collect();
+            let x0 = ids(batch, len);
+            let noised = ForwardProcess::new(1024)
+                .noise(x0.clone(), &vec![t; batch], Some(&prompt_len), &mut rng).unwrap();
+            let mask: Vec<bool> = host(noised.mask.into_data());
+            let noisy: Vec<i64> = host(noised.noisy.into_data());
+            let clean: Vec<i64> = host(x0.into_data());
+            for b in 0..batch {
+                for l in 0..len {
+                    let i = b * len + l;
+                    if l < prompt_len[b] { prop_assert!(!mask[i]); }
+                    if mask[i] { prop_assert_eq!(noisy[i], 1024); } else { prop_assert_eq!(noisy[i], clean[i]); }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mask_rate_converges_to_p_mask() {
+        let process = ForwardProcess::new(1024);
+        for (seed, t) in [(1u64, 0.1f64), (2, 0.5), (3, 0.9)] {
+            let mut rng = rng_from_seed(seed);
+            let (batch, len) = (64, 512);
+            let noised = process
+                .noise(ids(batch, len), &vec![t; batch], None, &mut rng)
+                .unwrap();
+            let rate: f64 = host::<f32>(noised.mask.float().mean().into_data())[0] as f64;
+            let p = process.p_mask(t);
+            // binomial standard error of the mean over 32768 draws is at most 0.0028
+            assert!((rate - p).abs() < 0.012, "t={t}: rate {rate} vs p_mask {p}");
+            let pm: Vec<f32> = host(noised.p_mask.into_data());
+            assert!(pm.iter().all(|&x| (x as f64 - p).abs() < 1e-7));
+        }
+    }
+
+    #[test]
+    fn p_mask_formula_and_errors() {
+        let p = ForwardProcess::new(7);
+        assert!((p.p_mask(0.0) - 1e-3).abs() < 1e-15);
+        assert!((p.p_mask(1.0) - 1.0).abs() < 1e-15);
+        assert!((p.p_mask(0.5) - (0.999 * 0.5 + 1e-3)).abs() < 1e-15);
+        let mut rng = rng_from_seed(0);
+        assert!(matches!(
+            p.noise(ids(2, 4), &[0.5], None, &mut rng),
+            Err(CoreError::Shape { what: "t", .. })
+        ));
+        assert!(matches!(
+            p.noise(ids(1, 4), &[1.5], None, &mut rng),
+            Err(CoreError::Value { what: "t", .. })
+        ));
+        assert!(matches!(
+            p.noise(ids(1, 4), &[0.5], Some(&[5]), &mut rng),
+            Err(CoreError::PromptTooLong { row: 0, prompt_len: 5, seq_len: 4 })
+        ));
+    }
+
+    #[test]
+    fn same_seed_same_noise() {
+        let p = ForwardProcess::new(99);
+        let a = p.noise(ids(3, 20), &[0.3, 0.6, 0.9], None, &mut rng_from_seed(5)).unwrap();
+        let b = p.noise(ids(3, 20), &[0.3, 0.6, 0.9], None, &mut rng_from_seed(5)).unwrap();
+        assert_eq!(host::<i64>(a.noisy.into_data()), host::<i64>(b.noisy.into_data()));
+    }
+}

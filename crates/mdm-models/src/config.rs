@@ -1,0 +1,378 @@
+//! Model configurations: the 30 published Diff_LLaMA sizes and custom ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+/// Hyper-parameters of a Diff_LLaMA network (masked Transformer) or its causal baseline.
+///
+/// Field names follow SMDM / lit-gpt, so the `config` objects of SMDM fixture manifests and
+/// lit-gpt config JSON deserialize directly.
+///
+/// ```
+/// use mdm_models::ModelConfig;
+/// let config = ModelConfig::named("Diff_LLaMA_170M").unwrap();
+/// assert_eq!(config.n_layer, 18);
+/// assert_eq!(config.mask_id(), 32000);
+/// assert_eq!(config.non_embedding_params(), 169_897_728);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Name (`Diff_LLaMA_170M`, or anything for custom configs).
+    #[serde(default)]
+    pub name: String,
+    /// Longest sequence the RoPE tables cover.
+    pub block_size: usize,
+    /// Tokenizer vocabulary size.
+    pub vocab_size: usize,
+    /// The vocabulary is padded up to a multiple of this.
+    #[serde(default = "default_padding_multiple")]
+    pub padding_multiple: usize,
+    /// Padded vocabulary `V`: the head has `V` outputs and `mask_id = V`. Derived when absent.
+    #[serde(default)]
+    pub padded_vocab_size: Option<usize>,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Query heads `H`.
+    pub n_head: usize,
+    /// Width `C`.
+    pub n_embd: usize,
+    /// Key/value groups `G` (`G = H`: multi-head attention; `G < H`: grouped-query attention).
+    #[serde(default)]
+    pub n_query_groups: Option<usize>,
+    /// SwiGLU hidden size `I`.
+    pub intermediate_size: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// RoPE base.
+    #[serde(default = "default_rope_base")]
+    pub rope_base: f64,
+    /// Fraction of each head that is rotated.
+    #[serde(default = "default_rotary_percentage")]
+    pub rotary_percentage: f64,
+    /// Positions are divided by this before the rotation (lit-gpt position interpolation).
+    #[serde(default = "default_condense_ratio")]
+    pub condense_ratio: usize,
+    /// Round the RoPE cos/sin tables to bfloat16 as the published SMDM models do (needed to
+    /// reproduce their logits to 1e-4).
+    #[serde(default = "default_true")]
+    pub rope_bf16_tables: bool,
+}
+
+fn default_padding_multiple() -> usize {
+    64
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn default_rope_base() -> f64 {
+    10000.0
+}
+fn default_rotary_percentage() -> f64 {
+    1.0
+}
+fn default_condense_ratio() -> usize {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `(size, n_layer, n_head, n_embd, intermediate_size)` of the 30 published Diff_LLaMA models.
+const DIFF_LLAMA: [(&str, usize, usize, usize, usize); 30] = [
+    ("6M", 6, 4, 256, 1024),
+    ("19M", 8, 6, 384, 1536),
+    ("34M", 8, 8, 512, 2048),
+    ("48M", 9, 9, 576, 2304),
+    ("66M", 10, 10, 640, 2560),
+    ("85M", 13, 10, 640, 2560),
+    ("75M", 16, 8, 640, 1600),
+    ("113M", 12, 12, 768, 3072),
+    ("142M", 15, 12, 768, 3072),
+    ("170M", 18, 12, 768, 3072),
+    ("180M", 14, 14, 896, 3584),
+    ("206M", 16, 14, 896, 3584),
+    ("231M", 18, 14, 896, 3584),
+    ("268M", 16, 16, 1024, 4096),
+    ("302M", 18, 16, 1024, 4096),
+    ("336M", 20, 16, 1024, 4096),
+    ("472M", 18, 10, 1280, 5120),
+    ("551M", 21, 10, 1280, 5120),
+    ("571M", 18, 11, 1408, 5632),
+    ("629M", 24, 10, 1280, 5120),
+    ("666M", 21, 11, 1408, 5632),
+    ("717M", 19, 12, 1536, 6144),
+    ("761M", 24, 11, 1408, 5632),
+    ("831M", 22, 12, 1536, 6144),
+    ("944M", 25, 12, 1536, 6144),
+    ("1028M", 20, 14, 1792, 7168),
+    ("1233M", 24, 14, 1792, 7168),
+    ("1476M", 22, 16, 2048, 8192),
+    ("1678M", 25, 16, 2048, 8192),
+    ("2121M", 28, 17, 2176, 8704),
+];
+
+impl ModelConfig {
+    /// A published Diff_LLaMA config by name: `Diff_LLaMA_170M` or just `170M`
+    /// (block 2048, Llama-2 vocabulary of 32,000, multi-head attention).
+    pub fn named(name: &str) -> Result<Self, ModelError> {
+        let size = name.strip_prefix("Diff_LLaMA_").unwrap_or(name);
+        let (size, n_layer, n_head, n_embd, intermediate_size) = DIFF_LLAMA
+            .iter()
+            .find(|c| c.0.eq_ignore_ascii_case(size))
+            .copied()
+            .ok_or_else(|| ModelError::UnknownConfig {
+                name: name.to_string(),
+                known: Self::names().join(", "),
+            })?;
+        Ok(Self {
+            name: format!("Diff_LLaMA_{size}"),
+            block_size: 2048,
+            vocab_size: 32000,
+            padding_multiple: 64,
+            padded_vocab_size: None,
+            n_layer,
+            n_head,
+            n_embd,
+            n_query_groups: Some(n_head),
+            intermediate_size,
+            norm_eps: 1e-5,
+            rope_base: 10000.0,
+            rotary_percentage: 1.0,
+            condense_ratio: 1,
+            rope_bf16_tables: true,
+        })
+    }
+
+    /// Names of all published configs (`Diff_LLaMA_6M` ... `Diff_LLaMA_2121M`).
+    pub fn names() -> Vec<String> {
+        DIFF_LLAMA
+            .iter()
+            .map(|c| format!("Diff_LLaMA_{}", c.0))
+            .collect()
+    }
+
+    /// A custom config with SMDM's defaults for everything not given.
+    pub fn custom(
+        vocab_size: usize,
+        n_layer: usize,
+        n_head: usize,
+        n_embd: usize,
+        intermediate_size: usize,
+        block_size: usize,
+    ) -> Self {
+        Self {
+            name: format!("custom_{n_layer}x{n_embd}"),
+            block_size,
+            vocab_size,
+            padding_multiple: 64,
+            padded_vocab_size: None,
+            n_layer,
+            n_head,
+            n_embd,
+            n_query_groups: Some(n_head),
+            intermediate_size,
+            norm_eps: 1e-5,
+            rope_base: 10000.0,
+            rotary_percentage: 1.0,
+            condense_ratio: 1,
+            rope_bf16_tables: true,
+        }
+    }
+
+    /// Builder: grouped-query attention with `groups` key/value groups.
+    pub fn with_query_groups(mut self, groups: usize) -> Self {
+        self.n_query_groups = Some(groups);
+        self
+    }
+
+    /// Builder: another block size (RoPE table length).
+    pub fn with_block_size(mut self, block_size: usize) -> Self {
+        self.block_size = block_size;
+        self
+    }
+
+    /// Builder: another vocabulary size (the padded size and mask id follow).
+    pub fn with_vocab_size(mut self, vocab_size: usize) -> Self {
+        self.vocab_size = vocab_size;
+        self.padded_vocab_size = None;
+        self
+    }
+
+    /// Builder: bf16-rounded RoPE tables (published models) or exact fp32 tables.
+    pub fn with_rope_bf16_tables(mut self, on: bool) -> Self {
+        self.rope_bf16_tables = on;
+        self
+    }
+
+    /// Reads a config from JSON (ours, or the `config` object of an SMDM fixture manifest).
+    pub fn from_json(json: &str) -> Result<Self, ModelError> {
+        let config: Self = serde_json::from_str(json).map_err(|e| ModelError::Config {
+            reason: format!("invalid config JSON: {e}"),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `V`: `vocab_size` rounded up to a multiple of `padding_multiple`, unless given explicitly.
+    pub fn padded_vocab_size(&self) -> usize {
+        self.padded_vocab_size.unwrap_or_else(|| {
+            let m = self.padding_multiple.max(1);
+            self.vocab_size.div_ceil(m) * m
+        })
+    }
+
+    /// The mask token id: `padded_vocab_size` (one past the last id the head can predict).
+    pub fn mask_id(&self) -> usize {
+        self.padded_vocab_size()
+    }
+
+    /// `D = C / H`.
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head.max(1)
+    }
+
+    /// `G`, the number of key/value groups (`H` when not set).
+    pub fn query_groups(&self) -> usize {
+        self.n_query_groups.unwrap_or(self.n_head)
+    }
+
+    /// Rotated dimensions per head: `rotary_percentage * D`.
+    pub fn rope_dims(&self) -> usize {
+        (self.rotary_percentage * self.head_size() as f64) as usize
+    }
+
+    /// Rows of the fused q/k/v projection: `(H + 2G) D`.
+    pub fn qkv_rows(&self) -> usize {
+        (self.n_head + 2 * self.query_groups()) * self.head_size()
+    }
+
+    /// Parameters outside the embedding and the output head (RMSNorm gains included): the `N` of
+    /// the scaling laws.
+    pub fn non_embedding_params(&self) -> usize {
+        let c = self.n_embd;
+        let per_layer = 2 * c // two RMSNorm gains
+            + self.qkv_rows() * c
+            + c * c // attention output projection
+            + 3 * self.intermediate_size * c; // SwiGLU w1, w2, w3
+        self.n_layer * per_layer + c
+    }
+
+    /// All parameters of the masked model (embedding of `V + 1` rows and head of `V` columns).
+    pub fn masked_params(&self) -> usize {
+        let v = self.padded_vocab_size();
+        self.non_embedding_params() + (2 * v + 1) * self.n_embd
+    }
+
+    /// Checks that the sizes fit together.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |reason: String| Err(ModelError::Config { reason });
+        if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.block_size == 0 {
+            return bad("n_layer, n_head, n_embd and block_size must be positive".into());
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        let g = self.query_groups();
+        if g == 0 || self.n_head % g != 0 {
+            return bad(format!(
+                "n_head {} is not divisible by n_query_groups {g}",
+                self.n_head
+            ));
+        }
+        let r = self.rope_dims();
+        if r % 2 != 0 || r > self.head_size() {
+            return bad(format!(
+                "rotated dimensions {r} must be even and at most the head size {}",
+                self.head_size()
+            ));
+        }
+        if self.padded_vocab_size() < self.vocab_size {
+            return bad(format!(
+                "padded_vocab_size {} is smaller than vocab_size {}",
+                self.padded_vocab_size(),
+                self.vocab_size
+            ));
+        }
+        if self.condense_ratio == 0 {
+            return bad("condense_ratio must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of SMDM.md section 6 (non-embedding parameters, RMSNorm gains included).
+    const EXPECTED: [(&str, usize); 30] = [
+        ("6M", 6_294_784),
+        ("19M", 18_880_896),
+        ("34M", 33_563_136),
+        ("48M", 47_786_688),
+        ("66M", 65_549_440),
+        ("85M", 85_214_080),
+        ("75M", 75_387_520),
+        ("113M", 113_265_408),
+        ("142M", 141_581_568),
+        ("170M", 169_897_728),
+        ("180M", 179_856_768),
+        ("206M", 205_550_464),
+        ("231M", 231_244_160),
+        ("268M", 268_469_248),
+        ("302M", 302_027_776),
+        ("336M", 335_586_304),
+        ("472M", 471_906_560),
+        ("551M", 550_557_440),
+        ("571M", 571_001_728),
+        ("629M", 629_208_320),
+        ("666M", 666_168_448),
+        ("717M", 717_285_888),
+        ("761M", 761_335_168),
+        ("831M", 830_541_312),
+        ("944M", 943_796_736),
+        ("1028M", 1_027_677_952),
+        ("1233M", 1_233_213_184),
+        ("1476M", 1_476_487_168),
+        ("1678M", 1_677_826_048),
+        ("2121M", 2_121_393_280),
+    ];
+
+    #[test]
+    fn all_30_configs_match_the_paper_table() {
+        assert_eq!(ModelConfig::names().len(), 30);
+        for (name, params) in EXPECTED {
+            let c = ModelConfig::named(&format!("Diff_LLaMA_{name}")).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.non_embedding_params(), params, "{name}");
+            assert_eq!(ModelConfig::named(name).unwrap(), c);
+            assert_eq!(c.padded_vocab_size(), 32000);
+            assert_eq!(c.mask_id(), 32000);
+        }
+    }
+
+    #[test]
+    fn unknown_name_and_bad_sizes() {
+        let err = ModelConfig::named("7B").unwrap_err().to_string();
+        assert!(err.contains("7B") && err.contains("Diff_LLaMA_6M"), "{err}");
+        let c = ModelConfig::custom(100, 2, 3, 64, 128, 32);
+        assert!(c.validate().is_err());
+        let c = ModelConfig::custom(100, 2, 4, 64, 128, 32).with_query_groups(3);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn padding_and_json_round_trip() {
+        let c = ModelConfig::custom(1000, 2, 4, 64, 256, 128).with_query_groups(2);
+        assert_eq!(c.padded_vocab_size(), 1024);
+        assert_eq!(c.qkv_rows(), (4 + 4) * 16);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(ModelConfig::from_json(&json).unwrap(), c);
+        assert!(ModelConfig::from_json("{\"n_layer\": 2}").is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! # mdm-models: the Diff_LLaMA network of SMDM and its autoregressive baseline
+//!
+//! - [`ModelConfig`]: the 30 published sizes by name (`Diff_LLaMA_170M` or `170M`) and custom ones.
+//! - [`MaskedTransformer`]: the bidirectional network of a masked diffusion model.
+//! - [`CausalTransformer`] with [`KvCache`]: the autoregressive baseline.
+//! - Checkpoints: [`MaskedTransformer::load_smdm`] reads the published SMDM safetensors files;
+//!   `save` / `load` use our folder format ([`checkpoint`]).
+//!
+//! Architecture (SMDM.md section 6): token embedding; `n_layer` blocks of
+//! `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`; final RMSNorm; linear head; no biases;
+//! RoPE in rotate-half layout, optionally with bf16-rounded tables as the published models.
+//!
+//! Checkpoint names (`V` padded vocab, `C` width, `H` heads, `G` key/value groups, `D = C / H`,
+//! `I` SwiGLU width), PyTorch layout `[out, in]`:
+//!
+//! | name | shape |
+//! |---|---|
+//! | `transformer.wte.weight` | `[V + 1, C]` (masked) / `[V, C]` (causal) |
+//! | `transformer.h.{i}.norm_1.weight`, `norm_2.weight` | `[C]` |
+//! | `transformer.h.{i}.attn.attn.weight` | `[(H + 2G) D, C]`, grouped q/k/v |
+//! | `transformer.h.{i}.attn.proj.weight` | `[C, C]` |
+//! | `transformer.h.{i}.mlp.swiglu.w1.weight`, `w2.weight` | `[I, C]` |
+//! | `transformer.h.{i}.mlp.swiglu.w3.weight` | `[C, I]` |
+//! | `transformer.ln_f.weight` | `[C]` |
+//! | `lm_head.weight` | `[V, C]` |
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::{Int, Tensor};
+//! use mdm_models::ModelConfig;
+//!
+//! let device = Default::default();
+//! let config = ModelConfig::custom(100, 2, 4, 64, 128, 32);
+//! let model = config.init_masked::<Flex>(0, &device).unwrap();
+//! let mask = config.mask_id() as i32;
+//! let ids = Tensor::<Flex, 2, Int>::from_ints([[5, 6, mask, 8]], &device);
+//! let logits = model.forward(ids).unwrap();
+//! assert_eq!(logits.dims(), [1, 4, 128]);
+//! ```
+
+pub mod attention;
+pub mod causal;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod masked;
+pub mod mlp;
+pub mod norm;
+mod params;
+pub mod rope;
+pub mod transformer;
+
+pub use causal::{CausalTransformer, KvCache};
+pub use checkpoint::{CheckpointMeta, ModelKind};
+pub use config::ModelConfig;
+pub use error::ModelError;
+pub use masked::MaskedTransformer;

@@ -1,0 +1,60 @@
+//! The bidirectional masked Transformer (Diff_LLaMA): the network of an MDM.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::params::SeededInit;
+use crate::transformer::Transformer;
+use crate::{ModelConfig, ModelError};
+
+/// Diff_LLaMA: a Llama-style Transformer without a causal mask that sees a partly masked sequence
+/// and predicts every position. It does not see `t` (time-agnostic).
+///
+/// Embedding `[V + 1, C]` (row `V = mask_id` is the mask token), output head `[C, V]`.
+#[derive(Module, Debug)]
+pub struct MaskedTransformer<B: Backend> {
+    /// The network.
+    pub net: Transformer<B>,
+}
+
+impl ModelConfig {
+    /// A masked Transformer with SMDM's initialisation drawn from `seed`.
+    pub fn init_masked<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<MaskedTransformer<B>, ModelError> {
+        let mut init = SeededInit::new(self, seed);
+        Ok(MaskedTransformer {
+            net: Transformer::build(self, self.padded_vocab_size() + 1, &mut init, device)?,
+        })
+    }
+}
+
+impl<B: Backend> MaskedTransformer<B> {
+    /// Logits `[batch, seq_len, V]` for `ids` `[batch, seq_len]` (mask positions hold `mask_id`).
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        Ok(self.head(self.forward_hidden(ids)?))
+    }
+
+    /// Final normalised hidden states `[batch, seq_len, C]`: apply [`Self::head`] to the positions
+    /// you need (only masked positions need logits, which saves most of the head's cost).
+    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        self.net.hidden(ids, 0, None, None)
+    }
+
+    /// The output head: `[..., C]` → `[..., V]`.
+    pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        self.net.lm_head.forward(hidden)
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.net.config
+    }
+
+    /// The mask token id (`V`).
+    pub fn mask_id(&self) -> usize {
+        self.net.config.mask_id()
+    }
+}

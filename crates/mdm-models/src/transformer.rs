@@ -1,0 +1,239 @@
+//! The Diff_LLaMA network shared by the masked model and the causal baseline.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::attention::{LayerCache, SelfAttention};
+use crate::mlp::SwiGlu;
+use crate::norm::RmsNorm;
+use crate::params::ParamSource;
+use crate::rope::Rope;
+use crate::{ModelConfig, ModelError};
+
+/// `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Norm before attention.
+    pub norm_1: RmsNorm<B>,
+    /// Self-attention.
+    pub attn: SelfAttention<B>,
+    /// Norm before the MLP.
+    pub norm_2: RmsNorm<B>,
+    /// Feed-forward.
+    pub mlp: SwiGlu<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        start: usize,
+        bias: Option<Tensor<B, 4>>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let x = x.clone()
+            + self
+                .attn
+                .forward(self.norm_1.forward(x), rope, start, bias, cache)?;
+        Ok(x.clone() + self.mlp.forward(self.norm_2.forward(x)))
+    }
+}
+
+/// Embedding, blocks, final norm and head. The masked model and the causal baseline wrap it.
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    /// `[embedding_rows, n_embd]` token embedding (`V + 1` rows for the masked model: row `V` is the
+    /// mask token; `V` rows for the causal baseline).
+    pub wte: Embedding<B>,
+    /// The blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Final norm.
+    pub ln_f: RmsNorm<B>,
+    /// `[n_embd, V]` output head: the mask token can never be predicted.
+    pub lm_head: Linear<B>,
+    /// RoPE tables.
+    pub rope: Rope<B>,
+    /// The hyper-parameters.
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+fn tensor<B: Backend, const D: usize>(
+    data: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// `[out, in]` row-major (PyTorch layout) → `[in, out]` (burn's `Linear`).
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+fn linear<B: Backend>(
+    src: &mut dyn ParamSource,
+    key: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &B::Device,
+) -> Result<Linear<B>, ModelError> {
+    let w = src.take(key, &[d_out, d_in])?;
+    Ok(Linear {
+        weight: Param::from_tensor(tensor(transpose(&w, d_out, d_in), [d_in, d_out], device)),
+        bias: None,
+    })
+}
+
+fn norm<B: Backend>(
+    src: &mut dyn ParamSource,
+    key: &str,
+    config: &ModelConfig,
+    device: &B::Device,
+) -> Result<RmsNorm<B>, ModelError> {
+    let c = config.n_embd;
+    Ok(RmsNorm::new(
+        tensor(src.take(key, &[c])?, [c], device),
+        config.norm_eps,
+    ))
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Builds the network with `embedding_rows` embedding rows, taking every weight from `src`
+    /// (random initialisation or a checkpoint) under its SMDM name.
+    pub(crate) fn build(
+        config: &ModelConfig,
+        embedding_rows: usize,
+        src: &mut dyn ParamSource,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (c, i, v) = (
+            config.n_embd,
+            config.intermediate_size,
+            config.padded_vocab_size(),
+        );
+        let wte = Embedding {
+            weight: Param::from_tensor(tensor(
+                src.take("transformer.wte.weight", &[embedding_rows, c])?,
+                [embedding_rows, c],
+                device,
+            )),
+        };
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for l in 0..config.n_layer {
+            let p = format!("transformer.h.{l}");
+            blocks.push(Block {
+                norm_1: norm(src, &format!("{p}.norm_1.weight"), config, device)?,
+                attn: SelfAttention {
+                    qkv: linear(
+                        src,
+                        &format!("{p}.attn.attn.weight"),
+                        c,
+                        config.qkv_rows(),
+                        device,
+                    )?,
+                    proj: linear(src, &format!("{p}.attn.proj.weight"), c, c, device)?,
+                    n_head: config.n_head,
+                    n_query_groups: config.query_groups(),
+                    head_size: config.head_size(),
+                },
+                norm_2: norm(src, &format!("{p}.norm_2.weight"), config, device)?,
+                mlp: SwiGlu {
+                    w1: linear(src, &format!("{p}.mlp.swiglu.w1.weight"), c, i, device)?,
+                    w2: linear(src, &format!("{p}.mlp.swiglu.w2.weight"), c, i, device)?,
+                    w3: linear(src, &format!("{p}.mlp.swiglu.w3.weight"), i, c, device)?,
+                },
+            });
+        }
+        let ln_f = norm(src, "transformer.ln_f.weight", config, device)?;
+        let lm_head = linear(src, "lm_head.weight", c, v, device)?;
+        src.finish()?;
+        Ok(Self {
+            wte,
+            blocks,
+            ln_f,
+            lm_head,
+            rope: Rope::new(config, device),
+            config: config.clone(),
+        })
+    }
+
+    /// Final hidden states `[batch, seq_len, n_embd]` (after the final norm) for `ids`
+    /// (`[batch, seq_len]`) at positions `start..`.
+    pub(crate) fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        start: usize,
+        bias: Option<Tensor<B, 4>>,
+        mut caches: Option<&mut Vec<Option<LayerCache<B>>>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let [_, seq_len] = ids.dims();
+        if start + seq_len > self.config.block_size {
+            return Err(ModelError::SequenceTooLong {
+                start,
+                len: seq_len,
+                block_size: self.config.block_size,
+            });
+        }
+        let mut x = self.wte.forward(ids);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let cache = caches.as_deref_mut().map(|c| &mut c[l]);
+            x = block.forward(x, &self.rope, start, bias.clone(), cache)?;
+        }
+        Ok(self.ln_f.forward(x))
+    }
+
+    /// Every weight under its SMDM name, in PyTorch layout: `(name, shape, values)`.
+    pub(crate) fn state(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+        let mut out = Vec::new();
+        let host = |key: &str, t: Tensor<B, 2>| -> Result<Vec<f32>, ModelError> {
+            t.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| ModelError::ReadBack {
+                    key: key.to_string(),
+                    reason: format!("{e:?}"),
+                })
+        };
+        let push_linear = |out: &mut Vec<_>, key: String, l: &Linear<B>| {
+            let [d_in, d_out] = l.weight.dims();
+            let w = host(&key, l.weight.val())?;
+            out.push((key, vec![d_out, d_in], transpose(&w, d_in, d_out)));
+            Ok::<(), ModelError>(())
+        };
+        let push_norm = |out: &mut Vec<_>, key: String, n: &RmsNorm<B>| {
+            let w = host(&key, n.gain.val().unsqueeze::<2>())?;
+            out.push((key, vec![w.len()], w));
+            Ok::<(), ModelError>(())
+        };
+        let wte = self.wte.weight.val();
+        let shape = wte.dims().to_vec();
+        out.push((
+            "transformer.wte.weight".into(),
+            shape,
+            host("transformer.wte.weight", wte)?,
+        ));
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = format!("transformer.h.{l}");
+            push_norm(&mut out, format!("{p}.norm_1.weight"), &b.norm_1)?;
+            push_linear(&mut out, format!("{p}.attn.attn.weight"), &b.attn.qkv)?;
+            push_linear(&mut out, format!("{p}.attn.proj.weight"), &b.attn.proj)?;
+            push_norm(&mut out, format!("{p}.norm_2.weight"), &b.norm_2)?;
+            push_linear(&mut out, format!("{p}.mlp.swiglu.w1.weight"), &b.mlp.w1)?;
+            push_linear(&mut out, format!("{p}.mlp.swiglu.w2.weight"), &b.mlp.w2)?;
+            push_linear(&mut out, format!("{p}.mlp.swiglu.w3.weight"), &b.mlp.w3)?;
+        }
+        push_norm(&mut out, "transformer.ln_f.weight".into(), &self.ln_f)?;
+        push_linear(&mut out, "lm_head.weight".into(), &self.lm_head)?;
+        Ok(out)
+    }
+}

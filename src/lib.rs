@@ -1,0 +1,44 @@
+//! # mdm: masked diffusion language models in Rust
+//!
+//! The facade of the `mdm-rs` workspace: it re-exports the science crates and picks the backend
+//! that examples and benches run on, by Cargo feature.
+//!
+//! | crate | re-exported as | what |
+//! |---|---|---|
+//! | `mdm-core` | [`diffusion`] | schedule, forward process, losses, CFG, Gumbel draws |
+//! | `mdm-models` | [`models`] | Diff_LLaMA configs, masked and causal Transformers, checkpoints |
+//!
+//! Backends (exactly as the features say; the first enabled one in this order is [`backend::Default`]):
+//! `cuda` (burn-cuda), `wgpu` (burn-wgpu), `flex` (burn-flex, pure-Rust CPU, the default),
+//! `ndarray` (burn-ndarray).
+//!
+//! ```
+//! use mdm::backend::{self, Default as B};
+//! use mdm::burn::tensor::{Int, Tensor};
+//! use mdm::models::ModelConfig;
+//!
+//! let device = backend::device();
+//! let config = ModelConfig::custom(1000, 2, 4, 64, 256, 128);
+//! let model = config.init_masked::<B>(42, &device).unwrap();
+//! let ids = Tensor::<B, 2, Int>::from_ints([[1, 2, config.mask_id() as i32, 4]], &device);
+//! let logits = model.forward(ids).unwrap();
+//! assert_eq!(logits.dims(), [1, 4, config.padded_vocab_size()]);
+//! ```
+
+pub use burn;
+pub use mdm_core as diffusion;
+pub use mdm_models as models;
+
+pub mod backend;
+
+/// The types most programs need.
+pub mod prelude {
+    pub use crate::backend::{self, Default as DefaultBackend};
+    pub use mdm_core::{
+        cfg::cfg_combine, forward_process::ForwardProcess, gumbel::sample_tokens,
+        loss::pretrain_loss, rng_from_seed, MdmRng,
+    };
+    pub use mdm_models::{
+        CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError,
+    };
+}

@@ -1,0 +1,80 @@
+//! Reading SMDM parity fixtures (`tests/data/smdm-parity`, or `MDM_PARITY_DIR`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use safetensors::{Dtype, SafeTensors};
+
+/// The fixture folder: `MDM_PARITY_DIR` when set (it must exist), else the repo's copy.
+pub fn parity_dir() -> PathBuf {
+    match std::env::var_os("MDM_PARITY_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("manifest.json").is_file(),
+                "MDM_PARITY_DIR={} has no manifest.json (no silent fallback)",
+                dir.display()
+            );
+            dir
+        }
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/smdm-parity"),
+    }
+}
+
+pub fn manifest() -> serde_json::Value {
+    let path = parity_dir().join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("manifest.json is JSON")
+}
+
+/// A fixture tensor on the host: shape and values as f64 (ids and masks too).
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl HostTensor {
+    pub fn f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&x| x as f32).collect()
+    }
+    pub fn i64(&self) -> Vec<i64> {
+        self.values.iter().map(|&x| x as i64).collect()
+    }
+    pub fn bool(&self) -> Vec<bool> {
+        self.values.iter().map(|&x| x != 0.0).collect()
+    }
+    pub fn scalar(&self) -> f64 {
+        self.values[0]
+    }
+}
+
+pub fn read_cases(file: &str) -> HashMap<String, HostTensor> {
+    let path = parity_dir().join(file);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let d = view.data();
+        let values: Vec<f64> = match view.dtype() {
+            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::U8 | Dtype::BOOL => d.iter().map(|&b| b as f64).collect(),
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        };
+        out.insert(name, HostTensor { shape: view.shape().to_vec(), values });
+    }
+    out
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+}
+
+pub fn rel_diff(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
