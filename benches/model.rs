@@ -1,1 +1,108 @@
-fn main(){}
+//! Diff_LLaMA_6M forward (1 x 1024, 8 x 256) and a training step (forward, loss, backward, AdamW) at
+//! 4 x 256, on every backend compiled in (`flex` by default; add `--features ndarray`, `cuda`, `wgpu`).
+//!
+//! `cargo bench --bench model` (add `--features ndarray` to compare the CPU backends). The PyTorch
+//! counterpart is `benches/pytorch_reference.py`; results are in `docs/benchmarks.md`.
+
+use std::time::Duration;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use criterion::{criterion_group, criterion_main, Criterion};
+use mdm::burn;
+use mdm::diffusion::{forward_process::ForwardProcess, loss::pretrain_loss, rng_from_seed, time};
+use mdm::models::{MaskedTransformer, ModelConfig};
+use rand::Rng;
+
+fn random_ids<B: Backend>(batch: usize, len: usize, config: &ModelConfig, seed: u64, device: &B::Device) -> Tensor<B, 2, Int> {
+    let mut rng = rng_from_seed(seed);
+    let data: Vec<i32> = (0..batch * len).map(|_| rng.random_range(0..config.vocab_size as i32)).collect();
+    Tensor::from_data(TensorData::new(data, [batch, len]), device)
+}
+
+fn sync<B: Backend, const D: usize>(t: Tensor<B, D>) {
+    // reading one value back waits for asynchronous backends (cuda, wgpu) to finish
+    let _ = t.sum().into_data();
+}
+
+fn bench_forward<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
+    let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M config");
+    let model: MaskedTransformer<B> = config.init_masked(0, device).expect("init");
+    let process = ForwardProcess::new(config.mask_id());
+    let mut group = c.benchmark_group(format!("forward_6M/{backend}"));
+    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    for (batch, len) in [(1usize, 1024usize), (8, 256)] {
+        let x0 = random_ids::<B>(batch, len, &config, 1, device);
+        let noisy = process.noise(x0, &vec![0.5; batch], None, &mut rng_from_seed(2)).expect("noise").noisy;
+        group.bench_function(format!("{batch}x{len}"), |b| {
+            b.iter(|| sync(model.forward(noisy.clone()).expect("forward")))
+        });
+    }
+    group.finish();
+}
+
+fn bench_train_step<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &B::Device)
+where
+    MaskedTransformer<B>: AutodiffModule<B>,
+{
+    let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M config");
+    let mut model: Option<MaskedTransformer<B>> = Some(config.init_masked(0, device).expect("init"));
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.95)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.1)
+        .init::<B, MaskedTransformer<B>>();
+    let process = ForwardProcess::new(config.mask_id());
+    let (batch, len) = (4usize, 256usize);
+    let x0 = random_ids::<B>(batch, len, &config, 3, device);
+    let mut rng = rng_from_seed(4);
+    let mut group = c.benchmark_group(format!("train_step_6M/{backend}"));
+    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(20));
+    group.bench_function(format!("{batch}x{len}"), |b| {
+        b.iter(|| {
+            let m = model.take().expect("model");
+            let t = time::uniform_times(batch, &mut rng);
+            let noised = process.noise(x0.clone(), &t, None, &mut rng).expect("noise");
+            let logits = m.forward(noised.noisy).expect("forward");
+            let loss = pretrain_loss(logits, x0.clone(), noised.mask, noised.p_mask).expect("loss").loss;
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            let m = optim.step(2e-4, m, grads);
+            sync(m.net.ln_f.gain.val());
+            model = Some(m);
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    #[cfg(feature = "flex")]
+    {
+        let device = Default::default();
+        bench_forward::<burn::backend::Flex>(c, "flex", &device);
+        bench_train_step::<burn::backend::Autodiff<burn::backend::Flex>>(c, "flex", &device);
+    }
+    #[cfg(feature = "ndarray")]
+    {
+        let device = Default::default();
+        bench_forward::<burn::backend::NdArray>(c, "ndarray", &device);
+        bench_train_step::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray", &device);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let device = Default::default();
+        bench_forward::<burn::backend::Cuda>(c, "cuda", &device);
+        bench_train_step::<burn::backend::Autodiff<burn::backend::Cuda>>(c, "cuda", &device);
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        let device = Default::default();
+        bench_forward::<burn::backend::Wgpu>(c, "wgpu", &device);
+        bench_train_step::<burn::backend::Autodiff<burn::backend::Wgpu>>(c, "wgpu", &device);
+    }
+}
+
+criterion_group!(model_benches, benches);
+criterion_main!(model_benches);
