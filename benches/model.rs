@@ -12,7 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion};
 use mdm::burn;
-use mdm::diffusion::{forward_process::ForwardProcess, loss::pretrain_loss, rng_from_seed, time};
+use mdm::diffusion::loss::{pretrain_loss, sparse_masked_loss};
+use mdm::diffusion::{forward_process::ForwardProcess, rng_from_seed, time};
 use mdm::models::{MaskedTransformer, ModelConfig};
 use rand::Rng;
 
@@ -61,19 +62,29 @@ where
     let mut rng = rng_from_seed(4);
     let mut group = c.benchmark_group(format!("train_step_6M/{backend}"));
     group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(20));
-    group.bench_function(format!("{batch}x{len}"), |b| {
-        b.iter(|| {
-            let m = model.take().expect("model");
-            let t = time::uniform_times(batch, &mut rng);
-            let noised = process.noise(x0.clone(), &t, None, &mut rng).expect("noise");
-            let logits = m.forward(noised.noisy).expect("forward");
-            let loss = pretrain_loss(logits, x0.clone(), noised.mask, noised.p_mask).expect("loss").loss;
-            let grads = GradientsParams::from_grads(loss.backward(), &m);
-            let m = optim.step(2e-4, m, grads);
-            sync(m.net.ln_f.gain.val());
-            model = Some(m);
-        })
-    });
+    // `dense`: logits everywhere, as the reference code; `sparse`: the head only at masked positions
+    for sparse in [false, true] {
+        let name = format!("{batch}x{len}/{}", if sparse { "sparse" } else { "dense" });
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let m = model.take().expect("model");
+                let t = time::uniform_times(batch, &mut rng);
+                let noised = process.noise(x0.clone(), &t, None, &mut rng).expect("noise");
+                let loss = if sparse {
+                    let targets = noised.masked_targets(x0.clone()).expect("targets");
+                    let logits = m.forward_at(noised.noisy, targets.index.clone()).expect("forward");
+                    sparse_masked_loss(logits, &targets, (batch * len) as f64).expect("loss")
+                } else {
+                    let logits = m.forward(noised.noisy).expect("forward");
+                    pretrain_loss(logits, x0.clone(), noised.mask, noised.p_mask).expect("loss").loss
+                };
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                let m = optim.step(2e-4, m, grads);
+                sync(m.net.ln_f.gain.val());
+                model = Some(m);
+            })
+        });
+    }
     group.finish();
 }
 

@@ -161,6 +161,20 @@ fn pretrain_loss_matches() {
             assert!((g - w).abs() as f64 <= LOSS_REL_TOL * w.abs().max(1.0) as f64, "{}: ce {g} vs {w}", c.name);
         }
         println!("{}: pretrain loss {got} (reference {want})", c.name);
+
+        // the sparse path (head only at masked positions) gives the same loss
+        let mask_host = get(&c, "pretrain.mask").bool();
+        let noised = mdm::diffusion::forward_process::NoisedBatch::<B> {
+            noisy: ids(noisy),
+            mask: Tensor::from_bool(TensorData::new(mask_host.clone(), [b, l]), &d),
+            p_mask: Tensor::from_data(TensorData::new(get(&c, "pretrain.p_mask").f32(), [b]), &d),
+            masked_index: (0..b * l).filter(|&i| mask_host[i]).collect(),
+            p_mask_host: get(&c, "pretrain.p_mask").values.clone(),
+        };
+        let targets = noised.masked_targets(ids(x0)).unwrap();
+        let masked_logits = c.model.forward_at(noised.noisy.clone(), targets.index.clone()).unwrap();
+        let sparse = host(loss::sparse_masked_loss(masked_logits, &targets, (b * l) as f64).unwrap())[0] as f64;
+        assert!(rel_diff(sparse, want) <= LOSS_REL_TOL, "{}: sparse loss {sparse} vs {want}", c.name);
     }
 }
 

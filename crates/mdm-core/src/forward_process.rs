@@ -19,6 +19,53 @@ pub struct NoisedBatch<B: Backend> {
     pub mask: Tensor<B, 2, Bool>,
     /// `[batch]`, the masking probability of each row, `1 - alpha((1 - eps) t + eps)`.
     pub p_mask: Tensor<B, 1>,
+    /// Row-major flat indices `b * seq_len + l` of the masked positions (host copy of `mask`).
+    pub masked_index: Vec<usize>,
+    /// `p_mask` on the host, as used for the draws (f64).
+    pub p_mask_host: Vec<f64>,
+}
+
+/// The masked positions of a batch, gathered: what the sparse loss needs.
+#[derive(Debug, Clone)]
+pub struct MaskedTargets<B: Backend> {
+    /// `[n_masked]` row-major flat indices into `[batch * seq_len]`.
+    pub index: Tensor<B, 1, Int>,
+    /// `[n_masked]` clean tokens at those positions.
+    pub targets: Tensor<B, 1, Int>,
+    /// `[n_masked]` `p_mask` of each position's row.
+    pub p_mask: Tensor<B, 1>,
+}
+
+impl<B: Backend> NoisedBatch<B> {
+    /// Gathers the clean tokens and `p_mask` at the masked positions of `x0`, for
+    /// [`sparse_masked_loss`](crate::loss::sparse_masked_loss): the output head then only runs where
+    /// the loss needs it. Errors when nothing is masked.
+    pub fn masked_targets(&self, x0: Tensor<B, 2, Int>) -> Result<MaskedTargets<B>, CoreError> {
+        let [batch, seq_len] = x0.dims();
+        check_shape("x0", &self.mask.dims(), &[batch, seq_len])?;
+        if self.masked_index.is_empty() {
+            return Err(CoreError::Empty("no masked position in the batch"));
+        }
+        let device = x0.device();
+        let n = self.masked_index.len();
+        let index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                self.masked_index.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [n],
+            ),
+            &device,
+        );
+        let p_mask = self
+            .masked_index
+            .iter()
+            .map(|&i| self.p_mask_host[i / seq_len] as f32)
+            .collect::<Vec<_>>();
+        Ok(MaskedTargets {
+            targets: x0.reshape([batch * seq_len]).select(0, index.clone()),
+            index,
+            p_mask: Tensor::from_data(TensorData::new(p_mask, [n]), &device),
+        })
+    }
 }
 
 /// Samples the forward process `q(x_t | x_0)`: each position of row `b` is masked independently with
@@ -105,13 +152,18 @@ impl<S: MaskSchedule> ForwardProcess<S> {
             check_prompt_len(prompt_len, seq_len)?;
         }
         let mut mask = Vec::with_capacity(batch * seq_len);
+        let mut masked_index = Vec::new();
         for (b, &p) in p_mask.iter().enumerate() {
             let clean = prompt_len.map_or(0, |pl| pl[b]);
             for l in 0..seq_len {
                 // draw for every position (also clean ones) so that the stream does not depend on
                 // the prompt lengths
                 let u: f64 = rng.random();
-                mask.push(l >= clean && u < p);
+                let masked = l >= clean && u < p;
+                if masked {
+                    masked_index.push(b * seq_len + l);
+                }
+                mask.push(masked);
             }
         }
         let device = x0.device();
@@ -120,14 +172,17 @@ impl<S: MaskSchedule> ForwardProcess<S> {
             &device,
         );
         let noisy = x0.mask_fill(mask.clone(), self.mask_id as i64);
+        let p_mask_host = p_mask;
         let p_mask = Tensor::<B, 1>::from_data(
-            TensorData::new(p_mask.iter().map(|&p| p as f32).collect(), [batch]),
+            TensorData::new(p_mask_host.iter().map(|&p| p as f32).collect(), [batch]),
             &device,
         );
         Ok(NoisedBatch {
             noisy,
             mask,
             p_mask,
+            masked_index,
+            p_mask_host,
         })
     }
 }

@@ -93,6 +93,28 @@ pub fn sft_loss<B: Backend>(
     weighted_masked_loss(logits, x0, mask, p_mask, response_positions as f64)
 }
 
+/// The masked loss from logits computed **only at masked positions** (`[n_masked, V]`, in the order
+/// of [`MaskedTargets`](crate::forward_process::MaskedTargets)): `sum CE / p_mask / normaliser`.
+///
+/// Equal to [`weighted_masked_loss`] (unmasked positions contribute nothing there), but the output
+/// head and the softmax run on about half the positions: use it for training.
+pub fn sparse_masked_loss<B: Backend>(
+    masked_logits: Tensor<B, 2>,
+    targets: &crate::forward_process::MaskedTargets<B>,
+    normaliser: f64,
+) -> Result<Tensor<B, 1>, CoreError> {
+    let [n, _] = masked_logits.dims();
+    check_shape("masked logits rows", &targets.targets.dims(), &[n])?;
+    if normaliser <= 0.0 {
+        return Err(CoreError::Empty("the loss normaliser is zero"));
+    }
+    let ce = log_softmax(masked_logits, 1)
+        .gather(1, targets.targets.clone().unsqueeze_dim(1))
+        .squeeze_dim::<1>(1)
+        .neg();
+    Ok((ce / targets.p_mask.clone()).sum() / normaliser)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +159,27 @@ mod tests {
         // fine-tuning, prompt of row 1 = 1 position → normaliser 4 - 1 = 3
         let out = sft_loss(logits, x0, mask, p_mask, &[0, 1]).unwrap();
         assert!((scalar(out.loss) - (row0 + row1) / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sparse_loss_equals_dense_loss() {
+        use crate::forward_process::ForwardProcess;
+        use crate::rng_from_seed;
+        let d = Default::default();
+        let (b, l, v) = (3, 17, 11);
+        let logits: Vec<f32> = (0..b * l * v).map(|i| ((i * 37 % 101) as f32 / 17.0).sin() * 3.0).collect();
+        let logits = Tensor::<B, 3>::from_data(TensorData::new(logits, [b, l, v]), &d);
+        let x0: Vec<i64> = (0..b * l).map(|i| (i * 7 % v) as i64).collect();
+        let x0 = Tensor::<B, 2, Int>::from_data(TensorData::new(x0, [b, l]), &d);
+        let noised = ForwardProcess::new(v)
+            .noise(x0.clone(), &[0.2, 0.5, 0.9], None, &mut rng_from_seed(1))
+            .unwrap();
+        let dense = pretrain_loss(logits.clone(), x0.clone(), noised.mask.clone(), noised.p_mask.clone()).unwrap();
+        let targets = noised.masked_targets(x0).unwrap();
+        let selected = logits.reshape([b * l, v]).select(0, targets.index.clone());
+        let sparse = sparse_masked_loss(selected, &targets, (b * l) as f64).unwrap();
+        let (a, s) = (scalar(dense.loss), scalar(sparse));
+        assert!((a - s).abs() < 1e-5 * a.abs(), "{a} vs {s}");
     }
 
     #[test]

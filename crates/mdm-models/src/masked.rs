@@ -43,6 +43,20 @@ impl<B: Backend> MaskedTransformer<B> {
         self.net.hidden(ids, 0, None, None)
     }
 
+    /// Logits `[n, V]` at the row-major flat positions `index` (`[n]`, into `[batch * seq_len]`) only,
+    /// e.g. the masked positions of a training batch
+    /// ([`MaskedTargets::index`](mdm_core::forward_process::MaskedTargets)).
+    pub fn forward_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let [batch, seq_len] = ids.dims();
+        let hidden = self.forward_hidden(ids)?;
+        let c = hidden.dims()[2];
+        Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
+    }
+
     /// The output head: `[..., C]` → `[..., V]`.
     pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         self.net.lm_head.forward(hidden)
