@@ -17,9 +17,17 @@ use mdm::diffusion::{forward_process::ForwardProcess, rng_from_seed, time};
 use mdm::models::{MaskedTransformer, ModelConfig};
 use rand::Rng;
 
-fn random_ids<B: Backend>(batch: usize, len: usize, config: &ModelConfig, seed: u64, device: &B::Device) -> Tensor<B, 2, Int> {
+fn random_ids<B: Backend>(
+    batch: usize,
+    len: usize,
+    config: &ModelConfig,
+    seed: u64,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
     let mut rng = rng_from_seed(seed);
-    let data: Vec<i32> = (0..batch * len).map(|_| rng.random_range(0..config.vocab_size as i32)).collect();
+    let data: Vec<i32> = (0..batch * len)
+        .map(|_| rng.random_range(0..config.vocab_size as i32))
+        .collect();
     Tensor::from_data(TensorData::new(data, [batch, len]), device)
 }
 
@@ -33,10 +41,16 @@ fn bench_forward<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
     let model: MaskedTransformer<B> = config.init_masked(0, device).expect("init");
     let process = ForwardProcess::new(config.mask_id());
     let mut group = c.benchmark_group(format!("forward_6M/{backend}"));
-    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10));
     for (batch, len) in [(1usize, 1024usize), (8, 256)] {
         let x0 = random_ids::<B>(batch, len, &config, 1, device);
-        let noisy = process.noise(x0, &vec![0.5; batch], None, &mut rng_from_seed(2)).expect("noise").noisy;
+        let noisy = process
+            .noise(x0, &vec![0.5; batch], None, &mut rng_from_seed(2))
+            .expect("noise")
+            .noisy;
         group.bench_function(format!("{batch}x{len}"), |b| {
             b.iter(|| sync(model.forward(noisy.clone()).expect("forward")))
         });
@@ -49,7 +63,8 @@ where
     MaskedTransformer<B>: AutodiffModule<B>,
 {
     let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M config");
-    let mut model: Option<MaskedTransformer<B>> = Some(config.init_masked(0, device).expect("init"));
+    let mut model: Option<MaskedTransformer<B>> =
+        Some(config.init_masked(0, device).expect("init"));
     let mut optim = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.95)
@@ -61,7 +76,10 @@ where
     let x0 = random_ids::<B>(batch, len, &config, 3, device);
     let mut rng = rng_from_seed(4);
     let mut group = c.benchmark_group(format!("train_step_6M/{backend}"));
-    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(20));
     // `dense`: logits everywhere, as the reference code; `sparse`: the head only at masked positions
     for sparse in [false, true] {
         let name = format!("{batch}x{len}/{}", if sparse { "sparse" } else { "dense" });
@@ -69,14 +87,20 @@ where
             b.iter(|| {
                 let m = model.take().expect("model");
                 let t = time::uniform_times(batch, &mut rng);
-                let noised = process.noise(x0.clone(), &t, None, &mut rng).expect("noise");
+                let noised = process
+                    .noise(x0.clone(), &t, None, &mut rng)
+                    .expect("noise");
                 let loss = if sparse {
                     let targets = noised.masked_targets(x0.clone()).expect("targets");
-                    let logits = m.forward_at(noised.noisy, targets.index.clone()).expect("forward");
+                    let logits = m
+                        .forward_at(noised.noisy, targets.index.clone())
+                        .expect("forward");
                     sparse_masked_loss(logits, &targets, (batch * len) as f64).expect("loss")
                 } else {
                     let logits = m.forward(noised.noisy).expect("forward");
-                    pretrain_loss(logits, x0.clone(), noised.mask, noised.p_mask).expect("loss").loss
+                    pretrain_loss(logits, x0.clone(), noised.mask, noised.p_mask)
+                        .expect("loss")
+                        .loss
                 };
                 let grads = GradientsParams::from_grads(loss.backward(), &m);
                 let m = optim.step(2e-4, m, grads);

@@ -30,7 +30,10 @@ struct Args {
     #[arg(long, default_value = "6M")]
     config: String,
     /// Token ids separated by spaces; `?` marks a masked position.
-    #[arg(long, default_value = "1 450 4996 17354 ? ? 975 278 17366 ? 11203 29889")]
+    #[arg(
+        long,
+        default_value = "1 450 4996 17354 ? ? 975 278 17366 ? 11203 29889"
+    )]
     ids: String,
     /// How many candidates to print per masked position.
     #[arg(long, default_value_t = 5)]
@@ -89,9 +92,14 @@ fn main() -> Result<()> {
         ids.push(match tok {
             "?" => config.mask_id() as i64,
             t => {
-                let id: i64 = t.parse().with_context(|| format!("--ids: token {i} `{t}` is neither an id nor `?`"))?;
+                let id: i64 = t
+                    .parse()
+                    .with_context(|| format!("--ids: token {i} `{t}` is neither an id nor `?`"))?;
                 if id < 0 || id as usize >= config.padded_vocab_size() {
-                    bail!("--ids: token {i} = {id} is outside the vocabulary 0..{}", config.padded_vocab_size());
+                    bail!(
+                        "--ids: token {i} = {id} is outside the vocabulary 0..{}",
+                        config.padded_vocab_size()
+                    );
                 }
                 id
             }
@@ -100,14 +108,35 @@ fn main() -> Result<()> {
     if ids.is_empty() {
         bail!("--ids is empty");
     }
-    let masked: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == config.mask_id() as i64).collect();
+    let masked: Vec<usize> = (0..ids.len())
+        .filter(|&i| ids[i] == config.mask_id() as i64)
+        .collect();
     let len = ids.len();
-    let input = Tensor::<DefaultBackend, 2, Int>::from_data(TensorData::new(ids.clone(), [1, len]).convert::<i32>(), &device);
+    let input = Tensor::<DefaultBackend, 2, Int>::from_data(
+        TensorData::new(ids.clone(), [1, len]).convert::<i32>(),
+        &device,
+    );
     let started = Instant::now();
     let logits = model.forward(input)?;
-    let logits: Vec<f32> = logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    println!("forward pass over {len} positions: {:.1?}", started.elapsed());
-    let shown: Vec<String> = ids.iter().map(|&i| if i == config.mask_id() as i64 { "[MASK]".into() } else { i.to_string() }).collect();
+    let logits: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    println!(
+        "forward pass over {len} positions: {:.1?}",
+        started.elapsed()
+    );
+    let shown: Vec<String> = ids
+        .iter()
+        .map(|&i| {
+            if i == config.mask_id() as i64 {
+                "[MASK]".into()
+            } else {
+                i.to_string()
+            }
+        })
+        .collect();
     println!("input: {}", shown.join(" "));
     let v = config.padded_vocab_size();
     for &pos in &masked {

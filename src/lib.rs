@@ -38,7 +38,5 @@ pub mod prelude {
         cfg::cfg_combine, forward_process::ForwardProcess, gumbel::sample_tokens,
         loss::pretrain_loss, rng_from_seed, MdmRng,
     };
-    pub use mdm_models::{
-        CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError,
-    };
+    pub use mdm_models::{CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError};
 }

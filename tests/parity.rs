@@ -32,9 +32,18 @@ fn cases() -> Vec<Case> {
         .map(|(name, entry)| {
             let config = ModelConfig::from_json(&entry["config"].to_string())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(config.mask_id() as u64, entry["config"]["mask_id"].as_u64().unwrap());
-            assert_eq!(config.head_size() as u64, entry["config"]["head_size"].as_u64().unwrap());
-            assert_eq!(config.rope_dims() as u64, entry["config"]["rope_dims"].as_u64().unwrap());
+            assert_eq!(
+                config.mask_id() as u64,
+                entry["config"]["mask_id"].as_u64().unwrap()
+            );
+            assert_eq!(
+                config.head_size() as u64,
+                entry["config"]["head_size"].as_u64().unwrap()
+            );
+            assert_eq!(
+                config.rope_dims() as u64,
+                entry["config"]["rope_dims"].as_u64().unwrap()
+            );
             let weights = parity_dir().join(entry["weights"].as_str().unwrap());
             let model = MaskedTransformer::<B>::load_smdm(&weights, &config, &device)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -61,7 +70,8 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 fn get<'a>(c: &'a Case, key: &str) -> &'a HostTensor {
-    c.t.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", c.name))
+    c.t.get(key)
+        .unwrap_or_else(|| panic!("{}: no tensor {key}", c.name))
 }
 
 #[test]
@@ -80,7 +90,11 @@ fn rope_tables_are_bf16_exact() {
                     off += 1;
                 }
             }
-            assert!(off * 100 < ours.len(), "{} {key}: {off} entries off by one ulp", c.name);
+            assert!(
+                off * 100 < ours.len(),
+                "{} {key}: {off} entries off by one ulp",
+                c.name
+            );
         }
     }
 }
@@ -93,7 +107,11 @@ fn forward_logits_match() {
         let expected = get(&c, "forward.logits");
         assert_eq!(logits.dims().to_vec(), expected.shape);
         let diff = max_abs_diff(&host(logits), &expected.f32());
-        assert!(diff <= LOGIT_TOL, "{}: forward logits max abs diff {diff}", c.name);
+        assert!(
+            diff <= LOGIT_TOL,
+            "{}: forward logits max abs diff {diff}",
+            c.name
+        );
         println!("{}: forward logits max abs diff {diff:.2e}", c.name);
     }
 }
@@ -112,8 +130,12 @@ fn forward_long_argmax_exact() {
             .to_vec()
             .unwrap();
         assert_eq!(argmax, get(&c, "forward_long.argmax").i64(), "{}", c.name);
-        let lse = host(mdm::burn::tensor::activation::log_softmax(logits.clone(), 2).neg()
-            .slice([0..1, 0..len, 0..1]) + logits.clone().slice([0..1, 0..len, 0..1]));
+        let lse = host(
+            mdm::burn::tensor::activation::log_softmax(logits.clone(), 2)
+                .neg()
+                .slice([0..1, 0..len, 0..1])
+                + logits.clone().slice([0..1, 0..len, 0..1]),
+        );
         let diff = max_abs_diff(&lse, &get(&c, "forward_long.logsumexp").f32());
         assert!(diff <= LOGIT_TOL, "{}: logsumexp diff {diff}", c.name);
         let last8 = host(logits.slice([0..1, len - 8..len, 0..vocab]));
@@ -132,33 +154,47 @@ fn pretrain_loss_matches() {
             TensorData::new(get(&c, "pretrain.mask").bool(), [b, l]),
             &d,
         );
-        let p_mask = Tensor::<B, 1>::from_data(
-            TensorData::new(get(&c, "pretrain.p_mask").f32(), [b]),
-            &d,
-        );
+        let p_mask =
+            Tensor::<B, 1>::from_data(TensorData::new(get(&c, "pretrain.p_mask").f32(), [b]), &d);
         // the fixture's noisy input is x0 with mask_id exactly where the mask is set
         let x0 = get(&c, "pretrain.x0");
         let noisy_check = ids(x0).mask_fill(mask.clone(), c.config.mask_id() as i64);
         let noisy_check: Vec<i64> = noisy_check.into_data().convert::<i64>().to_vec().unwrap();
         assert_eq!(noisy_check, noisy.i64(), "{}", c.name);
         // p_mask = (1 - 1e-3) t + 1e-3
-        for (p, t) in get(&c, "pretrain.p_mask").values.iter().zip(&get(&c, "pretrain.t").values) {
+        for (p, t) in get(&c, "pretrain.p_mask")
+            .values
+            .iter()
+            .zip(&get(&c, "pretrain.t").values)
+        {
             assert!((p - ((1.0 - 1e-3) * t + 1e-3)).abs() < 1e-6);
         }
         let logits = c.model.forward(ids(noisy)).unwrap();
         let out = loss::pretrain_loss(logits, ids(x0), mask, p_mask).unwrap();
         let got = host(out.loss)[0] as f64;
         let want = get(&c, "pretrain.loss").scalar();
-        assert!(rel_diff(got, want) <= LOSS_REL_TOL, "{}: loss {got} vs {want}", c.name);
+        assert!(
+            rel_diff(got, want) <= LOSS_REL_TOL,
+            "{}: loss {got} vs {want}",
+            c.name
+        );
         assert!(rel_diff(want, c.scalars["pretrain.loss"].as_f64().unwrap()) < 1e-12);
         let rows = host(out.loss_per_row);
         for (g, w) in rows.iter().zip(&get(&c, "pretrain.loss_per_row").values) {
-            assert!(rel_diff(*g as f64, *w) <= LOSS_REL_TOL, "{}: row loss {g} vs {w}", c.name);
+            assert!(
+                rel_diff(*g as f64, *w) <= LOSS_REL_TOL,
+                "{}: row loss {g} vs {w}",
+                c.name
+            );
         }
         let ce = host(out.ce);
         let want_ce = get(&c, "pretrain.ce").f32();
         for (g, w) in ce.iter().zip(&want_ce) {
-            assert!((g - w).abs() as f64 <= LOSS_REL_TOL * w.abs().max(1.0) as f64, "{}: ce {g} vs {w}", c.name);
+            assert!(
+                (g - w).abs() as f64 <= LOSS_REL_TOL * w.abs().max(1.0) as f64,
+                "{}: ce {g} vs {w}",
+                c.name
+            );
         }
         println!("{}: pretrain loss {got} (reference {want})", c.name);
 
@@ -172,9 +208,18 @@ fn pretrain_loss_matches() {
             p_mask_host: get(&c, "pretrain.p_mask").values.clone(),
         };
         let targets = noised.masked_targets(ids(x0)).unwrap();
-        let masked_logits = c.model.forward_at(noised.noisy.clone(), targets.index.clone()).unwrap();
-        let sparse = host(loss::sparse_masked_loss(masked_logits, &targets, (b * l) as f64).unwrap())[0] as f64;
-        assert!(rel_diff(sparse, want) <= LOSS_REL_TOL, "{}: sparse loss {sparse} vs {want}", c.name);
+        let masked_logits = c
+            .model
+            .forward_at(noised.noisy.clone(), targets.index.clone())
+            .unwrap();
+        let sparse =
+            host(loss::sparse_masked_loss(masked_logits, &targets, (b * l) as f64).unwrap())[0]
+                as f64;
+        assert!(
+            rel_diff(sparse, want) <= LOSS_REL_TOL,
+            "{}: sparse loss {sparse} vs {want}",
+            c.name
+        );
     }
 }
 
@@ -184,20 +229,33 @@ fn sft_loss_matches() {
         let d = backend::device();
         let noisy = get(&c, "sft.noisy_input");
         let [b, l] = [noisy.shape[0], noisy.shape[1]];
-        let prompt_len: Vec<usize> = get(&c, "sft.prompt_len").i64().iter().map(|&x| x as usize).collect();
+        let prompt_len: Vec<usize> = get(&c, "sft.prompt_len")
+            .i64()
+            .iter()
+            .map(|&x| x as usize)
+            .collect();
         let max_len = *get(&c, "sft.length").i64().iter().max().unwrap() as usize;
         assert_eq!(max_len, l, "{}: sequences are cut to max(length)", c.name);
         let mask_host = get(&c, "sft.mask").bool();
         for (row, &p) in prompt_len.iter().enumerate() {
-            assert!(mask_host[row * l..row * l + p].iter().all(|m| !m), "prompt never masked");
+            assert!(
+                mask_host[row * l..row * l + p].iter().all(|m| !m),
+                "prompt never masked"
+            );
         }
         let mask = Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask_host, [b, l]), &d);
-        let p_mask = Tensor::<B, 1>::from_data(TensorData::new(get(&c, "sft.p_mask").f32(), [b]), &d);
+        let p_mask =
+            Tensor::<B, 1>::from_data(TensorData::new(get(&c, "sft.p_mask").f32(), [b]), &d);
         let logits = c.model.forward(ids(noisy)).unwrap();
-        let out = loss::sft_loss(logits, ids(get(&c, "sft.x0")), mask, p_mask, &prompt_len).unwrap();
+        let out =
+            loss::sft_loss(logits, ids(get(&c, "sft.x0")), mask, p_mask, &prompt_len).unwrap();
         let got = host(out.loss)[0] as f64;
         let want = get(&c, "sft.loss").scalar();
-        assert!(rel_diff(got, want) <= LOSS_REL_TOL, "{}: sft loss {got} vs {want}", c.name);
+        assert!(
+            rel_diff(got, want) <= LOSS_REL_TOL,
+            "{}: sft loss {got} vs {want}",
+            c.name
+        );
     }
 }
 
@@ -208,8 +266,18 @@ fn cfg_logits_match() {
         let prompt_len = c.scalars["cfg.prompt_len"].as_u64().unwrap() as usize;
         let cond_input = get(&c, "cfg.cond_input");
         // our unconditional input equals the reference's
-        let uncond = mdm::diffusion::cfg::unconditional_input(ids(cond_input), &[prompt_len], c.config.mask_id()).unwrap();
-        let uncond_host: Vec<i64> = uncond.clone().into_data().convert::<i64>().to_vec().unwrap();
+        let uncond = mdm::diffusion::cfg::unconditional_input(
+            ids(cond_input),
+            &[prompt_len],
+            c.config.mask_id(),
+        )
+        .unwrap();
+        let uncond_host: Vec<i64> = uncond
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
         assert_eq!(uncond_host, get(&c, "cfg.uncond_input").i64(), "{}", c.name);
         let cond = c.model.forward(ids(cond_input)).unwrap();
         let un = c.model.forward(uncond).unwrap();
@@ -230,9 +298,14 @@ fn unrounded_rope_tables_fail_the_tolerance() {
     for c in cases() {
         let config = c.config.clone().with_rope_bf16_tables(false);
         let weights = parity_dir().join(manifest()["models"][&c.name]["weights"].as_str().unwrap());
-        let model = MaskedTransformer::<B>::load_smdm(&weights, &config, &backend::device()).unwrap();
+        let model =
+            MaskedTransformer::<B>::load_smdm(&weights, &config, &backend::device()).unwrap();
         let logits = model.forward(ids(get(&c, "forward.input_ids"))).unwrap();
         let diff = max_abs_diff(&host(logits), &get(&c, "forward.logits").f32());
-        assert!(diff > LOGIT_TOL, "{}: fp32 tables should differ, diff {diff}", c.name);
+        assert!(
+            diff > LOGIT_TOL,
+            "{}: fp32 tables should differ, diff {diff}",
+            c.name
+        );
     }
 }

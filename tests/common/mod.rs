@@ -58,21 +58,42 @@ pub fn read_cases(file: &str) -> HashMap<String, HostTensor> {
     for (name, view) in st.tensors() {
         let d = view.data();
         let values: Vec<f64> = match view.dtype() {
-            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
             Dtype::U8 | Dtype::BOOL => d.iter().map(|&b| b as f64).collect(),
             other => panic!("{name}: unexpected dtype {other:?}"),
         };
-        out.insert(name, HostTensor { shape: view.shape().to_vec(), values });
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                values,
+            },
+        );
     }
     out
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max)
 }
 
 pub fn rel_diff(a: f64, b: f64) -> f64 {

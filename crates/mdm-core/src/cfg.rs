@@ -82,7 +82,11 @@ mod tests {
             .to_vec()
             .unwrap();
         assert_eq!(out, vec![0.5 + 1.5 * 0.5, 3.0 + 1.5 * -1.0]);
-        let out: Vec<f32> = cfg_combine(c, u, 0.0).unwrap().into_data().to_vec().unwrap();
+        let out: Vec<f32> = cfg_combine(c, u, 0.0)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert_eq!(out, vec![1.0, 2.0]);
     }
 

@@ -50,7 +50,10 @@ impl<B: Backend> NoisedBatch<B> {
         let n = self.masked_index.len();
         let index = Tensor::<B, 1, Int>::from_data(
             TensorData::new(
-                self.masked_index.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                self.masked_index
+                    .iter()
+                    .map(|&i| i as i64)
+                    .collect::<Vec<_>>(),
                 [n],
             ),
             &device,
@@ -167,10 +170,8 @@ impl<S: MaskSchedule> ForwardProcess<S> {
             }
         }
         let device = x0.device();
-        let mask = Tensor::<B, 2, Bool>::from_bool(
-            TensorData::new(mask, [batch, seq_len]),
-            &device,
-        );
+        let mask =
+            Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask, [batch, seq_len]), &device);
         let noisy = x0.mask_fill(mask.clone(), self.mask_id as i64);
         let p_mask_host = p_mask;
         let p_mask = Tensor::<B, 1>::from_data(
@@ -295,15 +296,26 @@ mod tests {
         ));
         assert!(matches!(
             p.noise(ids(1, 4), &[0.5], Some(&[5]), &mut rng),
-            Err(CoreError::PromptTooLong { row: 0, prompt_len: 5, seq_len: 4 })
+            Err(CoreError::PromptTooLong {
+                row: 0,
+                prompt_len: 5,
+                seq_len: 4
+            })
         ));
     }
 
     #[test]
     fn same_seed_same_noise() {
         let p = ForwardProcess::new(99);
-        let a = p.noise(ids(3, 20), &[0.3, 0.6, 0.9], None, &mut rng_from_seed(5)).unwrap();
-        let b = p.noise(ids(3, 20), &[0.3, 0.6, 0.9], None, &mut rng_from_seed(5)).unwrap();
-        assert_eq!(host::<i64>(a.noisy.into_data()), host::<i64>(b.noisy.into_data()));
+        let a = p
+            .noise(ids(3, 20), &[0.3, 0.6, 0.9], None, &mut rng_from_seed(5))
+            .unwrap();
+        let b = p
+            .noise(ids(3, 20), &[0.3, 0.6, 0.9], None, &mut rng_from_seed(5))
+            .unwrap();
+        assert_eq!(
+            host::<i64>(a.noisy.into_data()),
+            host::<i64>(b.noisy.into_data())
+        );
     }
 }

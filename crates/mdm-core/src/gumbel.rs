@@ -90,7 +90,10 @@ mod tests {
     fn temperature_zero_is_argmax() {
         let logits = vec![0.1, 2.0, -1.0, 0.5, /* row 2 */ 3.0, 1.0, 2.9, 3.0];
         let mut rng = rng_from_seed(0);
-        assert_eq!(gumbel_argmax(&logits, 4, 0.0, &mut rng).unwrap(), vec![1, 0]);
+        assert_eq!(
+            gumbel_argmax(&logits, 4, 0.0, &mut rng).unwrap(),
+            vec![1, 0]
+        );
         let t = Tensor::<Flex, 2>::from_data(TensorData::new(logits, [2, 4]), &Default::default());
         assert_eq!(sample_tokens(t, 0.0, &mut rng).unwrap(), vec![1, 0]);
     }

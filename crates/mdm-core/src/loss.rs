@@ -4,7 +4,7 @@
 //! `batch x seq_len` for pre-training (SMDM `train_mdm.py`), the number of non-prompt positions for
 //! fine-tuning (SMDM `finetune_mdm.py`). Unmasked positions contribute nothing.
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use crate::error::check_shape;
 use crate::forward_process::check_prompt_len;
@@ -21,6 +21,23 @@ pub struct MaskedLoss<B: Backend> {
     pub ce: Tensor<B, 2>,
 }
 
+/// Cross-entropy of each row of `logits` (`[n, vocab]`) for `targets` (`[n]`):
+/// `logsumexp(logits) - logits[target]`, the max subtracted (and detached) for stability.
+///
+/// Equal to `-log_softmax(logits)[target]` but without materialising the `[n, vocab]` log-softmax:
+/// forward and backward are about 35% faster on the CPU backends (docs/benchmarks.md).
+pub fn cross_entropy_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Result<Tensor<B, 1>, CoreError> {
+    let [n, _] = logits.dims();
+    check_shape("targets", &[n], &targets.dims())?;
+    let max = logits.clone().max_dim(1).detach();
+    let log_sum_exp = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let target_logit = logits.gather(1, targets.unsqueeze_dim(1));
+    Ok((log_sum_exp - target_logit).squeeze_dim::<1>(1))
+}
+
 /// Per-position cross-entropy `-log softmax(logits)[target]`.
 ///
 /// `logits`: `[batch, seq_len, vocab]`, `targets`: `[batch, seq_len]` → `[batch, seq_len]`.
@@ -28,13 +45,13 @@ pub fn token_cross_entropy<B: Backend>(
     logits: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
 ) -> Result<Tensor<B, 2>, CoreError> {
-    let [batch, seq_len, _] = logits.dims();
+    let [batch, seq_len, vocab] = logits.dims();
     check_shape("targets", &[batch, seq_len], &targets.dims())?;
-    let log_probs = log_softmax(logits, 2);
-    Ok(log_probs
-        .gather(2, targets.unsqueeze_dim(2))
-        .squeeze_dim::<2>(2)
-        .neg())
+    let ce = cross_entropy_rows(
+        logits.reshape([batch * seq_len, vocab]),
+        targets.reshape([batch * seq_len]),
+    )?;
+    Ok(ce.reshape([batch, seq_len]))
 }
 
 /// `sum_{b,l masked} CE[b,l] / p_mask[b] / normaliser`.
@@ -55,8 +72,10 @@ pub fn weighted_masked_loss<B: Backend>(
         return Err(CoreError::Empty("the loss normaliser is zero"));
     }
     let ce = token_cross_entropy(logits, x0)? * mask.float();
-    let loss_per_row =
-        (ce.clone() / p_mask.unsqueeze_dim(1)).sum_dim(1).squeeze_dim::<1>(1) / normaliser;
+    let loss_per_row = (ce.clone() / p_mask.unsqueeze_dim(1))
+        .sum_dim(1)
+        .squeeze_dim::<1>(1)
+        / normaliser;
     Ok(MaskedLoss {
         loss: loss_per_row.clone().sum(),
         loss_per_row,
@@ -108,10 +127,7 @@ pub fn sparse_masked_loss<B: Backend>(
     if normaliser <= 0.0 {
         return Err(CoreError::Empty("the loss normaliser is zero"));
     }
-    let ce = log_softmax(masked_logits, 1)
-        .gather(1, targets.targets.clone().unsqueeze_dim(1))
-        .squeeze_dim::<1>(1)
-        .neg();
+    let ce = cross_entropy_rows(masked_logits, targets.targets.clone())?;
     Ok((ce / targets.p_mask.clone()).sum() / normaliser)
 }
 
@@ -154,7 +170,10 @@ mod tests {
         assert!((per_row[0] as f64 - row0 / 4.0).abs() < 1e-6);
         assert!((per_row[1] as f64 - row1 / 4.0).abs() < 1e-6);
         let ce: Vec<f32> = out.ce.into_data().to_vec().unwrap();
-        assert!((ce[2] as f64).abs() < 1e-12, "unmasked positions contribute nothing");
+        assert!(
+            (ce[2] as f64).abs() < 1e-12,
+            "unmasked positions contribute nothing"
+        );
 
         // fine-tuning, prompt of row 1 = 1 position → normaliser 4 - 1 = 3
         let out = sft_loss(logits, x0, mask, p_mask, &[0, 1]).unwrap();
@@ -167,14 +186,22 @@ mod tests {
         use crate::rng_from_seed;
         let d = Default::default();
         let (b, l, v) = (3, 17, 11);
-        let logits: Vec<f32> = (0..b * l * v).map(|i| ((i * 37 % 101) as f32 / 17.0).sin() * 3.0).collect();
+        let logits: Vec<f32> = (0..b * l * v)
+            .map(|i| ((i * 37 % 101) as f32 / 17.0).sin() * 3.0)
+            .collect();
         let logits = Tensor::<B, 3>::from_data(TensorData::new(logits, [b, l, v]), &d);
         let x0: Vec<i64> = (0..b * l).map(|i| (i * 7 % v) as i64).collect();
         let x0 = Tensor::<B, 2, Int>::from_data(TensorData::new(x0, [b, l]), &d);
         let noised = ForwardProcess::new(v)
             .noise(x0.clone(), &[0.2, 0.5, 0.9], None, &mut rng_from_seed(1))
             .unwrap();
-        let dense = pretrain_loss(logits.clone(), x0.clone(), noised.mask.clone(), noised.p_mask.clone()).unwrap();
+        let dense = pretrain_loss(
+            logits.clone(),
+            x0.clone(),
+            noised.mask.clone(),
+            noised.p_mask.clone(),
+        )
+        .unwrap();
         let targets = noised.masked_targets(x0).unwrap();
         let selected = logits.reshape([b * l, v]).select(0, targets.index.clone());
         let sparse = sparse_masked_loss(selected, &targets, (b * l) as f64).unwrap();

@@ -93,9 +93,7 @@ impl<B: Backend> CausalTransformer<B> {
         let [_, new] = ids.dims();
         let start = cache.len;
         let bias = (new > 1).then(|| causal_bias(start, new, &ids.device()));
-        let hidden = self
-            .net
-            .hidden(ids, start, bias, Some(&mut cache.layers))?;
+        let hidden = self.net.hidden(ids, start, bias, Some(&mut cache.layers))?;
         cache.len += new;
         Ok(self.net.lm_head.forward(hidden))
     }

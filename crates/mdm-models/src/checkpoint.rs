@@ -184,11 +184,10 @@ fn save_net<B: Backend>(
         .into_iter()
         .collect(),
     );
-    let serialized =
-        safetensors::serialize(views, &metadata).map_err(|e| ModelError::Format {
-            file: weights.clone(),
-            reason: e.to_string(),
-        })?;
+    let serialized = safetensors::serialize(views, &metadata).map_err(|e| ModelError::Format {
+        file: weights.clone(),
+        reason: e.to_string(),
+    })?;
     write_atomic(&weights, &serialized)?;
     let meta = CheckpointMeta {
         format: FORMAT.into(),

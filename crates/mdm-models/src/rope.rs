@@ -76,16 +76,8 @@ impl<B: Backend> Rope<B> {
         if half == 0 {
             return Ok(x);
         }
-        let cos = self
-            .cos
-            .clone()
-            .narrow(0, start, seq_len)
-            .unsqueeze::<4>();
-        let sin = self
-            .sin
-            .clone()
-            .narrow(0, start, seq_len)
-            .unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(0, start, seq_len).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, start, seq_len).unsqueeze::<4>();
         let a = x.clone().narrow(3, 0, half);
         let b = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(

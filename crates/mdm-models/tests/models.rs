@@ -21,7 +21,10 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -37,12 +40,21 @@ fn kv_cache_decoding_equals_full_forward() {
     // a prompt of 5 in one pass, then one token at a time, then a chunk of 4
     let mut cache = KvCache::new(&model);
     let mut parts = vec![];
-    let chunk = |a: usize, b: usize| -> Vec<Vec<i32>> { seq.iter().map(|r| r[a..b].to_vec()).collect() };
+    let chunk =
+        |a: usize, b: usize| -> Vec<Vec<i32>> { seq.iter().map(|r| r[a..b].to_vec()).collect() };
     parts.push(model.forward_cached(ids(&chunk(0, 5)), &mut cache).unwrap());
     for p in 5..16 {
-        parts.push(model.forward_cached(ids(&chunk(p, p + 1)), &mut cache).unwrap());
+        parts.push(
+            model
+                .forward_cached(ids(&chunk(p, p + 1)), &mut cache)
+                .unwrap(),
+        );
     }
-    parts.push(model.forward_cached(ids(&chunk(16, 20)), &mut cache).unwrap());
+    parts.push(
+        model
+            .forward_cached(ids(&chunk(16, 20)), &mut cache)
+            .unwrap(),
+    );
     assert_eq!(cache.len(), 20);
     let incremental = Tensor::cat(parts, 1);
     assert_eq!(incremental.dims(), [2, 20, v]);
@@ -61,8 +73,18 @@ fn causal_model_ignores_the_future_and_masked_model_does_not() {
     let a = ids(&[vec![1, 2, 3, 4, 5, 6]]);
     let b = ids(&[vec![1, 2, 3, 9, 9, 9]]);
     let first3 = |t: Tensor<B, 3>| host(t.slice([0..1, 0..3]));
-    assert!(max_diff(&first3(causal.forward(a.clone()).unwrap()), &first3(causal.forward(b.clone()).unwrap())) < 1e-6);
-    assert!(max_diff(&first3(masked.forward(a).unwrap()), &first3(masked.forward(b).unwrap())) > 1e-4);
+    assert!(
+        max_diff(
+            &first3(causal.forward(a.clone()).unwrap()),
+            &first3(causal.forward(b.clone()).unwrap())
+        ) < 1e-6
+    );
+    assert!(
+        max_diff(
+            &first3(masked.forward(a).unwrap()),
+            &first3(masked.forward(b).unwrap())
+        ) > 1e-4
+    );
 }
 
 #[test]
@@ -92,15 +114,29 @@ fn checkpoint_round_trip_and_atomic_files() {
     let device = Default::default();
     let model: MaskedTransformer<B> = config.init_masked(5, &device).unwrap();
     model.save(dir.path().join("ckpt")).unwrap();
-    let names: Vec<String> = std::fs::read_dir(dir.path().join("ckpt")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("ckpt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     let loaded = MaskedTransformer::<B>::load(dir.path().join("ckpt"), &device).unwrap();
     assert_eq!(loaded.config(), model.config());
     let x = ids(&[vec![1, 2, 100, 4, 100]]);
-    assert_eq!(host(model.forward(x.clone()).unwrap()), host(loaded.forward(x.clone()).unwrap()));
+    assert_eq!(
+        host(model.forward(x.clone()).unwrap()),
+        host(loaded.forward(x.clone()).unwrap())
+    );
     // the weights file is an SMDM file: it loads through the SMDM path too
-    let smdm = MaskedTransformer::<B>::load_smdm(dir.path().join("ckpt/model.safetensors"), &config, &device).unwrap();
-    assert_eq!(host(model.forward(x).unwrap()), host(smdm.forward(ids(&[vec![1, 2, 100, 4, 100]])).unwrap()));
+    let smdm = MaskedTransformer::<B>::load_smdm(
+        dir.path().join("ckpt/model.safetensors"),
+        &config,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        host(model.forward(x).unwrap()),
+        host(smdm.forward(ids(&[vec![1, 2, 100, 4, 100]])).unwrap())
+    );
     // a masked checkpoint is not a causal one
     let err = CausalTransformer::<B>::load(dir.path().join("ckpt"), &device).unwrap_err();
     assert!(matches!(err, ModelError::Config { .. }), "{err}");
@@ -109,13 +145,24 @@ fn checkpoint_round_trip_and_atomic_files() {
     causal.save(dir.path().join("arm")).unwrap();
     let back = CausalTransformer::<B>::load(dir.path().join("arm"), &device).unwrap();
     let y = ids(&[vec![3, 4, 5]]);
-    assert_eq!(host(causal.forward(y.clone()).unwrap()), host(back.forward(y).unwrap()));
+    assert_eq!(
+        host(causal.forward(y.clone()).unwrap()),
+        host(back.forward(y).unwrap())
+    );
 }
 
-fn write_file(path: &std::path::Path, tensors: Vec<(&str, Vec<usize>, safetensors::Dtype, Vec<u8>)>) {
+fn write_file(
+    path: &std::path::Path,
+    tensors: Vec<(&str, Vec<usize>, safetensors::Dtype, Vec<u8>)>,
+) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(k, s, d, b)| (k.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(k, s, d, b)| {
+            (
+                k.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, &None, path).unwrap();
 }
@@ -129,7 +176,16 @@ fn smdm_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(k, v)| (k, v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
+        .map(|(k, v)| {
+            (
+                k,
+                v.shape().to_vec(),
+                v.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
@@ -139,16 +195,40 @@ fn bf16_and_f16_checkpoints_load() {
     let tensors = smdm_tensors(&config);
     let dir = tempfile::tempdir().unwrap();
     for (dtype, conv) in [
-        (safetensors::Dtype::BF16, Box::new(|x: f32| half::bf16::from_f32(x).to_le_bytes().to_vec()) as Box<dyn Fn(f32) -> Vec<u8>>),
-        (safetensors::Dtype::F16, Box::new(|x: f32| half::f16::from_f32(x).to_le_bytes().to_vec())),
+        (
+            safetensors::Dtype::BF16,
+            Box::new(|x: f32| half::bf16::from_f32(x).to_le_bytes().to_vec())
+                as Box<dyn Fn(f32) -> Vec<u8>>,
+        ),
+        (
+            safetensors::Dtype::F16,
+            Box::new(|x: f32| half::f16::from_f32(x).to_le_bytes().to_vec()),
+        ),
     ] {
         let path = dir.path().join(format!("{dtype:?}.safetensors"));
-        write_file(&path, tensors.iter().map(|(k, s, v)| (k.as_str(), s.clone(), dtype, v.iter().flat_map(|&x| conv(x)).collect())).collect());
+        write_file(
+            &path,
+            tensors
+                .iter()
+                .map(|(k, s, v)| {
+                    (
+                        k.as_str(),
+                        s.clone(),
+                        dtype,
+                        v.iter().flat_map(|&x| conv(x)).collect(),
+                    )
+                })
+                .collect(),
+        );
         let m = MaskedTransformer::<B>::load_smdm(&path, &config, &Default::default()).unwrap();
         let gain = host(m.net.ln_f.gain.val());
         assert!(gain.iter().all(|&g| g == 1.0), "{dtype:?}");
         let w = host(m.net.wte.weight.val());
-        let orig = &tensors.iter().find(|t| t.0 == "transformer.wte.weight").unwrap().2;
+        let orig = &tensors
+            .iter()
+            .find(|t| t.0 == "transformer.wte.weight")
+            .unwrap()
+            .2;
         assert!(max_diff(&w, orig) < 1e-2, "{dtype:?}");
     }
 }
@@ -163,39 +243,95 @@ fn checkpoint_errors_name_the_key_and_shapes() {
 
     // missing key
     let path = dir.path().join("missing.safetensors");
-    write_file(&path, tensors.iter().filter(|t| t.0 != "transformer.h.1.attn.proj.weight").map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v))).collect());
+    write_file(
+        &path,
+        tensors
+            .iter()
+            .filter(|t| t.0 != "transformer.h.1.attn.proj.weight")
+            .map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v)))
+            .collect(),
+    );
     let err = MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
-    assert!(matches!(&err, ModelError::MissingKey { key, .. } if key == "transformer.h.1.attn.proj.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingKey { key, .. } if key == "transformer.h.1.attn.proj.weight"),
+        "{err}"
+    );
     assert!(err.to_string().contains("missing.safetensors"));
 
     // unexpected key
     let path = dir.path().join("extra.safetensors");
-    let mut with_extra: Vec<_> = tensors.iter().map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v))).collect();
-    with_extra.push(("transformer.h.9.extra", vec![2], safetensors::Dtype::F32, f32b(&vec![0.0, 1.0])));
+    let mut with_extra: Vec<_> = tensors
+        .iter()
+        .map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v)))
+        .collect();
+    with_extra.push((
+        "transformer.h.9.extra",
+        vec![2],
+        safetensors::Dtype::F32,
+        f32b(&vec![0.0, 1.0]),
+    ));
     write_file(&path, with_extra);
     let err = MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
-    assert!(matches!(&err, ModelError::UnexpectedKey { key, found, .. } if key == "transformer.h.9.extra" && found == &vec![2]), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnexpectedKey { key, found, .. } if key == "transformer.h.9.extra" && found == &vec![2]),
+        "{err}"
+    );
 
     // shape mismatch: a config with a different width
     let path = dir.path().join("ok.safetensors");
-    write_file(&path, tensors.iter().map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v))).collect());
+    write_file(
+        &path,
+        tensors
+            .iter()
+            .map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v)))
+            .collect(),
+    );
     let wider = ModelConfig::custom(100, 2, 4, 64, 64, 48).with_query_groups(2);
     let err = MaskedTransformer::<B>::load_smdm(&path, &wider, &device).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(&err, ModelError::ShapeMismatch { key, expected, found, .. } if key == "transformer.wte.weight" && expected == &vec![129, 64] && found == &vec![129, 32]), "{msg}");
+    assert!(
+        matches!(&err, ModelError::ShapeMismatch { key, expected, found, .. } if key == "transformer.wte.weight" && expected == &vec![129, 64] && found == &vec![129, 32]),
+        "{msg}"
+    );
     // the causal model needs V rows in the embedding, not V + 1
     let err = CausalTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
     assert!(matches!(&err, ModelError::ShapeMismatch { .. }), "{err}");
 
     // unsupported dtype and garbage
     let path = dir.path().join("int.safetensors");
-    write_file(&path, tensors.iter().map(|(k, s, v)| (k.as_str(), s.clone(), if k == "lm_head.weight" { safetensors::Dtype::I32 } else { safetensors::Dtype::F32 }, f32b(v))).collect());
+    write_file(
+        &path,
+        tensors
+            .iter()
+            .map(|(k, s, v)| {
+                (
+                    k.as_str(),
+                    s.clone(),
+                    if k == "lm_head.weight" {
+                        safetensors::Dtype::I32
+                    } else {
+                        safetensors::Dtype::F32
+                    },
+                    f32b(v),
+                )
+            })
+            .collect(),
+    );
     let err = MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
-    assert!(matches!(&err, ModelError::Dtype { key, .. } if key == "lm_head.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::Dtype { key, .. } if key == "lm_head.weight"),
+        "{err}"
+    );
     let path = dir.path().join("garbage.safetensors");
     std::fs::write(&path, b"not a safetensors file").unwrap();
-    assert!(matches!(MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err(), ModelError::Format { .. }));
-    assert!(matches!(MaskedTransformer::<B>::load_smdm(dir.path().join("nope"), &config, &device).unwrap_err(), ModelError::Io { .. }));
+    assert!(matches!(
+        MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err(),
+        ModelError::Format { .. }
+    ));
+    assert!(matches!(
+        MaskedTransformer::<B>::load_smdm(dir.path().join("nope"), &config, &device).unwrap_err(),
+        ModelError::Io { .. }
+    ));
 }
 
 #[test]
@@ -203,5 +339,12 @@ fn too_long_sequences_are_errors() {
     let config = tiny();
     let model: MaskedTransformer<B> = config.init_masked(0, &Default::default()).unwrap();
     let long = ids(&[vec![1; 49]]);
-    assert!(matches!(model.forward(long).unwrap_err(), ModelError::SequenceTooLong { len: 49, block_size: 48, .. }));
+    assert!(matches!(
+        model.forward(long).unwrap_err(),
+        ModelError::SequenceTooLong {
+            len: 49,
+            block_size: 48,
+            ..
+        }
+    ));
 }
