@@ -54,7 +54,7 @@ pub fn split_guided<B: Backend, const D: usize>(
     cfg_scale: f64,
 ) -> Result<Tensor<B, D>, CoreError> {
     let rows = logits.dims()[0];
-    if rows % 2 != 0 {
+    if !rows.is_multiple_of(2) {
         return Err(CoreError::Value {
             what: "guided batch rows",
             value: rows as f64,
@@ -81,7 +81,7 @@ mod tests {
             .into_data()
             .to_vec()
             .unwrap();
-        assert_eq!(out, vec![0.5 + 1.5 * 0.5, 3.0 + 1.5 * -1.0]);
+        assert_eq!(out, vec![0.5 + 1.5 * 0.5, 3.0 - 1.5]);
         let out: Vec<f32> = cfg_combine(c, u, 0.0)
             .unwrap()
             .into_data()

@@ -251,10 +251,10 @@ mod tests {
             let mask: Vec<bool> = host(noised.mask.into_data());
             let noisy: Vec<i64> = host(noised.noisy.into_data());
             let clean: Vec<i64> = host(x0.into_data());
-            for b in 0..batch {
+            for (b, &p) in prompt_len.iter().enumerate() {
                 for l in 0..len {
                     let i = b * len + l;
-                    if l < prompt_len[b] { prop_assert!(!mask[i]); }
+                    if l < p { prop_assert!(!mask[i]); }
                     if mask[i] { prop_assert_eq!(noisy[i], 1024); } else { prop_assert_eq!(noisy[i], clean[i]); }
                 }
             }

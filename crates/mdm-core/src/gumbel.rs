@@ -19,14 +19,14 @@ pub fn gumbel_argmax(
     temperature: f64,
     rng: &mut MdmRng,
 ) -> Result<Vec<usize>, CoreError> {
-    if !(temperature >= 0.0) || !temperature.is_finite() {
+    if temperature.is_nan() || temperature < 0.0 || !temperature.is_finite() {
         return Err(CoreError::Value {
             what: "temperature",
             value: temperature,
             reason: "must be finite and >= 0",
         });
     }
-    if vocab == 0 || logits.len() % vocab != 0 {
+    if vocab == 0 || !logits.len().is_multiple_of(vocab) {
         return Err(CoreError::Shape {
             what: "logits",
             expected: vec![logits.len() / vocab.max(1), vocab],

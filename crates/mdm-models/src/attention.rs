@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
-use crate::rope::Rope;
+use crate::rope::RopeTables;
 use crate::ModelError;
 
 /// Cached keys and values of one layer: `[batch, groups, cached_len, head_size]` each.
@@ -36,24 +36,22 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    /// `x`: `[batch, seq_len, n_embd]` at positions `start..start + seq_len`.
+    /// `x`: `[batch, seq_len, n_embd]`; `rope`: the tables of its positions.
     /// `bias`: additive attention bias broadcastable to `[batch, H, seq_len, keys]` (a causal mask as
     /// `-inf` above the diagonal), or none for bidirectional attention.
     /// `cache`: when given, the new keys/values are appended to it and attention runs over all of it.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        start: usize,
+        rope: &RopeTables<B>,
         bias: Option<Tensor<B, 4>>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [batch, seq_len, n_embd] = x.dims();
         let (h, g, d) = (self.n_head, self.n_query_groups, self.head_size);
         let per_group = h / g;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = rope
+            .apply(self.qkv.forward(x))
             .reshape([batch, seq_len, g, per_group + 2, d]);
         // [B, T, G, P, D] -> [B, H, T, D]
         let q = qkv
@@ -71,8 +69,7 @@ impl<B: Backend> SelfAttention<B> {
             .narrow(3, per_group + 1, 1)
             .reshape([batch, seq_len, g, d])
             .swap_dims(1, 2);
-        let q = rope.apply(q, start)?;
-        let mut k = rope.apply(k, start)?;
+        let mut k = k;
         let mut v = v;
         if let Some(cache) = cache {
             if let Some(prev) = cache.take() {

@@ -271,21 +271,21 @@ impl ModelConfig {
         if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.block_size == 0 {
             return bad("n_layer, n_head, n_embd and block_size must be positive".into());
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd {} is not divisible by n_head {}",
                 self.n_embd, self.n_head
             ));
         }
         let g = self.query_groups();
-        if g == 0 || self.n_head % g != 0 {
+        if g == 0 || !self.n_head.is_multiple_of(g) {
             return bad(format!(
                 "n_head {} is not divisible by n_query_groups {g}",
                 self.n_head
             ));
         }
         let r = self.rope_dims();
-        if r % 2 != 0 || r > self.head_size() {
+        if !r.is_multiple_of(2) || r > self.head_size() {
             return bad(format!(
                 "rotated dimensions {r} must be even and at most the head size {}",
                 self.head_size()

@@ -8,8 +8,11 @@ use crate::attention::{LayerCache, SelfAttention};
 use crate::mlp::SwiGlu;
 use crate::norm::RmsNorm;
 use crate::params::ParamSource;
-use crate::rope::Rope;
+use crate::rope::{Rope, RopeTables};
 use crate::{ModelConfig, ModelError};
+
+/// A weight under its SMDM name: `(name, PyTorch-layout shape, row-major values)`.
+pub(crate) type NamedWeight = (String, Vec<usize>, Vec<f32>);
 
 /// `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`.
 #[derive(Module, Debug)]
@@ -28,15 +31,14 @@ impl<B: Backend> Block<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        start: usize,
+        rope: &RopeTables<B>,
         bias: Option<Tensor<B, 4>>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let x = x.clone()
             + self
                 .attn
-                .forward(self.norm_1.forward(x), rope, start, bias, cache)?;
+                .forward(self.norm_1.forward(x), rope, bias, cache)?;
         Ok(x.clone() + self.mlp.forward(self.norm_2.forward(x)))
     }
 }
@@ -176,24 +178,18 @@ impl<B: Backend> Transformer<B> {
         bias: Option<Tensor<B, 4>>,
         mut caches: Option<&mut Vec<Option<LayerCache<B>>>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        let [_, seq_len] = ids.dims();
-        if start + seq_len > self.config.block_size {
-            return Err(ModelError::SequenceTooLong {
-                start,
-                len: seq_len,
-                block_size: self.config.block_size,
-            });
-        }
+        let [batch, seq_len] = ids.dims();
+        let rope = self.rope.tables(batch, start, seq_len)?;
         let mut x = self.wte.forward(ids);
         for (l, block) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[l]);
-            x = block.forward(x, &self.rope, start, bias.clone(), cache)?;
+            x = block.forward(x, &rope, bias.clone(), cache)?;
         }
         Ok(self.ln_f.forward(x))
     }
 
     /// Every weight under its SMDM name, in PyTorch layout: `(name, shape, values)`.
-    pub(crate) fn state(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+    pub(crate) fn state(&self) -> Result<Vec<NamedWeight>, ModelError> {
         let mut out = Vec::new();
         let host = |key: &str, t: Tensor<B, 2>| -> Result<Vec<f32>, ModelError> {
             t.into_data()

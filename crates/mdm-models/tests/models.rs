@@ -32,8 +32,8 @@ fn kv_cache_decoding_equals_full_forward() {
     let config = tiny();
     let model: CausalTransformer<B> = config.init_causal(3, &Default::default()).unwrap();
     let seq: Vec<Vec<i32>> = vec![
-        (0..20).map(|i| (i * 7 % 100) as i32).collect(),
-        (0..20).map(|i| (i * 13 % 97) as i32).collect(),
+        (0..20).map(|i| i * 7 % 100).collect(),
+        (0..20).map(|i| i * 13 % 97).collect(),
     ];
     let full = model.forward(ids(&seq)).unwrap();
     let v = config.padded_vocab_size();
