@@ -128,20 +128,7 @@ impl ModelConfig {
             })?;
         Ok(Self {
             name: format!("Diff_LLaMA_{size}"),
-            block_size: 2048,
-            vocab_size: 32000,
-            padding_multiple: 64,
-            padded_vocab_size: None,
-            n_layer,
-            n_head,
-            n_embd,
-            n_query_groups: Some(n_head),
-            intermediate_size,
-            norm_eps: 1e-5,
-            rope_base: 10000.0,
-            rotary_percentage: 1.0,
-            condense_ratio: 1,
-            rope_bf16_tables: true,
+            ..Self::custom(32000, n_layer, n_head, n_embd, intermediate_size, 2048)
         })
     }
 
