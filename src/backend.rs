@@ -1,7 +1,7 @@
 //! Backend selection by Cargo feature.
 //!
-//! [`Default`] is the first enabled of `cuda`, `wgpu`, `flex`, `ndarray`; [`Training`] is it under
-//! `Autodiff`. Every example and bench runs on [`Default`]. Library crates stay generic over
+//! [`Default`](type@Default) is the first enabled of `cuda`, `wgpu`, `flex`, `ndarray`; [`Training`] is it under
+//! `Autodiff`. Every example and bench runs on [`Default`](type@Default). Library crates stay generic over
 //! `B: Backend`: this module only serves programs.
 
 #[cfg(not(any(
@@ -28,10 +28,10 @@ pub type Default = burn::backend::Flex;
 ))]
 pub type Default = burn::backend::NdArray;
 
-/// [`Default`] with automatic differentiation, for training.
+/// [`Default`](type@Default) with automatic differentiation, for training.
 pub type Training = burn::backend::Autodiff<Default>;
 
-/// Name of [`Default`], for printing.
+/// Name of [`Default`](type@Default), for printing.
 pub const NAME: &str = if cfg!(feature = "cuda") {
     "cuda"
 } else if cfg!(feature = "wgpu") {
@@ -42,7 +42,7 @@ pub const NAME: &str = if cfg!(feature = "cuda") {
     "ndarray (CPU)"
 };
 
-/// The default device of [`Default`] (the first GPU, or the CPU).
+/// The default device of [`Default`](type@Default) (the first GPU, or the CPU).
 pub fn device() -> burn::tensor::Device<Default> {
     std::default::Default::default()
 }

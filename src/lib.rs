@@ -8,7 +8,7 @@
 //! | `mdm-core` | [`diffusion`] | schedule, forward process, losses, CFG, Gumbel draws |
 //! | `mdm-models` | [`models`] | Diff_LLaMA configs, masked and causal Transformers, checkpoints |
 //!
-//! Backends (exactly as the features say; the first enabled one in this order is [`backend::Default`]):
+//! Backends (exactly as the features say; the first enabled one in this order is [`backend::Default`](type@backend::Default)):
 //! `cuda` (burn-cuda), `wgpu` (burn-wgpu), `flex` (burn-flex, pure-Rust CPU, the default),
 //! `ndarray` (burn-ndarray).
 //!

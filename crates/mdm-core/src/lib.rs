@@ -19,7 +19,7 @@
 //! | [`forward_process`] | noising a batch: noisy ids, mask and `p_mask` |
 //! | [`loss`] | pre-training ELBO loss and fine-tuning loss |
 //! | [`augment`] | stochastic sequence length and prompt dropout (CFG training) |
-//! | [`cfg`] | classifier-free guidance |
+//! | [`cfg`](mod@cfg) | classifier-free guidance |
 //! | [`gumbel`] | Gumbel-max token draws with temperature, in float64 |
 //!
 //! Every random choice takes an explicit [`MdmRng`]; build one from a seed with [`rng_from_seed`].
