@@ -60,19 +60,17 @@ impl<B: Backend> SelfAttention<B> {
             .reshape([batch, seq_len, h, d])
             .swap_dims(1, 2);
         // [B, T, G, 1, D] -> [B, G, T, D]
-        let k = qkv
+        let mut k = qkv
             .clone()
             .narrow(3, per_group, 1)
             .reshape([batch, seq_len, g, d])
             .swap_dims(1, 2);
-        let v = qkv
+        let mut v = qkv
             .narrow(3, per_group + 1, 1)
             .reshape([batch, seq_len, g, d])
             .swap_dims(1, 2);
-        let mut k = k;
-        let mut v = v;
         if let Some(cache) = cache {
-            if let Some(prev) = cache.take() {
+            if let Some(prev) = cache.as_ref() {
                 let cached = prev.k.dims()[0];
                 if cached != batch {
                     return Err(ModelError::CacheBatch {
@@ -80,6 +78,8 @@ impl<B: Backend> SelfAttention<B> {
                         input: batch,
                     });
                 }
+            }
+            if let Some(prev) = cache.take() {
                 k = Tensor::cat(vec![prev.k, k], 2);
                 v = Tensor::cat(vec![prev.v, v], 2);
             }

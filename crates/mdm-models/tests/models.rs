@@ -60,6 +60,25 @@ fn kv_cache_decoding_equals_full_forward() {
     assert_eq!(incremental.dims(), [2, 20, v]);
     let d = max_diff(&host(full), &host(incremental));
     assert!(d < 1e-4, "cached vs full logits differ by {d}");
+    // a batch of another size is an error and leaves the cache as it was
+    let err = model
+        .forward_cached(ids(&[vec![1]]), &mut cache)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ModelError::CacheBatch {
+                cached: 2,
+                input: 1
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(cache.len(), 20);
+    let next = model
+        .forward_cached(ids(&[vec![1], vec![2]]), &mut cache)
+        .unwrap();
+    assert_eq!(next.dims(), [2, 1, v]);
     cache.clear();
     assert!(cache.is_empty());
 }
