@@ -1,0 +1,67 @@
+//! Time grid and transfer counts of the reverse process.
+
+/// The `eps` of SMDM's sampler: the last time of the grid.
+pub const DEFAULT_EPS: f32 = 1e-5;
+
+/// `steps + 1` times `linspace(1, eps, steps + 1)`, computed in fp32 exactly as PyTorch's
+/// `torch.linspace` does (`start + i * step` for the first half of the points, `end - (n - 1 - i) *
+/// step` for the second), so `t` and `s` match the reference bit for bit.
+pub fn timesteps(steps: usize, eps: f32) -> Vec<f32> {
+    let points = steps + 1;
+    if points == 1 {
+        return vec![1.0];
+    }
+    let (start, end) = (1.0f32, eps);
+    let step = (end - start) / (points - 1) as f32;
+    let halfway = points / 2;
+    (0..points)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f32
+            } else {
+                end - step * (points - 1 - i) as f32
+            }
+        })
+        .collect()
+}
+
+/// How many of `n_masked` slots the step from time `t` to `s` reveals: `floor(n_masked * (1 - s/t))`
+/// in fp32 as the reference; every slot at the last step.
+pub fn transfer_count(n_masked: usize, t: f32, s: f32, last_step: bool) -> usize {
+    if last_step {
+        return n_masked;
+    }
+    let k = n_masked as f32 * (1.0 - s / t);
+    (k.max(0.0) as usize).min(n_masked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_ends_and_is_decreasing() {
+        for steps in [1usize, 2, 7, 8, 64, 256] {
+            let t = timesteps(steps, DEFAULT_EPS);
+            assert_eq!(t.len(), steps + 1);
+            assert_eq!(t[0], 1.0);
+            assert_eq!(t[steps], DEFAULT_EPS);
+            assert!(t.windows(2).all(|w| w[0] > w[1]), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn counts_sum_to_everything_over_a_run() {
+        // revealing floor(n (1 - s/t)) of what is left at each step, then all at the last step,
+        // leaves nothing masked
+        let steps = 10;
+        let t = timesteps(steps, DEFAULT_EPS);
+        let mut left = 100usize;
+        for i in 0..steps {
+            let k = transfer_count(left, t[i], t[i + 1], i + 1 == steps);
+            assert!(k <= left);
+            left -= k;
+        }
+        assert_eq!(left, 0);
+    }
+}
