@@ -1,7 +1,7 @@
 //! The bidirectional masked Transformer (Diff_LLaMA): the network of an MDM.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use crate::params::SeededInit;
 use crate::transformer::Transformer;
@@ -53,6 +53,24 @@ impl<B: Backend> MaskedTransformer<B> {
     ) -> Result<Tensor<B, 2>, ModelError> {
         let [batch, seq_len] = ids.dims();
         let hidden = self.forward_hidden(ids)?;
+        let c = hidden.dims()[2];
+        Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
+    }
+
+    /// As [`Self::forward_at`] for a right-padded batch: `padding` (`[batch, seq_len]`, true at padding
+    /// positions) hides those keys from every query, so a row's logits are those of the row alone
+    /// (up to floating-point summation order).
+    pub fn forward_at_padded(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Tensor<B, 2, Bool>,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let [batch, seq_len] = ids.dims();
+        let bias = Tensor::<B, 2>::zeros([batch, seq_len], &ids.device())
+            .mask_fill(padding, f32::NEG_INFINITY)
+            .reshape([batch, 1, 1, seq_len]);
+        let hidden = self.net.hidden(ids, 0, Some(bias), None)?;
         let c = hidden.dims()[2];
         Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
     }

@@ -11,13 +11,18 @@
 //! - [`step`]: one step over a batch, with per-row counting of masked slots, or SMDM's joint
 //!   counting over the whole batch as an explicit compatibility switch ([`step::Counting`]).
 //!
-//! Work in progress (issue "Samplers"): the generation loop over a model (ragged batches, CFG,
-//! semi-autoregressive blocks, early stop at EOS, step callback), the autoregressive sampler and the
-//! `generate` example build on these pieces.
+//! - [`generate`]: the generation loop over a [`MaskedTransformer`](mdm_models::MaskedTransformer):
+//!   ragged batches (right-padded, padding hidden from attention), unsupervised CFG (both passes in
+//!   one batch), semi-autoregressive blocks, early stop at EOS, a step callback.
+//!
+//! Still to come (issue "Samplers"): margin/entropy confidence rules, the autoregressive KV-cache
+//! sampler, the `generate` example and the benchmark.
 
+pub mod generate;
 pub mod proposal;
 pub mod remasking;
 pub mod schedule;
 pub mod step;
 
+pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepEvent};
 pub use step::{Counting, SamplerError};

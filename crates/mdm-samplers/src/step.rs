@@ -21,6 +21,15 @@ pub enum SamplerError {
         /// Next time.
         s: f32,
     },
+    /// Generation options that do not fit together, or a prompt that does not fit the model.
+    #[error("invalid generation request: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model failed (sequence too long, device read-back).
+    #[error(transparent)]
+    Model(#[from] mdm_models::ModelError),
     /// A slot outside the batch.
     #[error("slot (row {row}, position {pos}) is outside the batch")]
     Slot {

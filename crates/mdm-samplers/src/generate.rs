@@ -1,0 +1,344 @@
+//! The generation loop of a masked diffusion model: prompts in, continuations out.
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use mdm_core::cfg::cfg_combine;
+use mdm_core::rng_from_seed;
+use mdm_models::MaskedTransformer;
+
+use crate::proposal::{Proposal, Slot};
+use crate::remasking::{LowConfidence, Remasking};
+use crate::schedule::{timesteps, DEFAULT_EPS};
+use crate::step::{denoise_step, Counting, SamplerError};
+
+/// Options of a generation (builder methods below; `Default` is greedy low-confidence decoding of
+/// 64 tokens in 64 steps, one block, no guidance).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Tokens generated after each prompt (`L_gen`).
+    pub gen_length: usize,
+    /// Denoising steps in all (`S`), split evenly across blocks.
+    pub steps: usize,
+    /// Semi-autoregressive block length (LLaDA): `None` = one block of `gen_length`.
+    pub block_length: Option<usize>,
+    /// Temperature of the Gumbel draw (0 = argmax).
+    pub temperature: f64,
+    /// Unsupervised classifier-free guidance `w` (`None` = off; `Some(w)` runs the conditional and
+    /// the prompt-masked pass in one batch and combines `u + (w + 1)(c - u)`).
+    pub cfg_scale: Option<f64>,
+    /// Per-row counting (default) or SMDM's joint counting over the batch.
+    pub counting: Counting,
+    /// End-of-sequence id: a row stops once everything up to its first EOS is revealed, and its
+    /// output is cut there. `None`: no early stop, no trimming.
+    pub eos_id: Option<usize>,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            gen_length: 64,
+            steps: 64,
+            block_length: None,
+            temperature: 0.0,
+            cfg_scale: None,
+            counting: Counting::PerRow,
+            eos_id: None,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Builder: tokens to generate.
+    pub fn with_gen_length(mut self, n: usize) -> Self {
+        self.gen_length = n;
+        self
+    }
+    /// Builder: denoising steps.
+    pub fn with_steps(mut self, n: usize) -> Self {
+        self.steps = n;
+        self
+    }
+    /// Builder: semi-autoregressive blocks of `n` tokens.
+    pub fn with_block_length(mut self, n: usize) -> Self {
+        self.block_length = Some(n);
+        self
+    }
+    /// Builder: temperature.
+    pub fn with_temperature(mut self, t: f64) -> Self {
+        self.temperature = t;
+        self
+    }
+    /// Builder: classifier-free guidance scale.
+    pub fn with_cfg_scale(mut self, w: f64) -> Self {
+        self.cfg_scale = Some(w);
+        self
+    }
+    /// Builder: counting of masked slots.
+    pub fn with_counting(mut self, c: Counting) -> Self {
+        self.counting = c;
+        self
+    }
+    /// Builder: early stop and trimming at `eos_id`.
+    pub fn with_eos(mut self, eos_id: usize) -> Self {
+        self.eos_id = Some(eos_id);
+        self
+    }
+    /// Builder: seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// `(blocks, block length, steps per block)`, checked.
+    fn blocks(&self) -> Result<(usize, usize, usize), SamplerError> {
+        let bad = |reason: String| Err(SamplerError::Config { reason });
+        if self.gen_length == 0 || self.steps == 0 {
+            return bad("gen_length and steps must be positive".into());
+        }
+        let block = self.block_length.unwrap_or(self.gen_length);
+        if block == 0 || !self.gen_length.is_multiple_of(block) {
+            return bad(format!(
+                "block_length {block} must divide gen_length {}",
+                self.gen_length
+            ));
+        }
+        let blocks = self.gen_length / block;
+        if !self.steps.is_multiple_of(blocks) {
+            return bad(format!(
+                "steps {} must be a multiple of the number of blocks {blocks}",
+                self.steps
+            ));
+        }
+        Ok((blocks, block, self.steps / blocks))
+    }
+}
+
+/// What the step callback sees after every denoising step.
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// Block index (0 without semi-autoregressive decoding).
+    pub block: usize,
+    /// Step index within the block.
+    pub step: usize,
+    /// Every row, prompt then generation region (`mask_id` where still masked).
+    pub tokens: &'a [Vec<usize>],
+    /// Slots revealed by this step, with their tokens and confidences.
+    pub revealed: &'a [Proposal],
+}
+
+/// Generates continuations from a [`MaskedTransformer`] with a remasking rule.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use mdm_models::ModelConfig;
+/// use mdm_samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
+///
+/// let model = ModelConfig::custom(100, 2, 4, 64, 128, 64).init_masked::<Flex>(0, &Default::default()).unwrap();
+/// let sampler = MaskedDiffusionSampler::new(&model,
+///     GenerationConfig::default().with_gen_length(8).with_steps(4));
+/// let out = sampler.generate(&[vec![1, 5, 7], vec![2]], |_| {}).unwrap();
+/// assert_eq!(out.len(), 2);
+/// assert!(out.iter().all(|row| row.len() == 8 && row.iter().all(|&t| t < 128)));
+/// ```
+pub struct MaskedDiffusionSampler<'a, B: Backend> {
+    model: &'a MaskedTransformer<B>,
+    rule: Box<dyn Remasking>,
+    config: GenerationConfig,
+}
+
+impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
+    /// A sampler with low-confidence remasking.
+    pub fn new(model: &'a MaskedTransformer<B>, config: GenerationConfig) -> Self {
+        Self {
+            model,
+            rule: Box::new(LowConfidence),
+            config,
+        }
+    }
+
+    /// Builder: another remasking rule.
+    pub fn with_rule(mut self, rule: impl Remasking + 'static) -> Self {
+        self.rule = Box::new(rule);
+        self
+    }
+
+    /// Generates `gen_length` tokens after each prompt (rows may have different prompt lengths).
+    /// `on_step` is called after every step. Returns each row's generated tokens, cut at the first
+    /// EOS when `eos_id` is set.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<usize>],
+        mut on_step: impl FnMut(&StepEvent),
+    ) -> Result<Vec<Vec<usize>>, SamplerError> {
+        let cfg = &self.config;
+        let (blocks, block_len, steps_per_block) = cfg.blocks()?;
+        let model_cfg = self.model.config();
+        let (mask_id, vocab) = (model_cfg.mask_id(), model_cfg.padded_vocab_size());
+        if prompts.is_empty() {
+            return Ok(vec![]);
+        }
+        for (row, p) in prompts.iter().enumerate() {
+            if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
+                return Err(SamplerError::Config {
+                    reason: format!(
+                        "prompt {row} holds id {bad}, outside the vocabulary 0..{vocab}"
+                    ),
+                });
+            }
+            if p.len() + cfg.gen_length > model_cfg.block_size {
+                return Err(SamplerError::Config {
+                    reason: format!(
+                        "prompt {row}: {} + {} tokens exceed the model's block size {}",
+                        p.len(),
+                        cfg.gen_length,
+                        model_cfg.block_size
+                    ),
+                });
+            }
+        }
+        let batch = prompts.len();
+        let mut x: Vec<Vec<usize>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = p.clone();
+                row.resize(p.len() + cfg.gen_length, mask_id);
+                row
+            })
+            .collect();
+        let max_len = x.iter().map(Vec::len).max().unwrap_or(0);
+        let device = self.model.net.lm_head.weight.device();
+        let guided = cfg.cfg_scale.is_some();
+        let rows_in_pass = if guided { 2 * batch } else { batch };
+        let padding: Vec<bool> = (0..rows_in_pass)
+            .flat_map(|r| {
+                let len = x[r % batch].len();
+                (0..max_len).map(move |l| l >= len)
+            })
+            .collect();
+        let padding = Tensor::<B, 2, Bool>::from_bool(
+            TensorData::new(padding, [rows_in_pass, max_len]),
+            &device,
+        );
+        let grid = timesteps(steps_per_block, DEFAULT_EPS);
+        let mut rng = rng_from_seed(cfg.seed);
+        let mut done = vec![false; batch];
+        for block in 0..blocks {
+            for step in 0..steps_per_block {
+                let slots: Vec<Slot> = (0..batch)
+                    .filter(|&row| !done[row])
+                    .flat_map(|row| {
+                        let start = prompts[row].len() + block * block_len;
+                        (start..start + block_len)
+                            .filter(|&pos| x[row][pos] == mask_id)
+                            .map(move |pos| Slot { row, pos })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if slots.is_empty() {
+                    break;
+                }
+                let logits = self.slot_logits(&x, prompts, &slots, max_len, &padding, mask_id)?;
+                let last = step + 1 == steps_per_block;
+                let revealed = denoise_step(
+                    &mut x,
+                    &slots,
+                    &logits,
+                    vocab,
+                    (grid[step], grid[step + 1]),
+                    last,
+                    cfg.temperature,
+                    self.rule.as_ref(),
+                    cfg.counting,
+                    &mut rng,
+                )?;
+                on_step(&StepEvent {
+                    block,
+                    step,
+                    tokens: &x,
+                    revealed: &revealed,
+                });
+                if let Some(eos) = cfg.eos_id {
+                    for row in 0..batch {
+                        let gen = &x[row][prompts[row].len()..];
+                        if let Some(e) = gen.iter().position(|&t| t == eos) {
+                            done[row] |= gen[..e].iter().all(|&t| t != mask_id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(x.into_iter()
+            .zip(prompts)
+            .map(|(row, p)| {
+                let gen = &row[p.len()..];
+                let end = cfg
+                    .eos_id
+                    .and_then(|eos| gen.iter().position(|&t| t == eos))
+                    .unwrap_or(gen.len());
+                gen[..end].to_vec()
+            })
+            .collect())
+    }
+
+    /// Logits `[slots, V]` (host, f32) at `slots`, guided when asked.
+    fn slot_logits(
+        &self,
+        x: &[Vec<usize>],
+        prompts: &[Vec<usize>],
+        slots: &[Slot],
+        max_len: usize,
+        padding: &Tensor<B, 2, Bool>,
+        mask_id: usize,
+    ) -> Result<Vec<f32>, SamplerError> {
+        let batch = x.len();
+        let device = padding.device();
+        let mut ids: Vec<i64> = Vec::with_capacity(2 * batch * max_len);
+        // one row of the pass: `row` with its first `hide_prompt` ids masked, padded with mask_id
+        let push_row = |ids: &mut Vec<i64>, row: &[usize], hide_prompt: usize| {
+            ids.extend((0..max_len).map(|l| match row.get(l) {
+                Some(&t) if l >= hide_prompt => t as i64,
+                _ => mask_id as i64,
+            }));
+        };
+        for row in x {
+            push_row(&mut ids, row, 0);
+        }
+        let mut index: Vec<i64> = slots
+            .iter()
+            .map(|s| (s.row * max_len + s.pos) as i64)
+            .collect();
+        if self.config.cfg_scale.is_some() {
+            for (row, p) in x.iter().zip(prompts) {
+                push_row(&mut ids, row, p.len());
+            }
+            index.extend(
+                slots
+                    .iter()
+                    .map(|s| ((batch + s.row) * max_len + s.pos) as i64),
+            );
+        }
+        let rows = ids.len() / max_len;
+        let n = index.len();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, max_len]), &device);
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
+        let mut logits = self.model.forward_at_padded(ids, padding.clone(), index)?;
+        if let Some(w) = self.config.cfg_scale {
+            let half = n / 2;
+            let cond = logits.clone().narrow(0, 0, half);
+            let uncond = logits.narrow(0, half, half);
+            logits = cfg_combine(cond, uncond, w)?;
+        }
+        logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| {
+                SamplerError::Model(mdm_models::ModelError::ReadBack {
+                    key: "slot logits".into(),
+                    reason: format!("{e:?}"),
+                })
+            })
+    }
+}
