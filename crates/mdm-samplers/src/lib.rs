@@ -15,9 +15,13 @@
 //!   ragged batches (right-padded, padding hidden from attention), unsupervised CFG (both passes in
 //!   one batch), semi-autoregressive blocks, early stop at EOS, a step callback.
 //!
-//! Still to come (issue "Samplers"): margin/entropy confidence rules, the autoregressive KV-cache
-//! sampler, the `generate` example and the benchmark.
+//! - [`autoregressive`]: the baseline's sampler, one token per pass with the KV cache, the same
+//!   temperature semantics.
+//!
+//! Still to come (issue "Samplers"): margin/entropy confidence rules, the `generate` example and the
+//! benchmark.
 
+pub mod autoregressive;
 pub mod generate;
 pub mod proposal;
 pub mod remasking;

@@ -1,0 +1,107 @@
+//! The autoregressive baseline's sampler: one token per forward pass with the KV cache.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use mdm_core::gumbel::sample_tokens;
+use mdm_core::rng_from_seed;
+use mdm_models::{CausalTransformer, KvCache};
+
+use crate::step::SamplerError;
+
+/// Options of autoregressive generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoregressiveConfig {
+    /// Most tokens generated per row.
+    pub max_new_tokens: usize,
+    /// Temperature of the Gumbel draw (0 = argmax), the same semantics as the MDM sampler.
+    pub temperature: f64,
+    /// Stop a row at this id (excluded from the output).
+    pub eos_id: Option<usize>,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for AutoregressiveConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            eos_id: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Generates continuations from a [`CausalTransformer`]: the prompt in one pass, then one token per
+/// pass reusing the keys and values of the [`KvCache`]. Rows with equal prompt lengths run as one
+/// batch; the draws of each group come from the seed, in prompt-length order.
+pub fn generate_autoregressive<B: Backend>(
+    model: &CausalTransformer<B>,
+    prompts: &[Vec<usize>],
+    config: &AutoregressiveConfig,
+) -> Result<Vec<Vec<usize>>, SamplerError> {
+    let model_cfg = model.config();
+    let vocab = model_cfg.padded_vocab_size();
+    let device = model.net.lm_head.weight.device();
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (row, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(SamplerError::Config {
+                reason: format!(
+                    "prompt {row} is empty: the baseline needs at least one token (BOS)"
+                ),
+            });
+        }
+        if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
+            return Err(SamplerError::Config {
+                reason: format!("prompt {row} holds id {bad}, outside the vocabulary 0..{vocab}"),
+            });
+        }
+        if p.len() + config.max_new_tokens > model_cfg.block_size + 1 {
+            return Err(SamplerError::Config {
+                reason: format!(
+                    "prompt {row}: {} + {} tokens exceed the model's block size {}",
+                    p.len(),
+                    config.max_new_tokens,
+                    model_cfg.block_size
+                ),
+            });
+        }
+        groups.entry(p.len()).or_default().push(row);
+    }
+    let mut rng = rng_from_seed(config.seed);
+    let mut out = vec![Vec::new(); prompts.len()];
+    for (prompt_len, rows) in groups {
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|&r| prompts[r].iter().map(|&t| t as i64))
+            .collect();
+        let mut input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), prompt_len]), &device);
+        let mut cache = KvCache::new(model);
+        let mut finished = vec![false; rows.len()];
+        for _ in 0..config.max_new_tokens {
+            let logits = model.forward_cached(input, &mut cache)?;
+            let [batch, len, v] = logits.dims();
+            let last = logits.narrow(1, len - 1, 1).reshape([batch, v]);
+            let next = sample_tokens(last, config.temperature, &mut rng)?;
+            for (i, &tok) in next.iter().enumerate() {
+                if finished[i] {
+                    continue;
+                }
+                if Some(tok) == config.eos_id {
+                    finished[i] = true;
+                } else {
+                    out[rows[i]].push(tok);
+                }
+            }
+            if finished.iter().all(|&f| f) {
+                break;
+            }
+            let next: Vec<i64> = next.iter().map(|&t| t as i64).collect();
+            input = Tensor::from_data(TensorData::new(next, [batch, 1]), &device);
+        }
+    }
+    Ok(out)
+}
