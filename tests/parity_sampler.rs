@@ -6,7 +6,7 @@ mod common;
 
 use common::{manifest, read_cases, HostTensor};
 use mdm::diffusion::rng_from_seed;
-use mdm::samplers::proposal::{masked_slots, propose, Slot};
+use mdm::samplers::proposal::{masked_slots, propose, Confidence, Slot};
 use mdm::samplers::remasking::LowConfidence;
 use mdm::samplers::schedule::{timesteps, transfer_count};
 use mdm::samplers::step::{denoise_step, Counting};
@@ -89,7 +89,7 @@ fn greddy_steps_and_suffix_greedy_match_the_reference() {
         vocab,
         (grid[i], grid[i + 1]),
         false,
-        0.0,
+        (0.0, Confidence::Probability),
         &LowConfidence,
         Counting::JointBatch,
         &mut rng_from_seed(0),
@@ -107,7 +107,7 @@ fn greddy_steps_and_suffix_greedy_match_the_reference() {
         vocab,
         (grid[last], grid[last + 1]),
         true,
-        0.0,
+        (0.0, Confidence::Probability),
         &LowConfidence,
         Counting::JointBatch,
         &mut rng_from_seed(0),

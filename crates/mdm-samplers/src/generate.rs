@@ -5,7 +5,7 @@ use mdm_core::cfg::cfg_combine;
 use mdm_core::rng_from_seed;
 use mdm_models::MaskedTransformer;
 
-use crate::proposal::{Proposal, Slot};
+use crate::proposal::{Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
 use crate::step::{denoise_step, Counting, SamplerError};
@@ -25,6 +25,8 @@ pub struct GenerationConfig {
     /// Unsupervised classifier-free guidance `w` (`None` = off; `Some(w)` runs the conditional and
     /// the prompt-masked pass in one batch and combines `u + (w + 1)(c - u)`).
     pub cfg_scale: Option<f64>,
+    /// What low-confidence remasking ranks by (softmax probability by default; margin, entropy).
+    pub confidence: Confidence,
     /// Per-row counting (default) or SMDM's joint counting over the batch.
     pub counting: Counting,
     /// End-of-sequence id: a row stops once everything up to its first EOS is revealed, and its
@@ -42,6 +44,7 @@ impl Default for GenerationConfig {
             block_length: None,
             temperature: 0.0,
             cfg_scale: None,
+            confidence: Confidence::Probability,
             counting: Counting::PerRow,
             eos_id: None,
             seed: 0,
@@ -73,6 +76,11 @@ impl GenerationConfig {
     /// Builder: classifier-free guidance scale.
     pub fn with_cfg_scale(mut self, w: f64) -> Self {
         self.cfg_scale = Some(w);
+        self
+    }
+    /// Builder: confidence measure.
+    pub fn with_confidence(mut self, c: Confidence) -> Self {
+        self.confidence = c;
         self
     }
     /// Builder: counting of masked slots.
@@ -248,7 +256,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                     vocab,
                     (grid[step], grid[step + 1]),
                     last,
-                    cfg.temperature,
+                    (cfg.temperature, cfg.confidence),
                     self.rule.as_ref(),
                     cfg.counting,
                     &mut rng,

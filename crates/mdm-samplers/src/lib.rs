@@ -4,7 +4,7 @@
 //! - [`schedule`]: the times `t_i = linspace(1, eps, steps + 1)` (fp32, as PyTorch computes them)
 //!   and how many masked slots a step reveals, `floor(n_masked * (1 - s/t))`;
 //! - [`proposal`]: a token for every masked slot (Gumbel-max draw with temperature, in f64) and its
-//!   confidence, the softmax probability of that token;
+//!   confidence: the softmax probability of that token, or Dream's margin or negative entropy;
 //! - [`remasking`]: which proposals are revealed: low-confidence remasking (SMDM's `greddy`,
 //!   LLaDA's `low_confidence`), random remasking, ancestral (SMDM's `origin`); new rules implement
 //!   [`remasking::Remasking`];
@@ -18,8 +18,7 @@
 //! - [`autoregressive`]: the baseline's sampler, one token per pass with the KV cache, the same
 //!   temperature semantics.
 //!
-//! Still to come (issue "Samplers"): margin/entropy confidence rules, the `generate` example and the
-//! benchmark.
+//! Still to come (issue "Samplers"): the `generate` example with live display, and the benchmark.
 
 pub mod autoregressive;
 pub mod generate;

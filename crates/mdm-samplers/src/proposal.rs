@@ -19,8 +19,55 @@ pub struct Proposal {
     pub slot: Slot,
     /// The drawn token (argmax at temperature 0).
     pub token: usize,
-    /// Softmax probability of `token` under the logits, in f64 (SMDM's confidence).
+    /// Confidence of the proposal, in f64: by default the softmax probability of `token` (SMDM's);
+    /// see [`Confidence`].
     pub confidence: f64,
+}
+
+/// How a proposal's confidence is measured (what low-confidence remasking ranks by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Confidence {
+    /// Softmax probability of the drawn token (SMDM, LLaDA).
+    #[default]
+    Probability,
+    /// Probability margin between the two most likely tokens (Dream's `margin`).
+    Margin,
+    /// Negative entropy of the distribution (Dream's `entropy`): peaked distributions first.
+    NegEntropy,
+}
+
+impl Confidence {
+    /// The confidence of `token` under the logits `row`, in f64.
+    pub fn measure(self, row: &[f32], token: usize) -> f64 {
+        match self {
+            Confidence::Probability => softmax_prob(row, token),
+            Confidence::Margin => {
+                let probs = softmax(row);
+                let (mut first, mut second) = (0.0f64, 0.0f64);
+                for p in probs {
+                    if p > first {
+                        second = first;
+                        first = p;
+                    } else if p > second {
+                        second = p;
+                    }
+                }
+                first - second
+            }
+            Confidence::NegEntropy => softmax(row)
+                .into_iter()
+                .filter(|&p| p > 0.0)
+                .map(|p| p * p.ln())
+                .sum(),
+        }
+    }
+}
+
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let exps: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let z: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / z).collect()
 }
 
 /// The masked slots of `x` (rows of token ids), row-major.
@@ -45,6 +92,25 @@ pub fn propose(
     temperature: f64,
     rng: &mut MdmRng,
 ) -> Result<Vec<Proposal>, CoreError> {
+    propose_with(
+        slots,
+        logits,
+        vocab,
+        temperature,
+        Confidence::Probability,
+        rng,
+    )
+}
+
+/// As [`propose`], with another confidence measure.
+pub fn propose_with(
+    slots: &[Slot],
+    logits: &[f32],
+    vocab: usize,
+    temperature: f64,
+    confidence: Confidence,
+    rng: &mut MdmRng,
+) -> Result<Vec<Proposal>, CoreError> {
     if logits.len() != slots.len() * vocab {
         return Err(CoreError::Shape {
             what: "slot logits",
@@ -60,7 +126,7 @@ pub fn propose(
         .map(|((&slot, row), token)| Proposal {
             slot,
             token,
-            confidence: softmax_prob(row, token),
+            confidence: confidence.measure(row, token),
         })
         .collect())
 }
@@ -70,4 +136,29 @@ pub fn softmax_prob(row: &[f32], token: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
     let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
     (row[token] as f64 - max).exp() / z
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confidence_measures() {
+        // p = [0.1, 0.2, 0.7]
+        let row: Vec<f32> = [1f32, 2.0, 7.0].iter().map(|x| x.ln()).collect();
+        assert!((Confidence::Probability.measure(&row, 2) - 0.7).abs() < 1e-6);
+        assert!((Confidence::Margin.measure(&row, 2) - 0.5).abs() < 1e-6);
+        let h: f64 = [0.1f64, 0.2, 0.7].iter().map(|p| p * p.ln()).sum();
+        assert!((Confidence::NegEntropy.measure(&row, 0) - h).abs() < 1e-6);
+        // a peaked distribution is more confident than a flat one under every measure
+        let flat = [0.0f32; 3];
+        let peaked = [0.0f32, 0.0, 5.0];
+        for m in [
+            Confidence::Probability,
+            Confidence::Margin,
+            Confidence::NegEntropy,
+        ] {
+            assert!(m.measure(&peaked, 2) > m.measure(&flat, 2), "{m:?}");
+        }
+    }
 }

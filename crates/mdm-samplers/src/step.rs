@@ -3,7 +3,7 @@
 use mdm_core::{CoreError, MdmRng};
 use thiserror::Error;
 
-use crate::proposal::{propose, Proposal, Slot};
+use crate::proposal::{propose_with, Confidence, Proposal, Slot};
 use crate::remasking::{Remasking, StepInfo};
 use crate::schedule::transfer_count;
 
@@ -56,7 +56,7 @@ pub enum Counting {
 ///
 /// `slots` are the masked slots (row-major, as [`masked_slots`](crate::proposal::masked_slots)
 /// returns them) and `logits` their logits, `[slots.len(), vocab]`. Each slot gets a proposal
-/// (temperature draw); `rule` picks which are revealed, per row or jointly (`counting`); the chosen
+/// (temperature draw, confidence measure); `rule` picks which are revealed, per row or jointly (`counting`); the chosen
 /// tokens are written into `x`. Returns the revealed proposals.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise_step(
@@ -66,7 +66,7 @@ pub fn denoise_step(
     vocab: usize,
     (t, s): (f32, f32),
     last_step: bool,
-    temperature: f64,
+    (temperature, confidence): (f64, Confidence),
     rule: &dyn Remasking,
     counting: Counting,
     rng: &mut MdmRng,
@@ -83,7 +83,7 @@ pub fn denoise_step(
             pos: bad.pos,
         });
     }
-    let proposals = propose(slots, logits, vocab, temperature, rng)?;
+    let proposals = propose_with(slots, logits, vocab, temperature, confidence, rng)?;
     let groups: Vec<&[Proposal]> = match counting {
         Counting::JointBatch => vec![&proposals[..]],
         Counting::PerRow => proposals
@@ -167,7 +167,7 @@ mod tests {
                 V,
                 (t[i], t[i + 1]),
                 last,
-                temperature,
+                (temperature, Confidence::Probability),
                 rule,
                 counting,
                 &mut rng,
@@ -232,7 +232,7 @@ mod tests {
                 V,
                 (1.0, 0.5),
                 false,
-                0.0,
+                (0.0, Confidence::Probability),
                 &LowConfidence,
                 Counting::PerRow,
                 &mut rng_from_seed(seed),
@@ -282,7 +282,7 @@ mod tests {
             V,
             (0.5, 0.6),
             false,
-            0.0,
+            (0.0, Confidence::Probability),
             &LowConfidence,
             Counting::PerRow,
             &mut rng,
@@ -296,7 +296,7 @@ mod tests {
             V,
             (1.0, 0.5),
             false,
-            0.0,
+            (0.0, Confidence::Probability),
             &LowConfidence,
             Counting::PerRow,
             &mut rng,

@@ -198,3 +198,29 @@ fn autoregressive_sampler_matches_full_recomputation() {
         out[0][..out[0].iter().position(|&t| t == eos).unwrap()].to_vec()
     );
 }
+
+#[test]
+fn every_confidence_measure_fills_every_slot() {
+    use mdm_samplers::proposal::Confidence;
+    let m = model();
+    let vocab = m.config().padded_vocab_size();
+    let prompts = vec![vec![1, 2, 3], vec![4]];
+    for c in [
+        Confidence::Probability,
+        Confidence::Margin,
+        Confidence::NegEntropy,
+    ] {
+        let config = GenerationConfig::default()
+            .with_gen_length(12)
+            .with_steps(6)
+            .with_confidence(c);
+        let out = MaskedDiffusionSampler::new(&m, config)
+            .generate(&prompts, |_| {})
+            .unwrap();
+        assert!(
+            out.iter()
+                .all(|r| r.len() == 12 && r.iter().all(|&t| t < vocab)),
+            "{c:?}"
+        );
+    }
+}
