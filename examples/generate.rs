@@ -1,0 +1,200 @@
+//! Generate from a masked diffusion model, redrawing the sequence in the terminal as it unmasks.
+//!
+//! ```text
+//! cargo run --release --example generate -- --prompt "1 450 4996" --gen-length 32 --steps 16
+//! cargo run --release --example generate -- --checkpoint runs/mdm --prompt "1 2 3" --cfg-scale 0.5
+//! cargo run --release --example generate -- --batch-file prompts.txt --no-live
+//! ```
+//! Prompts are token ids separated by spaces (text prompts come with the tokenizer of the data
+//! crate). Without `--checkpoint`/`--smdm` the model is Diff_LLaMA_6M with random weights.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use mdm::prelude::*;
+use mdm::samplers::proposal::Confidence;
+use mdm::samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
+use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler};
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Rule {
+    LowConfidence,
+    Margin,
+    Entropy,
+    Random,
+    Ancestral,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Generate with a masked diffusion model")]
+struct Args {
+    /// A checkpoint folder written by this library.
+    #[arg(long, conflicts_with = "smdm")]
+    checkpoint: Option<PathBuf>,
+    /// An SMDM safetensors file (with `--config`).
+    #[arg(long)]
+    smdm: Option<PathBuf>,
+    /// A Diff_LLaMA name or a config JSON file (for `--smdm` or random weights).
+    #[arg(long, default_value = "6M")]
+    config: String,
+    /// Prompt token ids separated by spaces.
+    #[arg(long, default_value = "1 450 4996 17354")]
+    prompt: String,
+    /// A file of prompts, one line of ids each (a batch; rows may differ in length).
+    #[arg(long)]
+    batch_file: Option<PathBuf>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 32)]
+    gen_length: usize,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Semi-autoregressive block length (default: one block).
+    #[arg(long)]
+    block_length: Option<usize>,
+    /// Temperature (0 = argmax).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Unsupervised classifier-free guidance scale.
+    #[arg(long)]
+    cfg_scale: Option<f64>,
+    /// Remasking rule.
+    #[arg(long, value_enum, default_value_t = Rule::LowConfidence)]
+    rule: Rule,
+    /// Count masked slots over the whole batch, as the SMDM reference.
+    #[arg(long)]
+    joint_counting: bool,
+    /// Stop each row at this id and cut its output there.
+    #[arg(long)]
+    eos: Option<usize>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print only the result, not the live denoising.
+    #[arg(long)]
+    no_live: bool,
+}
+
+fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
+    line.split_whitespace()
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse()
+                .with_context(|| format!("{what}: token {i} `{t}` is not an id"))
+        })
+        .collect()
+}
+
+fn show(row: &[usize], mask_id: usize) -> String {
+    row.iter()
+        .map(|&t| {
+            if t == mask_id {
+                "_".to_string()
+            } else {
+                t.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = backend::device();
+    let model: MaskedTransformer<DefaultBackend> = match (&args.checkpoint, &args.smdm) {
+        (Some(dir), _) => MaskedTransformer::load(dir, &device)?,
+        (None, file) => {
+            let config = if args.config.ends_with(".json") {
+                ModelConfig::from_json(
+                    &std::fs::read_to_string(&args.config)
+                        .with_context(|| format!("reading {}", args.config))?,
+                )?
+            } else {
+                ModelConfig::named(&args.config)?
+            };
+            match file {
+                Some(f) => MaskedTransformer::load_smdm(f, &config, &device)?,
+                None => config.init_masked(args.seed, &device)?,
+            }
+        }
+    };
+    let prompts: Vec<Vec<usize>> = match &args.batch_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| parse_ids(l, &format!("{}:{}", f.display(), n + 1)))
+            .collect::<Result<_>>()?,
+        None => vec![parse_ids(&args.prompt, "--prompt")?],
+    };
+    if prompts.is_empty() {
+        bail!("no prompt given");
+    }
+    let mut config = GenerationConfig::default()
+        .with_gen_length(args.gen_length)
+        .with_steps(args.steps)
+        .with_temperature(args.temperature)
+        .with_seed(args.seed)
+        .with_counting(if args.joint_counting {
+            Counting::JointBatch
+        } else {
+            Counting::PerRow
+        });
+    if let Some(b) = args.block_length {
+        config = config.with_block_length(b);
+    }
+    if let Some(w) = args.cfg_scale {
+        config = config.with_cfg_scale(w);
+    }
+    if let Some(e) = args.eos {
+        config = config.with_eos(e);
+    }
+    let config = match args.rule {
+        Rule::Margin => config.with_confidence(Confidence::Margin),
+        Rule::Entropy => config.with_confidence(Confidence::NegEntropy),
+        _ => config,
+    };
+    let sampler = MaskedDiffusionSampler::new(&model, config);
+    let sampler = match args.rule {
+        Rule::Random => sampler.with_rule(RandomRemasking),
+        Rule::Ancestral => sampler.with_rule(Ancestral),
+        _ => sampler.with_rule(LowConfidence),
+    };
+    let mask_id = model.mask_id();
+    let started = std::time::Instant::now();
+    let mut drawn_lines = 0;
+    let outputs = sampler.generate(&prompts, |event| {
+        if args.no_live {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if drawn_lines > 0 {
+            // move the cursor back over the previous frame and clear it
+            let _ = write!(out, "\x1b[{drawn_lines}A\x1b[J");
+        }
+        let _ = writeln!(
+            out,
+            "block {} step {} (+{} revealed)",
+            event.block,
+            event.step,
+            event.revealed.len()
+        );
+        for row in event.tokens {
+            let _ = writeln!(out, "{}", show(row, mask_id));
+        }
+        let _ = out.flush();
+        drawn_lines = 1 + event.tokens.len();
+    })?;
+    println!(
+        "generated in {:.1?} on {}:",
+        started.elapsed(),
+        backend::NAME
+    );
+    for (p, o) in prompts.iter().zip(&outputs) {
+        println!("prompt: {}\noutput: {}", show(p, mask_id), show(o, mask_id));
+    }
+    Ok(())
+}
