@@ -7,7 +7,7 @@ use mdm_core::gumbel::sample_tokens;
 use mdm_core::rng_from_seed;
 use mdm_models::{CausalTransformer, KvCache};
 
-use crate::step::SamplerError;
+use crate::step::{check_prompts, SamplerError};
 
 /// Options of autoregressive generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,27 +44,19 @@ pub fn generate_autoregressive<B: Backend>(
     let model_cfg = model.config();
     let vocab = model_cfg.padded_vocab_size();
     let device = model.net.lm_head.weight.device();
+    // the last generated token is never fed back: block_size + 1 positions in all
+    check_prompts(
+        prompts,
+        vocab,
+        config.max_new_tokens,
+        model_cfg.block_size + 1,
+    )?;
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (row, p) in prompts.iter().enumerate() {
         if p.is_empty() {
             return Err(SamplerError::Config {
                 reason: format!(
                     "prompt {row} is empty: the baseline needs at least one token (BOS)"
-                ),
-            });
-        }
-        if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
-            return Err(SamplerError::Config {
-                reason: format!("prompt {row} holds id {bad}, outside the vocabulary 0..{vocab}"),
-            });
-        }
-        if p.len() + config.max_new_tokens > model_cfg.block_size + 1 {
-            return Err(SamplerError::Config {
-                reason: format!(
-                    "prompt {row}: {} + {} tokens exceed the model's block size {}",
-                    p.len(),
-                    config.max_new_tokens,
-                    model_cfg.block_size
                 ),
             });
         }

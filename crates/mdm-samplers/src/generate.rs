@@ -8,7 +8,7 @@ use mdm_models::MaskedTransformer;
 use crate::proposal::{Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
-use crate::step::{denoise_step, Counting, SamplerError};
+use crate::step::{check_prompts, denoise_step, Counting, SamplerError};
 
 /// Options of a generation (builder methods below; `Default` is greedy low-confidence decoding of
 /// 64 tokens in 64 steps, one block, no guidance).
@@ -187,25 +187,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         if prompts.is_empty() {
             return Ok(vec![]);
         }
-        for (row, p) in prompts.iter().enumerate() {
-            if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
-                return Err(SamplerError::Config {
-                    reason: format!(
-                        "prompt {row} holds id {bad}, outside the vocabulary 0..{vocab}"
-                    ),
-                });
-            }
-            if p.len() + cfg.gen_length > model_cfg.block_size {
-                return Err(SamplerError::Config {
-                    reason: format!(
-                        "prompt {row}: {} + {} tokens exceed the model's block size {}",
-                        p.len(),
-                        cfg.gen_length,
-                        model_cfg.block_size
-                    ),
-                });
-            }
-        }
+        check_prompts(prompts, vocab, cfg.gen_length, model_cfg.block_size)?;
         let batch = prompts.len();
         let mut x: Vec<Vec<usize>> = prompts
             .iter()

@@ -40,6 +40,31 @@ pub enum SamplerError {
     },
 }
 
+/// Checks every prompt: ids inside `0..vocab`, and `prompt + new_tokens` within `max_len` positions.
+pub(crate) fn check_prompts(
+    prompts: &[Vec<usize>],
+    vocab: usize,
+    new_tokens: usize,
+    max_len: usize,
+) -> Result<(), SamplerError> {
+    for (row, p) in prompts.iter().enumerate() {
+        if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
+            return Err(SamplerError::Config {
+                reason: format!("prompt {row} holds id {bad}, outside the vocabulary 0..{vocab}"),
+            });
+        }
+        if p.len() + new_tokens > max_len {
+            return Err(SamplerError::Config {
+                reason: format!(
+                    "prompt {row}: {} + {new_tokens} tokens exceed the {max_len} positions the model allows",
+                    p.len()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How masked slots are counted when a step decides how many to reveal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Counting {
