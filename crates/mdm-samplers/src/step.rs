@@ -109,6 +109,24 @@ pub fn denoise_step(
         });
     }
     let proposals = propose_with(slots, logits, vocab, temperature, confidence, rng)?;
+    reveal(x, proposals, (t, s), last_step, rule, counting, rng)
+}
+
+/// The second half of [`denoise_step`]: given the proposals of the masked slots (from
+/// [`propose`](crate::proposal::propose) or computed on the device), lets `rule` pick which are
+/// revealed (per row or jointly) and writes their tokens into `x`. Returns the revealed proposals.
+pub fn reveal(
+    x: &mut [Vec<usize>],
+    proposals: Vec<Proposal>,
+    (t, s): (f32, f32),
+    last_step: bool,
+    rule: &dyn Remasking,
+    counting: Counting,
+    rng: &mut MdmRng,
+) -> Result<Vec<Proposal>, SamplerError> {
+    if !(s >= 0.0 && s < t && t <= 1.0) {
+        return Err(SamplerError::Times { t, s });
+    }
     let groups: Vec<&[Proposal]> = match counting {
         Counting::JointBatch => vec![&proposals[..]],
         Counting::PerRow => proposals
