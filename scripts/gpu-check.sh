@@ -9,10 +9,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 status=0
 for backend in ${BACKENDS:-cuda wgpu}; do
   echo "==== $backend: parity tests"
-  cargo test --release --features "$backend" --test parity -- --nocapture 2>&1 \
+  cargo test --release --features "$backend" --test parity --test parity_sampler -- --nocapture 2>&1 \
     | grep -E "diff|loss|test result|panicked|error" || status=1
   echo "==== $backend: benchmarks (Diff_LLaMA_6M)"
-  cargo bench --features "$backend" --bench model -- --noplot "$backend" 2>&1 \
-    | grep -E "^(forward|train)|time:" || status=1
+  for bench in model sampler; do
+    cargo bench --features "$backend" --bench "$bench" -- --noplot "$backend" 2>&1 \
+      | grep -E "^(forward|train|sample)|time:" || status=1
+  done
 done
 exit $status

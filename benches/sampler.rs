@@ -1,0 +1,105 @@
+//! Sampling cost on Diff_LLaMA_6M, 256 generated tokens after a 16-token prompt, on every backend
+//! compiled in: whole MDM generations with steps = length / 4 and steps = length / 16 (the number of
+//! forward passes dominates: steps = length costs 4x the first), the autoregressive baseline with the
+//! KV cache (256 one-token passes), and the sampler's own work in one step (proposals for 256 masked
+//! slots and the reveal, given the logits) to compare with a whole step.
+//!
+//! `cargo bench --bench sampler -- --noplot`; results in `docs/benchmarks.md`.
+
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use criterion::{criterion_group, criterion_main, Criterion};
+use mdm::burn;
+use mdm::diffusion::rng_from_seed;
+use mdm::models::ModelConfig;
+use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm::samplers::proposal::{masked_slots, Confidence};
+use mdm::samplers::remasking::LowConfidence;
+use mdm::samplers::step::{denoise_step, Counting};
+use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+
+const GEN: usize = 256;
+
+fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
+    let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M");
+    let masked = config.init_masked::<B>(0, device).expect("init");
+    let causal = config.init_causal::<B>(0, device).expect("init");
+    let prompt = vec![(1..17).collect::<Vec<usize>>()];
+    let mut group = c.benchmark_group(format!("sample_6M_{GEN}/{backend}"));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(30));
+    for steps in [GEN / 4, GEN / 16] {
+        let sampler = MaskedDiffusionSampler::new(
+            &masked,
+            GenerationConfig::default()
+                .with_gen_length(GEN)
+                .with_steps(steps),
+        );
+        group.bench_function(format!("mdm_steps_{steps}"), |b| {
+            b.iter(|| sampler.generate(&prompt, |_| {}).expect("generate"))
+        });
+    }
+    let ar = AutoregressiveConfig {
+        max_new_tokens: GEN,
+        ..Default::default()
+    };
+    group.bench_function("arm_kv_cache", |b| {
+        b.iter(|| generate_autoregressive(&causal, &prompt, &ar).expect("generate"))
+    });
+    // the sampler's own work in a step with every generated slot masked, logits given (host path)
+    let mask_id = config.mask_id();
+    let v = config.padded_vocab_size();
+    let mut x = prompt.clone();
+    x[0].resize(16 + GEN, mask_id);
+    let slots = masked_slots(&x, mask_id);
+    let logits: Vec<f32> = (0..slots.len() * v)
+        .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+        .collect();
+    group.bench_function("host_step_overhead_256_slots", |b| {
+        b.iter(|| {
+            let mut y = x.clone();
+            denoise_step(
+                &mut y,
+                &slots,
+                &logits,
+                v,
+                (1.0, 0.75),
+                false,
+                (0.0, Confidence::Probability),
+                &LowConfidence,
+                Counting::PerRow,
+                &mut rng_from_seed(0),
+            )
+            .expect("step")
+        })
+    });
+    // the device path used by the loop at temperature 0: logits stay on the device
+    let device_logits =
+        Tensor::<B, 2>::from_data(TensorData::new(logits.clone(), [slots.len(), v]), device);
+    group.bench_function("device_argmax_logsumexp_256_slots", |b| {
+        b.iter(|| {
+            let (max, idx) = device_logits.clone().max_dim_with_indices(1);
+            let lse = (device_logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+            (idx.into_data(), lse.into_data())
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    #[cfg(feature = "flex")]
+    bench_backend::<burn::backend::Flex>(c, "flex", &Default::default());
+    #[cfg(feature = "ndarray")]
+    bench_backend::<burn::backend::NdArray>(c, "ndarray", &Default::default());
+    #[cfg(feature = "cuda")]
+    bench_backend::<burn::backend::Cuda>(c, "cuda", &Default::default());
+    #[cfg(feature = "wgpu")]
+    bench_backend::<burn::backend::Wgpu>(c, "wgpu", &Default::default());
+}
+
+criterion_group!(sampler_benches, benches);
+criterion_main!(sampler_benches);
