@@ -42,3 +42,8 @@ pub mod prelude {
     };
     pub use mdm_models::{CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError};
 }
+
+/// The README's Rust example, compiled by `cargo test` (not run: it needs a published checkpoint).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
