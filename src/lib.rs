@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | `mdm-core` | [`diffusion`] | schedule, forward process, losses, CFG, Gumbel draws |
 //! | `mdm-models` | [`models`] | Diff_LLaMA configs, masked and causal Transformers, checkpoints |
-//! | `mdm-samplers` | [`samplers`] | reverse-process steps: schedules, proposals, remasking rules |
+//! | `mdm-samplers` | [`samplers`] | the reverse process: steps, remasking rules, generation loops |
+//! | `mdm-eval` | [`eval`] | likelihoods: chain rule, Monte Carlo ELBO, causal NLL |
 //!
 //! Backends (exactly as the features say; the first enabled one in this order is [`backend::Default`](type@backend::Default)):
 //! `cuda` (burn-cuda), `wgpu` (burn-wgpu), `flex` (burn-flex, pure-Rust CPU, the default),
@@ -28,6 +29,7 @@
 
 pub use burn;
 pub use mdm_core as diffusion;
+pub use mdm_eval as eval;
 pub use mdm_models as models;
 pub use mdm_samplers as samplers;
 

@@ -1,0 +1,371 @@
+//! Likelihood estimators.
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use mdm_core::loss::token_cross_entropy;
+use mdm_core::time::stratified_times;
+use mdm_core::{CoreError, MdmRng};
+use mdm_models::{CausalTransformer, MaskedTransformer, ModelError};
+use rand::Rng;
+use thiserror::Error;
+
+/// Errors of the estimators.
+#[derive(Debug, Error)]
+pub enum EvalError {
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Bad input to the diffusion core.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// An empty target, a zero sample count, an id outside the vocabulary.
+    #[error("invalid likelihood request: {0}")]
+    Request(String),
+}
+
+/// A negative log-likelihood (nats) of a target, with what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NllEstimate {
+    /// The estimate (an upper bound for the MC ELBO).
+    pub nll: f64,
+    /// Its standard error (0 for exact methods).
+    pub stderr: f64,
+    /// Monte Carlo samples used (0 for exact methods).
+    pub samples: usize,
+    /// Forward passes (rows) the model ran.
+    pub forward_rows: usize,
+    /// Per-token log-probabilities of the target (exact methods only).
+    pub token_log_probs: Vec<f64>,
+}
+
+fn check(prefix: &[usize], target: &[usize], vocab: usize) -> Result<(), EvalError> {
+    if target.is_empty() {
+        return Err(EvalError::Request("the target is empty".into()));
+    }
+    if let Some(&bad) = prefix.iter().chain(target).find(|&&t| t >= vocab) {
+        return Err(EvalError::Request(format!(
+            "id {bad} is outside the vocabulary 0..{vocab}"
+        )));
+    }
+    Ok(())
+}
+
+fn ids_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let len = rows.first().map_or(0, Vec::len);
+    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), len]), device)
+}
+
+fn host_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f64>, EvalError> {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map_err(|e| {
+            EvalError::Model(ModelError::ReadBack {
+                key: "likelihood".into(),
+                reason: format!("{e:?}"),
+            })
+        })
+}
+
+/// The chain-rule rows of `prefix` + `target`: row `k` holds the prefix, `target[..k]`, and
+/// `mask_id` at every target position `>= k` (`[target.len(), prefix.len() + target.len()]`).
+pub fn chain_rule_rows(prefix: &[usize], target: &[usize], mask_id: usize) -> Vec<Vec<i64>> {
+    (0..target.len())
+        .map(|k| {
+            prefix
+                .iter()
+                .chain(&target[..k])
+                .map(|&t| t as i64)
+                .chain(std::iter::repeat_n(mask_id as i64, target.len() - k))
+                .collect()
+        })
+        .collect()
+}
+
+/// Exact negative log-likelihood of `target` after `prefix` by the chain rule, left to right: pass
+/// `k` predicts `target[k]` from the prefix and `target[..k]` with the rest masked; the `n` passes
+/// run as one batch of rows. Also returns the per-token log-probabilities.
+pub fn chain_rule<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+) -> Result<NllEstimate, EvalError> {
+    let config = model.config();
+    check(prefix, target, config.padded_vocab_size())?;
+    let device = model.net.lm_head.weight.device();
+    let rows = chain_rule_rows(prefix, target, config.mask_id());
+    let n = target.len();
+    let len = prefix.len() + n;
+    // logits only where needed: row k at position prefix.len() + k
+    let index: Vec<i64> = (0..n)
+        .map(|k| (k * len + prefix.len() + k) as i64)
+        .collect();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
+    let logits = model.forward_at(ids_tensor(&rows, &device), index)?;
+    let targets: Vec<i64> = target.iter().map(|&t| t as i64).collect();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    let ce = host_f64(mdm_core::loss::cross_entropy_rows(logits, targets)?)?;
+    Ok(NllEstimate {
+        nll: ce.iter().sum(),
+        stderr: 0.0,
+        samples: 0,
+        forward_rows: n,
+        token_log_probs: ce.iter().map(|c| -c).collect(),
+    })
+}
+
+/// One Monte Carlo batch of the ELBO bound: rows `perturbed` (`[b, L]`, target positions masked
+/// as `mask` says, prefix clean) at times `t` (`[b]`): returns each row's
+/// `sum over masked CE / t` (their mean is the batch's NLL estimate).
+pub fn mc_batch_nll<B: Backend>(
+    model: &MaskedTransformer<B>,
+    clean: Tensor<B, 2, Int>,
+    perturbed: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2, Bool>,
+    t: &[f64],
+) -> Result<Vec<f64>, EvalError> {
+    let logits = model.forward(perturbed)?;
+    let ce = token_cross_entropy(logits, clean)? * mask.float();
+    let per_row = host_f64(ce.sum_dim(1).squeeze_dim::<1>(1))?;
+    Ok(per_row.iter().zip(t).map(|(s, t)| s / t).collect())
+}
+
+/// Options of the Monte Carlo ELBO estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct McOptions {
+    /// Rows per forward batch (`b`, one stratified set of times each).
+    pub batch: usize,
+    /// Samples to draw (rounded up to whole batches); the cap in adaptive mode.
+    pub mc_num: usize,
+    /// Adaptive mode: stop after a batch once the standard error is at most this.
+    pub tolerance: Option<f64>,
+}
+
+impl Default for McOptions {
+    fn default() -> Self {
+        Self {
+            batch: 32,
+            mc_num: 128,
+            tolerance: None,
+        }
+    }
+}
+
+/// Monte Carlo ELBO bound on the NLL of `target` after `prefix` (SMDM.md section 4): per sample
+/// draw `t`, mask each target position with probability `t` (prefix never masked), score
+/// `sum over masked CE / t`; times of one batch are stratified `(u + j/b) mod 1`. Returns the mean,
+/// its standard error over samples, and the number of samples used.
+pub fn mc_elbo<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+    options: McOptions,
+    rng: &mut MdmRng,
+) -> Result<NllEstimate, EvalError> {
+    let config = model.config();
+    check(prefix, target, config.padded_vocab_size())?;
+    if options.batch == 0 || options.mc_num == 0 {
+        return Err(EvalError::Request(
+            "batch and mc_num must be positive".into(),
+        ));
+    }
+    let device = model.net.lm_head.weight.device();
+    let mask_id = config.mask_id() as i64;
+    let seq: Vec<i64> = prefix.iter().chain(target).map(|&t| t as i64).collect();
+    let len = seq.len();
+    let b = options.batch;
+    let clean = ids_tensor::<B>(&vec![seq.clone(); b], &device);
+    let mut samples: Vec<f64> = Vec::new();
+    while samples.len() < options.mc_num {
+        let t = stratified_times(b, rng);
+        let mut mask = Vec::with_capacity(b * len);
+        for &tj in &t {
+            for l in 0..len {
+                let u: f64 = rng.random();
+                mask.push(l >= prefix.len() && u < tj);
+            }
+        }
+        let perturbed: Vec<i64> = mask
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| if m { mask_id } else { seq[i % len] })
+            .collect();
+        let mask = Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask, [b, len]), &device);
+        let perturbed =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(perturbed, [b, len]), &device);
+        // t = 0 exactly has probability 0 under U[0, 1), and then nothing is masked: weight 0
+        let weights: Vec<f64> = t
+            .iter()
+            .map(|&x| if x > 0.0 { x } else { f64::INFINITY })
+            .collect();
+        samples.extend(mc_batch_nll(
+            model,
+            clean.clone(),
+            perturbed,
+            mask,
+            &weights,
+        )?);
+        if let Some(tol) = options.tolerance {
+            if samples.len() >= 2 * b && stderr(&samples) <= tol {
+                break;
+            }
+        }
+    }
+    let n = samples.len();
+    Ok(NllEstimate {
+        nll: samples.iter().sum::<f64>() / n as f64,
+        stderr: stderr(&samples),
+        samples: n,
+        forward_rows: n,
+        token_log_probs: vec![],
+    })
+}
+
+fn stderr(samples: &[f64]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return f64::INFINITY;
+    }
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (var / n).sqrt()
+}
+
+/// Exact NLL of `target` after `prefix` under the causal baseline (one pass), with per-token
+/// log-probabilities. `prefix` must not be empty (a BOS token at least).
+pub fn causal_nll<B: Backend>(
+    model: &CausalTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+) -> Result<NllEstimate, EvalError> {
+    let config = model.config();
+    check(prefix, target, config.padded_vocab_size())?;
+    if prefix.is_empty() {
+        return Err(EvalError::Request(
+            "the causal model needs a non-empty prefix".into(),
+        ));
+    }
+    let device = model.net.lm_head.weight.device();
+    let seq: Vec<i64> = prefix.iter().chain(target).map(|&t| t as i64).collect();
+    let logits = model.forward(ids_tensor(&[seq], &device))?;
+    let v = logits.dims()[2];
+    // position i predicts token i + 1: the target is predicted from positions prefix.len() - 1 ..
+    let n = target.len();
+    let logits = logits.narrow(1, prefix.len() - 1, n).reshape([n, v]);
+    let targets: Vec<i64> = target.iter().map(|&t| t as i64).collect();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    let ce = host_f64(mdm_core::loss::cross_entropy_rows(logits, targets)?)?;
+    Ok(NllEstimate {
+        nll: ce.iter().sum(),
+        stderr: 0.0,
+        samples: 0,
+        forward_rows: 1,
+        token_log_probs: ce.iter().map(|c| -c).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use mdm_core::rng_from_seed;
+    use mdm_models::ModelConfig;
+
+    fn config() -> ModelConfig {
+        ModelConfig::custom(60, 2, 4, 32, 64, 64)
+    }
+
+    #[test]
+    fn mc_standard_error_shrinks_as_one_over_sqrt_n() {
+        let model = config()
+            .init_masked::<Flex>(1, &Default::default())
+            .unwrap();
+        let (prefix, target) = ([1usize, 2, 3, 4], [5usize, 6, 7, 8, 9, 10]);
+        let run = |n: usize| {
+            let options = McOptions {
+                batch: 16,
+                mc_num: n,
+                tolerance: None,
+            };
+            mc_elbo(
+                &model,
+                &prefix,
+                &target,
+                options,
+                &mut rng_from_seed(n as u64),
+            )
+            .unwrap()
+        };
+        let (small, large) = (run(64), run(1024));
+        assert_eq!((small.samples, large.samples), (64, 1024));
+        let ratio = small.stderr / large.stderr;
+        assert!(
+            (2.5..6.5).contains(&ratio),
+            "stderr ratio {ratio}, expected about sqrt(16) = 4"
+        );
+        // the two estimates agree within their errors
+        let gap = (small.nll - large.nll).abs();
+        assert!(
+            gap < 4.0 * (small.stderr.powi(2) + large.stderr.powi(2)).sqrt(),
+            "{small:?} {large:?}"
+        );
+        // adaptive mode stops early once the tolerance is met
+        let loose = McOptions {
+            batch: 16,
+            mc_num: 4096,
+            tolerance: Some(small.stderr * 1.5),
+        };
+        let adaptive = mc_elbo(&model, &prefix, &target, loose, &mut rng_from_seed(3)).unwrap();
+        assert!(
+            adaptive.samples < 4096 && adaptive.stderr <= small.stderr * 1.5,
+            "{adaptive:?}"
+        );
+    }
+
+    #[test]
+    fn causal_nll_equals_the_sum_of_cached_next_token_losses() {
+        use mdm_models::KvCache;
+        let model = config()
+            .init_causal::<Flex>(2, &Default::default())
+            .unwrap();
+        let (prefix, target) = ([1usize, 2, 3], [4usize, 5, 6, 7]);
+        let direct = causal_nll(&model, &prefix, &target).unwrap();
+        // the same from one-token passes through the KV cache
+        let mut cache = KvCache::new(&model);
+        let seq: Vec<usize> = prefix.iter().chain(&target).copied().collect();
+        let mut total = 0.0;
+        for i in 0..seq.len() - 1 {
+            let ids = Tensor::<Flex, 2, Int>::from_data(
+                TensorData::new(vec![seq[i] as i64], [1, 1]),
+                &Default::default(),
+            );
+            let logits = model.forward_cached(ids, &mut cache).unwrap();
+            if i + 1 >= prefix.len() {
+                let v = logits.dims()[2];
+                let lp = burn::tensor::activation::log_softmax(logits.reshape([1, v]), 1);
+                total -= host_f64(lp.narrow(1, seq[i + 1], 1).reshape([1])).unwrap()[0];
+            }
+        }
+        assert!(
+            (direct.nll - total).abs() < 1e-4 * total,
+            "{} vs {total}",
+            direct.nll
+        );
+        assert_eq!(direct.token_log_probs.len(), 4);
+        assert!(causal_nll(&model, &[], &target).is_err());
+        assert!(causal_nll(&model, &prefix, &[]).is_err());
+        assert!(causal_nll(&model, &prefix, &[500]).is_err());
+    }
+
+    #[test]
+    fn chain_rule_rows_layout() {
+        let rows = chain_rule_rows(&[1, 2], &[3, 4, 5], 9);
+        assert_eq!(
+            rows,
+            vec![
+                vec![1, 2, 9, 9, 9],
+                vec![1, 2, 3, 9, 9],
+                vec![1, 2, 3, 4, 9]
+            ]
+        );
+    }
+}
