@@ -5,10 +5,11 @@
 //!   sees the prefix, `y_<k` and masks at positions `>= k`;
 //! - [`likelihood::mc_elbo`]: the Monte Carlo ELBO bound with stratified `t` per batch, with its
 //!   standard error, optionally adaptive (stop once the standard error is below a tolerance);
+//! - [`likelihood::greedy_suffix_matches`]: the greedy suffix check (LAMBADA accuracy);
 //! - [`likelihood::causal_nll`]: the exact NLL under the autoregressive baseline.
 //!
-//! Work in progress (issue "Evaluation"): CFG in the estimators, the greedy-suffix check, the task
-//! readers and scorers, and the `evaluate` example.
+//! Work in progress (issue "Evaluation"): CFG in the estimators, the task readers and scorers, and
+//! the `evaluate` example.
 
 pub mod likelihood;
 

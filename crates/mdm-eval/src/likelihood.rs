@@ -5,6 +5,8 @@ use mdm_core::loss::token_cross_entropy;
 use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
 use mdm_models::{CausalTransformer, MaskedTransformer, ModelError};
+use mdm_samplers::generate::greedy_proposals;
+use mdm_samplers::proposal::Slot;
 use rand::Rng;
 use thiserror::Error;
 
@@ -17,6 +19,9 @@ pub enum EvalError {
     /// Bad input to the diffusion core.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// Reading proposals back from the device failed.
+    #[error(transparent)]
+    Sampler(#[from] mdm_samplers::SamplerError),
     /// An empty target, a zero sample count, an id outside the vocabulary.
     #[error("invalid likelihood request: {0}")]
     Request(String),
@@ -127,6 +132,55 @@ pub fn mc_batch_nll<B: Backend>(
     let ce = token_cross_entropy(logits, clean)? * mask.float();
     let per_row = host_f64(ce.sum_dim(1).squeeze_dim::<1>(1))?;
     Ok(per_row.iter().zip(t).map(|(s, t)| s / t).collect())
+}
+
+/// The greedy suffix fill of SMDM's evaluation (used for LAMBADA): from `prefix` followed by `n`
+/// masks, repeatedly fill the single most confident masked position (softmax probability of its
+/// argmax) with its argmax, `n` passes in all. Returns the filled suffix.
+pub fn greedy_suffix<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    n: usize,
+) -> Result<Vec<usize>, EvalError> {
+    let config = model.config();
+    check(prefix, &vec![0; n], config.padded_vocab_size())?;
+    let device = model.net.lm_head.weight.device();
+    let mask_id = config.mask_id();
+    let mut x: Vec<usize> = prefix.to_vec();
+    x.resize(prefix.len() + n, mask_id);
+    let len = x.len();
+    for _ in 0..n {
+        let slots: Vec<Slot> = (prefix.len()..len)
+            .filter(|&pos| x[pos] == mask_id)
+            .map(|pos| Slot { row: 0, pos })
+            .collect();
+        let ids: Vec<i64> = x.iter().map(|&t| t as i64).collect();
+        let index: Vec<i64> = slots.iter().map(|s| s.pos as i64).collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [slots.len()]), &device);
+        let logits = model.forward_at(ids_tensor(&[ids], &device), index)?;
+        let proposals =
+            greedy_proposals(&slots, logits).map_err(|e| EvalError::Request(e.to_string()))?;
+        // most confident first; the earlier position on ties
+        if let Some(best) = proposals.iter().max_by(|a, b| {
+            a.confidence
+                .total_cmp(&b.confidence)
+                .then(b.slot.pos.cmp(&a.slot.pos))
+        }) {
+            x[best.slot.pos] = best.token;
+        }
+    }
+    Ok(x[prefix.len()..].to_vec())
+}
+
+/// Whether the greedy suffix fill of `target.len()` masks after `prefix` reproduces `target`
+/// (LAMBADA's accuracy criterion for MDMs).
+pub fn greedy_suffix_matches<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+) -> Result<bool, EvalError> {
+    check(prefix, target, model.config().padded_vocab_size())?;
+    Ok(greedy_suffix(model, prefix, target.len())? == target)
 }
 
 /// Options of the Monte Carlo ELBO estimate.
@@ -354,6 +408,22 @@ mod tests {
         assert!(causal_nll(&model, &[], &target).is_err());
         assert!(causal_nll(&model, &prefix, &[]).is_err());
         assert!(causal_nll(&model, &prefix, &[500]).is_err());
+    }
+
+    #[test]
+    fn greedy_suffix_check_accepts_its_own_fill_only() {
+        let model = config()
+            .init_masked::<Flex>(5, &Default::default())
+            .unwrap();
+        let prefix = [1usize, 2, 3, 4, 5];
+        let fill = greedy_suffix(&model, &prefix, 4).unwrap();
+        assert_eq!(fill.len(), 4);
+        assert!(fill.iter().all(|&t| t < model.mask_id()));
+        assert!(greedy_suffix_matches(&model, &prefix, &fill).unwrap());
+        let mut other = fill.clone();
+        other[2] = (other[2] + 1) % 60;
+        assert!(!greedy_suffix_matches(&model, &prefix, &other).unwrap());
+        assert!(greedy_suffix_matches(&model, &prefix, &[]).is_err());
     }
 
     #[test]

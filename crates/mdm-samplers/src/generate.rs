@@ -344,11 +344,11 @@ fn to_vec<T: burn::tensor::Element>(data: TensorData, what: &str) -> Result<Vec<
     })
 }
 
-/// Temperature-0 proposals computed on the device: the argmax of each slot's logits and its softmax
+/// Temperature-0 proposals computed on the device from `logits` (`[slots, V]`): the argmax of each slot's logits and its softmax
 /// probability `exp(max - logsumexp)`. Only `3 x slots` numbers are read back instead of
 /// `slots x V` logits; the log-sum-exp is taken in f32 on the device and the exponential in f64 on
 /// the host (confidence within ~1e-7 relative of SMDM's float64 value).
-fn greedy_proposals<B: Backend>(
+pub fn greedy_proposals<B: Backend>(
     slots: &[Slot],
     logits: Tensor<B, 2>,
 ) -> Result<Vec<Proposal>, SamplerError> {
