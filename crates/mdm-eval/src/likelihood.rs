@@ -158,8 +158,7 @@ pub fn greedy_suffix<B: Backend>(
         let index: Vec<i64> = slots.iter().map(|s| s.pos as i64).collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [slots.len()]), &device);
         let logits = model.forward_at(ids_tensor(&[ids], &device), index)?;
-        let proposals =
-            greedy_proposals(&slots, logits).map_err(|e| EvalError::Request(e.to_string()))?;
+        let proposals = greedy_proposals(&slots, logits)?;
         // most confident first; the earlier position on ties
         if let Some(best) = proposals.iter().max_by(|a, b| {
             a.confidence
