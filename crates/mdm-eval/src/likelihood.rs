@@ -106,14 +106,24 @@ pub fn chain_rule<B: Backend>(
         .collect();
     let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
     let logits = model.forward_at(ids_tensor(&rows, &device), index)?;
+    exact_estimate(logits, target, n)
+}
+
+/// An exact estimate from the logits `[target.len(), V]` that predict each target token.
+fn exact_estimate<B: Backend>(
+    logits: Tensor<B, 2>,
+    target: &[usize],
+    forward_rows: usize,
+) -> Result<NllEstimate, EvalError> {
     let targets: Vec<i64> = target.iter().map(|&t| t as i64).collect();
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    let targets =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [target.len()]), &logits.device());
     let ce = host_f64(mdm_core::loss::cross_entropy_rows(logits, targets)?)?;
     Ok(NllEstimate {
         nll: ce.iter().sum(),
         stderr: 0.0,
         samples: 0,
-        forward_rows: n,
+        forward_rows,
         token_log_probs: ce.iter().map(|c| -c).collect(),
     })
 }
@@ -303,17 +313,11 @@ pub fn causal_nll<B: Backend>(
     let v = logits.dims()[2];
     // position i predicts token i + 1: the target is predicted from positions prefix.len() - 1 ..
     let n = target.len();
-    let logits = logits.narrow(1, prefix.len() - 1, n).reshape([n, v]);
-    let targets: Vec<i64> = target.iter().map(|&t| t as i64).collect();
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
-    let ce = host_f64(mdm_core::loss::cross_entropy_rows(logits, targets)?)?;
-    Ok(NllEstimate {
-        nll: ce.iter().sum(),
-        stderr: 0.0,
-        samples: 0,
-        forward_rows: 1,
-        token_log_probs: ce.iter().map(|c| -c).collect(),
-    })
+    exact_estimate(
+        logits.narrow(1, prefix.len() - 1, n).reshape([n, v]),
+        target,
+        1,
+    )
 }
 
 #[cfg(test)]

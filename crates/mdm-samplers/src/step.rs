@@ -96,18 +96,6 @@ pub fn denoise_step(
     counting: Counting,
     rng: &mut MdmRng,
 ) -> Result<Vec<Proposal>, SamplerError> {
-    if !(s >= 0.0 && s < t && t <= 1.0) {
-        return Err(SamplerError::Times { t, s });
-    }
-    if let Some(bad) = slots
-        .iter()
-        .find(|sl| x.get(sl.row).is_none_or(|r| sl.pos >= r.len()))
-    {
-        return Err(SamplerError::Slot {
-            row: bad.row,
-            pos: bad.pos,
-        });
-    }
     let proposals = propose_with(slots, logits, vocab, temperature, confidence, rng)?;
     reveal(x, proposals, (t, s), last_step, rule, counting, rng)
 }
@@ -126,6 +114,16 @@ pub fn reveal(
 ) -> Result<Vec<Proposal>, SamplerError> {
     if !(s >= 0.0 && s < t && t <= 1.0) {
         return Err(SamplerError::Times { t, s });
+    }
+    if let Some(bad) = proposals
+        .iter()
+        .map(|p| p.slot)
+        .find(|sl| x.get(sl.row).is_none_or(|r| sl.pos >= r.len()))
+    {
+        return Err(SamplerError::Slot {
+            row: bad.row,
+            pos: bad.pos,
+        });
     }
     let groups: Vec<&[Proposal]> = match counting {
         Counting::JointBatch => vec![&proposals[..]],
