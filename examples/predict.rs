@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mdm::burn::tensor::{Int, Tensor, TensorData};
-use mdm::diffusion::gumbel::softmax_top_k;
+use mdm::diffusion::probs::softmax_top_k;
 use mdm::prelude::*;
 
 #[derive(Parser, Debug)]

@@ -35,6 +35,9 @@ pub enum CoreError {
         /// The sequence length.
         seq_len: usize,
     },
+    /// Reading a tensor back from the device failed.
+    #[error("reading {0} back from the device failed")]
+    ReadBack(String),
     /// A loss normaliser of zero (for instance a fine-tuning batch made only of prompt).
     #[error("nothing to average over: {0}")]
     Empty(&'static str),
@@ -56,7 +59,7 @@ pub(crate) fn check_shape(
 }
 
 pub(crate) fn check_unit_interval(what: &'static str, value: f64) -> Result<(), CoreError> {
-    if !(0.0..=1.0).contains(&value) || value.is_nan() {
+    if !(0.0..=1.0).contains(&value) {
         return Err(CoreError::Value {
             what,
             value,

@@ -19,7 +19,7 @@ pub fn gumbel_argmax(
     temperature: f64,
     rng: &mut MdmRng,
 ) -> Result<Vec<usize>, CoreError> {
-    if temperature.is_nan() || temperature < 0.0 || !temperature.is_finite() {
+    if !temperature.is_finite() || temperature < 0.0 {
         return Err(CoreError::Value {
             what: "temperature",
             value: temperature,
@@ -67,7 +67,7 @@ pub fn sample_tokens<B: Backend>(
         let idx = logits.argmax(1).into_data().convert::<i64>();
         return Ok(idx
             .to_vec::<i64>()
-            .map_err(|_| CoreError::Empty("argmax read-back"))?
+            .map_err(|e| CoreError::ReadBack(format!("argmax: {e:?}")))?
             .into_iter()
             .map(|i| i as usize)
             .collect());
@@ -75,7 +75,7 @@ pub fn sample_tokens<B: Backend>(
     let host = logits.into_data().convert::<f32>();
     let host = host
         .as_slice::<f32>()
-        .map_err(|_| CoreError::Empty("logits read-back"))?;
+        .map_err(|e| CoreError::ReadBack(format!("logits: {e:?}")))?;
     gumbel_argmax(host, vocab, temperature, rng)
 }
 
@@ -122,33 +122,5 @@ mod tests {
         assert_eq!(a, b);
         assert!(gumbel_argmax(&logits, 10, -1.0, &mut rng_from_seed(4)).is_err());
         assert!(gumbel_argmax(&logits, 7, 1.0, &mut rng_from_seed(4)).is_err());
-    }
-}
-
-/// The `k` most probable tokens of one row of logits under `softmax`, computed in `f64`, most
-/// probable first: `(token, probability)`.
-pub fn softmax_top_k(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    idx.into_iter()
-        .take(k)
-        .map(|i| (i, (logits[i] as f64 - max).exp() / z))
-        .collect()
-}
-
-#[cfg(test)]
-mod top_k_tests {
-    use super::softmax_top_k;
-
-    #[test]
-    fn top_k_probabilities() {
-        let logits: Vec<f32> = [1f32, 2.0, 7.0].iter().map(|x| x.ln()).collect();
-        let top = softmax_top_k(&logits, 2);
-        assert_eq!(top[0].0, 2);
-        assert!((top[0].1 - 0.7).abs() < 1e-6);
-        assert_eq!(top[1].0, 1);
-        assert!((top[1].1 - 0.2).abs() < 1e-6);
     }
 }

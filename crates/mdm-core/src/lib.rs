@@ -21,6 +21,7 @@
 //! | [`augment`] | stochastic sequence length and prompt dropout (CFG training) |
 //! | [`cfg`](mod@cfg) | classifier-free guidance |
 //! | [`gumbel`] | Gumbel-max token draws with temperature, in float64 |
+//! | [`probs`] | softmax probabilities of a row of logits on the host, in float64 |
 //!
 //! Every random choice takes an explicit [`MdmRng`]; build one from a seed with [`rng_from_seed`].
 //! Random numbers are drawn on the host, so the same seed gives the same draws on every backend.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod forward_process;
 pub mod gumbel;
 pub mod loss;
+pub mod probs;
 pub mod schedule;
 pub mod time;
 

@@ -46,7 +46,14 @@ fn check(prefix: &[usize], target: &[usize], vocab: usize) -> Result<(), EvalErr
     if target.is_empty() {
         return Err(EvalError::Request("the target is empty".into()));
     }
-    if let Some(&bad) = prefix.iter().chain(target).find(|&&t| t >= vocab) {
+    check_vocab(prefix.iter().chain(target), vocab)
+}
+
+fn check_vocab<'a>(
+    ids: impl IntoIterator<Item = &'a usize>,
+    vocab: usize,
+) -> Result<(), EvalError> {
+    if let Some(&bad) = ids.into_iter().find(|&&t| t >= vocab) {
         return Err(EvalError::Request(format!(
             "id {bad} is outside the vocabulary 0..{vocab}"
         )));
@@ -153,7 +160,10 @@ pub fn greedy_suffix<B: Backend>(
     n: usize,
 ) -> Result<Vec<usize>, EvalError> {
     let config = model.config();
-    check(prefix, &vec![0; n], config.padded_vocab_size())?;
+    if n == 0 {
+        return Err(EvalError::Request("the target is empty".into()));
+    }
+    check_vocab(prefix, config.padded_vocab_size())?;
     let device = model.net.lm_head.weight.device();
     let mask_id = config.mask_id();
     let mut x: Vec<usize> = prefix.to_vec();

@@ -51,10 +51,7 @@ impl<B: Backend> MaskedTransformer<B> {
         ids: Tensor<B, 2, Int>,
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError> {
-        let [batch, seq_len] = ids.dims();
-        let hidden = self.forward_hidden(ids)?;
-        let c = hidden.dims()[2];
-        Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
+        self.logits_at(ids, None, index)
     }
 
     /// As [`Self::forward_at`] for a right-padded batch: `padding` (`[batch, seq_len]`, true at padding
@@ -70,7 +67,18 @@ impl<B: Backend> MaskedTransformer<B> {
         let bias = Tensor::<B, 2>::zeros([batch, seq_len], &ids.device())
             .mask_fill(padding, f32::NEG_INFINITY)
             .reshape([batch, 1, 1, seq_len]);
-        let hidden = self.net.hidden(ids, 0, Some(bias), None)?;
+        self.logits_at(ids, Some(bias), index)
+    }
+
+    /// The network with an optional attention bias, then the head at the flat positions `index`.
+    fn logits_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        bias: Option<Tensor<B, 4>>,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let [batch, seq_len] = ids.dims();
+        let hidden = self.net.hidden(ids, 0, bias, None)?;
         let c = hidden.dims()[2];
         Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
     }

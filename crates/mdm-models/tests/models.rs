@@ -3,6 +3,7 @@
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use mdm_models::{CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError};
+use safetensors::Dtype;
 
 type B = Flex;
 
@@ -170,15 +171,45 @@ fn checkpoint_round_trip_and_atomic_files() {
     );
 }
 
+type HostTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Writes `tensors` (skipping `skip`, adding `extra`) to a safetensors file, each stored as the dtype
+/// `dtype_of(name)` says (BF16/F16 converted; any other dtype gets the f32 bytes under that label).
 fn write_file(
     path: &std::path::Path,
-    tensors: Vec<(&str, Vec<usize>, safetensors::Dtype, Vec<u8>)>,
+    tensors: &HostTensors,
+    skip: &str,
+    extra: Option<(&str, Vec<usize>, Vec<f32>)>,
+    dtype_of: impl Fn(&str) -> Dtype,
 ) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+    let encode = |dtype: Dtype, v: &[f32]| -> Vec<u8> {
+        match dtype {
+            Dtype::BF16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dtype::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    };
+    let extra = extra.map(|(k, s, v)| (k.to_string(), s, v));
+    let encoded: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
+        .iter()
+        .chain(extra.as_ref())
+        .filter(|(k, _, _)| k != skip)
+        .map(|(k, s, v)| {
+            let dtype = dtype_of(k);
+            (k.clone(), s.clone(), dtype, encode(dtype, v))
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = encoded
         .iter()
         .map(|(k, s, d, b)| {
             (
-                k.to_string(),
+                k.clone(),
                 safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
             )
         })
@@ -187,7 +218,7 @@ fn write_file(
 }
 
 /// The tensors of a valid checkpoint of `config`, as SMDM names → (shape, f32 values).
-fn smdm_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn smdm_tensors(config: &ModelConfig) -> HostTensors {
     let dir = tempfile::tempdir().unwrap();
     let model: MaskedTransformer<B> = config.init_masked(0, &Default::default()).unwrap();
     model.save(dir.path()).unwrap();
@@ -213,32 +244,9 @@ fn bf16_and_f16_checkpoints_load() {
     let config = tiny();
     let tensors = smdm_tensors(&config);
     let dir = tempfile::tempdir().unwrap();
-    for (dtype, conv) in [
-        (
-            safetensors::Dtype::BF16,
-            Box::new(|x: f32| half::bf16::from_f32(x).to_le_bytes().to_vec())
-                as Box<dyn Fn(f32) -> Vec<u8>>,
-        ),
-        (
-            safetensors::Dtype::F16,
-            Box::new(|x: f32| half::f16::from_f32(x).to_le_bytes().to_vec()),
-        ),
-    ] {
+    for dtype in [Dtype::BF16, Dtype::F16] {
         let path = dir.path().join(format!("{dtype:?}.safetensors"));
-        write_file(
-            &path,
-            tensors
-                .iter()
-                .map(|(k, s, v)| {
-                    (
-                        k.as_str(),
-                        s.clone(),
-                        dtype,
-                        v.iter().flat_map(|&x| conv(x)).collect(),
-                    )
-                })
-                .collect(),
-        );
+        write_file(&path, &tensors, "", None, |_| dtype);
         let m = MaskedTransformer::<B>::load_smdm(&path, &config, &Default::default()).unwrap();
         let gain = host(m.net.ln_f.gain.val());
         assert!(gain.iter().all(|&g| g == 1.0), "{dtype:?}");
@@ -257,18 +265,17 @@ fn checkpoint_errors_name_the_key_and_shapes() {
     let config = tiny();
     let tensors = smdm_tensors(&config);
     let dir = tempfile::tempdir().unwrap();
-    let f32b = |v: &Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let device = Default::default();
+    let f32_all = |_: &str| Dtype::F32;
 
     // missing key
     let path = dir.path().join("missing.safetensors");
     write_file(
         &path,
-        tensors
-            .iter()
-            .filter(|t| t.0 != "transformer.h.1.attn.proj.weight")
-            .map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v)))
-            .collect(),
+        &tensors,
+        "transformer.h.1.attn.proj.weight",
+        None,
+        f32_all,
     );
     let err = MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
     assert!(
@@ -279,17 +286,8 @@ fn checkpoint_errors_name_the_key_and_shapes() {
 
     // unexpected key
     let path = dir.path().join("extra.safetensors");
-    let mut with_extra: Vec<_> = tensors
-        .iter()
-        .map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v)))
-        .collect();
-    with_extra.push((
-        "transformer.h.9.extra",
-        vec![2],
-        safetensors::Dtype::F32,
-        f32b(&vec![0.0, 1.0]),
-    ));
-    write_file(&path, with_extra);
+    let extra = ("transformer.h.9.extra", vec![2], vec![0.0, 1.0]);
+    write_file(&path, &tensors, "", Some(extra), f32_all);
     let err = MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
     assert!(
         matches!(&err, ModelError::UnexpectedKey { key, found, .. } if key == "transformer.h.9.extra" && found == &vec![2]),
@@ -298,13 +296,7 @@ fn checkpoint_errors_name_the_key_and_shapes() {
 
     // shape mismatch: a config with a different width
     let path = dir.path().join("ok.safetensors");
-    write_file(
-        &path,
-        tensors
-            .iter()
-            .map(|(k, s, v)| (k.as_str(), s.clone(), safetensors::Dtype::F32, f32b(v)))
-            .collect(),
-    );
+    write_file(&path, &tensors, "", None, f32_all);
     let wider = ModelConfig::custom(100, 2, 4, 64, 64, 48).with_query_groups(2);
     let err = MaskedTransformer::<B>::load_smdm(&path, &wider, &device).unwrap_err();
     let msg = err.to_string();
@@ -318,24 +310,13 @@ fn checkpoint_errors_name_the_key_and_shapes() {
 
     // unsupported dtype and garbage
     let path = dir.path().join("int.safetensors");
-    write_file(
-        &path,
-        tensors
-            .iter()
-            .map(|(k, s, v)| {
-                (
-                    k.as_str(),
-                    s.clone(),
-                    if k == "lm_head.weight" {
-                        safetensors::Dtype::I32
-                    } else {
-                        safetensors::Dtype::F32
-                    },
-                    f32b(v),
-                )
-            })
-            .collect(),
-    );
+    write_file(&path, &tensors, "", None, |k| {
+        if k == "lm_head.weight" {
+            Dtype::I32
+        } else {
+            Dtype::F32
+        }
+    });
     let err = MaskedTransformer::<B>::load_smdm(&path, &config, &device).unwrap_err();
     assert!(
         matches!(&err, ModelError::Dtype { key, .. } if key == "lm_head.weight"),

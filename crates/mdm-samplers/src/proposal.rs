@@ -1,6 +1,7 @@
 //! Proposals: a token and a confidence for every masked slot.
 
 use mdm_core::gumbel::gumbel_argmax;
+use mdm_core::probs::{softmax, softmax_prob};
 use mdm_core::{CoreError, MdmRng};
 
 /// A masked position of the batch.
@@ -63,13 +64,6 @@ impl Confidence {
     }
 }
 
-fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let exps: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
-    let z: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / z).collect()
-}
-
 /// The masked slots of `x` (rows of token ids), row-major.
 pub fn masked_slots(x: &[Vec<usize>], mask_id: usize) -> Vec<Slot> {
     x.iter()
@@ -129,13 +123,6 @@ pub fn propose_with(
             confidence: confidence.measure(row, token),
         })
         .collect())
-}
-
-/// `softmax(row)[token]` in f64.
-pub fn softmax_prob(row: &[f32], token: usize) -> f64 {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    (row[token] as f64 - max).exp() / z
 }
 
 #[cfg(test)]
