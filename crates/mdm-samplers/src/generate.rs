@@ -198,19 +198,6 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             })
             .collect();
         let max_len = x.iter().map(Vec::len).max().unwrap_or(0);
-        let device = self.model.net.lm_head.weight.device();
-        let guided = cfg.cfg_scale.is_some();
-        let rows_in_pass = if guided { 2 * batch } else { batch };
-        let padding: Vec<bool> = (0..rows_in_pass)
-            .flat_map(|r| {
-                let len = x[r % batch].len();
-                (0..max_len).map(move |l| l >= len)
-            })
-            .collect();
-        let padding = Tensor::<B, 2, Bool>::from_bool(
-            TensorData::new(padding, [rows_in_pass, max_len]),
-            &device,
-        );
         let grid = timesteps(steps_per_block, DEFAULT_EPS);
         let mut rng = rng_from_seed(cfg.seed);
         let mut done = vec![false; batch];
@@ -229,7 +216,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 if slots.is_empty() {
                     break;
                 }
-                let logits = self.slot_logits(&x, prompts, &slots, max_len, &padding, mask_id)?;
+                let logits = self.slot_logits(&x, prompts, &slots, max_len, mask_id)?;
                 let proposals =
                     if cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability {
                         greedy_proposals(&slots, logits)?
@@ -283,18 +270,26 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             .collect())
     }
 
-    /// Logits `[slots, V]` at `slots` (on the device), guided when asked.
+    /// Logits `[slots, V]` at `slots` (on the device), guided when asked. Only the rows that own a
+    /// slot go through the model, so rows stopped at EOS (or without masks in the current block)
+    /// cost nothing.
     fn slot_logits(
         &self,
         x: &[Vec<usize>],
         prompts: &[Vec<usize>],
         slots: &[Slot],
         max_len: usize,
-        padding: &Tensor<B, 2, Bool>,
         mask_id: usize,
     ) -> Result<Tensor<B, 2>, SamplerError> {
-        let batch = x.len();
-        let device = padding.device();
+        let device = self.model.net.lm_head.weight.device();
+        // rows of the pass: those with slots (slots are row-major), and their position in the pass
+        let mut active: Vec<usize> = slots.iter().map(|s| s.row).collect();
+        active.dedup();
+        let mut pass_row = vec![0; x.len()];
+        for (i, &row) in active.iter().enumerate() {
+            pass_row[row] = i;
+        }
+        let batch = active.len();
         let mut ids: Vec<i64> = Vec::with_capacity(2 * batch * max_len);
         // one row of the pass: `row` with its first `hide_prompt` ids masked, padded with mask_id
         let push_row = |ids: &mut Vec<i64>, row: &[usize], hide_prompt: usize| {
@@ -303,28 +298,39 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 _ => mask_id as i64,
             }));
         };
-        for row in x {
-            push_row(&mut ids, row, 0);
+        for &row in &active {
+            push_row(&mut ids, &x[row], 0);
         }
         let mut index: Vec<i64> = slots
             .iter()
-            .map(|s| (s.row * max_len + s.pos) as i64)
+            .map(|s| (pass_row[s.row] * max_len + s.pos) as i64)
             .collect();
+        let mut rows = active.clone();
         if self.config.cfg_scale.is_some() {
-            for (row, p) in x.iter().zip(prompts) {
-                push_row(&mut ids, row, p.len());
+            for &row in &active {
+                push_row(&mut ids, &x[row], prompts[row].len());
             }
             index.extend(
                 slots
                     .iter()
-                    .map(|s| ((batch + s.row) * max_len + s.pos) as i64),
+                    .map(|s| ((batch + pass_row[s.row]) * max_len + s.pos) as i64),
             );
+            rows.extend(&active);
         }
-        let rows = ids.len() / max_len;
+        // padding: positions past each row's own length are hidden from attention
+        let padding: Vec<bool> = rows
+            .iter()
+            .flat_map(|&r| (0..max_len).map(move |l| l >= x[r].len()))
+            .collect();
+        let padding = Tensor::<B, 2, Bool>::from_bool(
+            TensorData::new(padding, [rows.len(), max_len]),
+            &device,
+        );
         let n = index.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, max_len]), &device);
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), max_len]), &device);
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
-        let mut logits = self.model.forward_at_padded(ids, padding.clone(), index)?;
+        let mut logits = self.model.forward_at_padded(ids, padding, index)?;
         if let Some(w) = self.config.cfg_scale {
             let half = n / 2;
             let cond = logits.clone().narrow(0, 0, half);

@@ -224,3 +224,39 @@ fn every_confidence_measure_fills_every_slot() {
         );
     }
 }
+
+#[test]
+fn rows_stopped_at_eos_leave_the_batch_without_changing_the_others() {
+    let m = model();
+    let prompts = vec![vec![3, 4, 5], vec![7], vec![9, 10]];
+    let base = GenerationConfig::default()
+        .with_gen_length(12)
+        .with_steps(12);
+    let full = MaskedDiffusionSampler::new(&m, base.clone())
+        .generate(&prompts, |_| {})
+        .unwrap();
+    // an EOS that one row produces early, so that row stops while others go on
+    let eos = full[1][0];
+    let config = base.with_eos(eos);
+    let sampler = MaskedDiffusionSampler::new(&m, config);
+    let mut pass_rows = vec![];
+    let together = sampler
+        .generate(&prompts, |e| {
+            pass_rows.push(
+                e.revealed
+                    .iter()
+                    .map(|r| r.slot.row)
+                    .collect::<std::collections::BTreeSet<_>>(),
+            )
+        })
+        .unwrap();
+    for (p, row) in prompts.iter().zip(&together) {
+        let alone = sampler.generate(std::slice::from_ref(p), |_| {}).unwrap();
+        assert_eq!(&alone[0], row, "prompt {p:?}");
+    }
+    // the stopped row reveals nothing after it stopped
+    assert!(
+        pass_rows.iter().skip(1).any(|rows| !rows.contains(&1)),
+        "{pass_rows:?}"
+    );
+}
