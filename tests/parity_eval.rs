@@ -5,6 +5,7 @@ mod common;
 use common::{manifest, parity_dir, read_cases, rel_diff};
 use mdm::backend::{self, Default as B};
 use mdm::burn::tensor::{Bool, Int, Tensor, TensorData};
+use mdm::diffusion::forward_process::NoisedBatch;
 use mdm::eval::likelihood::{chain_rule, chain_rule_rows, mc_batch_nll};
 use mdm::models::{MaskedTransformer, ModelConfig};
 
@@ -43,17 +44,16 @@ fn chain_rule_and_mc_match_the_reference() {
         let [b, l] = [seq.shape[0], seq.shape[1]];
         let tensor =
             |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, l]), &device);
-        let mask =
-            Tensor::<B, 2, Bool>::from_bool(TensorData::new(c["mc.mask"].bool(), [b, l]), &device);
+        let mask = c["mc.mask"].bool();
         let t: Vec<f64> = c["mc.t"].values.clone();
-        let per_row = mc_batch_nll(
-            &model,
-            tensor(seq.i64()),
-            tensor(c["mc.perturbed_input"].i64()),
-            mask,
-            &t,
-        )
-        .unwrap();
+        let noised = NoisedBatch::<B> {
+            noisy: tensor(c["mc.perturbed_input"].i64()),
+            mask: Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask.clone(), [b, l]), &device),
+            p_mask: Tensor::from_data(TensorData::new(c["mc.t"].f32(), [b]), &device),
+            masked_index: (0..b * l).filter(|&i| mask[i]).collect(),
+            p_mask_host: t.clone(),
+        };
+        let per_row = mc_batch_nll(&model, tensor(seq.i64()), &noised, &t).unwrap();
         let nll = per_row.iter().sum::<f64>() / b as f64;
         let want = c["mc.nll"].scalar();
         assert!(

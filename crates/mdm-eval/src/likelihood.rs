@@ -1,13 +1,13 @@
 //! Likelihood estimators.
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
-use mdm_core::loss::token_cross_entropy;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use mdm_core::forward_process::{ForwardProcess, NoisedBatch};
+use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
 use mdm_models::{CausalTransformer, MaskedTransformer, ModelError};
 use mdm_samplers::generate::greedy_proposals;
 use mdm_samplers::proposal::Slot;
-use rand::Rng;
 use thiserror::Error;
 
 /// Errors of the estimators.
@@ -125,7 +125,7 @@ fn exact_estimate<B: Backend>(
     let targets: Vec<i64> = target.iter().map(|&t| t as i64).collect();
     let targets =
         Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [target.len()]), &logits.device());
-    let ce = host_f64(mdm_core::loss::cross_entropy_rows(logits, targets)?)?;
+    let ce = host_f64(cross_entropy_rows(logits, targets)?)?;
     Ok(NllEstimate {
         nll: ce.iter().sum(),
         stderr: 0.0,
@@ -135,20 +135,32 @@ fn exact_estimate<B: Backend>(
     })
 }
 
-/// One Monte Carlo batch of the ELBO bound: rows `perturbed` (`[b, L]`, target positions masked
-/// as `mask` says, prefix clean) at times `t` (`[b]`): returns each row's
-/// `sum over masked CE / t` (their mean is the batch's NLL estimate).
+/// One Monte Carlo batch of the ELBO bound: `x0` (`[b, L]`) noised at times `t` (`[b]`, prefix
+/// clean) as `noised` holds it. Returns each row's `sum over masked CE / t` (their mean is the
+/// batch's NLL estimate). The head runs only at the masked positions; a row with nothing masked
+/// scores 0.
 pub fn mc_batch_nll<B: Backend>(
     model: &MaskedTransformer<B>,
-    clean: Tensor<B, 2, Int>,
-    perturbed: Tensor<B, 2, Int>,
-    mask: Tensor<B, 2, Bool>,
+    x0: Tensor<B, 2, Int>,
+    noised: &NoisedBatch<B>,
     t: &[f64],
 ) -> Result<Vec<f64>, EvalError> {
-    let logits = model.forward(perturbed)?;
-    let ce = token_cross_entropy(logits, clean)? * mask.float();
-    let per_row = host_f64(ce.sum_dim(1).squeeze_dim::<1>(1))?;
-    Ok(per_row.iter().zip(t).map(|(s, t)| s / t).collect())
+    let [batch, len] = x0.dims();
+    let mut per_row = vec![0.0; batch];
+    if noised.masked_index.is_empty() {
+        return Ok(per_row);
+    }
+    let targets = noised.masked_targets(x0)?;
+    let logits = model.forward_at(noised.noisy.clone(), targets.index)?;
+    let ce = host_f64(cross_entropy_rows(logits, targets.targets)?)?;
+    for (&i, ce) in noised.masked_index.iter().zip(ce) {
+        per_row[i / len] += ce;
+    }
+    Ok(per_row
+        .iter()
+        .zip(t)
+        .map(|(&s, &t)| if s > 0.0 { s / t } else { 0.0 })
+        .collect())
 }
 
 /// The greedy suffix fill of SMDM's evaluation (used for LAMBADA): from `prefix` followed by `n`
@@ -242,41 +254,17 @@ pub fn mc_elbo<B: Backend>(
         ));
     }
     let device = model.net.lm_head.weight.device();
-    let mask_id = config.mask_id() as i64;
     let seq: Vec<i64> = prefix.iter().chain(target).map(|&t| t as i64).collect();
-    let len = seq.len();
     let b = options.batch;
-    let clean = ids_tensor::<B>(&vec![seq.clone(); b], &device);
+    let x0 = ids_tensor::<B>(&vec![seq; b], &device);
+    // SMDM's estimator masks with probability t itself (no eps), never inside the prefix
+    let process = ForwardProcess::new(config.mask_id()).with_eps(0.0);
+    let prefix_len = vec![prefix.len(); b];
     let mut samples: Vec<f64> = Vec::new();
     while samples.len() < options.mc_num {
         let t = stratified_times(b, rng);
-        let mut mask = Vec::with_capacity(b * len);
-        for &tj in &t {
-            for l in 0..len {
-                let u: f64 = rng.random();
-                mask.push(l >= prefix.len() && u < tj);
-            }
-        }
-        let perturbed: Vec<i64> = mask
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| if m { mask_id } else { seq[i % len] })
-            .collect();
-        let mask = Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask, [b, len]), &device);
-        let perturbed =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(perturbed, [b, len]), &device);
-        // t = 0 exactly has probability 0 under U[0, 1), and then nothing is masked: weight 0
-        let weights: Vec<f64> = t
-            .iter()
-            .map(|&x| if x > 0.0 { x } else { f64::INFINITY })
-            .collect();
-        samples.extend(mc_batch_nll(
-            model,
-            clean.clone(),
-            perturbed,
-            mask,
-            &weights,
-        )?);
+        let noised = process.noise(x0.clone(), &t, Some(&prefix_len), rng)?;
+        samples.extend(mc_batch_nll(model, x0.clone(), &noised, &t)?);
         if let Some(tol) = options.tolerance {
             if samples.len() >= 2 * b && stderr(&samples) <= tol {
                 break;
