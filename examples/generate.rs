@@ -106,14 +106,7 @@ fn main() -> Result<()> {
     let model: MaskedTransformer<DefaultBackend> = match (&args.checkpoint, &args.smdm) {
         (Some(dir), _) => MaskedTransformer::load(dir, &device)?,
         (None, file) => {
-            let config = if args.config.ends_with(".json") {
-                ModelConfig::from_json(
-                    &std::fs::read_to_string(&args.config)
-                        .with_context(|| format!("reading {}", args.config))?,
-                )?
-            } else {
-                ModelConfig::named(&args.config)?
-            };
+            let config = ModelConfig::from_name_or_file(&args.config)?;
             match file {
                 Some(f) => MaskedTransformer::load_smdm(f, &config, &device)?,
                 None => config.init_masked(args.seed, &device)?,

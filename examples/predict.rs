@@ -43,15 +43,6 @@ struct Args {
     seed: u64,
 }
 
-fn config_from(arg: &str) -> Result<ModelConfig> {
-    if arg.ends_with(".json") {
-        let text = std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?;
-        Ok(ModelConfig::from_json(&text)?)
-    } else {
-        Ok(ModelConfig::named(arg)?)
-    }
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
@@ -62,14 +53,14 @@ fn main() -> Result<()> {
             format!("checkpoint {}", dir.display()),
         ),
         (None, Some(file)) => {
-            let config = config_from(&args.config)?;
+            let config = ModelConfig::from_name_or_file(&args.config)?;
             (
                 MaskedTransformer::load_smdm(file, &config, &device)?,
                 format!("SMDM file {}", file.display()),
             )
         }
         (None, None) => {
-            let config = config_from(&args.config)?;
+            let config = ModelConfig::from_name_or_file(&args.config)?;
             (
                 config.init_masked(args.seed, &device)?,
                 format!("random initialisation (seed {})", args.seed),

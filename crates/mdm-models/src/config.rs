@@ -202,6 +202,20 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// A published name (`170M`, `Diff_LLaMA_170M`) or the path of a config JSON file (ending in
+    /// `.json`): what command-line tools accept for `--config`.
+    pub fn from_name_or_file(arg: &str) -> Result<Self, ModelError> {
+        if arg.ends_with(".json") {
+            let text = std::fs::read_to_string(arg).map_err(|source| ModelError::Io {
+                file: arg.into(),
+                source,
+            })?;
+            Self::from_json(&text)
+        } else {
+            Self::named(arg)
+        }
+    }
+
     /// `V`: `vocab_size` rounded up to a multiple of `padding_multiple`, unless given explicitly.
     pub fn padded_vocab_size(&self) -> usize {
         self.padded_vocab_size.unwrap_or_else(|| {
@@ -361,5 +375,17 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(ModelConfig::from_json(&json).unwrap(), c);
         assert!(ModelConfig::from_json("{\"n_layer\": 2}").is_err());
+        let dir = std::env::temp_dir().join(format!("mdm-config-{}.json", std::process::id()));
+        std::fs::write(&dir, &json).unwrap();
+        assert_eq!(
+            ModelConfig::from_name_or_file(dir.to_str().unwrap()).unwrap(),
+            c
+        );
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(ModelConfig::from_name_or_file("6M").unwrap().n_layer, 6);
+        assert!(matches!(
+            ModelConfig::from_name_or_file("/nonexistent/c.json"),
+            Err(ModelError::Io { .. })
+        ));
     }
 }
