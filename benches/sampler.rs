@@ -15,6 +15,7 @@ use mdm::burn;
 use mdm::diffusion::rng_from_seed;
 use mdm::models::ModelConfig;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm::samplers::generate::greedy_proposals;
 use mdm::samplers::proposal::{masked_slots, Confidence};
 use mdm::samplers::remasking::LowConfidence;
 use mdm::samplers::step::{denoise_step, Counting};
@@ -80,12 +81,8 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
     // the device path used by the loop at temperature 0: logits stay on the device
     let device_logits =
         Tensor::<B, 2>::from_data(TensorData::new(logits.clone(), [slots.len(), v]), device);
-    group.bench_function("device_argmax_logsumexp_256_slots", |b| {
-        b.iter(|| {
-            let (max, idx) = device_logits.clone().max_dim_with_indices(1);
-            let lse = (device_logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
-            (idx.into_data(), lse.into_data())
-        })
+    group.bench_function("device_greedy_proposals_256_slots", |b| {
+        b.iter(|| greedy_proposals(&slots, device_logits.clone()).expect("proposals"))
     });
     group.finish();
 }
