@@ -1,0 +1,254 @@
+//! Tokenizers: any HF `tokenizer.json`, or a byte-level BPE trained here on text files.
+//!
+//! The model side of a tokenizer (SMDM.md section 1): the model's `vocab_size` is the tokenizer's
+//! size including added special tokens; the model pads it to a multiple of 64 and appends the mask
+//! token (`mask_id = padded_vocab_size`), so the tokenizer itself never sees a mask id.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::AddedToken;
+
+use crate::DataError;
+
+/// End-of-text token of the tokenizers trained by [`Tokenizer::train_bpe`] (id 0).
+pub const BPE_EOS: &str = "<|endoftext|>";
+
+/// Candidate names of the end-of-sequence token, in the order they are looked up.
+const EOS_NAMES: [&str; 5] = [
+    "</s>",
+    "<|endoftext|>",
+    "<eos>",
+    "<|eos|>",
+    "<|end_of_text|>",
+];
+/// Candidate names of the beginning-of-sequence token.
+const BOS_NAMES: [&str; 4] = ["<s>", "<|bos|>", "<bos>", "<|begin_of_text|>"];
+
+/// A text tokenizer with its end-of-sequence (separator) and optional beginning-of-sequence ids.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eos_id: u32,
+    bos_id: Option<u32>,
+    source: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("source", &self.source)
+            .field("vocab_size", &self.vocab_size())
+            .field("eos_id", &self.eos_id)
+            .field("bos_id", &self.bos_id)
+            .finish()
+    }
+}
+
+fn tok_err(file: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Tokenizer {
+        file: file.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl Tokenizer {
+    /// Loads a HF `tokenizer.json`. The EOS token is found by name (`</s>`, `<|endoftext|>`,
+    /// `<eos>`, ...); a tokenizer without one is an error, since shards need a separator.
+    ///
+    /// Special-token text inside the input (a literal `<s>`) is encoded as plain text, as
+    /// SentencePiece does.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(tok_err(path, "no such file"));
+        }
+        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        inner.set_encode_special_tokens(true);
+        Self::wrap(inner, path)
+    }
+
+    fn wrap(inner: tokenizers::Tokenizer, source: &Path) -> Result<Self, DataError> {
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let eos_id = find(&EOS_NAMES).ok_or_else(|| {
+            tok_err(
+                source,
+                format!("no end-of-sequence token (looked for {EOS_NAMES:?})"),
+            )
+        })?;
+        let bos_id = find(&BOS_NAMES);
+        Ok(Self {
+            inner,
+            eos_id,
+            bos_id,
+            source: source.to_path_buf(),
+        })
+    }
+
+    /// Trains a byte-level BPE (GPT-2 style: any byte sequence is encodable, no unknown token) of
+    /// `vocab_size` ids on `documents`, with [`BPE_EOS`] as id 0. `vocab_size` must leave room for
+    /// the 256 byte tokens and the EOS token.
+    pub fn train_bpe<I, S>(documents: I, vocab_size: usize) -> Result<Self, DataError>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let source = PathBuf::from("<trained byte-level BPE>");
+        if vocab_size < 258 {
+            return Err(DataError::Invalid {
+                what: "vocab_size",
+                reason: format!("{vocab_size} < 258 (256 bytes + EOS + one merge)"),
+            });
+        }
+        let trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(BPE_EOS, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+        let mut inner = tokenizers::Tokenizer::new(BPE::default());
+        inner
+            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+            .with_decoder(Some(ByteLevel::default()));
+        inner
+            .train(&mut trainer, documents)
+            .map_err(|e| tok_err(&source, e))?;
+        inner.set_encode_special_tokens(true);
+        Self::wrap(inner, &source)
+    }
+
+    /// Writes the tokenizer as a HF `tokenizer.json` (temporary file, then rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), DataError> {
+        let path = path.as_ref();
+        let json = self.inner.to_string(true).map_err(|e| tok_err(path, e))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(crate::error::io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(crate::error::io(path))
+    }
+
+    /// Token ids of `text`, with the BOS id first when `add_bos` (and the tokenizer has one).
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, DataError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| tok_err(&self.source, e))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if add_bos {
+            ids.extend(self.bos_id);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// Token ids of many texts, encoded in parallel.
+    pub fn encode_batch(&self, texts: &[&str], add_bos: bool) -> Result<Vec<Vec<u32>>, DataError> {
+        let encodings = self
+            .inner
+            .encode_batch_fast(texts.to_vec(), false)
+            .map_err(|e| tok_err(&self.source, e))?;
+        Ok(encodings
+            .iter()
+            .map(|e| {
+                let mut ids = Vec::with_capacity(e.len() + 1);
+                if add_bos {
+                    ids.extend(self.bos_id);
+                }
+                ids.extend_from_slice(e.get_ids());
+                ids
+            })
+            .collect())
+    }
+
+    /// The text of `ids`; special tokens (BOS, EOS) are left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| tok_err(&self.source, e))
+    }
+
+    /// The text of one token, special tokens included (for showing generations step by step).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Number of ids, added special tokens included: the model's `vocab_size`.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The end-of-sequence id: separator between documents in shards, padding of fine-tuning
+    /// responses, and the stop token of generation.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The beginning-of-sequence id, where the tokenizer has one (Llama-2: 1).
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// Where the tokenizer came from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The wrapped HF tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "In the beginning God created the heaven and the earth. \
+        And the earth was without form, and void; and darkness was upon the face of the deep.";
+
+    #[test]
+    fn trained_bpe_round_trips_any_text() {
+        let docs = std::iter::repeat_n(TEXT, 50);
+        let tok = Tokenizer::train_bpe(docs, 300).unwrap();
+        assert_eq!(tok.vocab_size(), 300);
+        assert_eq!(tok.eos_id(), 0);
+        assert_eq!(tok.bos_id(), None);
+        for text in [TEXT, "unseen wörds ☃ and\nnew lines", ""] {
+            let ids = tok.encode(text, true).unwrap();
+            assert!(ids.iter().all(|&i| (i as usize) < tok.vocab_size()));
+            assert_eq!(tok.decode(&ids).unwrap(), text);
+        }
+        // merges were learnt: the training text takes fewer tokens than bytes
+        assert!(tok.encode(TEXT, false).unwrap().len() < TEXT.len() / 2);
+        // a literal EOS string in the text is plain text, not the separator
+        assert!(!tok.encode(BPE_EOS, false).unwrap().contains(&0));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tok.save(&path).unwrap();
+        let loaded = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(
+            loaded.encode(TEXT, false).unwrap(),
+            tok.encode(TEXT, false).unwrap()
+        );
+        assert_eq!(loaded.eos_id(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let err = Tokenizer::from_file("/nonexistent/tokenizer.json").unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/tokenizer.json"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let err = Tokenizer::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains("bad.json"), "{err}");
+        assert!(Tokenizer::train_bpe(std::iter::once("x"), 10).is_err());
+    }
+}
