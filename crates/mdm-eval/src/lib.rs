@@ -7,10 +7,13 @@
 //!   standard error, optionally adaptive (stop once the standard error is below a tolerance);
 //! - [`likelihood::greedy_suffix_matches`]: the greedy suffix check (LAMBADA accuracy);
 //! - [`likelihood::causal_nll`]: the exact NLL under the autoregressive baseline.
+//! - [`perplexity`]: per-token bounds and NLLs over held-out blocks (validation shards), with the
+//!   unigram entropy to compare them with.
 //!
 //! Work in progress (issue "Evaluation"): CFG in the estimators, the task readers and scorers, and
 //! the `evaluate` example.
 
 pub mod likelihood;
+pub mod perplexity;
 
 pub use likelihood::{EvalError, NllEstimate};

@@ -49,7 +49,7 @@ fn check(prefix: &[usize], target: &[usize], vocab: usize) -> Result<(), EvalErr
     check_vocab(prefix.iter().chain(target), vocab)
 }
 
-fn check_vocab<'a>(
+pub(crate) fn check_vocab<'a>(
     ids: impl IntoIterator<Item = &'a usize>,
     vocab: usize,
 ) -> Result<(), EvalError> {
@@ -61,12 +61,12 @@ fn check_vocab<'a>(
     Ok(())
 }
 
-fn ids_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+pub(crate) fn ids_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
     let len = rows.first().map_or(0, Vec::len);
     Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), len]), device)
 }
 
-fn host_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f64>, EvalError> {
+pub(crate) fn host_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f64>, EvalError> {
     t.into_data()
         .convert::<f64>()
         .into_vec::<f64>()

@@ -1,0 +1,285 @@
+//! Training hyper-parameters: one struct, read from TOML or JSON, saved next to the checkpoints.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::io;
+use crate::TrainError;
+
+/// Which model and loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Masked diffusion model: the ELBO loss at masked positions (SMDM.md section 2).
+    #[default]
+    Mdm,
+    /// Autoregressive baseline: next-token cross-entropy.
+    Arm,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "mdm" => Ok(Self::Mdm),
+            "arm" => Ok(Self::Arm),
+            other => Err(TrainError::Config(format!(
+                "objective `{other}` (expected mdm or arm)"
+            ))),
+        }
+    }
+}
+
+/// Every hyper-parameter of a run. Defaults follow SMDM's recipe (AdamW 0.9 / 0.95, weight decay
+/// 0.1, clipping at 1.0, `eps` 1e-3, warm-up then cosine decay to a tenth of the peak rate) at a
+/// small-model learning rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// MDM or autoregressive baseline.
+    pub objective: Objective,
+    /// Tokens per training sequence.
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    pub grad_accum: usize,
+    /// Optimizer steps; when absent, derived from `flops_budget`.
+    pub steps: Option<usize>,
+    /// Training compute `6 N D` (N non-embedding parameters, D tokens) that sets `steps`.
+    pub flops_budget: Option<f64>,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// AdamW beta 1.
+    pub beta1: f64,
+    /// AdamW beta 2.
+    pub beta2: f64,
+    /// AdamW epsilon.
+    pub adam_eps: f64,
+    /// Decoupled weight decay (applied to every parameter, as SMDM does).
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    /// Minimum masking probability `eps` in `p_mask = (1 - eps) t + eps` (MDM).
+    pub mask_eps: f64,
+    /// Probability that a batch is cut to a random length (stochastic sequence length; MDM).
+    pub ssl_ratio: f64,
+    /// Probability that the prompt of a fine-tuning batch is replaced by masks (CFG training; 0 =
+    /// unsupervised CFG).
+    pub cfg_drop: f64,
+    /// Seed of initialisation, data order, masking and times.
+    pub seed: u64,
+    /// Shards per shuffle buffer of the data loader.
+    pub n_chunks: usize,
+    /// Log a line every this many steps when no progress bar is shown.
+    pub log_every: usize,
+    /// Validate every this many steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Validation blocks (at most; from the validation shards or data).
+    pub eval_blocks: usize,
+    /// Monte Carlo samples per validation block (MDM).
+    pub eval_mc: usize,
+    /// Checkpoint every this many steps (0 = only at the end).
+    pub save_every: usize,
+    /// Checkpoints kept (the oldest are deleted).
+    pub keep_last: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            objective: Objective::Mdm,
+            seq_len: 256,
+            micro_batch: 8,
+            grad_accum: 1,
+            steps: None,
+            flops_budget: None,
+            lr: 2e-3,
+            min_lr: 2e-4,
+            warmup_steps: 100,
+            beta1: 0.9,
+            beta2: 0.95,
+            adam_eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            mask_eps: 1e-3,
+            ssl_ratio: 0.01,
+            cfg_drop: 0.0,
+            seed: 0,
+            n_chunks: 8,
+            log_every: 10,
+            eval_every: 200,
+            eval_blocks: 64,
+            eval_mc: 4,
+            save_every: 200,
+            keep_last: 3,
+        }
+    }
+}
+
+/// Training FLOPs as the paper counts them: `6 N D`, `N` non-embedding parameters, `D` tokens.
+pub fn training_flops(non_embedding_params: usize, tokens: f64) -> f64 {
+    6.0 * non_embedding_params as f64 * tokens
+}
+
+impl TrainConfig {
+    /// Reads a `.toml` or `.json` file (by extension); missing keys take their defaults, unknown
+    /// keys are an error.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TrainError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        let config: Self =
+            parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig is always serialisable")
+    }
+
+    /// Tokens per optimizer step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.seq_len * self.micro_batch * self.grad_accum
+    }
+
+    /// The number of optimizer steps: `steps`, or the FLOPs budget divided by
+    /// `6 N tokens_per_step`.
+    pub fn total_steps(&self, non_embedding_params: usize) -> Result<usize, TrainError> {
+        match (self.steps, self.flops_budget) {
+            (Some(steps), _) => Ok(steps),
+            (None, Some(budget)) => {
+                let per_step = training_flops(non_embedding_params, self.tokens_per_step() as f64);
+                let steps = (budget / per_step).floor() as usize;
+                if steps == 0 {
+                    return Err(TrainError::Config(format!(
+                        "a budget of {budget:.3e} FLOPs is less than one step ({per_step:.3e})"
+                    )));
+                }
+                Ok(steps)
+            }
+            (None, None) => Err(TrainError::Config("set `steps` or `flops_budget`".into())),
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.seq_len < 2 || self.micro_batch == 0 || self.grad_accum == 0 {
+            return bad("seq_len >= 2, micro_batch >= 1 and grad_accum >= 1 are required".into());
+        }
+        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!("lr {} / min_lr {}", self.lr, self.min_lr));
+        }
+        for (name, v) in [
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("mask_eps", self.mask_eps),
+            ("ssl_ratio", self.ssl_ratio),
+            ("cfg_drop", self.cfg_drop),
+        ] {
+            if !(0.0..1.0).contains(&v) && !(name == "ssl_ratio" && v == 1.0) {
+                return bad(format!("{name} = {v} must lie in [0, 1)"));
+            }
+        }
+        if self.adam_eps <= 0.0 || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
+            return bad("adam_eps > 0, weight_decay >= 0, grad_clip >= 0 required".into());
+        }
+        if self.keep_last == 0 || self.n_chunks == 0 || self.eval_mc == 0 {
+            return bad("keep_last, n_chunks and eval_mc must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The learning rate at optimizer step `step` (0-based): linear warm-up to `lr` over
+/// `warmup_steps`, then cosine decay to `min_lr` at `total_steps`.
+pub fn learning_rate(config: &TrainConfig, step: usize, total_steps: usize) -> f64 {
+    if step < config.warmup_steps {
+        return config.lr * (step + 1) as f64 / config.warmup_steps as f64;
+    }
+    let span = total_steps.saturating_sub(config.warmup_steps).max(1) as f64;
+    let progress = ((step - config.warmup_steps) as f64 / span).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    config.min_lr + cosine * (config.lr - config.min_lr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let c = TrainConfig {
+            lr: 1.0,
+            min_lr: 0.1,
+            warmup_steps: 10,
+            ..Default::default()
+        };
+        assert!((learning_rate(&c, 0, 110) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&c, 9, 110) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(&c, 10, 110) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(&c, 60, 110) - 0.55).abs() < 1e-12);
+        assert!((learning_rate(&c, 110, 110) - 0.1).abs() < 1e-12);
+        let mut prev = f64::INFINITY;
+        for s in 10..110 {
+            let lr = learning_rate(&c, s, 110);
+            assert!(lr <= prev);
+            prev = lr;
+        }
+    }
+
+    #[test]
+    fn steps_from_a_flops_budget() {
+        let c = TrainConfig {
+            seq_len: 100,
+            micro_batch: 2,
+            grad_accum: 5,
+            flops_budget: Some(6.0 * 1000.0 * 1000.0 * 10.5),
+            ..Default::default()
+        };
+        // 1000 tokens per step at N = 1000: 6e6 FLOPs per step
+        assert_eq!(c.total_steps(1000).unwrap(), 10);
+        assert!(TrainConfig::default().total_steps(1000).is_err());
+        let tiny = TrainConfig {
+            flops_budget: Some(1.0),
+            ..c
+        };
+        assert!(tiny.total_steps(1000).is_err());
+    }
+
+    #[test]
+    fn toml_and_json_round_trip_and_reject_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TrainConfig {
+            objective: Objective::Arm,
+            steps: Some(7),
+            ..Default::default()
+        };
+        let toml_path = dir.path().join("c.toml");
+        std::fs::write(&toml_path, c.to_toml()).unwrap();
+        assert_eq!(TrainConfig::from_file(&toml_path).unwrap(), c);
+        let json_path = dir.path().join("c.json");
+        std::fs::write(&json_path, r#"{"objective": "arm", "steps": 7}"#).unwrap();
+        assert_eq!(TrainConfig::from_file(&json_path).unwrap(), c);
+        std::fs::write(&toml_path, "stepz = 3\n").unwrap();
+        let err = TrainConfig::from_file(&toml_path).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("stepz"), "{err}");
+        assert!(TrainConfig {
+            beta2: 1.5,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Typed errors of training.
+
+use std::path::PathBuf;
+
+/// What stopped a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Model construction or checkpoint I/O.
+    #[error(transparent)]
+    Model(#[from] mdm_models::ModelError),
+    /// Data loading.
+    #[error(transparent)]
+    Data(#[from] mdm_data::DataError),
+    /// A core operation (noising, loss).
+    #[error(transparent)]
+    Core(#[from] mdm_core::CoreError),
+    /// Validation.
+    #[error(transparent)]
+    Eval(#[from] mdm_eval::EvalError),
+    /// A file could not be read or written.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// A checkpoint's training state is missing or does not fit the run.
+    #[error("checkpoint {dir}: {reason}")]
+    Checkpoint {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error("the loss is {loss} at step {step}: stopped (the last good checkpoint is kept)")]
+    NonFinite {
+        /// The optimizer step (0-based) whose loss was not finite.
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
+}
+
+pub(crate) fn io(file: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        file: file.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,36 @@
+//! # mdm-train: one training loop for MDMs and their autoregressive baselines
+//!
+//! Pre-training on packed shards and fine-tuning on prompt/response rows, with SMDM's recipe:
+//! AdamW (0.9, 0.95, weight decay 0.1) with clipping by the global gradient norm, linear warm-up
+//! then cosine decay, gradient accumulation, steps from a FLOPs budget (`6 N D`), stochastic
+//! sequence length and CFG prompt dropout (MDM).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | [`TrainConfig`]: every hyper-parameter, TOML/JSON, the learning-rate schedule |
+//! | [`objective`] | [`TrainModel`]: the MDM and baseline losses and their validation |
+//! | [`optim`] | AdamW with global-norm clipping and gradient accumulation, saveable state |
+//! | [`checkpoint`] | atomic checkpoint folders, keep-last-k, the state needed for exact resumption |
+//! | [`metrics`] | `metrics.csv` / `validation.csv` |
+//! | [`plot`] | loss curves as PNG |
+//! | [`trainer`] | [`train`]: the loop |
+//!
+//! A run writes into its output folder `train.toml` (the config), `metrics.csv`, `validation.csv`,
+//! `loss.png`, `checkpoints/step-NNNNNNNN/` and, when finished, `model/` (a checkpoint folder that
+//! `MaskedTransformer::load` / `CausalTransformer::load` read). A run stopped at any point resumes
+//! from its newest checkpoint with [`RunOptions::resume`] and ends with the same parameters as a
+//! run that never stopped. A NaN or infinite loss stops the run with [`TrainError::NonFinite`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod objective;
+pub mod optim;
+pub mod plot;
+pub mod trainer;
+
+pub use config::{Objective, TrainConfig};
+pub use error::TrainError;
+pub use objective::{Batch, TrainModel};
+pub use trainer::{train, DataSpec, RunOptions, TrainSummary};

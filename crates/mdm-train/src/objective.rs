@@ -1,0 +1,226 @@
+//! The two models a run can train and their losses: the MDM (masked ELBO loss, SMDM.md section 2)
+//! and the autoregressive baseline (next-token cross-entropy), for pre-training blocks and
+//! fine-tuning rows with a prompt.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use mdm_core::augment::{prompt_dropout, stochastic_length, truncate};
+use mdm_core::forward_process::ForwardProcess;
+use mdm_core::loss::{cross_entropy_rows, sparse_masked_loss};
+use mdm_core::time::uniform_times;
+use mdm_core::MdmRng;
+use mdm_eval::perplexity::{causal_nll_per_token, masked_elbo_per_token, PerTokenNll};
+use mdm_models::checkpoint::ModelKind;
+use mdm_models::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError};
+
+use crate::{TrainConfig, TrainError};
+
+/// A batch of training rows: ids row-major `[rows, cols]`, and for fine-tuning the prompt length
+/// of each row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Token ids, row-major.
+    pub ids: Vec<u32>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns (tokens per row).
+    pub cols: usize,
+    /// Prompt length per row (fine-tuning), `None` for pre-training.
+    pub prompt_len: Option<Vec<usize>>,
+}
+
+impl Batch {
+    fn tensor<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        let ids: Vec<i64> = self.ids.iter().map(|&t| t as i64).collect();
+        Tensor::from_data(TensorData::new(ids, [self.rows, self.cols]), device)
+    }
+}
+
+/// A model the trainer can train: its loss on a batch, checkpoint I/O and validation.
+pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Sized {
+    /// Which network this is (recorded in checkpoints).
+    const KIND: ModelKind;
+
+    /// A freshly initialised model.
+    fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError>;
+    /// Loads a checkpoint folder.
+    fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError>;
+    /// Saves to a checkpoint folder.
+    fn save(&self, dir: &Path) -> Result<(), ModelError>;
+    /// The hyper-parameters.
+    fn model_config(&self) -> &ModelConfig;
+    /// Tokens per pre-training block: `seq_len` for the MDM, `seq_len + 1` for the baseline (its
+    /// inputs and shifted targets come from one block).
+    fn block_len(seq_len: usize) -> usize;
+    /// The mean loss of one micro-batch (a scalar to back-propagate); draws from `rng`.
+    fn loss(
+        &self,
+        batch: &Batch,
+        config: &TrainConfig,
+        rng: &mut MdmRng,
+    ) -> Result<Tensor<B, 1>, TrainError>;
+    /// Validation NLL per token of `blocks` (MC ELBO bound for the MDM, exact for the baseline).
+    fn validate(
+        model: &Self::InnerModule,
+        blocks: &[Vec<u32>],
+        config: &TrainConfig,
+        rng: &mut MdmRng,
+    ) -> Result<PerTokenNll, TrainError>;
+}
+
+impl<B: AutodiffBackend> TrainModel<B> for MaskedTransformer<B> {
+    const KIND: ModelKind = ModelKind::Masked;
+
+    fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        config.init_masked(seed, device)
+    }
+
+    fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        MaskedTransformer::load(dir, device)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        MaskedTransformer::save(self, dir)
+    }
+
+    fn model_config(&self) -> &ModelConfig {
+        self.config()
+    }
+
+    fn block_len(seq_len: usize) -> usize {
+        seq_len
+    }
+
+    fn loss(
+        &self,
+        batch: &Batch,
+        config: &TrainConfig,
+        rng: &mut MdmRng,
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let device = self.net.lm_head.weight.device();
+        let process = ForwardProcess::new(self.mask_id()).with_eps(config.mask_eps);
+        let mut x0 = batch.tensor::<B>(&device);
+        let prompt_len = batch.prompt_len.as_deref();
+        if prompt_len.is_none() {
+            // stochastic sequence length (pre-training only: fine-tuning rows keep their length)
+            let len = stochastic_length(batch.cols, config.ssl_ratio, rng)?;
+            x0 = truncate(x0, len)?;
+        }
+        let [rows, len] = x0.dims();
+        // redraw in the rare case that nothing is masked (all t tiny)
+        let noised = loop {
+            let t = uniform_times(rows, rng);
+            let noised = process.noise(x0.clone(), &t, prompt_len, rng)?;
+            if !noised.masked_index.is_empty() {
+                break noised;
+            }
+        };
+        let targets = noised.masked_targets(x0)?;
+        let (input, normaliser) = match prompt_len {
+            None => (noised.noisy, (rows * len) as f64),
+            Some(prompt_len) => {
+                let (input, _) = prompt_dropout(
+                    noised.noisy,
+                    prompt_len,
+                    config.cfg_drop,
+                    self.mask_id(),
+                    rng,
+                )?;
+                (
+                    input,
+                    (rows * len - prompt_len.iter().sum::<usize>()) as f64,
+                )
+            }
+        };
+        let logits = self.forward_at(input, targets.index.clone())?;
+        Ok(sparse_masked_loss(logits, &targets, normaliser)?)
+    }
+
+    fn validate(
+        model: &Self::InnerModule,
+        blocks: &[Vec<u32>],
+        config: &TrainConfig,
+        rng: &mut MdmRng,
+    ) -> Result<PerTokenNll, TrainError> {
+        Ok(masked_elbo_per_token(
+            model,
+            blocks,
+            config.micro_batch,
+            config.eval_mc,
+            rng,
+        )?)
+    }
+}
+
+impl<B: AutodiffBackend> TrainModel<B> for CausalTransformer<B> {
+    const KIND: ModelKind = ModelKind::Causal;
+
+    fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        config.init_causal(seed, device)
+    }
+
+    fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        CausalTransformer::load(dir, device)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        CausalTransformer::save(self, dir)
+    }
+
+    fn model_config(&self) -> &ModelConfig {
+        self.config()
+    }
+
+    fn block_len(seq_len: usize) -> usize {
+        seq_len + 1
+    }
+
+    fn loss(
+        &self,
+        batch: &Batch,
+        _config: &TrainConfig,
+        _rng: &mut MdmRng,
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let device = self.net.lm_head.weight.device();
+        let ids = batch.tensor::<B>(&device);
+        let (rows, n) = (batch.rows, batch.cols - 1);
+        let logits = self.forward(ids.clone().narrow(1, 0, n))?;
+        let v = logits.dims()[2];
+        let logits = logits.reshape([rows * n, v]);
+        let targets = ids.narrow(1, 1, n).reshape([rows * n]);
+        match &batch.prompt_len {
+            None => Ok(cross_entropy_rows(logits, targets)?.mean()),
+            Some(prompt_len) => {
+                // fine-tuning: only response tokens (target index >= prompt length) count
+                let index: Vec<i64> = prompt_len
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(r, &p)| (p.saturating_sub(1)..n).map(move |i| (r * n + i) as i64))
+                    .collect();
+                if index.is_empty() {
+                    return Err(TrainError::Config(
+                        "a fine-tuning batch without response tokens".into(),
+                    ));
+                }
+                let count = index.len();
+                let index =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(index, [count]), &device);
+                let ce =
+                    cross_entropy_rows(logits.select(0, index.clone()), targets.select(0, index))?;
+                Ok(ce.mean())
+            }
+        }
+    }
+
+    fn validate(
+        model: &Self::InnerModule,
+        blocks: &[Vec<u32>],
+        config: &TrainConfig,
+        _rng: &mut MdmRng,
+    ) -> Result<PerTokenNll, TrainError> {
+        Ok(causal_nll_per_token(model, blocks, config.micro_batch)?)
+    }
+}

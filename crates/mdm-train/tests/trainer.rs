@@ -1,0 +1,294 @@
+//! The training loop on a tiny model: exact resumption, learning, NaN stop, fine-tuning rows.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use mdm_data::sft::SftDataset;
+use mdm_data::shards::ShardWriter;
+use mdm_models::{CausalTransformer, MaskedTransformer, ModelConfig};
+use mdm_train::{train, DataSpec, Objective, RunOptions, TrainConfig, TrainError, TrainModel};
+
+type B = Autodiff<Flex>;
+
+const VOCAB: usize = 48;
+
+fn model_config() -> ModelConfig {
+    ModelConfig::custom(VOCAB, 2, 2, 32, 64, 32)
+}
+
+/// Shards of a learnable stream: an arithmetic pattern with a little seeded noise.
+fn shards(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let stream: Vec<u32> = (0..6000u32)
+        .map(|i| {
+            if i % 17 == 0 {
+                (i * 7) % 47 + 1
+            } else {
+                (i % 12) + 1
+            }
+        })
+        .collect();
+    let mut train = ShardWriter::new(dir, "train", 512, VOCAB, 0).unwrap();
+    train.add_document(&stream[..5000]).unwrap();
+    let mut valid = ShardWriter::new(dir, "valid", 512, VOCAB, 0).unwrap();
+    valid.add_document(&stream[5000..]).unwrap();
+    (train.finish().unwrap(), valid.finish().unwrap())
+}
+
+fn config(objective: Objective, steps: usize) -> TrainConfig {
+    TrainConfig {
+        objective,
+        seq_len: 16,
+        micro_batch: 4,
+        grad_accum: 2,
+        steps: Some(steps),
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 2,
+        ssl_ratio: 0.2,
+        eval_every: 0,
+        eval_blocks: 8,
+        eval_mc: 2,
+        save_every: 3,
+        keep_last: 2,
+        n_chunks: 2,
+        seed: 5,
+        ..Default::default()
+    }
+}
+
+fn run<M: TrainModel<B>>(
+    cfg: &TrainConfig,
+    data: DataSpec,
+    out: &Path,
+    options: RunOptions,
+) -> Result<mdm_train::TrainSummary, TrainError> {
+    train::<B, M>(
+        &model_config(),
+        cfg,
+        data,
+        out,
+        &options,
+        &Default::default(),
+    )
+}
+
+/// Largest absolute difference between the weights of two checkpoint folders.
+fn max_weight_diff(a: &Path, b: &Path) -> f64 {
+    let (fa, fb) = (
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap(),
+    );
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&fa).unwrap(),
+        safetensors::SafeTensors::deserialize(&fb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort();
+    let mut names_b = tb.names();
+    names_b.sort();
+    assert_eq!(names, names_b);
+    let floats = |v: safetensors::tensor::TensorView| -> Vec<f32> {
+        assert_eq!(v.dtype(), safetensors::Dtype::F32);
+        v.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    names
+        .iter()
+        .map(|n| {
+            let (x, y) = (floats(ta.tensor(n).unwrap()), floats(tb.tensor(n).unwrap()));
+            x.iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).abs() as f64)
+                .fold(0.0, f64::max)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn resume_is_exact<M: TrainModel<B>>(objective: Objective) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (tr, va) = shards(data_dir.path());
+    let data = DataSpec::Shards {
+        train: tr,
+        valid: va,
+    };
+    let cfg = config(objective, 7);
+    let straight = tempfile::tempdir().unwrap();
+    let a = run::<M>(&cfg, data.clone(), straight.path(), RunOptions::default()).unwrap();
+    assert_eq!(a.steps, 7);
+
+    let split = tempfile::tempdir().unwrap();
+    let stop = RunOptions {
+        stop_after: Some(4),
+        ..Default::default()
+    };
+    let partial = run::<M>(&cfg, data.clone(), split.path(), stop).unwrap();
+    assert_eq!(partial.steps, 4);
+    assert!(
+        partial.model_dir.is_none(),
+        "an unfinished run has no final model"
+    );
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let data_for_control = data.clone();
+    let b = run::<M>(&cfg, data, split.path(), resume).unwrap();
+    assert_eq!((b.steps, b.tokens), (7, a.tokens));
+
+    // Equal up to the last bits of a few floats: burn-flex's threaded kernels do not fix their
+    // summation order, so even two uninterrupted runs can differ there (seen: 30 bytes of 100 kB
+    // at the last step). A wrong data position, RNG or optimizer state moves weights by ~1e-3.
+    let diff = max_weight_diff(&straight.path().join("model"), &split.path().join("model"));
+    assert!(diff < 1e-6, "resumed parameters differ by {diff:e}");
+    // negative control: one seed apart is far outside that tolerance
+    let other = tempfile::tempdir().unwrap();
+    let reseeded = TrainConfig {
+        seed: 6,
+        ..cfg.clone()
+    };
+    run::<M>(
+        &reseeded,
+        data_for_control,
+        other.path(),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let control = max_weight_diff(&straight.path().join("model"), &other.path().join("model"));
+    assert!(control > 1e-4, "control differs by only {control:e}");
+    let csv = |dir: &Path| std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let losses = |text: String| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split(',').nth(3).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(losses(csv(straight.path())), losses(csv(split.path())));
+    let (va, vb) = (a.validation.unwrap(), b.validation.unwrap());
+    assert!((va.nats - vb.nats).abs() < 1e-6, "{va:?} vs {vb:?}");
+    // keep_last = 2: steps 6 and 7 remain
+    let kept: Vec<usize> = mdm_train::checkpoint::list_checkpoints(split.path())
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(kept, vec![6, 7]);
+}
+
+#[test]
+fn mdm_resume_is_exact() {
+    resume_is_exact::<MaskedTransformer<B>>(Objective::Mdm);
+}
+
+#[test]
+fn arm_resume_is_exact() {
+    resume_is_exact::<CausalTransformer<B>>(Objective::Arm);
+}
+
+#[test]
+fn both_models_learn_a_pattern() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (tr, va) = shards(data_dir.path());
+    let data = DataSpec::Shards {
+        train: tr,
+        valid: va,
+    };
+    for objective in [Objective::Mdm, Objective::Arm] {
+        let out = tempfile::tempdir().unwrap();
+        let mut cfg = config(objective, 60);
+        cfg.eval_every = 30;
+        cfg.save_every = 0;
+        let summary = match objective {
+            Objective::Mdm => {
+                run::<MaskedTransformer<B>>(&cfg, data.clone(), out.path(), RunOptions::default())
+            }
+            Objective::Arm => {
+                run::<CausalTransformer<B>>(&cfg, data.clone(), out.path(), RunOptions::default())
+            }
+        }
+        .unwrap();
+        let v = summary.validation.unwrap();
+        // uniform over 48 ids is 5.58 bits; the stream is far more predictable than that
+        assert!(v.bits() < 4.0, "{objective:?}: {:.3} bits/token", v.bits());
+        let rows = std::fs::read_to_string(out.path().join("validation.csv")).unwrap();
+        assert_eq!(rows.lines().count(), 3, "header + validations at 30 and 60");
+        assert!(out.path().join("train.toml").is_file());
+        assert!(out.path().join("model/config.json").is_file());
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_keeps_its_checkpoint() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (tr, va) = shards(data_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(Objective::Arm, 10);
+    cfg.lr = 1e30;
+    cfg.min_lr = 1e30;
+    cfg.grad_clip = 0.0;
+    cfg.weight_decay = 0.0;
+    cfg.save_every = 1;
+    let err = run::<CausalTransformer<B>>(
+        &cfg,
+        DataSpec::Shards {
+            train: tr,
+            valid: va,
+        },
+        out.path(),
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    match err {
+        TrainError::NonFinite { step, .. } => {
+            assert!(step >= 1, "step 0 starts from finite weights");
+            let kept = mdm_train::checkpoint::list_checkpoints(out.path()).unwrap();
+            assert_eq!(
+                kept.last().unwrap().0,
+                step,
+                "the last good checkpoint is kept"
+            );
+        }
+        other => panic!("expected NonFinite, got {other}"),
+    }
+}
+
+#[test]
+fn fine_tuning_rows_train_both_models() {
+    let rows: Vec<Vec<u32>> = (0..12)
+        .map(|r| {
+            let mut row = vec![1 + r as u32 % 5, 7, 8];
+            row.extend([20 + r as u32 % 5, 21]);
+            row.resize(12, 0);
+            row
+        })
+        .collect();
+    let data = SftDataset {
+        prompt_len: vec![3; rows.len()],
+        rows,
+        seq_len: 12,
+        dropped: 0,
+    };
+    for objective in [Objective::Mdm, Objective::Arm] {
+        let out = tempfile::tempdir().unwrap();
+        let mut cfg = config(objective, 4);
+        cfg.seq_len = 12;
+        cfg.cfg_drop = 0.5;
+        let s = match objective {
+            Objective::Mdm => run::<MaskedTransformer<B>>(
+                &cfg,
+                DataSpec::Sft(data.clone()),
+                out.path(),
+                RunOptions::default(),
+            ),
+            Objective::Arm => run::<CausalTransformer<B>>(
+                &cfg,
+                DataSpec::Sft(data.clone()),
+                out.path(),
+                RunOptions::default(),
+            ),
+        }
+        .unwrap();
+        assert!(s.last_loss.is_finite() && s.last_loss > 0.0);
+        assert!(s.validation.is_none());
+    }
+}
