@@ -4,15 +4,19 @@
 //! cargo run --release --example generate -- --prompt "1 450 4996" --gen-length 32 --steps 16
 //! cargo run --release --example generate -- --checkpoint runs/mdm --prompt "1 2 3" --cfg-scale 0.5
 //! cargo run --release --example generate -- --batch-file prompts.txt --no-live
+//! cargo run --release --example generate -- --checkpoint runs/kjv-mdm/model --prompt "And God said"
 //! ```
-//! Prompts are token ids separated by spaces (text prompts come with the tokenizer of the data
-//! crate). Without `--checkpoint`/`--smdm` the model is Diff_LLaMA_6M with random weights.
+//! With a tokenizer (`--tokenizer FILE`, or `tokenizer.json` inside the checkpoint folder, as
+//! `pretrain` leaves it) prompts are text and the output is decoded; otherwise prompts are token
+//! ids separated by spaces. Without `--checkpoint`/`--smdm` the model is Diff_LLaMA_6M with random
+//! weights.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use mdm::data::Tokenizer;
 use mdm::prelude::*;
 use mdm::samplers::proposal::Confidence;
 use mdm::samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
@@ -39,10 +43,13 @@ struct Args {
     /// A Diff_LLaMA name or a config JSON file (for `--smdm` or random weights).
     #[arg(long, default_value = "6M")]
     config: String,
-    /// Prompt token ids separated by spaces.
+    /// A HF tokenizer.json: prompts are then text (default: tokenizer.json in the checkpoint folder).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The prompt: text with a tokenizer, else token ids separated by spaces.
     #[arg(long, default_value = "1 450 4996 17354")]
     prompt: String,
-    /// A file of prompts, one line of ids each (a batch; rows may differ in length).
+    /// A file of prompts, one per line, text or ids as `--prompt` (a batch; rows may differ in length).
     #[arg(long)]
     batch_file: Option<PathBuf>,
     /// Tokens to generate.
@@ -66,7 +73,7 @@ struct Args {
     /// Count masked slots over the whole batch, as the SMDM reference.
     #[arg(long)]
     joint_counting: bool,
-    /// Stop each row at this id and cut its output there.
+    /// Stop each row at this id and cut its output there (default: the tokenizer's EOS).
     #[arg(long)]
     eos: Option<usize>,
     /// Seed.
@@ -87,17 +94,42 @@ fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn show(row: &[usize], mask_id: usize) -> String {
-    row.iter()
-        .map(|&t| {
-            if t == mask_id {
-                "_".to_string()
-            } else {
-                t.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Shows a row: decoded text with `_` per mask when there is a tokenizer, ids otherwise.
+fn show(row: &[usize], mask_id: usize, tokenizer: Option<&Tokenizer>) -> String {
+    match tokenizer {
+        Some(tok) => row
+            .iter()
+            .map(|&t| {
+                if t == mask_id {
+                    "_".to_string()
+                } else {
+                    tok.decode(&[t as u32]).unwrap_or_else(|_| format!("<{t}>"))
+                }
+            })
+            .collect::<String>(),
+        None => row
+            .iter()
+            .map(|&t| {
+                if t == mask_id {
+                    "_".to_string()
+                } else {
+                    t.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn parse_prompt(line: &str, what: &str, tokenizer: Option<&Tokenizer>) -> Result<Vec<usize>> {
+    match tokenizer {
+        Some(tok) => Ok(tok
+            .encode(line, true)?
+            .into_iter()
+            .map(|t| t as usize)
+            .collect()),
+        None => parse_ids(line, what),
+    }
 }
 
 fn main() -> Result<()> {
@@ -113,15 +145,24 @@ fn main() -> Result<()> {
             }
         }
     };
+    let tokenizer_path = args.tokenizer.clone().or_else(|| {
+        let candidate = args.checkpoint.as_ref()?.join("tokenizer.json");
+        candidate.is_file().then_some(candidate)
+    });
+    let tokenizer = match &tokenizer_path {
+        Some(path) => Some(Tokenizer::from_file(path)?),
+        None => None,
+    };
+    let tok = tokenizer.as_ref();
     let prompts: Vec<Vec<usize>> = match &args.batch_file {
         Some(f) => std::fs::read_to_string(f)
             .with_context(|| format!("reading {}", f.display()))?
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(n, l)| parse_ids(l, &format!("{}:{}", f.display(), n + 1)))
+            .map(|(n, l)| parse_prompt(l, &format!("{}:{}", f.display(), n + 1), tok))
             .collect::<Result<_>>()?,
-        None => vec![parse_ids(&args.prompt, "--prompt")?],
+        None => vec![parse_prompt(&args.prompt, "--prompt", tok)?],
     };
     if prompts.is_empty() {
         bail!("no prompt given");
@@ -142,7 +183,7 @@ fn main() -> Result<()> {
     if let Some(w) = args.cfg_scale {
         config = config.with_cfg_scale(w);
     }
-    if let Some(e) = args.eos {
+    if let Some(e) = args.eos.or(tok.map(|t| t.eos_id() as usize)) {
         config = config.with_eos(e);
     }
     let config = match args.rule {
@@ -175,11 +216,18 @@ fn main() -> Result<()> {
             event.step,
             event.revealed.len()
         );
+        // terminal width, for counting wrapped lines when redrawing
+        let cols: usize = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(80);
+        drawn_lines = 1;
         for row in event.tokens {
-            let _ = writeln!(out, "{}", show(row, mask_id));
+            let line = show(row, mask_id, tok).replace('\n', "⏎");
+            drawn_lines += line.chars().count().div_ceil(cols).max(1);
+            let _ = writeln!(out, "{line}");
         }
         let _ = out.flush();
-        drawn_lines = 1 + event.tokens.len();
     })?;
     println!(
         "generated in {:.1?} on {}:",
@@ -187,7 +235,18 @@ fn main() -> Result<()> {
         backend::NAME
     );
     for (p, o) in prompts.iter().zip(&outputs) {
-        println!("prompt: {}\noutput: {}", show(p, mask_id), show(o, mask_id));
+        match tok {
+            Some(t) => {
+                let text =
+                    |ids: &[usize]| t.decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>());
+                println!("prompt: {}\noutput: {}", text(p)?, text(o)?);
+            }
+            None => println!(
+                "prompt: {}\noutput: {}",
+                show(p, mask_id, None),
+                show(o, mask_id, None)
+            ),
+        }
     }
     Ok(())
 }

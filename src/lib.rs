@@ -8,7 +8,9 @@
 //! | `mdm-core` | [`diffusion`] | schedule, forward process, losses, CFG, Gumbel draws |
 //! | `mdm-models` | [`models`] | Diff_LLaMA configs, masked and causal Transformers, checkpoints |
 //! | `mdm-samplers` | [`samplers`] | the reverse process: steps, remasking rules, generation loops |
-//! | `mdm-eval` | [`eval`] | likelihoods: chain rule, Monte Carlo ELBO, causal NLL |
+//! | `mdm-eval` | [`eval`] | likelihoods: chain rule, Monte Carlo ELBO, causal NLL, perplexity on shards |
+//! | `mdm-data` | [`data`] | tokenizers, packed token shards, fine-tuning datasets |
+//! | `mdm-train` | [`train`](mod@train) | the training loop: MDM and baseline, pre-training and fine-tuning |
 //!
 //! Backends (exactly as the features say; the first enabled one in this order is [`backend::Default`](type@backend::Default)):
 //! `cuda` (burn-cuda), `wgpu` (burn-wgpu), `flex` (burn-flex, pure-Rust CPU, the default),
@@ -29,9 +31,11 @@
 
 pub use burn;
 pub use mdm_core as diffusion;
+pub use mdm_data as data;
 pub use mdm_eval as eval;
 pub use mdm_models as models;
 pub use mdm_samplers as samplers;
+pub use mdm_train as train;
 
 pub mod backend;
 

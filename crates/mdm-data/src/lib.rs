@@ -6,6 +6,7 @@
 //! | [`text`] | read text files (plain or `.gz`) as documents |
 //! | [`shards`] | packed token shards in the lit-gpt / TinyLlama format: writer, reader, shuffled block loader |
 //! | [`sft`] | fine-tuning data: `{prompt, response}` JSONL, EOS-padded, prompt lengths kept |
+//! | [`corpus`] | text files → tokenizer + train/validation shards in one call |
 //!
 //! No tensors here: batches are host vectors of token ids, so this crate is usable without `burn`.
 //!
@@ -26,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod corpus;
 pub mod error;
 pub mod sft;
 pub mod shards;

@@ -18,7 +18,47 @@
 //! - [`autoregressive`]: the baseline's sampler, one token per pass with the KV cache, the same
 //!   temperature semantics.
 //!
-//! Still to come (issue "Samplers"): the `generate` example with live display, and the benchmark.
+//! ## Embedding the sampler in a program
+//!
+//! Load a checkpoint folder and its tokenizer (as `pretrain` leaves them in `<out>/model/`),
+//! encode a prompt, generate, decode. Here the folder is made on the spot from a tiny random model
+//! so that the example runs anywhere:
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use mdm_data::Tokenizer;
+//! use mdm_models::{MaskedTransformer, ModelConfig};
+//! use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let text = std::iter::repeat_n("In the beginning God created the heaven and the earth.", 20);
+//! # let tok = Tokenizer::train_bpe(text, 300)?;
+//! # tok.save(dir.path().join("tokenizer.json"))?;
+//! # let config = ModelConfig::custom(tok.vocab_size(), 2, 2, 32, 64, 64);
+//! # config.init_masked::<Flex>(0, &Default::default())?.save(dir.path())?;
+//! let device = Default::default();
+//! let model = MaskedTransformer::<Flex>::load(dir.path(), &device)?;
+//! let tokenizer = Tokenizer::from_file(dir.path().join("tokenizer.json"))?;
+//!
+//! let prompt: Vec<usize> = tokenizer
+//!     .encode("In the beginning", true)?
+//!     .into_iter()
+//!     .map(|t| t as usize)
+//!     .collect();
+//! let config = GenerationConfig::default()
+//!     .with_gen_length(16)
+//!     .with_steps(8)
+//!     .with_eos(tokenizer.eos_id() as usize)
+//!     .with_seed(7);
+//! let sampler = MaskedDiffusionSampler::new(&model, config);
+//! let outputs = sampler.generate(&[prompt], |event| {
+//!     eprintln!("step {}: {} revealed", event.step, event.revealed.len());
+//! })?;
+//! let ids: Vec<u32> = outputs[0].iter().map(|&t| t as u32).collect();
+//! println!("{}", tokenizer.decode(&ids)?);
+//! assert!(outputs[0].len() <= 16);
+//! # Ok(()) }
+//! ```
 
 pub mod autoregressive;
 pub mod generate;

@@ -10,7 +10,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::augment::{prompt_dropout, stochastic_length, truncate};
 use mdm_core::forward_process::ForwardProcess;
 use mdm_core::loss::{cross_entropy_rows, sparse_masked_loss};
-use mdm_core::time::uniform_times;
+use mdm_core::time::{stratified_times, uniform_times};
 use mdm_core::MdmRng;
 use mdm_eval::perplexity::{causal_nll_per_token, masked_elbo_per_token, PerTokenNll};
 use mdm_models::checkpoint::ModelKind;
@@ -112,7 +112,11 @@ impl<B: AutodiffBackend> TrainModel<B> for MaskedTransformer<B> {
         let [rows, len] = x0.dims();
         // redraw in the rare case that nothing is masked (all t tiny)
         let noised = loop {
-            let t = uniform_times(rows, rng);
+            let t = if config.stratified_t {
+                stratified_times(rows, rng)
+            } else {
+                uniform_times(rows, rng)
+            };
             let noised = process.noise(x0.clone(), &t, prompt_len, rng)?;
             if !noised.masked_index.is_empty() {
                 break noised;

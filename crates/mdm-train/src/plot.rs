@@ -93,7 +93,13 @@ pub fn plot_curves(runs: &[Curves], title: &str, path: &Path) -> Result<(), Trai
         .configure_mesh()
         .x_desc("training tokens")
         .y_desc("bits per token")
-        .x_label_formatter(&|x| format!("{:.2}M", x / 1e6))
+        .x_label_formatter(&|x| {
+            if x_max >= 1e6 {
+                format!("{:.1}M", x / 1e6)
+            } else {
+                format!("{:.0}k", x / 1e3)
+            }
+        })
         .draw()
         .map_err(|e| err(e.to_string()))?;
     let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
@@ -123,6 +129,7 @@ pub fn plot_curves(runs: &[Curves], title: &str, path: &Path) -> Result<(), Trai
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()

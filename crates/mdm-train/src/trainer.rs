@@ -114,6 +114,9 @@ pub struct TrainSummary {
     pub model_dir: Option<PathBuf>,
     /// Wall-clock seconds of training (across resumptions).
     pub elapsed_s: f64,
+    /// Entropy (bits per token) of the unigram distribution of the validation blocks: the score
+    /// of a model that knows only token frequencies, to compare the validation figures with.
+    pub valid_unigram_bits: Option<f64>,
 }
 
 /// `train.toml` in the output folder.
@@ -248,6 +251,9 @@ where
             });
         }
     }
+    let valid_unigram_bits = (!valid_blocks.is_empty()).then(|| {
+        mdm_eval::perplexity::unigram_entropy_bits(valid_blocks.iter().flatten().copied())
+    });
     let train_log = CsvLog::open(out.join("metrics.csv"), TRAIN_HEADER, step)?;
     let valid_log = CsvLog::open(out.join("validation.csv"), VALID_HEADER, step)?;
 
@@ -270,6 +276,15 @@ where
             bar.println(line);
         }
     };
+    if let Some(bits) = valid_unigram_bits {
+        say(
+            &bar,
+            format!(
+                "validation set: {} blocks of {block_len} tokens, unigram entropy {bits:.4} bits/token",
+                valid_blocks.len()
+            ),
+        );
+    }
     match &resume_dir {
         Some(dir) => say(
             &bar,
@@ -425,6 +440,7 @@ where
         validation,
         model_dir,
         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
+        valid_unigram_bits,
     })
 }
 

@@ -185,18 +185,21 @@ fn arm_resume_is_exact() {
     resume_is_exact::<CausalTransformer<B>>(Objective::Arm);
 }
 
+/// The stream is predictable from context (each token is its predecessor + 1, but for one in 17)
+/// and not from frequencies (unigram entropy 3.77 bits): both models must learn to use context.
+/// The MDM needs more steps than the baseline, which can predict from the current token alone.
 #[test]
-fn both_models_learn_a_pattern() {
+fn both_models_learn_to_use_context() {
     let data_dir = tempfile::tempdir().unwrap();
     let (tr, va) = shards(data_dir.path());
     let data = DataSpec::Shards {
         train: tr,
         valid: va,
     };
-    for objective in [Objective::Mdm, Objective::Arm] {
+    for (objective, steps, bound) in [(Objective::Mdm, 200, 2.5), (Objective::Arm, 60, 1.5)] {
         let out = tempfile::tempdir().unwrap();
-        let mut cfg = config(objective, 60);
-        cfg.eval_every = 30;
+        let mut cfg = config(objective, steps);
+        cfg.eval_every = steps / 2;
         cfg.save_every = 0;
         let summary = match objective {
             Objective::Mdm => {
@@ -208,10 +211,15 @@ fn both_models_learn_a_pattern() {
         }
         .unwrap();
         let v = summary.validation.unwrap();
-        // uniform over 48 ids is 5.58 bits; the stream is far more predictable than that
-        assert!(v.bits() < 4.0, "{objective:?}: {:.3} bits/token", v.bits());
+        let unigram = summary.valid_unigram_bits.unwrap();
+        assert!(unigram > 3.5, "{unigram}");
+        assert!(
+            v.bits() < bound,
+            "{objective:?}: {:.3} bits/token (unigram {unigram:.3})",
+            v.bits()
+        );
         let rows = std::fs::read_to_string(out.path().join("validation.csv")).unwrap();
-        assert_eq!(rows.lines().count(), 3, "header + validations at 30 and 60");
+        assert_eq!(rows.lines().count(), 3, "header + two validations");
         assert!(out.path().join("train.toml").is_file());
         assert!(out.path().join("model/config.json").is_file());
     }
