@@ -88,6 +88,23 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long)]
+    beta1: Option<f64>,
+    #[arg(long)]
+    beta2: Option<f64>,
+    #[arg(long)]
+    adam_eps: Option<f64>,
+    /// Minimum masking probability eps (MDM).
+    #[arg(long)]
+    mask_eps: Option<f64>,
+    /// Prompt dropout probability for CFG training (fine-tuning data only).
+    #[arg(long)]
+    cfg_drop: Option<f64>,
+    /// Shards per shuffle buffer.
+    #[arg(long)]
+    n_chunks: Option<usize>,
+    #[arg(long)]
+    log_every: Option<usize>,
+    #[arg(long)]
     eval_every: Option<usize>,
     #[arg(long)]
     eval_blocks: Option<usize>,
@@ -126,6 +143,7 @@ fn train_config(args: &Args) -> Result<TrainConfig> {
         save_every,
         keep_last
     );
+    set!(beta1, beta2, adam_eps, mask_eps, cfg_drop, n_chunks, log_every);
     if args.stratified_t {
         c.stratified_t = true;
     }
