@@ -193,7 +193,8 @@ impl TrainConfig {
             ("ssl_ratio", self.ssl_ratio),
             ("cfg_drop", self.cfg_drop),
         ] {
-            if !(0.0..1.0).contains(&v) && !(name == "ssl_ratio" && v == 1.0) {
+            let allowed = (0.0..1.0).contains(&v) || (name == "ssl_ratio" && v == 1.0);
+            if !allowed {
                 return bad(format!("{name} = {v} must lie in [0, 1)"));
             }
         }
