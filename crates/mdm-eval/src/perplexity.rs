@@ -3,6 +3,7 @@
 //! errors across blocks, and the unigram entropy to compare both with.
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
 use mdm_core::forward_process::ForwardProcess;
 use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
@@ -59,6 +60,15 @@ impl PerTokenNll {
     }
 }
 
+/// `[blocks.len(), L]` ids of equally long blocks.
+fn blocks_tensor<B: Backend>(blocks: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let rows: Vec<Vec<i64>> = blocks
+        .iter()
+        .map(|b| b.iter().map(|&t| t as i64).collect())
+        .collect();
+    ids_tensor::<B>(&rows, device)
+}
+
 fn check_blocks(blocks: &[Vec<u32>], vocab: usize) -> Result<usize, EvalError> {
     let len = blocks
         .first()
@@ -95,11 +105,7 @@ pub fn masked_elbo_per_token<B: Backend>(
     let mut sums = vec![0.0; blocks.len()];
     for _ in 0..mc_samples {
         for (chunk_index, chunk) in blocks.chunks(batch).enumerate() {
-            let rows: Vec<Vec<i64>> = chunk
-                .iter()
-                .map(|b| b.iter().map(|&t| t as i64).collect())
-                .collect();
-            let x0 = ids_tensor::<B>(&rows, &device);
+            let x0 = blocks_tensor::<B>(chunk, &device);
             let t = stratified_times(chunk.len(), rng);
             let noised = process.noise(x0.clone(), &t, None, rng)?;
             let nll = mc_batch_nll(model, x0, &noised, &t)?;
@@ -129,11 +135,7 @@ pub fn causal_nll_per_token<B: Backend>(
     let device = model.net.lm_head.weight.device();
     let mut per_block = Vec::with_capacity(blocks.len());
     for chunk in blocks.chunks(batch) {
-        let rows: Vec<Vec<i64>> = chunk
-            .iter()
-            .map(|b| b.iter().map(|&t| t as i64).collect())
-            .collect();
-        let ids = ids_tensor::<B>(&rows, &device);
+        let ids = blocks_tensor::<B>(chunk, &device);
         let b = chunk.len();
         let logits = model.forward(ids.clone().narrow(1, 0, len - 1))?;
         let v = logits.dims()[2];
@@ -174,11 +176,7 @@ pub fn masked_ce_at_rate<B: Backend>(
     let process = ForwardProcess::new(model.mask_id()).with_eps(0.0);
     let (mut sum, mut count) = (0.0, 0usize);
     for chunk in blocks.chunks(batch) {
-        let rows: Vec<Vec<i64>> = chunk
-            .iter()
-            .map(|b| b.iter().map(|&t| t as i64).collect())
-            .collect();
-        let x0 = ids_tensor::<B>(&rows, &device);
+        let x0 = blocks_tensor::<B>(chunk, &device);
         let noised = process.noise(x0.clone(), &vec![t; chunk.len()], None, rng)?;
         if noised.masked_index.is_empty() {
             continue;
