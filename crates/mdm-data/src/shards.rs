@@ -650,15 +650,8 @@ impl BlockLoader {
                 ),
             });
         }
+        // `next_block` loads the buffer holding the position (or starts the next epoch)
         self.start_epoch(position.epoch);
-        // walk the buffers up to the one holding the position
-        while position.block >= self.buffer_start + self.buffer.len() as u64
-            && self.buffer_start + (self.buffer.len() as u64) < self.blocks_per_epoch
-        {
-            let next_start = self.buffer_start + self.buffer.len() as u64;
-            let index = self.buffer_index_of(next_start);
-            self.fill_buffer(index, next_start);
-        }
         self.position = position;
         Ok(())
     }

@@ -136,12 +136,7 @@ impl Tokenizer {
             .inner
             .encode_fast(text, false)
             .map_err(|e| tok_err(&self.source, e))?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
-        if add_bos {
-            ids.extend(self.bos_id);
-        }
-        ids.extend_from_slice(encoding.get_ids());
-        Ok(ids)
+        Ok(self.with_bos(encoding.get_ids(), add_bos))
     }
 
     /// Token ids of many texts, encoded in parallel.
@@ -152,15 +147,18 @@ impl Tokenizer {
             .map_err(|e| tok_err(&self.source, e))?;
         Ok(encodings
             .iter()
-            .map(|e| {
-                let mut ids = Vec::with_capacity(e.len() + 1);
-                if add_bos {
-                    ids.extend(self.bos_id);
-                }
-                ids.extend_from_slice(e.get_ids());
-                ids
-            })
+            .map(|e| self.with_bos(e.get_ids(), add_bos))
             .collect())
+    }
+
+    /// `ids`, preceded by the BOS id when asked and the tokenizer has one.
+    fn with_bos(&self, ids: &[u32], add_bos: bool) -> Vec<u32> {
+        let mut out = Vec::with_capacity(ids.len() + 1);
+        if add_bos {
+            out.extend(self.bos_id);
+        }
+        out.extend_from_slice(ids);
+        out
     }
 
     /// The text of `ids`; special tokens (BOS, EOS) are left out.

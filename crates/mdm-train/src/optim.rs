@@ -85,22 +85,6 @@ impl<B: Backend> GradAccumulator<B> {
         self.micro_batches += 1;
     }
 
-    /// L2 norm of each parameter's accumulated gradient, in visit order (for diagnostics).
-    pub fn norms(&self) -> Vec<f64> {
-        self.grads
-            .iter()
-            .map(|g| {
-                g.clone()
-                    .powi_scalar(2)
-                    .sum()
-                    .into_data()
-                    .convert::<f64>()
-                    .to_vec::<f64>()
-                    .map_or(f64::NAN, |v| v[0].sqrt())
-            })
-            .collect()
-    }
-
     /// Micro-batches added.
     pub fn micro_batches(&self) -> usize {
         self.micro_batches
