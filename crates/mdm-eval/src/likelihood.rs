@@ -1,6 +1,7 @@
 //! Likelihood estimators.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use mdm_core::cfg::{guided_batch, split_guided};
 use mdm_core::forward_process::{ForwardProcess, NoisedBatch};
 use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
@@ -101,6 +102,18 @@ pub fn chain_rule<B: Backend>(
     prefix: &[usize],
     target: &[usize],
 ) -> Result<NllEstimate, EvalError> {
+    chain_rule_cfg(model, prefix, target, 0.0)
+}
+
+/// [`chain_rule`] with unsupervised classifier-free guidance of scale `cfg_scale` (`w`; 0 = off):
+/// each pass's logits are `u + (w + 1)(c - u)`, `u` from the same row with the prefix masked.
+/// Both passes run in one batch.
+pub fn chain_rule_cfg<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+    cfg_scale: f64,
+) -> Result<NllEstimate, EvalError> {
     let config = model.config();
     check(prefix, target, config.padded_vocab_size())?;
     let device = model.net.lm_head.weight.device();
@@ -112,8 +125,35 @@ pub fn chain_rule<B: Backend>(
         .map(|k| (k * len + prefix.len() + k) as i64)
         .collect();
     let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
-    let logits = model.forward_at(ids_tensor(&rows, &device), index)?;
-    exact_estimate(logits, target, n)
+    let prompt_len = vec![prefix.len(); n];
+    let logits = guided_logits_at(
+        model,
+        ids_tensor(&rows, &device),
+        index,
+        &prompt_len,
+        cfg_scale,
+    )?;
+    exact_estimate(logits, target, if cfg_scale == 0.0 { n } else { 2 * n })
+}
+
+/// `model.forward_at(ids, index)` (`ids` `[b, L]`, `index` into the flattened `b * L` positions),
+/// with unsupervised CFG when `cfg_scale != 0`: the unconditional rows (row `r`'s first
+/// `prompt_len[r]` positions masked) run in the same batch and the logits are combined.
+pub fn guided_logits_at<B: Backend>(
+    model: &MaskedTransformer<B>,
+    ids: Tensor<B, 2, Int>,
+    index: Tensor<B, 1, Int>,
+    prompt_len: &[usize],
+    cfg_scale: f64,
+) -> Result<Tensor<B, 2>, EvalError> {
+    if cfg_scale == 0.0 {
+        return Ok(model.forward_at(ids, index)?);
+    }
+    let [b, len] = ids.dims();
+    let both = guided_batch(ids, prompt_len, model.config().mask_id())?;
+    let index = Tensor::cat(vec![index.clone(), index + (b * len) as i64], 0);
+    let logits = model.forward_at(both, index)?;
+    Ok(split_guided(logits, cfg_scale)?)
 }
 
 /// An exact estimate from the logits `[target.len(), V]` that predict each target token.
@@ -145,13 +185,33 @@ pub fn mc_batch_nll<B: Backend>(
     noised: &NoisedBatch<B>,
     t: &[f64],
 ) -> Result<Vec<f64>, EvalError> {
+    let rows = x0.dims()[0];
+    mc_batch_nll_cfg(model, x0, noised, t, &vec![0; rows], 0.0)
+}
+
+/// [`mc_batch_nll`] with unsupervised CFG of scale `cfg_scale` (0 = off); `prompt_len[r]` is the
+/// prefix of row `r` that the unconditional pass masks.
+pub fn mc_batch_nll_cfg<B: Backend>(
+    model: &MaskedTransformer<B>,
+    x0: Tensor<B, 2, Int>,
+    noised: &NoisedBatch<B>,
+    t: &[f64],
+    prompt_len: &[usize],
+    cfg_scale: f64,
+) -> Result<Vec<f64>, EvalError> {
     let [batch, len] = x0.dims();
     let mut per_row = vec![0.0; batch];
     if noised.masked_index.is_empty() {
         return Ok(per_row);
     }
     let targets = noised.masked_targets(x0)?;
-    let logits = model.forward_at(noised.noisy.clone(), targets.index)?;
+    let logits = guided_logits_at(
+        model,
+        noised.noisy.clone(),
+        targets.index,
+        prompt_len,
+        cfg_scale,
+    )?;
     let ce = host_f64(cross_entropy_rows(logits, targets.targets)?)?;
     for (&i, ce) in noised.masked_index.iter().zip(ce) {
         per_row[i / len] += ce;
@@ -171,6 +231,16 @@ pub fn greedy_suffix<B: Backend>(
     prefix: &[usize],
     n: usize,
 ) -> Result<Vec<usize>, EvalError> {
+    greedy_suffix_cfg(model, prefix, n, 0.0)
+}
+
+/// [`greedy_suffix`] with unsupervised CFG of scale `cfg_scale` (0 = off).
+pub fn greedy_suffix_cfg<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    n: usize,
+    cfg_scale: f64,
+) -> Result<Vec<usize>, EvalError> {
     let config = model.config();
     if n == 0 {
         return Err(EvalError::Request("the target is empty".into()));
@@ -189,7 +259,13 @@ pub fn greedy_suffix<B: Backend>(
         let ids: Vec<i64> = x.iter().map(|&t| t as i64).collect();
         let index: Vec<i64> = slots.iter().map(|s| s.pos as i64).collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [slots.len()]), &device);
-        let logits = model.forward_at(ids_tensor(&[ids], &device), index)?;
+        let logits = guided_logits_at(
+            model,
+            ids_tensor(&[ids], &device),
+            index,
+            &[prefix.len()],
+            cfg_scale,
+        )?;
         let proposals = greedy_proposals(&slots, logits)?;
         // most confident first; the earlier position on ties
         if let Some(best) = proposals.iter().max_by(|a, b| {
@@ -210,8 +286,18 @@ pub fn greedy_suffix_matches<B: Backend>(
     prefix: &[usize],
     target: &[usize],
 ) -> Result<bool, EvalError> {
+    greedy_suffix_matches_cfg(model, prefix, target, 0.0)
+}
+
+/// [`greedy_suffix_matches`] with unsupervised CFG of scale `cfg_scale` (0 = off).
+pub fn greedy_suffix_matches_cfg<B: Backend>(
+    model: &MaskedTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+    cfg_scale: f64,
+) -> Result<bool, EvalError> {
     check(prefix, target, model.config().padded_vocab_size())?;
-    Ok(greedy_suffix(model, prefix, target.len())? == target)
+    Ok(greedy_suffix_cfg(model, prefix, target.len(), cfg_scale)? == target)
 }
 
 /// Options of the Monte Carlo ELBO estimate.
@@ -223,6 +309,31 @@ pub struct McOptions {
     pub mc_num: usize,
     /// Adaptive mode: stop after a batch once the standard error is at most this.
     pub tolerance: Option<f64>,
+    /// Unsupervised classifier-free guidance scale `w` (0 = off; each sample then costs two rows).
+    pub cfg_scale: f64,
+}
+
+impl McOptions {
+    /// Builder: rows per forward batch.
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+    /// Builder: samples to draw (the cap in adaptive mode).
+    pub fn with_mc_num(mut self, mc_num: usize) -> Self {
+        self.mc_num = mc_num;
+        self
+    }
+    /// Builder: adaptive mode with this standard-error tolerance (nats).
+    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = Some(tolerance);
+        self
+    }
+    /// Builder: unsupervised CFG scale.
+    pub fn with_cfg_scale(mut self, cfg_scale: f64) -> Self {
+        self.cfg_scale = cfg_scale;
+        self
+    }
 }
 
 impl Default for McOptions {
@@ -231,6 +342,7 @@ impl Default for McOptions {
             batch: 32,
             mc_num: 128,
             tolerance: None,
+            cfg_scale: 0.0,
         }
     }
 }
@@ -264,7 +376,14 @@ pub fn mc_elbo<B: Backend>(
     while samples.len() < options.mc_num {
         let t = stratified_times(b, rng);
         let noised = process.noise(x0.clone(), &t, Some(&prefix_len), rng)?;
-        samples.extend(mc_batch_nll(model, x0.clone(), &noised, &t)?);
+        samples.extend(mc_batch_nll_cfg(
+            model,
+            x0.clone(),
+            &noised,
+            &t,
+            &prefix_len,
+            options.cfg_scale,
+        )?);
         if let Some(tol) = options.tolerance {
             if samples.len() >= 2 * b && stderr(&samples) <= tol {
                 break;
@@ -276,7 +395,7 @@ pub fn mc_elbo<B: Backend>(
         nll: samples.iter().sum::<f64>() / n as f64,
         stderr: stderr(&samples),
         samples: n,
-        forward_rows: n,
+        forward_rows: if options.cfg_scale == 0.0 { n } else { 2 * n },
         token_log_probs: vec![],
     })
 }
@@ -298,6 +417,16 @@ pub fn causal_nll<B: Backend>(
     prefix: &[usize],
     target: &[usize],
 ) -> Result<NllEstimate, EvalError> {
+    Ok(causal_score(model, prefix, target)?.0)
+}
+
+/// [`causal_nll`] and lm-evaluation-harness's `is_greedy` from the same pass: whether every target
+/// token is the argmax of its next-token distribution (LAMBADA's accuracy for the baseline).
+pub fn causal_score<B: Backend>(
+    model: &CausalTransformer<B>,
+    prefix: &[usize],
+    target: &[usize],
+) -> Result<(NllEstimate, bool), EvalError> {
     let config = model.config();
     check(prefix, target, config.padded_vocab_size())?;
     if prefix.is_empty() {
@@ -311,11 +440,10 @@ pub fn causal_nll<B: Backend>(
     let v = logits.dims()[2];
     // position i predicts token i + 1: the target is predicted from positions prefix.len() - 1 ..
     let n = target.len();
-    exact_estimate(
-        logits.narrow(1, prefix.len() - 1, n).reshape([n, v]),
-        target,
-        1,
-    )
+    let logits = logits.narrow(1, prefix.len() - 1, n).reshape([n, v]);
+    let argmax = host_f64(logits.clone().argmax(1).float().reshape([n]))?;
+    let greedy = argmax.iter().zip(target).all(|(&a, &t)| a as usize == t);
+    Ok((exact_estimate(logits, target, 1)?, greedy))
 }
 
 #[cfg(test)]
@@ -336,11 +464,7 @@ mod tests {
             .unwrap();
         let (prefix, target) = ([1usize, 2, 3, 4], [5usize, 6, 7, 8, 9, 10]);
         let run = |n: usize| {
-            let options = McOptions {
-                batch: 16,
-                mc_num: n,
-                tolerance: None,
-            };
+            let options = McOptions::default().with_batch(16).with_mc_num(n);
             mc_elbo(
                 &model,
                 &prefix,
@@ -364,11 +488,10 @@ mod tests {
             "{small:?} {large:?}"
         );
         // adaptive mode stops early once the tolerance is met
-        let loose = McOptions {
-            batch: 16,
-            mc_num: 4096,
-            tolerance: Some(small.stderr * 1.5),
-        };
+        let loose = McOptions::default()
+            .with_batch(16)
+            .with_mc_num(4096)
+            .with_tolerance(small.stderr * 1.5);
         let adaptive = mc_elbo(&model, &prefix, &target, loose, &mut rng_from_seed(3)).unwrap();
         assert!(
             adaptive.samples < 4096 && adaptive.stderr <= small.stderr * 1.5,
@@ -425,6 +548,122 @@ mod tests {
         other[2] = (other[2] + 1) % 60;
         assert!(!greedy_suffix_matches(&model, &prefix, &other).unwrap());
         assert!(greedy_suffix_matches(&model, &prefix, &[]).is_err());
+    }
+
+    #[test]
+    fn causal_chain_rule_equals_the_direct_sum_and_greedy_check() {
+        let model = config()
+            .init_causal::<Flex>(4, &Default::default())
+            .unwrap();
+        let (prefix, target) = ([1usize, 2, 3], [4usize, 5, 6, 7]);
+        let (direct, greedy) = causal_score(&model, &prefix, &target).unwrap();
+        // chain rule: pass k sees prefix + target[..k] and predicts target[k] from its last position
+        let mut total = 0.0;
+        let mut argmax = vec![];
+        for k in 0..target.len() {
+            let seq: Vec<i64> = prefix
+                .iter()
+                .chain(&target[..k])
+                .map(|&t| t as i64)
+                .collect();
+            let len = seq.len();
+            let logits = model
+                .forward(ids_tensor::<Flex>(&[seq], &Default::default()))
+                .unwrap();
+            let v = logits.dims()[2];
+            let last = logits.narrow(1, len - 1, 1).reshape([1, v]);
+            let lp = host_f64(burn::tensor::activation::log_softmax(last, 1)).unwrap();
+            total -= lp[target[k]];
+            let best = (0..v).max_by(|&a, &b| lp[a].total_cmp(&lp[b])).unwrap();
+            argmax.push(best);
+        }
+        assert!(
+            (direct.nll - total).abs() < 1e-4 * total,
+            "{} vs {total}",
+            direct.nll
+        );
+        // the greedy check: false for this target, true for the argmax continuation
+        assert_eq!(greedy, argmax == target);
+        let own: Vec<usize> = {
+            // greedy continuation token by token
+            let mut seq = prefix.to_vec();
+            for _ in 0..3 {
+                let ids: Vec<i64> = seq.iter().map(|&t| t as i64).collect();
+                let logits = model
+                    .forward(ids_tensor::<Flex>(&[ids], &Default::default()))
+                    .unwrap();
+                let [_, len, v] = logits.dims();
+                let last = host_f64(logits.narrow(1, len - 1, 1).reshape([v])).unwrap();
+                seq.push((0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap());
+            }
+            seq[prefix.len()..].to_vec()
+        };
+        assert!(causal_score(&model, &prefix, &own).unwrap().1);
+        let mut other = own.clone();
+        other[1] = (other[1] + 1) % 60;
+        assert!(!causal_score(&model, &prefix, &other).unwrap().1);
+    }
+
+    #[test]
+    fn cfg_zero_is_no_guidance_and_guidance_changes_the_estimates() {
+        let model = config()
+            .init_masked::<Flex>(6, &Default::default())
+            .unwrap();
+        let (prefix, target) = ([1usize, 2, 3, 4], [5usize, 6, 7]);
+        let plain = chain_rule(&model, &prefix, &target).unwrap();
+        let zero = chain_rule_cfg(&model, &prefix, &target, 0.0).unwrap();
+        assert_eq!(plain, zero);
+        let guided = chain_rule_cfg(&model, &prefix, &target, 1.0).unwrap();
+        assert_eq!(guided.forward_rows, 2 * plain.forward_rows);
+        assert!((guided.nll - plain.nll).abs() > 1e-6);
+        // w: the guided logits equal u + (w + 1)(c - u) computed by hand from two passes
+        let rows = chain_rule_rows(&prefix, &target, model.mask_id());
+        let uncond: Vec<Vec<i64>> = rows
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r[..prefix.len()].fill(model.mask_id() as i64);
+                r
+            })
+            .collect();
+        let dev = Default::default();
+        let len = prefix.len() + target.len();
+        let index: Vec<i64> = (0..3)
+            .map(|k| (k * len + prefix.len() + k) as i64)
+            .collect();
+        let index = Tensor::<Flex, 1, Int>::from_data(TensorData::new(index, [3]), &dev);
+        let c = model
+            .forward_at(ids_tensor(&rows, &dev), index.clone())
+            .unwrap();
+        let u = model.forward_at(ids_tensor(&uncond, &dev), index).unwrap();
+        let by_hand = exact_estimate(u.clone() + (c - u) * 2.0, &target, 6).unwrap();
+        assert!(
+            (by_hand.nll - guided.nll).abs() < 1e-4,
+            "{by_hand:?} {guided:?}"
+        );
+        // the MC estimate and the greedy fill accept a scale too
+        let mc = McOptions::default().with_batch(8).with_mc_num(8);
+        let a = mc_elbo(&model, &prefix, &target, mc, &mut rng_from_seed(1)).unwrap();
+        let b = mc_elbo(
+            &model,
+            &prefix,
+            &target,
+            mc.with_cfg_scale(0.0),
+            &mut rng_from_seed(1),
+        );
+        assert_eq!(a, b.unwrap());
+        let g = mc_elbo(
+            &model,
+            &prefix,
+            &target,
+            mc.with_cfg_scale(2.0),
+            &mut rng_from_seed(1),
+        );
+        let g = g.unwrap();
+        assert_eq!(g.forward_rows, 16);
+        assert!((g.nll - a.nll).abs() > 1e-6);
+        let fill = greedy_suffix_cfg(&model, &prefix, 3, 2.0).unwrap();
+        assert!(greedy_suffix_matches_cfg(&model, &prefix, &fill, 2.0).unwrap());
     }
 
     #[test]
