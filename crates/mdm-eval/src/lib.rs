@@ -10,10 +10,19 @@
 //! - [`perplexity`]: per-token bounds and NLLs over held-out blocks (validation shards), with the
 //!   unigram entropy to compare them with.
 //!
-//! Work in progress (issue "Evaluation"): CFG in the estimators, the task readers and scorers, and
-//! the `evaluate` example.
+//!   [`perplexity::generative_perplexity`] scores generations under an autoregressive judge.
+//! - [`tasks`]: JSONL task files (multiple choice, LAMBADA-style continuations, GSM8K, prompt /
+//!   completion), shape read from the keys; [`metrics`]: `acc`, `acc_norm`, standard errors,
+//!   GSM8K answers, reverse-curse exact match, sentence BLEU; [`harness`]: a task on a model, with
+//!   the estimator and CFG scale chosen per task, a results table and what it cost.
+//!
+//! Every estimator of an MDM takes an unsupervised classifier-free guidance scale (`cfg_scale`, `w`:
+//! logits `u + (w + 1)(c - u)` where `u` comes from the same input with the prefix masked).
 
+pub mod harness;
 pub mod likelihood;
+pub mod metrics;
 pub mod perplexity;
+pub mod tasks;
 
 pub use likelihood::{EvalError, NllEstimate};

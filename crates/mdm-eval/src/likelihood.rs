@@ -23,9 +23,30 @@ pub enum EvalError {
     /// Reading proposals back from the device failed.
     #[error(transparent)]
     Sampler(#[from] mdm_samplers::SamplerError),
-    /// An empty target, a zero sample count, an id outside the vocabulary.
-    #[error("invalid likelihood request: {0}")]
+    /// An empty target, a zero sample count, an id outside the vocabulary, an unknown task.
+    #[error("invalid evaluation request: {0}")]
     Request(String),
+    /// A task file line that does not fit its shape.
+    #[error("{file}, line {line}: {reason}")]
+    Task {
+        /// The task file.
+        file: std::path::PathBuf,
+        /// 1-based line number (0: the whole file).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading a file failed.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Tokenising or decoding text failed.
+    #[error(transparent)]
+    Data(#[from] mdm_data::DataError),
 }
 
 /// A negative log-likelihood (nats) of a target, with what it cost.

@@ -155,6 +155,50 @@ pub fn causal_nll_per_token<B: Backend>(
     ))
 }
 
+/// Generative perplexity: how likely an autoregressive `judge` finds generated `samples` (token ids
+/// in the judge's vocabulary, e.g. MDM generations re-encoded with its tokenizer). Each sample is
+/// scored after the single token `start` (the judge's BOS, or the EOS that starts documents);
+/// `nats` is token-weighted (total NLL over total tokens, as MDLM computes it), its standard error
+/// the ratio estimator's across samples. Empty samples are an error, not skipped.
+pub fn generative_perplexity<B: Backend>(
+    judge: &CausalTransformer<B>,
+    samples: &[Vec<usize>],
+    start: usize,
+) -> Result<PerTokenNll, EvalError> {
+    if samples.is_empty() {
+        return Err(EvalError::Request("no samples to score".into()));
+    }
+    let mut per_sample = Vec::with_capacity(samples.len());
+    for (i, sample) in samples.iter().enumerate() {
+        if sample.is_empty() {
+            return Err(EvalError::Request(format!("sample {i} is empty")));
+        }
+        let nll = crate::likelihood::causal_nll(judge, &[start], sample)?;
+        per_sample.push((nll.nll, sample.len() as f64));
+    }
+    let (total, tokens) = per_sample
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (nll, n)| (a + nll, b + n));
+    let ratio = total / tokens;
+    let k = per_sample.len() as f64;
+    let stderr = if per_sample.len() > 1 {
+        let mean_n = tokens / k;
+        let ss: f64 = per_sample
+            .iter()
+            .map(|(nll, n)| (nll - ratio * n).powi(2))
+            .sum();
+        (ss / (k * (k - 1.0))).sqrt() / mean_n
+    } else {
+        f64::INFINITY
+    };
+    Ok(PerTokenNll {
+        nats: ratio,
+        stderr,
+        blocks: per_sample.len(),
+        tokens: tokens as usize,
+    })
+}
+
 /// Mean cross-entropy (nats) per masked token when `blocks` are noised at the fixed masking rate
 /// `t` (no `eps`): how well the MDM predicts a token from the visible rest. Near `t = 0` almost all
 /// context is visible; near `t = 1` almost none (the unigram entropy is the no-context limit). The
@@ -217,6 +261,24 @@ mod tests {
     use burn::backend::Flex;
     use mdm_core::rng_from_seed;
     use mdm_models::ModelConfig;
+
+    #[test]
+    fn generative_perplexity_is_token_weighted() {
+        let config = ModelConfig::custom(50, 1, 2, 16, 32, 32);
+        let judge = config.init_causal::<Flex>(9, &Default::default()).unwrap();
+        let samples = vec![vec![3usize, 4, 5], vec![6usize], vec![7usize, 8]];
+        let g = generative_perplexity(&judge, &samples, 0).unwrap();
+        let total: f64 = samples
+            .iter()
+            .map(|s| crate::likelihood::causal_nll(&judge, &[0], s).unwrap().nll)
+            .sum();
+        assert!((g.nats - total / 6.0).abs() < 1e-9, "{g:?}");
+        assert_eq!((g.blocks, g.tokens), (3, 6));
+        assert!(g.stderr.is_finite() && g.stderr > 0.0);
+        assert!((g.perplexity() - (total / 6.0).exp()).abs() < 1e-9);
+        assert!(generative_perplexity(&judge, &[vec![]], 0).is_err());
+        assert!(generative_perplexity(&judge, &[], 0).is_err());
+    }
 
     #[test]
     fn unigram_entropy_by_hand() {
