@@ -97,16 +97,7 @@ fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
 /// Shows a row: decoded text with `_` per mask when there is a tokenizer, ids otherwise.
 fn show(row: &[usize], mask_id: usize, tokenizer: Option<&Tokenizer>) -> String {
     match tokenizer {
-        Some(tok) => row
-            .iter()
-            .map(|&t| {
-                if t == mask_id {
-                    "_".to_string()
-                } else {
-                    tok.decode(&[t as u32]).unwrap_or_else(|_| format!("<{t}>"))
-                }
-            })
-            .collect::<String>(),
+        Some(tok) => tok.render_masked(row, mask_id),
         None => row
             .iter()
             .map(|&t| {

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod corpus;
+pub mod facts;
 pub mod error;
 pub mod sft;
 pub mod shards;

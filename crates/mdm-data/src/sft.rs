@@ -80,7 +80,9 @@ pub struct SftDataset {
 }
 
 impl SftDataset {
-    /// Tokenises `records` (BOS first when `add_bos` and the tokenizer has one).
+    /// Tokenises `records`. With `add_bos` every prompt starts with the tokenizer's BOS or, when it
+    /// has none (our byte-level BPE), its EOS: the separator that precedes every document in the
+    /// packed shards, so a fine-tuning prompt starts the way pre-training documents did.
     pub fn build(
         records: &[SftRecord],
         tokenizer: &Tokenizer,
@@ -97,7 +99,11 @@ impl SftDataset {
                 Some(t) => t.apply(&record.prompt),
                 None => record.prompt.clone(),
             };
-            let mut ids = tokenizer.encode(&prompt, add_bos)?;
+            let mut ids = Vec::new();
+            if add_bos {
+                ids.push(tokenizer.bos_id().unwrap_or(eos));
+            }
+            ids.extend(tokenizer.encode(&prompt, false)?);
             let p = ids.len();
             ids.extend(tokenizer.encode(&record.response, false)?);
             if ids.len() + 1 > seq_len {
@@ -127,6 +133,36 @@ impl SftDataset {
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Trains on the whole text: every row's protected prefix shrinks to at most `keep` tokens (1
+    /// keeps the start token), so the MDM may mask, and the baseline is scored on, the prompt too.
+    /// This is how facts stated as text are learnt (the reverse-curse experiment), as opposed to
+    /// instruction tuning, which protects the prompt.
+    pub fn train_on_prompts(&mut self, keep: usize) {
+        for p in &mut self.prompt_len {
+            *p = (*p).min(keep);
+        }
+    }
+
+    /// Cuts the EOS padding shared by all rows: `seq_len` becomes the longest row's prompt and
+    /// response plus `extra_eos` (at least 1) EOS tokens, if that is shorter.
+    pub fn shrink_padding(&mut self, eos: u32, extra_eos: usize) {
+        let longest = self
+            .rows
+            .iter()
+            .zip(&self.prompt_len)
+            .map(|(row, &p)| {
+                let content = row.len() - row.iter().rev().take_while(|&&t| t == eos).count();
+                content.max(p)
+            })
+            .max()
+            .unwrap_or(0);
+        let len = (longest + extra_eos.max(1)).min(self.seq_len);
+        for row in &mut self.rows {
+            row.truncate(len);
+        }
+        self.seq_len = len;
     }
 
     /// Whether there are no rows.
@@ -301,6 +337,20 @@ mod tests {
         let templated = tok.encode("Q: Who wrote Hamlet?\nA:", false).unwrap();
         assert_eq!(data.prompt_len[0], templated.len());
         assert!(SftDataset::build(&records[1..], &tok, 24, None, false).is_err());
+
+        // add_bos without a BOS in the vocabulary: the EOS (document separator) starts the prompt
+        assert_eq!(tok.bos_id(), None);
+        let mut data = SftDataset::build(&records[..1], &tok, 40, None, true).unwrap();
+        assert_eq!(data.rows[0][0], tok.eos_id());
+        assert_eq!(data.prompt_len[0], prompt.len() + 1);
+        assert_eq!(&data.rows[0][1..=prompt.len()], &prompt[..]);
+        // padding shrinks to the longest row plus the EOS tokens asked for
+        data.shrink_padding(tok.eos_id(), 2);
+        assert_eq!(data.seq_len, 1 + end + 2);
+        data.train_on_prompts(1);
+        assert_eq!(data.prompt_len, [1]);
+        assert!(data.rows.iter().all(|r| r.len() == data.seq_len));
+        assert_eq!(data.rows[0][end], response[response.len() - 1]);
     }
 
     #[test]

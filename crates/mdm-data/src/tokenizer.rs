@@ -161,6 +161,20 @@ impl Tokenizer {
         out
     }
 
+    /// Text of a partly masked sequence for display while it is denoised: each id decoded on its
+    /// own, `_` for `mask_id`, `<id>` for an id the tokenizer does not know.
+    pub fn render_masked(&self, ids: &[usize], mask_id: usize) -> String {
+        ids.iter()
+            .map(|&t| {
+                if t == mask_id {
+                    "_".to_string()
+                } else {
+                    self.decode(&[t as u32]).unwrap_or_else(|_| format!("<{t}>"))
+                }
+            })
+            .collect()
+    }
+
     /// The text of `ids`; special tokens (BOS, EOS) are left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
         self.inner

@@ -564,6 +564,15 @@ fn generate<B: Backend>(
     }
 }
 
+/// Four decimals, or four significant digits in scientific notation for large values.
+fn number(x: f64) -> String {
+    if x.abs() >= 1e4 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
 /// The results as a Markdown table: task, model, metric, value, stderr, n.
 pub fn markdown_table(results: &[TaskResult]) -> String {
     let mut out = String::from(
@@ -590,8 +599,13 @@ pub fn markdown_table(results: &[TaskResult]) -> String {
         };
         for m in &r.metrics {
             out.push_str(&format!(
-                "| {} | {} | {} | {:.4} | {:.4} | {} |\n",
-                r.task, model, m.name, m.value, m.stderr, m.n
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.task,
+                model,
+                m.name,
+                number(m.value),
+                number(m.stderr),
+                m.n
             ));
         }
     }
