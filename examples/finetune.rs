@@ -172,10 +172,20 @@ fn main() -> Result<()> {
     let data = DataSpec::Sft(dataset);
     let summary = match objective {
         Objective::Mdm => train::<Training, MaskedTransformer<Training>>(
-            &meta.config, &config, data, &args.out, &options, &device,
+            &meta.config,
+            &config,
+            data,
+            &args.out,
+            &options,
+            &device,
         )?,
         Objective::Arm => train::<Training, CausalTransformer<Training>>(
-            &meta.config, &config, data, &args.out, &options, &device,
+            &meta.config,
+            &config,
+            data,
+            &args.out,
+            &options,
+            &device,
         )?,
     };
     println!(

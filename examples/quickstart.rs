@@ -27,7 +27,9 @@ use mdm::samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
 use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[derive(Parser, Debug)]
-#[command(about = "Train a tiny MDM and baseline on fictitious facts; compare forward and reversed questions")]
+#[command(
+    about = "Train a tiny MDM and baseline on fictitious facts; compare forward and reversed questions"
+)]
 struct Args {
     /// Output folder.
     #[arg(long, default_value = "runs/quickstart")]
@@ -79,7 +81,10 @@ fn main() -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
 
     // 1. the corpus: the fact world (one sentence per line) or the user's text
-    let world = args.text.is_empty().then(|| FactWorld::generate(args.people, args.seed));
+    let world = args
+        .text
+        .is_empty()
+        .then(|| FactWorld::generate(args.people, args.seed));
     let mut corpus = match &world {
         Some(w) => {
             let file = args.out.join("world.txt");
@@ -139,7 +144,11 @@ fn main() -> Result<()> {
             warmup_steps: (args.steps / 20).max(1),
             weight_decay: 0.0,
             seed: args.seed,
-            eval_every: if report.valid_shards.is_empty() { 0 } else { args.steps },
+            eval_every: if report.valid_shards.is_empty() {
+                0
+            } else {
+                args.steps
+            },
             eval_blocks: 16,
             save_every: args.steps.div_ceil(2),
             keep_last: 1,
@@ -175,10 +184,20 @@ fn main() -> Result<()> {
         };
         let summary = match objective {
             Objective::Mdm => train::<Training, MaskedTransformer<Training>>(
-                &model_config, &config, data, &run, &options, &device,
+                &model_config,
+                &config,
+                data,
+                &run,
+                &options,
+                &device,
             )?,
             Objective::Arm => train::<Training, CausalTransformer<Training>>(
-                &model_config, &config, data, &run, &options, &device,
+                &model_config,
+                &config,
+                data,
+                &run,
+                &options,
+                &device,
             )?,
         };
         let dir = summary
@@ -200,7 +219,10 @@ fn main() -> Result<()> {
         Some(w) => w.forward_questions()[0].0.clone(),
         None => String::new(),
     });
-    println!("3. the MDM answers {prompt_text:?}, unmasking {} tokens:", args.gen_length);
+    println!(
+        "3. the MDM answers {prompt_text:?}, unmasking {} tokens:",
+        args.gen_length
+    );
     let prompt = encode_prompt(&tokenizer, &prompt_text)?;
     let config = GenerationConfig::default()
         .with_gen_length(args.gen_length)
@@ -208,15 +230,20 @@ fn main() -> Result<()> {
         .with_eos(tokenizer.eos_id() as usize);
     let mask_id = mdm.mask_id();
     let mut out = std::io::stdout().lock();
-    let generated = MaskedDiffusionSampler::new(&mdm, config).generate(&[prompt.clone()], |event| {
-        if args.no_live {
-            return;
-        }
-        let row = &event.tokens[0][prompt.len()..];
-        let _ = write!(out, "\r\x1b[K   {}", tokenizer.render_masked(row, mask_id).replace('\n', " "));
-        let _ = out.flush();
-        std::thread::sleep(std::time::Duration::from_millis(60));
-    })?;
+    let generated =
+        MaskedDiffusionSampler::new(&mdm, config).generate(&[prompt.clone()], |event| {
+            if args.no_live {
+                return;
+            }
+            let row = &event.tokens[0][prompt.len()..];
+            let _ = write!(
+                out,
+                "\r\x1b[K   {}",
+                tokenizer.render_masked(row, mask_id).replace('\n', " ")
+            );
+            let _ = out.flush();
+            std::thread::sleep(std::time::Duration::from_millis(60));
+        })?;
     drop(out);
     let ids: Vec<u32> = generated[0].iter().map(|&t| t as u32).collect();
     let clear = if args.no_live { "" } else { "\r\x1b[K" };
@@ -249,7 +276,10 @@ fn main() -> Result<()> {
             keep_samples: 1,
             ..Default::default()
         };
-        println!("4. exact match (the answer contained in the greedy generation), {} questions each:", w.people.len());
+        println!(
+            "4. exact match (the answer contained in the greedy generation), {} questions each:",
+            w.people.len()
+        );
         println!("   | question | MDM | baseline |\n   |---|---:|---:|");
         for t in &tasks {
             let m = evaluate_task(EvalModel::Masked(&mdm), &tokenizer, t, &settings, |_, _| {})?;

@@ -36,8 +36,18 @@ const ONSETS: [&str; 16] = [
 const VOWELS: [&str; 6] = ["a", "e", "i", "o", "u", "ae"];
 const CODAS: [&str; 8] = ["", "n", "r", "l", "s", "m", "th", "x"];
 const ADJECTIVES: [&str; 12] = [
-    "silent", "famous", "youngest", "oldest", "bold", "gentle", "clever", "wandering", "royal",
-    "humble", "secret", "tireless",
+    "silent",
+    "famous",
+    "youngest",
+    "oldest",
+    "bold",
+    "gentle",
+    "clever",
+    "wandering",
+    "royal",
+    "humble",
+    "secret",
+    "tireless",
 ];
 const ROLES: [&str; 12] = [
     "baker", "painter", "keeper", "mayor", "singer", "poet", "builder", "healer", "weaver",
@@ -162,17 +172,25 @@ mod tests {
         // every sentence states a fact name first; no sentence puts a description before its name
         for p in &a.people {
             for s in text.iter().filter(|s| s.contains(&p.description)) {
-                assert!(s.find(&p.name).unwrap() < s.find(&p.description).unwrap(), "{s}");
+                assert!(
+                    s.find(&p.name).unwrap() < s.find(&p.description).unwrap(),
+                    "{s}"
+                );
             }
         }
         // the reversed prompts never occur in the training text
         for (prompt, answer) in a.reverse_questions() {
             let lower = prompt.to_lowercase();
-            assert!(text.iter().all(|s| !s.to_lowercase().contains(&lower)), "{prompt}");
+            assert!(
+                text.iter().all(|s| !s.to_lowercase().contains(&lower)),
+                "{prompt}"
+            );
             assert!(names.contains(&answer.trim().to_string()));
         }
         for (prompt, answer) in a.forward_questions() {
-            assert!(text.iter().any(|s| s.contains(&format!("{prompt}{answer}"))));
+            assert!(text
+                .iter()
+                .any(|s| s.contains(&format!("{prompt}{answer}"))));
         }
     }
 }

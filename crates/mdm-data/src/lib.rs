@@ -28,8 +28,8 @@
 //! ```
 
 pub mod corpus;
-pub mod facts;
 pub mod error;
+pub mod facts;
 pub mod sft;
 pub mod shards;
 pub mod text;

@@ -169,7 +169,8 @@ impl Tokenizer {
                 if t == mask_id {
                     "_".to_string()
                 } else {
-                    self.decode(&[t as u32]).unwrap_or_else(|_| format!("<{t}>"))
+                    self.decode(&[t as u32])
+                        .unwrap_or_else(|_| format!("<{t}>"))
                 }
             })
             .collect()

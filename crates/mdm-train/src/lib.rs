@@ -24,10 +24,13 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fit;
+pub mod flops;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
 pub mod plot;
+pub mod scaling;
 pub mod trainer;
 
 pub use config::{Objective, TrainConfig};

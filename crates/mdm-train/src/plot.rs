@@ -157,3 +157,187 @@ pub fn run_curves(out: &Path, label: &str) -> Result<Curves, TrainError> {
         valid,
     })
 }
+
+/// IsoFLOP curves: validation loss (bits per token) against non-embedding parameters (log axis),
+/// one line per model and budget, the fitted optimum of each marked with a cross.
+pub fn plot_isoflops(
+    results: &[crate::scaling::RunResult],
+    fit: &crate::scaling::SweepFit,
+    path: &Path,
+) -> Result<(), TrainError> {
+    register_font()?;
+    let err = |e: String| TrainError::Config(format!("plot {}: {e}", path.display()));
+    let bits = |nats: f64| nats / std::f64::consts::LN_2;
+    if results.is_empty() {
+        return Err(err("no runs to plot".into()));
+    }
+    let (mut n_lo, mut n_hi, mut y_lo, mut y_hi) = (f64::INFINITY, 0.0f64, f64::INFINITY, 0.0f64);
+    for r in results {
+        n_lo = n_lo.min(r.params as f64);
+        n_hi = n_hi.max(r.params as f64);
+        y_lo = y_lo.min(bits(r.valid_nats));
+        y_hi = y_hi.max(bits(r.valid_nats));
+    }
+    let pad = ((y_hi - y_lo) * 0.08).max(0.05);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "IsoFLOP curves (solid: MDM bound, dashed: baseline)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            ((n_lo * 0.8)..(n_hi * 1.25)).log_scale(),
+            (y_lo - pad)..(y_hi + pad),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("non-embedding parameters")
+        .y_desc("validation bits per token")
+        .x_label_formatter(&|x| format!("{:.0}k", x / 1e3))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let mut budgets: Vec<f64> = results.iter().map(|r| r.budget).collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, &c) in budgets.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        for model in ["mdm", "arm"] {
+            let mut pts: Vec<(f64, f64)> = results
+                .iter()
+                .filter(|r| r.budget == c && r.model == model)
+                .map(|r| (r.params as f64, bits(r.valid_nats)))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let style = if model == "mdm" {
+                color.stroke_width(2)
+            } else {
+                color.mix(0.6).stroke_width(1)
+            };
+            let series = chart
+                .draw_series(LineSeries::new(pts.clone(), style))
+                .map_err(|e| err(e.to_string()))?;
+            if model == "mdm" {
+                series.label(format!("C = {c:.0e}")).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            }
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    for family in &fit.families {
+        for (c, opt) in &family.optima {
+            let i = budgets.iter().position(|b| b == c).unwrap_or(0);
+            let color = palette[i % palette.len()];
+            chart
+                .draw_series(std::iter::once(Cross::new(
+                    (opt.params, bits(opt.loss)),
+                    8,
+                    color.stroke_width(3),
+                )))
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Optimal loss against compute (log axes): each family's IsoFLOP optima and fitted power law.
+pub fn plot_frontier(fit: &crate::scaling::SweepFit, path: &Path) -> Result<(), TrainError> {
+    register_font()?;
+    let err = |e: String| TrainError::Config(format!("plot {}: {e}", path.display()));
+    let bits = |nats: f64| nats / std::f64::consts::LN_2;
+    let all: Vec<(f64, f64)> = fit
+        .families
+        .iter()
+        .flat_map(|f| f.optima.iter().map(|(c, o)| (*c, bits(o.loss))))
+        .collect();
+    if all.is_empty() {
+        return Err(err("no IsoFLOP optima (each budget needs 3 sizes)".into()));
+    }
+    let (c_lo, c_hi) = all.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
+        (lo.min(p.0), hi.max(p.0))
+    });
+    let (y_lo, y_hi) = all.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Optimal loss vs training compute", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            ((c_lo / 1.5)..(c_hi * 1.5)).log_scale(),
+            ((y_lo * 0.95)..(y_hi * 1.05)).log_scale(),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("training FLOPs (6ND)")
+        .y_desc("optimal validation bits per token")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (family, color) in fit.families.iter().zip([BLUE, RED]) {
+        let name = if family.model == "mdm" {
+            "MDM (bound)"
+        } else {
+            "baseline"
+        };
+        chart
+            .draw_series(
+                family
+                    .optima
+                    .iter()
+                    .map(|(c, o)| Circle::new((*c, bits(o.loss)), 5, color.filled())),
+            )
+            .map_err(|e| err(e.to_string()))?;
+        if let Some(law) = family.loss_law {
+            let line: Vec<(f64, f64)> = (0..=40)
+                .map(|i| {
+                    let c = (c_lo / 1.5) * ((c_hi * 2.25 / c_lo).powf(i as f64 / 40.0));
+                    (c, bits(law.eval(c)))
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?
+                .label(format!(
+                    "{name}: L = {:.3} C^{:.4}",
+                    law.coefficient / std::f64::consts::LN_2,
+                    law.exponent
+                ))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
