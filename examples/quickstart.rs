@@ -230,8 +230,9 @@ fn main() -> Result<()> {
         .with_eos(tokenizer.eos_id() as usize);
     let mask_id = mdm.mask_id();
     let mut out = std::io::stdout().lock();
-    let generated =
-        MaskedDiffusionSampler::new(&mdm, config).generate(&[prompt.clone()], |event| {
+    let generated = MaskedDiffusionSampler::new(&mdm, config).generate(
+        std::slice::from_ref(&prompt),
+        |event| {
             if args.no_live {
                 return;
             }
@@ -243,7 +244,8 @@ fn main() -> Result<()> {
             );
             let _ = out.flush();
             std::thread::sleep(std::time::Duration::from_millis(60));
-        })?;
+        },
+    )?;
     drop(out);
     let ids: Vec<u32> = generated[0].iter().map(|&t| t as u32).collect();
     let clear = if args.no_live { "" } else { "\r\x1b[K" };

@@ -47,12 +47,12 @@ pub fn fit_parabola(points: &[(f64, f64)]) -> Result<[f64; 3], TrainError> {
     // normal equations  (X^T X) p = X^T y  with columns 1, x, x^2
     let mut m = [[0.0f64; 4]; 3];
     for &(x, y) in points {
-        let row = [1.0, x, x * x];
-        for i in 0..3 {
-            for j in 0..3 {
-                m[i][j] += row[i] * row[j];
+        let basis = [1.0, x, x * x];
+        for (r, &bi) in m.iter_mut().zip(&basis) {
+            for (cell, &bj) in r.iter_mut().zip(&basis) {
+                *cell += bi * bj;
             }
-            m[i][3] += row[i] * y;
+            r[3] += bi * y;
         }
     }
     // Gaussian elimination with partial pivoting
@@ -64,11 +64,12 @@ pub fn fit_parabola(points: &[(f64, f64)]) -> Result<[f64; 3], TrainError> {
         if m[col][col].abs() < 1e-300 {
             return Err(TrainError::Config("singular parabola fit".into()));
         }
-        for row in 0..3 {
+        let pivot_row = m[col];
+        for (row, r) in m.iter_mut().enumerate() {
             if row != col {
-                let f = m[row][col] / m[col][col];
-                for k in col..4 {
-                    m[row][k] -= f * m[col][k];
+                let f = r[col] / pivot_row[col];
+                for (x, p) in r.iter_mut().zip(pivot_row.iter()).skip(col) {
+                    *x -= f * p;
                 }
             }
         }
