@@ -20,7 +20,9 @@ use mdm::data::corpus::{prepare_corpus, CorpusOptions, TOKENIZER_FILE};
 use mdm::data::facts::FactWorld;
 use mdm::data::text::DocumentSplit;
 use mdm::data::Tokenizer;
-use mdm::eval::harness::{encode_prompt, evaluate_task, EvalModel, TaskSettings};
+use mdm::eval::harness::{
+    encode_prompt, evaluate_task, infill_exact_match, EvalModel, TaskSettings,
+};
 use mdm::eval::tasks::{GenerationItem, Reference, Task, TaskItems};
 use mdm::prelude::*;
 use mdm::samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
@@ -297,6 +299,15 @@ fn main() -> Result<()> {
                 m.samples[0].prompt, m.samples[0].generation, a.samples[0].generation
             );
         }
+        let (infill, samples) = infill_exact_match(&mdm, &tokenizer, &w.infill_questions(), 1)?;
+        println!(
+            "   | reversed, as infilling (name masked) | {:.0} % | cannot infill |",
+            100.0 * infill.value
+        );
+        println!(
+            "     e.g. {:?} -> MDM {:?}",
+            samples[0].prompt, samples[0].generation
+        );
     }
     println!(
         "\nfinished in {:.0} s on {}. Models: {} and {}",

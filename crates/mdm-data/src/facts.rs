@@ -141,6 +141,16 @@ impl FactWorld {
             .collect()
     }
 
+    /// The reversed question asked the way an MDM can answer it: the training sentence
+    /// `"NAME is DESCRIPTION."` with the name to be filled in (text, answer). A left-to-right model
+    /// cannot be asked this: the name comes before what identifies it.
+    pub fn infill_questions(&self) -> Vec<(String, String)> {
+        self.people
+            .iter()
+            .map(|p| (format!("{} is {}.", p.name, p.description), p.name.clone()))
+            .collect()
+    }
+
     /// Questions in the reversed direction, never seen in training: prompt
     /// `"The ADJ ROLE of PLACE is"` (the description, capitalised), answer `" NAME"`.
     pub fn reverse_questions(&self) -> Vec<(String, String)> {

@@ -573,6 +573,67 @@ fn number(x: f64) -> String {
     }
 }
 
+/// Infilling accuracy of an MDM (what a left-to-right model cannot be asked): for each
+/// `(text, answer)`, the tokens of `answer` inside `text` (its first occurrence) are masked and filled
+/// with low-confidence remasking, one token per step, temperature 0; exact match = the filled span is
+/// the answer's tokens. The number of masks (the answer's length in tokens) is given to the model.
+/// An answer that does not fall on token boundaries of `text` is an error.
+pub fn infill_exact_match<B: Backend>(
+    model: &MaskedTransformer<B>,
+    tokenizer: &Tokenizer,
+    items: &[(String, String)],
+    keep_samples: usize,
+) -> Result<(Metric, Vec<Sample>), EvalError> {
+    let mask_id = model.mask_id();
+    let encode = |t: &str| -> Result<Vec<usize>, EvalError> {
+        Ok(tokenizer
+            .encode(t, false)?
+            .into_iter()
+            .map(|t| t as usize)
+            .collect())
+    };
+    let mut rows = Vec::with_capacity(items.len());
+    let mut spans = Vec::with_capacity(items.len());
+    for (text, answer) in items {
+        let at = text.find(answer.as_str()).ok_or_else(|| {
+            EvalError::Request(format!("the answer {answer:?} is not in {text:?}"))
+        })?;
+        let before = encode(&text[..at])?;
+        let through = encode(&text[..at + answer.len()])?;
+        let mut row = encode_prompt(tokenizer, "")?;
+        let whole = encode(text)?;
+        if !through.starts_with(&before) || !whole.starts_with(&through) || through.len() == before.len() {
+            return Err(EvalError::Request(format!(
+                "the answer {answer:?} does not fall on token boundaries of {text:?}"
+            )));
+        }
+        let span = (row.len() + before.len(), row.len() + through.len());
+        row.extend(whole);
+        let truth = row[span.0..span.1].to_vec();
+        row[span.0..span.1].fill(mask_id);
+        rows.push(row);
+        spans.push((span, truth));
+    }
+    let longest = spans.iter().map(|((a, b), _)| b - a).max().unwrap_or(1);
+    let config = GenerationConfig::default().with_steps(longest);
+    let filled = MaskedDiffusionSampler::new(model, config).infill(&rows, |_| {})?;
+    let mut hits = Vec::with_capacity(items.len());
+    let mut samples = Vec::new();
+    for (((text, answer), ((a, b), truth)), row) in items.iter().zip(&spans).zip(&filled) {
+        hits.push(f64::from(u8::from(&row[*a..*b] == truth.as_slice())));
+        if samples.len() < keep_samples {
+            let ids: Vec<u32> = row[*a..*b].iter().map(|&t| t as u32).collect();
+            samples.push(Sample {
+                id: samples.len().to_string(),
+                prompt: text.replacen(answer.as_str(), "___", 1),
+                generation: tokenizer.decode(&ids)?,
+                reference: answer.clone(),
+            });
+        }
+    }
+    Ok((metric("exact_match", &hits), samples))
+}
+
 /// The results as a Markdown table: task, model, metric, value, stderr, n.
 pub fn markdown_table(results: &[TaskResult]) -> String {
     let mut out = String::from(
@@ -720,6 +781,25 @@ mod tests {
             table.contains("| t | arm | acc |") && table.contains("| 2 |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn infill_masks_exactly_the_answer_span() {
+        let tok = tokenizer();
+        let config = ModelConfig::custom(tok.vocab_size(), 1, 2, 32, 64, 32);
+        let model = config.init_masked::<Flex>(5, &Default::default()).unwrap();
+        let items = vec![
+            ("the cat sat on the mat".to_string(), "the cat".to_string()),
+            ("a dog ran in the park".to_string(), " park".to_string()),
+        ];
+        let (m, samples) = infill_exact_match(&model, &tok, &items, 2).unwrap();
+        assert_eq!((m.name.as_str(), m.n), ("exact_match", 2));
+        assert_eq!(samples[0].prompt, "___ sat on the mat");
+        // the score is the share of samples whose fill decodes to the answer
+        let right = samples.iter().filter(|s| s.generation == s.reference).count();
+        assert_eq!(m.value, right as f64 / 2.0);
+        let bad = vec![("the cat".to_string(), "dog".to_string())];
+        assert!(infill_exact_match(&model, &tok, &bad, 0).is_err());
     }
 
     #[test]

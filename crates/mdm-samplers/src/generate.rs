@@ -217,20 +217,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                     break;
                 }
                 let logits = self.slot_logits(&x, prompts, &slots, max_len, mask_id)?;
-                let proposals =
-                    if cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability {
-                        greedy_proposals(&slots, logits)?
-                    } else {
-                        let host: Vec<f32> = to_vec(logits.into_data(), "slot logits")?;
-                        propose_with(
-                            &slots,
-                            &host,
-                            vocab,
-                            cfg.temperature,
-                            cfg.confidence,
-                            &mut rng,
-                        )?
-                    };
+                let proposals = self.proposals(&slots, logits, vocab, &mut rng)?;
                 let last = step + 1 == steps_per_block;
                 let revealed = reveal(
                     &mut x,
@@ -268,6 +255,88 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 gen[..end].to_vec()
             })
             .collect())
+    }
+
+    /// Infilling: fills every `mask_id` of each row, wherever it stands, in `steps` steps with the
+    /// sampler's rule, temperature and counting; the known tokens on both sides condition the fill
+    /// and never change, and rows keep their length. Blocks, CFG and EOS handling do not apply (a
+    /// config that sets `block_length` or `cfg_scale` is an error). With the masks at the end of the
+    /// rows this is [`generate`](Self::generate) without EOS.
+    pub fn infill(
+        &self,
+        rows: &[Vec<usize>],
+        mut on_step: impl FnMut(&StepEvent),
+    ) -> Result<Vec<Vec<usize>>, SamplerError> {
+        let cfg = &self.config;
+        if cfg.cfg_scale.is_some() || cfg.block_length.is_some() || cfg.steps == 0 {
+            return Err(SamplerError::Config {
+                reason: "infill needs steps > 0 and takes neither CFG nor blocks".into(),
+            });
+        }
+        let model_cfg = self.model.config();
+        let (mask_id, vocab) = (model_cfg.mask_id(), model_cfg.padded_vocab_size());
+        // mask ids are what is filled; everything else must be a token of the vocabulary
+        let known: Vec<Vec<usize>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&t| if t == mask_id { 0 } else { t }).collect())
+            .collect();
+        check_prompts(&known, vocab, 0, model_cfg.block_size)?;
+        let mut x = rows.to_vec();
+        let max_len = x.iter().map(Vec::len).max().unwrap_or(0);
+        let no_prompts = vec![Vec::new(); rows.len()];
+        let grid = timesteps(cfg.steps, DEFAULT_EPS);
+        let mut rng = rng_from_seed(cfg.seed);
+        for step in 0..cfg.steps {
+            let slots: Vec<Slot> = x
+                .iter()
+                .enumerate()
+                .flat_map(|(row, r)| {
+                    r.iter()
+                        .enumerate()
+                        .filter(|&(_, &t)| t == mask_id)
+                        .map(move |(pos, _)| Slot { row, pos })
+                })
+                .collect();
+            if slots.is_empty() {
+                break;
+            }
+            let logits = self.slot_logits(&x, &no_prompts, &slots, max_len, mask_id)?;
+            let proposals = self.proposals(&slots, logits, vocab, &mut rng)?;
+            let last = step + 1 == cfg.steps;
+            let revealed = reveal(
+                &mut x,
+                proposals,
+                (grid[step], grid[step + 1]),
+                last,
+                self.rule.as_ref(),
+                cfg.counting,
+                &mut rng,
+            )?;
+            on_step(&StepEvent {
+                block: 0,
+                step,
+                tokens: &x,
+                revealed: &revealed,
+            });
+        }
+        Ok(x)
+    }
+
+    /// Proposals for `slots` from their logits: on the device at temperature 0 with probability
+    /// confidence, otherwise on the host in f64 (Gumbel draw, any confidence).
+    fn proposals(
+        &self,
+        slots: &[Slot],
+        logits: Tensor<B, 2>,
+        vocab: usize,
+        rng: &mut mdm_core::MdmRng,
+    ) -> Result<Vec<Proposal>, SamplerError> {
+        let cfg = &self.config;
+        if cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability {
+            return greedy_proposals(slots, logits);
+        }
+        let host: Vec<f32> = to_vec(logits.into_data(), "slot logits")?;
+        Ok(propose_with(slots, &host, vocab, cfg.temperature, cfg.confidence, rng)?)
     }
 
     /// Logits `[slots, V]` at `slots` (on the device), guided when asked. Only the rows that own a
@@ -379,6 +448,44 @@ mod tests {
     use super::*;
     use crate::proposal::propose;
     use burn::backend::Flex;
+
+    #[test]
+    fn infill_at_the_end_is_generation_and_keeps_known_tokens() {
+        use mdm_models::ModelConfig;
+        let model = ModelConfig::custom(50, 2, 2, 32, 64, 32)
+            .init_masked::<Flex>(3, &Default::default())
+            .unwrap();
+        let m = model.mask_id();
+        let config = GenerationConfig::default().with_gen_length(5).with_steps(5);
+        let sampler = MaskedDiffusionSampler::new(&model, config.clone());
+        let prompts = vec![vec![1, 2, 3], vec![4, 5]];
+        let generated = sampler.generate(&prompts, |_| {}).unwrap();
+        let rows: Vec<Vec<usize>> = prompts
+            .iter()
+            .map(|p| p.iter().copied().chain([m; 5]).collect())
+            .collect();
+        let filled = sampler.infill(&rows, |_| {}).unwrap();
+        for ((p, g), f) in prompts.iter().zip(&generated).zip(&filled) {
+            assert_eq!(&f[..p.len()], &p[..]);
+            assert_eq!(&f[p.len()..], &g[..]);
+        }
+        // masks in the middle and at the start: known tokens kept, every mask filled
+        let rows = vec![vec![m, m, 7, 8, m, 9], vec![10, m, 11]];
+        let mut steps = 0;
+        let filled = sampler.infill(&rows, |_| steps += 1).unwrap();
+        assert!(steps > 0);
+        for (r, f) in rows.iter().zip(&filled) {
+            assert_eq!(r.len(), f.len());
+            for (&a, &b) in r.iter().zip(f) {
+                if a != m {
+                    assert_eq!(a, b);
+                }
+            }
+            assert!(f.iter().all(|&t| t != m));
+        }
+        let guided = MaskedDiffusionSampler::new(&model, config.with_cfg_scale(1.0));
+        assert!(guided.infill(&rows, |_| {}).is_err());
+    }
 
     #[test]
     fn device_greedy_proposals_equal_host_proposals() {
