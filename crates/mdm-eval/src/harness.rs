@@ -602,7 +602,10 @@ pub fn infill_exact_match<B: Backend>(
         let through = encode(&text[..at + answer.len()])?;
         let mut row = encode_prompt(tokenizer, "")?;
         let whole = encode(text)?;
-        if !through.starts_with(&before) || !whole.starts_with(&through) || through.len() == before.len() {
+        if !through.starts_with(&before)
+            || !whole.starts_with(&through)
+            || through.len() == before.len()
+        {
             return Err(EvalError::Request(format!(
                 "the answer {answer:?} does not fall on token boundaries of {text:?}"
             )));
@@ -796,7 +799,10 @@ mod tests {
         assert_eq!((m.name.as_str(), m.n), ("exact_match", 2));
         assert_eq!(samples[0].prompt, "___ sat on the mat");
         // the score is the share of samples whose fill decodes to the answer
-        let right = samples.iter().filter(|s| s.generation == s.reference).count();
+        let right = samples
+            .iter()
+            .filter(|s| s.generation == s.reference)
+            .count();
         assert_eq!(m.value, right as f64 / 2.0);
         let bad = vec![("the cat".to_string(), "dog".to_string())];
         assert!(infill_exact_match(&model, &tok, &bad, 0).is_err());

@@ -278,7 +278,11 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         // mask ids are what is filled; everything else must be a token of the vocabulary
         let known: Vec<Vec<usize>> = rows
             .iter()
-            .map(|r| r.iter().map(|&t| if t == mask_id { 0 } else { t }).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|&t| if t == mask_id { 0 } else { t })
+                    .collect()
+            })
             .collect();
         check_prompts(&known, vocab, 0, model_cfg.block_size)?;
         let mut x = rows.to_vec();
@@ -336,7 +340,14 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             return greedy_proposals(slots, logits);
         }
         let host: Vec<f32> = to_vec(logits.into_data(), "slot logits")?;
-        Ok(propose_with(slots, &host, vocab, cfg.temperature, cfg.confidence, rng)?)
+        Ok(propose_with(
+            slots,
+            &host,
+            vocab,
+            cfg.temperature,
+            cfg.confidence,
+            rng,
+        )?)
     }
 
     /// Logits `[slots, V]` at `slots` (on the device), guided when asked. Only the rows that own a

@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::fit::{compute_gap, fit_isoflop, fit_power_law, IsoFlopOptimum, PowerLaw};
 use crate::flops::training_flops_breakdown;
-use crate::metrics::CsvLog;
 use crate::{train, DataSpec, Objective, RunOptions, TrainConfig, TrainError};
 
 /// A model size of the grid: a Diff_LLaMA name alone, or custom dimensions.
@@ -228,6 +227,37 @@ pub fn read_results(path: &Path) -> Result<Vec<RunResult>, TrainError> {
         .collect()
 }
 
+fn append_row(path: &Path, fields: &[String]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| TrainError::Config(format!("{}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    writeln!(file, "{}", fields.join(",")).map_err(err)
+}
+
+/// `(nats, stderr in nats)` of the validation a run wrote at `step` (its `validation.csv`).
+fn final_validation(dir: &Path, step: usize) -> Result<(f64, f64), TrainError> {
+    let path = dir.join("validation.csv");
+    let missing = || {
+        TrainError::Config(format!(
+            "{}: no validation at step {step} (does the data folder have validation shards?)",
+            path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(&path).map_err(|_| missing())?;
+    let row = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.len() >= 5 && f[0].parse::<usize>().ok() == Some(step))
+        .ok_or_else(missing)?;
+    let nats: f64 = row[2].parse().map_err(|_| missing())?;
+    let stderr_bits: f64 = row[4].parse().map_err(|_| missing())?;
+    Ok((nats, stderr_bits * std::f64::consts::LN_2))
+}
+
 /// What happened to one grid point.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
@@ -267,8 +297,9 @@ pub fn run_sweep<B: AutodiffBackend>(
     std::fs::create_dir_all(&grid.out).map_err(|e| TrainError::Config(e.to_string()))?;
     let results_path = grid.out.join("results.csv");
     let mut results = read_results(&results_path)?;
-    let keep = results.len();
-    let log = CsvLog::open(results_path.clone(), HEADER, keep)?;
+    if !results_path.is_file() {
+        crate::checkpoint::write_atomic(&results_path, format!("{HEADER}\n").as_bytes())?;
+    }
     for &budget in &grid.budgets {
         for size in &grid.sizes {
             for &model in &grid.models {
@@ -323,11 +354,12 @@ pub fn run_sweep<B: AutodiffBackend>(
                         device,
                     )?,
                 };
-                let validation = summary.validation.ok_or_else(|| {
-                    TrainError::Config(format!(
-                        "run {run}: no validation shards in the data folder"
-                    ))
-                })?;
+                // a run finished before its row was written validates no more when resumed: its
+                // final validation is read back from its validation.csv
+                let (valid_nats, valid_stderr) = match summary.validation {
+                    Some(v) => (v.nats, v.stderr),
+                    None => final_validation(&dir, summary.steps)?,
+                };
                 let flops =
                     training_flops_breakdown(&model_config, config.seq_len, summary.tokens as f64);
                 let result = RunResult {
@@ -345,11 +377,11 @@ pub fn run_sweep<B: AutodiffBackend>(
                     tokens: summary.tokens,
                     flops_paper: flops.paper,
                     flops_full: flops.full,
-                    valid_nats: validation.nats,
-                    valid_stderr: validation.stderr,
+                    valid_nats,
+                    valid_stderr,
                     wall_s: summary.elapsed_s,
                 };
-                log.append(&result.fields())?;
+                append_row(&results_path, &result.fields())?;
                 on_event(&RunEvent::Finished(result.clone()));
                 results.push(result);
             }
@@ -487,7 +519,7 @@ mod tests {
     fn results_round_trip_and_fit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.csv");
-        let log = CsvLog::open(path.clone(), HEADER, 0).unwrap();
+        std::fs::write(&path, format!("{HEADER}\n")).unwrap();
         // synthetic losses: L = L*(C) + 0.1 (ln N - ln N*(C))^2 with N*(C) = 0.5 C^0.5,
         // L*_arm = 30 C^-0.05 and the MDM needing 8x the compute
         let arm_star = |c: f64| 30.0 * c.powf(-0.05);
@@ -511,7 +543,7 @@ mod tests {
                         valid_stderr: 0.01,
                         wall_s: 1.0,
                     };
-                    log.append(&r.fields()).unwrap();
+                    append_row(&path, &r.fields()).unwrap();
                     rows.push(r);
                 }
             }
@@ -533,5 +565,15 @@ mod tests {
         std::fs::write(&path, format!("{HEADER}\na,b\n")).unwrap();
         let err = read_results(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+        // a finished run's validation is read back from its validation.csv
+        std::fs::write(
+            dir.path().join("validation.csv"),
+            "step,tokens,nats_per_token,bits_per_token,stderr_bits,perplexity\n5,10,2.0,2.885,0.1,7.4\n9,20,1.5,2.164,0.2,4.5\n",
+        )
+        .unwrap();
+        let (nats, se) = final_validation(dir.path(), 9).unwrap();
+        assert_eq!(nats, 1.5);
+        assert!((se - 0.2 * std::f64::consts::LN_2).abs() < 1e-12);
+        assert!(final_validation(dir.path(), 7).is_err());
     }
 }
