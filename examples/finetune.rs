@@ -20,8 +20,7 @@ use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::sft::{read_jsonl, ChatTemplate, SftDataset};
 use mdm::data::Tokenizer;
 use mdm::models::checkpoint::{read_meta, ModelKind};
-use mdm::models::{CausalTransformer, MaskedTransformer};
-use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune an MDM or the autoregressive baseline on prompt/response pairs")]
@@ -170,24 +169,8 @@ fn main() -> Result<()> {
     };
     let device = backend::device();
     let data = DataSpec::Sft(dataset);
-    let summary = match objective {
-        Objective::Mdm => train::<Training, MaskedTransformer<Training>>(
-            &meta.config,
-            &config,
-            data,
-            &args.out,
-            &options,
-            &device,
-        )?,
-        Objective::Arm => train::<Training, CausalTransformer<Training>>(
-            &meta.config,
-            &config,
-            data,
-            &args.out,
-            &options,
-            &device,
-        )?,
-    };
+    let summary =
+        train_objective::<Training>(&meta.config, &config, data, &args.out, &options, &device)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

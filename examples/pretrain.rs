@@ -17,8 +17,8 @@ use mdm::backend::{self, Training};
 use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::shards::find_shards;
 use mdm::data::Tokenizer;
-use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
-use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::models::ModelConfig;
+use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a masked diffusion model or its autoregressive baseline")]
@@ -226,14 +226,11 @@ fn main() -> Result<()> {
     } else {
         config.objective
     };
-    let summary = match objective {
-        Objective::Mdm => train::<Training, MaskedTransformer<Training>>(
-            &model, &config, data, &args.out, &options, &device,
-        )?,
-        Objective::Arm => train::<Training, CausalTransformer<Training>>(
-            &model, &config, data, &args.out, &options, &device,
-        )?,
+    let config = TrainConfig {
+        objective,
+        ..config
     };
+    let summary = train_objective::<Training>(&model, &config, data, &args.out, &options, &device)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

@@ -26,7 +26,7 @@ use mdm::eval::harness::{
 use mdm::eval::tasks::{GenerationItem, Reference, Task, TaskItems};
 use mdm::prelude::*;
 use mdm::samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
-use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -184,24 +184,8 @@ fn main() -> Result<()> {
             progress: !args.no_live,
             stop_after: None,
         };
-        let summary = match objective {
-            Objective::Mdm => train::<Training, MaskedTransformer<Training>>(
-                &model_config,
-                &config,
-                data,
-                &run,
-                &options,
-                &device,
-            )?,
-            Objective::Arm => train::<Training, CausalTransformer<Training>>(
-                &model_config,
-                &config,
-                data,
-                &run,
-                &options,
-                &device,
-            )?,
-        };
+        let summary =
+            train_objective::<Training>(&model_config, &config, data, &run, &options, &device)?;
         let dir = summary
             .model_dir
             .context("the run stopped before its last step")?;

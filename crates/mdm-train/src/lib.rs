@@ -36,4 +36,4 @@ pub mod trainer;
 pub use config::{Objective, TrainConfig};
 pub use error::TrainError;
 pub use objective::{Batch, TrainModel};
-pub use trainer::{train, DataSpec, RunOptions, TrainSummary};
+pub use trainer::{train, train_objective, DataSpec, RunOptions, TrainSummary};

@@ -29,12 +29,12 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
 use mdm_data::shards::find_shards;
-use mdm_models::{CausalTransformer, MaskedTransformer, ModelConfig};
+use mdm_models::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::fit::{compute_gap, fit_isoflop, fit_power_law, IsoFlopOptimum, PowerLaw};
 use crate::flops::training_flops_breakdown;
-use crate::{train, DataSpec, Objective, RunOptions, TrainConfig, TrainError};
+use crate::{DataSpec, Objective, RunOptions, TrainConfig, TrainError};
 
 /// A model size of the grid: a Diff_LLaMA name alone, or custom dimensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -336,24 +336,14 @@ pub fn run_sweep<B: AutodiffBackend>(
                     train: train_files.clone(),
                     valid: valid_files.clone(),
                 };
-                let summary = match model {
-                    Objective::Mdm => train::<B, MaskedTransformer<B>>(
-                        &model_config,
-                        &config,
-                        data,
-                        &dir,
-                        &options,
-                        device,
-                    )?,
-                    Objective::Arm => train::<B, CausalTransformer<B>>(
-                        &model_config,
-                        &config,
-                        data,
-                        &dir,
-                        &options,
-                        device,
-                    )?,
-                };
+                let summary = crate::train_objective::<B>(
+                    &model_config,
+                    &config,
+                    data,
+                    &dir,
+                    &options,
+                    device,
+                )?;
                 // a run finished before its row was written validates no more when resumed: its
                 // final validation is read back from its validation.csv
                 let (valid_nats, valid_stderr) = match summary.validation {

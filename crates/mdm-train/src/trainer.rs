@@ -122,6 +122,39 @@ pub struct TrainSummary {
 /// `train.toml` in the output folder.
 pub const CONFIG_FILE: &str = "train.toml";
 
+/// [`train`] with the model chosen by `config.objective`: a [`MaskedTransformer`] for
+/// [`Objective::Mdm`](crate::Objective::Mdm), a [`CausalTransformer`] for the baseline.
+///
+/// [`MaskedTransformer`]: mdm_models::MaskedTransformer
+/// [`CausalTransformer`]: mdm_models::CausalTransformer
+pub fn train_objective<B: AutodiffBackend>(
+    model_config: &mdm_models::ModelConfig,
+    config: &TrainConfig,
+    data: DataSpec,
+    out: &Path,
+    options: &RunOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError> {
+    match config.objective {
+        crate::Objective::Mdm => train::<B, mdm_models::MaskedTransformer<B>>(
+            model_config,
+            config,
+            data,
+            out,
+            options,
+            device,
+        ),
+        crate::Objective::Arm => train::<B, mdm_models::CausalTransformer<B>>(
+            model_config,
+            config,
+            data,
+            out,
+            options,
+            device,
+        ),
+    }
+}
+
 /// Trains model type `M` (a [`MaskedTransformer`](mdm_models::MaskedTransformer) or a
 /// [`CausalTransformer`](mdm_models::CausalTransformer) on an autodiff backend) with `config` on
 /// `data`, writing into `out`: `train.toml`, `metrics.csv`, `validation.csv`, `loss.png`,

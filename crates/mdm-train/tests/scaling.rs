@@ -24,7 +24,11 @@ fn size(name: &str, n_embd: usize) -> SizeSpec {
 fn a_sweep_trains_each_point_once_and_recovers_lost_rows() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("world.txt");
-    std::fs::write(&text, FactWorld::generate(30, 1).training_sentences().join("\n")).unwrap();
+    std::fs::write(
+        &text,
+        FactWorld::generate(30, 1).training_sentences().join("\n"),
+    )
+    .unwrap();
     let mut corpus = CorpusOptions::new(vec![text]);
     corpus.split = DocumentSplit::Lines;
     corpus.vocab_size = 300;
@@ -60,7 +64,9 @@ fn a_sweep_trains_each_point_once_and_recovers_lost_rows() {
     let steps = |name: &str| first.iter().find(|r| r.run == name).unwrap().steps;
     assert!(steps("mdm-a-1e7") > steps("mdm-c-1e7"));
     assert!(steps("arm-b-2e7") > steps("arm-b-1e7"));
-    assert!(first.iter().all(|r| r.flops_paper <= r.budget && r.flops_full > r.flops_paper));
+    assert!(first
+        .iter()
+        .all(|r| r.flops_paper <= r.budget && r.flops_full > r.flops_paper));
 
     // run again: everything is skipped, the rows stay
     let mut skipped = 0;
@@ -90,10 +96,19 @@ fn a_sweep_trains_each_point_once_and_recovers_lost_rows() {
     assert_eq!(after.len(), 12);
     for r in &recovered {
         let old = before.iter().find(|b| b.run == r.run).unwrap();
-        assert_eq!((r.steps, r.tokens, r.params), (old.steps, old.tokens, old.params));
-        assert!((r.valid_nats - old.valid_nats).abs() < 1e-5, "{r:?} {old:?}");
+        assert_eq!(
+            (r.steps, r.tokens, r.params),
+            (old.steps, old.tokens, old.params)
+        );
+        assert!(
+            (r.valid_nats - old.valid_nats).abs() < 1e-5,
+            "{r:?} {old:?}"
+        );
     }
     let fit = fit_sweep(&after).unwrap();
     assert_eq!(fit.families.len(), 2);
-    assert!(fit.families.iter().all(|f| f.optima.len() == 2 && f.loss_law.is_some()));
+    assert!(fit
+        .families
+        .iter()
+        .all(|f| f.optima.len() == 2 && f.loss_law.is_some()));
 }
