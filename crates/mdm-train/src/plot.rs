@@ -183,7 +183,7 @@ pub fn plot_isoflops(
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "IsoFLOP curves (solid: MDM bound, dashed: baseline)",
+            "IsoFLOP curves (thick: MDM bound, thin: baseline)",
             ("sans-serif", 22),
         )
         .margin(12)
@@ -226,7 +226,7 @@ pub fn plot_isoflops(
                 .draw_series(LineSeries::new(pts.clone(), style))
                 .map_err(|e| err(e.to_string()))?;
             if model == "mdm" {
-                series.label(format!("C = {c:.0e}")).legend(move |(x, y)| {
+                series.label(format!("C = {c:.1e}")).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
             }
@@ -287,7 +287,7 @@ pub fn plot_frontier(fit: &crate::scaling::SweepFit, path: &Path) -> Result<(), 
         .y_label_area_size(60)
         .build_cartesian_2d(
             ((c_lo / 1.5)..(c_hi * 1.5)).log_scale(),
-            ((y_lo * 0.95)..(y_hi * 1.05)).log_scale(),
+            (y_lo * 0.95)..(y_hi * 1.05),
         )
         .map_err(|e| err(e.to_string()))?;
     chart
