@@ -5,7 +5,7 @@ use mdm_core::cfg::cfg_combine;
 use mdm_core::rng_from_seed;
 use mdm_models::MaskedTransformer;
 
-use crate::proposal::{greedy_proposals_host, propose_with, Confidence, Proposal, Slot};
+use crate::proposal::{propose_with, Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
 use crate::step::{check_prompts, reveal, Counting, SamplerError};
@@ -34,22 +34,6 @@ pub struct GenerationConfig {
     pub eos_id: Option<usize>,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Where temperature-0 proposals (argmax and its probability) are computed.
-    pub proposal_path: ProposalPath,
-}
-
-/// Where the temperature-0 proposals are computed from the slot logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProposalPath {
-    /// The host path on the CPU backends (flex, ndarray), the device path elsewhere.
-    #[default]
-    Auto,
-    /// On the device ([`greedy_proposals`]): 3 numbers per slot read back; best on a GPU.
-    Device,
-    /// On the host ([`greedy_proposals_host`](crate::proposal::greedy_proposals_host)): the logits
-    /// read back, a vectorised exponential over all cores; best on a CPU, whose backend runs `exp`
-    /// element by element.
-    Host,
 }
 
 impl Default for GenerationConfig {
@@ -64,7 +48,6 @@ impl Default for GenerationConfig {
             counting: Counting::PerRow,
             eos_id: None,
             seed: 0,
-            proposal_path: ProposalPath::Auto,
         }
     }
 }
@@ -110,12 +93,6 @@ impl GenerationConfig {
         self.eos_id = Some(eos_id);
         self
     }
-    /// Builder: where temperature-0 proposals are computed.
-    pub fn with_proposal_path(mut self, path: ProposalPath) -> Self {
-        self.proposal_path = path;
-        self
-    }
-
     /// Builder: seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -360,19 +337,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
     ) -> Result<Vec<Proposal>, SamplerError> {
         let cfg = &self.config;
         if cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability {
-            let host = match cfg.proposal_path {
-                ProposalPath::Host => true,
-                ProposalPath::Device => false,
-                ProposalPath::Auto => {
-                    let name = B::name(&logits.device());
-                    name.contains("flex") || name.contains("ndarray")
-                }
-            };
-            if !host {
-                return greedy_proposals(slots, logits);
-            }
-            let host: Vec<f32> = to_vec(logits.into_data(), "slot logits")?;
-            return Ok(greedy_proposals_host(slots, &host, vocab)?);
+            return greedy_proposals(slots, logits);
         }
         let host: Vec<f32> = to_vec(logits.into_data(), "slot logits")?;
         Ok(propose_with(
@@ -531,27 +496,6 @@ mod tests {
         }
         let guided = MaskedDiffusionSampler::new(&model, config.with_cfg_scale(1.0));
         assert!(guided.infill(&rows, |_| {}).is_err());
-    }
-
-    #[test]
-    fn host_and_device_proposal_paths_generate_the_same_tokens() {
-        use mdm_models::ModelConfig;
-        let model = ModelConfig::custom(300, 2, 2, 32, 64, 48)
-            .init_masked::<Flex>(8, &Default::default())
-            .unwrap();
-        let prompts = vec![vec![1, 2, 3, 4], vec![9, 8]];
-        let run = |path| {
-            let config = GenerationConfig::default()
-                .with_gen_length(12)
-                .with_steps(6)
-                .with_proposal_path(path);
-            MaskedDiffusionSampler::new(&model, config)
-                .generate(&prompts, |_| {})
-                .unwrap()
-        };
-        let device = run(ProposalPath::Device);
-        assert_eq!(run(ProposalPath::Host), device);
-        assert_eq!(run(ProposalPath::Auto), device);
     }
 
     #[test]

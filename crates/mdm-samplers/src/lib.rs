@@ -67,5 +67,5 @@ pub mod remasking;
 pub mod schedule;
 pub mod step;
 
-pub use generate::{GenerationConfig, MaskedDiffusionSampler, ProposalPath, StepEvent};
+pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepEvent};
 pub use step::{Counting, SamplerError};
