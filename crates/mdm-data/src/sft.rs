@@ -101,7 +101,7 @@ impl SftDataset {
             };
             let mut ids = Vec::new();
             if add_bos {
-                ids.push(tokenizer.bos_id().unwrap_or(eos));
+                ids.push(tokenizer.document_start());
             }
             ids.extend(tokenizer.encode(&prompt, false)?);
             let p = ids.len();

@@ -161,6 +161,12 @@ impl Tokenizer {
         out
     }
 
+    /// The token that starts a document: the BOS or, for a tokenizer without one (our byte-level
+    /// BPE), the EOS, which the packed shards put before every document.
+    pub fn document_start(&self) -> u32 {
+        self.bos_id.unwrap_or(self.eos_id)
+    }
+
     /// Text of a partly masked sequence for display while it is denoised: each id decoded on its
     /// own, `_` for `mask_id`, `<id>` for an id the tokenizer does not know.
     pub fn render_masked(&self, ids: &[usize], mask_id: usize) -> String {

@@ -275,11 +275,11 @@ pub fn encode_pair(
     let trimmed = context.trim_end_matches(' ');
     let moved = &context[trimmed.len()..];
     let continuation = format!("{moved}{continuation}");
-    let start = tokenizer.bos_id().unwrap_or(tokenizer.eos_id()) as usize;
+    let start = tokenizer.document_start() as usize;
     let as_usize = |ids: Vec<u32>| ids.into_iter().map(|t| t as usize).collect::<Vec<_>>();
     let whole = as_usize(tokenizer.encode(&format!("{trimmed}{continuation}"), false)?);
     let ctx = as_usize(tokenizer.encode(trimmed, false)?);
-    let mut cont = if whole.starts_with(&ctx) && whole.len() > ctx.len() {
+    let cont = if whole.starts_with(&ctx) && whole.len() > ctx.len() {
         whole[ctx.len()..].to_vec()
     } else {
         as_usize(tokenizer.encode(&continuation, false)?)
@@ -291,13 +291,12 @@ pub fn encode_pair(
     }
     let mut prefix = vec![start];
     prefix.extend(ctx);
-    cont.shrink_to_fit();
     Ok((prefix, cont))
 }
 
 /// Token ids of a generation prompt: the BOS (or, without one, the EOS) and the prompt's ids.
 pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str) -> Result<Vec<usize>, EvalError> {
-    let start = tokenizer.bos_id().unwrap_or(tokenizer.eos_id()) as usize;
+    let start = tokenizer.document_start() as usize;
     let ids = tokenizer.encode(prompt, false)?;
     Ok(std::iter::once(start)
         .chain(ids.into_iter().map(|t| t as usize))
@@ -308,21 +307,21 @@ pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str) -> Result<Vec<usize>, 
 /// `block_size`. Errors when the target alone does not fit.
 fn fit(
     prefix: Vec<usize>,
-    target: &[usize],
+    target_len: usize,
     block_size: usize,
     cost: &mut Cost,
 ) -> Result<Vec<usize>, EvalError> {
-    if target.len() + 1 > block_size {
+    if target_len + 1 > block_size {
         return Err(EvalError::Request(format!(
             "a continuation of {} tokens does not fit the model's block size {block_size}",
-            target.len()
+            target_len
         )));
     }
-    if prefix.len() + target.len() <= block_size {
+    if prefix.len() + target_len <= block_size {
         return Ok(prefix);
     }
     cost.truncated += 1;
-    let keep = block_size - target.len() - 1;
+    let keep = block_size - target_len - 1;
     let mut out = vec![prefix[0]];
     out.extend_from_slice(&prefix[prefix.len() - keep..]);
     Ok(out)
@@ -417,7 +416,7 @@ pub fn evaluate_task<B: Backend>(
                 let mut ll = Vec::with_capacity(item.choices.len());
                 for (c, choice) in item.choices.iter().enumerate() {
                     let (prefix, target) = encode_pair(tokenizer, &item.context, choice)?;
-                    let prefix = fit(prefix, &target, block, &mut cost)?;
+                    let prefix = fit(prefix, target.len(), block, &mut cost)?;
                     let seed = item_seed(settings.seed, i, c);
                     ll.push(score(model, &prefix, &target, settings, seed, false, &mut cost)?.0);
                 }
@@ -432,7 +431,7 @@ pub fn evaluate_task<B: Backend>(
             let (mut acc, mut ll) = (vec![], vec![]);
             for (i, item) in items.iter().enumerate() {
                 let (prefix, target) = encode_pair(tokenizer, &item.context, &item.continuation)?;
-                let prefix = fit(prefix, &target, block, &mut cost)?;
+                let prefix = fit(prefix, target.len(), block, &mut cost)?;
                 let seed = item_seed(settings.seed, i, 0);
                 let (l, greedy) = score(model, &prefix, &target, settings, seed, true, &mut cost)?;
                 ll.push(l);
@@ -459,8 +458,7 @@ pub fn evaluate_task<B: Backend>(
                     .iter()
                     .map(|item| {
                         let prefix = encode_prompt(tokenizer, &item.prompt)?;
-                        let target = vec![0; settings.gen_length];
-                        fit(prefix, &target, block, &mut cost)
+                        fit(prefix, settings.gen_length, block, &mut cost)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let generated = generate(model, &prompts, tokenizer, settings, &mut cost)?;
@@ -770,7 +768,7 @@ mod tests {
             .iter()
             .map(|c| {
                 let (p, t) = encode_pair(&tok, &item.context, c).unwrap();
-                let (p, t) = (fit(p, &t, 24, &mut Cost::default()).unwrap(), t);
+                let (p, t) = (fit(p, t.len(), 24, &mut Cost::default()).unwrap(), t);
                 -causal_score(&model, &p, &t).unwrap().0.nll
             })
             .collect();
