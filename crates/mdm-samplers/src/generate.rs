@@ -216,18 +216,16 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 if slots.is_empty() {
                     break;
                 }
-                let logits = self.slot_logits(&x, prompts, &slots, max_len, mask_id)?;
-                let proposals = self.proposals(&slots, logits, vocab, &mut rng)?;
+                let times = (grid[step], grid[step + 1]);
                 let last = step + 1 == steps_per_block;
-                let revealed = reveal(
-                    &mut x,
-                    proposals,
-                    (grid[step], grid[step + 1]),
-                    last,
-                    self.rule.as_ref(),
-                    cfg.counting,
-                    &mut rng,
-                )?;
+                let pass = Pass {
+                    prompts,
+                    slots: &slots,
+                    max_len,
+                    mask_id,
+                    vocab,
+                };
+                let revealed = self.denoise(&mut x, &pass, times, last, &mut rng)?;
                 on_step(&StepEvent {
                     block,
                     step,
@@ -304,18 +302,16 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             if slots.is_empty() {
                 break;
             }
-            let logits = self.slot_logits(&x, &no_prompts, &slots, max_len, mask_id)?;
-            let proposals = self.proposals(&slots, logits, vocab, &mut rng)?;
+            let times = (grid[step], grid[step + 1]);
             let last = step + 1 == cfg.steps;
-            let revealed = reveal(
-                &mut x,
-                proposals,
-                (grid[step], grid[step + 1]),
-                last,
-                self.rule.as_ref(),
-                cfg.counting,
-                &mut rng,
-            )?;
+            let pass = Pass {
+                prompts: &no_prompts,
+                slots: &slots,
+                max_len,
+                mask_id,
+                vocab,
+            };
+            let revealed = self.denoise(&mut x, &pass, times, last, &mut rng)?;
             on_step(&StepEvent {
                 block: 0,
                 step,
@@ -324,6 +320,29 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             });
         }
         Ok(x)
+    }
+
+    /// One denoising step of `x` over `pass.slots`: logits, proposals, then the rule reveals the
+    /// scheduled count. Returns the revealed proposals.
+    fn denoise(
+        &self,
+        x: &mut [Vec<usize>],
+        pass: &Pass<'_>,
+        times: (f32, f32),
+        last: bool,
+        rng: &mut mdm_core::MdmRng,
+    ) -> Result<Vec<Proposal>, SamplerError> {
+        let logits = self.slot_logits(x, pass.prompts, pass.slots, pass.max_len, pass.mask_id)?;
+        let proposals = self.proposals(pass.slots, logits, pass.vocab, rng)?;
+        reveal(
+            x,
+            proposals,
+            times,
+            last,
+            self.rule.as_ref(),
+            self.config.counting,
+            rng,
+        )
     }
 
     /// Proposals for `slots` from their logits: on the device at temperature 0 with probability
@@ -428,6 +447,16 @@ fn to_vec<T: burn::tensor::Element>(data: TensorData, what: &str) -> Result<Vec<
             reason: format!("{e:?}"),
         })
     })
+}
+
+/// What one denoising pass looks at: the rows' prompts (hidden in the CFG pass), the masked slots
+/// to predict, the padded row length, the mask id and the vocabulary size.
+struct Pass<'a> {
+    prompts: &'a [Vec<usize>],
+    slots: &'a [Slot],
+    max_len: usize,
+    mask_id: usize,
+    vocab: usize,
 }
 
 /// Temperature-0 proposals computed on the device from `logits` (`[slots, V]`): the argmax of each slot's logits and its softmax
