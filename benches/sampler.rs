@@ -1,8 +1,9 @@
 //! Sampling cost on Diff_LLaMA_6M, 256 generated tokens after a 16-token prompt, on every backend
 //! compiled in: whole MDM generations with steps = length, length / 4 and length / 16 (the number of
 //! forward passes dominates), the autoregressive baseline with the
-//! KV cache (256 one-token passes), and the sampler's own work in one step (proposals for 256 masked
-//! slots and the reveal, given the logits) to compare with a whole step.
+//! KV cache (256 one-token passes), and the sampler's own work in one step with 256 masked slots
+//! (the temperature-0 proposals the loop uses; the f64 host path with the reveal) next to that
+//! step's forward pass. `generate --profile` measures the share over whole generations.
 //!
 //! `cargo bench --bench sampler -- --noplot`; results in `docs/benchmarks.md`. The steps = length row
 //! takes about 30 s per generation on a 2-core CPU, so its 10 samples take minutes; select rows with
@@ -11,13 +12,13 @@
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion};
 use mdm::burn;
 use mdm::diffusion::rng_from_seed;
 use mdm::models::ModelConfig;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm::samplers::generate::greedy_proposals;
+use mdm::samplers::greedy::greedy_proposals;
 use mdm::samplers::proposal::{masked_slots, Confidence};
 use mdm::samplers::remasking::LowConfidence;
 use mdm::samplers::step::{denoise_step, Counting};
@@ -80,11 +81,26 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
             .expect("step")
         })
     });
-    // the device path used by the loop at temperature 0: logits stay on the device
+    // the loop's temperature-0 proposals (argmax and probability over 32,000 logits per slot), in
+    // place on the host for flex, reduced on the device elsewhere
     let device_logits =
         Tensor::<B, 2>::from_data(TensorData::new(logits.clone(), [slots.len(), v]), device);
-    group.bench_function("device_greedy_proposals_256_slots", |b| {
+    group.bench_function("greedy_proposals_256_slots", |b| {
         b.iter(|| greedy_proposals(&slots, device_logits.clone()).expect("proposals"))
+    });
+    // the forward pass of that step (every generated slot masked), for the ratio
+    let ids: Vec<i64> = x[0].iter().map(|&t| t as i64).collect();
+    let index: Vec<i64> = slots.iter().map(|s| s.pos as i64).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 16 + GEN]), device);
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [GEN]), device);
+    group.bench_function("forward_at_256_slots", |b| {
+        b.iter(|| {
+            let logits = masked
+                .forward_at(ids.clone(), index.clone())
+                .expect("forward");
+            B::sync(device).expect("sync");
+            logits
+        })
     });
     group.finish();
 }

@@ -20,7 +20,7 @@ use mdm::data::Tokenizer;
 use mdm::prelude::*;
 use mdm::samplers::proposal::Confidence;
 use mdm::samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
-use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler};
+use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler, StepTiming};
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 enum Rule {
@@ -82,6 +82,10 @@ struct Args {
     /// Print only the result, not the live denoising.
     #[arg(long)]
     no_live: bool,
+    /// Time every step and print where the time went: the forward passes and the sampler's own
+    /// work (proposals, remasking, bookkeeping).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
@@ -168,6 +172,9 @@ fn main() -> Result<()> {
         } else {
             Counting::PerRow
         });
+    if args.profile {
+        config = config.with_profiling();
+    }
     if let Some(b) = args.block_length {
         config = config.with_block_length(b);
     }
@@ -191,7 +198,12 @@ fn main() -> Result<()> {
     let mask_id = model.mask_id();
     let started = std::time::Instant::now();
     let mut drawn_lines = 0;
+    let (mut timing, mut first_step) = (StepTiming::default(), None);
     let outputs = sampler.generate(&prompts, |event| {
+        if let Some(t) = event.timing {
+            timing += t;
+            first_step.get_or_insert(t);
+        }
         if args.no_live {
             return;
         }
@@ -225,6 +237,18 @@ fn main() -> Result<()> {
         started.elapsed(),
         backend::NAME
     );
+    if let Some(first) = first_step {
+        println!(
+            "profile: forward passes {:.3?}, sampler {:.3?} = {:.1} % of the steps' time \
+             (first step, every slot masked: forward {:.1?}, sampler {:.1?} = {:.1} %)",
+            timing.forward,
+            timing.sampler,
+            100.0 * timing.sampler_share(),
+            first.forward,
+            first.sampler,
+            100.0 * first.sampler_share()
+        );
+    }
     for (p, o) in prompts.iter().zip(&outputs) {
         match tok {
             Some(t) => {

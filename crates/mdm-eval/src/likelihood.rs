@@ -7,7 +7,7 @@ use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
 use mdm_models::{CausalTransformer, MaskedTransformer, ModelError};
-use mdm_samplers::generate::greedy_proposals;
+use mdm_samplers::greedy::greedy_proposals;
 use mdm_samplers::proposal::Slot;
 use thiserror::Error;
 

@@ -1,11 +1,16 @@
 //! The generation loop of a masked diffusion model: prompts in, continuations out.
 
+use std::time::{Duration, Instant};
+
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use mdm_core::cfg::cfg_combine;
 use mdm_core::rng_from_seed;
 use mdm_models::MaskedTransformer;
 
-use crate::proposal::{propose_with, Confidence, Proposal, Slot};
+use crate::draw::draw_proposals;
+use crate::greedy::greedy_proposals;
+use crate::host::with_host_f32;
+use crate::proposal::{Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
 use crate::step::{check_prompts, reveal, Counting, SamplerError};
@@ -34,6 +39,9 @@ pub struct GenerationConfig {
     pub eos_id: Option<usize>,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Time every step ([`StepEvent::timing`]): the device is synchronised after each forward pass
+    /// so that asynchronous backends are timed correctly.
+    pub profile: bool,
 }
 
 impl Default for GenerationConfig {
@@ -48,6 +56,7 @@ impl Default for GenerationConfig {
             counting: Counting::PerRow,
             eos_id: None,
             seed: 0,
+            profile: false,
         }
     }
 }
@@ -98,6 +107,11 @@ impl GenerationConfig {
         self.seed = seed;
         self
     }
+    /// Builder: time every step (see [`StepTiming`]).
+    pub fn with_profiling(mut self) -> Self {
+        self.profile = true;
+        self
+    }
 
     /// `(blocks, block length, steps per block)`, checked.
     fn blocks(&self) -> Result<(usize, usize, usize), SamplerError> {
@@ -134,6 +148,39 @@ pub struct StepEvent<'a> {
     pub tokens: &'a [Vec<usize>],
     /// Slots revealed by this step, with their tokens and confidences.
     pub revealed: &'a [Proposal],
+    /// Where the step's time went, when [`GenerationConfig::profile`] is on.
+    pub timing: Option<StepTiming>,
+}
+
+/// Wall-clock time of one denoising step: the model's forward pass (synchronised with the device)
+/// and the sampler's own work, which is everything else in the step: the slot list, the input
+/// tensors, CFG's combination, the proposals (argmax and confidence over the vocabulary), the
+/// remasking rule and the bookkeeping. The step callback is not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTiming {
+    /// The forward pass (`MaskedTransformer::forward_at_padded`) and the device synchronisation.
+    pub forward: Duration,
+    /// Everything else in the step.
+    pub sampler: Duration,
+}
+
+impl StepTiming {
+    /// The sampler's share of the step, `sampler / (forward + sampler)`.
+    pub fn sampler_share(&self) -> f64 {
+        let total = (self.forward + self.sampler).as_secs_f64();
+        if total > 0.0 {
+            self.sampler.as_secs_f64() / total
+        } else {
+            0.0
+        }
+    }
+}
+
+impl std::ops::AddAssign for StepTiming {
+    fn add_assign(&mut self, other: Self) {
+        self.forward += other.forward;
+        self.sampler += other.sampler;
+    }
 }
 
 /// Generates continuations from a [`MaskedTransformer`] with a remasking rule.
@@ -203,6 +250,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         let mut done = vec![false; batch];
         for block in 0..blocks {
             for step in 0..steps_per_block {
+                let started = Instant::now();
                 let slots: Vec<Slot> = (0..batch)
                     .filter(|&row| !done[row])
                     .flat_map(|row| {
@@ -225,12 +273,17 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                     mask_id,
                     vocab,
                 };
-                let revealed = self.denoise(&mut x, &pass, times, last, &mut rng)?;
+                let (revealed, timing) = self.denoise(&mut x, &pass, times, last, &mut rng)?;
+                let timing = timing.map(|forward| StepTiming {
+                    forward,
+                    sampler: started.elapsed().saturating_sub(forward),
+                });
                 on_step(&StepEvent {
                     block,
                     step,
                     tokens: &x,
                     revealed: &revealed,
+                    timing,
                 });
                 if let Some(eos) = cfg.eos_id {
                     for row in 0..batch {
@@ -289,6 +342,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         let grid = timesteps(cfg.steps, DEFAULT_EPS);
         let mut rng = rng_from_seed(cfg.seed);
         for step in 0..cfg.steps {
+            let started = Instant::now();
             let slots: Vec<Slot> = x
                 .iter()
                 .enumerate()
@@ -311,19 +365,24 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 mask_id,
                 vocab,
             };
-            let revealed = self.denoise(&mut x, &pass, times, last, &mut rng)?;
+            let (revealed, timing) = self.denoise(&mut x, &pass, times, last, &mut rng)?;
+            let timing = timing.map(|forward| StepTiming {
+                forward,
+                sampler: started.elapsed().saturating_sub(forward),
+            });
             on_step(&StepEvent {
                 block: 0,
                 step,
                 tokens: &x,
                 revealed: &revealed,
+                timing,
             });
         }
         Ok(x)
     }
 
     /// One denoising step of `x` over `pass.slots`: logits, proposals, then the rule reveals the
-    /// scheduled count. Returns the revealed proposals.
+    /// scheduled count. Returns the revealed proposals and, when profiling, the forward pass's time.
     fn denoise(
         &self,
         x: &mut [Vec<usize>],
@@ -331,10 +390,11 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         times: (f32, f32),
         last: bool,
         rng: &mut mdm_core::MdmRng,
-    ) -> Result<Vec<Proposal>, SamplerError> {
-        let logits = self.slot_logits(x, pass.prompts, pass.slots, pass.max_len, pass.mask_id)?;
+    ) -> Result<(Vec<Proposal>, Option<Duration>), SamplerError> {
+        let (logits, forward) =
+            self.slot_logits(x, pass.prompts, pass.slots, pass.max_len, pass.mask_id)?;
         let proposals = self.proposals(pass.slots, logits, pass.vocab, rng)?;
-        reveal(
+        let revealed = reveal(
             x,
             proposals,
             times,
@@ -342,11 +402,13 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             self.rule.as_ref(),
             self.config.counting,
             rng,
-        )
+        )?;
+        Ok((revealed, forward))
     }
 
-    /// Proposals for `slots` from their logits: on the device at temperature 0 with probability
-    /// confidence, otherwise on the host in f64 (Gumbel draw, any confidence).
+    /// Proposals for `slots` from their logits: [`greedy_proposals`] at temperature 0 with
+    /// probability confidence (on the device where the logits are), otherwise [`draw_proposals`]
+    /// on the host.
     fn proposals(
         &self,
         slots: &[Slot],
@@ -358,20 +420,14 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         if cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability {
             return greedy_proposals(slots, logits);
         }
-        let host: Vec<f32> = to_vec(logits.into_data(), "slot logits")?;
-        Ok(propose_with(
-            slots,
-            &host,
-            vocab,
-            cfg.temperature,
-            cfg.confidence,
-            rng,
-        )?)
+        with_host_f32(logits, "slot logits", |host| {
+            draw_proposals(slots, host, vocab, cfg.temperature, cfg.confidence, rng)
+        })?
     }
 
-    /// Logits `[slots, V]` at `slots` (on the device), guided when asked. Only the rows that own a
-    /// slot go through the model, so rows stopped at EOS (or without masks in the current block)
-    /// cost nothing.
+    /// Logits `[slots, V]` at `slots` (on the device), guided when asked, and the forward pass's
+    /// time when profiling. Only the rows that own a slot go through the model, so rows stopped at
+    /// EOS (or without masks in the current block) cost nothing.
     fn slot_logits(
         &self,
         x: &[Vec<usize>],
@@ -379,7 +435,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         slots: &[Slot],
         max_len: usize,
         mask_id: usize,
-    ) -> Result<Tensor<B, 2>, SamplerError> {
+    ) -> Result<(Tensor<B, 2>, Option<Duration>), SamplerError> {
         let device = self.model.net.lm_head.weight.device();
         // rows of the pass: those with slots (slots are row-major), and their position in the pass
         let mut active: Vec<usize> = slots.iter().map(|s| s.row).collect();
@@ -429,24 +485,27 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         let ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), max_len]), &device);
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
+        let started = Instant::now();
         let mut logits = self.model.forward_at_padded(ids, padding, index)?;
+        let forward = if self.config.profile {
+            B::sync(&device).map_err(|e| {
+                SamplerError::Model(mdm_models::ModelError::ReadBack {
+                    key: "forward pass".into(),
+                    reason: format!("{e:?}"),
+                })
+            })?;
+            Some(started.elapsed())
+        } else {
+            None
+        };
         if let Some(w) = self.config.cfg_scale {
             let half = n / 2;
             let cond = logits.clone().narrow(0, 0, half);
             let uncond = logits.narrow(0, half, half);
             logits = cfg_combine(cond, uncond, w)?;
         }
-        Ok(logits)
+        Ok((logits, forward))
     }
-}
-
-fn to_vec<T: burn::tensor::Element>(data: TensorData, what: &str) -> Result<Vec<T>, SamplerError> {
-    data.convert::<T>().into_vec::<T>().map_err(|e| {
-        SamplerError::Model(mdm_models::ModelError::ReadBack {
-            key: what.into(),
-            reason: format!("{e:?}"),
-        })
-    })
 }
 
 /// What one denoising pass looks at: the rows' prompts (hidden in the CFG pass), the masked slots
@@ -459,34 +518,9 @@ struct Pass<'a> {
     vocab: usize,
 }
 
-/// Temperature-0 proposals computed on the device from `logits` (`[slots, V]`): the argmax of each slot's logits and its softmax
-/// probability `exp(max - logsumexp)`. Only `3 x slots` numbers are read back instead of
-/// `slots x V` logits; the log-sum-exp is taken in f32 on the device and the exponential in f64 on
-/// the host (confidence within ~1e-7 relative of SMDM's float64 value).
-pub fn greedy_proposals<B: Backend>(
-    slots: &[Slot],
-    logits: Tensor<B, 2>,
-) -> Result<Vec<Proposal>, SamplerError> {
-    let (max, index) = logits.clone().max_dim_with_indices(1);
-    let log_sum_exp = (logits - max.clone()).exp().sum_dim(1).log() + max.clone();
-    let tokens: Vec<i64> = to_vec(index.into_data(), "argmax")?;
-    let max: Vec<f32> = to_vec(max.into_data(), "max logit")?;
-    let lse: Vec<f32> = to_vec(log_sum_exp.into_data(), "logsumexp")?;
-    Ok(slots
-        .iter()
-        .enumerate()
-        .map(|(i, &slot)| Proposal {
-            slot,
-            token: tokens[i] as usize,
-            confidence: (max[i] as f64 - lse[i] as f64).exp(),
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proposal::propose;
     use burn::backend::Flex;
 
     #[test]
@@ -525,28 +559,5 @@ mod tests {
         }
         let guided = MaskedDiffusionSampler::new(&model, config.with_cfg_scale(1.0));
         assert!(guided.infill(&rows, |_| {}).is_err());
-    }
-
-    #[test]
-    fn device_greedy_proposals_equal_host_proposals() {
-        let (n, v) = (40, 300);
-        let host: Vec<f32> = (0..n * v)
-            .map(|i| (((i * 7919) % 1013) as f32 / 97.0).sin() * 6.0)
-            .collect();
-        let slots: Vec<Slot> = (0..n).map(|pos| Slot { row: pos % 3, pos }).collect();
-        let logits = Tensor::<Flex, 2>::from_data(
-            TensorData::new(host.clone(), [n, v]),
-            &Default::default(),
-        );
-        let device = greedy_proposals(&slots, logits).unwrap();
-        let exact = propose(&slots, &host, v, 0.0, &mut rng_from_seed(0)).unwrap();
-        for (d, e) in device.iter().zip(&exact) {
-            assert_eq!(d.token, e.token);
-            assert_eq!(d.slot, e.slot);
-            assert!(
-                (d.confidence - e.confidence).abs() <= 1e-6 * e.confidence,
-                "{d:?} {e:?}"
-            );
-        }
     }
 }

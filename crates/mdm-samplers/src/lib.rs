@@ -5,6 +5,10 @@
 //!   and how many masked slots a step reveals, `floor(n_masked * (1 - s/t))`;
 //! - [`proposal`]: a token for every masked slot (Gumbel-max draw with temperature, in f64) and its
 //!   confidence: the softmax probability of that token, or Dream's margin or negative entropy;
+//! - [`greedy`]: the temperature-0 proposals (argmax and its probability) computed in place on
+//!   the host by a vectorised kernel ([`kernel`], [`host`]), or reduced on the device;
+//! - [`draw`]: proposals at any temperature and confidence by the same kernels (one uniform per
+//!   slot: the distribution of SMDM's Gumbel-max draw);
 //! - [`remasking`]: which proposals are revealed: low-confidence remasking (SMDM's `greddy`,
 //!   LLaDA's `low_confidence`), random remasking, ancestral (SMDM's `origin`); new rules implement
 //!   [`remasking::Remasking`];
@@ -61,11 +65,15 @@
 //! ```
 
 pub mod autoregressive;
+pub mod draw;
 pub mod generate;
+pub mod greedy;
+pub mod host;
+pub mod kernel;
 pub mod proposal;
 pub mod remasking;
 pub mod schedule;
 pub mod step;
 
-pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepEvent};
+pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepEvent, StepTiming};
 pub use step::{Counting, SamplerError};

@@ -30,6 +30,14 @@ pub enum SamplerError {
     /// The model failed (sequence too long, device read-back).
     #[error(transparent)]
     Model(#[from] mdm_models::ModelError),
+    /// The model's logits at a slot hold NaN or infinity, or are `-inf` everywhere.
+    #[error("the logits at slot (row {row}, position {pos}) are not finite: the model diverged")]
+    NonFiniteLogits {
+        /// Row.
+        row: usize,
+        /// Position.
+        pos: usize,
+    },
     /// A slot outside the batch.
     #[error("slot (row {row}, position {pos}) is outside the batch")]
     Slot {
