@@ -24,6 +24,26 @@ pub fn cfg_combine<B: Backend, const D: usize>(
     Ok(uncond.clone() + (cond - uncond) * (cfg_scale + 1.0))
 }
 
+/// [`cfg_combine`] on host values: `uncond + (cond - uncond) * (cfg_scale + 1)` element by element
+/// in f32, the same operations in the same order as the tensor version (so both give the same
+/// bits); `cond` itself when `cfg_scale` is 0.
+pub fn cfg_combine_host(
+    cond: &[f32],
+    uncond: &[f32],
+    cfg_scale: f64,
+) -> Result<Vec<f32>, CoreError> {
+    check_shape("uncond logits", &[cond.len()], &[uncond.len()])?;
+    if cfg_scale == 0.0 {
+        return Ok(cond.to_vec());
+    }
+    let factor = (cfg_scale + 1.0) as f32;
+    Ok(cond
+        .iter()
+        .zip(uncond)
+        .map(|(&c, &u)| u + (c - u) * factor)
+        .collect())
+}
+
 /// The unconditional input: `ids` (`[batch, seq_len]`) with the first `prompt_len[b]` positions of
 /// row `b` replaced by `mask_id`.
 pub fn unconditional_input<B: Backend>(
@@ -70,6 +90,27 @@ pub fn split_guided<B: Backend, const D: usize>(
 mod tests {
     use super::*;
     use burn::backend::Flex;
+
+    #[test]
+    fn host_combination_equals_the_tensor_one_bit_for_bit() {
+        let device = Default::default();
+        let cond: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 7.0).collect();
+        let uncond: Vec<f32> = (0..64).map(|i| (i as f32 * 0.11).cos() * 5.0).collect();
+        let t = |v: &Vec<f32>| Tensor::<Flex, 1>::from_floats(v.as_slice(), &device);
+        for w in [0.0, 0.5, 1.0, 3.7] {
+            let host = cfg_combine_host(&cond, &uncond, w).unwrap();
+            let tensor: Vec<f32> = cfg_combine(t(&cond), t(&uncond), w)
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_eq!(host, tensor, "w = {w}");
+        }
+        // w = 1: u + 2 (c - u) by hand
+        let host = cfg_combine_host(&[3.0], &[1.0], 1.0).unwrap();
+        assert_eq!(host, vec![5.0]);
+        assert!(cfg_combine_host(&cond, &uncond[1..], 1.0).is_err());
+    }
 
     #[test]
     fn combine_formula_and_w0() {

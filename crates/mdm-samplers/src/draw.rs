@@ -8,9 +8,9 @@
 //! tokens drawn for a seed differ from [`propose_with`](crate::proposal::propose_with)'s (the f64
 //! reference, kept for tests), their distribution does not.
 //!
-//! Confidences: the softmax probability of the token (at temperature 1, as SMDM) from the same
-//! pass; Dream's margin and negative entropy in f64 by
-//! [`Confidence::measure`](crate::proposal::Confidence::measure), in parallel over the slots.
+//! Confidences, from the same kernels: the softmax probability of the token (at temperature 1, as
+//! SMDM), Dream's margin and negative entropy (equal to
+//! [`Confidence::measure`](crate::proposal::Confidence::measure)'s f64 values within 1e-6).
 
 use mdm_core::{CoreError, MdmRng};
 use rand::Rng;
@@ -53,17 +53,22 @@ pub fn draw_proposals(
         vec![0.0; slots.len()]
     };
     let draw_row = |(row, &u): (&[f32], &f64)| {
-        let (token, probability) = if temperature > 0.0 {
-            sample_row(row, u, temperature as f32)
+        let Some(top) = row_max(row) else {
+            return (0, f64::NAN);
+        };
+        let normaliser: f64 = row
+            .chunks(BLOCK)
+            .map(|block| kernel::exp_sum(block, top, 1.0))
+            .sum();
+        let token = if temperature > 0.0 {
+            sample_row(row, top, u, temperature as f32)
         } else {
-            kernel::greedy_row(row)
+            Some(kernel::first_index(row, 0, top))
         };
-        let value = match confidence {
-            Confidence::Probability => probability,
-            other if probability.is_finite() => other.measure(row, token),
-            _ => f64::NAN,
-        };
-        (token, value)
+        match token {
+            Some(token) => (token, measure(row, token, top, normaliser, confidence)),
+            None => (0, f64::NAN),
+        }
     };
     let results: Vec<(usize, f64)> = if logits.len() >= 1 << 20 {
         logits
@@ -99,32 +104,52 @@ pub fn draw_proposals(
         .collect()
 }
 
-/// `(token drawn from softmax(row / temperature) by inverse CDF at u in [0, 1), its softmax
-/// probability at temperature 1)`; the probability is NaN for a row with NaN, `+inf` or only
-/// `-inf`.
-fn sample_row(row: &[f32], u: f64, temperature: f32) -> (usize, f64) {
+/// The row's maximum, or `None` for a row with NaN, `+inf` or only `-inf`.
+fn row_max(row: &[f32]) -> Option<f32> {
     let mut top = f32::NEG_INFINITY;
     for block in row.chunks(BLOCK) {
         top = top.max(kernel::max(block));
         if top.is_nan() {
-            return (0, f64::NAN);
+            return None;
         }
     }
-    if !top.is_finite() {
-        return (0, f64::NAN);
+    top.is_finite().then_some(top)
+}
+
+/// The confidence of `token`, given the row's maximum `top` and `normaliser = sum exp(x - top)`:
+/// the probability `exp(l - top) / S`; the margin `(1 - exp(second - top)) / S` with `second` the
+/// largest logit besides the first maximum (equal to `top` on a tie: margin 0); the negative
+/// entropy `sum p ln p = sum exp(x - top) (x - top) / S - ln S`.
+fn measure(row: &[f32], token: usize, top: f32, normaliser: f64, confidence: Confidence) -> f64 {
+    match confidence {
+        Confidence::Probability => f64::from(row[token] - top).exp() / normaliser,
+        Confidence::Margin => {
+            let first = kernel::first_index(row, 0, top);
+            let second = row[..first]
+                .chunks(BLOCK)
+                .chain(row[first + 1..].chunks(BLOCK))
+                .map(kernel::max)
+                .fold(f32::NEG_INFINITY, f32::max);
+            (1.0 - f64::from(second - top).exp()) / normaliser
+        }
+        Confidence::NegEntropy => {
+            let weighted: f64 = row
+                .chunks(BLOCK)
+                .map(|block| kernel::exp_times_exponent_sum(block, top))
+                .sum();
+            weighted / normaliser - normaliser.ln()
+        }
     }
+}
+
+/// The token drawn from `softmax(row / temperature)` by inverse CDF at `u` in `[0, 1)`, given the
+/// row's finite maximum `top` (`None` if no entry has weight).
+fn sample_row(row: &[f32], top: f32, u: f64, temperature: f32) -> Option<usize> {
     let scale = 1.0 / temperature;
     let tempered: Vec<f64> = row
         .chunks(BLOCK)
         .map(|block| kernel::exp_sum(block, top, scale))
         .collect();
-    let normaliser: f64 = if scale == 1.0 {
-        tempered.iter().sum()
-    } else {
-        row.chunks(BLOCK)
-            .map(|block| kernel::exp_sum(block, top, 1.0))
-            .sum()
-    };
     let target = u * tempered.iter().sum::<f64>();
     // the block where the running sum passes the target (the last one with weight when rounding
     // leaves the target beyond the end), then the token inside it
@@ -139,9 +164,7 @@ fn sample_row(row: &[f32], u: f64, temperature: f32) -> (usize, f64) {
         }
         before += weight;
     }
-    let Some((b, before)) = chosen else {
-        return (0, f64::NAN);
-    };
+    let (b, before) = chosen?;
     let start = b * BLOCK;
     let mut running = before;
     let mut token = None;
@@ -158,10 +181,7 @@ fn sample_row(row: &[f32], u: f64, temperature: f32) -> (usize, f64) {
             break;
         }
     }
-    match token {
-        Some(t) => (t, f64::from(row[t] - top).exp() / normaliser),
-        None => (0, f64::NAN),
-    }
+    token
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
-use mdm_core::cfg::cfg_combine;
+use mdm_core::cfg::{cfg_combine, cfg_combine_host};
 use mdm_core::rng_from_seed;
 use mdm_models::MaskedTransformer;
 
 use crate::draw::draw_proposals;
-use crate::greedy::greedy_proposals;
-use crate::host::with_host_f32;
+use crate::greedy::{greedy_proposals, greedy_proposals_host};
+use crate::host::{host_f32, with_host_f32};
 use crate::proposal::{Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
@@ -406,9 +406,10 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         Ok((revealed, forward))
     }
 
-    /// Proposals for `slots` from their logits: [`greedy_proposals`] at temperature 0 with
-    /// probability confidence (on the device where the logits are), otherwise [`draw_proposals`]
-    /// on the host.
+    /// Proposals for `slots` from their logits (guided first when CFG is on): where the backend keeps
+    /// the logits in host memory (flex) they are read in place ([`greedy_proposals_host`] at
+    /// temperature 0 with probability confidence, [`draw_proposals`] otherwise); elsewhere the
+    /// guidance and the greedy reduction run on the device.
     fn proposals(
         &self,
         slots: &[Slot],
@@ -417,7 +418,33 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         rng: &mut mdm_core::MdmRng,
     ) -> Result<Vec<Proposal>, SamplerError> {
         let cfg = &self.config;
-        if cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability {
+        let greedy = cfg.temperature == 0.0 && cfg.confidence == Confidence::Probability;
+        let primitive = logits.into_primitive();
+        if let Some(values) = host_f32::<B>(&primitive) {
+            // in place on the host, guided here in one pass when CFG is on
+            let guided;
+            let values = match cfg.cfg_scale {
+                Some(w) => {
+                    let (cond, uncond) = values.split_at(values.len() / 2);
+                    guided = cfg_combine_host(cond, uncond, w)?;
+                    &guided[..]
+                }
+                None => values,
+            };
+            return if greedy {
+                greedy_proposals_host(slots, values, vocab)
+            } else {
+                draw_proposals(slots, values, vocab, cfg.temperature, cfg.confidence, rng)
+            };
+        }
+        let mut logits = Tensor::<B, 2>::from_primitive(primitive);
+        if let Some(w) = cfg.cfg_scale {
+            let half = logits.dims()[0] / 2;
+            let cond = logits.clone().narrow(0, 0, half);
+            let uncond = logits.narrow(0, half, half);
+            logits = cfg_combine(cond, uncond, w)?;
+        }
+        if greedy {
             return greedy_proposals(slots, logits);
         }
         with_host_f32(logits, "slot logits", |host| {
@@ -425,8 +452,8 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         })?
     }
 
-    /// Logits `[slots, V]` at `slots` (on the device), guided when asked, and the forward pass's
-    /// time when profiling. Only the rows that own a slot go through the model, so rows stopped at
+    /// Logits at `slots` (on the device): `[slots, V]`, or with CFG `[2 slots, V]` (conditional rows
+    /// first, combined by [`Self::proposals`]), and the forward pass's time when profiling. Only the rows that own a slot go through the model, so rows stopped at
     /// EOS (or without masks in the current block) cost nothing.
     fn slot_logits(
         &self,
@@ -486,7 +513,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), max_len]), &device);
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
         let started = Instant::now();
-        let mut logits = self.model.forward_at_padded(ids, padding, index)?;
+        let logits = self.model.forward_at_padded(ids, padding, index)?;
         let forward = if self.config.profile {
             B::sync(&device).map_err(|e| {
                 SamplerError::Model(mdm_models::ModelError::ReadBack {
@@ -498,12 +525,6 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         } else {
             None
         };
-        if let Some(w) = self.config.cfg_scale {
-            let half = n / 2;
-            let cond = logits.clone().narrow(0, 0, half);
-            let uncond = logits.narrow(0, half, half);
-            logits = cfg_combine(cond, uncond, w)?;
-        }
         Ok((logits, forward))
     }
 }

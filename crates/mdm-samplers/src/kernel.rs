@@ -52,6 +52,18 @@ pub fn exp_sum(block: &[f32], reference: f32, scale: f32) -> f64 {
     portable::exp_sum(block, reference, scale)
 }
 
+/// `sum exp(x - reference) * (x - reference)` over `block` for `reference >= max(block)`, the
+/// exponent clamped at -87 (so `-inf` entries add nothing); NaN when the block holds a NaN. With
+/// the sum of exponentials `S` this gives the entropy term `sum p ln p = this / S - ln S`.
+pub fn exp_times_exponent_sum(block: &[f32], reference: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { avx2::exp_times_exponent_sum(block, reference) };
+    }
+    portable::exp_times_exponent_sum(block, reference)
+}
+
 /// `(first index of the maximum, its softmax probability 1 / sum exp(x - max))` of one row, in one
 /// pass over blocks (a block's maximum, then its exponentials while it is in the L1 cache, the
 /// running sum rescaled when the maximum grows). Blocks of `-inf` only contribute nothing; a NaN
@@ -122,6 +134,38 @@ pub mod portable {
             .sum();
         lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
     }
+
+    /// `x - reference` clamped below at -87 (NaN stays NaN).
+    #[inline(always)]
+    fn exponent(x: f32, reference: f32) -> f32 {
+        let d = x - reference;
+        if d < -87.0 {
+            -87.0
+        } else {
+            d
+        }
+    }
+
+    /// See [`super::exp_times_exponent_sum`].
+    pub fn exp_times_exponent_sum(block: &[f32], reference: f32) -> f64 {
+        let mut lanes = [0.0f32; 8];
+        let mut eights = block.chunks_exact(8);
+        for c in &mut eights {
+            for (lane, &x) in lanes.iter_mut().zip(c) {
+                let d = exponent(x, reference);
+                *lane += exp_nonpositive(d) * d;
+            }
+        }
+        let rest: f64 = eights
+            .remainder()
+            .iter()
+            .map(|&x| {
+                let d = exponent(x, reference);
+                f64::from(exp_nonpositive(d) * d)
+            })
+            .sum();
+        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
+    }
 }
 
 /// AVX2 + FMA: 16 logits per iteration in two accumulators.
@@ -181,6 +225,31 @@ mod avx2 {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
         let total: f64 = lanes.iter().map(|&x| f64::from(x)).sum();
         total + super::portable::exp_sum(&block[i..], reference, scale)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_times_exponent_sum(block: &[f32], reference: f32) -> f64 {
+        let (ptr, len) = (block.as_ptr(), block.len());
+        let (r, floor) = (_mm256_set1_ps(reference), _mm256_set1_ps(-87.0));
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= len {
+            // SAFETY: i + 16 <= len, so both 8-lane loads are inside the block
+            let (a, b) = unsafe { (_mm256_loadu_ps(ptr.add(i)), _mm256_loadu_ps(ptr.add(i + 8))) };
+            // max(floor, d) returns d when d is NaN
+            let da = _mm256_max_ps(floor, _mm256_sub_ps(a, r));
+            let db = _mm256_max_ps(floor, _mm256_sub_ps(b, r));
+            s0 = _mm256_fmadd_ps(exp8(da), da, s0);
+            s1 = _mm256_fmadd_ps(exp8(db), db, s1);
+            i += 16;
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
+        let total: f64 = lanes.iter().map(|&x| f64::from(x)).sum();
+        total + super::portable::exp_times_exponent_sum(&block[i..], reference)
     }
 
     /// [`exp_nonpositive`](super::exp_nonpositive) on 8 lanes: the same reduction and polynomial,
@@ -267,6 +336,10 @@ mod tests {
                 y[at] = f32::NAN;
                 assert!(max(&y).is_nan() && portable::max(&y).is_nan(), "{len} {at}");
                 assert!(exp_sum(&y, exact_max, 1.0).is_nan());
+                assert!(exp_times_exponent_sum(&y, exact_max).is_nan());
+                y[at] = f32::NEG_INFINITY;
+                let finite = exp_times_exponent_sum(&y, exact_max);
+                assert!(finite.is_finite() && finite <= 0.0);
             }
         }
         assert_eq!(max(&[]), f32::NEG_INFINITY);

@@ -260,3 +260,46 @@ fn rows_stopped_at_eos_leave_the_batch_without_changing_the_others() {
         "{pass_rows:?}"
     );
 }
+
+/// On flex the logits are read in place and guided on the host; under `Autodiff<Flex>` (whose
+/// tensors cannot be lent) guidance and the greedy reduction run as tensor operations. Same
+/// weights, same tokens, for every kind of step; profiling reports both parts of every step.
+#[test]
+fn in_place_and_device_paths_generate_the_same_tokens() {
+    use burn::backend::Autodiff;
+    use mdm_samplers::proposal::Confidence;
+    let config = ModelConfig::custom(300, 2, 4, 32, 64, 64);
+    let flex = config.init_masked::<Flex>(5, &Default::default()).unwrap();
+    let autodiff = config
+        .init_masked::<Autodiff<Flex>>(5, &Default::default())
+        .unwrap();
+    let prompts = vec![vec![1, 2, 3, 4], vec![9, 8]];
+    let base = GenerationConfig::default()
+        .with_gen_length(12)
+        .with_steps(6)
+        .with_seed(4);
+    for generation in [
+        base.clone(),
+        base.clone().with_cfg_scale(1.5),
+        base.clone().with_temperature(0.8),
+        base.clone()
+            .with_temperature(0.8)
+            .with_cfg_scale(0.5)
+            .with_confidence(Confidence::Margin),
+        base.clone().with_confidence(Confidence::NegEntropy),
+    ] {
+        let mut steps = 0;
+        let in_place = MaskedDiffusionSampler::new(&flex, generation.clone().with_profiling())
+            .generate(&prompts, |event| {
+                let timing = event.timing.expect("profiling is on");
+                assert!(timing.forward > std::time::Duration::ZERO);
+                steps += 1;
+            })
+            .unwrap();
+        assert_eq!(steps, 6);
+        let device = MaskedDiffusionSampler::new(&autodiff, generation.clone())
+            .generate(&prompts, |event| assert!(event.timing.is_none()))
+            .unwrap();
+        assert_eq!(in_place, device, "{generation:?}");
+    }
+}
