@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use mdm_core::gumbel::sample_tokens;
 use mdm_core::rng_from_seed;
 use mdm_models::{CausalTransformer, KvCache};
 
+use crate::draw::draw_proposals;
+use crate::host::{read_back, with_host_f32};
+use crate::proposal::{Confidence, Slot};
 use crate::step::{check_prompts, SamplerError};
 
 /// Options of autoregressive generation.
@@ -14,7 +16,8 @@ use crate::step::{check_prompts, SamplerError};
 pub struct AutoregressiveConfig {
     /// Most tokens generated per row.
     pub max_new_tokens: usize,
-    /// Temperature of the Gumbel draw (0 = argmax), the same semantics as the MDM sampler.
+    /// Temperature (0 = argmax): tokens drawn from `softmax(logits / T)` as by the MDM sampler
+    /// ([`draw_proposals`]).
     pub temperature: f64,
     /// Stop a row at this id (excluded from the output).
     pub eos_id: Option<usize>,
@@ -73,11 +76,30 @@ pub fn generate_autoregressive<B: Backend>(
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), prompt_len]), &device);
         let mut cache = KvCache::new(model);
         let mut finished = vec![false; rows.len()];
-        for _ in 0..config.max_new_tokens {
+        for step in 0..config.max_new_tokens {
             let logits = model.forward_cached(input, &mut cache)?;
             let [batch, len, v] = logits.dims();
             let last = logits.narrow(1, len - 1, 1).reshape([batch, v]);
-            let next = sample_tokens(last, config.temperature, &mut rng)?;
+            let next = if config.temperature == 0.0 {
+                read_back::<i64>(last.argmax(1).into_data(), "argmax")?
+                    .into_iter()
+                    .map(|t| t as usize)
+                    .collect()
+            } else {
+                // the position each token is drawn for, to name it if its logits are not finite
+                let slots: Vec<Slot> = rows
+                    .iter()
+                    .map(|&row| Slot {
+                        row,
+                        pos: prompt_len + step,
+                    })
+                    .collect();
+                let proposals = with_host_f32(last, "next-token logits", |host| {
+                    let (t, confidence) = (config.temperature, Confidence::Probability);
+                    draw_proposals(&slots, host, v, t, confidence, &mut rng)
+                })??;
+                proposals.into_iter().map(|p| p.token).collect::<Vec<_>>()
+            };
             for (i, &tok) in next.iter().enumerate() {
                 if finished[i] {
                     continue;
