@@ -198,11 +198,11 @@ fn main() -> Result<()> {
     let mask_id = model.mask_id();
     let started = std::time::Instant::now();
     let mut drawn_lines = 0;
-    let (mut timing, mut first_step) = (StepTiming::default(), None);
+    let (mut timing, mut shares) = (StepTiming::default(), Vec::new());
     let outputs = sampler.generate(&prompts, |event| {
         if let Some(t) = event.timing {
             timing += t;
-            first_step.get_or_insert(t);
+            shares.push(t.sampler_share());
         }
         if args.no_live {
             return;
@@ -237,16 +237,17 @@ fn main() -> Result<()> {
         started.elapsed(),
         backend::NAME
     );
-    if let Some(first) = first_step {
+    if !shares.is_empty() {
+        shares.sort_by(f64::total_cmp);
         println!(
-            "profile: forward passes {:.3?}, sampler {:.3?} = {:.1} % of the steps' time \
-             (first step, every slot masked: forward {:.1?}, sampler {:.1?} = {:.1} %)",
+            "profile: {} steps, forward passes {:.3?}, sampler {:.3?} = {:.1} % of the steps' time \
+             (per step: median {:.1} %, largest {:.1} %)",
+            shares.len(),
             timing.forward,
             timing.sampler,
             100.0 * timing.sampler_share(),
-            first.forward,
-            first.sampler,
-            100.0 * first.sampler_share()
+            100.0 * shares[shares.len() / 2],
+            100.0 * shares[shares.len() - 1],
         );
     }
     for (p, o) in prompts.iter().zip(&outputs) {

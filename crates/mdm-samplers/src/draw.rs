@@ -56,12 +56,13 @@ pub fn draw_proposals(
         let Some(top) = row_max(row) else {
             return (0, f64::NAN);
         };
-        let normaliser: f64 = row
+        let block_sums: Vec<f64> = row
             .chunks(BLOCK)
             .map(|block| kernel::exp_sum(block, top, 1.0))
-            .sum();
+            .collect();
+        let normaliser: f64 = block_sums.iter().sum();
         let token = if temperature > 0.0 {
-            sample_row(row, top, u, temperature as f32)
+            sample_row(row, top, u, temperature as f32, &block_sums)
         } else {
             Some(kernel::first_index(row, 0, top))
         };
@@ -143,13 +144,23 @@ fn measure(row: &[f32], token: usize, top: f32, normaliser: f64, confidence: Con
 }
 
 /// The token drawn from `softmax(row / temperature)` by inverse CDF at `u` in `[0, 1)`, given the
-/// row's finite maximum `top` (`None` if no entry has weight).
-fn sample_row(row: &[f32], top: f32, u: f64, temperature: f32) -> Option<usize> {
+/// row's finite maximum `top` and its blocks' sums of `exp(x - top)` (reused at temperature 1);
+/// `None` if no entry has weight.
+fn sample_row(
+    row: &[f32],
+    top: f32,
+    u: f64,
+    temperature: f32,
+    block_sums: &[f64],
+) -> Option<usize> {
     let scale = 1.0 / temperature;
-    let tempered: Vec<f64> = row
-        .chunks(BLOCK)
-        .map(|block| kernel::exp_sum(block, top, scale))
-        .collect();
+    let tempered: Vec<f64> = if scale == 1.0 {
+        block_sums.to_vec()
+    } else {
+        row.chunks(BLOCK)
+            .map(|block| kernel::exp_sum(block, top, scale))
+            .collect()
+    };
     let target = u * tempered.iter().sum::<f64>();
     // the block where the running sum passes the target (the last one with weight when rounding
     // leaves the target beyond the end), then the token inside it
