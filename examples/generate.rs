@@ -4,6 +4,7 @@
 //! cargo run --release --example generate -- --prompt "1 450 4996" --gen-length 32 --steps 16
 //! cargo run --release --example generate -- --checkpoint runs/mdm --prompt "1 2 3" --cfg-scale 0.5
 //! cargo run --release --example generate -- --batch-file prompts.txt --no-live
+//! cargo run --release --example generate -- --gen-length 256 --steps 64 --no-live --profile
 //! cargo run --release --example generate -- --checkpoint runs/kjv-mdm/model --prompt "And God said"
 //! ```
 //! With a tokenizer (`--tokenizer FILE`, or `tokenizer.json` inside the checkpoint folder, as

@@ -14,8 +14,8 @@
 
 use mdm_core::{CoreError, MdmRng};
 use rand::Rng;
-use rayon::prelude::*;
 
+use crate::greedy::{finish, shape_error};
 use crate::kernel::{self, BLOCK};
 use crate::proposal::{Confidence, Proposal, Slot};
 use crate::step::SamplerError;
@@ -41,25 +41,32 @@ pub fn draw_proposals(
         }));
     }
     if vocab == 0 || logits.len() != slots.len() * vocab {
-        return Err(SamplerError::Core(CoreError::Shape {
-            what: "slot logits",
-            expected: vec![slots.len(), vocab],
-            found: vec![logits.len()],
-        }));
+        return Err(shape_error(slots.len(), vocab, logits.len()));
     }
     let uniforms: Vec<f64> = if temperature > 0.0 {
         slots.iter().map(|_| rng.random::<f64>()).collect()
     } else {
         vec![0.0; slots.len()]
     };
-    let draw_row = |(row, &u): (&[f32], &f64)| {
+    let results = kernel::map_rows(logits, vocab, |i, row| {
+        let u = uniforms[i];
         let Some(top) = row_max(row) else {
             return (0, f64::NAN);
         };
-        let block_sums: Vec<f64> = row
-            .chunks(BLOCK)
-            .map(|block| kernel::exp_sum(block, top, 1.0))
-            .collect();
+        // the blocks' sums of exp(x - top), with the entropy's weighted sums in the same pass
+        let (block_sums, weighted): (Vec<f64>, f64) = if confidence == Confidence::NegEntropy {
+            let sums: Vec<(f64, f64)> = row
+                .chunks(BLOCK)
+                .map(|block| kernel::entropy_sums(block, top))
+                .collect();
+            (
+                sums.iter().map(|s| s.0).collect(),
+                sums.iter().map(|s| s.1).sum(),
+            )
+        } else {
+            let sums = row.chunks(BLOCK).map(|b| kernel::exp_sum(b, top, 1.0));
+            (sums.collect(), 0.0)
+        };
         let normaliser: f64 = block_sums.iter().sum();
         let token = if temperature > 0.0 {
             sample_row(row, top, u, temperature as f32, &block_sums)
@@ -67,42 +74,17 @@ pub fn draw_proposals(
             Some(kernel::first_index(row, 0, top))
         };
         match token {
-            Some(token) => (token, measure(row, token, top, normaliser, confidence)),
+            Some(token) => {
+                let sums = Sums {
+                    normaliser,
+                    weighted,
+                };
+                (token, measure(row, token, top, sums, confidence))
+            }
             None => (0, f64::NAN),
         }
-    };
-    let results: Vec<(usize, f64)> = if logits.len() >= 1 << 20 {
-        logits
-            .par_chunks_exact(vocab)
-            .zip(uniforms.par_iter())
-            .with_min_len(8)
-            .map(draw_row)
-            .collect()
-    } else {
-        logits
-            .chunks_exact(vocab)
-            .zip(&uniforms)
-            .map(draw_row)
-            .collect()
-    };
-    slots
-        .iter()
-        .zip(results)
-        .map(|(&slot, (token, confidence))| {
-            if confidence.is_nan() {
-                Err(SamplerError::NonFiniteLogits {
-                    row: slot.row,
-                    pos: slot.pos,
-                })
-            } else {
-                Ok(Proposal {
-                    slot,
-                    token,
-                    confidence,
-                })
-            }
-        })
-        .collect()
+    });
+    finish(slots, results.into_iter())
 }
 
 /// The row's maximum, or `None` for a row with NaN, `+inf` or only `-inf`.
@@ -117,13 +99,22 @@ fn row_max(row: &[f32]) -> Option<f32> {
     top.is_finite().then_some(top)
 }
 
-/// The confidence of `token`, given the row's maximum `top` and `normaliser = sum exp(x - top)`:
-/// the probability `exp(l - top) / S`; the margin `(1 - exp(second - top)) / S` with `second` the
-/// largest logit besides the first maximum (equal to `top` on a tie: margin 0); the negative
-/// entropy `sum p ln p = sum exp(x - top) (x - top) / S - ln S`.
-fn measure(row: &[f32], token: usize, top: f32, normaliser: f64, confidence: Confidence) -> f64 {
+/// A row's `normaliser = S = sum exp(x - top)` and, for the entropy, `weighted = sum exp(x - top)
+/// (x - top)` (0 otherwise).
+#[derive(Clone, Copy)]
+struct Sums {
+    normaliser: f64,
+    weighted: f64,
+}
+
+/// The confidence of `token`, given the row's maximum `top` and its [`Sums`]: the probability
+/// `exp(l - top) / S`; the margin `(1 - exp(second - top)) / S` with `second` the largest logit
+/// besides the first maximum (equal to `top` on a tie: margin 0); the negative entropy
+/// `sum p ln p = weighted / S - ln S`.
+fn measure(row: &[f32], token: usize, top: f32, sums: Sums, confidence: Confidence) -> f64 {
+    let s = sums.normaliser;
     match confidence {
-        Confidence::Probability => f64::from(row[token] - top).exp() / normaliser,
+        Confidence::Probability => f64::from(row[token] - top).exp() / s,
         Confidence::Margin => {
             let first = kernel::first_index(row, 0, top);
             let second = row[..first]
@@ -131,15 +122,9 @@ fn measure(row: &[f32], token: usize, top: f32, normaliser: f64, confidence: Con
                 .chain(row[first + 1..].chunks(BLOCK))
                 .map(kernel::max)
                 .fold(f32::NEG_INFINITY, f32::max);
-            (1.0 - f64::from(second - top).exp()) / normaliser
+            (1.0 - f64::from(second - top).exp()) / s
         }
-        Confidence::NegEntropy => {
-            let weighted: f64 = row
-                .chunks(BLOCK)
-                .map(|block| kernel::exp_times_exponent_sum(block, top))
-                .sum();
-            weighted / normaliser - normaliser.ln()
-        }
+        Confidence::NegEntropy => sums.weighted / s - s.ln(),
     }
 }
 

@@ -25,7 +25,8 @@ pub struct GenerationConfig {
     pub steps: usize,
     /// Semi-autoregressive block length (LLaDA): `None` = one block of `gen_length`.
     pub block_length: Option<usize>,
-    /// Temperature of the Gumbel draw (0 = argmax).
+    /// Temperature `T`: tokens drawn from `softmax(logits / T)`, the distribution of SMDM's
+    /// Gumbel-max draw ([`draw`](crate::draw)); 0 = argmax.
     pub temperature: f64,
     /// Unsupervised classifier-free guidance `w` (`None` = off; `Some(w)` runs the conditional and
     /// the prompt-masked pass in one batch and combines `u + (w + 1)(c - u)`).

@@ -13,7 +13,6 @@
 //! exact (the first index on ties, as `torch.argmax`).
 
 use burn::tensor::{backend::Backend, Tensor};
-use rayon::prelude::*;
 
 use crate::host::{host_f32, read_back};
 use crate::kernel;
@@ -58,22 +57,13 @@ pub fn greedy_proposals_host(
     if vocab == 0 || logits.len() != slots.len() * vocab {
         return Err(shape_error(slots.len(), vocab, logits.len()));
     }
-    // rows in parallel on rayon's pool (the one burn-flex's kernels use) once there is enough work
-    let out: Vec<(usize, f64)> = if logits.len() >= 1 << 20 {
-        logits
-            .par_chunks_exact(vocab)
-            .with_min_len(8)
-            .map(kernel::greedy_row)
-            .collect()
-    } else {
-        logits.chunks_exact(vocab).map(kernel::greedy_row).collect()
-    };
+    let out = kernel::map_rows(logits, vocab, |_, row| kernel::greedy_row(row));
     finish(slots, out.into_iter())
 }
 
 /// Proposals from `(token, confidence)` per slot; a non-finite confidence (NaN or infinite logits
 /// from the model) is an error naming the slot.
-fn finish(
+pub(crate) fn finish(
     slots: &[Slot],
     results: impl Iterator<Item = (usize, f64)>,
 ) -> Result<Vec<Proposal>, SamplerError> {
@@ -97,7 +87,8 @@ fn finish(
         .collect()
 }
 
-fn shape_error(slots: usize, vocab: usize, found: usize) -> SamplerError {
+/// Logits that are not `slots x vocab`.
+pub(crate) fn shape_error(slots: usize, vocab: usize, found: usize) -> SamplerError {
     SamplerError::Core(mdm_core::CoreError::Shape {
         what: "slot logits",
         expected: vec![slots, vocab],

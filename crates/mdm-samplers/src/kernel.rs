@@ -52,16 +52,16 @@ pub fn exp_sum(block: &[f32], reference: f32, scale: f32) -> f64 {
     portable::exp_sum(block, reference, scale)
 }
 
-/// `sum exp(x - reference) * (x - reference)` over `block` for `reference >= max(block)`, the
-/// exponent clamped at -87 (so `-inf` entries add nothing); NaN when the block holds a NaN. With
-/// the sum of exponentials `S` this gives the entropy term `sum p ln p = this / S - ln S`.
-pub fn exp_times_exponent_sum(block: &[f32], reference: f32) -> f64 {
+/// `(sum e, sum e d)` over `block` with `d = x - reference` clamped below at -87 (so `-inf` entries
+/// add nothing) and `e = exp(d)`, for `reference >= max(block)`; NaN when the block holds a NaN.
+/// Over a row, with `S = sum e`: the entropy term `sum p ln p = (sum e d) / S - ln S`.
+pub fn entropy_sums(block: &[f32], reference: f32) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::exp_times_exponent_sum(block, reference) };
+        return unsafe { avx2::entropy_sums(block, reference) };
     }
-    portable::exp_times_exponent_sum(block, reference)
+    portable::entropy_sums(block, reference)
 }
 
 /// `(first index of the maximum, its softmax probability 1 / sum exp(x - max))` of one row, in one
@@ -89,6 +89,30 @@ pub fn greedy_row(row: &[f32]) -> (usize, f64) {
 /// The first index at or after `from` that holds `value` (`from` when there is none).
 pub fn first_index(row: &[f32], from: usize, value: f32) -> usize {
     from + row[from..].iter().position(|&x| x == value).unwrap_or(0)
+}
+
+/// `f(i, row_i)` for every row of `logits` (`rows x vocab`, row-major), the rows split over
+/// rayon's threads (the pool burn-flex's kernels use) once there are a million logits or more.
+pub fn map_rows<T: Send>(
+    logits: &[f32],
+    vocab: usize,
+    f: impl Fn(usize, &[f32]) -> T + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    if logits.len() >= 1 << 20 {
+        logits
+            .par_chunks_exact(vocab)
+            .enumerate()
+            .with_min_len(8)
+            .map(|(i, row)| f(i, row))
+            .collect()
+    } else {
+        logits
+            .chunks_exact(vocab)
+            .enumerate()
+            .map(|(i, row)| f(i, row))
+            .collect()
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -146,25 +170,27 @@ pub mod portable {
         }
     }
 
-    /// See [`super::exp_times_exponent_sum`].
-    pub fn exp_times_exponent_sum(block: &[f32], reference: f32) -> f64 {
-        let mut lanes = [0.0f32; 8];
+    /// See [`super::entropy_sums`].
+    pub fn entropy_sums(block: &[f32], reference: f32) -> (f64, f64) {
+        let (mut sums, mut weighted) = ([0.0f32; 8], [0.0f32; 8]);
         let mut eights = block.chunks_exact(8);
         for c in &mut eights {
-            for (lane, &x) in lanes.iter_mut().zip(c) {
+            for ((s, w), &x) in sums.iter_mut().zip(&mut weighted).zip(c) {
                 let d = exponent(x, reference);
-                *lane += exp_nonpositive(d) * d;
+                let e = exp_nonpositive(d);
+                *s += e;
+                *w += e * d;
             }
         }
-        let rest: f64 = eights
-            .remainder()
-            .iter()
-            .map(|&x| {
-                let d = exponent(x, reference);
-                f64::from(exp_nonpositive(d) * d)
-            })
-            .sum();
-        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
+        let (mut total, mut total_weighted) = (0.0f64, 0.0f64);
+        for &x in eights.remainder() {
+            let d = exponent(x, reference);
+            let e = exp_nonpositive(d);
+            total += f64::from(e);
+            total_weighted += f64::from(e * d);
+        }
+        let sum = |lanes: [f32; 8]| lanes.iter().map(|&l| f64::from(l)).sum::<f64>();
+        (total + sum(sums), total_weighted + sum(weighted))
     }
 }
 
@@ -230,26 +256,30 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_times_exponent_sum(block: &[f32], reference: f32) -> f64 {
+    pub unsafe fn entropy_sums(block: &[f32], reference: f32) -> (f64, f64) {
         let (ptr, len) = (block.as_ptr(), block.len());
         let (r, floor) = (_mm256_set1_ps(reference), _mm256_set1_ps(-87.0));
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut s, mut w) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
-        while i + 16 <= len {
-            // SAFETY: i + 16 <= len, so both 8-lane loads are inside the block
-            let (a, b) = unsafe { (_mm256_loadu_ps(ptr.add(i)), _mm256_loadu_ps(ptr.add(i + 8))) };
+        while i + 8 <= len {
+            // SAFETY: i + 8 <= len, so the 8-lane load is inside the block
+            let a = unsafe { _mm256_loadu_ps(ptr.add(i)) };
             // max(floor, d) returns d when d is NaN
-            let da = _mm256_max_ps(floor, _mm256_sub_ps(a, r));
-            let db = _mm256_max_ps(floor, _mm256_sub_ps(b, r));
-            s0 = _mm256_fmadd_ps(exp8(da), da, s0);
-            s1 = _mm256_fmadd_ps(exp8(db), db, s1);
-            i += 16;
+            let d = _mm256_max_ps(floor, _mm256_sub_ps(a, r));
+            let e = exp8(d);
+            s = _mm256_add_ps(s, e);
+            w = _mm256_fmadd_ps(e, d, w);
+            i += 8;
         }
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 floats
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
-        let total: f64 = lanes.iter().map(|&x| f64::from(x)).sum();
-        total + super::portable::exp_times_exponent_sum(&block[i..], reference)
+        let (mut sums, mut weighted) = ([0f32; 8], [0f32; 8]);
+        // SAFETY: both arrays hold 8 floats
+        unsafe {
+            _mm256_storeu_ps(sums.as_mut_ptr(), s);
+            _mm256_storeu_ps(weighted.as_mut_ptr(), w);
+        }
+        let (rest, rest_weighted) = super::portable::entropy_sums(&block[i..], reference);
+        let sum = |lanes: [f32; 8]| lanes.iter().map(|&l| f64::from(l)).sum::<f64>();
+        (sum(sums) + rest, sum(weighted) + rest_weighted)
     }
 
     /// [`exp_nonpositive`](super::exp_nonpositive) on 8 lanes: the same reduction and polynomial,
@@ -331,15 +361,33 @@ mod tests {
                     );
                 }
             }
+            let exact_sum: f64 = x.iter().map(|&v| f64::from(v - exact_max).exp()).sum();
+            let exact: f64 = x
+                .iter()
+                .map(|&v| f64::from(v - exact_max))
+                .map(|d| d.exp() * d)
+                .sum();
+            for (sum, weighted) in [
+                entropy_sums(&x, exact_max),
+                portable::entropy_sums(&x, exact_max),
+            ] {
+                assert!((sum - exact_sum).abs() <= 1e-6 * exact_sum, "{len}: {sum}");
+                let tolerance = 1e-6 * exact.abs().max(1e-3);
+                assert!(
+                    (weighted - exact).abs() <= tolerance,
+                    "{len}: {weighted} {exact}"
+                );
+            }
             for at in [0, len / 2, len - 1] {
                 let mut y = x.clone();
                 y[at] = f32::NAN;
                 assert!(max(&y).is_nan() && portable::max(&y).is_nan(), "{len} {at}");
                 assert!(exp_sum(&y, exact_max, 1.0).is_nan());
-                assert!(exp_times_exponent_sum(&y, exact_max).is_nan());
+                let (sum, weighted) = entropy_sums(&y, exact_max);
+                assert!(sum.is_nan() && weighted.is_nan());
                 y[at] = f32::NEG_INFINITY;
-                let finite = exp_times_exponent_sum(&y, exact_max);
-                assert!(finite.is_finite() && finite <= 0.0);
+                let (sum, weighted) = entropy_sums(&y, exact_max);
+                assert!(sum.is_finite() && weighted.is_finite() && weighted <= 0.0);
             }
         }
         assert_eq!(max(&[]), f32::NEG_INFINITY);

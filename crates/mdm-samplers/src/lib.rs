@@ -3,8 +3,9 @@
 //! The pieces of one denoising step, usable on their own and exact to the SMDM reference:
 //! - [`schedule`]: the times `t_i = linspace(1, eps, steps + 1)` (fp32, as PyTorch computes them)
 //!   and how many masked slots a step reveals, `floor(n_masked * (1 - s/t))`;
-//! - [`proposal`]: a token for every masked slot (Gumbel-max draw with temperature, in f64) and its
-//!   confidence: the softmax probability of that token, or Dream's margin or negative entropy;
+//! - [`proposal`]: a token for every masked slot and its confidence (the softmax probability of
+//!   that token, or Dream's margin or negative entropy), as the f64 reference: SMDM's Gumbel-max
+//!   draw over every logit;
 //! - [`greedy`]: the temperature-0 proposals (argmax and its probability) computed in place on
 //!   the host by a vectorised kernel ([`kernel`], [`host`]), or reduced on the device;
 //! - [`draw`]: proposals at any temperature and confidence by the same kernels (one uniform per
