@@ -12,13 +12,8 @@ use rand::Rng;
 
 use crate::{CoreError, MdmRng};
 
-/// One token per row of `logits` (`[rows, vocab]`, row-major on the host).
-pub fn gumbel_argmax(
-    logits: &[f32],
-    vocab: usize,
-    temperature: f64,
-    rng: &mut MdmRng,
-) -> Result<Vec<usize>, CoreError> {
+/// A temperature must be finite and `>= 0` (0 = argmax).
+pub fn check_temperature(temperature: f64) -> Result<(), CoreError> {
     if !temperature.is_finite() || temperature < 0.0 {
         return Err(CoreError::Value {
             what: "temperature",
@@ -26,6 +21,17 @@ pub fn gumbel_argmax(
             reason: "must be finite and >= 0",
         });
     }
+    Ok(())
+}
+
+/// One token per row of `logits` (`[rows, vocab]`, row-major on the host).
+pub fn gumbel_argmax(
+    logits: &[f32],
+    vocab: usize,
+    temperature: f64,
+    rng: &mut MdmRng,
+) -> Result<Vec<usize>, CoreError> {
+    check_temperature(temperature)?;
     if vocab == 0 || !logits.len().is_multiple_of(vocab) {
         return Err(CoreError::Shape {
             what: "logits",

@@ -12,7 +12,8 @@
 //! SMDM), Dream's margin and negative entropy (equal to
 //! [`Confidence::measure`](crate::proposal::Confidence::measure)'s f64 values within 1e-6).
 
-use mdm_core::{CoreError, MdmRng};
+use mdm_core::gumbel::check_temperature;
+use mdm_core::MdmRng;
 use rand::Rng;
 
 use crate::greedy::{finish, shape_error};
@@ -33,13 +34,7 @@ pub fn draw_proposals(
     confidence: Confidence,
     rng: &mut MdmRng,
 ) -> Result<Vec<Proposal>, SamplerError> {
-    if !temperature.is_finite() || temperature < 0.0 {
-        return Err(SamplerError::Core(CoreError::Value {
-            what: "temperature",
-            value: temperature,
-            reason: "must be finite and >= 0",
-        }));
-    }
+    check_temperature(temperature)?;
     if vocab == 0 || logits.len() != slots.len() * vocab {
         return Err(shape_error(slots.len(), vocab, logits.len()));
     }

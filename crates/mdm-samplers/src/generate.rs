@@ -274,11 +274,8 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                     mask_id,
                     vocab,
                 };
-                let (revealed, timing) = self.denoise(&mut x, &pass, times, last, &mut rng)?;
-                let timing = timing.map(|forward| StepTiming {
-                    forward,
-                    sampler: started.elapsed().saturating_sub(forward),
-                });
+                let (revealed, timing) =
+                    self.denoise(&mut x, &pass, times, last, started, &mut rng)?;
                 on_step(&StepEvent {
                     block,
                     step,
@@ -366,11 +363,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 mask_id,
                 vocab,
             };
-            let (revealed, timing) = self.denoise(&mut x, &pass, times, last, &mut rng)?;
-            let timing = timing.map(|forward| StepTiming {
-                forward,
-                sampler: started.elapsed().saturating_sub(forward),
-            });
+            let (revealed, timing) = self.denoise(&mut x, &pass, times, last, started, &mut rng)?;
             on_step(&StepEvent {
                 block: 0,
                 step,
@@ -383,15 +376,17 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
     }
 
     /// One denoising step of `x` over `pass.slots`: logits, proposals, then the rule reveals the
-    /// scheduled count. Returns the revealed proposals and, when profiling, the forward pass's time.
+    /// scheduled count. Returns the revealed proposals and, when profiling, the step's timing
+    /// counted from `started`.
     fn denoise(
         &self,
         x: &mut [Vec<usize>],
         pass: &Pass<'_>,
         times: (f32, f32),
         last: bool,
+        started: Instant,
         rng: &mut mdm_core::MdmRng,
-    ) -> Result<(Vec<Proposal>, Option<Duration>), SamplerError> {
+    ) -> Result<(Vec<Proposal>, Option<StepTiming>), SamplerError> {
         let (logits, forward) =
             self.slot_logits(x, pass.prompts, pass.slots, pass.max_len, pass.mask_id)?;
         let proposals = self.proposals(pass.slots, logits, pass.vocab, rng)?;
@@ -404,7 +399,11 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             self.config.counting,
             rng,
         )?;
-        Ok((revealed, forward))
+        let timing = forward.map(|forward| StepTiming {
+            forward,
+            sampler: started.elapsed().saturating_sub(forward),
+        });
+        Ok((revealed, timing))
     }
 
     /// Proposals for `slots` from their logits (guided first when CFG is on): where the backend keeps
