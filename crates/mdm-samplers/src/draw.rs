@@ -12,6 +12,8 @@
 //! SMDM), Dream's margin and negative entropy (equal to
 //! [`Confidence::measure`](crate::proposal::Confidence::measure)'s f64 values within 1e-6).
 
+use std::borrow::Cow;
+
 use mdm_core::gumbel::check_temperature;
 use mdm_core::MdmRng;
 use rand::Rng;
@@ -45,7 +47,7 @@ pub fn draw_proposals(
     };
     let results = kernel::map_rows(logits, vocab, |i, row| {
         let u = uniforms[i];
-        let Some(top) = row_max(row) else {
+        let Some((top, argmax)) = row_top(row) else {
             return (0, f64::NAN);
         };
         // the blocks' sums of exp(x - top), with the entropy's weighted sums in the same pass
@@ -66,52 +68,58 @@ pub fn draw_proposals(
         let token = if temperature > 0.0 {
             sample_row(row, top, u, temperature as f32, &block_sums)
         } else {
-            Some(kernel::first_index(row, 0, top))
+            Some(argmax)
+        };
+        let summary = Summary {
+            top,
+            argmax,
+            normaliser,
+            weighted,
         };
         match token {
-            Some(token) => {
-                let sums = Sums {
-                    normaliser,
-                    weighted,
-                };
-                (token, measure(row, token, top, sums, confidence))
-            }
+            Some(token) => (token, measure(row, token, &summary, confidence)),
             None => (0, f64::NAN),
         }
     });
     finish(slots, results.into_iter())
 }
 
-/// The row's maximum, or `None` for a row with NaN, `+inf` or only `-inf`.
-fn row_max(row: &[f32]) -> Option<f32> {
-    let mut top = f32::NEG_INFINITY;
-    for block in row.chunks(BLOCK) {
-        top = top.max(kernel::max(block));
-        if top.is_nan() {
+/// The row's maximum and its first index (searched from the block that holds it), or `None` for a
+/// row with NaN, `+inf` or only `-inf`.
+fn row_top(row: &[f32]) -> Option<(f32, usize)> {
+    let (mut top, mut top_block) = (f32::NEG_INFINITY, 0);
+    for (b, block) in row.chunks(BLOCK).enumerate() {
+        let m = kernel::max(block);
+        if m.is_nan() {
             return None;
         }
+        if m > top {
+            (top, top_block) = (m, b * BLOCK);
+        }
     }
-    top.is_finite().then_some(top)
+    top.is_finite()
+        .then(|| (top, kernel::first_index(row, top_block, top)))
 }
 
-/// A row's `normaliser = S = sum exp(x - top)` and, for the entropy, `weighted = sum exp(x - top)
-/// (x - top)` (0 otherwise).
-#[derive(Clone, Copy)]
-struct Sums {
+/// What the confidences need of a row: its maximum `top` and first index of it `argmax`,
+/// `normaliser = S = sum exp(x - top)` and, for the entropy, `weighted = sum exp(x - top) (x - top)`
+/// (0 otherwise).
+struct Summary {
+    top: f32,
+    argmax: usize,
     normaliser: f64,
     weighted: f64,
 }
 
-/// The confidence of `token`, given the row's maximum `top` and its [`Sums`]: the probability
-/// `exp(l - top) / S`; the margin `(1 - exp(second - top)) / S` with `second` the largest logit
-/// besides the first maximum (equal to `top` on a tie: margin 0); the negative entropy
-/// `sum p ln p = weighted / S - ln S`.
-fn measure(row: &[f32], token: usize, top: f32, sums: Sums, confidence: Confidence) -> f64 {
-    let s = sums.normaliser;
+/// The confidence of `token` given the row's [`Summary`]: the probability `exp(l - top) / S`; the
+/// margin `(1 - exp(second - top)) / S` with `second` the largest logit besides the first maximum
+/// (equal to `top` on a tie: margin 0); the negative entropy `sum p ln p = weighted / S - ln S`.
+fn measure(row: &[f32], token: usize, summary: &Summary, confidence: Confidence) -> f64 {
+    let (top, s) = (summary.top, summary.normaliser);
     match confidence {
         Confidence::Probability => f64::from(row[token] - top).exp() / s,
         Confidence::Margin => {
-            let first = kernel::first_index(row, 0, top);
+            let first = summary.argmax;
             let second = row[..first]
                 .chunks(BLOCK)
                 .chain(row[first + 1..].chunks(BLOCK))
@@ -119,7 +127,7 @@ fn measure(row: &[f32], token: usize, top: f32, sums: Sums, confidence: Confiden
                 .fold(f32::NEG_INFINITY, f32::max);
             (1.0 - f64::from(second - top).exp()) / s
         }
-        Confidence::NegEntropy => sums.weighted / s - s.ln(),
+        Confidence::NegEntropy => summary.weighted / s - s.ln(),
     }
 }
 
@@ -134,8 +142,8 @@ fn sample_row(
     block_sums: &[f64],
 ) -> Option<usize> {
     let scale = 1.0 / temperature;
-    let tempered: Vec<f64> = if scale == 1.0 {
-        block_sums.to_vec()
+    let tempered: Cow<[f64]> = if scale == 1.0 {
+        Cow::Borrowed(block_sums)
     } else {
         row.chunks(BLOCK)
             .map(|block| kernel::exp_sum(block, top, scale))

@@ -9,7 +9,7 @@ use mdm_models::MaskedTransformer;
 
 use crate::draw::draw_proposals;
 use crate::greedy::{greedy_proposals, greedy_proposals_host};
-use crate::host::{host_f32, with_host_f32};
+use crate::host::{device_error, host_f32, with_host_f32};
 use crate::proposal::{Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
@@ -453,8 +453,9 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
     }
 
     /// Logits at `slots` (on the device): `[slots, V]`, or with CFG `[2 slots, V]` (conditional rows
-    /// first, combined by [`Self::proposals`]), and the forward pass's time when profiling. Only the rows that own a slot go through the model, so rows stopped at
-    /// EOS (or without masks in the current block) cost nothing.
+    /// first, combined by [`Self::proposals`]), and the forward pass's time when profiling. Only the
+    /// rows that own a slot go through the model, so rows stopped at EOS (or without masks in the
+    /// current block) cost nothing.
     fn slot_logits(
         &self,
         x: &[Vec<usize>],
@@ -515,12 +516,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         let started = Instant::now();
         let logits = self.model.forward_at_padded(ids, padding, index)?;
         let forward = if self.config.profile {
-            B::sync(&device).map_err(|e| {
-                SamplerError::Model(mdm_models::ModelError::ReadBack {
-                    key: "forward pass".into(),
-                    reason: format!("{e:?}"),
-                })
-            })?;
+            B::sync(&device).map_err(|e| device_error("forward pass", e))?;
             Some(started.elapsed())
         } else {
             None

@@ -46,11 +46,16 @@ pub(crate) fn read_back<T: burn::tensor::Element>(
     data: TensorData,
     what: &str,
 ) -> Result<Vec<T>, SamplerError> {
-    data.convert::<T>().into_vec::<T>().map_err(|e| {
-        SamplerError::Model(mdm_models::ModelError::ReadBack {
-            key: what.into(),
-            reason: format!("{e:?}"),
-        })
+    data.convert::<T>()
+        .into_vec::<T>()
+        .map_err(|e| device_error(what, e))
+}
+
+/// A failure of the device (read-back, synchronisation) while handling `what`.
+pub(crate) fn device_error(what: &str, error: impl std::fmt::Debug) -> SamplerError {
+    SamplerError::Model(mdm_models::ModelError::ReadBack {
+        key: what.into(),
+        reason: format!("{error:?}"),
     })
 }
 
