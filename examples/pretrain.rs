@@ -99,9 +99,16 @@ struct Args {
     /// Prompt dropout probability for CFG training (fine-tuning data only).
     #[arg(long)]
     cfg_drop: Option<f64>,
-    /// Shards per shuffle buffer.
+    /// Order of the training blocks: `global` (the whole corpus in one shuffle, default) or
+    /// `litgpt` (lit-gpt's buffers of --n-chunks shards, as SMDM; starves small corpora).
+    #[arg(long)]
+    data_order: Option<mdm::data::shards::BlockOrder>,
+    /// Shards per shuffle buffer (--data-order litgpt).
     #[arg(long)]
     n_chunks: Option<usize>,
+    /// Learning-rate schedule: `cosine` (default) or `litgpt` (SMDM's get_lr: step 0 at rate 0).
+    #[arg(long)]
+    lr_schedule: Option<mdm::train::LrSchedule>,
     #[arg(long)]
     log_every: Option<usize>,
     #[arg(long)]
@@ -144,6 +151,7 @@ fn train_config(args: &Args) -> Result<TrainConfig> {
         keep_last
     );
     set!(beta1, beta2, adam_eps, mask_eps, cfg_drop, n_chunks, log_every);
+    set!(data_order, lr_schedule);
     if args.stratified_t {
         c.stratified_t = true;
     }

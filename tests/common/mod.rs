@@ -51,8 +51,12 @@ impl HostTensor {
 }
 
 pub fn read_cases(file: &str) -> HashMap<String, HostTensor> {
-    let path = parity_dir().join(file);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    read_tensors(&parity_dir().join(file))
+}
+
+/// Every tensor of a safetensors file, on the host.
+pub fn read_tensors(path: &std::path::Path) -> HashMap<String, HostTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {

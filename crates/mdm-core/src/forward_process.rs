@@ -71,6 +71,47 @@ impl<B: Backend> NoisedBatch<B> {
     }
 }
 
+impl<B: Backend> NoisedBatch<B> {
+    /// A noised batch from a mask chosen by the caller (another masking scheme, or a replay of a
+    /// reference's draws): `mask` row-major `[batch * seq_len]` (true = masked), `p_mask` per row,
+    /// each in `(0, 1]` (the loss divides by it). Masked positions of `x0` become `mask_id`.
+    pub fn from_mask(
+        x0: Tensor<B, 2, Int>,
+        mask: Vec<bool>,
+        p_mask: Vec<f64>,
+        mask_id: usize,
+    ) -> Result<Self, CoreError> {
+        let [batch, seq_len] = x0.dims();
+        check_shape("mask", &[batch * seq_len], &[mask.len()])?;
+        check_shape("p_mask", &[batch], &[p_mask.len()])?;
+        for &p in &p_mask {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(CoreError::Value {
+                    what: "p_mask",
+                    value: p,
+                    reason: "must lie in (0, 1]",
+                });
+            }
+        }
+        let masked_index = (0..mask.len()).filter(|&i| mask[i]).collect();
+        let device = x0.device();
+        let mask =
+            Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask, [batch, seq_len]), &device);
+        let noisy = x0.mask_fill(mask.clone(), mask_id as i64);
+        let p_mask_tensor = Tensor::<B, 1>::from_data(
+            TensorData::new(p_mask.iter().map(|&p| p as f32).collect(), [batch]),
+            &device,
+        );
+        Ok(Self {
+            noisy,
+            mask,
+            p_mask: p_mask_tensor,
+            masked_index,
+            p_mask_host: p_mask,
+        })
+    }
+}
+
 /// Samples the forward process `q(x_t | x_0)`: each position of row `b` is masked independently with
 /// probability `p_mask[b]`, except positions that must stay clean (prompts).
 ///
@@ -301,6 +342,25 @@ mod tests {
                 prompt_len: 5,
                 seq_len: 4
             })
+        ));
+    }
+
+    #[test]
+    fn a_given_mask_is_applied_as_is() {
+        let x0 = ids(2, 3);
+        let mask = vec![true, false, false, false, true, true];
+        let n = NoisedBatch::from_mask(x0.clone(), mask.clone(), vec![0.25, 0.5], 77).unwrap();
+        assert_eq!(n.masked_index, vec![0, 4, 5]);
+        assert_eq!(host::<i64>(n.noisy.into_data()), vec![77, 1, 2, 3, 77, 77]);
+        assert_eq!(host::<bool>(n.mask.into_data()), mask);
+        assert_eq!(n.p_mask_host, vec![0.25, 0.5]);
+        assert!(matches!(
+            NoisedBatch::from_mask(x0.clone(), vec![true; 5], vec![0.5, 0.5], 77),
+            Err(CoreError::Shape { what: "mask", .. })
+        ));
+        assert!(matches!(
+            NoisedBatch::from_mask(x0, vec![true; 6], vec![0.5, 0.0], 77),
+            Err(CoreError::Value { what: "p_mask", .. })
         ));
     }
 

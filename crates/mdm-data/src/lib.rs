@@ -5,6 +5,7 @@
 //! | [`tokenizer`] | load any HF `tokenizer.json`; train a byte-level BPE on text files |
 //! | [`text`] | read text files (plain or `.gz`) as documents |
 //! | [`shards`] | packed token shards in the lit-gpt / TinyLlama format: writer, reader, shuffled block loader |
+//! | [`permutation`] | a seeded permutation of `0..n` evaluated one index at a time (the loader's corpus-wide order) |
 //! | [`sft`] | fine-tuning data: `{prompt, response}` JSONL, EOS-padded, prompt lengths kept |
 //! | [`corpus`] | text files → tokenizer + train/validation shards in one call |
 //!
@@ -30,6 +31,7 @@
 pub mod corpus;
 pub mod error;
 pub mod facts;
+pub mod permutation;
 pub mod sft;
 pub mod shards;
 pub mod text;

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mdm_core::MdmRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
@@ -27,14 +28,52 @@ pub struct TrainerState {
     pub elapsed_s: f64,
     /// The data loader's position.
     pub data_position: serde_json::Value,
-    /// Key of the training RNG (32 bytes, hex).
-    pub rng_key: String,
-    /// Stream of the training RNG.
-    pub rng_stream: u64,
-    /// Word position of the training RNG (a u128, as a decimal string).
-    pub rng_word_pos: String,
+    /// The training RNG: key, stream and word position (rand_chacha's serde form).
+    pub rng: MdmRng,
     /// The last validation result (bits per token), if any.
     pub last_validation_bits: Option<f64>,
+}
+
+/// Writes a checkpoint when one is due: every `save_every` steps (0 = never on a schedule), at the
+/// end of a run or of its invocation; keeps the newest `keep_last`.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    out: PathBuf,
+    save_every: usize,
+    keep_last: usize,
+}
+
+impl Checkpointer {
+    /// Checkpoints under `<out>/checkpoints`.
+    pub fn new(out: &Path, save_every: usize, keep_last: usize) -> Self {
+        Self {
+            out: out.to_path_buf(),
+            save_every,
+            keep_last,
+        }
+    }
+
+    /// Whether the checkpoint after `step` is due (`last` = the last step of this invocation).
+    pub fn due(&self, step: usize, last: bool) -> bool {
+        last || (self.save_every > 0 && step % self.save_every == 0)
+    }
+
+    /// Writes the checkpoint of `state.step`: `write_model` writes the model and optimizer files
+    /// into the (temporary) folder, then the trainer state is added and the folder committed.
+    pub fn save(
+        &self,
+        state: &TrainerState,
+        write_model: impl FnOnce(&Path) -> Result<(), TrainError>,
+    ) -> Result<PathBuf, TrainError> {
+        commit_checkpoint(&self.out, state.step, self.keep_last, |dir| {
+            write_model(dir)?;
+            let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Checkpoint {
+                dir: dir.to_path_buf(),
+                reason: format!("trainer state: {e}"),
+            })?;
+            write_atomic(&dir.join(STATE_FILE), json.as_bytes())
+        })
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
@@ -114,13 +153,42 @@ pub fn read_state(dir: &Path) -> Result<TrainerState, TrainError> {
     let text = std::fs::read_to_string(&file).map_err(io(&file))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
         dir: dir.to_path_buf(),
-        reason: format!("{STATE_FILE}: {e}"),
+        reason: format!(
+            "{STATE_FILE}: {e} (checkpoints written before the RNG was stored with serde, with \
+             `rng_key` / `rng_word_pos`, cannot be resumed by this version)"
+        ),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trainer_state_round_trips_the_rng_exactly() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = MdmRng::seed_from_u64(11);
+        rng.set_stream(1);
+        let _: [u64; 7] = rng.random();
+        let state = TrainerState {
+            step: 3,
+            tokens: 96,
+            elapsed_s: 1.25,
+            data_position: serde_json::json!({"epoch": 0, "block": 12}),
+            rng: rng.clone(),
+            last_validation_bits: Some(7.5),
+        };
+        let out = tempfile::tempdir().unwrap();
+        let dir = Checkpointer::new(out.path(), 0, 1)
+            .save(&state, |_| Ok(()))
+            .unwrap();
+        let mut back = read_state(&dir).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.rng.random::<u64>(), rng.random::<u64>());
+        let c = Checkpointer::new(out.path(), 5, 1);
+        assert!(c.due(10, false) && c.due(3, true) && !c.due(3, false));
+        assert!(!Checkpointer::new(out.path(), 0, 1).due(10, false));
+    }
 
     #[test]
     fn keeps_the_newest_and_ignores_partial_folders() {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use mdm_data::shards::BlockOrder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
@@ -31,6 +32,34 @@ impl std::str::FromStr for Objective {
     }
 }
 
+/// The shape of the learning-rate schedule (both: linear warm-up, then cosine decay to `min_lr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Warm-up reaches `lr` at the end of step `warmup_steps - 1` (`lr (s + 1) / warmup`); the
+    /// cosine reaches `min_lr` after the last step.
+    #[default]
+    Cosine,
+    /// lit-gpt's `get_lr(it)` as SMDM's `train_mdm.py` uses it: `lr it / warmup` during warm-up
+    /// (so step 0 has rate 0), then the cosine over `(it - warmup) / (steps - 1 - warmup)`,
+    /// reaching `min_lr` at the last step.
+    #[serde(alias = "lit-gpt")]
+    Litgpt,
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "cosine" => Ok(Self::Cosine),
+            "litgpt" | "lit-gpt" => Ok(Self::Litgpt),
+            other => Err(TrainError::Config(format!(
+                "learning-rate schedule `{other}` (expected cosine or litgpt)"
+            ))),
+        }
+    }
+}
+
 /// Every hyper-parameter of a run. Defaults follow SMDM's recipe (AdamW 0.9 / 0.95, weight decay
 /// 0.1, clipping at 1.0, `eps` 1e-3, warm-up then cosine decay to a tenth of the peak rate) at a
 /// small-model learning rate.
@@ -55,6 +84,8 @@ pub struct TrainConfig {
     pub min_lr: f64,
     /// Linear warm-up steps.
     pub warmup_steps: usize,
+    /// Shape of the warm-up and decay.
+    pub lr_schedule: LrSchedule,
     /// AdamW beta 1.
     pub beta1: f64,
     /// AdamW beta 2.
@@ -78,7 +109,10 @@ pub struct TrainConfig {
     pub cfg_drop: f64,
     /// Seed of initialisation, data order, masking and times.
     pub seed: u64,
-    /// Shards per shuffle buffer of the data loader.
+    /// Order of the training blocks: the whole corpus in one shuffle (default), or lit-gpt's
+    /// buffers of `n_chunks` shards (`buffered`, SMDM's order; starves small corpora).
+    pub data_order: BlockOrder,
+    /// Shards per shuffle buffer of the data loader (`data_order = "buffered"` only).
     pub n_chunks: usize,
     /// Log a line every this many steps when no progress bar is shown.
     pub log_every: usize,
@@ -106,6 +140,7 @@ impl Default for TrainConfig {
             lr: 2e-3,
             min_lr: 2e-4,
             warmup_steps: 100,
+            lr_schedule: LrSchedule::Cosine,
             beta1: 0.9,
             beta2: 0.95,
             adam_eps: 1e-8,
@@ -116,6 +151,7 @@ impl Default for TrainConfig {
             ssl_ratio: 0.01,
             cfg_drop: 0.0,
             seed: 0,
+            data_order: BlockOrder::Global,
             n_chunks: 8,
             log_every: 10,
             eval_every: 200,
@@ -209,12 +245,16 @@ impl TrainConfig {
 }
 
 /// The learning rate at optimizer step `step` (0-based): linear warm-up to `lr` over
-/// `warmup_steps`, then cosine decay to `min_lr` at `total_steps`.
+/// `warmup_steps`, then cosine decay to `min_lr`, in the shape of `config.lr_schedule`.
 pub fn learning_rate(config: &TrainConfig, step: usize, total_steps: usize) -> f64 {
+    let (warmup_numerator, decay_end) = match config.lr_schedule {
+        LrSchedule::Cosine => (step + 1, total_steps),
+        LrSchedule::Litgpt => (step, total_steps.saturating_sub(1)),
+    };
     if step < config.warmup_steps {
-        return config.lr * (step + 1) as f64 / config.warmup_steps as f64;
+        return config.lr * warmup_numerator as f64 / config.warmup_steps as f64;
     }
-    let span = total_steps.saturating_sub(config.warmup_steps).max(1) as f64;
+    let span = decay_end.saturating_sub(config.warmup_steps).max(1) as f64;
     let progress = ((step - config.warmup_steps) as f64 / span).min(1.0);
     let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
     config.min_lr + cosine * (config.lr - config.min_lr)
@@ -237,6 +277,18 @@ mod tests {
         assert!((learning_rate(&c, 10, 110) - 1.0).abs() < 1e-12);
         assert!((learning_rate(&c, 60, 110) - 0.55).abs() < 1e-12);
         assert!((learning_rate(&c, 110, 110) - 0.1).abs() < 1e-12);
+        // lit-gpt's shape, as the train-parity fixture's `train.json` lists it (6 steps, warm-up 2)
+        let lit = TrainConfig {
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup_steps: 2,
+            lr_schedule: LrSchedule::Litgpt,
+            ..Default::default()
+        };
+        let expected = [0.0, 0.0015, 0.003, 0.002325, 0.000975, 0.0003];
+        for (s, e) in expected.iter().enumerate() {
+            assert!((learning_rate(&lit, s, 6) - e).abs() < 1e-15, "step {s}");
+        }
         let mut prev = f64::INFINITY;
         for s in 10..110 {
             let lr = learning_rate(&c, s, 110);

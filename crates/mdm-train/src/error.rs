@@ -25,6 +25,16 @@ pub enum TrainError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A CSV file of the run (metrics, validation, sweep results) is malformed.
+    #[error("{file}{}: {reason}", line.map_or(String::new(), |l| format!(", line {l}")))]
+    Csv {
+        /// The file.
+        file: PathBuf,
+        /// The line, when known.
+        line: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
     /// A configuration value is invalid.
     #[error("invalid training configuration: {0}")]
     Config(String),
@@ -36,12 +46,14 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("the loss is {loss} at step {step}: stopped (the last good checkpoint is kept)")]
+    /// The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept.
+    #[error("the {what} is {loss} at step {step}: stopped (the last good checkpoint is kept)")]
     NonFinite {
         /// The optimizer step (0-based) whose loss was not finite.
         step: usize,
-        /// The loss value.
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The value.
         loss: f64,
     },
 }

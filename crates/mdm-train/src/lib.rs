@@ -8,12 +8,16 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | [`TrainConfig`]: every hyper-parameter, TOML/JSON, the learning-rate schedule |
-//! | [`objective`] | [`TrainModel`]: the MDM and baseline losses and their validation |
+//! | [`objective`] | [`TrainModel`]: the MDM and baseline losses and their validation; [`objective::MaskedTrainBatch`]: a noised batch of any masking scheme |
 //! | [`optim`] | AdamW with global-norm clipping and gradient accumulation, saveable state |
-//! | [`checkpoint`] | atomic checkpoint folders, keep-last-k, the state needed for exact resumption |
-//! | [`metrics`] | `metrics.csv` / `validation.csv` |
+//! | [`step`] | one optimizer step: accumulate, reduce across peers (hook), clip, update |
+//! | [`source`] | [`DataSpec`]: shards or fine-tuning rows, and the stream's saved position |
+//! | [`checkpoint`] | atomic checkpoint folders, [`checkpoint::Checkpointer`] (keep-last-k), the state needed for exact resumption |
+//! | [`validator`] | validation blocks scored during a run |
+//! | [`metrics`] | `metrics.csv` / `validation.csv` as serde rows through the `csv` crate |
+//! | [`events`] | [`events::TrainEvent`]s and observers: the console reporter, or your own |
 //! | [`plot`] | loss curves as PNG |
-//! | [`trainer`] | [`train`]: the loop |
+//! | [`trainer`] | [`train`] / [`train_with`]: the loop over those parts |
 //!
 //! A run writes into its output folder `train.toml` (the config), `metrics.csv`, `validation.csv`,
 //! `loss.png`, `checkpoints/step-NNNNNNNN/` and, when finished, `model/` (a checkpoint folder that
@@ -24,6 +28,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod fit;
 pub mod flops;
 pub mod metrics;
@@ -31,9 +36,13 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod scaling;
+pub mod source;
+pub mod step;
 pub mod trainer;
+pub mod validator;
 
-pub use config::{Objective, TrainConfig};
+pub use config::{LrSchedule, Objective, TrainConfig};
 pub use error::TrainError;
+pub use events::{TrainEvent, TrainObserver};
 pub use objective::{Batch, TrainModel};
-pub use trainer::{train, train_objective, DataSpec, RunOptions, TrainSummary};
+pub use trainer::{train, train_objective, train_with, DataSpec, RunOptions, TrainSummary};

@@ -6,9 +6,10 @@ use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::augment::{prompt_dropout, stochastic_length, truncate};
-use mdm_core::forward_process::ForwardProcess;
+use mdm_core::forward_process::{ForwardProcess, MaskedTargets, NoisedBatch};
 use mdm_core::loss::{cross_entropy_rows, sparse_masked_loss};
 use mdm_core::time::{stratified_times, uniform_times};
 use mdm_core::MdmRng;
@@ -33,10 +34,112 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn tensor<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+    /// The ids as a `[rows, cols]` tensor.
+    pub fn tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
         let ids: Vec<i64> = self.ids.iter().map(|&t| t as i64).collect();
         Tensor::from_data(TensorData::new(ids, [self.rows, self.cols]), device)
     }
+}
+
+/// An MDM micro-batch after the forward process: what [`masked_loss`] needs.
+///
+/// [`TrainModel::loss`] draws SMDM's ([`MaskedTrainBatch::draw`]); build one with
+/// [`MaskedTrainBatch::from_mask`] to train with a masking scheme of your own or to replay a
+/// reference's draws (`tests/parity_train.rs`), and step with [`crate::step::optimizer_step`].
+#[derive(Debug, Clone)]
+pub struct MaskedTrainBatch<B: Backend> {
+    /// `[rows, len]` model input: masked positions hold the mask id (and, for CFG training,
+    /// dropped prompts too).
+    pub input: Tensor<B, 2, Int>,
+    /// The clean tokens, flat indices and `p_mask` of the masked positions.
+    pub targets: MaskedTargets<B>,
+    /// The loss's denominator: `rows x len` for pre-training (SMDM's `B L`), the response tokens
+    /// of the batch for fine-tuning.
+    pub normaliser: f64,
+}
+
+impl<B: Backend> MaskedTrainBatch<B> {
+    /// SMDM's draws for `batch`: stochastic length (pre-training only), `t` per row (uniform or
+    /// stratified), the mask, and prompt dropout (fine-tuning with `cfg_drop`).
+    pub fn draw(
+        batch: &Batch,
+        mask_id: usize,
+        config: &TrainConfig,
+        rng: &mut MdmRng,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let process = ForwardProcess::new(mask_id).with_eps(config.mask_eps);
+        let mut x0 = batch.tensor::<B>(device);
+        let prompt_len = batch.prompt_len.as_deref();
+        if prompt_len.is_none() {
+            // stochastic sequence length (pre-training only: fine-tuning rows keep their length)
+            let len = stochastic_length(batch.cols, config.ssl_ratio, rng)?;
+            x0 = truncate(x0, len)?;
+        }
+        let [rows, len] = x0.dims();
+        // redraw in the rare case that nothing is masked (all t tiny)
+        let noised = loop {
+            let t = if config.stratified_t {
+                stratified_times(rows, rng)
+            } else {
+                uniform_times(rows, rng)
+            };
+            let noised = process.noise(x0.clone(), &t, prompt_len, rng)?;
+            if !noised.masked_index.is_empty() {
+                break noised;
+            }
+        };
+        let targets = noised.masked_targets(x0)?;
+        let (input, normaliser) = match prompt_len {
+            None => (noised.noisy, (rows * len) as f64),
+            Some(prompt_len) => {
+                let (input, _) =
+                    prompt_dropout(noised.noisy, prompt_len, config.cfg_drop, mask_id, rng)?;
+                (
+                    input,
+                    (rows * len - prompt_len.iter().sum::<usize>()) as f64,
+                )
+            }
+        };
+        Ok(Self {
+            input,
+            targets,
+            normaliser,
+        })
+    }
+
+    /// A pre-training batch masked where `mask` says (row-major, true = masked) with `p_mask`
+    /// per row in `(0, 1]`, normalised by `rows x cols` as SMDM's `train_mdm.py`.
+    pub fn from_mask(
+        batch: &Batch,
+        mask: Vec<bool>,
+        p_mask: Vec<f64>,
+        mask_id: usize,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let x0 = batch.tensor::<B>(device);
+        let noised = NoisedBatch::from_mask(x0.clone(), mask, p_mask, mask_id)?;
+        let targets = noised.masked_targets(x0)?;
+        Ok(Self {
+            input: noised.noisy,
+            targets,
+            normaliser: (batch.rows * batch.cols) as f64,
+        })
+    }
+}
+
+/// The MDM loss of a noised batch: `sum over masked positions of CE / p_mask`, divided by the
+/// batch's normaliser (the head runs only at the masked positions).
+pub fn masked_loss<B: Backend>(
+    model: &MaskedTransformer<B>,
+    batch: &MaskedTrainBatch<B>,
+) -> Result<Tensor<B, 1>, TrainError> {
+    let logits = model.forward_at(batch.input.clone(), batch.targets.index.clone())?;
+    Ok(sparse_masked_loss(
+        logits,
+        &batch.targets,
+        batch.normaliser,
+    )?)
 }
 
 /// A model the trainer can train: its loss on a batch, checkpoint I/O and validation.
@@ -101,46 +204,8 @@ impl<B: AutodiffBackend> TrainModel<B> for MaskedTransformer<B> {
         rng: &mut MdmRng,
     ) -> Result<Tensor<B, 1>, TrainError> {
         let device = self.net.lm_head.weight.device();
-        let process = ForwardProcess::new(self.mask_id()).with_eps(config.mask_eps);
-        let mut x0 = batch.tensor::<B>(&device);
-        let prompt_len = batch.prompt_len.as_deref();
-        if prompt_len.is_none() {
-            // stochastic sequence length (pre-training only: fine-tuning rows keep their length)
-            let len = stochastic_length(batch.cols, config.ssl_ratio, rng)?;
-            x0 = truncate(x0, len)?;
-        }
-        let [rows, len] = x0.dims();
-        // redraw in the rare case that nothing is masked (all t tiny)
-        let noised = loop {
-            let t = if config.stratified_t {
-                stratified_times(rows, rng)
-            } else {
-                uniform_times(rows, rng)
-            };
-            let noised = process.noise(x0.clone(), &t, prompt_len, rng)?;
-            if !noised.masked_index.is_empty() {
-                break noised;
-            }
-        };
-        let targets = noised.masked_targets(x0)?;
-        let (input, normaliser) = match prompt_len {
-            None => (noised.noisy, (rows * len) as f64),
-            Some(prompt_len) => {
-                let (input, _) = prompt_dropout(
-                    noised.noisy,
-                    prompt_len,
-                    config.cfg_drop,
-                    self.mask_id(),
-                    rng,
-                )?;
-                (
-                    input,
-                    (rows * len - prompt_len.iter().sum::<usize>()) as f64,
-                )
-            }
-        };
-        let logits = self.forward_at(input, targets.index.clone())?;
-        Ok(sparse_masked_loss(logits, &targets, normaliser)?)
+        let noised = MaskedTrainBatch::draw(batch, self.mask_id(), config, rng, &device)?;
+        masked_loss(self, &noised)
     }
 
     fn validate(

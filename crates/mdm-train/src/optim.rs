@@ -186,8 +186,10 @@ impl<B: Backend> AdamW<B> {
             .to_vec::<f64>()
             .map(|v| v[0].sqrt())
             .unwrap_or(f64::NAN);
-        let clip_scale = if self.config.max_norm > 0.0 && norm > self.config.max_norm {
-            self.config.max_norm / (norm + 1e-6)
+        // torch's clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)) (so a norm just
+        // below max_norm is still scaled by a hair)
+        let clip_scale = if self.config.max_norm > 0.0 {
+            (self.config.max_norm / (norm + 1e-6)).min(1.0)
         } else {
             1.0
         };

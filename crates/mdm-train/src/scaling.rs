@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fit::{compute_gap, fit_isoflop, fit_power_law, IsoFlopOptimum, PowerLaw};
 use crate::flops::training_flops_breakdown;
+use crate::metrics::{CsvTable, ValidRow};
 use crate::{DataSpec, Objective, RunOptions, TrainConfig, TrainError};
 
 /// A model size of the grid: a Diff_LLaMA name alone, or custom dimensions.
@@ -164,77 +165,29 @@ pub struct RunResult {
     pub wall_s: f64,
 }
 
-const HEADER: &str = "run,model,size,params,budget,steps,tokens,flops_paper,flops_full,valid_nats,valid_stderr,wall_s";
-
-impl RunResult {
-    fn fields(&self) -> Vec<String> {
-        vec![
-            self.run.clone(),
-            self.model.clone(),
-            self.size.clone(),
-            self.params.to_string(),
-            format!("{:e}", self.budget),
-            self.steps.to_string(),
-            self.tokens.to_string(),
-            format!("{:e}", self.flops_paper),
-            format!("{:e}", self.flops_full),
-            format!("{:.6}", self.valid_nats),
-            format!("{:.6}", self.valid_stderr),
-            format!("{:.1}", self.wall_s),
-        ]
-    }
-
-    fn parse(line: &str, file: &Path, line_no: usize) -> Result<Self, TrainError> {
-        let bad =
-            |what: &str| TrainError::Config(format!("{}, line {line_no}: {what}", file.display()));
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 12 {
-            return Err(bad(&format!("{} fields, expected 12", f.len())));
-        }
-        let num = |i: usize| {
-            f[i].parse::<f64>()
-                .map_err(|_| bad(&format!("field {} `{}`", i + 1, f[i])))
-        };
-        Ok(Self {
-            run: f[0].into(),
-            model: f[1].into(),
-            size: f[2].into(),
-            params: num(3)? as usize,
-            budget: num(4)?,
-            steps: num(5)? as usize,
-            tokens: num(6)? as u64,
-            flops_paper: num(7)?,
-            flops_full: num(8)?,
-            valid_nats: num(9)?,
-            valid_stderr: num(10)?,
-            wall_s: num(11)?,
-        })
-    }
+impl crate::metrics::CsvRow for RunResult {
+    const COLUMNS: &'static [&'static str] = &[
+        "run",
+        "model",
+        "size",
+        "params",
+        "budget",
+        "steps",
+        "tokens",
+        "flops_paper",
+        "flops_full",
+        "valid_nats",
+        "valid_stderr",
+        "wall_s",
+    ];
 }
 
 /// Reads `results.csv` (empty when absent).
 pub fn read_results(path: &Path) -> Result<Vec<RunResult>, TrainError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(TrainError::Config(format!("{}: {e}", path.display()))),
-    };
-    text.lines()
-        .enumerate()
-        .skip(1)
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| RunResult::parse(l, path, i + 1))
-        .collect()
-}
-
-fn append_row(path: &Path, fields: &[String]) -> Result<(), TrainError> {
-    use std::io::Write;
-    let err = |e: std::io::Error| TrainError::Config(format!("{}: {e}", path.display()));
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(err)?;
-    writeln!(file, "{}", fields.join(",")).map_err(err)
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    CsvTable::<RunResult>::read(path)
 }
 
 /// `(nats, stderr in nats)` of the validation a run wrote at `step` (its `validation.csv`).
@@ -246,16 +199,14 @@ fn final_validation(dir: &Path, step: usize) -> Result<(f64, f64), TrainError> {
             path.display()
         ))
     };
-    let text = std::fs::read_to_string(&path).map_err(|_| missing())?;
-    let row = text
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .find(|f| f.len() >= 5 && f[0].parse::<usize>().ok() == Some(step))
+    if !path.is_file() {
+        return Err(missing());
+    }
+    let row = CsvTable::<ValidRow>::read(&path)?
+        .into_iter()
+        .find(|r| r.step == step)
         .ok_or_else(missing)?;
-    let nats: f64 = row[2].parse().map_err(|_| missing())?;
-    let stderr_bits: f64 = row[4].parse().map_err(|_| missing())?;
-    Ok((nats, stderr_bits * std::f64::consts::LN_2))
+    Ok((row.nats_per_token, row.stderr_bits * std::f64::consts::LN_2))
 }
 
 /// What happened to one grid point.
@@ -296,10 +247,8 @@ pub fn run_sweep<B: AutodiffBackend>(
     }
     std::fs::create_dir_all(&grid.out).map_err(|e| TrainError::Config(e.to_string()))?;
     let results_path = grid.out.join("results.csv");
-    let mut results = read_results(&results_path)?;
-    if !results_path.is_file() {
-        crate::checkpoint::write_atomic(&results_path, format!("{HEADER}\n").as_bytes())?;
-    }
+    let table = CsvTable::<RunResult>::open_keeping(results_path, |_| true)?;
+    let mut results = CsvTable::<RunResult>::read(table.path())?;
     for &budget in &grid.budgets {
         for size in &grid.sizes {
             for &model in &grid.models {
@@ -371,7 +320,7 @@ pub fn run_sweep<B: AutodiffBackend>(
                     valid_stderr,
                     wall_s: summary.elapsed_s,
                 };
-                append_row(&results_path, &result.fields())?;
+                table.append(&result)?;
                 on_event(&RunEvent::Finished(result.clone()));
                 results.push(result);
             }
@@ -509,7 +458,7 @@ mod tests {
     fn results_round_trip_and_fit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.csv");
-        std::fs::write(&path, format!("{HEADER}\n")).unwrap();
+        let table = CsvTable::<RunResult>::open_keeping(path.clone(), |_| true).unwrap();
         // synthetic losses: L = L*(C) + 0.1 (ln N - ln N*(C))^2 with N*(C) = 0.5 C^0.5,
         // L*_arm = 30 C^-0.05 and the MDM needing 8x the compute
         let arm_star = |c: f64| 30.0 * c.powf(-0.05);
@@ -533,7 +482,7 @@ mod tests {
                         valid_stderr: 0.01,
                         wall_s: 1.0,
                     };
-                    append_row(&path, &r.fields()).unwrap();
+                    table.append(&r).unwrap();
                     rows.push(r);
                 }
             }
@@ -552,7 +501,8 @@ mod tests {
         for (_, gap) in &fit.compute_gap {
             assert!((gap - 8.0).abs() < 0.2, "{:?}", fit.compute_gap);
         }
-        std::fs::write(&path, format!("{HEADER}\na,b\n")).unwrap();
+        let header = <RunResult as crate::metrics::CsvRow>::COLUMNS.join(",");
+        std::fs::write(&path, format!("{header}\na,b\n")).unwrap();
         let err = read_results(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         // a finished run's validation is read back from its validation.csv
