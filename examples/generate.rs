@@ -36,8 +36,11 @@ enum Rule {
 #[command(about = "Generate with a masked diffusion model")]
 struct Args {
     /// A checkpoint folder written by this library.
-    #[arg(long, conflicts_with = "smdm")]
+    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
     checkpoint: Option<PathBuf>,
+    /// A Hugging Face folder (`config.json` + safetensors; LLaDA), its tokenizer.json if present.
+    #[arg(long, conflicts_with = "smdm")]
+    hf: Option<PathBuf>,
     /// An SMDM safetensors file (with `--config`).
     #[arg(long)]
     smdm: Option<PathBuf>,
@@ -131,20 +134,15 @@ fn parse_prompt(line: &str, what: &str, tokenizer: Option<&Tokenizer>) -> Result
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
-    let model: MaskedTransformer<DefaultBackend> = match (&args.checkpoint, &args.smdm) {
-        (Some(dir), _) => MaskedTransformer::load(dir, &device)?,
-        (None, file) => {
-            let config = ModelConfig::from_name_or_file(&args.config)?;
-            match file {
-                Some(f) => MaskedTransformer::load_smdm(f, &config, &device)?,
-                None => config.init_masked(args.seed, &device)?,
-            }
-        }
-    };
-    let tokenizer_path = args.tokenizer.clone().or_else(|| {
-        let candidate = args.checkpoint.as_ref()?.join("tokenizer.json");
-        candidate.is_file().then_some(candidate)
-    });
+    let source = ModelSource::from_flags(
+        args.checkpoint.as_deref(),
+        args.hf.as_deref(),
+        args.smdm.as_deref(),
+        &args.config,
+        args.seed,
+    )?;
+    let model: MaskedTransformer<DefaultBackend> = source.load_masked(&device)?;
+    let tokenizer_path = args.tokenizer.clone().or_else(|| source.tokenizer_file());
     let tokenizer = match &tokenizer_path {
         Some(path) => Some(Tokenizer::from_file(path)?),
         None => None,

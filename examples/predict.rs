@@ -6,6 +6,7 @@
 //! cargo run --release --example predict -- --ids "1 2 ? 4 ? 6"  # `?` is a mask
 //! cargo run --release --example predict -- --smdm model.safetensors --config 170M
 //! cargo run --release --example predict -- --checkpoint runs/mdm/step-1000
+//! cargo run --release --example predict -- --hf ../shared/fixtures/llada-parity/model --ids "5 9 ? 17"
 //! ```
 
 use std::path::PathBuf;
@@ -21,8 +22,12 @@ use mdm::prelude::*;
 #[command(about = "Predict the masked positions of a prompt with a masked diffusion model")]
 struct Args {
     /// A checkpoint folder written by this library (`model.safetensors` + `config.json`).
-    #[arg(long, conflicts_with_all = ["smdm"])]
+    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
     checkpoint: Option<PathBuf>,
+    /// A Hugging Face folder (`config.json` + safetensors; the family from its `model_type`:
+    /// LLaDA).
+    #[arg(long, conflicts_with = "smdm")]
+    hf: Option<PathBuf>,
     /// An SMDM safetensors file (needs `--config`).
     #[arg(long)]
     smdm: Option<PathBuf>,
@@ -47,26 +52,15 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let started = Instant::now();
-    let (model, source) = match (&args.checkpoint, &args.smdm) {
-        (Some(dir), _) => (
-            MaskedTransformer::<DefaultBackend>::load(dir, &device)?,
-            format!("checkpoint {}", dir.display()),
-        ),
-        (None, Some(file)) => {
-            let config = ModelConfig::from_name_or_file(&args.config)?;
-            (
-                MaskedTransformer::load_smdm(file, &config, &device)?,
-                format!("SMDM file {}", file.display()),
-            )
-        }
-        (None, None) => {
-            let config = ModelConfig::from_name_or_file(&args.config)?;
-            (
-                config.init_masked(args.seed, &device)?,
-                format!("random initialisation (seed {})", args.seed),
-            )
-        }
-    };
+    let source = ModelSource::from_flags(
+        args.checkpoint.as_deref(),
+        args.hf.as_deref(),
+        args.smdm.as_deref(),
+        &args.config,
+        args.seed,
+    )?;
+    let model = source.load_masked::<DefaultBackend>(&device)?;
+    let source = source.describe();
     let config = model.config().clone();
     println!(
         "model {} from {source}: {} non-embedding parameters, {} in all, mask_id {}, backend {} ({:.1?} to build)",

@@ -46,7 +46,9 @@ pub mod prelude {
         cfg::cfg_combine, forward_process::ForwardProcess, gumbel::sample_tokens,
         loss::pretrain_loss, rng_from_seed, MdmRng,
     };
-    pub use mdm_models::{CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError};
+    pub use mdm_models::{
+        CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError, ModelSource,
+    };
 }
 
 /// The README's Rust example, compiled by `cargo test` (not run: it needs a published checkpoint).

@@ -58,7 +58,11 @@ struct SafetensorsSource<'a> {
     used: HashSet<String>,
 }
 
-fn to_f32(file: &Path, key: &str, view: &TensorView<'_>) -> Result<Vec<f32>, ModelError> {
+pub(crate) fn to_f32(
+    file: &Path,
+    key: &str,
+    view: &TensorView<'_>,
+) -> Result<Vec<f32>, ModelError> {
     let bytes = view.data();
     let pairs = |n: usize| bytes.chunks_exact(n);
     Ok(match view.dtype() {
@@ -227,7 +231,7 @@ fn load_folder<B: Backend>(
         });
     }
     let rows = match kind {
-        ModelKind::Masked => meta.config.padded_vocab_size() + 1,
+        ModelKind::Masked => meta.config.masked_embedding_rows(),
         ModelKind::Causal => meta.config.padded_vocab_size(),
     };
     load_net(&dir.join(WEIGHTS_FILE), &meta.config, rows, device)
@@ -242,7 +246,7 @@ impl<B: Backend> MaskedTransformer<B> {
         config: &ModelConfig,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let rows = config.padded_vocab_size() + 1;
+        let rows = config.masked_embedding_rows();
         Ok(Self {
             net: load_net(path.as_ref(), config, rows, device)?,
         })

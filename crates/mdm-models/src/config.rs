@@ -58,6 +58,11 @@ pub struct ModelConfig {
     /// reproduce their logits to 1e-4).
     #[serde(default = "default_true")]
     pub rope_bf16_tables: bool,
+    /// The mask token's id when it is one of the vocabulary's (LLaDA's `mask_token_id`, below
+    /// `padded_vocab_size`: the embedding then has `V` rows). Absent for SMDM, whose mask id is
+    /// `V`, one past the head, with an embedding of `V + 1` rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_token_id: Option<usize>,
 }
 
 fn default_padding_multiple() -> usize {
@@ -165,6 +170,7 @@ impl ModelConfig {
             rotary_percentage: 1.0,
             condense_ratio: 1,
             rope_bf16_tables: true,
+            mask_token_id: None,
         }
     }
 
@@ -224,9 +230,22 @@ impl ModelConfig {
         })
     }
 
-    /// The mask token id: `padded_vocab_size` (one past the last id the head can predict).
+    /// The mask token id: `mask_token_id` when set (LLaDA), else `padded_vocab_size` (one past the
+    /// last id the head can predict, SMDM).
     pub fn mask_id(&self) -> usize {
-        self.padded_vocab_size()
+        self.mask_token_id
+            .unwrap_or_else(|| self.padded_vocab_size())
+    }
+
+    /// Rows of the masked model's embedding: `V + 1` when the mask id is `V` (SMDM), `V` when the
+    /// mask token is one of the vocabulary (LLaDA).
+    pub fn masked_embedding_rows(&self) -> usize {
+        let v = self.padded_vocab_size();
+        if self.mask_id() < v {
+            v
+        } else {
+            v + 1
+        }
     }
 
     /// `D = C / H`.
@@ -260,10 +279,11 @@ impl ModelConfig {
         self.n_layer * per_layer + c
     }
 
-    /// All parameters of the masked model (embedding of `V + 1` rows and head of `V` columns).
+    /// All parameters of the masked model (embedding of `V + 1` rows, or `V` when the mask token
+    /// is in the vocabulary, and head of `V` columns).
     pub fn masked_params(&self) -> usize {
         let v = self.padded_vocab_size();
-        self.non_embedding_params() + (2 * v + 1) * self.n_embd
+        self.non_embedding_params() + (v + self.masked_embedding_rows()) * self.n_embd
     }
 
     /// Checks that the sizes fit together.
@@ -301,6 +321,14 @@ impl ModelConfig {
         }
         if self.condense_ratio == 0 {
             return bad("condense_ratio must be at least 1".into());
+        }
+        if let Some(m) = self.mask_token_id {
+            if m > self.padded_vocab_size() {
+                return bad(format!(
+                    "mask_token_id {m} is beyond the padded vocabulary {}",
+                    self.padded_vocab_size()
+                ));
+            }
         }
         Ok(())
     }

@@ -96,6 +96,26 @@ pub enum ModelError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A Hugging Face `config.json` value this library does not support (or a missing one).
+    #[error("{file}: `{key}` = {value}: {reason}")]
+    Unsupported {
+        /// The config file.
+        file: PathBuf,
+        /// The key.
+        key: String,
+        /// Its value, as JSON.
+        value: String,
+        /// What we support instead.
+        reason: String,
+    },
+    /// A checkpoint folder's shards or index are inconsistent.
+    #[error("{file}: {reason}")]
+    Shards {
+        /// The index or shard file.
+        file: PathBuf,
+        /// What is wrong (a missing shard, a key in two shards...).
+        reason: String,
+    },
     /// Reading tensor data back from the device failed.
     #[error("reading tensor `{key}` from the device failed: {reason}")]
     ReadBack {

@@ -5,6 +5,9 @@
 //! - [`CausalTransformer`] with [`KvCache`]: the autoregressive baseline.
 //! - Checkpoints: [`MaskedTransformer::load_smdm`] reads the published SMDM safetensors files;
 //!   `save` / `load` use our folder format ([`checkpoint`]).
+//! - The LLaDA family ([`llada`]): [`MaskedTransformer::load_hf`] reads a Hugging Face folder
+//!   (`config.json` + `model.safetensors` or shards with an index, [`hf`]) whose `model_type` is
+//!   `llada`, onto the same network (mask token inside the vocabulary, fp32 RoPE tables).
 //!
 //! Architecture (SMDM.md section 6): token embedding; `n_layer` blocks of
 //! `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`; final RMSNorm; linear head; no biases;
@@ -43,11 +46,14 @@ pub mod causal;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod hf;
+pub mod llada;
 pub mod masked;
 pub mod mlp;
 pub mod norm;
 mod params;
 pub mod rope;
+pub mod source;
 pub mod transformer;
 
 pub use causal::{CausalTransformer, KvCache};
@@ -55,3 +61,4 @@ pub use checkpoint::{CheckpointMeta, ModelKind};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use masked::MaskedTransformer;
+pub use source::ModelSource;

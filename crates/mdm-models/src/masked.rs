@@ -26,7 +26,7 @@ impl ModelConfig {
     ) -> Result<MaskedTransformer<B>, ModelError> {
         let mut init = SeededInit::new(self, seed);
         Ok(MaskedTransformer {
-            net: Transformer::build(self, self.padded_vocab_size() + 1, &mut init, device)?,
+            net: Transformer::build(self, self.masked_embedding_rows(), &mut init, device)?,
         })
     }
 }

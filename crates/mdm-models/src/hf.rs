@@ -1,0 +1,242 @@
+//! Hugging Face checkpoint folders: `config.json`, and the weights in one `model.safetensors` or
+//! in shards listed by `model.safetensors.index.json`.
+//!
+//! Shards are memory-mapped and each tensor is converted to f32 when the network asks for it, so
+//! loading holds the final weights plus one tensor, never a second copy of the checkpoint. The
+//! folder is checked when it is opened: a shard the index names must exist and hold the keys the
+//! index gives it, no key may be in two shards, and every file must be valid safetensors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+
+use crate::checkpoint::to_f32;
+use crate::ModelError;
+
+/// The config file of a folder.
+pub const HF_CONFIG_FILE: &str = "config.json";
+/// The index of a sharded folder.
+pub const HF_INDEX_FILE: &str = "model.safetensors.index.json";
+/// The weights of an unsharded folder.
+pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
+
+struct MappedShard {
+    file: PathBuf,
+    map: Mmap,
+}
+
+/// An opened Hugging Face folder: its `config.json` and its weights, memory-mapped.
+pub struct HfFolder {
+    dir: PathBuf,
+    config: serde_json::Value,
+    shards: Vec<MappedShard>,
+    /// Tensor name -> (shard, shape).
+    tensors: BTreeMap<String, (usize, Vec<usize>)>,
+}
+
+fn io(file: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        file: file.to_path_buf(),
+        source,
+    }
+}
+
+fn header(shard: &MappedShard) -> Result<SafeTensors<'_>, ModelError> {
+    SafeTensors::deserialize(&shard.map).map_err(|e| ModelError::Format {
+        file: shard.file.clone(),
+        reason: e.to_string(),
+    })
+}
+
+impl HfFolder {
+    /// Opens and checks `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let dir = dir.as_ref().to_path_buf();
+        let config_file = dir.join(HF_CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_file).map_err(io(&config_file))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                reason: format!("{}: {e}", config_file.display()),
+            })?;
+        let index_file = dir.join(HF_INDEX_FILE);
+        let (files, index) = if index_file.is_file() {
+            let index = read_index(&index_file)?;
+            let mut files: Vec<String> = index.values().cloned().collect();
+            files.sort();
+            files.dedup();
+            (files, Some(index))
+        } else {
+            (vec![HF_WEIGHTS_FILE.to_string()], None)
+        };
+        let mut shards = Vec::with_capacity(files.len());
+        for name in &files {
+            let file = dir.join(name);
+            if !file.is_file() {
+                return Err(ModelError::Shards {
+                    file: if index.is_some() {
+                        index_file.clone()
+                    } else {
+                        file.clone()
+                    },
+                    reason: format!("shard `{name}` does not exist in {}", dir.display()),
+                });
+            }
+            let handle = File::open(&file).map_err(io(&file))?;
+            // SAFETY: the map is read-only and lives as long as the folder; a checkpoint file
+            // changed by another process while it is mapped is outside what we guard against.
+            let map = unsafe { Mmap::map(&handle) }.map_err(io(&file))?;
+            shards.push(MappedShard { file, map });
+        }
+        let mut tensors: BTreeMap<String, (usize, Vec<usize>)> = BTreeMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let st = header(shard)?;
+            for (name, view) in st.tensors() {
+                if let Some((other, _)) = tensors.get(&name) {
+                    return Err(ModelError::Shards {
+                        file: shard.file.clone(),
+                        reason: format!(
+                            "tensor `{name}` is also in {}",
+                            shards[*other].file.display()
+                        ),
+                    });
+                }
+                tensors.insert(name, (i, view.shape().to_vec()));
+            }
+        }
+        if let Some(index) = &index {
+            for (key, name) in index {
+                let shard = files.iter().position(|f| f == name).unwrap_or(usize::MAX);
+                match tensors.get(key) {
+                    Some((i, _)) if *i == shard => {}
+                    Some((i, _)) => {
+                        return Err(ModelError::Shards {
+                            file: index_file.clone(),
+                            reason: format!(
+                                "`{key}` is listed in `{name}` but stored in {}",
+                                shards[*i].file.display()
+                            ),
+                        })
+                    }
+                    None => {
+                        return Err(ModelError::Shards {
+                            file: index_file.clone(),
+                            reason: format!(
+                                "`{key}` is listed in `{name}`, which does not hold it"
+                            ),
+                        })
+                    }
+                }
+            }
+            if let Some(key) = tensors.keys().find(|k| !index.contains_key(*k)) {
+                return Err(ModelError::Shards {
+                    file: index_file.clone(),
+                    reason: format!("`{key}` is in a shard but not in the index"),
+                });
+            }
+        }
+        Ok(Self {
+            dir,
+            config,
+            shards,
+            tensors,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `config.json`'s path.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join(HF_CONFIG_FILE)
+    }
+
+    /// `config.json`, parsed.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// `config.json`'s `model_type`.
+    pub fn model_type(&self) -> Result<&str, ModelError> {
+        self.config["model_type"]
+            .as_str()
+            .ok_or_else(|| ModelError::Unsupported {
+                file: self.config_file(),
+                key: "model_type".into(),
+                value: self.config["model_type"].to_string(),
+                reason: "a Hugging Face folder's config.json must name its model_type".into(),
+            })
+    }
+
+    /// The names of every tensor in the folder, sorted.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The file holding `key`, if any.
+    pub fn file_of(&self, key: &str) -> Option<&Path> {
+        self.tensors
+            .get(key)
+            .map(|(i, _)| self.shards[*i].file.as_path())
+    }
+
+    /// Tensor `key` as f32 values, checked against `shape`.
+    pub fn read(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let Some((i, found)) = self.tensors.get(key) else {
+            return Err(ModelError::MissingKey {
+                file: self.dir.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            });
+        };
+        let shard = &self.shards[*i];
+        if found.as_slice() != shape {
+            return Err(ModelError::ShapeMismatch {
+                file: shard.file.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: found.clone(),
+            });
+        }
+        let st = header(shard)?;
+        let view = st.tensor(key).map_err(|e| ModelError::Format {
+            file: shard.file.clone(),
+            reason: e.to_string(),
+        })?;
+        to_f32(&shard.file, key, &view)
+    }
+}
+
+/// `weight_map` of an index file: tensor name -> shard file name.
+fn read_index(file: &Path) -> Result<HashMap<String, String>, ModelError> {
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Shards {
+        file: file.to_path_buf(),
+        reason: format!("not JSON: {e}"),
+    })?;
+    let map = json["weight_map"]
+        .as_object()
+        .ok_or_else(|| ModelError::Shards {
+            file: file.to_path_buf(),
+            reason: "no `weight_map` object".into(),
+        })?;
+    map.iter()
+        .map(|(k, v)| {
+            let name = v.as_str().ok_or_else(|| ModelError::Shards {
+                file: file.to_path_buf(),
+                reason: format!("`weight_map.{k}` is not a file name"),
+            })?;
+            if name.contains('/') || name.contains('\\') || name == ".." {
+                return Err(ModelError::Shards {
+                    file: file.to_path_buf(),
+                    reason: format!("`weight_map.{k}` = `{name}` is not a file of the folder"),
+                });
+            }
+            Ok((k.clone(), name.to_string()))
+        })
+        .collect()
+}

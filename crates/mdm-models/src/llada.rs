@@ -1,0 +1,461 @@
+//! The LLaDA family (LLaDA-8B-Base / Instruct, LLaDA-1.5): configuration from a Hugging Face
+//! `config.json` and the published tensor names, on the shared Llama-style network.
+//!
+//! LLaDA's `LLaDALlamaBlock` (`modeling_llada.py`) computes what [`Transformer`] computes:
+//! `x += attn_out(Attn(RMSNorm(x)))`, `x += ff_out(silu(ff_proj u) * up_proj u)` with
+//! `u = RMSNorm(x)`, a final RMSNorm and a linear head over `embedding_size` rows, bidirectional
+//! attention with `n_kv_heads` key/value heads (query head `h` reads kv head `h / (n_heads /
+//! n_kv_heads)`), and rotate-half RoPE with base `rope_theta` and fp32 tables. The differences are
+//! in the checkpoint: separate `q_proj` / `k_proj` / `v_proj` (fused here into the grouped layout
+//! of the SMDM network when the weights are loaded), other names, a mask token inside the
+//! vocabulary (`mask_token_id`), and no bf16 rounding of the RoPE tables.
+//!
+//! | LLaDA name (`model.transformer.` + ...) | shape | SMDM name |
+//! |---|---|---|
+//! | `wte.weight` | `[embedding_size, d]` | `transformer.wte.weight` |
+//! | `blocks.{i}.attn_norm.weight` | `[d]` | `transformer.h.{i}.norm_1.weight` |
+//! | `blocks.{i}.q_proj.weight`, `k_proj`, `v_proj` | `[H D, d]`, `[G D, d]`, `[G D, d]` | `transformer.h.{i}.attn.attn.weight` (fused) |
+//! | `blocks.{i}.attn_out.weight` | `[d, d]` | `transformer.h.{i}.attn.proj.weight` |
+//! | `blocks.{i}.ff_norm.weight` | `[d]` | `transformer.h.{i}.norm_2.weight` |
+//! | `blocks.{i}.ff_proj.weight`, `up_proj.weight` | `[hidden, d]` | `...mlp.swiglu.w1`, `w2` |
+//! | `blocks.{i}.ff_out.weight` | `[d, hidden]` | `...mlp.swiglu.w3` |
+//! | `ln_f.weight` | `[d]` | `transformer.ln_f.weight` |
+//! | `ff_out.weight` (absent with `weight_tying`) | `[embedding_size, d]` | `lm_head.weight` |
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use serde_json::Value;
+
+use crate::hf::HfFolder;
+use crate::params::ParamSource;
+use crate::transformer::Transformer;
+use crate::{MaskedTransformer, ModelConfig, ModelError};
+
+/// The hyper-parameters of a LLaDA checkpoint, read from its `config.json`
+/// (`configuration_llada.py`'s keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LladaConfig {
+    /// `d_model`.
+    pub d_model: usize,
+    /// `n_heads`.
+    pub n_heads: usize,
+    /// `n_kv_heads` (`n_heads` when absent; 1 with `multi_query_attention`).
+    pub n_kv_heads: usize,
+    /// `n_layers`.
+    pub n_layers: usize,
+    /// `mlp_hidden_size` (`mlp_ratio * d_model` when absent).
+    pub mlp_hidden_size: usize,
+    /// `vocab_size`: the tokenizer's ids.
+    pub vocab_size: usize,
+    /// `embedding_size` (`vocab_size` when absent): rows of the embedding and logits.
+    pub embedding_size: usize,
+    /// `mask_token_id`.
+    pub mask_token_id: usize,
+    /// `eos_token_id`, if given.
+    pub eos_token_id: Option<usize>,
+    /// `rope_theta`.
+    pub rope_theta: f64,
+    /// `rms_norm_eps`.
+    pub rms_norm_eps: f64,
+    /// `max_sequence_length`.
+    pub max_sequence_length: usize,
+    /// `weight_tying`: the head reuses the embedding.
+    pub weight_tying: bool,
+}
+
+struct Keys<'a> {
+    json: &'a Value,
+    file: PathBuf,
+}
+
+impl Keys<'_> {
+    fn unsupported(&self, key: &str, reason: &str) -> ModelError {
+        ModelError::Unsupported {
+            file: self.file.clone(),
+            key: key.to_string(),
+            value: self.json.get(key).map_or("absent".into(), Value::to_string),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize, ModelError> {
+        self.opt_usize(key)?
+            .ok_or_else(|| self.unsupported(key, "a non-negative integer is required"))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| self.unsupported(key, "must be a non-negative integer")),
+        }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.unsupported(key, "must be a number")),
+        }
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.unsupported(key, "must be true or false")),
+        }
+    }
+
+    /// The key must be absent, null, or `allowed`.
+    fn require(&self, key: &str, allowed: &[Value], reason: &str) -> Result<(), ModelError> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) if allowed.contains(v) => Ok(()),
+            Some(_) => Err(self.unsupported(key, reason)),
+        }
+    }
+}
+
+impl LladaConfig {
+    /// Reads the config of `folder` (its `model_type` must be `llada`); a value this network does
+    /// not compute (ALiBi, LayerNorm, biases, QK norm, logit scaling...) is an error naming the key.
+    pub fn from_folder(folder: &HfFolder) -> Result<Self, ModelError> {
+        Self::from_json(folder.config(), folder.config_file())
+    }
+
+    /// Reads a parsed `config.json` (`file` names it in errors).
+    pub fn from_json(json: &Value, file: PathBuf) -> Result<Self, ModelError> {
+        let k = Keys { json, file };
+        k.require(
+            "model_type",
+            &[Value::from("llada")],
+            "this reader is for model_type `llada`",
+        )?;
+        k.require(
+            "alibi",
+            &[Value::from(false)],
+            "ALiBi is not supported (RoPE only)",
+        )?;
+        k.require(
+            "rope",
+            &[Value::from(true)],
+            "only RoPE positions are supported",
+        )?;
+        k.require(
+            "layer_norm_type",
+            &[Value::from("rms")],
+            "only RMSNorm (`rms`) is supported",
+        )?;
+        k.require(
+            "layer_norm_with_affine",
+            &[Value::from(true)],
+            "RMSNorm without a gain is not supported",
+        )?;
+        k.require(
+            "bias_for_layer_norm",
+            &[Value::from(false)],
+            "norm biases are not supported",
+        )?;
+        k.require(
+            "block_type",
+            &[Value::from("llama")],
+            "only LLaDA's `llama` block is supported",
+        )?;
+        k.require(
+            "activation_type",
+            &[Value::from("silu")],
+            "only the SwiGLU MLP (`silu`) is supported",
+        )?;
+        for key in [
+            "include_bias",
+            "include_qkv_bias",
+            "attention_layer_norm",
+            "input_emb_norm",
+            "scale_logits",
+        ] {
+            k.require(key, &[Value::from(false)], "not supported by this network")?;
+        }
+        k.require("clip_qkv", &[], "q/k/v clipping is not supported")?;
+        let n_heads = k.usize("n_heads")?;
+        let d_model = k.usize("d_model")?;
+        let multi_query = k.bool_or("multi_query_attention", false)?;
+        let n_kv_heads = if multi_query {
+            1
+        } else {
+            k.opt_usize("n_kv_heads")?.unwrap_or(n_heads)
+        };
+        let mlp_hidden_size = match k.opt_usize("mlp_hidden_size")? {
+            Some(h) => h,
+            None => k.opt_usize("mlp_ratio")?.unwrap_or(4) * d_model,
+        };
+        let vocab_size = k.usize("vocab_size")?;
+        let config = Self {
+            d_model,
+            n_heads,
+            n_kv_heads,
+            n_layers: k.usize("n_layers")?,
+            mlp_hidden_size,
+            vocab_size,
+            embedding_size: k.opt_usize("embedding_size")?.unwrap_or(vocab_size),
+            mask_token_id: k.usize("mask_token_id")?,
+            eos_token_id: k.opt_usize("eos_token_id")?,
+            rope_theta: k.f64_or("rope_theta", 10_000.0)?,
+            rms_norm_eps: k.f64_or("rms_norm_eps", 1e-5)?,
+            max_sequence_length: k.usize("max_sequence_length")?,
+            weight_tying: k.bool_or("weight_tying", false)?,
+        };
+        if config.embedding_size < config.vocab_size {
+            return Err(k.unsupported("embedding_size", "must be at least vocab_size"));
+        }
+        if config.mask_token_id >= config.embedding_size {
+            return Err(k.unsupported(
+                "mask_token_id",
+                "must be one of the embedding's rows (below embedding_size)",
+            ));
+        }
+        if config.n_kv_heads == 0 || !config.n_heads.is_multiple_of(config.n_kv_heads) {
+            return Err(k.unsupported("n_kv_heads", "must divide n_heads"));
+        }
+        if !d_model.is_multiple_of(n_heads) {
+            return Err(k.unsupported("n_heads", "must divide d_model"));
+        }
+        Ok(config)
+    }
+
+    /// The shared network's config: logits over `embedding_size`, the mask token inside it,
+    /// grouped-query attention with `n_kv_heads` groups, fp32 RoPE tables of base `rope_theta`.
+    pub fn model_config(&self) -> ModelConfig {
+        ModelConfig {
+            name: "llada".into(),
+            block_size: self.max_sequence_length,
+            vocab_size: self.vocab_size,
+            padding_multiple: 1,
+            padded_vocab_size: Some(self.embedding_size),
+            n_layer: self.n_layers,
+            n_head: self.n_heads,
+            n_embd: self.d_model,
+            n_query_groups: Some(self.n_kv_heads),
+            intermediate_size: self.mlp_hidden_size,
+            norm_eps: self.rms_norm_eps,
+            rope_base: self.rope_theta,
+            rotary_percentage: 1.0,
+            condense_ratio: 1,
+            rope_bf16_tables: false,
+            mask_token_id: Some(self.mask_token_id),
+        }
+    }
+}
+
+/// LLaDA's tensor for an SMDM name (the fused q/k/v aside).
+fn llada_name(smdm: &str, tying: bool) -> Option<String> {
+    const T: &str = "model.transformer.";
+    if smdm == "transformer.wte.weight" {
+        return Some(format!("{T}wte.weight"));
+    }
+    if smdm == "transformer.ln_f.weight" {
+        return Some(format!("{T}ln_f.weight"));
+    }
+    if smdm == "lm_head.weight" {
+        return Some(if tying {
+            format!("{T}wte.weight")
+        } else {
+            format!("{T}ff_out.weight")
+        });
+    }
+    let rest = smdm.strip_prefix("transformer.h.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let name = match part {
+        "norm_1.weight" => "attn_norm.weight",
+        "attn.proj.weight" => "attn_out.weight",
+        "norm_2.weight" => "ff_norm.weight",
+        "mlp.swiglu.w1.weight" => "ff_proj.weight",
+        "mlp.swiglu.w2.weight" => "up_proj.weight",
+        "mlp.swiglu.w3.weight" => "ff_out.weight",
+        _ => return None,
+    };
+    Some(format!("{T}blocks.{layer}.{name}"))
+}
+
+/// A LLaDA folder as the shared network's parameter source.
+struct LladaSource<'a> {
+    folder: &'a HfFolder,
+    config: &'a LladaConfig,
+    used: HashSet<String>,
+}
+
+impl LladaSource<'_> {
+    fn read(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let values = self.folder.read(key, shape)?;
+        self.used.insert(key.to_string());
+        Ok(values)
+    }
+
+    /// `[(H + 2G) D, d]` in the grouped layout: for each kv group `g`, the q rows of its `P`
+    /// query heads, then its k rows, then its v rows.
+    fn fused_qkv(&mut self, layer: &str) -> Result<Vec<f32>, ModelError> {
+        let c = self.config;
+        let (h, g, d) = (c.n_heads, c.n_kv_heads, c.d_model);
+        let hd = d / h;
+        let p = h / g;
+        let prefix = format!("model.transformer.blocks.{layer}");
+        let q = self.read(&format!("{prefix}.q_proj.weight"), &[h * hd, d])?;
+        let k = self.read(&format!("{prefix}.k_proj.weight"), &[g * hd, d])?;
+        let v = self.read(&format!("{prefix}.v_proj.weight"), &[g * hd, d])?;
+        let rows = |m: &[f32], from: usize, n: usize| m[from * d..(from + n) * d].to_vec();
+        let mut fused = Vec::with_capacity((h + 2 * g) * hd * d);
+        for group in 0..g {
+            fused.extend(rows(&q, group * p * hd, p * hd));
+            fused.extend(rows(&k, group * hd, hd));
+            fused.extend(rows(&v, group * hd, hd));
+        }
+        Ok(fused)
+    }
+}
+
+impl ParamSource for LladaSource<'_> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        if let Some(layer) = key
+            .strip_prefix("transformer.h.")
+            .and_then(|r| r.strip_suffix(".attn.attn.weight"))
+        {
+            return self.fused_qkv(layer);
+        }
+        let name = llada_name(key, self.config.weight_tying).ok_or_else(|| ModelError::Config {
+            reason: format!("no LLaDA tensor for `{key}`"),
+        })?;
+        self.read(&name, shape)
+    }
+
+    fn finish(&mut self) -> Result<(), ModelError> {
+        if let Some(name) = self.folder.tensor_names().find(|n| !self.used.contains(*n)) {
+            return Err(ModelError::UnexpectedKey {
+                file: self
+                    .folder
+                    .file_of(name)
+                    .unwrap_or(self.folder.dir())
+                    .to_path_buf(),
+                key: name.to_string(),
+                found: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> MaskedTransformer<B> {
+    /// Loads a LLaDA Hugging Face folder (`config.json` with `model_type: "llada"`, one
+    /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
+    pub fn load_llada(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
+        let llada = LladaConfig::from_folder(folder)?;
+        let config = llada.model_config();
+        let mut source = LladaSource {
+            folder,
+            config: &llada,
+            used: HashSet::new(),
+        };
+        Ok(Self {
+            net: Transformer::build(&config, config.masked_embedding_rows(), &mut source, device)?,
+        })
+    }
+
+    /// Loads a Hugging Face folder of a family we know, chosen by `config.json`'s `model_type`
+    /// (today: `llada`).
+    pub fn load_hf(
+        dir: impl AsRef<std::path::Path>,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let folder = HfFolder::open(dir)?;
+        match folder.model_type()? {
+            "llada" => Self::load_llada(&folder, device),
+            other => Err(ModelError::Unsupported {
+                file: folder.config_file(),
+                key: "model_type".into(),
+                value: format!("\"{other}\""),
+                reason: "known families: llada".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        serde_json::json!({
+            "model_type": "llada", "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2,
+            "mlp_hidden_size": 160, "vocab_size": 300, "embedding_size": 320,
+            "mask_token_id": 296, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+            "max_sequence_length": 256, "weight_tying": false, "alibi": false,
+            "layer_norm_type": "rms", "block_type": "llama", "activation_type": "silu",
+            "include_bias": false, "rope": true
+        })
+    }
+
+    #[test]
+    fn a_config_maps_onto_the_shared_network() {
+        let c = LladaConfig::from_json(&base(), "config.json".into()).unwrap();
+        let m = c.model_config();
+        m.validate().unwrap();
+        assert_eq!((m.mask_id(), m.padded_vocab_size()), (296, 320));
+        assert_eq!(m.masked_embedding_rows(), 320);
+        assert_eq!(
+            (m.query_groups(), m.head_size(), m.rope_base),
+            (2, 16, 500000.0)
+        );
+        assert!(!m.rope_bf16_tables);
+    }
+
+    #[test]
+    fn unsupported_values_name_their_key() {
+        for (key, value) in [
+            ("alibi", Value::from(true)),
+            ("layer_norm_type", Value::from("default")),
+            ("include_bias", Value::from(true)),
+            ("model_type", Value::from("dream")),
+            ("n_kv_heads", Value::from(3)),
+            ("mask_token_id", Value::from(400)),
+            ("clip_qkv", Value::from(8.0)),
+        ] {
+            let mut json = base();
+            json[key] = value;
+            match LladaConfig::from_json(&json, "x/config.json".into()) {
+                Err(ModelError::Unsupported { key: k, file, .. }) => {
+                    assert_eq!(k, key);
+                    assert_eq!(file, PathBuf::from("x/config.json"));
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let mut json = base();
+        json.as_object_mut().unwrap().remove("n_layers");
+        assert!(matches!(
+            LladaConfig::from_json(&json, "c".into()),
+            Err(ModelError::Unsupported { key, .. }) if key == "n_layers"
+        ));
+    }
+
+    #[test]
+    fn names_map_both_ways_of_the_head() {
+        assert_eq!(
+            llada_name("transformer.h.3.mlp.swiglu.w3.weight", false).unwrap(),
+            "model.transformer.blocks.3.ff_out.weight"
+        );
+        assert_eq!(
+            llada_name("lm_head.weight", true).unwrap(),
+            "model.transformer.wte.weight"
+        );
+        assert_eq!(
+            llada_name("lm_head.weight", false).unwrap(),
+            "model.transformer.ff_out.weight"
+        );
+        assert!(llada_name("transformer.h.0.attn.attn.weight", false).is_none());
+    }
+}
