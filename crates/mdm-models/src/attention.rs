@@ -20,6 +20,45 @@ pub struct LayerCache<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
+impl<B: Backend> LayerCache<B> {
+    /// The first `len` positions.
+    pub fn truncate(&self, len: usize) -> Self {
+        Self {
+            k: self.k.clone().narrow(2, 0, len),
+            v: self.v.clone().narrow(2, 0, len),
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.k.dims()[2]
+    }
+
+    /// True when no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How one layer's attention uses a key/value cache.
+pub enum CacheAccess<'a, B: Backend> {
+    /// The input follows the cached positions: its keys/values are appended to the cache (created
+    /// when empty) and attention runs over all of them (autoregressive decoding, filling a cache).
+    Append(&'a mut Option<LayerCache<B>>),
+    /// The input follows the cached positions and attends to them, but the cache is left as it is
+    /// (Fast-dLLM's prefix cache: every step of a block rereads the same prefix).
+    Read(&'a LayerCache<B>),
+    /// The input holds positions `start..start + len` of the cached sequence: its keys/values
+    /// replace the cached ones there (written back), and attention runs over the whole cached
+    /// sequence (Fast-dLLM's dual cache, `replace_position`).
+    Replace {
+        /// The layer's cache of the whole sequence.
+        cache: &'a mut LayerCache<B>,
+        /// First position of the input.
+        start: usize,
+    },
+}
+
 /// Self-attention of one block.
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -39,13 +78,13 @@ impl<B: Backend> SelfAttention<B> {
     /// `x`: `[batch, seq_len, n_embd]`; `rope`: the tables of its positions.
     /// `bias`: additive attention bias broadcastable to `[batch, H, seq_len, keys]` (a causal mask as
     /// `-inf` above the diagonal), or none for bidirectional attention.
-    /// `cache`: when given, the new keys/values are appended to it and attention runs over all of it.
+    /// `cache`: how the keys/values of other positions come in ([`CacheAccess`]).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
         bias: Option<Tensor<B, 4>>,
-        cache: Option<&mut Option<LayerCache<B>>>,
+        cache: Option<CacheAccess<'_, B>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [batch, seq_len, n_embd] = x.dims();
         let (h, g, d) = (self.n_head, self.n_query_groups, self.head_size);
@@ -69,24 +108,64 @@ impl<B: Backend> SelfAttention<B> {
             .narrow(3, per_group + 1, 1)
             .reshape([batch, seq_len, g, d])
             .swap_dims(1, 2);
-        if let Some(cache) = cache {
-            if let Some(prev) = cache.as_ref() {
-                let cached = prev.k.dims()[0];
-                if cached != batch {
-                    return Err(ModelError::CacheBatch {
-                        cached,
-                        input: batch,
+        let check_batch = |cached: &LayerCache<B>| {
+            let cached = cached.k.dims()[0];
+            if cached == batch {
+                Ok(())
+            } else {
+                Err(ModelError::CacheBatch {
+                    cached,
+                    input: batch,
+                })
+            }
+        };
+        match cache {
+            None => {}
+            Some(CacheAccess::Append(cache)) => {
+                if let Some(prev) = cache.take() {
+                    check_batch(&prev)?;
+                    k = Tensor::cat(vec![prev.k, k], 2);
+                    v = Tensor::cat(vec![prev.v, v], 2);
+                }
+                *cache = Some(LayerCache {
+                    k: k.clone(),
+                    v: v.clone(),
+                });
+            }
+            Some(CacheAccess::Read(prev)) => {
+                check_batch(prev)?;
+                k = Tensor::cat(vec![prev.k.clone(), k], 2);
+                v = Tensor::cat(vec![prev.v.clone(), v], 2);
+            }
+            Some(CacheAccess::Replace { cache, start }) => {
+                check_batch(cache)?;
+                let total = cache.len();
+                if start + seq_len > total {
+                    return Err(ModelError::SequenceTooLong {
+                        start,
+                        len: seq_len,
+                        block_size: total,
                     });
                 }
+                let splice = |old: &Tensor<B, 4>, new: Tensor<B, 4>| {
+                    let mut parts = Vec::with_capacity(3);
+                    if start > 0 {
+                        parts.push(old.clone().narrow(2, 0, start));
+                    }
+                    parts.push(new);
+                    if start + seq_len < total {
+                        parts.push(
+                            old.clone()
+                                .narrow(2, start + seq_len, total - start - seq_len),
+                        );
+                    }
+                    Tensor::cat(parts, 2)
+                };
+                k = splice(&cache.k, k);
+                v = splice(&cache.v, v);
+                cache.k = k.clone();
+                cache.v = v.clone();
             }
-            if let Some(prev) = cache.take() {
-                k = Tensor::cat(vec![prev.k, k], 2);
-                v = Tensor::cat(vec![prev.v, v], 2);
-            }
-            *cache = Some(LayerCache {
-                k: k.clone(),
-                v: v.clone(),
-            });
         }
         let keys = k.dims()[2];
         let (k, v) = if per_group > 1 {

@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use crate::attention::LayerCache;
 use crate::params::SeededInit;
-use crate::transformer::Transformer;
+use crate::transformer::{Caches, Transformer};
 use crate::{ModelConfig, ModelError};
 
 /// The causal (autoregressive) baseline: Diff_LLaMA blocks with a causal mask, an embedding of
@@ -80,7 +80,7 @@ impl<B: Backend> CausalTransformer<B> {
         Ok(self
             .net
             .lm_head
-            .forward(self.net.hidden(ids, 0, Some(bias), None)?))
+            .forward(self.net.hidden(ids, 0, Some(bias), Caches::None)?))
     }
 
     /// Incremental decoding: logits `[batch, new, V]` for `ids` `[batch, new]` that follow the
@@ -93,7 +93,9 @@ impl<B: Backend> CausalTransformer<B> {
         let [_, new] = ids.dims();
         let start = cache.len;
         let bias = (new > 1).then(|| causal_bias(start, new, &ids.device()));
-        let hidden = self.net.hidden(ids, start, bias, Some(&mut cache.layers))?;
+        let hidden = self
+            .net
+            .hidden(ids, start, bias, Caches::Append(&mut cache.layers))?;
         cache.len += new;
         Ok(self.net.lm_head.forward(hidden))
     }

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod attention;
+pub mod block_cache;
 pub mod causal;
 pub mod checkpoint;
 pub mod config;
@@ -56,6 +57,7 @@ pub mod rope;
 pub mod source;
 pub mod transformer;
 
+pub use block_cache::BlockCache;
 pub use causal::{CausalTransformer, KvCache};
 pub use checkpoint::{CheckpointMeta, ModelKind};
 pub use config::ModelConfig;

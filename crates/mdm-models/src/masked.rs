@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use crate::params::SeededInit;
-use crate::transformer::Transformer;
+use crate::transformer::{Caches, Transformer};
 use crate::{ModelConfig, ModelError};
 
 /// Diff_LLaMA: a Llama-style Transformer without a causal mask that sees a partly masked sequence
@@ -40,7 +40,7 @@ impl<B: Backend> MaskedTransformer<B> {
     /// Final normalised hidden states `[batch, seq_len, C]`: apply [`Self::head`] to the positions
     /// you need (only masked positions need logits, which saves most of the head's cost).
     pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
-        self.net.hidden(ids, 0, None, None)
+        self.net.hidden(ids, 0, None, Caches::None)
     }
 
     /// Logits `[n, V]` at the row-major flat positions `index` (`[n]`, into `[batch * seq_len]`) only,
@@ -78,7 +78,7 @@ impl<B: Backend> MaskedTransformer<B> {
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError> {
         let [batch, seq_len] = ids.dims();
-        let hidden = self.net.hidden(ids, 0, bias, None)?;
+        let hidden = self.net.hidden(ids, 0, bias, Caches::None)?;
         let c = hidden.dims()[2];
         Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
     }

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
-use crate::attention::{LayerCache, SelfAttention};
+use crate::attention::{CacheAccess, LayerCache, SelfAttention};
 use crate::mlp::SwiGlu;
 use crate::norm::RmsNorm;
 use crate::params::ParamSource;
@@ -13,6 +13,18 @@ use crate::{ModelConfig, ModelError};
 
 /// A weight under its SMDM name: `(name, PyTorch-layout shape, row-major values)`.
 pub(crate) type NamedWeight = (String, Vec<usize>, Vec<f32>);
+
+/// The per-layer caches of one pass and how they are used (see [`CacheAccess`]).
+pub(crate) enum Caches<'a, B: Backend> {
+    /// No cache: attention over the input alone.
+    None,
+    /// Append the input's keys/values (one slot per layer).
+    Append(&'a mut [Option<LayerCache<B>>]),
+    /// Read a cached prefix the input follows.
+    Read(&'a [LayerCache<B>]),
+    /// Replace the input's positions in a cache of the whole sequence.
+    Replace(&'a mut [LayerCache<B>]),
+}
 
 /// `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`.
 #[derive(Module, Debug)]
@@ -33,7 +45,7 @@ impl<B: Backend> Block<B> {
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
         bias: Option<Tensor<B, 4>>,
-        cache: Option<&mut Option<LayerCache<B>>>,
+        cache: Option<CacheAccess<'_, B>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let x = x.clone()
             + self
@@ -170,20 +182,29 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Final hidden states `[batch, seq_len, n_embd]` (after the final norm) for `ids`
-    /// (`[batch, seq_len]`) at positions `start..`.
+    /// (`[batch, seq_len]`) at positions `start..`, the layers' keys/values of other positions as
+    /// `caches` says.
     pub(crate) fn hidden(
         &self,
         ids: Tensor<B, 2, Int>,
         start: usize,
         bias: Option<Tensor<B, 4>>,
-        mut caches: Option<&mut Vec<Option<LayerCache<B>>>>,
+        mut caches: Caches<'_, B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [batch, seq_len] = ids.dims();
         let rope = self.rope.tables(batch, start, seq_len)?;
         let mut x = self.wte.forward(ids);
         for (l, block) in self.blocks.iter().enumerate() {
-            let cache = caches.as_deref_mut().map(|c| &mut c[l]);
-            x = block.forward(x, &rope, bias.clone(), cache)?;
+            let access = match &mut caches {
+                Caches::None => None,
+                Caches::Append(layers) => Some(CacheAccess::Append(&mut layers[l])),
+                Caches::Read(layers) => Some(CacheAccess::Read(&layers[l])),
+                Caches::Replace(layers) => Some(CacheAccess::Replace {
+                    cache: &mut layers[l],
+                    start,
+                }),
+            };
+            x = block.forward(x, &rope, bias.clone(), access)?;
         }
         Ok(self.ln_f.forward(x))
     }
