@@ -271,7 +271,7 @@ fn main() -> Result<()> {
         println!("   | question | MDM | baseline |\n   |---|---:|---:|");
         for t in &tasks {
             let m = evaluate_task(EvalModel::Masked(&mdm), &tokenizer, t, &settings, |_, _| {})?;
-            let a = evaluate_task(EvalModel::Causal(&arm), &tokenizer, t, &settings, |_, _| {})?;
+            let a = evaluate_task(EvalModel::causal(&arm), &tokenizer, t, &settings, |_, _| {})?;
             println!(
                 "   | {} | {:.0} % | {:.0} % |",
                 t.name,

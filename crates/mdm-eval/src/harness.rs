@@ -26,7 +26,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use mdm_core::rng_from_seed;
 use mdm_data::Tokenizer;
-use mdm_models::{CausalTransformer, MaskedTransformer};
+use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
 use mdm_samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
 use serde::Serialize;
@@ -40,27 +40,36 @@ use crate::metrics::{
 use crate::tasks::{Reference, Task, TaskItems};
 use crate::EvalError;
 
-/// The model under evaluation.
+/// The model under evaluation: a masked diffusion model of any family ([`MaskPredictor`]:
+/// SMDM, LLaDA), or the autoregressive baseline.
 #[derive(Debug)]
-pub enum EvalModel<'a, B: Backend> {
+pub enum EvalModel<'a, B: Backend, M: MaskPredictor<B> = MaskedTransformer<B>> {
     /// A masked diffusion model.
-    Masked(&'a MaskedTransformer<B>),
+    Masked(&'a M),
     /// The autoregressive baseline.
     Causal(&'a CausalTransformer<B>),
 }
 
-impl<B: Backend> Clone for EvalModel<'_, B> {
+impl<B: Backend, M: MaskPredictor<B>> Clone for EvalModel<'_, B, M> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<B: Backend> Copy for EvalModel<'_, B> {}
+impl<B: Backend, M: MaskPredictor<B>> Copy for EvalModel<'_, B, M> {}
 
-impl<B: Backend> EvalModel<'_, B> {
+impl<'a, B: Backend> EvalModel<'a, B> {
+    /// The autoregressive baseline (the masked-model type parameter fixed to its default, which
+    /// `EvalModel::Causal(..)` alone leaves open).
+    pub fn causal(model: &'a CausalTransformer<B>) -> Self {
+        Self::Causal(model)
+    }
+}
+
+impl<B: Backend, M: MaskPredictor<B>> EvalModel<'_, B, M> {
     fn block_size(&self) -> usize {
         match self {
-            Self::Masked(m) => m.config().block_size,
+            Self::Masked(m) => m.max_positions(),
             Self::Causal(m) => m.config().block_size,
         }
     }
@@ -334,8 +343,8 @@ fn item_seed(seed: u64, item: usize, choice: usize) -> u64 {
 
 /// Log-likelihood (nats) of `target` after `prefix`, and whether it is the greedy continuation
 /// (only when `greedy` is asked).
-fn score<B: Backend>(
-    model: EvalModel<'_, B>,
+fn score<B: Backend, M: MaskPredictor<B>>(
+    model: EvalModel<'_, B, M>,
     prefix: &[usize],
     target: &[usize],
     settings: &TaskSettings,
@@ -393,8 +402,8 @@ fn metric(name: &str, values: &[f64]) -> Metric {
 
 /// Runs `task` (its first `settings.limit` items) on `model`. `on_item(done, total)` is called after
 /// each item (progress bars).
-pub fn evaluate_task<B: Backend>(
-    model: EvalModel<'_, B>,
+pub fn evaluate_task<B: Backend, M: MaskPredictor<B>>(
+    model: EvalModel<'_, B, M>,
     tokenizer: &Tokenizer,
     task: &Task,
     settings: &TaskSettings,
@@ -518,8 +527,8 @@ pub fn evaluate_task<B: Backend>(
 
 /// Greedy (temperature 0) generations after `prompts`, cut at EOS: low-confidence remasking for an
 /// MDM, the KV-cache sampler for the baseline.
-fn generate<B: Backend>(
-    model: EvalModel<'_, B>,
+fn generate<B: Backend, M: MaskPredictor<B>>(
+    model: EvalModel<'_, B, M>,
     prompts: &[Vec<usize>],
     tokenizer: &Tokenizer,
     settings: &TaskSettings,
@@ -576,8 +585,8 @@ fn number(x: f64) -> String {
 /// with low-confidence remasking, one token per step, temperature 0; exact match = the filled span is
 /// the answer's tokens. The number of masks (the answer's length in tokens) is given to the model.
 /// An answer that does not fall on token boundaries of `text` is an error.
-pub fn infill_exact_match<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn infill_exact_match<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     tokenizer: &Tokenizer,
     items: &[(String, String)],
     keep_samples: usize,
@@ -756,7 +765,7 @@ mod tests {
             ..Default::default()
         };
         let mut calls = vec![];
-        let r = evaluate_task(EvalModel::Causal(&model), &tok, &t, &settings, |d, n| {
+        let r = evaluate_task(EvalModel::causal(&model), &tok, &t, &settings, |d, n| {
             calls.push((d, n))
         })
         .unwrap();

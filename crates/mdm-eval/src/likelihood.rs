@@ -6,7 +6,7 @@ use mdm_core::forward_process::{ForwardProcess, NoisedBatch};
 use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
-use mdm_models::{CausalTransformer, MaskedTransformer, ModelError};
+use mdm_models::{CausalTransformer, MaskPredictor, ModelError};
 use mdm_samplers::greedy::greedy_proposals;
 use mdm_samplers::proposal::Slot;
 use thiserror::Error;
@@ -118,8 +118,8 @@ pub fn chain_rule_rows(prefix: &[usize], target: &[usize], mask_id: usize) -> Ve
 /// Exact negative log-likelihood of `target` after `prefix` by the chain rule, left to right: pass
 /// `k` predicts `target[k]` from the prefix and `target[..k]` with the rest masked; the `n` passes
 /// run as one batch of rows. Also returns the per-token log-probabilities.
-pub fn chain_rule<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn chain_rule<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     target: &[usize],
 ) -> Result<NllEstimate, EvalError> {
@@ -129,16 +129,15 @@ pub fn chain_rule<B: Backend>(
 /// [`chain_rule`] with unsupervised classifier-free guidance of scale `cfg_scale` (`w`; 0 = off):
 /// each pass's logits are `u + (w + 1)(c - u)`, `u` from the same row with the prefix masked.
 /// Both passes run in one batch.
-pub fn chain_rule_cfg<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn chain_rule_cfg<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     target: &[usize],
     cfg_scale: f64,
 ) -> Result<NllEstimate, EvalError> {
-    let config = model.config();
-    check(prefix, target, config.padded_vocab_size())?;
-    let device = model.net.lm_head.weight.device();
-    let rows = chain_rule_rows(prefix, target, config.mask_id());
+    check(prefix, target, model.vocab_size())?;
+    let device = model.device();
+    let rows = chain_rule_rows(prefix, target, model.mask_id());
     let n = target.len();
     let len = prefix.len() + n;
     // logits only where needed: row k at position prefix.len() + k
@@ -160,20 +159,20 @@ pub fn chain_rule_cfg<B: Backend>(
 /// `model.forward_at(ids, index)` (`ids` `[b, L]`, `index` into the flattened `b * L` positions),
 /// with unsupervised CFG when `cfg_scale != 0`: the unconditional rows (row `r`'s first
 /// `prompt_len[r]` positions masked) run in the same batch and the logits are combined.
-pub fn guided_logits_at<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn guided_logits_at<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     ids: Tensor<B, 2, Int>,
     index: Tensor<B, 1, Int>,
     prompt_len: &[usize],
     cfg_scale: f64,
 ) -> Result<Tensor<B, 2>, EvalError> {
     if cfg_scale == 0.0 {
-        return Ok(model.forward_at(ids, index)?);
+        return Ok(model.logits_at(ids, None, index)?);
     }
     let [b, len] = ids.dims();
-    let both = guided_batch(ids, prompt_len, model.config().mask_id())?;
+    let both = guided_batch(ids, prompt_len, model.mask_id())?;
     let index = Tensor::cat(vec![index.clone(), index + (b * len) as i64], 0);
-    let logits = model.forward_at(both, index)?;
+    let logits = model.logits_at(both, None, index)?;
     Ok(split_guided(logits, cfg_scale)?)
 }
 
@@ -200,8 +199,8 @@ fn exact_estimate<B: Backend>(
 /// clean) as `noised` holds it. Returns each row's `sum over masked CE / t` (their mean is the
 /// batch's NLL estimate). The head runs only at the masked positions; a row with nothing masked
 /// scores 0.
-pub fn mc_batch_nll<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn mc_batch_nll<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     x0: Tensor<B, 2, Int>,
     noised: &NoisedBatch<B>,
     t: &[f64],
@@ -212,8 +211,8 @@ pub fn mc_batch_nll<B: Backend>(
 
 /// [`mc_batch_nll`] with unsupervised CFG of scale `cfg_scale` (0 = off); `prompt_len[r]` is the
 /// prefix of row `r` that the unconditional pass masks.
-pub fn mc_batch_nll_cfg<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn mc_batch_nll_cfg<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     x0: Tensor<B, 2, Int>,
     noised: &NoisedBatch<B>,
     t: &[f64],
@@ -247,8 +246,8 @@ pub fn mc_batch_nll_cfg<B: Backend>(
 /// The greedy suffix fill of SMDM's evaluation (used for LAMBADA): from `prefix` followed by `n`
 /// masks, repeatedly fill the single most confident masked position (softmax probability of its
 /// argmax) with its argmax, `n` passes in all. Returns the filled suffix.
-pub fn greedy_suffix<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn greedy_suffix<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     n: usize,
 ) -> Result<Vec<usize>, EvalError> {
@@ -256,19 +255,18 @@ pub fn greedy_suffix<B: Backend>(
 }
 
 /// [`greedy_suffix`] with unsupervised CFG of scale `cfg_scale` (0 = off).
-pub fn greedy_suffix_cfg<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn greedy_suffix_cfg<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     n: usize,
     cfg_scale: f64,
 ) -> Result<Vec<usize>, EvalError> {
-    let config = model.config();
     if n == 0 {
         return Err(EvalError::Request("the target is empty".into()));
     }
-    check_vocab(prefix, config.padded_vocab_size())?;
-    let device = model.net.lm_head.weight.device();
-    let mask_id = config.mask_id();
+    check_vocab(prefix, model.vocab_size())?;
+    let device = model.device();
+    let mask_id = model.mask_id();
     let mut x: Vec<usize> = prefix.to_vec();
     x.resize(prefix.len() + n, mask_id);
     let len = x.len();
@@ -302,8 +300,8 @@ pub fn greedy_suffix_cfg<B: Backend>(
 
 /// Whether the greedy suffix fill of `target.len()` masks after `prefix` reproduces `target`
 /// (LAMBADA's accuracy criterion for MDMs).
-pub fn greedy_suffix_matches<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn greedy_suffix_matches<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     target: &[usize],
 ) -> Result<bool, EvalError> {
@@ -311,13 +309,13 @@ pub fn greedy_suffix_matches<B: Backend>(
 }
 
 /// [`greedy_suffix_matches`] with unsupervised CFG of scale `cfg_scale` (0 = off).
-pub fn greedy_suffix_matches_cfg<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn greedy_suffix_matches_cfg<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     target: &[usize],
     cfg_scale: f64,
 ) -> Result<bool, EvalError> {
-    check(prefix, target, model.config().padded_vocab_size())?;
+    check(prefix, target, model.vocab_size())?;
     Ok(greedy_suffix_cfg(model, prefix, target.len(), cfg_scale)? == target)
 }
 
@@ -372,26 +370,25 @@ impl Default for McOptions {
 /// draw `t`, mask each target position with probability `t` (prefix never masked), score
 /// `sum over masked CE / t`; times of one batch are stratified `(u + j/b) mod 1`. Returns the mean,
 /// its standard error over samples, and the number of samples used.
-pub fn mc_elbo<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn mc_elbo<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     prefix: &[usize],
     target: &[usize],
     options: McOptions,
     rng: &mut MdmRng,
 ) -> Result<NllEstimate, EvalError> {
-    let config = model.config();
-    check(prefix, target, config.padded_vocab_size())?;
+    check(prefix, target, model.vocab_size())?;
     if options.batch == 0 || options.mc_num == 0 {
         return Err(EvalError::Request(
             "batch and mc_num must be positive".into(),
         ));
     }
-    let device = model.net.lm_head.weight.device();
+    let device = model.device();
     let seq: Vec<i64> = prefix.iter().chain(target).map(|&t| t as i64).collect();
     let b = options.batch;
     let x0 = ids_tensor::<B>(&vec![seq; b], &device);
     // SMDM's estimator masks with probability t itself (no eps), never inside the prefix
-    let process = ForwardProcess::new(config.mask_id()).with_eps(0.0);
+    let process = ForwardProcess::new(model.mask_id()).with_eps(0.0);
     let prefix_len = vec![prefix.len(); b];
     let mut samples: Vec<f64> = Vec::new();
     while samples.len() < options.mc_num {

@@ -8,7 +8,7 @@ use mdm_core::forward_process::ForwardProcess;
 use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::MdmRng;
-use mdm_models::{CausalTransformer, MaskedTransformer};
+use mdm_models::{CausalTransformer, MaskPredictor};
 
 use crate::likelihood::{check_vocab, host_f64, ids_tensor, mc_batch_nll};
 use crate::EvalError;
@@ -87,20 +87,20 @@ fn check_blocks(blocks: &[Vec<u32>], vocab: usize) -> Result<usize, EvalError> {
 /// The MC ELBO bound of an MDM on `blocks` (each `L` ids), per token: for each of `mc_samples`
 /// rounds, every batch of `batch` blocks is noised at stratified times (no `eps`) and scored with
 /// `sum over masked CE / t`; a block's estimate is the mean over rounds divided by `L`.
-pub fn masked_elbo_per_token<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn masked_elbo_per_token<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     blocks: &[Vec<u32>],
     batch: usize,
     mc_samples: usize,
     rng: &mut MdmRng,
 ) -> Result<PerTokenNll, EvalError> {
-    let len = check_blocks(blocks, model.config().padded_vocab_size())?;
+    let len = check_blocks(blocks, model.vocab_size())?;
     if batch == 0 || mc_samples == 0 {
         return Err(EvalError::Request(
             "batch and mc_samples must be positive".into(),
         ));
     }
-    let device = model.net.lm_head.weight.device();
+    let device = model.device();
     let process = ForwardProcess::new(model.mask_id()).with_eps(0.0);
     let mut sums = vec![0.0; blocks.len()];
     for _ in 0..mc_samples {
@@ -203,20 +203,20 @@ pub fn generative_perplexity<B: Backend>(
 /// `t` (no `eps`): how well the MDM predicts a token from the visible rest. Near `t = 0` almost all
 /// context is visible; near `t = 1` almost none (the unigram entropy is the no-context limit). The
 /// ELBO bound is the integral of this curve over `t` in `(0, 1)`.
-pub fn masked_ce_at_rate<B: Backend>(
-    model: &MaskedTransformer<B>,
+pub fn masked_ce_at_rate<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
     blocks: &[Vec<u32>],
     t: f64,
     batch: usize,
     rng: &mut MdmRng,
 ) -> Result<f64, EvalError> {
-    check_blocks(blocks, model.config().padded_vocab_size())?;
+    check_blocks(blocks, model.vocab_size())?;
     if batch == 0 || !(t > 0.0 && t <= 1.0) {
         return Err(EvalError::Request(format!(
             "batch must be positive and t in (0, 1], got {batch} and {t}"
         )));
     }
-    let device = model.net.lm_head.weight.device();
+    let device = model.device();
     let process = ForwardProcess::new(model.mask_id()).with_eps(0.0);
     let (mut sum, mut count) = (0.0, 0usize);
     for chunk in blocks.chunks(batch) {
@@ -226,7 +226,7 @@ pub fn masked_ce_at_rate<B: Backend>(
             continue;
         }
         let targets = noised.masked_targets(x0)?;
-        let logits = model.forward_at(noised.noisy, targets.index.clone())?;
+        let logits = model.logits_at(noised.noisy, None, targets.index.clone())?;
         let ce = host_f64(cross_entropy_rows(logits, targets.targets)?)?;
         count += ce.len();
         sum += ce.iter().sum::<f64>();

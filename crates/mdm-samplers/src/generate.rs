@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use mdm_core::cfg::{cfg_combine, cfg_combine_host};
 use mdm_core::rng_from_seed;
-use mdm_models::MaskedTransformer;
+use mdm_models::{MaskPredictor, MaskedTransformer};
 
 use crate::draw::draw_proposals;
 use crate::greedy::{greedy_proposals, greedy_proposals_host};
@@ -184,7 +184,8 @@ impl std::ops::AddAssign for StepTiming {
     }
 }
 
-/// Generates continuations from a [`MaskedTransformer`] with a remasking rule.
+/// Generates continuations from a masked model ([`MaskPredictor`]: a [`MaskedTransformer`] of
+/// SMDM or LLaDA) with a remasking rule.
 ///
 /// ```
 /// use burn::backend::Flex;
@@ -198,17 +199,20 @@ impl std::ops::AddAssign for StepTiming {
 /// assert_eq!(out.len(), 2);
 /// assert!(out.iter().all(|row| row.len() == 8 && row.iter().all(|&t| t < 128)));
 /// ```
-pub struct MaskedDiffusionSampler<'a, B: Backend> {
-    model: &'a MaskedTransformer<B>,
+pub struct MaskedDiffusionSampler<'a, B: Backend, M: MaskPredictor<B> = MaskedTransformer<B>> {
+    model: &'a M,
+    _backend: std::marker::PhantomData<B>,
     rule: Box<dyn Remasking>,
     config: GenerationConfig,
 }
 
-impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
-    /// A sampler with low-confidence remasking.
-    pub fn new(model: &'a MaskedTransformer<B>, config: GenerationConfig) -> Self {
+impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
+    /// A sampler with low-confidence remasking, over any model of the seam ([`MaskPredictor`]:
+    /// SMDM, LLaDA).
+    pub fn new(model: &'a M, config: GenerationConfig) -> Self {
         Self {
             model,
+            _backend: std::marker::PhantomData,
             rule: Box::new(LowConfidence),
             config,
         }
@@ -230,12 +234,11 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
     ) -> Result<Vec<Vec<usize>>, SamplerError> {
         let cfg = &self.config;
         let (blocks, block_len, steps_per_block) = cfg.blocks()?;
-        let model_cfg = self.model.config();
-        let (mask_id, vocab) = (model_cfg.mask_id(), model_cfg.padded_vocab_size());
+        let (mask_id, vocab) = (self.model.mask_id(), self.model.vocab_size());
         if prompts.is_empty() {
             return Ok(vec![]);
         }
-        check_prompts(prompts, vocab, cfg.gen_length, model_cfg.block_size)?;
+        check_prompts(prompts, vocab, cfg.gen_length, self.model.max_positions())?;
         let batch = prompts.len();
         let mut x: Vec<Vec<usize>> = prompts
             .iter()
@@ -322,8 +325,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                 reason: "infill needs steps > 0 and takes neither CFG nor blocks".into(),
             });
         }
-        let model_cfg = self.model.config();
-        let (mask_id, vocab) = (model_cfg.mask_id(), model_cfg.padded_vocab_size());
+        let (mask_id, vocab) = (self.model.mask_id(), self.model.vocab_size());
         // mask ids are what is filled; everything else must be a token of the vocabulary
         let known: Vec<Vec<usize>> = rows
             .iter()
@@ -333,7 +335,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
                     .collect()
             })
             .collect();
-        check_prompts(&known, vocab, 0, model_cfg.block_size)?;
+        check_prompts(&known, vocab, 0, self.model.max_positions())?;
         let mut x = rows.to_vec();
         let max_len = x.iter().map(Vec::len).max().unwrap_or(0);
         let no_prompts = vec![Vec::new(); rows.len()];
@@ -464,7 +466,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
         max_len: usize,
         mask_id: usize,
     ) -> Result<(Tensor<B, 2>, Option<Duration>), SamplerError> {
-        let device = self.model.net.lm_head.weight.device();
+        let device = self.model.device();
         // rows of the pass: those with slots (slots are row-major), and their position in the pass
         let mut active: Vec<usize> = slots.iter().map(|s| s.row).collect();
         active.dedup();
@@ -514,7 +516,7 @@ impl<'a, B: Backend> MaskedDiffusionSampler<'a, B> {
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), max_len]), &device);
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
         let started = Instant::now();
-        let logits = self.model.forward_at_padded(ids, padding, index)?;
+        let logits = self.model.logits_at(ids, Some(padding), index)?;
         let forward = if self.config.profile {
             B::sync(&device).map_err(|e| device_error("forward pass", e))?;
             Some(started.elapsed())

@@ -1,0 +1,116 @@
+//! The model seam: what samplers, likelihood estimators, the evaluation harness and validation
+//! need of a masked diffusion model, whatever its family.
+//!
+//! [`MaskedTransformer`] implements it for SMDM's Diff_LLaMA and for the LLaDA family (both run on
+//! the shared Llama-style network); a new family implements it for its own network (see
+//! `docs/architecture.md`, "A new model family").
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+use crate::{BlockCache, MaskedTransformer, ModelError};
+
+/// A network that predicts every masked position of a sequence (bidirectional, no time input).
+///
+/// Ids are `[batch, seq_len]` with masked positions holding [`Self::mask_id`]; logits are over
+/// [`Self::vocab_size`] ids.
+pub trait MaskPredictor<B: Backend> {
+    /// The id written at masked positions (SMDM: one past the head; LLaDA: inside the vocabulary).
+    fn mask_id(&self) -> usize;
+    /// Width of the logits: every id the head can predict, and every id an input may hold
+    /// (besides the mask id).
+    fn vocab_size(&self) -> usize;
+    /// The longest sequence the model takes.
+    fn max_positions(&self) -> usize;
+    /// The device of the weights.
+    fn device(&self) -> B::Device;
+    /// Logits `[batch, seq_len, V]`.
+    fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError>;
+    /// Logits `[n, V]` at the row-major flat positions `index` (into `[batch * seq_len]`) only.
+    /// `padding` (`[batch, seq_len]`, true at the padding of right-padded ragged rows) hides those
+    /// positions from every query, so a row's logits are those of the row alone.
+    fn logits_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError>;
+    /// A full pass: logits `[batch, seq_len, V]` and the keys/values of every position (the start
+    /// of a block with a prefix or dual cache).
+    fn logits_caching(
+        &self,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError>;
+    /// Logits `[batch, n, V]` of the positions that follow a cached prefix (prefix cache); the
+    /// cache is unchanged.
+    fn logits_after_prefix(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        prefix: &BlockCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError>;
+    /// Logits `[batch, n, V]` of positions `start..start + n` of a cached sequence, their own
+    /// keys/values written back into the cache (dual cache).
+    fn logits_in_window(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        start: usize,
+        cache: &mut BlockCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError>;
+}
+
+impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
+    fn mask_id(&self) -> usize {
+        MaskedTransformer::mask_id(self)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().padded_vocab_size()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config().block_size
+    }
+
+    fn device(&self) -> B::Device {
+        self.net.lm_head.weight.device()
+    }
+
+    fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        self.forward(ids)
+    }
+
+    fn logits_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        match padding {
+            Some(padding) => self.forward_at_padded(ids, padding, index),
+            None => self.forward_at(ids, index),
+        }
+    }
+
+    fn logits_caching(
+        &self,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
+        self.forward_caching(ids)
+    }
+
+    fn logits_after_prefix(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        prefix: &BlockCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        self.forward_after_prefix(ids, prefix)
+    }
+
+    fn logits_in_window(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        start: usize,
+        cache: &mut BlockCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        self.forward_window(ids, start, cache)
+    }
+}
