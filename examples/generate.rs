@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
 use mdm::prelude::*;
 use mdm::samplers::proposal::Confidence;
@@ -50,6 +51,10 @@ struct Args {
     /// A HF tokenizer.json: prompts are then text (default: tokenizer.json in the checkpoint folder).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Wrap each prompt as a user message in the model folder's chat template
+    /// (`tokenizer_config.json`'s `chat_template`), or a plain `user: ... assistant:` one.
+    #[arg(long)]
+    chat: bool,
     /// The prompt: text with a tokenizer, else token ids separated by spaces.
     #[arg(long, default_value = "1 450 4996 17354")]
     prompt: String,
@@ -148,6 +153,26 @@ fn main() -> Result<()> {
         None => None,
     };
     let tok = tokenizer.as_ref();
+    let chat = match (args.chat, source.folder()) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(ChatPrompt::for_folder(dir)?),
+        (true, None) => Some(ChatPrompt::plain()),
+    };
+    let parse_prompt = |line: &str, what: &str, tok: Option<&Tokenizer>| -> Result<Vec<usize>> {
+        match &chat {
+            None => parse_prompt(line, what, tok),
+            Some(chat) => {
+                let tok = tok.context("--chat needs a tokenizer (--tokenizer or the folder's)")?;
+                let text = chat.render(&[Message::new("user", line)], true)?;
+                // the template writes its own special tokens
+                Ok(tok
+                    .encode(&text, false)?
+                    .into_iter()
+                    .map(|t| t as usize)
+                    .collect())
+            }
+        }
+    };
     let prompts: Vec<Vec<usize>> = match &args.batch_file {
         Some(f) => std::fs::read_to_string(f)
             .with_context(|| format!("reading {}", f.display()))?

@@ -7,6 +7,7 @@
 //! | [`shards`] | packed token shards in the lit-gpt / TinyLlama format: writer, reader, shuffled block loader |
 //! | [`permutation`] | a seeded permutation of `0..n` evaluated one index at a time (the loader's corpus-wide order) |
 //! | [`sft`] | fine-tuning data: `{prompt, response}` JSONL, EOS-padded, prompt lengths kept |
+//! | [`chat`] | chat prompts: a folder's Jinja `chat_template` (minijinja) or a plain one |
 //! | [`corpus`] | text files → tokenizer + train/validation shards in one call |
 //!
 //! No tensors here: batches are host vectors of token ids, so this crate is usable without `burn`.
@@ -28,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chat;
 pub mod corpus;
 pub mod error;
 pub mod facts;

@@ -69,13 +69,17 @@ impl ModelSource {
         }
     }
 
+    /// The model's folder, for a checkpoint or Hugging Face folder.
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            Self::Checkpoint(dir) | Self::HuggingFace(dir) => Some(dir),
+            _ => None,
+        }
+    }
+
     /// The folder's `tokenizer.json`, if the source is a folder that has one.
     pub fn tokenizer_file(&self) -> Option<PathBuf> {
-        let dir = match self {
-            Self::Checkpoint(dir) | Self::HuggingFace(dir) => dir,
-            _ => return None,
-        };
-        let file = dir.join("tokenizer.json");
+        let file = self.folder()?.join("tokenizer.json");
         file.is_file().then_some(file)
     }
 
