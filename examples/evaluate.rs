@@ -37,8 +37,11 @@ enum EstimatorArg {
 )]
 struct Args {
     /// A checkpoint folder (ours: model.safetensors + meta.json).
-    #[arg(long, required_unless_present = "smdm")]
+    #[arg(long, required_unless_present_any = ["smdm", "hf"])]
     checkpoint: Option<PathBuf>,
+    /// A Hugging Face folder (LLaDA; its tokenizer.json unless `--tokenizer`).
+    #[arg(long, conflicts_with_all = ["checkpoint", "smdm"])]
+    hf: Option<PathBuf>,
     /// A published SMDM safetensors file (an MDM; give `--config` and `--tokenizer`).
     #[arg(long, conflicts_with = "checkpoint")]
     smdm: Option<PathBuf>,
@@ -97,21 +100,24 @@ enum Loaded {
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
-    let model = match (&args.checkpoint, &args.smdm) {
-        (Some(dir), _) => match read_meta(dir)?.kind {
-            ModelKind::Masked => Loaded::Masked(MaskedTransformer::load(dir, &device)?),
-            ModelKind::Causal => Loaded::Causal(CausalTransformer::load(dir, &device)?),
-        },
-        (None, Some(file)) => {
-            let config = ModelConfig::from_name_or_file(&args.config)?;
-            Loaded::Masked(MaskedTransformer::load_smdm(file, &config, &device)?)
+    let source = ModelSource::from_flags(
+        args.checkpoint.as_deref(),
+        args.hf.as_deref(),
+        args.smdm.as_deref(),
+        &args.config,
+        0,
+    )?;
+    let model = match &source {
+        ModelSource::Checkpoint(dir) if read_meta(dir)?.kind == ModelKind::Causal => {
+            Loaded::Causal(CausalTransformer::load(dir, &device)?)
         }
-        (None, None) => bail!("give --checkpoint or --smdm"),
+        ModelSource::Random { .. } => bail!("give --checkpoint, --hf or --smdm"),
+        _ => Loaded::Masked(source.load_masked(&device)?),
     };
-    let tokenizer_path = match (&args.tokenizer, &args.checkpoint) {
+    let tokenizer_path = match (&args.tokenizer, source.tokenizer_file()) {
         (Some(t), _) => t.clone(),
-        (None, Some(dir)) => dir.join("tokenizer.json"),
-        (None, None) => bail!("--smdm needs --tokenizer"),
+        (None, Some(t)) => t,
+        (None, None) => bail!("no tokenizer.json with the model: pass --tokenizer FILE"),
     };
     let tokenizer = Tokenizer::from_file(&tokenizer_path)
         .with_context(|| "a tokenizer is needed: pass --tokenizer FILE")?;

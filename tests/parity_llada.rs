@@ -219,3 +219,59 @@ fn samplers_and_estimators_run_on_llada() {
         "{mc:?} vs {exact:?}"
     );
 }
+
+#[test]
+fn an_unsharded_bf16_or_f16_folder_loads_with_rounded_weights() {
+    let src = fixture_dir().join("model");
+    let device = backend::device();
+    let reference = MaskedTransformer::<B>::load_hf(&src, &device).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            for (name, t) in read_tensors(&path) {
+                tensors.push((name, t.shape.clone(), t.f32()));
+            }
+        }
+    }
+    let ids: Vec<i64> = (0..24).map(|i| (i * 7 % 250) as i64).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 12]), &device);
+    let logits = |m: &MaskedTransformer<B>| -> Vec<f32> {
+        m.forward(ids.clone())
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap()
+    };
+    let expected = logits(&reference);
+    for (dtype, tol) in [(safetensors::Dtype::BF16, 0.2), (safetensors::Dtype::F16, 0.02)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, s, v)| {
+                let b = v
+                    .iter()
+                    .flat_map(|&x| match dtype {
+                        safetensors::Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes(),
+                        _ => half::f16::from_f32(x).to_le_bytes(),
+                    })
+                    .collect();
+                (n.clone(), s.clone(), b)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                let view = safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap();
+                (n.clone(), view)
+            })
+            .collect();
+        let file = dir.path().join("model.safetensors");
+        std::fs::write(&file, safetensors::serialize(views, &None).unwrap()).unwrap();
+        let model = MaskedTransformer::<B>::load_hf(dir.path(), &device).unwrap();
+        let diff = max_abs_diff(&logits(&model), &expected);
+        assert!(diff > 0.0 && diff < tol, "{dtype:?}: logits differ by {diff}");
+    }
+}

@@ -21,6 +21,25 @@
 //! | `blocks.{i}.ff_out.weight` | `[d, hidden]` | `...mlp.swiglu.w3` |
 //! | `ln_f.weight` | `[d]` | `transformer.ln_f.weight` |
 //! | `ff_out.weight` (absent with `weight_tying`) | `[embedding_size, d]` | `lm_head.weight` |
+//!
+//! Load a folder and fill masks (the folder here is the tiny random LLaDA of the parity fixtures;
+//! a published one, e.g. `GSAI-ML/LLaDA-8B-Instruct` downloaded with `huggingface-cli`, loads the
+//! same way):
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::{Int, Tensor, TensorData};
+//! use mdm_models::{MaskPredictor, MaskedTransformer};
+//!
+//! let device = Default::default();
+//! let model = MaskedTransformer::<Flex>::load_hf("../../tests/data/llada-parity/model", &device)?;
+//! let m = model.mask_id() as i64; // 296: LLaDA's mask token is one of its ids
+//! let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![5i64, 9, m, 17], [1, 4]), &device);
+//! let best: Vec<i64> = model.logits(ids)?.argmax(2).into_data().convert::<i64>().to_vec().unwrap();
+//! println!("position 2 -> token {}", best[2]);
+//! assert!(best.iter().all(|&t| (t as usize) < model.vocab_size()));
+//! # Ok::<(), mdm_models::ModelError>(())
+//! ```
 
 use std::collections::HashSet;
 use std::path::PathBuf;
