@@ -127,6 +127,25 @@ fn a_broken_folder_names_the_file_and_key() {
     assert!(err.contains(&key) && err.contains("index.json"), "{err}");
     std::fs::write(&index_path, index.to_string()).unwrap();
 
+    // a tensor stored in two shards
+    let tensors = read_tensors(&copy.path().join(&shard));
+    let t = &tensors[&key];
+    let bytes: Vec<u8> = t.f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), &bytes)
+            .unwrap();
+    std::fs::write(
+        copy.path().join("extra.safetensors"),
+        safetensors::serialize(vec![(key.clone(), view)], &None).unwrap(),
+    )
+    .unwrap();
+    let mut twice = index.clone();
+    twice["weight_map"]["extra"] = serde_json::Value::from("extra.safetensors");
+    std::fs::write(&index_path, twice.to_string()).unwrap();
+    let err = HfFolder::open(copy.path()).err().unwrap().to_string();
+    assert!(err.contains(&key) && err.contains("also in"), "{err}");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+
     // a truncated shard
     let bytes = std::fs::read(copy.path().join(&shard)).unwrap();
     std::fs::write(copy.path().join(&shard), &bytes[..bytes.len() / 2]).unwrap();
@@ -245,7 +264,10 @@ fn an_unsharded_bf16_or_f16_folder_loads_with_rounded_weights() {
             .unwrap()
     };
     let expected = logits(&reference);
-    for (dtype, tol) in [(safetensors::Dtype::BF16, 0.2), (safetensors::Dtype::F16, 0.02)] {
+    for (dtype, tol) in [
+        (safetensors::Dtype::BF16, 0.2),
+        (safetensors::Dtype::F16, 0.02),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
@@ -272,6 +294,9 @@ fn an_unsharded_bf16_or_f16_folder_loads_with_rounded_weights() {
         std::fs::write(&file, safetensors::serialize(views, &None).unwrap()).unwrap();
         let model = MaskedTransformer::<B>::load_hf(dir.path(), &device).unwrap();
         let diff = max_abs_diff(&logits(&model), &expected);
-        assert!(diff > 0.0 && diff < tol, "{dtype:?}: logits differ by {diff}");
+        assert!(
+            diff > 0.0 && diff < tol,
+            "{dtype:?}: logits differ by {diff}"
+        );
     }
 }

@@ -137,7 +137,10 @@ fn load_net<B: Backend>(
     embedding_rows: usize,
     device: &B::Device,
 ) -> Result<Transformer<B>, ModelError> {
-    let bytes = fs::read(path).map_err(io(path))?;
+    let file = fs::File::open(path).map_err(io(path))?;
+    // SAFETY: read-only map, dropped when loading ends; the file changing underneath is outside
+    // what we guard against. Each tensor is converted to f32 as the network asks for it.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io(path))?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
         file: path.to_path_buf(),
         reason: e.to_string(),
