@@ -5,6 +5,12 @@
 //! loading holds the final weights plus one tensor, never a second copy of the checkpoint. The
 //! folder is checked when it is opened: a shard the index names must exist and hold the keys the
 //! index gives it, no key may be in two shards, and every file must be valid safetensors.
+//!
+//! Why not burn-store: its `SafetensorsStore` (0.21) remaps keys and, with its PyTorch adapter,
+//! transposes linear weights into burn's layout, but it applies one file's tensors to a module one
+//! to one. LLaDA's separate `q_proj` / `k_proj` / `v_proj` must be fused into the grouped
+//! projection of the shared network, and published folders are sharded behind an index, so the
+//! family's [`ParamSource`](crate::params) does the mapping and this module the shards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
