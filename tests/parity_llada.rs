@@ -300,3 +300,65 @@ fn an_unsharded_bf16_or_f16_folder_loads_with_rounded_weights() {
         );
     }
 }
+
+#[test]
+fn fast_dllm_generations_match_token_for_token() {
+    use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode};
+
+    let dir = fixture_dir();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let cases = read_tensors(&dir.join("cases.safetensors"));
+    let device = backend::device();
+    let model = MaskedTransformer::<B>::load_hf(dir.join("model"), &device).unwrap();
+    let generations = manifest["generations"].as_array().expect("generations");
+    assert!(!generations.is_empty());
+    let mut failures = Vec::new();
+    for g in generations {
+        let name = g["name"].as_str().unwrap();
+        assert_eq!(g["temperature"].as_f64(), Some(0.0), "{name}");
+        assert_eq!(g["remasking"], "low_confidence", "{name}");
+        let cache = match g["function"].as_str().unwrap() {
+            "generate" => CacheMode::None,
+            "generate_with_prefix_cache" => CacheMode::Prefix,
+            "generate_with_dual_cache" => CacheMode::Dual,
+            other => panic!("{name}: unknown function {other}"),
+        };
+        let field = |k: &str| g[k].as_u64().unwrap() as usize;
+        let config = BlockDecoding {
+            gen_length: field("gen_length"),
+            block_length: field("block_length"),
+            steps: field("steps"),
+            threshold: g["threshold"].as_f64(),
+            cache,
+        };
+        let prompt: Vec<usize> = cases[&format!("{name}.prompt")]
+            .i64()
+            .iter()
+            .map(|&t| t as usize)
+            .collect();
+        let expected: Vec<usize> = cases[&format!("{name}.x")]
+            .i64()
+            .iter()
+            .map(|&t| t as usize)
+            .collect();
+        let out = decode_blocks(&model, &prompt, config).unwrap();
+        if out.tokens != expected || out.forward_passes != field("nfe") {
+            failures.push(format!(
+                "{name} ({:?}, threshold {:?}): nfe {} vs {}, tokens equal: {}",
+                cache,
+                config.threshold,
+                out.forward_passes,
+                field("nfe"),
+                out.tokens == expected
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} generations differ:\n{}",
+        failures.len(),
+        generations.len(),
+        failures.join("\n")
+    );
+}

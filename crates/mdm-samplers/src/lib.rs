@@ -66,6 +66,7 @@
 //! ```
 
 pub mod autoregressive;
+pub mod blockwise;
 pub mod draw;
 pub mod generate;
 pub mod greedy;
