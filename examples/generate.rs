@@ -20,7 +20,7 @@ use clap::{Parser, ValueEnum};
 use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
 use mdm::prelude::*;
-use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode};
+use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
 use mdm::samplers::proposal::Confidence;
 use mdm::samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
 use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler, StepTiming};
@@ -95,8 +95,12 @@ struct Args {
     cache: Option<CacheArg>,
     /// LLaDA / Fast-dLLM block decoding with parallel reveals: every slot of the block at least
     /// this confident, and always the most confident one (the block loops until it is full).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "factor")]
     threshold: Option<f64>,
+    /// LLaDA / Fast-dLLM block decoding with Fast-dLLM's factor rule: rank n of the sorted
+    /// confidences is revealed while c_n >= 1 - f / (n + 1).
+    #[arg(long)]
+    factor: Option<f64>,
     /// Print only the result, not the live denoising.
     #[arg(long)]
     no_live: bool,
@@ -229,7 +233,7 @@ fn main() -> Result<()> {
         Rule::Entropy => config.with_confidence(Confidence::NegEntropy),
         _ => config,
     };
-    if args.cache.is_some() || args.threshold.is_some() {
+    if args.cache.is_some() || args.threshold.is_some() || args.factor.is_some() {
         return fast_decoding(&args, &model, &prompts, tok);
     }
     let sampler = MaskedDiffusionSampler::new(&model, config);
@@ -327,7 +331,14 @@ fn fast_decoding(
         gen_length: args.gen_length,
         block_length: args.block_length.unwrap_or(args.gen_length),
         steps: args.steps,
-        threshold: args.threshold,
+        parallel: match (args.threshold, args.factor) {
+            (Some(tau), _) => Parallel::Threshold(tau),
+            (None, Some(factor)) => Parallel::Factor {
+                factor,
+                reveal_failing_last_rank: true,
+            },
+            (None, None) => Parallel::Scheduled,
+        },
         cache: match args.cache {
             Some(CacheArg::Prefix) => CacheMode::Prefix,
             Some(CacheArg::Dual) => CacheMode::Dual,
@@ -343,11 +354,11 @@ fn fast_decoding(
         outputs.push(out.tokens[p.len()..].to_vec());
     }
     println!(
-        "generated in {:.1?} on {} with {passes} forward passes ({:?} cache, threshold {:?}):",
+        "generated in {:.1?} on {} with {passes} forward passes ({:?} cache, {:?}):",
         started.elapsed(),
         backend::NAME,
         config.cache,
-        config.threshold
+        config.parallel
     );
     let mask_id = model.mask_id();
     for (p, o) in prompts.iter().zip(&outputs) {

@@ -303,7 +303,7 @@ fn an_unsharded_bf16_or_f16_folder_loads_with_rounded_weights() {
 
 #[test]
 fn fast_dllm_generations_match_token_for_token() {
-    use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode};
+    use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
 
     let dir = fixture_dir();
     let manifest: serde_json::Value =
@@ -329,7 +329,9 @@ fn fast_dllm_generations_match_token_for_token() {
             gen_length: field("gen_length"),
             block_length: field("block_length"),
             steps: field("steps"),
-            threshold: g["threshold"].as_f64(),
+            parallel: g["threshold"]
+                .as_f64()
+                .map_or(Parallel::Scheduled, Parallel::Threshold),
             cache,
         };
         let prompt: Vec<usize> = cases[&format!("{name}.prompt")]
@@ -345,9 +347,9 @@ fn fast_dllm_generations_match_token_for_token() {
         let out = decode_blocks(&model, &prompt, config).unwrap();
         if out.tokens != expected || out.forward_passes != field("nfe") {
             failures.push(format!(
-                "{name} ({:?}, threshold {:?}): nfe {} vs {}, tokens equal: {}",
+                "{name} ({:?}, {:?}): nfe {} vs {}, tokens equal: {}",
                 cache,
-                config.threshold,
+                config.parallel,
                 out.forward_passes,
                 field("nfe"),
                 out.tokens == expected

@@ -36,6 +36,27 @@ pub enum CacheMode {
     Dual,
 }
 
+/// How many masked slots of the block a step reveals.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Parallel {
+    /// The schedule: `steps / blocks` steps per block, the block's masks spread evenly.
+    #[default]
+    Scheduled,
+    /// Every slot at least `tau` confident, and always the most confident one
+    /// (Fast-dLLM's `threshold`).
+    Threshold(f64),
+    /// Fast-dLLM's factor rule (`get_transfer_index_dynamic`): with the confidences sorted,
+    /// `c_1 >= c_2 >= ...`, rank `n` passes when `c_n >= 1 - factor / (n + 1)` (rank 1 always); the
+    /// ranks before the first failure are revealed.
+    Factor {
+        /// The factor `f`.
+        factor: f64,
+        /// Fast-dLLM's code also reveals the last rank when it is the first to fail; `true`
+        /// reproduces that, `false` applies the rule as stated.
+        reveal_failing_last_rank: bool,
+    },
+}
+
 /// Settings of [`decode_blocks`] (temperature 0, low-confidence remasking).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockDecoding {
@@ -43,10 +64,10 @@ pub struct BlockDecoding {
     pub gen_length: usize,
     /// Tokens per block.
     pub block_length: usize,
-    /// Steps in all (a multiple of the number of blocks); with a threshold, the schedule is unused.
+    /// Steps in all (a multiple of the number of blocks); unused by the parallel rules.
     pub steps: usize,
-    /// Confidence threshold `tau`: reveal every slot at least this confident (and the top one).
-    pub threshold: Option<f64>,
+    /// How many slots a step reveals.
+    pub parallel: Parallel,
     /// The cache between steps.
     pub cache: CacheMode,
 }
@@ -66,22 +87,41 @@ pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
     (0..steps).map(|i| base + usize::from(i < extra)).collect()
 }
 
-/// The slots to reveal among `confidence` (one per masked slot, in position order): with
-/// `threshold`, the most confident slot and every other at least `threshold`; else the `count`
-/// most confident. Returned in confidence order.
-pub fn select_slots(confidence: &[f64], count: usize, threshold: Option<f64>) -> Vec<usize> {
+/// The slots to reveal among `confidence` (one per masked slot, in position order), in
+/// confidence order: the `count` most confident ([`Parallel::Scheduled`]), or as the parallel rule
+/// says.
+pub fn select_slots(confidence: &[f64], count: usize, rule: Parallel) -> Vec<usize> {
     let mut order: Vec<usize> = (0..confidence.len()).collect();
     // descending; ties keep position order
     order.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]));
-    match threshold {
-        Some(tau) => order
-            .iter()
-            .enumerate()
-            .filter(|&(rank, &i)| rank == 0 || confidence[i] >= tau)
-            .map(|(_, &i)| i)
-            .collect(),
-        None => order.into_iter().take(count).collect(),
-    }
+    let take = match rule {
+        Parallel::Scheduled => count,
+        Parallel::Threshold(tau) => {
+            return order
+                .iter()
+                .enumerate()
+                .filter(|&(rank, &i)| rank == 0 || confidence[i] >= tau)
+                .map(|(_, &i)| i)
+                .collect()
+        }
+        Parallel::Factor {
+            factor,
+            reveal_failing_last_rank,
+        } => {
+            // rank n (1-based) passes when c_n >= 1 - factor / (n + 1); rank 1 always
+            let passing = order
+                .iter()
+                .enumerate()
+                .take_while(|&(r, &i)| r == 0 || confidence[i] >= 1.0 - factor / (r as f64 + 2.0))
+                .count();
+            if reveal_failing_last_rank && passing + 1 == order.len() {
+                order.len()
+            } else {
+                passing
+            }
+        }
+    };
+    order.into_iter().take(take).collect()
 }
 
 /// Greedy token and its softmax probability (f64) for each row of `logits` (`[n, V]`, host).
@@ -163,7 +203,7 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
             }
         }
         let confidence: Vec<f64> = proposals.iter().map(|&(_, c)| c).collect();
-        for i in select_slots(&confidence, count, self.config.threshold) {
+        for i in select_slots(&confidence, count, self.config.parallel) {
             self.x[slots[i]] = proposals[i].0;
         }
         Ok(())
@@ -174,18 +214,20 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
     }
 
     fn count(&self, schedule: &[usize], step: usize) -> Result<usize, SamplerError> {
-        match self.config.threshold {
-            Some(_) => Ok(0),
-            None => schedule
-                .get(step)
-                .copied()
-                .ok_or_else(|| SamplerError::Config {
-                    reason: format!(
-                        "the block still holds masks after its {} scheduled steps (the model \
+        match self.config.parallel {
+            Parallel::Threshold(_) | Parallel::Factor { .. } => Ok(0),
+            Parallel::Scheduled => {
+                schedule
+                    .get(step)
+                    .copied()
+                    .ok_or_else(|| SamplerError::Config {
+                        reason: format!(
+                            "the block still holds masks after its {} scheduled steps (the model \
                      predicted the mask token)",
-                        schedule.len()
-                    ),
-                }),
+                            schedule.len()
+                        ),
+                    })
+            }
         }
     }
 
@@ -264,16 +306,21 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
         ));
     }
     let blocks = config.gen_length / config.block_length;
-    if config.threshold.is_none() && (config.steps == 0 || config.steps % blocks != 0) {
+    let scheduled = config.parallel == Parallel::Scheduled;
+    if scheduled && (config.steps == 0 || config.steps % blocks != 0) {
         return bad(format!(
             "steps {} is not a positive multiple of the {blocks} blocks",
             config.steps
         ));
     }
-    if let Some(tau) = config.threshold {
-        if !(0.0..=1.0).contains(&tau) {
+    match config.parallel {
+        Parallel::Threshold(tau) if !(0.0..=1.0).contains(&tau) => {
             return bad(format!("threshold {tau} must lie in [0, 1]"));
         }
+        Parallel::Factor { factor, .. } if !(factor > 0.0 && factor.is_finite()) => {
+            return bad(format!("factor {factor} must be positive"));
+        }
+        _ => {}
     }
     let (mask_id, vocab) = (model.mask_id(), model.vocab_size());
     if let Some(&t) = prompt.iter().find(|&&t| t >= vocab) {
@@ -324,11 +371,34 @@ mod tests {
     #[test]
     fn selection_by_count_and_by_threshold() {
         let c = [0.3, 0.9, 0.1, 0.5];
-        assert_eq!(select_slots(&c, 2, None), vec![1, 3]);
-        assert_eq!(select_slots(&c, 0, None), Vec::<usize>::new());
-        assert_eq!(select_slots(&c, 0, Some(0.4)), vec![1, 3]);
+        let t = Parallel::Threshold;
+        assert_eq!(select_slots(&c, 2, Parallel::Scheduled), vec![1, 3]);
+        assert_eq!(
+            select_slots(&c, 0, Parallel::Scheduled),
+            Vec::<usize>::new()
+        );
+        assert_eq!(select_slots(&c, 0, t(0.4)), vec![1, 3]);
         // the top slot always, even below the threshold
-        assert_eq!(select_slots(&c, 0, Some(0.95)), vec![1]);
-        assert_eq!(select_slots(&c, 0, Some(0.3)), vec![1, 3, 0]);
+        assert_eq!(select_slots(&c, 0, t(0.95)), vec![1]);
+        assert_eq!(select_slots(&c, 0, t(0.3)), vec![1, 3, 0]);
+    }
+
+    #[test]
+    fn the_factor_rule_and_its_reference_quirk() {
+        let f = |factor, quirk| Parallel::Factor {
+            factor,
+            reveal_failing_last_rank: quirk,
+        };
+        // f = 1: rank 2 needs 1 - 1/3 = 0.667, rank 3 needs 0.75, rank 4 needs 0.8
+        let c = [0.76, 0.99, 0.1, 0.8];
+        assert_eq!(select_slots(&c, 0, f(1.0, false)), vec![1, 3, 0]);
+        // only the last rank fails: the reference reveals it anyway
+        assert_eq!(select_slots(&c, 0, f(1.0, true)), vec![1, 3, 0, 2]);
+        // an earlier failure stops there either way
+        let c = [0.5, 0.99, 0.1, 0.2];
+        assert_eq!(select_slots(&c, 0, f(1.0, true)), vec![1]);
+        // a larger factor lowers every rank's bar
+        assert_eq!(select_slots(&c, 0, f(2.0, false)), vec![1, 0]);
+        assert_eq!(select_slots(&[0.6, 0.5], 0, f(1.5, false)), vec![0, 1]);
     }
 }
