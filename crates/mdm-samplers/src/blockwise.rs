@@ -299,7 +299,7 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
     config: BlockDecoding,
 ) -> Result<BlockDecoded, SamplerError> {
     let bad = |reason: String| Err(SamplerError::Config { reason });
-    if config.block_length == 0 || config.gen_length % config.block_length != 0 {
+    if config.block_length == 0 || !config.gen_length.is_multiple_of(config.block_length) {
         return bad(format!(
             "gen_length {} is not a positive multiple of block_length {}",
             config.gen_length, config.block_length
@@ -307,7 +307,7 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
     }
     let blocks = config.gen_length / config.block_length;
     let scheduled = config.parallel == Parallel::Scheduled;
-    if scheduled && (config.steps == 0 || config.steps % blocks != 0) {
+    if scheduled && (config.steps == 0 || !config.steps.is_multiple_of(blocks)) {
         return bad(format!(
             "steps {} is not a positive multiple of the {blocks} blocks",
             config.steps

@@ -55,7 +55,7 @@ impl Checkpointer {
 
     /// Whether the checkpoint after `step` is due (`last` = the last step of this invocation).
     pub fn due(&self, step: usize, last: bool) -> bool {
-        last || (self.save_every > 0 && step % self.save_every == 0)
+        last || (self.save_every > 0 && step.is_multiple_of(self.save_every))
     }
 
     /// Writes the checkpoint of `state.step`: `write_model` writes the model and optimizer files

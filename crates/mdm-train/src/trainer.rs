@@ -242,7 +242,7 @@ impl Throughput {
     fn add(&mut self, step: usize, tokens: u64) -> f64 {
         self.tokens += tokens;
         let rate = self.tokens as f64 / self.since.elapsed().as_secs_f64().max(1e-9);
-        if step % 20 == 0 {
+        if step.is_multiple_of(20) {
             *self = Self::new();
         }
         rate

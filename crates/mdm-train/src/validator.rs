@@ -41,7 +41,7 @@ impl Validator {
 
     /// Whether a validation is due after `step` (`finished`: the run's last step).
     pub fn due(&self, step: usize, finished: bool) -> bool {
-        !self.blocks.is_empty() && (finished || (self.every > 0 && step % self.every == 0))
+        !self.blocks.is_empty() && (finished || (self.every > 0 && step.is_multiple_of(self.every)))
     }
 
     /// Scores `model` (the same draws at every validation: the RNG restarts from the seed).
