@@ -182,7 +182,8 @@ impl TrainObserver for ConsoleReporter {
                     self.last_validation_bits
                         .map_or(String::new(), |b| format!("  val {b:.3} bits/tok"))
                 ));
-                if self.bar.is_hidden() && self.log_every > 0 && step.is_multiple_of(self.log_every) {
+                if self.bar.is_hidden() && self.log_every > 0 && step.is_multiple_of(self.log_every)
+                {
                     eprintln!(
                         "step {step}/{total_steps}  loss {:.4}  lr {lr:.2e}  grad norm {:.3}  \
                          {tokens_per_s:.0} tok/s",
