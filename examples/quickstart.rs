@@ -307,6 +307,9 @@ fn main() -> Result<()> {
         prompt_text
     );
     println!(
+        "  ... add --block-length 8 --cache dual --threshold 0.9   # Fast-dLLM's parallel decoding"
+    );
+    println!(
         "  cargo run --release --example quickstart -- --text YOUR.txt --steps 3000   # your own text"
     );
     println!("  docs/quickstart.md, docs/training.md, docs/evaluation.md");
