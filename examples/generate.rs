@@ -297,21 +297,7 @@ fn main() -> Result<()> {
             100.0 * shares[shares.len() - 1],
         );
     }
-    for (p, o) in prompts.iter().zip(&outputs) {
-        match tok {
-            Some(t) => {
-                let text =
-                    |ids: &[usize]| t.decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>());
-                println!("prompt: {}\noutput: {}", text(p)?, text(o)?);
-            }
-            None => println!(
-                "prompt: {}\noutput: {}",
-                show(p, mask_id, None),
-                show(o, mask_id, None)
-            ),
-        }
-    }
-    Ok(())
+    print_outputs(&prompts, &outputs, mask_id, tok)
 }
 
 /// `--cache` / `--threshold`: Fast-dLLM's block decoding, one prompt at a time.
@@ -361,7 +347,17 @@ fn fast_decoding(
         config.parallel
     );
     let mask_id = model.mask_id();
-    for (p, o) in prompts.iter().zip(&outputs) {
+    print_outputs(prompts, &outputs, mask_id, tok)
+}
+
+/// Each prompt and its output: text with a tokenizer, ids otherwise.
+fn print_outputs(
+    prompts: &[Vec<usize>],
+    outputs: &[Vec<usize>],
+    mask_id: usize,
+    tok: Option<&Tokenizer>,
+) -> Result<()> {
+    for (p, o) in prompts.iter().zip(outputs) {
         match tok {
             Some(t) => {
                 let text =

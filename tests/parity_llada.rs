@@ -17,18 +17,7 @@ use mdm::models::MaskedTransformer;
 const LOGIT_TOL: f64 = 1e-4;
 
 fn fixture_dir() -> PathBuf {
-    match std::env::var_os("MDM_LLADA_PARITY_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            assert!(
-                dir.join("model/config.json").is_file(),
-                "MDM_LLADA_PARITY_DIR={} has no model/config.json (no silent fallback)",
-                dir.display()
-            );
-            dir
-        }
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llada-parity"),
-    }
+    common::fixture_dir("MDM_LLADA_PARITY_DIR", "llada-parity", "model/config.json")
 }
 
 fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {

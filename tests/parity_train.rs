@@ -22,18 +22,7 @@ const STEP_REL_TOL: f64 = 1e-4;
 const WEIGHT_ABS_TOL: f64 = 1e-5;
 
 fn fixture_dir() -> PathBuf {
-    match std::env::var_os("MDM_TRAIN_PARITY_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            assert!(
-                dir.join("train.json").is_file(),
-                "MDM_TRAIN_PARITY_DIR={} has no train.json (no silent fallback)",
-                dir.display()
-            );
-            dir
-        }
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/train-parity"),
-    }
+    common::fixture_dir("MDM_TRAIN_PARITY_DIR", "train-parity", "train.json")
 }
 
 /// The tensors under `prefix` (`init.` / `final.`), the prefix removed, as an f32 safetensors

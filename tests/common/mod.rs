@@ -8,17 +8,25 @@ use safetensors::{Dtype, SafeTensors};
 
 /// The fixture folder: `MDM_PARITY_DIR` when set (it must exist), else the repo's copy.
 pub fn parity_dir() -> PathBuf {
-    match std::env::var_os("MDM_PARITY_DIR") {
+    fixture_dir("MDM_PARITY_DIR", "smdm-parity", "manifest.json")
+}
+
+/// A fixture folder: the one `$var` names when set (it must hold `marker`: no silent fallback),
+/// else `tests/data/<default>`.
+pub fn fixture_dir(var: &str, default: &str, marker: &str) -> PathBuf {
+    match std::env::var_os(var) {
         Some(dir) => {
             let dir = PathBuf::from(dir);
             assert!(
-                dir.join("manifest.json").is_file(),
-                "MDM_PARITY_DIR={} has no manifest.json (no silent fallback)",
+                dir.join(marker).is_file(),
+                "{var}={} has no {marker} (no silent fallback)",
                 dir.display()
             );
             dir
         }
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/smdm-parity"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(default),
     }
 }
 

@@ -94,6 +94,18 @@ impl<B: Backend> NoisedBatch<B> {
             }
         }
         let masked_index = (0..mask.len()).filter(|&i| mask[i]).collect();
+        Ok(Self::assemble(x0, mask, masked_index, p_mask, mask_id))
+    }
+
+    /// The batch's tensors from the host mask (row-major), its flat masked indices and `p_mask`.
+    fn assemble(
+        x0: Tensor<B, 2, Int>,
+        mask: Vec<bool>,
+        masked_index: Vec<usize>,
+        p_mask: Vec<f64>,
+        mask_id: usize,
+    ) -> Self {
+        let [batch, seq_len] = x0.dims();
         let device = x0.device();
         let mask =
             Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask, [batch, seq_len]), &device);
@@ -102,13 +114,13 @@ impl<B: Backend> NoisedBatch<B> {
             TensorData::new(p_mask.iter().map(|&p| p as f32).collect(), [batch]),
             &device,
         );
-        Ok(Self {
+        Self {
             noisy,
             mask,
             p_mask: p_mask_tensor,
             masked_index,
             p_mask_host: p_mask,
-        })
+        }
     }
 }
 
@@ -210,22 +222,13 @@ impl<S: MaskSchedule> ForwardProcess<S> {
                 mask.push(masked);
             }
         }
-        let device = x0.device();
-        let mask =
-            Tensor::<B, 2, Bool>::from_bool(TensorData::new(mask, [batch, seq_len]), &device);
-        let noisy = x0.mask_fill(mask.clone(), self.mask_id as i64);
-        let p_mask_host = p_mask;
-        let p_mask = Tensor::<B, 1>::from_data(
-            TensorData::new(p_mask_host.iter().map(|&p| p as f32).collect(), [batch]),
-            &device,
-        );
-        Ok(NoisedBatch {
-            noisy,
+        Ok(NoisedBatch::assemble(
+            x0,
             mask,
-            p_mask,
             masked_index,
-            p_mask_host,
-        })
+            p_mask,
+            self.mask_id,
+        ))
     }
 }
 
