@@ -22,6 +22,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_models::{BlockCache, MaskPredictor};
 
+use crate::host::read_back;
 use crate::SamplerError;
 
 /// Which key/value cache the block decoder keeps between the steps of a block.
@@ -186,13 +187,7 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         let index =
             Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [slots.len()]), &self.device);
         let picked = logits.reshape([n, v]).select(0, index);
-        let host: Vec<f32> = picked
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| SamplerError::Config {
-                reason: format!("reading logits back: {e:?}"),
-            })?;
+        let host: Vec<f32> = read_back(picked.into_data(), "block logits")?;
         let proposals = greedy_with_confidence(&host, self.vocab);
         for (i, &(_, conf)) in proposals.iter().enumerate() {
             if !conf.is_finite() {
