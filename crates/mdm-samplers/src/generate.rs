@@ -138,6 +138,25 @@ impl GenerationConfig {
     }
 }
 
+/// What the step callback tells the sampler: go on, or stop the run here (a client that went away,
+/// a stop string already produced). A callback that returns nothing continues (`()` converts to
+/// [`StepControl::Continue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepControl {
+    /// Run the next step.
+    #[default]
+    Continue,
+    /// End the run after this step: [`MaskedDiffusionSampler::generate`] returns each row's
+    /// generation up to its first still-masked position (the text that is final).
+    Stop,
+}
+
+impl From<()> for StepControl {
+    fn from((): ()) -> Self {
+        Self::Continue
+    }
+}
+
 /// What the step callback sees after every denoising step.
 #[derive(Debug)]
 pub struct StepEvent<'a> {
@@ -225,12 +244,13 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
     }
 
     /// Generates `gen_length` tokens after each prompt (rows may have different prompt lengths).
-    /// `on_step` is called after every step. Returns each row's generated tokens, cut at the first
-    /// EOS when `eos_id` is set.
-    pub fn generate(
+    /// `on_step` is called after every step; it may return [`StepControl::Stop`] to end the run
+    /// early. Returns each row's generated tokens, cut at the first EOS when `eos_id` is set (and,
+    /// after a stop, at the first position still masked).
+    pub fn generate<C: Into<StepControl>>(
         &self,
         prompts: &[Vec<usize>],
-        mut on_step: impl FnMut(&StepEvent),
+        mut on_step: impl FnMut(&StepEvent) -> C,
     ) -> Result<Vec<Vec<usize>>, SamplerError> {
         let cfg = &self.config;
         let (blocks, block_len, steps_per_block) = cfg.blocks()?;
@@ -252,7 +272,8 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         let grid = timesteps(steps_per_block, DEFAULT_EPS);
         let mut rng = rng_from_seed(cfg.seed);
         let mut done = vec![false; batch];
-        for block in 0..blocks {
+        let mut stopped = false;
+        'blocks: for block in 0..blocks {
             for step in 0..steps_per_block {
                 let started = Instant::now();
                 let slots: Vec<Slot> = (0..batch)
@@ -279,13 +300,18 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
                 };
                 let (revealed, timing) =
                     self.denoise(&mut x, &pass, times, last, started, &mut rng)?;
-                on_step(&StepEvent {
+                let control = on_step(&StepEvent {
                     block,
                     step,
                     tokens: &x,
                     revealed: &revealed,
                     timing,
-                });
+                })
+                .into();
+                if control == StepControl::Stop {
+                    stopped = true;
+                    break 'blocks;
+                }
                 if let Some(eos) = cfg.eos_id {
                     for row in 0..batch {
                         let gen = &x[row][prompts[row].len()..];
@@ -300,9 +326,9 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             .zip(prompts)
             .map(|(row, p)| {
                 let gen = &row[p.len()..];
-                let end = cfg
-                    .eos_id
-                    .and_then(|eos| gen.iter().position(|&t| t == eos))
+                let end = gen
+                    .iter()
+                    .position(|&t| (stopped && t == mask_id) || Some(t) == cfg.eos_id)
                     .unwrap_or(gen.len());
                 gen[..end].to_vec()
             })
@@ -314,10 +340,10 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
     /// and never change, and rows keep their length. Blocks, CFG and EOS handling do not apply (a
     /// config that sets `block_length` or `cfg_scale` is an error). With the masks at the end of the
     /// rows this is [`generate`](Self::generate) without EOS.
-    pub fn infill(
+    pub fn infill<C: Into<StepControl>>(
         &self,
         rows: &[Vec<usize>],
-        mut on_step: impl FnMut(&StepEvent),
+        mut on_step: impl FnMut(&StepEvent) -> C,
     ) -> Result<Vec<Vec<usize>>, SamplerError> {
         let cfg = &self.config;
         if cfg.cfg_scale.is_some() || cfg.block_length.is_some() || cfg.steps == 0 {
@@ -366,13 +392,17 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
                 vocab,
             };
             let (revealed, timing) = self.denoise(&mut x, &pass, times, last, started, &mut rng)?;
-            on_step(&StepEvent {
+            let control = on_step(&StepEvent {
                 block: 0,
                 step,
                 tokens: &x,
                 revealed: &revealed,
                 timing,
-            });
+            })
+            .into();
+            if control == StepControl::Stop {
+                break;
+            }
         }
         Ok(x)
     }

@@ -77,5 +77,5 @@ pub mod remasking;
 pub mod schedule;
 pub mod step;
 
-pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepEvent, StepTiming};
+pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepControl, StepEvent, StepTiming};
 pub use step::{Counting, SamplerError};

@@ -1,0 +1,857 @@
+//! The worker that owns the model and the device: jobs come in through a queue, HTTP handlers
+//! never run the model themselves. Compatible generation jobs (same options, temperature 0 with a
+//! deterministic rule) queued together are decoded as one ragged batch of up to `max_batch` rows;
+//! the rest run one by one in arrival order. A job whose client went away (its event channel
+//! closed) is skipped, and a batch whose clients have all gone is stopped at the next step
+//! ([`StepControl::Stop`]). A panic inside a job is caught: its clients get a 500 and the worker
+//! takes the next job.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use mdm_core::rng_from_seed;
+use mdm_eval::likelihood::{
+    causal_score, chain_rule_cfg, greedy_suffix_matches_cfg, mc_elbo, McOptions,
+};
+use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError};
+use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm_samplers::blockwise::{decode_blocks, BlockDecoding};
+use mdm_samplers::proposal::Confidence;
+use mdm_samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
+use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler, StepControl};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ApiError, ServeError};
+
+/// The model the worker serves.
+pub enum Served<B: Backend> {
+    /// A masked diffusion model of any family of the seam (SMDM, LLaDA).
+    Masked(MaskedTransformer<B>),
+    /// The autoregressive baseline.
+    Causal(CausalTransformer<B>),
+}
+
+/// What the handlers know of the model without asking the worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    /// `masked` or `causal`.
+    pub kind: &'static str,
+    /// The logit width: every token id must be below it.
+    pub vocab_size: usize,
+    /// Most positions of prompt and generation together.
+    pub max_positions: usize,
+    /// The mask token (masked models).
+    pub mask_id: Option<usize>,
+}
+
+impl<B: Backend> Served<B> {
+    fn info(&self) -> ModelInfo {
+        match self {
+            Self::Masked(m) => ModelInfo {
+                kind: "masked",
+                vocab_size: m.vocab_size(),
+                max_positions: m.max_positions(),
+                mask_id: Some(m.mask_id()),
+            },
+            Self::Causal(m) => ModelInfo {
+                kind: "causal",
+                vocab_size: m.config().padded_vocab_size(),
+                // the last generated token is never fed back
+                max_positions: m.config().block_size + 1,
+                mask_id: None,
+            },
+        }
+    }
+}
+
+/// The remasking rule of the masked sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remasking {
+    /// Most probable first (SMDM, LLaDA).
+    LowConfidence,
+    /// Largest probability margin first (Dream's `margin`).
+    Margin,
+    /// Lowest entropy first (Dream's `entropy`).
+    Entropy,
+    /// Random positions.
+    Random,
+    /// MDLM's ancestral sampling.
+    Ancestral,
+}
+
+impl Remasking {
+    /// The rule a request names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "low_confidence" | "low-confidence" => Self::LowConfidence,
+            "margin" => Self::Margin,
+            "entropy" => Self::Entropy,
+            "random" => Self::Random,
+            "ancestral" => Self::Ancestral,
+            _ => return None,
+        })
+    }
+
+    /// Whether the rule draws random numbers (then rows cannot share a batch and stay equal to
+    /// their solo runs).
+    fn is_random(self) -> bool {
+        matches!(self, Self::Random | Self::Ancestral)
+    }
+}
+
+/// How a generation decodes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoding {
+    /// [`MaskedDiffusionSampler`]: every step runs the whole sequence.
+    Sampler {
+        /// Denoising steps.
+        steps: usize,
+        /// Semi-autoregressive block length.
+        block_length: Option<usize>,
+        /// Temperature.
+        temperature: f64,
+        /// Classifier-free guidance scale.
+        cfg_scale: Option<f64>,
+        /// The rule.
+        remasking: Remasking,
+    },
+    /// Fast-dLLM's block decoding ([`decode_blocks`]): caches and parallel rules, one request at a
+    /// time, temperature 0.
+    Blocks(BlockDecoding),
+    /// The baseline, one token per pass with its KV cache.
+    Autoregressive {
+        /// Temperature.
+        temperature: f64,
+    },
+}
+
+/// Options of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Tokens to generate.
+    pub max_tokens: usize,
+    /// How.
+    pub decoding: Decoding,
+    /// Seed.
+    pub seed: u64,
+    /// End of sequence: the generation stops there (excluded).
+    pub eos_id: Option<usize>,
+}
+
+impl GenerateOptions {
+    /// Whether two jobs with these options may share a batch and each get what it would alone:
+    /// deterministic decoding (temperature 0, no random rule) with the masked sampler or the
+    /// baseline (block decoding runs one prompt at a time).
+    fn batchable(&self) -> bool {
+        match &self.decoding {
+            Decoding::Sampler {
+                temperature,
+                remasking,
+                ..
+            } => *temperature == 0.0 && !remasking.is_random(),
+            Decoding::Autoregressive { temperature } => *temperature == 0.0,
+            Decoding::Blocks(_) => false,
+        }
+    }
+
+    /// The options with the seed left out (what must be equal within a batch).
+    fn batch_key(&self) -> (usize, &Decoding, Option<usize>) {
+        (self.max_tokens, &self.decoding, self.eos_id)
+    }
+}
+
+/// What a generation job reports to its handler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// The generated tokens that are final so far: the revealed prefix up to the first position
+    /// still masked (cut at EOS). Sent each time it grows.
+    Final(Vec<usize>),
+    /// The whole generation region after a step, `mask_id` where still masked (when asked).
+    Canvas(Vec<usize>),
+    /// The generation is complete: its tokens (EOS excluded) and whether it ended at EOS.
+    Done {
+        /// The tokens.
+        tokens: Vec<usize>,
+        /// It stopped at EOS rather than at `max_tokens`.
+        hit_eos: bool,
+    },
+    /// The generation failed.
+    Failed(ApiError),
+}
+
+/// A generation request for the worker.
+#[derive(Debug)]
+pub struct GenerateJob {
+    /// Prompt ids (checked against the vocabulary and the positions by the handler).
+    pub prompt: Vec<usize>,
+    /// Options.
+    pub options: GenerateOptions,
+    /// Send [`GenEvent::Canvas`] after every step.
+    pub canvas: bool,
+    /// Where the events go; the job is cancelled when the receiver is dropped.
+    pub events: mpsc::UnboundedSender<GenEvent>,
+}
+
+/// One position's log-probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// `log p(token)` at this position.
+    pub logprob: f64,
+    /// The `k` most likely tokens there, most likely first.
+    pub top: Vec<(usize, f64)>,
+}
+
+/// Log-probabilities of every token of a sequence but the first, each given the tokens before it
+/// (the masked model: everything after it masked, the chain rule; the baseline: its next-token
+/// distribution, exact).
+#[derive(Debug)]
+pub struct LogprobJob {
+    /// The sequence (at least one token).
+    pub tokens: Vec<usize>,
+    /// Top-`k` alternatives per position.
+    pub top: usize,
+    /// The answer: `tokens.len() - 1` entries, for positions 1..
+    pub reply: oneshot::Sender<Result<Vec<TokenLogprob>, ApiError>>,
+}
+
+/// Which estimator scores a continuation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Estimator {
+    /// The exact chain rule (one pass per continuation token for the MDM, one pass for the
+    /// baseline).
+    Chain,
+    /// The Monte Carlo ELBO bound of `mc_num` samples from `seed` (MDMs).
+    Mc {
+        /// Samples.
+        mc_num: usize,
+        /// Seed of the draws.
+        seed: u64,
+    },
+}
+
+/// The log-likelihood of a continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// `log p(continuation | context)` (nats).
+    pub loglikelihood: f64,
+    /// Its standard error.
+    pub stderr: f64,
+    /// Greedy decoding reproduces the continuation.
+    pub is_greedy: bool,
+}
+
+/// A `/v1/loglikelihood` request for the worker.
+#[derive(Debug)]
+pub struct LoglikelihoodJob {
+    /// Context ids (at least one for the baseline).
+    pub context: Vec<usize>,
+    /// Continuation ids (at least one).
+    pub continuation: Vec<usize>,
+    /// The estimator.
+    pub estimator: Estimator,
+    /// Guidance (MDMs; 0 = off).
+    pub cfg_scale: f64,
+    /// The answer.
+    pub reply: oneshot::Sender<Result<Scored, ApiError>>,
+}
+
+/// Work for the model's worker.
+#[derive(Debug)]
+pub enum Job {
+    /// Generate.
+    Generate(GenerateJob),
+    /// Per-token log-probabilities.
+    Logprobs(LogprobJob),
+    /// Score a continuation.
+    Loglikelihood(LoglikelihoodJob),
+}
+
+impl Job {
+    fn cancelled(&self) -> bool {
+        match self {
+            Self::Generate(j) => j.events.is_closed(),
+            Self::Logprobs(j) => j.reply.is_closed(),
+            Self::Loglikelihood(j) => j.reply.is_closed(),
+        }
+    }
+
+    fn fail(self, error: ApiError) {
+        match self {
+            Self::Generate(j) => {
+                let _ = j.events.send(GenEvent::Failed(error));
+            }
+            Self::Logprobs(j) => {
+                let _ = j.reply.send(Err(error));
+            }
+            Self::Loglikelihood(j) => {
+                let _ = j.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Limits of the worker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineConfig {
+    /// Most rows decoded together.
+    pub max_batch: usize,
+    /// Most jobs waiting; one more is refused (429).
+    pub max_queue: usize,
+    /// How long the worker waits for more compatible jobs before it starts a batch that is not
+    /// full (0: take what is queued now).
+    pub batch_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_queue: 64,
+            batch_wait: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Counters of the worker (`GET /health` shows them).
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicUsize,
+    jobs: AtomicUsize,
+    batches: AtomicUsize,
+    batched_rows: AtomicUsize,
+    largest_batch: AtomicUsize,
+    cancelled: AtomicUsize,
+    panics: AtomicUsize,
+}
+
+/// A snapshot of the worker's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Jobs waiting now.
+    pub queued: usize,
+    /// Jobs taken by the worker.
+    pub jobs: usize,
+    /// Generation batches run (a job alone is a batch of one).
+    pub batches: usize,
+    /// Rows of those batches.
+    pub batched_rows: usize,
+    /// The largest batch so far.
+    pub largest_batch: usize,
+    /// Jobs dropped or stopped because their client went away.
+    pub cancelled: usize,
+    /// Jobs that panicked (answered 500).
+    pub panics: usize,
+}
+
+/// The handle the HTTP side holds: submit jobs, read the model's facts and the counters. Cloning
+/// shares the one worker; the worker ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: Sender<Job>,
+    info: Arc<ModelInfo>,
+    counters: Arc<Counters>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Starts the worker thread, which builds the model with `load` (so the model and its device
+    /// never leave that thread) and then serves jobs. Returns once the model is loaded.
+    pub fn start<B, F>(load: F, config: EngineConfig) -> Result<Self, ServeError>
+    where
+        B: Backend,
+        F: FnOnce() -> Result<Served<B>, ModelError> + Send + 'static,
+    {
+        if config.max_batch == 0 || config.max_queue == 0 {
+            return Err(ServeError::Config(
+                "max_batch and max_queue must be at least 1".into(),
+            ));
+        }
+        let (jobs, rx) = channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let worker_counters = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name("mdm-serve-worker".into())
+            .spawn(move || {
+                let model = match load() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ServeError::Model(e)));
+                        return;
+                    }
+                };
+                if ready_tx.send(Ok(model.info())).is_err() {
+                    return;
+                }
+                Worker {
+                    model,
+                    rx,
+                    pending: VecDeque::new(),
+                    config,
+                    counters: worker_counters,
+                }
+                .run();
+            })
+            .map_err(|source| ServeError::Io {
+                what: "starting the worker thread".into(),
+                source,
+            })?;
+        let info = ready_rx
+            .recv()
+            .map_err(|_| ServeError::Worker("the worker thread ended".into()))??;
+        Ok(Self {
+            jobs,
+            info: Arc::new(info),
+            counters,
+            config,
+        })
+    }
+
+    /// Queues a job; a full queue is a 429, a stopped worker a 503.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        let queued = self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.config.max_queue {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::queue_full(self.config.max_queue));
+        }
+        self.jobs.send(job).map_err(|_| {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            ApiError::unavailable()
+        })
+    }
+
+    /// The model's facts.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The worker's limits.
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicUsize| a.load(Ordering::SeqCst);
+        Stats {
+            queued: get(&c.queued),
+            jobs: get(&c.jobs),
+            batches: get(&c.batches),
+            batched_rows: get(&c.batched_rows),
+            largest_batch: get(&c.largest_batch),
+            cancelled: get(&c.cancelled),
+            panics: get(&c.panics),
+        }
+    }
+}
+
+struct Worker<B: Backend> {
+    model: Served<B>,
+    rx: Receiver<Job>,
+    /// Jobs received but not yet run (received while gathering a batch).
+    pending: VecDeque<Job>,
+    config: EngineConfig,
+    counters: Arc<Counters>,
+}
+
+impl<B: Backend> Worker<B> {
+    fn run(mut self) {
+        while let Some(job) = self.next_job() {
+            if job.cancelled() {
+                self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            match job {
+                Job::Generate(first) => {
+                    let batch = self.gather(first);
+                    self.run_batch(batch);
+                }
+                other => self.run_score(other),
+            }
+        }
+    }
+
+    /// The oldest job, waiting for one when none is pending; `None` once every handle is gone.
+    fn next_job(&mut self) -> Option<Job> {
+        if self.pending.is_empty() {
+            let job = self.rx.recv().ok()?;
+            self.pending.push_back(job);
+        }
+        while let Ok(job) = self.rx.try_recv() {
+            self.pending.push_back(job);
+        }
+        let job = self.pending.pop_front()?;
+        self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        self.counters.jobs.fetch_add(1, Ordering::SeqCst);
+        Some(job)
+    }
+
+    /// `first` and the pending jobs that may share its batch (waiting up to `batch_wait` for more).
+    fn gather(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
+        let mut batch = vec![first];
+        if !batch[0].options.batchable() || self.config.max_batch == 1 {
+            return batch;
+        }
+        let deadline = Instant::now() + self.config.batch_wait;
+        loop {
+            let mut i = 0;
+            while i < self.pending.len() && batch.len() < self.config.max_batch {
+                let fits = matches!(&self.pending[i], Job::Generate(j)
+                    if j.options.batch_key() == batch[0].options.batch_key());
+                if fits {
+                    if let Some(Job::Generate(j)) = self.pending.remove(i) {
+                        self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                        self.counters.jobs.fetch_add(1, Ordering::SeqCst);
+                        if j.events.is_closed() {
+                            self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            batch.push(j);
+                        }
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            let now = Instant::now();
+            if batch.len() >= self.config.max_batch || now >= deadline {
+                return batch;
+            }
+            match self.rx.recv_timeout(deadline - now) {
+                Ok(job) => self.pending.push_back(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return batch,
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<GenerateJob>) {
+        let rows = batch.len();
+        self.counters.batches.fetch_add(1, Ordering::SeqCst);
+        self.counters.batched_rows.fetch_add(rows, Ordering::SeqCst);
+        self.counters
+            .largest_batch
+            .fetch_max(rows, Ordering::SeqCst);
+        let outcome = catch_unwind(AssertUnwindSafe(|| generate(&self.model, &batch)));
+        let outcome = match outcome {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => {
+                self.counters.panics.fetch_add(1, Ordering::SeqCst);
+                Err(ApiError::internal(format!(
+                    "the generation panicked: {}",
+                    panic_text(&panic)
+                )))
+            }
+        };
+        let gone = batch.iter().filter(|j| j.events.is_closed()).count();
+        self.counters.cancelled.fetch_add(gone, Ordering::SeqCst);
+        match outcome {
+            Ok(results) => {
+                for (job, (tokens, hit_eos)) in batch.iter().zip(results) {
+                    let _ = job.events.send(GenEvent::Done { tokens, hit_eos });
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.events.send(GenEvent::Failed(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn run_score(&mut self, job: Job) {
+        let model = &self.model;
+        let outcome = catch_unwind(AssertUnwindSafe(|| match &job {
+            Job::Logprobs(j) => logprobs(model, &j.tokens, j.top).map(Answer::Logprobs),
+            Job::Loglikelihood(j) => score(model, j).map(Answer::Scored),
+            Job::Generate(_) => Err(ApiError::internal("a generation job in the scorer")),
+        }));
+        let outcome = outcome.unwrap_or_else(|panic| {
+            self.counters.panics.fetch_add(1, Ordering::SeqCst);
+            Err(ApiError::internal(format!(
+                "the request panicked: {}",
+                panic_text(&panic)
+            )))
+        });
+        match (job, outcome) {
+            (Job::Logprobs(j), Ok(Answer::Logprobs(lp))) => {
+                let _ = j.reply.send(Ok(lp));
+            }
+            (Job::Loglikelihood(j), Ok(Answer::Scored(s))) => {
+                let _ = j.reply.send(Ok(s));
+            }
+            (job, Err(e)) => job.fail(e),
+            (job, Ok(_)) => job.fail(ApiError::internal("mismatched answer")),
+        }
+    }
+}
+
+enum Answer {
+    Logprobs(Vec<TokenLogprob>),
+    Scored(Scored),
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into())
+}
+
+fn sampler_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("generation failed: {e}"))
+}
+
+/// Runs one batch (all with the options of the first job). Returns each job's tokens and whether
+/// it ended at EOS.
+fn generate<B: Backend>(
+    model: &Served<B>,
+    batch: &[GenerateJob],
+) -> Result<Vec<(Vec<usize>, bool)>, ApiError> {
+    let options = &batch[0].options;
+    if options.max_tokens == 0 {
+        return Ok(batch.iter().map(|_| (Vec::new(), false)).collect());
+    }
+    let prompts: Vec<Vec<usize>> = batch.iter().map(|j| j.prompt.clone()).collect();
+    let ended = |tokens: Vec<usize>| {
+        let hit_eos = tokens.len() < options.max_tokens;
+        (tokens, hit_eos)
+    };
+    match (model, &options.decoding) {
+        (
+            Served::Masked(m),
+            Decoding::Sampler {
+                steps,
+                block_length,
+                temperature,
+                cfg_scale,
+                remasking,
+            },
+        ) => {
+            let mut config = GenerationConfig::default()
+                .with_gen_length(options.max_tokens)
+                .with_steps(*steps)
+                .with_temperature(*temperature)
+                .with_seed(options.seed);
+            config.block_length = *block_length;
+            config.cfg_scale = *cfg_scale;
+            config.eos_id = options.eos_id;
+            config.confidence = match remasking {
+                Remasking::Margin => Confidence::Margin,
+                Remasking::Entropy => Confidence::NegEntropy,
+                _ => Confidence::Probability,
+            };
+            let sampler = MaskedDiffusionSampler::new(m, config);
+            let sampler = match remasking {
+                Remasking::Random => sampler.with_rule(RandomRemasking),
+                Remasking::Ancestral => sampler.with_rule(Ancestral),
+                _ => sampler.with_rule(LowConfidence),
+            };
+            let mask_id = m.mask_id();
+            let mut sent = vec![0usize; batch.len()];
+            let rows = sampler
+                .generate(&prompts, |event| {
+                    report_step(batch, event.tokens, mask_id, options.eos_id, &mut sent)
+                })
+                .map_err(sampler_error)?;
+            Ok(rows.into_iter().map(ended).collect())
+        }
+        (Served::Masked(m), Decoding::Blocks(blocks)) => batch
+            .iter()
+            .map(|job| {
+                let out = decode_blocks(m, &job.prompt, *blocks).map_err(sampler_error)?;
+                let gen = &out.tokens[job.prompt.len()..];
+                let end = options
+                    .eos_id
+                    .and_then(|eos| gen.iter().position(|&t| t == eos))
+                    .unwrap_or(gen.len());
+                Ok(ended(gen[..end].to_vec()))
+            })
+            .collect(),
+        (Served::Causal(m), Decoding::Autoregressive { temperature }) => {
+            let config = AutoregressiveConfig {
+                max_new_tokens: options.max_tokens,
+                temperature: *temperature,
+                eos_id: options.eos_id,
+                seed: options.seed,
+            };
+            let rows = generate_autoregressive(m, &prompts, &config).map_err(sampler_error)?;
+            Ok(rows.into_iter().map(ended).collect())
+        }
+        _ => Err(ApiError::internal(
+            "the decoding does not match the model's kind",
+        )),
+    }
+}
+
+/// After a step: each live job gets its newly final tokens (and its canvas when asked); the run
+/// stops once every job's client is gone.
+fn report_step(
+    batch: &[GenerateJob],
+    tokens: &[Vec<usize>],
+    mask_id: usize,
+    eos_id: Option<usize>,
+    sent: &mut [usize],
+) -> StepControl {
+    let mut live = 0;
+    for (i, job) in batch.iter().enumerate() {
+        if job.events.is_closed() {
+            continue;
+        }
+        live += 1;
+        let gen = &tokens[i][job.prompt.len()..];
+        let end = gen
+            .iter()
+            .position(|&t| t == mask_id || Some(t) == eos_id)
+            .unwrap_or(gen.len());
+        if end > sent[i] {
+            sent[i] = end;
+            let _ = job.events.send(GenEvent::Final(gen[..end].to_vec()));
+        }
+        if job.canvas {
+            let _ = job.events.send(GenEvent::Canvas(gen.to_vec()));
+        }
+    }
+    if live == 0 {
+        StepControl::Stop
+    } else {
+        StepControl::Continue
+    }
+}
+
+/// Rows of the chain rule per forward pass when scoring a sequence.
+const LOGPROB_ROWS: usize = 32;
+
+fn model_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("the model failed: {e}"))
+}
+
+/// See [`LogprobJob`].
+fn logprobs<B: Backend>(
+    model: &Served<B>,
+    tokens: &[usize],
+    top: usize,
+) -> Result<Vec<TokenLogprob>, ApiError> {
+    let n = tokens.len();
+    if n < 2 {
+        return Ok(Vec::new());
+    }
+    match model {
+        Served::Masked(m) => {
+            let device = m.device();
+            let mask = m.mask_id() as i64;
+            let mut out = Vec::with_capacity(n - 1);
+            let positions: Vec<usize> = (1..n).collect();
+            for chunk in positions.chunks(LOGPROB_ROWS) {
+                // row for position k: tokens[..k], masks from k on
+                let ids: Vec<i64> = chunk
+                    .iter()
+                    .flat_map(|&k| (0..n).map(move |l| if l < k { tokens[l] as i64 } else { mask }))
+                    .collect();
+                let index: Vec<i64> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &k)| (r * n + k) as i64)
+                    .collect();
+                let rows = chunk.len();
+                let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, n]), &device);
+                let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows]), &device);
+                let logits = m.logits_at(ids, None, index).map_err(model_error)?;
+                let targets: Vec<usize> = chunk.iter().map(|&k| tokens[k]).collect();
+                out.extend(read_logprobs(logits, &targets, top)?);
+            }
+            Ok(out)
+        }
+        Served::Causal(m) => {
+            let device = m.net.lm_head.weight.device();
+            let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+            let logits = m.forward(ids).map_err(model_error)?;
+            let v = logits.dims()[2];
+            let logits = logits.narrow(1, 0, n - 1).reshape([n - 1, v]);
+            read_logprobs(logits, &tokens[1..], top)
+        }
+    }
+}
+
+/// Log-softmax of `logits` `[rows, V]`, read back: each row's target and its top `k`.
+fn read_logprobs<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: &[usize],
+    top: usize,
+) -> Result<Vec<TokenLogprob>, ApiError> {
+    let v = logits.dims()[1];
+    let values = log_softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| model_error(format!("{e:?}")))?;
+    Ok(values
+        .chunks(v)
+        .zip(targets)
+        .map(|(row, &t)| {
+            let mut best: Vec<usize> = (0..v).collect();
+            let k = top.min(v);
+            if k > 0 {
+                best.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            best.truncate(k);
+            best.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            TokenLogprob {
+                logprob: f64::from(row[t]),
+                top: best.into_iter().map(|i| (i, f64::from(row[i]))).collect(),
+            }
+        })
+        .collect())
+}
+
+/// See [`LoglikelihoodJob`].
+fn score<B: Backend>(model: &Served<B>, job: &LoglikelihoodJob) -> Result<Scored, ApiError> {
+    let eval = |e: mdm_eval::EvalError| ApiError::invalid("continuation", e.to_string());
+    match model {
+        Served::Masked(m) => {
+            let (nll, stderr) = match job.estimator {
+                Estimator::Chain => {
+                    let est = chain_rule_cfg(m, &job.context, &job.continuation, job.cfg_scale)
+                        .map_err(eval)?;
+                    (est.nll, est.stderr)
+                }
+                Estimator::Mc { mc_num, seed } => {
+                    let mut options = McOptions::default().with_mc_num(mc_num);
+                    if job.cfg_scale != 0.0 {
+                        options = options.with_cfg_scale(job.cfg_scale);
+                    }
+                    let mut rng = rng_from_seed(seed);
+                    let est = mc_elbo(m, &job.context, &job.continuation, options, &mut rng)
+                        .map_err(eval)?;
+                    (est.nll, est.stderr)
+                }
+            };
+            let is_greedy =
+                greedy_suffix_matches_cfg(m, &job.context, &job.continuation, job.cfg_scale)
+                    .map_err(eval)?;
+            Ok(Scored {
+                loglikelihood: -nll,
+                stderr,
+                is_greedy,
+            })
+        }
+        Served::Causal(m) => {
+            let (est, is_greedy) =
+                causal_score(m, &job.context, &job.continuation).map_err(eval)?;
+            Ok(Scored {
+                loglikelihood: -est.nll,
+                stderr: 0.0,
+                is_greedy,
+            })
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `mdm-serve`: serve a model over OpenAI's HTTP API.
+//!
+//! ```text
+//! cargo run --release -p mdm-serve -- --config 6M --tokenizer ../shared/data/tokenizers/llama2/tokenizer.json
+//! cargo run --release -p mdm-serve -- --checkpoint runs/kjv-mdm/model --port 8001
+//! cargo run --release -p mdm-serve -- --hf path/to/LLaDA-8B-Instruct --api-key secret --host 0.0.0.0
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mdm_data::chat::ChatPrompt;
+use mdm_data::Tokenizer;
+use mdm_models::checkpoint::{read_meta, ModelKind};
+use mdm_models::{CausalTransformer, ModelSource};
+use mdm_serve::engine::{Engine, EngineConfig, Served};
+use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
+use mdm_serve::ServeError;
+
+#[cfg(feature = "cuda")]
+type Backend = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+type Backend = burn::backend::Wgpu;
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+type Backend = burn::backend::Flex;
+#[cfg(all(
+    feature = "ndarray",
+    not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
+))]
+type Backend = burn::backend::NdArray;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Serve a masked diffusion model (or its autoregressive baseline) over OpenAI's HTTP API"
+)]
+struct Args {
+    /// A checkpoint folder written by this library (masked or causal).
+    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
+    checkpoint: Option<PathBuf>,
+    /// A Hugging Face folder (`config.json` + safetensors; LLaDA).
+    #[arg(long, conflicts_with = "smdm")]
+    hf: Option<PathBuf>,
+    /// An SMDM safetensors file (with `--config`).
+    #[arg(long)]
+    smdm: Option<PathBuf>,
+    /// A Diff_LLaMA name or a config JSON file (for `--smdm`, or random weights alone).
+    #[arg(long, default_value = "6M")]
+    config: String,
+    /// Seed of random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A HF tokenizer.json (default: tokenizer.json in the model's folder). Without one, prompts
+    /// must be token ids.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The name clients give as `model` (default: the folder's or file's name, or the config's).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Address to listen on (loopback by default; set an API key before listening elsewhere).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every request but /health.
+    #[arg(long, env = "MDM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most rows decoded together.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most jobs waiting (a request over it gets 429).
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Milliseconds the worker waits for compatible requests to fill a batch (0: no wait).
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
+    /// The largest `max_tokens` a request may ask.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// The largest `n`.
+    #[arg(long, default_value_t = 8)]
+    max_choices: usize,
+    /// Seconds before a request is answered 504 and its generation cancelled.
+    #[arg(long, default_value_t = 600.0)]
+    request_timeout: f64,
+    /// The largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+}
+
+fn default_name(source: &ModelSource, config: &str) -> String {
+    let named = match source {
+        ModelSource::Checkpoint(p) | ModelSource::HuggingFace(p) => {
+            p.canonicalize().ok().and_then(|p| {
+                // `runs/kjv-mdm/model` is better named by its run than by `model`
+                let last = p.file_name()?.to_str()?.to_string();
+                if last == "model" {
+                    Some(p.parent()?.file_name()?.to_str()?.to_string())
+                } else {
+                    Some(last)
+                }
+            })
+        }
+        ModelSource::Smdm { file, .. } => {
+            file.file_stem().and_then(|s| s.to_str()).map(String::from)
+        }
+        ModelSource::Random { .. } => None,
+    };
+    named.unwrap_or_else(|| format!("mdm-{}", config.trim_end_matches(".json")))
+}
+
+async fn run(args: Args) -> Result<(), ServeError> {
+    let source = ModelSource::from_flags(
+        args.checkpoint.as_deref(),
+        args.hf.as_deref(),
+        args.smdm.as_deref(),
+        &args.config,
+        args.seed,
+    )?;
+    if !(args.request_timeout > 0.0 && args.request_timeout.is_finite()) {
+        return Err(ServeError::Config(
+            "--request-timeout must be positive".into(),
+        ));
+    }
+    let tokenizer = match args.tokenizer.clone().or_else(|| source.tokenizer_file()) {
+        Some(path) => Some(Tokenizer::from_file(path)?),
+        None => None,
+    };
+    let chat = match source.folder() {
+        Some(dir) => ChatPrompt::for_folder(dir)?,
+        None => ChatPrompt::plain(),
+    };
+    let causal = match &source {
+        ModelSource::Checkpoint(dir) => read_meta(dir)?.kind == ModelKind::Causal,
+        _ => false,
+    };
+    eprintln!("loading {} ...", source.describe());
+    let load_source = source.clone();
+    let engine = Engine::start::<Backend, _>(
+        move || {
+            let device = Default::default();
+            Ok(match &load_source {
+                ModelSource::Checkpoint(dir) if causal => {
+                    Served::Causal(CausalTransformer::load(dir, &device)?)
+                }
+                other => Served::Masked(other.load_masked(&device)?),
+            })
+        },
+        EngineConfig {
+            max_batch: args.max_batch,
+            max_queue: args.max_queue,
+            batch_wait: Duration::from_millis(args.batch_wait_ms),
+        },
+    )?;
+    if let Some(tok) = &tokenizer {
+        if tok.vocab_size() > engine.info().vocab_size {
+            eprintln!(
+                "warning: the tokenizer has {} ids, the model {}: texts with the extra ids are refused",
+                tok.vocab_size(),
+                engine.info().vocab_size
+            );
+        }
+    }
+    let model_name = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| default_name(&source, &args.config));
+    let config = ServerConfig {
+        model_name: model_name.clone(),
+        api_key: args.api_key.clone(),
+        max_tokens: args.max_tokens,
+        max_choices: args.max_choices,
+        max_body: args.max_body,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+    };
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("listening on {address}"),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "reading the bound address".into(),
+        source,
+    })?;
+    let info = engine.info().clone();
+    if args.api_key.is_none()
+        && args.host != "127.0.0.1"
+        && args.host != "localhost"
+        && args.host != "::1"
+    {
+        eprintln!("warning: listening on {} without an API key: anyone who can reach it can use the model (set --api-key or MDM_API_KEY)", args.host);
+    }
+    let state = AppState::new(engine, tokenizer, chat, config);
+    eprintln!(
+        "serving `{model_name}` ({} model, {} positions, {} ids) on http://{local}/v1 (Ctrl-C to stop)",
+        info.kind, info.max_positions, info.vocab_size
+    );
+    serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|source| ServeError::Io {
+            what: "serving".into(),
+            source,
+        })?;
+    eprintln!("stopped: in-flight requests finished");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

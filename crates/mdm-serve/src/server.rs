@@ -1,0 +1,1160 @@
+//! The HTTP side: axum routes, the API key check, the body limit, JSON errors for every
+//! rejection, and the handlers that turn OpenAI requests into jobs for the [`Engine`] and its
+//! events into responses or server-sent events.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream;
+use mdm_data::chat::{ChatPrompt, Message};
+use mdm_data::Tokenizer;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout_at, Instant};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::api::*;
+use crate::engine::{
+    Decoding, Engine, Estimator, GenEvent, GenerateJob, GenerateOptions, Job, LoglikelihoodJob,
+    LogprobJob, Remasking, TokenLogprob,
+};
+use crate::error::ApiError;
+use crate::text::{find_stop, Detokenizer, StreamedText};
+use mdm_samplers::blockwise::{BlockDecoding, CacheMode, Parallel};
+
+/// Settings of the HTTP side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// The name clients use in `model` (and `/v1/models` lists).
+    pub model_name: String,
+    /// Every request but `/health` must carry `Authorization: Bearer KEY` when set.
+    pub api_key: Option<String>,
+    /// The largest `max_tokens` a request may ask.
+    pub max_tokens: usize,
+    /// The largest `n`.
+    pub max_choices: usize,
+    /// The largest request body, bytes (413 above).
+    pub max_body: usize,
+    /// A request still running after this long is answered 504 (its generation cancelled).
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            model_name: "mdm".into(),
+            api_key: None,
+            max_tokens: 1024,
+            max_choices: 8,
+            max_body: 1 << 20,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    engine: Engine,
+    tokenizer: Option<Arc<Tokenizer>>,
+    detok: Detokenizer,
+    chat: ChatPrompt,
+    config: ServerConfig,
+    created: u64,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    /// The state of a server over `engine`; `tokenizer` turns text into ids (without one, prompts
+    /// must be token ids and texts are ids separated by spaces); `chat` renders chat requests.
+    pub fn new(
+        engine: Engine,
+        tokenizer: Option<Tokenizer>,
+        chat: ChatPrompt,
+        config: ServerConfig,
+    ) -> Arc<Self> {
+        let tokenizer = tokenizer.map(Arc::new);
+        Arc::new(Self {
+            engine,
+            detok: Detokenizer::new(tokenizer.clone()),
+            tokenizer,
+            chat,
+            config,
+            created: unix_now(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.next_id.fetch_add(1, Ordering::SeqCst))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The routes, with the API key check, the body limit and panics answered as 500s.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body;
+    let api = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/loglikelihood", post(loglikelihood))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(|req: Request| async move { ApiError::no_route(req.uri().path()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("the request handler panicked").into_response()
+        }))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves at SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            g.len() == key.len()
+                && g.bytes()
+                    .zip(key.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A JSON body read with errors in OpenAI's shape: 413 over the limit, 400 for text that is not
+/// JSON.
+pub struct JsonBody(pub serde_json::Value);
+
+impl FromRequest<Arc<AppState>> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let limit = state.config.max_body;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_body(format!("the request body could not be read: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_body(format!("the request body is not JSON: {e}")))
+    }
+}
+
+/// The request type `T` read from the body, the field at fault named.
+fn fields<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = format!("the request is not valid: {inner}");
+        let missing = inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        match (path.as_str(), missing) {
+            (".", Some(field)) => ApiError::invalid(field, message),
+            (".", None) => ApiError::bad_body(message),
+            (_, Some(field)) => ApiError::invalid(format!("{path}.{field}"), message),
+            _ => ApiError::invalid(path, message),
+        }
+    })
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "model": state.config.model_name,
+        "info": state.engine.info(),
+        "stats": state.engine.stats(),
+    }))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let info = state.engine.info();
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: state.config.model_name.clone(),
+            object: "model".into(),
+            created: state.created,
+            owned_by: "mdm-rs".into(),
+            kind: info.kind.into(),
+            max_positions: info.max_positions,
+            vocab_size: info.vocab_size,
+        }],
+    })
+}
+
+fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if *m != state.config.model_name => {
+            Err(ApiError::unknown_model(m, &state.config.model_name))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Text to ids: the document start first (BOS, or our tokenizers' EOS separator), as the models
+/// saw every document in training.
+fn encode_text(state: &AppState, text: &str, param: &str) -> Result<Vec<usize>, ApiError> {
+    let tok = state.tokenizer.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            param,
+            "this server has no tokenizer: send token ids (start it with --tokenizer)",
+        )
+    })?;
+    let ids = tok
+        .encode(text, false)
+        .map_err(|e| ApiError::invalid(param, format!("the text could not be encoded: {e}")))?;
+    let start = tok.document_start();
+    let mut out = Vec::with_capacity(ids.len() + 1);
+    if ids.first() != Some(&start) {
+        out.push(start as usize);
+    }
+    out.extend(ids.into_iter().map(|t| t as usize));
+    check_ids(state, &out, param)?;
+    Ok(out)
+}
+
+fn check_ids(state: &AppState, ids: &[usize], param: &str) -> Result<(), ApiError> {
+    let vocab = state.engine.info().vocab_size;
+    match ids.iter().position(|&t| t >= vocab) {
+        Some(i) => Err(ApiError::invalid(
+            format!("{param}[{i}]"),
+            format!(
+                "token id {} is outside the model's vocabulary 0..{vocab} (the tokenizer is larger than the model)",
+                ids[i]
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn prompts_of(state: &AppState, prompt: &PromptInput) -> Result<Vec<Vec<usize>>, ApiError> {
+    let vocab = state.engine.info().vocab_size;
+    let prompts = match prompt {
+        PromptInput::Text(t) => vec![encode_text(state, t, "prompt")?],
+        PromptInput::Texts(ts) => ts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| encode_text(state, t, &format!("prompt[{i}]")))
+            .collect::<Result<_, _>>()?,
+        PromptInput::Ids(ids) => vec![id_list(ids, "prompt", vocab)?],
+        PromptInput::IdLists(lists) => lists
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| id_list(ids, &format!("prompt[{i}]"), vocab))
+            .collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "the prompt list is empty"));
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        let param = if prompts.len() == 1 {
+            "prompt".to_string()
+        } else {
+            format!("prompt[{i}]")
+        };
+        return Err(ApiError::invalid(param, "the prompt has no tokens"));
+    }
+    Ok(prompts)
+}
+
+/// What a generating request asks, checked.
+struct Plan {
+    options: GenerateOptions,
+    n: usize,
+    stops: Vec<String>,
+    stream: bool,
+    canvas: bool,
+}
+
+fn plan(
+    state: &AppState,
+    f: &SamplerFields,
+    max_tokens: Option<i64>,
+    default_max_tokens: usize,
+) -> Result<Plan, ApiError> {
+    let info = state.engine.info();
+    let limit = state.config.max_tokens;
+    let max_tokens = match max_tokens {
+        Some(v) => count_field(v, "max_tokens", limit)?,
+        None => default_max_tokens.min(limit),
+    };
+    let temperature = match f.temperature {
+        Some(t) => float_field(t, "temperature", 0.0, 100.0)?,
+        None => 0.0,
+    };
+    if let Some(p) = f.top_p {
+        if p != 1.0 {
+            return Err(ApiError::invalid(
+                "top_p",
+                "nucleus sampling is not supported by the samplers: top_p must be 1",
+            ));
+        }
+    }
+    for (name, v) in [
+        ("presence_penalty", f.presence_penalty),
+        ("frequency_penalty", f.frequency_penalty),
+    ] {
+        if v.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::invalid(
+                name,
+                format!("`{name}` is not supported: only 0"),
+            ));
+        }
+    }
+    let seed = match f.seed {
+        Some(s) if s < 0 => {
+            return Err(ApiError::invalid(
+                "seed",
+                format!("`seed` must not be negative, got {s}"),
+            ))
+        }
+        Some(s) => s as u64,
+        None => 0,
+    };
+    let n = match f.n {
+        Some(v) => count_field(v, "n", state.config.max_choices)?,
+        None => 1,
+    };
+    if n == 0 {
+        return Err(ApiError::invalid("n", "`n` must be at least 1"));
+    }
+    let stops = match &f.stop {
+        Some(s) => s.strings()?,
+        None => Vec::new(),
+    };
+    let masked_only = |name: &str, given: bool| {
+        if given && info.kind != "masked" {
+            Err(ApiError::invalid(
+                name,
+                format!("`{name}` is an option of masked diffusion models; this server serves the autoregressive baseline"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    masked_only("steps", f.steps.is_some())?;
+    masked_only("block_length", f.block_length.is_some())?;
+    masked_only("cfg_scale", f.cfg_scale.is_some())?;
+    masked_only("remasking", f.remasking.is_some())?;
+    masked_only("threshold", f.threshold.is_some())?;
+    masked_only("factor", f.factor.is_some())?;
+    masked_only("cache", f.cache.is_some())?;
+    masked_only("stream_canvas", f.stream_canvas)?;
+    let decoding = if info.kind == "causal" {
+        Decoding::Autoregressive { temperature }
+    } else {
+        masked_decoding(f, max_tokens, temperature)?
+    };
+    Ok(Plan {
+        options: GenerateOptions {
+            max_tokens,
+            decoding,
+            seed,
+            eos_id: state.tokenizer.as_ref().map(|t| t.eos_id() as usize),
+        },
+        n,
+        stops,
+        stream: f.stream,
+        canvas: f.stream_canvas,
+    })
+}
+
+fn masked_decoding(
+    f: &SamplerFields,
+    max_tokens: usize,
+    temperature: f64,
+) -> Result<Decoding, ApiError> {
+    let gen = max_tokens.max(1);
+    let steps = match f.steps {
+        Some(s) => count_field(s, "steps", 1 << 16)?,
+        None => gen,
+    };
+    if steps == 0 {
+        return Err(ApiError::invalid("steps", "`steps` must be at least 1"));
+    }
+    let block_length = match f.block_length {
+        Some(b) => Some(count_field(b, "block_length", 1 << 16)?),
+        None => None,
+    };
+    if let Some(b) = block_length {
+        if b == 0 || gen % b != 0 {
+            return Err(ApiError::invalid(
+                "block_length",
+                format!("`block_length` {b} must be positive and divide max_tokens {gen}"),
+            ));
+        }
+        if steps % (gen / b) != 0 {
+            return Err(ApiError::invalid(
+                "steps",
+                format!(
+                    "`steps` {steps} must be a multiple of the number of blocks {}",
+                    gen / b
+                ),
+            ));
+        }
+    }
+    let cfg_scale = match f.cfg_scale {
+        Some(w) => Some(float_field(w, "cfg_scale", 0.0, 100.0)?),
+        None => None,
+    };
+    let remasking = match &f.remasking {
+        Some(name) => Remasking::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "remasking",
+                format!("unknown remasking `{name}`: low_confidence, margin, entropy, random or ancestral"),
+            )
+        })?,
+        None => Remasking::LowConfidence,
+    };
+    let cache = match f.cache.as_deref() {
+        None => None,
+        Some("none") => Some(CacheMode::None),
+        Some("prefix") => Some(CacheMode::Prefix),
+        Some("dual") => Some(CacheMode::Dual),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "cache",
+                format!("unknown cache `{other}`: none, prefix or dual"),
+            ))
+        }
+    };
+    let parallel = match (f.threshold, f.factor) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "factor",
+                "`threshold` and `factor` are two rules: give one",
+            ))
+        }
+        (Some(t), None) => Some(Parallel::Threshold(float_field(t, "threshold", 0.0, 1.0)?)),
+        (None, Some(x)) => Some(Parallel::Factor {
+            factor: float_field(x, "factor", f64::MIN_POSITIVE, 1e6)?,
+            reveal_failing_last_rank: false,
+        }),
+        (None, None) => None,
+    };
+    if cache.is_none() && parallel.is_none() {
+        return Ok(Decoding::Sampler {
+            steps,
+            block_length,
+            temperature,
+            cfg_scale,
+            remasking,
+        });
+    }
+    // Fast-dLLM's block decoding: temperature 0, low confidence, no guidance
+    let conflict = if temperature != 0.0 {
+        Some("temperature")
+    } else if cfg_scale.is_some() {
+        Some("cfg_scale")
+    } else if remasking != Remasking::LowConfidence {
+        Some("remasking")
+    } else {
+        None
+    };
+    if let Some(param) = conflict {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` cannot be combined with `cache`/`threshold`/`factor` yet: block decoding is greedy low-confidence without guidance"),
+        ));
+    }
+    Ok(Decoding::Blocks(BlockDecoding {
+        gen_length: gen,
+        block_length: block_length.unwrap_or(gen),
+        steps,
+        parallel: parallel.unwrap_or(Parallel::Scheduled),
+        cache: cache.unwrap_or(CacheMode::None),
+    }))
+}
+
+fn check_length(
+    state: &AppState,
+    prompt: &[usize],
+    max_tokens: usize,
+    param: &str,
+) -> Result<(), ApiError> {
+    let max = state.engine.info().max_positions;
+    if prompt.len() + max_tokens > max {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the model's {max} positions",
+                prompt.len()
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// One running generation: its events, and the request's deadline.
+struct Running {
+    prompt: Vec<usize>,
+    events: mpsc::UnboundedReceiver<GenEvent>,
+}
+
+fn start_choice(
+    state: &AppState,
+    prompt: &[usize],
+    options: &GenerateOptions,
+    choice: usize,
+    canvas: bool,
+) -> Result<Running, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut options = options.clone();
+    options.seed = options.seed.wrapping_add(choice as u64);
+    state.engine.submit(Job::Generate(GenerateJob {
+        prompt: prompt.to_vec(),
+        options,
+        canvas,
+        events: tx,
+    }))?;
+    Ok(Running {
+        prompt: prompt.to_vec(),
+        events: rx,
+    })
+}
+
+/// Waits for a generation's end: its tokens and whether it stopped at EOS.
+async fn finish(
+    run: &mut Running,
+    deadline: Instant,
+    seconds: f64,
+) -> Result<(Vec<usize>, bool), ApiError> {
+    loop {
+        match timeout_at(deadline, run.events.recv()).await {
+            Err(_) => return Err(ApiError::timeout(seconds)),
+            Ok(None) => return Err(ApiError::unavailable()),
+            Ok(Some(GenEvent::Done { tokens, hit_eos })) => return Ok((tokens, hit_eos)),
+            Ok(Some(GenEvent::Failed(e))) => return Err(e),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+async fn token_logprobs(
+    state: &AppState,
+    tokens: Vec<usize>,
+    top: usize,
+    deadline: Instant,
+) -> Result<Vec<TokenLogprob>, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .engine
+        .submit(Job::Logprobs(LogprobJob { tokens, top, reply }))?;
+    match timeout_at(deadline, rx).await {
+        Err(_) => Err(ApiError::timeout(
+            state.config.request_timeout.as_secs_f64(),
+        )),
+        Ok(Err(_)) => Err(ApiError::unavailable()),
+        Ok(Ok(r)) => r,
+    }
+}
+
+/// A finished choice, cut at a stop sequence.
+struct Finished {
+    text: String,
+    tokens: Vec<usize>,
+    reason: &'static str,
+}
+
+fn cut_at_stop(
+    state: &AppState,
+    prompt: &[usize],
+    tokens: Vec<usize>,
+    hit_eos: bool,
+    stops: &[String],
+) -> Finished {
+    let text = state.detok.completion_text(prompt, &tokens);
+    match find_stop(&text, stops) {
+        Some(cut) => {
+            // keep the tokens whose text starts before the cut
+            let chars = text[..cut].chars().count();
+            let keep = (0..=tokens.len())
+                .find(|&k| {
+                    state
+                        .detok
+                        .completion_text(prompt, &tokens[..k])
+                        .chars()
+                        .count()
+                        >= chars
+                })
+                .unwrap_or(tokens.len());
+            Finished {
+                text: text[..cut].to_string(),
+                tokens: tokens[..keep].to_vec(),
+                reason: "stop",
+            }
+        }
+        None => Finished {
+            text,
+            tokens,
+            reason: if hit_eos { "stop" } else { "length" },
+        },
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = fields(&body)?;
+    let sampling: SamplerFields = fields(&body)?;
+    check_model(&state, &req.model)?;
+    let prompts = prompts_of(&state, &req.prompt)?;
+    let plan = plan(&state, &sampling, sampling.max_tokens, 16)?;
+    let top = match req.logprobs {
+        Some(k) => Some(count_field(k, "logprobs", 20)?),
+        None => None,
+    };
+    if plan.stream && (top.is_some() || req.echo) {
+        return Err(ApiError::invalid(
+            if req.echo { "echo" } else { "logprobs" },
+            "`echo` and `logprobs` are not offered with `stream`",
+        ));
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        let param = if prompts.len() == 1 {
+            "prompt".into()
+        } else {
+            format!("prompt[{i}]")
+        };
+        check_length(&state, p, plan.options.max_tokens, &param)?;
+    }
+    let deadline = Instant::now() + state.config.request_timeout;
+    let id = state.id("cmpl");
+    let mut runs = Vec::new();
+    for p in &prompts {
+        for j in 0..plan.n {
+            runs.push(start_choice(&state, p, &plan.options, j, plan.canvas)?);
+        }
+    }
+    if plan.stream {
+        return Ok(stream_choices(
+            state,
+            runs,
+            plan.stops,
+            id,
+            Flavor::Completion,
+            deadline,
+        ));
+    }
+    let seconds = state.config.request_timeout.as_secs_f64();
+    let mut choices = Vec::new();
+    let mut usage = Usage {
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        ..Usage::default()
+    };
+    for (index, run) in runs.iter_mut().enumerate() {
+        let (tokens, hit_eos) = finish(run, deadline, seconds).await?;
+        let done = cut_at_stop(&state, &run.prompt, tokens, hit_eos, &plan.stops);
+        usage.completion_tokens += done.tokens.len();
+        let (mut text, mut ids) = (done.text, done.tokens.clone());
+        if req.echo {
+            text = format!("{}{text}", state.detok.decode(&run.prompt));
+            ids = run.prompt.iter().chain(&done.tokens).copied().collect();
+        }
+        let logprobs = match top {
+            Some(k) => Some(
+                choice_logprobs(&state, &run.prompt, &done.tokens, req.echo, k, deadline).await?,
+            ),
+            None => None,
+        };
+        choices.push(CompletionChoice {
+            text,
+            index,
+            logprobs,
+            finish_reason: Some(done.reason.into()),
+            token_ids: Some(ids),
+        });
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(CompletionResponse {
+        id,
+        object: "text_completion".into(),
+        created: unix_now(),
+        model: state.config.model_name.clone(),
+        choices,
+        usage: Some(usage),
+    })
+    .into_response())
+}
+
+/// OpenAI's `logprobs` object: the completion's tokens (and with `echo` the prompt's first, the
+/// very first with `null`), each scored given the tokens before it. The prompt's tokens are scored
+/// over the prompt alone and the completion's over prompt and completion, so that the sum over a
+/// continuation inside an echoed prompt (what lm-evaluation-harness reads) is exactly the chain
+/// rule of `/v1/loglikelihood`; for the masked model each position sees the tokens before it with
+/// everything after it masked.
+async fn choice_logprobs(
+    state: &AppState,
+    prompt: &[usize],
+    completion: &[usize],
+    echo: bool,
+    top: usize,
+    deadline: Instant,
+) -> Result<Logprobs, ApiError> {
+    let all: Vec<usize> = prompt.iter().chain(completion).copied().collect();
+    // scores[i] is the entry of all[i + 1]
+    let mut scores = Vec::with_capacity(all.len());
+    if echo {
+        scores.extend(token_logprobs(state, prompt.to_vec(), top, deadline).await?);
+    }
+    if !completion.is_empty() {
+        let whole = token_logprobs(state, all.clone(), top, deadline).await?;
+        scores.extend_from_slice(&whole[whole.len() - completion.len()..]);
+    }
+    let first = if echo { 0 } else { prompt.len() };
+    let shown = &all[first..];
+    let offsets = if echo {
+        state.detok.offsets(shown)
+    } else {
+        (0..completion.len())
+            .map(|k| {
+                state
+                    .detok
+                    .completion_text(prompt, &completion[..k])
+                    .chars()
+                    .count()
+            })
+            .collect()
+    };
+    let skipped = if echo { 1 } else { 0 };
+    let mut out = Logprobs::default();
+    for (k, &t) in shown.iter().enumerate() {
+        out.tokens.push(state.detok.token_name(t));
+        out.text_offset.push(offsets[k]);
+        if first + k == 0 {
+            out.token_logprobs.push(None);
+            out.top_logprobs.push(None);
+            continue;
+        }
+        let lp = &scores[k - skipped];
+        out.token_logprobs.push(Some(lp.logprob));
+        let map = lp
+            .top
+            .iter()
+            .map(|&(id, v)| (state.detok.token_name(id), json!(v)))
+            .collect();
+        out.top_logprobs.push(Some(map));
+    }
+    Ok(out)
+}
+
+/// The two streaming shapes.
+#[derive(Clone, Copy, PartialEq)]
+enum Flavor {
+    Completion,
+    Chat,
+}
+
+fn chunk(
+    state: &AppState,
+    id: &str,
+    flavor: Flavor,
+    index: usize,
+    text: Option<String>,
+    reason: Option<&str>,
+    first: bool,
+) -> String {
+    let created = unix_now();
+    let model = state.config.model_name.clone();
+    let body = match flavor {
+        Flavor::Completion => serde_json::to_value(CompletionResponse {
+            id: id.into(),
+            object: "text_completion".into(),
+            created,
+            model,
+            choices: vec![CompletionChoice {
+                text: text.unwrap_or_default(),
+                index,
+                logprobs: None,
+                finish_reason: reason.map(Into::into),
+                token_ids: None,
+            }],
+            usage: None,
+        }),
+        Flavor::Chat => serde_json::to_value(ChatResponse {
+            id: id.into(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model,
+            choices: vec![ChatChoice {
+                index,
+                message: None,
+                delta: Some(AssistantMessage {
+                    role: first.then(|| "assistant".into()),
+                    content: text,
+                }),
+                finish_reason: reason.map(Into::into),
+            }],
+            usage: None,
+        }),
+    };
+    body.map(|b| b.to_string()).unwrap_or_default()
+}
+
+/// Server-sent events of every choice, `data: [DONE]` after the last. Text is sent as soon as it
+/// is final; a client that goes away drops the stream, which drops each choice's event receiver,
+/// which cancels its generation.
+fn stream_choices(
+    state: Arc<AppState>,
+    runs: Vec<Running>,
+    stops: Vec<String>,
+    id: String,
+    flavor: Flavor,
+    deadline: Instant,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let mask_id = state.engine.info().mask_id.unwrap_or(usize::MAX);
+    let mut tasks = Vec::new();
+    for (index, mut run) in runs.into_iter().enumerate() {
+        let (tx, state, stops, id) = (tx.clone(), state.clone(), stops.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut streamed = StreamedText::new(stops);
+            let mut first = true;
+            let send = |data: String| Event::default().data(data);
+            if flavor == Flavor::Chat {
+                let _ = tx
+                    .send(send(chunk(
+                        &state,
+                        &id,
+                        flavor,
+                        index,
+                        Some(String::new()),
+                        None,
+                        true,
+                    )))
+                    .await;
+                first = false;
+            }
+            loop {
+                let event = match timeout_at(deadline, run.events.recv()).await {
+                    Err(_) => Err(ApiError::timeout(
+                        state.config.request_timeout.as_secs_f64(),
+                    )),
+                    Ok(None) => Err(ApiError::unavailable()),
+                    Ok(Some(e)) => Ok(e),
+                };
+                let (text, done, hit_eos) = match event {
+                    Ok(GenEvent::Final(tokens)) => (
+                        state.detok.completion_text(&run.prompt, &tokens),
+                        false,
+                        false,
+                    ),
+                    Ok(GenEvent::Done { tokens, hit_eos }) => (
+                        state.detok.completion_text(&run.prompt, &tokens),
+                        true,
+                        hit_eos,
+                    ),
+                    Ok(GenEvent::Canvas(region)) => {
+                        let canvas = json!({"id": id, "object": "canvas", "index": index,
+                            "canvas": state.detok.canvas(&region, mask_id)});
+                        if tx.send(send(canvas.to_string())).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(GenEvent::Failed(e)) | Err(e) => {
+                        let _ = tx.send(send(e.body())).await;
+                        return;
+                    }
+                };
+                let (delta, stopped) = streamed.advance(&text, done);
+                if !delta.is_empty() {
+                    let c = chunk(&state, &id, flavor, index, Some(delta), None, first);
+                    first = false;
+                    if tx.send(send(c)).await.is_err() {
+                        return;
+                    }
+                }
+                if stopped || done {
+                    let reason = if stopped || hit_eos { "stop" } else { "length" };
+                    let _ = tx
+                        .send(send(chunk(
+                            &state,
+                            &id,
+                            flavor,
+                            index,
+                            None,
+                            Some(reason),
+                            first,
+                        )))
+                        .await;
+                    // dropping `run` cancels a generation cut by a stop sequence
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = tx.send(Event::default().data("[DONE]")).await;
+    });
+    let events = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = fields(&body)?;
+    let sampling: SamplerFields = fields(&body)?;
+    check_model(&state, &req.model)?;
+    if req.logprobs == Some(true) {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "log-probabilities are offered by /v1/completions, not chat",
+        ));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "there are no messages"));
+    }
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            Ok(Message::new(
+                m.role.clone(),
+                m.content.text(&format!("messages[{i}].content"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let text = state
+        .chat
+        .render(&messages, true)
+        .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
+    let prompt = encode_text(&state, &text, "messages")?;
+    let max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
+    let plan = plan(&state, &sampling, max_tokens, 128)?;
+    check_length(&state, &prompt, plan.options.max_tokens, "messages")?;
+    let deadline = Instant::now() + state.config.request_timeout;
+    let id = state.id("chatcmpl");
+    let mut runs = (0..plan.n)
+        .map(|j| start_choice(&state, &prompt, &plan.options, j, plan.canvas))
+        .collect::<Result<Vec<_>, _>>()?;
+    if plan.stream {
+        return Ok(stream_choices(
+            state,
+            runs,
+            plan.stops,
+            id,
+            Flavor::Chat,
+            deadline,
+        ));
+    }
+    let seconds = state.config.request_timeout.as_secs_f64();
+    let mut choices = Vec::new();
+    let mut usage = Usage {
+        prompt_tokens: prompt.len(),
+        ..Usage::default()
+    };
+    for (index, run) in runs.iter_mut().enumerate() {
+        let (tokens, hit_eos) = finish(run, deadline, seconds).await?;
+        let done = cut_at_stop(&state, &run.prompt, tokens, hit_eos, &plan.stops);
+        usage.completion_tokens += done.tokens.len();
+        choices.push(ChatChoice {
+            index,
+            message: Some(AssistantMessage {
+                role: Some("assistant".into()),
+                content: Some(done.text),
+            }),
+            delta: None,
+            finish_reason: Some(done.reason.into()),
+        });
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(ChatResponse {
+        id,
+        object: "chat.completion".into(),
+        created: unix_now(),
+        model: state.config.model_name.clone(),
+        choices,
+        usage: Some(usage),
+    })
+    .into_response())
+}
+
+async fn loglikelihood(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<LoglikelihoodResponse>, ApiError> {
+    let req: LoglikelihoodRequest = fields(&body)?;
+    check_model(&state, &req.model)?;
+    let info = state.engine.info();
+    let vocab = info.vocab_size;
+    let (context, continuation) = match (&req.context, &req.continuation) {
+        (TextOrIds::Text(c), TextOrIds::Text(x)) => {
+            let tok = state.tokenizer.as_ref().ok_or_else(|| {
+                ApiError::invalid("context", "this server has no tokenizer: send token ids")
+            })?;
+            let pair = mdm_eval::harness::encode_pair(tok, c, x)
+                .map_err(|e| ApiError::invalid("continuation", e.to_string()))?;
+            check_ids(&state, &pair.0, "context")?;
+            check_ids(&state, &pair.1, "continuation")?;
+            pair
+        }
+        (TextOrIds::Ids(c), TextOrIds::Ids(x)) => (
+            id_list(c, "context", vocab)?,
+            id_list(x, "continuation", vocab)?,
+        ),
+        _ => {
+            return Err(ApiError::invalid(
+                "continuation",
+                "`context` and `continuation` must both be text or both token ids",
+            ))
+        }
+    };
+    if continuation.is_empty() {
+        return Err(ApiError::invalid(
+            "continuation",
+            "the continuation has no tokens",
+        ));
+    }
+    if info.kind == "causal" && context.is_empty() {
+        return Err(ApiError::invalid(
+            "context",
+            "the baseline needs at least one context token",
+        ));
+    }
+    check_length(&state, &context, continuation.len(), "context")?;
+    let cfg_scale = match req.cfg_scale {
+        Some(w) => float_field(w, "cfg_scale", 0.0, 100.0)?,
+        None => 0.0,
+    };
+    let estimator = match req.estimator.as_deref().unwrap_or("chain") {
+        "chain" => Estimator::Chain,
+        "mc" => Estimator::Mc {
+            mc_num: match req.mc_num {
+                Some(k) => count_field(k, "mc_num", 1 << 16)?.max(1),
+                None => 128,
+            },
+            seed: match req.seed {
+                Some(s) if s < 0 => {
+                    return Err(ApiError::invalid("seed", "`seed` must not be negative"))
+                }
+                Some(s) => s as u64,
+                None => 0,
+            },
+        },
+        other => {
+            return Err(ApiError::invalid(
+                "estimator",
+                format!("unknown estimator `{other}`: chain or mc"),
+            ))
+        }
+    };
+    if info.kind == "causal" && (estimator != Estimator::Chain || cfg_scale != 0.0) {
+        return Err(ApiError::invalid(
+            if cfg_scale != 0.0 {
+                "cfg_scale"
+            } else {
+                "estimator"
+            },
+            "the baseline is scored exactly: only `estimator: chain` without guidance",
+        ));
+    }
+    let (reply, rx) = oneshot::channel();
+    let (context_tokens, continuation_tokens) = (context.len(), continuation.len());
+    state.engine.submit(Job::Loglikelihood(LoglikelihoodJob {
+        context,
+        continuation,
+        estimator,
+        cfg_scale,
+        reply,
+    }))?;
+    let deadline = Instant::now() + state.config.request_timeout;
+    let scored = match timeout_at(deadline, rx).await {
+        Err(_) => {
+            return Err(ApiError::timeout(
+                state.config.request_timeout.as_secs_f64(),
+            ))
+        }
+        Ok(Err(_)) => return Err(ApiError::unavailable()),
+        Ok(Ok(r)) => r?,
+    };
+    Ok(Json(LoglikelihoodResponse {
+        model: state.config.model_name.clone(),
+        loglikelihood: scored.loglikelihood,
+        stderr: scored.stderr,
+        is_greedy: scored.is_greedy,
+        estimator: match estimator {
+            Estimator::Chain => "chain".into(),
+            Estimator::Mc { .. } => "mc".into(),
+        },
+        context_tokens,
+        continuation_tokens,
+    }))
+}

@@ -1,0 +1,809 @@
+//! The server end to end: each test starts it on `127.0.0.1:0` over a small random model with a
+//! byte-level BPE tokenizer trained here, and talks to it with a real HTTP client.
+
+use std::time::Duration;
+
+use burn::backend::Flex;
+use mdm_data::chat::ChatPrompt;
+use mdm_data::Tokenizer;
+use mdm_models::ModelConfig;
+use mdm_serve::engine::{Engine, EngineConfig, Served};
+use mdm_serve::server::{serve, AppState, ServerConfig};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+const TEXT: &str = "In the beginning God created the heaven and the earth. And the earth was \
+without form, and void; and darkness was upon the face of the deep. And the Spirit of God moved \
+upon the face of the waters. And God said, Let there be light: and there was light.";
+
+fn tokenizer() -> Tokenizer {
+    let docs: Vec<String> = TEXT.split(". ").map(String::from).collect();
+    Tokenizer::train_bpe(docs.iter(), 300).expect("tokenizer")
+}
+
+#[derive(Clone)]
+struct Setup {
+    api_key: Option<String>,
+    max_batch: usize,
+    max_queue: usize,
+    batch_wait_ms: u64,
+    causal: bool,
+    /// layers, width, positions
+    size: (usize, usize, usize),
+    max_body: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_batch: 8,
+            max_queue: 64,
+            batch_wait_ms: 2,
+            causal: false,
+            size: (2, 32, 128),
+            max_body: 1 << 16,
+        }
+    }
+}
+
+struct TestServer {
+    base: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    async fn start(setup: Setup) -> Self {
+        let tok = tokenizer();
+        let vocab = tok.vocab_size();
+        let (layers, width, positions) = setup.size;
+        let causal = setup.causal;
+        let engine = Engine::start::<Flex, _>(
+            move || {
+                let config = ModelConfig::custom(vocab, layers, 2, width, 2 * width, positions);
+                let device = Default::default();
+                Ok(if causal {
+                    Served::Causal(config.init_causal(1, &device)?)
+                } else {
+                    Served::Masked(config.init_masked(1, &device)?)
+                })
+            },
+            EngineConfig {
+                max_batch: setup.max_batch,
+                max_queue: setup.max_queue,
+                batch_wait: Duration::from_millis(setup.batch_wait_ms),
+            },
+        )
+        .expect("engine");
+        let config = ServerConfig {
+            model_name: "tiny".into(),
+            api_key: setup.api_key.clone(),
+            max_tokens: 256,
+            max_choices: 4,
+            max_body: setup.max_body,
+            request_timeout: Duration::from_secs(120),
+        };
+        let state = AppState::new(engine, Some(tok), ChatPrompt::plain(), config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stats(&self) -> Value {
+        self.get("/health").await.1["stats"].clone()
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    v["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// The `data:` payloads of an event stream.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].as_str().is_some(), "{body}");
+    if let Some(p) = param {
+        assert_eq!(error["param"], json!(p), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_answer_in_openai_shapes() {
+    let s = TestServer::start(Setup::default()).await;
+    let (status, health) = s.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+    let (status, models) = s.get("/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "tiny");
+    assert_eq!(models["data"][0]["kind"], "masked");
+
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "And God said", "max_tokens": 8}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "text_completion");
+    let choice = &r["choices"][0];
+    assert!(choice["text"].is_string());
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+    let generated = choice["token_ids"].as_array().unwrap().len();
+    assert!(generated <= 8);
+    let usage = &r["usage"];
+    assert_eq!(usage["completion_tokens"], json!(generated));
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + generated as u64
+    );
+
+    // two id prompts x n = 2: four choices, indexed prompt-major
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [[0, 40, 41], [0, 50]], "n": 2, "max_tokens": 4, "temperature": 0.8, "seed": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let indexes: Vec<u64> = r["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, vec![0, 1, 2, 3]);
+    assert_eq!(r["usage"]["prompt_tokens"], json!(5));
+
+    // every sampler option as an extension field
+    for extra in [
+        json!({"steps": 4, "block_length": 4, "remasking": "margin"}),
+        json!({"cfg_scale": 0.5, "remasking": "entropy"}),
+        json!({"remasking": "ancestral", "temperature": 1.0}),
+        json!({"remasking": "random", "temperature": 0.5, "seed": 9}),
+        json!({"cache": "dual", "block_length": 4, "threshold": 0.9}),
+        json!({"cache": "prefix", "block_length": 4, "steps": 8}),
+        json!({"factor": 1.0, "block_length": 4}),
+    ] {
+        let mut body = json!({"prompt": "In the beginning", "max_tokens": 8});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, r) = s.post("/v1/completions", &body).await;
+        assert_eq!(status, 200, "{extra}: {r}");
+    }
+
+    // chat, through the plain template
+    let (status, r) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who said it?"}], "max_tokens": 6}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert!(r["choices"][0]["message"]["content"].is_string());
+    assert!(r["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_is_required_when_set() {
+    let s = TestServer::start(Setup {
+        api_key: Some("sesame".into()),
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(s.get("/health").await.0, 200);
+    let (status, body) = s.get("/v1/models").await;
+    assert_error(status, &body, 401, None);
+    let wrong = s
+        .client
+        .get(format!("{}/v1/models", s.base))
+        .bearer_auth("open")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let right = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .bearer_auth("sesame")
+        .json(&json!({"prompt": [0, 5, 6], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temperature_zero_is_deterministic_and_seeds_repeat() {
+    let s = TestServer::start(Setup::default()).await;
+    let body = json!({"prompt": "And the earth", "max_tokens": 12, "steps": 6});
+    let a = s.post("/v1/completions", &body).await.1;
+    let b = s.post("/v1/completions", &body).await.1;
+    assert_eq!(a["choices"], b["choices"]);
+    let body = json!({"prompt": "And the earth", "max_tokens": 12, "temperature": 1.0, "seed": 17});
+    let a = s.post("/v1/completions", &body).await.1;
+    let b = s.post("/v1/completions", &body).await.1;
+    assert_eq!(a["choices"], b["choices"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_request_gets_the_tokens_it_gets_alone() {
+    let prompts = [
+        "In the beginning",
+        "And God said, Let there",
+        "the face of the deep",
+        "light",
+    ];
+    let body = |p: &str| json!({"prompt": p, "max_tokens": 10, "steps": 5});
+    // alone: one row per batch
+    let solo = TestServer::start(Setup {
+        max_batch: 1,
+        ..Setup::default()
+    })
+    .await;
+    let mut alone = Vec::new();
+    for p in prompts {
+        alone.push(
+            solo.post("/v1/completions", &body(p)).await.1["choices"][0]["token_ids"].clone(),
+        );
+    }
+    // together: the worker waits for the batch to fill
+    let s = TestServer::start(Setup {
+        batch_wait_ms: 500,
+        ..Setup::default()
+    })
+    .await;
+    let replies = futures_join(prompts.iter().map(|p| {
+        let (client, url, body) = (
+            s.client.clone(),
+            format!("{}/v1/completions", s.base),
+            body(p),
+        );
+        async move {
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    for (got, want) in replies.iter().zip(&alone) {
+        assert_eq!(&got["choices"][0]["token_ids"], want, "{got}");
+    }
+    let stats = s.stats().await;
+    assert!(
+        stats["largest_batch"].as_u64().unwrap() > 1,
+        "no batch formed: {stats}"
+    );
+}
+
+/// Runs the futures concurrently (spawned), in order of the results.
+async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_requests_are_all_answered() {
+    let s = TestServer::start(Setup::default()).await;
+    let replies = futures_join((0..32).map(|i| {
+        let (client, url) = (s.client.clone(), format!("{}/v1/completions", s.base));
+        let body = json!({"prompt": [0, 10 + i, 20 + i], "max_tokens": 6, "steps": 3});
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    for (status, body) in &replies {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["choices"].as_array().unwrap().len(), 1);
+    }
+    let stats = s.stats().await;
+    assert_eq!(stats["jobs"], json!(32), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_the_rest_are_served() {
+    let s = TestServer::start(Setup {
+        max_batch: 1,
+        max_queue: 1,
+        size: (2, 64, 256),
+        ..Setup::default()
+    })
+    .await;
+    let replies = futures_join((0..12).map(|i| {
+        let (client, url) = (s.client.clone(), format!("{}/v1/completions", s.base));
+        let body = json!({"prompt": [0, 10 + i], "max_tokens": 64, "temperature": 1.0, "seed": i});
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let refused: Vec<_> = replies.iter().filter(|(st, _)| *st == 429).collect();
+    assert!(!refused.is_empty(), "nothing was refused");
+    for (status, body) in &replies {
+        assert!(*status == 200 || *status == 429, "{status}: {body}");
+        if *status == 429 {
+            assert_error(*status, body, 429, None);
+        }
+    }
+    assert!(replies.iter().any(|(st, _)| *st == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_sends_the_same_text_and_ends_with_done() {
+    let s = TestServer::start(Setup::default()).await;
+    let body = json!({"prompt": "And God said", "max_tokens": 16, "steps": 8, "block_length": 8});
+    let whole = text_of(&s.post("/v1/completions", &body).await.1);
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    let resp = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_data(&resp.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(text, whole);
+    let reasons: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|r| !r.is_null())
+        .collect();
+    assert_eq!(reasons.len(), 1, "one final chunk");
+
+    // the live canvas: one per step, masks shown as `_`
+    streaming["stream_canvas"] = json!(true);
+    let resp = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_data(&resp.text().await.unwrap());
+    let canvases: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|v| v["object"] == "canvas")
+        .collect();
+    assert!(!canvases.is_empty());
+    assert!(canvases[0]["canvas"].as_str().unwrap().contains('_'));
+
+    // chat streams deltas, the first with the role
+    let resp = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let events = sse_data(&resp.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let s = TestServer::start(Setup {
+        size: (4, 128, 512),
+        ..Setup::default()
+    })
+    .await;
+    let body = json!({"prompt": [0, 7], "max_tokens": 256, "steps": 256, "stream": true, "stream_canvas": true});
+    let mut resp = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    // the first canvas arrives after the first step; then hang up
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    drop(resp);
+    let mut cancelled = false;
+    for _ in 0..200 {
+        if s.stats().await["cancelled"].as_u64().unwrap() >= 1 {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cancelled,
+        "the generation was not cancelled: {}",
+        s.stats().await
+    );
+    // and the server goes on serving
+    let (status, _) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [0, 7], "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sequence_cuts_the_text() {
+    let s = TestServer::start(Setup::default()).await;
+    let body = json!({"prompt": "And God", "max_tokens": 24});
+    let whole = text_of(&s.post("/v1/completions", &body).await.1);
+    let chars: Vec<char> = whole.chars().collect();
+    assert!(chars.len() > 6, "too short to cut: {whole:?}");
+    let stop: String = chars[4..6].iter().collect();
+    let expected = &whole[..whole.find(&stop).unwrap()];
+    let mut with_stop = body.clone();
+    with_stop["stop"] = json!([stop]);
+    let r = s.post("/v1/completions", &with_stop).await.1;
+    assert_eq!(text_of(&r), expected);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    with_stop["stream"] = json!(true);
+    let resp = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .json(&with_stop)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_data(&resp.text().await.unwrap());
+    let text: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(text, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_logprobs_are_the_chain_rule_lm_eval_reads() {
+    for causal in [false, true] {
+        let s = TestServer::start(Setup {
+            causal,
+            ..Setup::default()
+        })
+        .await;
+        let context = vec![0, 60, 61, 62];
+        let continuation = vec![70, 71, 72];
+        let prompt: Vec<u64> = context.iter().chain(&continuation).copied().collect();
+        // what lm-evaluation-harness's local-completions model sends
+        let (status, r) = s
+            .post(
+                "/v1/completions",
+                &json!({"model": "tiny", "prompt": [prompt], "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": true}),
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+        let lp = &r["choices"][0]["logprobs"];
+        let token_logprobs = lp["token_logprobs"].as_array().unwrap();
+        assert_eq!(token_logprobs.len(), prompt.len() + 1);
+        assert!(token_logprobs[0].is_null());
+        let tops = lp["top_logprobs"].as_array().unwrap();
+        for (t, top) in token_logprobs.iter().zip(tops).skip(1) {
+            let t = t.as_f64().unwrap();
+            assert!(t <= 0.0);
+            let best = top
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .fold(f64::MIN, f64::max);
+            assert!(best >= t - 1e-9);
+        }
+        // lm-eval: sum(token_logprobs[ctxlen:-1])
+        let summed: f64 = token_logprobs[context.len()..prompt.len()]
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        let (status, ll) = s
+            .post(
+                "/v1/loglikelihood",
+                &json!({"context": context, "continuation": continuation}),
+            )
+            .await;
+        assert_eq!(status, 200, "{ll}");
+        let exact = ll["loglikelihood"].as_f64().unwrap();
+        assert!(
+            (summed - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+            "{summed} vs {exact} (causal: {causal})"
+        );
+        assert!(ll["is_greedy"].is_boolean());
+        if causal {
+            let (status, body) = s
+                .post(
+                    "/v1/loglikelihood",
+                    &json!({"context": context, "continuation": continuation, "estimator": "mc"}),
+                )
+                .await;
+            assert_error(status, &body, 400, Some("estimator"));
+            let (status, body) = s
+                .post("/v1/completions", &json!({"prompt": [0, 5], "steps": 4}))
+                .await;
+            assert_error(status, &body, 400, Some("steps"));
+        } else {
+            let (status, mc) = s
+                .post("/v1/loglikelihood", &json!({"context": context, "continuation": continuation, "estimator": "mc", "mc_num": 64, "seed": 2}))
+                .await;
+            assert_eq!(status, 200, "{mc}");
+            assert!(mc["stderr"].as_f64().unwrap() > 0.0);
+            // the ELBO bounds the log-likelihood from below, within its noise
+            let bound = mc["loglikelihood"].as_f64().unwrap();
+            assert!(
+                bound <= exact + 4.0 * mc["stderr"].as_f64().unwrap(),
+                "{bound} vs {exact}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
+    let s = TestServer::start(Setup {
+        max_body: 4096,
+        ..Setup::default()
+    })
+    .await;
+    let url = format!("{}/v1/completions", s.base);
+    let raw = |body: &'static str| {
+        let (client, url) = (s.client.clone(), url.clone());
+        async move {
+            let resp = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, b) = raw("{\"prompt\": [1, 2").await;
+    assert_error(st, &b, 400, None);
+    let (st, b) = raw("[1, 2, 3]").await;
+    assert_error(st, &b, 400, None);
+    let cases = [
+        (
+            json!({"prompt": [0, 1], "max_tokens": "many"}),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            json!({"prompt": [0, 1], "max_tokens": -1}),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            json!({"prompt": [0, 1], "max_tokens": 100000000}),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            json!({"prompt": [0, 1], "max_tokens": 200}),
+            400,
+            Some("prompt"),
+        ),
+        (
+            json!({"prompt": [[0, 1], [0, 99999]]}),
+            400,
+            Some("prompt[1][1]"),
+        ),
+        (json!({"prompt": [0, -3]}), 400, Some("prompt[1]")),
+        (json!({"prompt": []}), 400, Some("prompt")),
+        (
+            json!({"prompt": [0, 1], "model": "gpt-4"}),
+            404,
+            Some("model"),
+        ),
+        (json!({"prompt": [0, 1], "top_p": 0.5}), 400, Some("top_p")),
+        (
+            json!({"prompt": [0, 1], "temperature": -1}),
+            400,
+            Some("temperature"),
+        ),
+        (json!({"prompt": [0, 1], "n": 0}), 400, Some("n")),
+        (
+            json!({"prompt": [0, 1], "remasking": "psychic"}),
+            400,
+            Some("remasking"),
+        ),
+        (json!({"prompt": [0, 1], "cache": "l3"}), 400, Some("cache")),
+        (
+            json!({"prompt": [0, 1], "max_tokens": 8, "block_length": 3}),
+            400,
+            Some("block_length"),
+        ),
+        (
+            json!({"prompt": [0, 1], "threshold": 2.0}),
+            400,
+            Some("threshold"),
+        ),
+        (
+            json!({"prompt": [0, 1], "threshold": 0.9, "temperature": 1.0}),
+            400,
+            Some("temperature"),
+        ),
+        (
+            json!({"prompt": [0, 1], "stop": ["a", "b", "c", "d", "e"]}),
+            400,
+            Some("stop"),
+        ),
+        (
+            json!({"prompt": [0, 1], "logprobs": 100}),
+            400,
+            Some("logprobs"),
+        ),
+        (
+            json!({"prompt": [0, 1], "stream": true, "echo": true}),
+            400,
+            Some("echo"),
+        ),
+        (json!({"max_tokens": 4}), 400, None),
+    ];
+    for (body, status, param) in cases {
+        let (st, b) = s.post("/v1/completions", &body).await;
+        assert_error(st, &b, status, param);
+    }
+    let (st, b) = s
+        .post("/v1/chat/completions", &json!({"messages": []}))
+        .await;
+    assert_error(st, &b, 400, Some("messages"));
+    let (st, b) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        )
+        .await;
+    assert_error(st, &b, 400, Some("messages[0].content[0]"));
+    let (st, b) = s
+        .post(
+            "/v1/loglikelihood",
+            &json!({"context": [0, 1], "continuation": []}),
+        )
+        .await;
+    assert_error(st, &b, 400, Some("continuation"));
+    let (st, b) = s
+        .post(
+            "/v1/loglikelihood",
+            &json!({"context": "text", "continuation": [1]}),
+        )
+        .await;
+    assert_error(st, &b, 400, Some("continuation"));
+    let (st, b) = s
+        .post(
+            "/v1/loglikelihood",
+            &json!({"context": [0], "continuation": [1], "estimator": "guess"}),
+        )
+        .await;
+    assert_error(st, &b, 400, Some("estimator"));
+    // over the body limit
+    let big = json!({"prompt": "x".repeat(10_000)});
+    let (st, b) = s.post("/v1/completions", &big).await;
+    assert_error(st, &b, 413, None);
+    let (st, b) = s.get("/v1/nothing-here").await;
+    assert_error(st, &b, 404, None);
+    // still serving
+    let (st, b) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [0, 1], "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let mut s = TestServer::start(Setup {
+        size: (4, 128, 512),
+        ..Setup::default()
+    })
+    .await;
+    let (client, url) = (s.client.clone(), format!("{}/v1/completions", s.base));
+    let in_flight = tokio::spawn(async move {
+        let resp = client
+            .post(url)
+            .json(&json!({"prompt": [0, 7], "max_tokens": 128, "steps": 128}))
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    });
+    // wait until the worker has taken it
+    for _ in 0..200 {
+        if s.stats().await["jobs"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.stop.take().unwrap().send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap(), 200);
+    s.done.take().unwrap().await.unwrap().unwrap();
+}
