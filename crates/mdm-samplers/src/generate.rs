@@ -609,4 +609,39 @@ mod tests {
         let guided = MaskedDiffusionSampler::new(&model, config.with_cfg_scale(1.0));
         assert!(guided.infill(&rows, |_| {}).is_err());
     }
+
+    #[test]
+    fn a_callback_can_stop_the_run_and_gets_the_final_prefix() {
+        use mdm_models::ModelConfig;
+        let model = ModelConfig::custom(50, 2, 2, 32, 64, 32)
+            .init_masked::<Flex>(3, &Default::default())
+            .unwrap();
+        let m = model.mask_id();
+        let config = GenerationConfig::default().with_gen_length(8).with_steps(8);
+        let sampler = MaskedDiffusionSampler::new(&model, config);
+        let prompts = vec![vec![1, 2, 3], vec![4]];
+        let whole = sampler.generate(&prompts, |_| {}).unwrap();
+        let (mut steps, mut canvas) = (0, Vec::new());
+        let stopped = sampler
+            .generate(&prompts, |e| {
+                steps += 1;
+                canvas = e.tokens.to_vec();
+                if steps == 3 {
+                    StepControl::Stop
+                } else {
+                    StepControl::Continue
+                }
+            })
+            .unwrap();
+        assert_eq!(steps, 3);
+        for ((row, p), (s, w)) in canvas.iter().zip(&prompts).zip(stopped.iter().zip(&whole)) {
+            // what the stopped run returns is the revealed prefix of its canvas, and the steps
+            // it ran are those of the full run
+            let gen = &row[p.len()..];
+            let final_len = gen.iter().position(|&t| t == m).unwrap_or(gen.len());
+            assert_eq!(&s[..], &gen[..final_len]);
+            assert_eq!(&s[..], &w[..s.len()]);
+            assert!(s.len() < 8);
+        }
+    }
 }

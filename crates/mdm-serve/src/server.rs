@@ -442,13 +442,13 @@ fn masked_decoding(
         None => None,
     };
     if let Some(b) = block_length {
-        if b == 0 || gen % b != 0 {
+        if b == 0 || !gen.is_multiple_of(b) {
             return Err(ApiError::invalid(
                 "block_length",
                 format!("`block_length` {b} must be positive and divide max_tokens {gen}"),
             ));
         }
-        if steps % (gen / b) != 0 {
+        if !steps.is_multiple_of(gen / b) {
             return Err(ApiError::invalid(
                 "steps",
                 format!(

@@ -807,3 +807,50 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(in_flight.await.unwrap(), 200);
     s.done.take().unwrap().await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
+    use mdm_samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/llada-parity/model");
+    let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
+    let prompt = vec![5usize, 9, 17, 3];
+    let want = decode_blocks(
+        &model,
+        &prompt,
+        BlockDecoding {
+            gen_length: 16,
+            block_length: 8,
+            steps: 16,
+            parallel: Parallel::Threshold(0.9),
+            cache: CacheMode::Dual,
+        },
+    )
+    .unwrap();
+    let engine = Engine::start::<Flex, _>(
+        move || {
+            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+                &dir,
+                &Default::default(),
+            )?))
+        },
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let state = AppState::new(engine, None, ChatPrompt::plain(), ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let body = json!({"prompt": prompt, "max_tokens": 16, "block_length": 8, "steps": 16, "cache": "dual", "threshold": 0.9});
+    let r: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(got, want.tokens[prompt.len()..].to_vec(), "{r}");
+}
