@@ -246,7 +246,14 @@ fn main() -> Result<()> {
     let started = std::time::Instant::now();
     let mut drawn_lines = 0;
     let (mut timing, mut shares) = (StepTiming::default(), Vec::new());
+    let (mut passes, mut reused, mut positions) = (0, 0, 0);
     let outputs = sampler.generate(&prompts, |event| {
+        if event.cost.reused {
+            reused += 1;
+        } else {
+            passes += 1;
+            positions += event.cost.positions;
+        }
         if let Some(t) = event.timing {
             timing += t;
             shares.push(t.sampler_share());
@@ -280,7 +287,8 @@ fn main() -> Result<()> {
         let _ = out.flush();
     })?;
     println!(
-        "generated in {:.1?} on {}:",
+        "generated in {:.1?} on {}: {passes} forward passes ({reused} steps reused the last \
+         logits), {positions} token positions computed:",
         started.elapsed(),
         backend::NAME
     );

@@ -43,6 +43,11 @@ pub struct GenerationConfig {
     /// Time every step ([`StepEvent::timing`]): the device is synchronised after each forward pass
     /// so that asynchronous backends are timed correctly.
     pub profile: bool,
+    /// MDLM's exact shortcut: after a step that revealed nothing, the next step sees the same
+    /// sequence, and (the models having no time input) the same logits, so its forward pass is
+    /// skipped and the previous logits are used again (on by default; the tokens are the same
+    /// either way, see [`StepCost::reused`]).
+    pub reuse_unchanged: bool,
 }
 
 impl Default for GenerationConfig {
@@ -58,6 +63,7 @@ impl Default for GenerationConfig {
             eos_id: None,
             seed: 0,
             profile: false,
+            reuse_unchanged: true,
         }
     }
 }
@@ -111,6 +117,11 @@ impl GenerationConfig {
     /// Builder: time every step (see [`StepTiming`]).
     pub fn with_profiling(mut self) -> Self {
         self.profile = true;
+        self
+    }
+    /// Builder: run every step's forward pass, even after a step that revealed nothing.
+    pub fn without_reuse(mut self) -> Self {
+        self.reuse_unchanged = false;
         self
     }
 
@@ -170,6 +181,25 @@ pub struct StepEvent<'a> {
     pub revealed: &'a [Proposal],
     /// Where the step's time went, when [`GenerationConfig::profile`] is on.
     pub timing: Option<StepTiming>,
+    /// What the step's forward pass computed.
+    pub cost: StepCost,
+}
+
+/// The model work of one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepCost {
+    /// Rows that went through the model (twice the active rows with CFG; 0 when reused).
+    pub forward_rows: usize,
+    /// Token positions computed: rows x padded length (0 when reused).
+    pub positions: usize,
+    /// The previous step's logits were used again (it revealed nothing, so nothing changed).
+    pub reused: bool,
+}
+
+/// The logits of the last step, kept while it revealed nothing.
+struct Reusable<B: Backend> {
+    slots: Vec<Slot>,
+    logits: Tensor<B, 2>,
 }
 
 /// Wall-clock time of one denoising step: the model's forward pass (synchronised with the device)
@@ -273,6 +303,7 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         let mut rng = rng_from_seed(cfg.seed);
         let mut done = vec![false; batch];
         let mut stopped = false;
+        let mut reusable = None;
         'blocks: for block in 0..blocks {
             for step in 0..steps_per_block {
                 let started = Instant::now();
@@ -298,14 +329,15 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
                     mask_id,
                     vocab,
                 };
-                let (revealed, timing) =
-                    self.denoise(&mut x, &pass, times, last, started, &mut rng)?;
+                let (revealed, timing, cost) =
+                    self.denoise(&mut x, &pass, times, last, started, &mut rng, &mut reusable)?;
                 let control = on_step(&StepEvent {
                     block,
                     step,
                     tokens: &x,
                     revealed: &revealed,
                     timing,
+                    cost,
                 })
                 .into();
                 if control == StepControl::Stop {
@@ -367,6 +399,7 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         let no_prompts = vec![Vec::new(); rows.len()];
         let grid = timesteps(cfg.steps, DEFAULT_EPS);
         let mut rng = rng_from_seed(cfg.seed);
+        let mut reusable = None;
         for step in 0..cfg.steps {
             let started = Instant::now();
             let slots: Vec<Slot> = x
@@ -391,13 +424,15 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
                 mask_id,
                 vocab,
             };
-            let (revealed, timing) = self.denoise(&mut x, &pass, times, last, started, &mut rng)?;
+            let (revealed, timing, cost) =
+                self.denoise(&mut x, &pass, times, last, started, &mut rng, &mut reusable)?;
             let control = on_step(&StepEvent {
                 block: 0,
                 step,
                 tokens: &x,
                 revealed: &revealed,
                 timing,
+                cost,
             })
             .into();
             if control == StepControl::Stop {
@@ -407,9 +442,11 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         Ok(x)
     }
 
-    /// One denoising step of `x` over `pass.slots`: logits, proposals, then the rule reveals the
-    /// scheduled count. Returns the revealed proposals and, when profiling, the step's timing
-    /// counted from `started`.
+    /// One denoising step of `x` over `pass.slots`: logits (those of the last step again when it
+    /// revealed nothing over the same slots), proposals, then the rule reveals the scheduled count.
+    /// Returns the revealed proposals, when profiling the step's timing counted from `started`,
+    /// and what the model computed.
+    #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
         x: &mut [Vec<usize>],
@@ -418,9 +455,23 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         last: bool,
         started: Instant,
         rng: &mut mdm_core::MdmRng,
-    ) -> Result<(Vec<Proposal>, Option<StepTiming>), SamplerError> {
-        let (logits, forward) =
-            self.slot_logits(x, pass.prompts, pass.slots, pass.max_len, pass.mask_id)?;
+        reusable: &mut Option<Reusable<B>>,
+    ) -> Result<(Vec<Proposal>, Option<StepTiming>, StepCost), SamplerError> {
+        let reuse = reusable
+            .take()
+            .filter(|r| self.config.reuse_unchanged && r.slots == pass.slots);
+        let (logits, forward, cost) = match reuse {
+            Some(r) => (
+                r.logits,
+                self.config.profile.then_some(Duration::ZERO),
+                StepCost {
+                    reused: true,
+                    ..StepCost::default()
+                },
+            ),
+            None => self.slot_logits(x, pass.prompts, pass.slots, pass.max_len, pass.mask_id)?,
+        };
+        let kept = self.config.reuse_unchanged.then(|| logits.clone());
         let proposals = self.proposals(pass.slots, logits, pass.vocab, rng)?;
         let revealed = reveal(
             x,
@@ -431,11 +482,17 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             self.config.counting,
             rng,
         )?;
+        if revealed.is_empty() {
+            *reusable = kept.map(|logits| Reusable {
+                slots: pass.slots.to_vec(),
+                logits,
+            });
+        }
         let timing = forward.map(|forward| StepTiming {
             forward,
             sampler: started.elapsed().saturating_sub(forward),
         });
-        Ok((revealed, timing))
+        Ok((revealed, timing, cost))
     }
 
     /// Proposals for `slots` from their logits (guided first when CFG is on): where the backend keeps
@@ -485,7 +542,8 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
     }
 
     /// Logits at `slots` (on the device): `[slots, V]`, or with CFG `[2 slots, V]` (conditional rows
-    /// first, combined by [`Self::proposals`]), and the forward pass's time when profiling. Only the
+    /// first, combined by [`Self::proposals`]), the forward pass's time when profiling, and its
+    /// cost. Only the
     /// rows that own a slot go through the model, so rows stopped at EOS (or without masks in the
     /// current block) cost nothing.
     fn slot_logits(
@@ -495,7 +553,7 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         slots: &[Slot],
         max_len: usize,
         mask_id: usize,
-    ) -> Result<(Tensor<B, 2>, Option<Duration>), SamplerError> {
+    ) -> Result<(Tensor<B, 2>, Option<Duration>, StepCost), SamplerError> {
         let device = self.model.device();
         // rows of the pass: those with slots (slots are row-major), and their position in the pass
         let mut active: Vec<usize> = slots.iter().map(|s| s.row).collect();
@@ -553,7 +611,12 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         } else {
             None
         };
-        Ok((logits, forward))
+        let cost = StepCost {
+            forward_rows: rows.len(),
+            positions: rows.len() * max_len,
+            reused: false,
+        };
+        Ok((logits, forward, cost))
     }
 }
 

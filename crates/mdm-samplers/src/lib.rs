@@ -77,5 +77,7 @@ pub mod remasking;
 pub mod schedule;
 pub mod step;
 
-pub use generate::{GenerationConfig, MaskedDiffusionSampler, StepControl, StepEvent, StepTiming};
+pub use generate::{
+    GenerationConfig, MaskedDiffusionSampler, StepControl, StepCost, StepEvent, StepTiming,
+};
 pub use step::{Counting, SamplerError};

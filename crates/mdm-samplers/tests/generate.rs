@@ -303,3 +303,45 @@ fn in_place_and_device_paths_generate_the_same_tokens() {
         assert_eq!(in_place, device, "{generation:?}");
     }
 }
+
+#[test]
+fn a_step_that_reveals_nothing_lets_the_next_reuse_its_logits_exactly() {
+    use mdm_samplers::remasking::Ancestral;
+    let m = model();
+    let prompts = vec![vec![3, 4], vec![5, 6, 7]];
+    // many steps for few tokens: MDLM's ancestral rule often reveals nothing in a step
+    for cfg in [None, Some(0.5)] {
+        let mut config = GenerationConfig::default()
+            .with_gen_length(6)
+            .with_steps(48)
+            .with_temperature(1.0)
+            .with_seed(5);
+        config.cfg_scale = cfg;
+        let run = |config: GenerationConfig| {
+            let sampler = MaskedDiffusionSampler::new(&m, config).with_rule(Ancestral);
+            let (mut passes, mut reused, mut positions, mut steps) = (0, 0, 0, 0);
+            let out = sampler
+                .generate(&prompts, |e| {
+                    steps += 1;
+                    if e.cost.reused {
+                        reused += 1;
+                        assert_eq!(e.cost.forward_rows, 0);
+                    } else {
+                        passes += 1;
+                        positions += e.cost.positions;
+                        assert!(e.cost.forward_rows > 0);
+                    }
+                })
+                .unwrap();
+            (out, passes, reused, positions, steps)
+        };
+        let (with, passes, reused, positions, steps) = run(config.clone());
+        let (without, all, none, all_positions, _) = run(config.without_reuse());
+        assert_eq!(with, without, "cfg {cfg:?}");
+        assert_eq!(none, 0);
+        assert!(reused > 0, "no step revealed nothing (cfg {cfg:?})");
+        assert_eq!(passes + reused, steps);
+        assert_eq!(all, steps);
+        assert!(positions < all_positions);
+    }
+}
