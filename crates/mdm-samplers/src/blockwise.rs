@@ -80,6 +80,9 @@ pub struct BlockDecoded {
     pub tokens: Vec<usize>,
     /// Forward passes run (the reference's `nfe`).
     pub forward_passes: usize,
+    /// Token positions those passes computed: the whole sequence for a full pass, the block and
+    /// what follows for a prefix-cache pass, the block alone for a dual-cache pass.
+    pub positions: usize,
 }
 
 /// `get_num_transfer_tokens`: `masks` spread over `steps`, the first `masks % steps` steps one more.
@@ -157,6 +160,7 @@ struct Decoder<'a, B: Backend, M: MaskPredictor<B>> {
     mask_id: usize,
     vocab: usize,
     passes: usize,
+    positions: usize,
     device: B::Device,
 }
 
@@ -238,6 +242,7 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 let mut step = 0;
                 loop {
                     self.passes += 1;
+                    self.positions += len;
                     let logits = self.model.logits(self.ids(0..len))?;
                     let count = self.count(&schedule, step)?;
                     self.reveal(logits, 0, 0..block.end, count)?;
@@ -249,6 +254,7 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
             }
             CacheMode::Prefix | CacheMode::Dual => {
                 self.passes += 1;
+                self.positions += len;
                 let (logits, cache) = self.model.logits_caching(self.ids(0..len))?;
                 let count = self.count(&schedule, 0)?;
                 self.reveal(logits, 0, 0..block.end, count)?;
@@ -259,6 +265,10 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 let mut step = 1;
                 loop {
                     self.passes += 1;
+                    self.positions += match self.config.cache {
+                        CacheMode::Prefix => len - block.start,
+                        _ => block.len(),
+                    };
                     let logits = match self.config.cache {
                         CacheMode::Prefix => self
                             .model
@@ -339,6 +349,7 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
         mask_id,
         vocab,
         passes: 0,
+        positions: 0,
         device: model.device(),
     };
     let steps_per_block = (config.steps / blocks).max(1);
@@ -349,6 +360,7 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
     Ok(BlockDecoded {
         tokens: decoder.x,
         forward_passes: decoder.passes,
+        positions: decoder.positions,
     })
 }
 
