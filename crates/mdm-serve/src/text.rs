@@ -150,12 +150,15 @@ impl StreamedText {
                 end -= 1;
             }
         }
-        if end <= self.sent {
-            return (String::new(), false);
+        // (a text whose already-sent part changed sends nothing more rather than panic)
+        match text.get(self.sent..end) {
+            Some(delta) if end > self.sent => {
+                let delta = delta.to_string();
+                self.sent = end;
+                (delta, false)
+            }
+            _ => (String::new(), false),
         }
-        let delta = text[self.sent..end].to_string();
-        self.sent = end;
-        (delta, false)
     }
 }
 
