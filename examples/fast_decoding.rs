@@ -120,7 +120,37 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let (gen, block) = (args.gen_length, args.block_length);
     let steps = args.steps.unwrap_or(gen);
-    let mut rows: Vec<Row> = Vec::new();
+    println!(
+        "{} prompts x {gen} tokens, blocks of {block}, fixed schedule {steps} steps; {}",
+        prompts.len(),
+        backend::NAME
+    );
+    println!("| decoding | forward passes | token positions computed | ms per generated token | generative perplexity under the baseline | tokens equal to the exact decode |");
+    println!("|---|---|---|---|---|---|");
+    let generated = (prompts.len() * gen) as f64;
+    let mut exact: Option<Vec<Vec<usize>>> = None;
+    // each row is printed as soon as it is measured (a long run that is cut keeps its rows)
+    let mut report = |r: Row| -> Result<()> {
+        let exact = exact.get_or_insert_with(|| r.samples.clone());
+        let (ppl, se) = gen_ppl(&arm, &prompts, &r.samples)?;
+        let same: usize = r
+            .samples
+            .iter()
+            .zip(exact.iter())
+            .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x == y).count())
+            .sum();
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} (log ± {:.3}) | {:.1} % |",
+            r.label,
+            r.passes,
+            r.positions,
+            1000.0 * r.seconds / generated,
+            ppl,
+            se,
+            100.0 * same as f64 / generated
+        );
+        Ok(())
+    };
     let rules = [
         ("fixed steps", Parallel::Scheduled),
         ("threshold 0.9", Parallel::Threshold(0.9)),
@@ -156,14 +186,13 @@ fn main() -> Result<()> {
                 samples.push(out.tokens[p.len()..].to_vec());
             }
             let seconds = t.elapsed().as_secs_f64();
-            eprintln!("{cache_name}, {rule_name}: {seconds:.1} s");
-            rows.push(Row {
+            report(Row {
                 label: format!("MDM, {cache_name}, {rule_name}"),
                 passes,
                 positions,
                 seconds,
                 samples,
-            });
+            })?;
         }
     }
     // the baseline with its KV cache, greedy
@@ -174,40 +203,12 @@ fn main() -> Result<()> {
     };
     let arm_samples = generate_autoregressive(&arm, &prompts, &config)?;
     let seconds = t.elapsed().as_secs_f64();
-    rows.push(Row {
+    report(Row {
         label: "baseline, KV cache, greedy".into(),
         passes: prompts.len() * gen,
         positions: prompts.iter().map(|p| p.len() + gen - 1).sum(),
         seconds,
         samples: arm_samples,
-    });
-    let exact = rows[0].samples.clone();
-    let generated = (prompts.len() * gen) as f64;
-    println!(
-        "{} prompts x {gen} tokens, blocks of {block}, fixed schedule {steps} steps; {}",
-        prompts.len(),
-        backend::NAME
-    );
-    println!("| decoding | forward passes | token positions computed | ms per generated token | generative perplexity under the baseline | tokens equal to the exact decode |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        let (ppl, se) = gen_ppl(&arm, &prompts, &r.samples)?;
-        let same: usize = r
-            .samples
-            .iter()
-            .zip(&exact)
-            .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x == y).count())
-            .sum();
-        println!(
-            "| {} | {} | {} | {:.1} | {:.1} (log ± {:.3}) | {:.1} % |",
-            r.label,
-            r.passes,
-            r.positions,
-            1000.0 * r.seconds / generated,
-            ppl,
-            se,
-            100.0 * same as f64 / generated
-        );
-    }
+    })?;
     Ok(())
 }
