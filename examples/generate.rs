@@ -21,18 +21,8 @@ use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
 use mdm::prelude::*;
 use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
-use mdm::samplers::proposal::Confidence;
-use mdm::samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
+use mdm::samplers::remasking::NamedRule;
 use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler, StepTiming};
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum Rule {
-    LowConfidence,
-    Margin,
-    Entropy,
-    Random,
-    Ancestral,
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate with a masked diffusion model")]
@@ -78,8 +68,9 @@ struct Args {
     #[arg(long)]
     cfg_scale: Option<f64>,
     /// Remasking rule.
-    #[arg(long, value_enum, default_value_t = Rule::LowConfidence)]
-    rule: Rule,
+    /// `low-confidence`, `margin`, `entropy`, `random` or `ancestral`.
+    #[arg(long, default_value = "low-confidence")]
+    rule: NamedRule,
     /// Count masked slots over the whole batch, as the SMDM reference.
     #[arg(long)]
     joint_counting: bool,
@@ -228,20 +219,10 @@ fn main() -> Result<()> {
     if let Some(e) = args.eos.or(tok.map(|t| t.eos_id() as usize)) {
         config = config.with_eos(e);
     }
-    let config = match args.rule {
-        Rule::Margin => config.with_confidence(Confidence::Margin),
-        Rule::Entropy => config.with_confidence(Confidence::NegEntropy),
-        _ => config,
-    };
     if args.cache.is_some() || args.threshold.is_some() || args.factor.is_some() {
         return fast_decoding(&args, &model, &prompts, tok);
     }
-    let sampler = MaskedDiffusionSampler::new(&model, config);
-    let sampler = match args.rule {
-        Rule::Random => sampler.with_rule(RandomRemasking),
-        Rule::Ancestral => sampler.with_rule(Ancestral),
-        _ => sampler.with_rule(LowConfidence),
-    };
+    let sampler = MaskedDiffusionSampler::new(&model, config).with_named_rule(args.rule);
     let mask_id = model.mask_id();
     let started = std::time::Instant::now();
     let mut drawn_lines = 0;
@@ -315,9 +296,7 @@ fn fast_decoding(
     prompts: &[Vec<usize>],
     tok: Option<&Tokenizer>,
 ) -> Result<()> {
-    if args.temperature != 0.0
-        || !matches!(args.rule, Rule::LowConfidence)
-        || args.cfg_scale.is_some()
+    if args.temperature != 0.0 || args.rule != NamedRule::LowConfidence || args.cfg_scale.is_some()
     {
         bail!("--cache / --threshold decode at temperature 0 with the low-confidence rule, without CFG");
     }

@@ -11,7 +11,7 @@ use crate::draw::draw_proposals;
 use crate::greedy::{greedy_proposals, greedy_proposals_host};
 use crate::host::{device_error, host_f32, with_host_f32};
 use crate::proposal::{Confidence, Proposal, Slot};
-use crate::remasking::{LowConfidence, Remasking};
+use crate::remasking::{LowConfidence, NamedRule, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
 use crate::step::{check_prompts, reveal, Counting, SamplerError};
 
@@ -270,6 +270,13 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
     /// Builder: another remasking rule.
     pub fn with_rule(mut self, rule: impl Remasking + 'static) -> Self {
         self.rule = Box::new(rule);
+        self
+    }
+
+    /// Builder: a rule by name, with the confidence measure it ranks by.
+    pub fn with_named_rule(mut self, rule: NamedRule) -> Self {
+        self.rule = rule.rule();
+        self.config.confidence = rule.confidence();
         self
     }
 

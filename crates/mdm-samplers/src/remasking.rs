@@ -73,3 +73,67 @@ impl Remasking for Ancestral {
             .collect()
     }
 }
+
+/// A remasking rule by name, as command lines and requests give it: the rule and the confidence
+/// it ranks by (`margin` and `entropy` are low-confidence remasking with another measure).
+/// Parsed from `low_confidence` (or `low-confidence`), `margin`, `entropy`, `random`, `ancestral`;
+/// applied with [`MaskedDiffusionSampler::with_named_rule`](crate::MaskedDiffusionSampler::with_named_rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NamedRule {
+    /// [`LowConfidence`] by probability (SMDM, LLaDA).
+    #[default]
+    LowConfidence,
+    /// [`LowConfidence`] by probability margin (Dream's `margin`).
+    Margin,
+    /// [`LowConfidence`] by negative entropy (Dream's `entropy`).
+    Entropy,
+    /// [`RandomRemasking`].
+    Random,
+    /// [`Ancestral`] (MDLM).
+    Ancestral,
+}
+
+impl NamedRule {
+    /// The confidence measure the rule ranks by.
+    pub fn confidence(self) -> crate::proposal::Confidence {
+        use crate::proposal::Confidence;
+        match self {
+            Self::Margin => Confidence::Margin,
+            Self::Entropy => Confidence::NegEntropy,
+            _ => Confidence::Probability,
+        }
+    }
+
+    /// Whether the rule itself draws random numbers (so its choices depend on the seed even at
+    /// temperature 0).
+    pub fn is_random(self) -> bool {
+        matches!(self, Self::Random | Self::Ancestral)
+    }
+
+    /// The rule.
+    pub fn rule(self) -> Box<dyn Remasking> {
+        match self {
+            Self::Random => Box::new(RandomRemasking),
+            Self::Ancestral => Box::new(Ancestral),
+            _ => Box::new(LowConfidence),
+        }
+    }
+}
+
+/// The names [`NamedRule`] parses, for messages.
+pub const RULE_NAMES: &str = "low_confidence, margin, entropy, random or ancestral";
+
+impl std::str::FromStr for NamedRule {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Ok(match name {
+            "low_confidence" | "low-confidence" => Self::LowConfidence,
+            "margin" => Self::Margin,
+            "entropy" => Self::Entropy,
+            "random" => Self::Random,
+            "ancestral" => Self::Ancestral,
+            _ => return Err(format!("unknown remasking `{name}`: {RULE_NAMES}")),
+        })
+    }
+}

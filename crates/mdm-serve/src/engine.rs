@@ -17,13 +17,12 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_core::rng_from_seed;
 use mdm_eval::likelihood::{
-    causal_score, chain_rule_cfg, greedy_suffix_matches_cfg, mc_elbo, McOptions,
+    causal_score, chain_rule_cfg, chain_rule_rows, greedy_suffix_matches_cfg, mc_elbo, McOptions,
 };
-use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError};
+use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError, ModelKind};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
 use mdm_samplers::blockwise::{decode_blocks, BlockDecoding};
-use mdm_samplers::proposal::Confidence;
-use mdm_samplers::remasking::{Ancestral, LowConfidence, RandomRemasking};
+use mdm_samplers::remasking::NamedRule;
 use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler, StepControl};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -41,8 +40,8 @@ pub enum Served<B: Backend> {
 /// What the handlers know of the model without asking the worker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelInfo {
-    /// `masked` or `causal`.
-    pub kind: &'static str,
+    /// A masked model or the causal baseline (`masked` / `causal` in JSON).
+    pub kind: ModelKind,
     /// The logit width: every token id must be below it.
     pub vocab_size: usize,
     /// Most positions of prompt and generation together.
@@ -55,54 +54,19 @@ impl<B: Backend> Served<B> {
     fn info(&self) -> ModelInfo {
         match self {
             Self::Masked(m) => ModelInfo {
-                kind: "masked",
+                kind: ModelKind::Masked,
                 vocab_size: m.vocab_size(),
                 max_positions: m.max_positions(),
                 mask_id: Some(m.mask_id()),
             },
             Self::Causal(m) => ModelInfo {
-                kind: "causal",
+                kind: ModelKind::Causal,
                 vocab_size: m.config().padded_vocab_size(),
                 // the last generated token is never fed back
                 max_positions: m.config().block_size + 1,
                 mask_id: None,
             },
         }
-    }
-}
-
-/// The remasking rule of the masked sampler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Remasking {
-    /// Most probable first (SMDM, LLaDA).
-    LowConfidence,
-    /// Largest probability margin first (Dream's `margin`).
-    Margin,
-    /// Lowest entropy first (Dream's `entropy`).
-    Entropy,
-    /// Random positions.
-    Random,
-    /// MDLM's ancestral sampling.
-    Ancestral,
-}
-
-impl Remasking {
-    /// The rule a request names.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "low_confidence" | "low-confidence" => Self::LowConfidence,
-            "margin" => Self::Margin,
-            "entropy" => Self::Entropy,
-            "random" => Self::Random,
-            "ancestral" => Self::Ancestral,
-            _ => return None,
-        })
-    }
-
-    /// Whether the rule draws random numbers (then rows cannot share a batch and stay equal to
-    /// their solo runs).
-    fn is_random(self) -> bool {
-        matches!(self, Self::Random | Self::Ancestral)
     }
 }
 
@@ -120,7 +84,7 @@ pub enum Decoding {
         /// Classifier-free guidance scale.
         cfg_scale: Option<f64>,
         /// The rule.
-        remasking: Remasking,
+        remasking: NamedRule,
     },
     /// Fast-dLLM's block decoding ([`decode_blocks`]): caches and parallel rules, one request at a
     /// time, temperature 0.
@@ -208,16 +172,18 @@ pub struct TokenLogprob {
     pub top: Vec<(usize, f64)>,
 }
 
-/// Log-probabilities of every token of a sequence but the first, each given the tokens before it
-/// (the masked model: everything after it masked, the chain rule; the baseline: its next-token
-/// distribution, exact).
+/// Log-probabilities of the tokens of a sequence from position `from` on (at least 1), each given
+/// the tokens before it (the masked model: everything after it masked, the chain rule; the
+/// baseline: its next-token distribution, exact).
 #[derive(Debug)]
 pub struct LogprobJob {
-    /// The sequence (at least one token).
+    /// The sequence.
     pub tokens: Vec<usize>,
+    /// The first position scored (positions before it are context only; 0 counts as 1).
+    pub from: usize,
     /// Top-`k` alternatives per position.
     pub top: usize,
-    /// The answer: `tokens.len() - 1` entries, for positions 1..
+    /// The answer: one entry per position `from.max(1)..tokens.len()`.
     pub reply: oneshot::Sender<Result<Vec<TokenLogprob>, ApiError>>,
 }
 
@@ -569,7 +535,7 @@ impl<B: Backend> Worker<B> {
     fn run_score(&mut self, job: Job) {
         let model = &self.model;
         let outcome = catch_unwind(AssertUnwindSafe(|| match &job {
-            Job::Logprobs(j) => logprobs(model, &j.tokens, j.top).map(Answer::Logprobs),
+            Job::Logprobs(j) => logprobs(model, &j.tokens, j.from, j.top).map(Answer::Logprobs),
             Job::Loglikelihood(j) => score(model, j).map(Answer::Scored),
             Job::Generate(_) => Err(ApiError::internal("a generation job in the scorer")),
         }));
@@ -644,17 +610,7 @@ fn generate<B: Backend>(
             config.block_length = *block_length;
             config.cfg_scale = *cfg_scale;
             config.eos_id = options.eos_id;
-            config.confidence = match remasking {
-                Remasking::Margin => Confidence::Margin,
-                Remasking::Entropy => Confidence::NegEntropy,
-                _ => Confidence::Probability,
-            };
-            let sampler = MaskedDiffusionSampler::new(m, config);
-            let sampler = match remasking {
-                Remasking::Random => sampler.with_rule(RandomRemasking),
-                Remasking::Ancestral => sampler.with_rule(Ancestral),
-                _ => sampler.with_rule(LowConfidence),
-            };
+            let sampler = MaskedDiffusionSampler::new(m, config).with_named_rule(*remasking);
             let mask_id = m.mask_id();
             let mut sent = vec![0usize; batch.len()];
             let rows = sampler
@@ -738,35 +694,37 @@ fn model_error(e: impl std::fmt::Display) -> ApiError {
 fn logprobs<B: Backend>(
     model: &Served<B>,
     tokens: &[usize],
+    from: usize,
     top: usize,
 ) -> Result<Vec<TokenLogprob>, ApiError> {
     let n = tokens.len();
-    if n < 2 {
+    let from = from.max(1);
+    if from >= n {
         return Ok(Vec::new());
     }
     match model {
         Served::Masked(m) => {
             let device = m.device();
-            let mask = m.mask_id() as i64;
-            let mut out = Vec::with_capacity(n - 1);
-            let positions: Vec<usize> = (1..n).collect();
-            for chunk in positions.chunks(LOGPROB_ROWS) {
-                // row for position k: tokens[..k], masks from k on
-                let ids: Vec<i64> = chunk
-                    .iter()
-                    .flat_map(|&k| (0..n).map(move |l| if l < k { tokens[l] as i64 } else { mask }))
+            // row k: tokens[..from + k], masks after it, scored at position from + k
+            let rows = chain_rule_rows(&tokens[..from], &tokens[from..], m.mask_id());
+            let mut out = Vec::with_capacity(n - from);
+            for (c, chunk) in rows.chunks(LOGPROB_ROWS).enumerate() {
+                let first = from + c * LOGPROB_ROWS;
+                let index: Vec<i64> = (0..chunk.len())
+                    .map(|r| (r * n + first + r) as i64)
                     .collect();
-                let index: Vec<i64> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(r, &k)| (r * n + k) as i64)
-                    .collect();
-                let rows = chunk.len();
-                let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, n]), &device);
-                let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows]), &device);
+                let index =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(index, [chunk.len()]), &device);
+                let ids = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(chunk.concat(), [chunk.len(), n]),
+                    &device,
+                );
                 let logits = m.logits_at(ids, None, index).map_err(model_error)?;
-                let targets: Vec<usize> = chunk.iter().map(|&k| tokens[k]).collect();
-                out.extend(read_logprobs(logits, &targets, top)?);
+                out.extend(read_logprobs(
+                    logits,
+                    &tokens[first..first + chunk.len()],
+                    top,
+                )?);
             }
             Ok(out)
         }
@@ -776,8 +734,9 @@ fn logprobs<B: Backend>(
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
             let logits = m.forward(ids).map_err(model_error)?;
             let v = logits.dims()[2];
-            let logits = logits.narrow(1, 0, n - 1).reshape([n - 1, v]);
-            read_logprobs(logits, &tokens[1..], top)
+            // position i - 1 predicts token i
+            let logits = logits.narrow(1, from - 1, n - from).reshape([n - from, v]);
+            read_logprobs(logits, &tokens[from..], top)
         }
     }
 }

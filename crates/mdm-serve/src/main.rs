@@ -197,7 +197,9 @@ async fn run(args: Args) -> Result<(), ServeError> {
     let state = AppState::new(engine, tokenizer, chat, config);
     eprintln!(
         "serving `{model_name}` ({} model, {} positions, {} ids) on http://{local}/v1 (Ctrl-C to stop)",
-        info.kind, info.max_positions, info.vocab_size
+        format!("{:?}", info.kind).to_lowercase(),
+        info.max_positions,
+        info.vocab_size
     );
     serve(listener, state, shutdown_signal())
         .await

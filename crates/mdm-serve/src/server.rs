@@ -29,11 +29,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::api::*;
 use crate::engine::{
     Decoding, Engine, Estimator, GenEvent, GenerateJob, GenerateOptions, Job, LoglikelihoodJob,
-    LogprobJob, Remasking, TokenLogprob,
+    LogprobJob, TokenLogprob,
 };
 use crate::error::ApiError;
 use crate::text::{find_stop, Detokenizer, StreamedText};
+use mdm_models::ModelKind;
 use mdm_samplers::blockwise::{BlockDecoding, CacheMode, Parallel};
+use mdm_samplers::remasking::NamedRule;
 
 /// Settings of the HTTP side.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +242,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
             object: "model".into(),
             created: state.created,
             owned_by: "mdm-rs".into(),
-            kind: info.kind.into(),
+            kind: match info.kind {
+                ModelKind::Masked => "masked".into(),
+                ModelKind::Causal => "causal".into(),
+            },
             max_positions: info.max_positions,
             vocab_size: info.vocab_size,
         }],
@@ -388,7 +393,7 @@ fn plan(
         None => Vec::new(),
     };
     let masked_only = |name: &str, given: bool| {
-        if given && info.kind != "masked" {
+        if given && info.kind != ModelKind::Masked {
             Err(ApiError::invalid(
                 name,
                 format!("`{name}` is an option of masked diffusion models; this server serves the autoregressive baseline"),
@@ -405,7 +410,7 @@ fn plan(
     masked_only("factor", f.factor.is_some())?;
     masked_only("cache", f.cache.is_some())?;
     masked_only("stream_canvas", f.stream_canvas)?;
-    let decoding = if info.kind == "causal" {
+    let decoding = if info.kind == ModelKind::Causal {
         Decoding::Autoregressive { temperature }
     } else {
         masked_decoding(f, max_tokens, temperature)?
@@ -462,14 +467,11 @@ fn masked_decoding(
         Some(w) => Some(float_field(w, "cfg_scale", 0.0, 100.0)?),
         None => None,
     };
-    let remasking = match &f.remasking {
-        Some(name) => Remasking::parse(name).ok_or_else(|| {
-            ApiError::invalid(
-                "remasking",
-                format!("unknown remasking `{name}`: low_confidence, margin, entropy, random or ancestral"),
-            )
-        })?,
-        None => Remasking::LowConfidence,
+    let remasking: NamedRule = match &f.remasking {
+        Some(name) => name
+            .parse()
+            .map_err(|e: String| ApiError::invalid("remasking", e))?,
+        None => NamedRule::LowConfidence,
     };
     let cache = match f.cache.as_deref() {
         None => None,
@@ -511,7 +513,7 @@ fn masked_decoding(
         Some("temperature")
     } else if cfg_scale.is_some() {
         Some("cfg_scale")
-    } else if remasking != Remasking::LowConfidence {
+    } else if remasking != NamedRule::LowConfidence {
         Some("remasking")
     } else {
         None
@@ -579,33 +581,50 @@ fn start_choice(
     })
 }
 
-/// Waits for a generation's end: its tokens and whether it stopped at EOS.
-async fn finish(
-    run: &mut Running,
+/// Waits for every generation's end, in order: each prompt and its text and tokens cut at a
+/// stop sequence.
+async fn finish_all(
+    state: &AppState,
+    runs: Vec<Running>,
+    stops: &[String],
     deadline: Instant,
-    seconds: f64,
-) -> Result<(Vec<usize>, bool), ApiError> {
-    loop {
-        match timeout_at(deadline, run.events.recv()).await {
-            Err(_) => return Err(ApiError::timeout(seconds)),
-            Ok(None) => return Err(ApiError::unavailable()),
-            Ok(Some(GenEvent::Done { tokens, hit_eos })) => return Ok((tokens, hit_eos)),
-            Ok(Some(GenEvent::Failed(e))) => return Err(e),
-            Ok(Some(_)) => {}
-        }
+) -> Result<Vec<(Vec<usize>, Finished)>, ApiError> {
+    let mut out = Vec::with_capacity(runs.len());
+    for mut run in runs {
+        let (tokens, hit_eos) = loop {
+            match timeout_at(deadline, run.events.recv()).await {
+                Err(_) => {
+                    return Err(ApiError::timeout(
+                        state.config.request_timeout.as_secs_f64(),
+                    ))
+                }
+                Ok(None) => return Err(ApiError::unavailable()),
+                Ok(Some(GenEvent::Done { tokens, hit_eos })) => break (tokens, hit_eos),
+                Ok(Some(GenEvent::Failed(e))) => return Err(e),
+                Ok(Some(_)) => {}
+            }
+        };
+        let done = cut_at_stop(state, &run.prompt, tokens, hit_eos, stops);
+        out.push((run.prompt, done));
     }
+    Ok(out)
 }
 
+/// Log-probabilities of `tokens[from..]`, each given the tokens before it.
 async fn token_logprobs(
     state: &AppState,
     tokens: Vec<usize>,
+    from: usize,
     top: usize,
     deadline: Instant,
 ) -> Result<Vec<TokenLogprob>, ApiError> {
     let (reply, rx) = oneshot::channel();
-    state
-        .engine
-        .submit(Job::Logprobs(LogprobJob { tokens, top, reply }))?;
+    state.engine.submit(Job::Logprobs(LogprobJob {
+        tokens,
+        from,
+        top,
+        reply,
+    }))?;
     match timeout_at(deadline, rx).await {
         Err(_) => Err(ApiError::timeout(
             state.config.request_timeout.as_secs_f64(),
@@ -703,25 +722,23 @@ async fn completions(
             deadline,
         ));
     }
-    let seconds = state.config.request_timeout.as_secs_f64();
     let mut choices = Vec::new();
     let mut usage = Usage {
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
         ..Usage::default()
     };
-    for (index, run) in runs.iter_mut().enumerate() {
-        let (tokens, hit_eos) = finish(run, deadline, seconds).await?;
-        let done = cut_at_stop(&state, &run.prompt, tokens, hit_eos, &plan.stops);
+    let finished = finish_all(&state, runs, &plan.stops, deadline).await?;
+    for (index, (prompt, done)) in finished.into_iter().enumerate() {
         usage.completion_tokens += done.tokens.len();
         let (mut text, mut ids) = (done.text, done.tokens.clone());
         if req.echo {
-            text = format!("{}{text}", state.detok.decode(&run.prompt));
-            ids = run.prompt.iter().chain(&done.tokens).copied().collect();
+            text = format!("{}{text}", state.detok.decode(&prompt));
+            ids = prompt.iter().chain(&done.tokens).copied().collect();
         }
         let logprobs = match top {
-            Some(k) => Some(
-                choice_logprobs(&state, &run.prompt, &done.tokens, req.echo, k, deadline).await?,
-            ),
+            Some(k) => {
+                Some(choice_logprobs(&state, &prompt, &done.tokens, req.echo, k, deadline).await?)
+            }
             None => None,
         };
         choices.push(CompletionChoice {
@@ -762,11 +779,11 @@ async fn choice_logprobs(
     // scores[i] is the entry of all[i + 1]
     let mut scores = Vec::with_capacity(all.len());
     if echo {
-        scores.extend(token_logprobs(state, prompt.to_vec(), top, deadline).await?);
+        scores.extend(token_logprobs(state, prompt.to_vec(), 1, top, deadline).await?);
     }
     if !completion.is_empty() {
-        let whole = token_logprobs(state, all.clone(), top, deadline).await?;
-        scores.extend_from_slice(&whole[whole.len() - completion.len()..]);
+        // only the completion's positions: the prompt's were scored over the prompt alone
+        scores.extend(token_logprobs(state, all.clone(), prompt.len(), top, deadline).await?);
     }
     let first = if echo { 0 } else { prompt.len() };
     let shown = &all[first..];
@@ -1002,7 +1019,7 @@ async fn chat_completions(
     check_length(&state, &prompt, plan.options.max_tokens, "messages")?;
     let deadline = Instant::now() + state.config.request_timeout;
     let id = state.id("chatcmpl");
-    let mut runs = (0..plan.n)
+    let runs = (0..plan.n)
         .map(|j| start_choice(&state, &prompt, &plan.options, j, plan.canvas))
         .collect::<Result<Vec<_>, _>>()?;
     if plan.stream {
@@ -1015,15 +1032,13 @@ async fn chat_completions(
             deadline,
         ));
     }
-    let seconds = state.config.request_timeout.as_secs_f64();
     let mut choices = Vec::new();
     let mut usage = Usage {
         prompt_tokens: prompt.len(),
         ..Usage::default()
     };
-    for (index, run) in runs.iter_mut().enumerate() {
-        let (tokens, hit_eos) = finish(run, deadline, seconds).await?;
-        let done = cut_at_stop(&state, &run.prompt, tokens, hit_eos, &plan.stops);
+    let finished = finish_all(&state, runs, &plan.stops, deadline).await?;
+    for (index, (_, done)) in finished.into_iter().enumerate() {
         usage.completion_tokens += done.tokens.len();
         choices.push(ChatChoice {
             index,
@@ -1083,7 +1098,7 @@ async fn loglikelihood(
             "the continuation has no tokens",
         ));
     }
-    if info.kind == "causal" && context.is_empty() {
+    if info.kind == ModelKind::Causal && context.is_empty() {
         return Err(ApiError::invalid(
             "context",
             "the baseline needs at least one context token",
@@ -1116,7 +1131,7 @@ async fn loglikelihood(
             ))
         }
     };
-    if info.kind == "causal" && (estimator != Estimator::Chain || cfg_scale != 0.0) {
+    if info.kind == ModelKind::Causal && (estimator != Estimator::Chain || cfg_scale != 0.0) {
         return Err(ApiError::invalid(
             if cfg_scale != 0.0 {
                 "cfg_scale"
