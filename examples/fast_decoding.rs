@@ -176,6 +176,7 @@ fn main() -> Result<()> {
                 steps,
                 parallel,
                 cache,
+                ..BlockDecoding::default()
             };
             let (mut passes, mut positions, mut samples) = (0, 0, Vec::new());
             let t = Instant::now();

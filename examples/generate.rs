@@ -20,7 +20,7 @@ use clap::{Parser, ValueEnum};
 use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
 use mdm::prelude::*;
-use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
+use mdm::samplers::blockwise::{CacheMode, Parallel};
 use mdm::samplers::remasking::NamedRule;
 use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler, StepTiming};
 
@@ -80,8 +80,9 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// LLaDA / Fast-dLLM block decoding (exact to Fast-dLLM's `generate*`): a key/value cache
-    /// between the steps of a block, an approximation (`none` keeps every pass full).
+    /// Fast-dLLM's block decoding (exact to Fast-dLLM's `generate*`): a key/value cache between
+    /// the steps of a block, an approximation (`none` keeps every pass full). Combines with
+    /// --temperature, --cfg-scale and --eos; ranks by the softmax probability (low_confidence).
     #[arg(long, value_enum)]
     cache: Option<CacheArg>,
     /// LLaDA / Fast-dLLM block decoding with parallel reveals: every slot of the block at least
@@ -219,9 +220,20 @@ fn main() -> Result<()> {
     if let Some(e) = args.eos.or(tok.map(|t| t.eos_id() as usize)) {
         config = config.with_eos(e);
     }
-    if args.cache.is_some() || args.threshold.is_some() || args.factor.is_some() {
-        return fast_decoding(&args, &model, &prompts, tok);
-    }
+    config = config
+        .with_cache(match args.cache {
+            Some(CacheArg::Prefix) => CacheMode::Prefix,
+            Some(CacheArg::Dual) => CacheMode::Dual,
+            _ => CacheMode::None,
+        })
+        .with_parallel(match (args.threshold, args.factor) {
+            (Some(tau), _) => Parallel::Threshold(tau),
+            (None, Some(factor)) => Parallel::Factor {
+                factor,
+                reveal_failing_last_rank: true,
+            },
+            (None, None) => Parallel::Scheduled,
+        });
     let sampler = MaskedDiffusionSampler::new(&model, config).with_named_rule(args.rule);
     let mask_id = model.mask_id();
     let started = std::time::Instant::now();
@@ -287,54 +299,6 @@ fn main() -> Result<()> {
         );
     }
     print_outputs(&prompts, &outputs, mask_id, tok)
-}
-
-/// `--cache` / `--threshold`: Fast-dLLM's block decoding, one prompt at a time.
-fn fast_decoding(
-    args: &Args,
-    model: &MaskedTransformer<DefaultBackend>,
-    prompts: &[Vec<usize>],
-    tok: Option<&Tokenizer>,
-) -> Result<()> {
-    if args.temperature != 0.0 || args.rule != NamedRule::LowConfidence || args.cfg_scale.is_some()
-    {
-        bail!("--cache / --threshold decode at temperature 0 with the low-confidence rule, without CFG");
-    }
-    let config = BlockDecoding {
-        gen_length: args.gen_length,
-        block_length: args.block_length.unwrap_or(args.gen_length),
-        steps: args.steps,
-        parallel: match (args.threshold, args.factor) {
-            (Some(tau), _) => Parallel::Threshold(tau),
-            (None, Some(factor)) => Parallel::Factor {
-                factor,
-                reveal_failing_last_rank: true,
-            },
-            (None, None) => Parallel::Scheduled,
-        },
-        cache: match args.cache {
-            Some(CacheArg::Prefix) => CacheMode::Prefix,
-            Some(CacheArg::Dual) => CacheMode::Dual,
-            _ => CacheMode::None,
-        },
-    };
-    let started = std::time::Instant::now();
-    let mut passes = 0;
-    let mut outputs = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        let out = decode_blocks(model, p, config)?;
-        passes += out.forward_passes;
-        outputs.push(out.tokens[p.len()..].to_vec());
-    }
-    println!(
-        "generated in {:.1?} on {} with {passes} forward passes ({:?} cache, {:?}):",
-        started.elapsed(),
-        backend::NAME,
-        config.cache,
-        config.parallel
-    );
-    let mask_id = model.mask_id();
-    print_outputs(prompts, &outputs, mask_id, tok)
 }
 
 /// Each prompt and its output: text with a tokenizer, ids otherwise.

@@ -322,6 +322,7 @@ fn fast_dllm_generations_match_token_for_token() {
                 .as_f64()
                 .map_or(Parallel::Scheduled, Parallel::Threshold),
             cache,
+            ..BlockDecoding::default()
         };
         let prompt: Vec<usize> = cases[&format!("{name}.prompt")]
             .i64()

@@ -48,15 +48,46 @@ pub enum CacheAccess<'a, B: Backend> {
     /// The input follows the cached positions and attends to them, but the cache is left as it is
     /// (Fast-dLLM's prefix cache: every step of a block rereads the same prefix).
     Read(&'a LayerCache<B>),
-    /// The input holds positions `start..start + len` of the cached sequence: its keys/values
-    /// replace the cached ones there (written back), and attention runs over the whole cached
-    /// sequence (Fast-dLLM's dual cache, `replace_position`).
+    /// Row `r` of the input holds positions `starts[r]..starts[r] + len` of the cached sequence:
+    /// its keys/values replace the cached ones there (written back), and attention runs over the
+    /// whole cached sequence (Fast-dLLM's dual cache, `replace_position`).
     Replace {
         /// The layer's cache of the whole sequence.
         cache: &'a mut LayerCache<B>,
-        /// First position of the input.
-        start: usize,
+        /// First position of each row of the input.
+        starts: &'a [usize],
     },
+}
+
+/// `old` (`[batch, groups, total, D]`) with row `r`'s positions `starts[r]..starts[r] + n` replaced
+/// by `new` (`[batch, groups, n, D]`); one splice for the whole batch when the starts agree.
+fn splice_rows<B: Backend>(
+    old: &Tensor<B, 4>,
+    new: Tensor<B, 4>,
+    starts: &[usize],
+) -> Tensor<B, 4> {
+    let splice = |old: Tensor<B, 4>, new: Tensor<B, 4>, start: usize| {
+        let (total, n) = (old.dims()[2], new.dims()[2]);
+        let mut parts = Vec::with_capacity(3);
+        if start > 0 {
+            parts.push(old.clone().narrow(2, 0, start));
+        }
+        parts.push(new);
+        if start + n < total {
+            parts.push(old.narrow(2, start + n, total - start - n));
+        }
+        Tensor::cat(parts, 2)
+    };
+    let first = starts.first().copied().unwrap_or(0);
+    if starts.iter().all(|&s| s == first) {
+        return splice(old.clone(), new, first);
+    }
+    let rows = starts
+        .iter()
+        .enumerate()
+        .map(|(r, &s)| splice(old.clone().narrow(0, r, 1), new.clone().narrow(0, r, 1), s))
+        .collect();
+    Tensor::cat(rows, 0)
 }
 
 /// Self-attention of one block.
@@ -137,32 +168,18 @@ impl<B: Backend> SelfAttention<B> {
                 k = Tensor::cat(vec![prev.k.clone(), k], 2);
                 v = Tensor::cat(vec![prev.v.clone(), v], 2);
             }
-            Some(CacheAccess::Replace { cache, start }) => {
+            Some(CacheAccess::Replace { cache, starts }) => {
                 check_batch(cache)?;
                 let total = cache.len();
-                if start + seq_len > total {
+                if let Some(&start) = starts.iter().find(|&&s| s + seq_len > total) {
                     return Err(ModelError::SequenceTooLong {
                         start,
                         len: seq_len,
                         block_size: total,
                     });
                 }
-                let splice = |old: &Tensor<B, 4>, new: Tensor<B, 4>| {
-                    let mut parts = Vec::with_capacity(3);
-                    if start > 0 {
-                        parts.push(old.clone().narrow(2, 0, start));
-                    }
-                    parts.push(new);
-                    if start + seq_len < total {
-                        parts.push(
-                            old.clone()
-                                .narrow(2, start + seq_len, total - start - seq_len),
-                        );
-                    }
-                    Tensor::cat(parts, 2)
-                };
-                k = splice(&cache.k, k);
-                v = splice(&cache.v, v);
+                k = splice_rows(&cache.k, k, starts);
+                v = splice_rows(&cache.v, v, starts);
                 cache.k = k.clone();
                 cache.v = v.clone();
             }

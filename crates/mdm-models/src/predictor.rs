@@ -35,24 +35,28 @@ pub trait MaskPredictor<B: Backend> {
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError>;
     /// A full pass: logits `[batch, seq_len, V]` and the keys/values of every position (the start
-    /// of a block with a prefix or dual cache).
+    /// of a block with a prefix or dual cache). `lengths` (one per row; `None`: every row is
+    /// `seq_len` long) are the real lengths of right-padded ragged rows: the padding is hidden
+    /// from every query, so each row's logits and cache are those of the row alone.
     fn logits_caching(
         &self,
         ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
     ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError>;
-    /// Logits `[batch, n, V]` of the positions that follow a cached prefix (prefix cache); the
-    /// cache is unchanged.
+    /// Logits `[batch, n, V]` of the positions that follow a cached prefix (prefix cache): row `r`
+    /// at positions `prefix.lengths()[r]..` (see [`BlockCache::prefix_rows`]); the cache is
+    /// unchanged.
     fn logits_after_prefix(
         &self,
         ids: Tensor<B, 2, Int>,
         prefix: &BlockCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError>;
-    /// Logits `[batch, n, V]` of positions `start..start + n` of a cached sequence, their own
-    /// keys/values written back into the cache (dual cache).
+    /// Logits `[batch, n, V]` of positions `starts[r]..starts[r] + n` of row `r` of a cached
+    /// sequence, their own keys/values written back into the cache (dual cache).
     fn logits_in_window(
         &self,
         ids: Tensor<B, 2, Int>,
-        start: usize,
+        starts: &[usize],
         cache: &mut BlockCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError>;
 }
@@ -93,8 +97,9 @@ impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
     fn logits_caching(
         &self,
         ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
     ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
-        self.forward_caching(ids)
+        self.forward_caching(ids, lengths)
     }
 
     fn logits_after_prefix(
@@ -108,9 +113,9 @@ impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
     fn logits_in_window(
         &self,
         ids: Tensor<B, 2, Int>,
-        start: usize,
+        starts: &[usize],
         cache: &mut BlockCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        self.forward_window(ids, start, cache)
+        self.forward_window(ids, starts, cache)
     }
 }

@@ -139,6 +139,42 @@ impl<B: Backend> Rope<B> {
     }
 }
 
+impl<B: Backend> Rope<B> {
+    /// The tables of a ragged batch whose row `r` holds positions `starts[r]..starts[r] + seq_len`
+    /// (the windows of block decoding over rows of different prompt lengths): `[batch, seq_len,
+    /// (H + 2G) D]` each, `batch = starts.len()`. Equal starts give [`Self::tables`].
+    pub fn tables_rows(
+        &self,
+        starts: &[usize],
+        seq_len: usize,
+    ) -> Result<RopeTables<B>, ModelError> {
+        let first = starts.first().copied().unwrap_or(0);
+        if starts.iter().all(|&s| s == first) {
+            return self.tables(starts.len(), first, seq_len);
+        }
+        let block_size = self.cos.dims()[0];
+        if let Some(&start) = starts.iter().find(|&&s| s + seq_len > block_size) {
+            return Err(ModelError::SequenceTooLong {
+                start,
+                len: seq_len,
+                block_size,
+            });
+        }
+        let take = |t: &Tensor<B, 2>| {
+            let rows = starts
+                .iter()
+                .map(|&s| t.clone().narrow(0, s, seq_len).unsqueeze::<3>())
+                .collect();
+            Tensor::cat(rows, 0)
+        };
+        Ok(RopeTables {
+            cos: take(&self.cos),
+            sin: take(&self.sin),
+            perm: self.perm.clone(),
+        })
+    }
+}
+
 /// RoPE tables for one forward pass (see [`Rope::tables`]).
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {

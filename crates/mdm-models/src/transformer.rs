@@ -22,7 +22,8 @@ pub(crate) enum Caches<'a, B: Backend> {
     Append(&'a mut [Option<LayerCache<B>>]),
     /// Read a cached prefix the input follows.
     Read(&'a [LayerCache<B>]),
-    /// Replace the input's positions in a cache of the whole sequence.
+    /// Replace the input's positions in a cache of the whole sequence (row `r` of the input at
+    /// its own start, see [`Transformer::hidden_rows`]).
     Replace(&'a mut [LayerCache<B>]),
 }
 
@@ -189,10 +190,29 @@ impl<B: Backend> Transformer<B> {
         ids: Tensor<B, 2, Int>,
         start: usize,
         bias: Option<Tensor<B, 4>>,
+        caches: Caches<'_, B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let starts = vec![start; ids.dims()[0]];
+        self.hidden_rows(ids, &starts, bias, caches)
+    }
+
+    /// As [`Self::hidden`], row `r` of `ids` at positions `starts[r]..` (ragged batches of block
+    /// decoding: each row's block sits after its own prompt).
+    pub(crate) fn hidden_rows(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        starts: &[usize],
+        bias: Option<Tensor<B, 4>>,
         mut caches: Caches<'_, B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [batch, seq_len] = ids.dims();
-        let rope = self.rope.tables(batch, start, seq_len)?;
+        if starts.len() != batch {
+            return Err(ModelError::CacheBatch {
+                cached: starts.len(),
+                input: batch,
+            });
+        }
+        let rope = self.rope.tables_rows(starts, seq_len)?;
         let mut x = self.wte.forward(ids);
         for (l, block) in self.blocks.iter().enumerate() {
             let access = match &mut caches {
@@ -201,7 +221,7 @@ impl<B: Backend> Transformer<B> {
                 Caches::Read(layers) => Some(CacheAccess::Read(&layers[l])),
                 Caches::Replace(layers) => Some(CacheAccess::Replace {
                     cache: &mut layers[l],
-                    start,
+                    starts,
                 }),
             };
             x = block.forward(x, &rope, bias.clone(), access)?;

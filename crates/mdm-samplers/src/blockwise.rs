@@ -18,11 +18,27 @@
 //! The reference's loops run their body before testing for a finished block, so a block completed
 //! by its first pass still costs one more pass with a cache; [`BlockDecoded::forward_passes`]
 //! counts as the reference's `nfe` does.
+//!
+//! Beyond the reference (which decodes one prompt length per batch, greedy unless asked):
+//! [`decode_blocks_batch`] decodes rows of different prompt lengths together with either cache
+//! (right-padded, the padding hidden from every query, each row's block at its own positions:
+//! every row gets the tokens it gets alone), with unsupervised classifier-free guidance (the
+//! prompt-masked rows in the same batch and cache, `u + (w + 1)(c - u)` as LLaDA), with
+//! temperature (row `r` draws from the seed `seed + r`), and with an early stop at EOS (a row whose
+//! finished blocks hold EOS is complete: its remaining positions are EOS, as LLaDA pads answers,
+//! and it leaves the batch at the next block).
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use mdm_core::cfg::cfg_combine_host;
+use mdm_core::gumbel::check_temperature;
+use mdm_core::{rng_from_seed, MdmRng};
 use mdm_models::{BlockCache, MaskPredictor};
 
+use crate::draw::draw_proposals;
+use crate::generate::{StepControl, StepCost, StepEvent};
 use crate::host::read_back;
+use crate::proposal::{Confidence, Proposal, Slot};
+use crate::step::check_prompts;
 use crate::SamplerError;
 
 /// Which key/value cache the block decoder keeps between the steps of a block.
@@ -58,7 +74,8 @@ pub enum Parallel {
     },
 }
 
-/// Settings of [`decode_blocks`] (temperature 0, low-confidence remasking).
+/// Settings of [`decode_blocks`] and [`decode_blocks_batch`]; `Default` is Fast-dLLM's greedy
+/// decoding of 128 tokens in blocks of 32, 128 steps, no cache.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockDecoding {
     /// Tokens to generate (a multiple of `block_length`).
@@ -71,6 +88,32 @@ pub struct BlockDecoding {
     pub parallel: Parallel,
     /// The cache between steps.
     pub cache: CacheMode,
+    /// Temperature of the draws: 0 takes the greedy token (the reference's default); above 0 a
+    /// token is drawn from `softmax(logits / T)`, its confidence still the softmax probability (as
+    /// the reference's `get_transfer_index`).
+    pub temperature: f64,
+    /// Unsupervised classifier-free guidance `w` (`None`: off).
+    pub cfg_scale: Option<f64>,
+    /// End-of-sequence id: a row whose decoded blocks hold it is complete (see the module docs).
+    pub eos_id: Option<usize>,
+    /// Seed of the draws at temperature above 0 (row `r` of a batch uses `seed + r`).
+    pub seed: u64,
+}
+
+impl Default for BlockDecoding {
+    fn default() -> Self {
+        Self {
+            gen_length: 128,
+            block_length: 32,
+            steps: 128,
+            parallel: Parallel::Scheduled,
+            cache: CacheMode::None,
+            temperature: 0.0,
+            cfg_scale: None,
+            eos_id: None,
+            seed: 0,
+        }
+    }
 }
 
 /// What [`decode_blocks`] returns.
@@ -83,6 +126,21 @@ pub struct BlockDecoded {
     /// Token positions those passes computed: the whole sequence for a full pass, the block and
     /// what follows for a prefix-cache pass, the block alone for a dual-cache pass.
     pub positions: usize,
+}
+
+/// What [`decode_blocks_batch`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlocksDecoded {
+    /// Each row: its prompt followed by its generated tokens (masks left where a stopped run did
+    /// not get to).
+    pub rows: Vec<Vec<usize>>,
+    /// Forward passes run over the batch.
+    pub forward_passes: usize,
+    /// Token positions those passes computed, over every row of the batch (padding and CFG's
+    /// unconditional rows included).
+    pub positions: usize,
+    /// The step callback ended the run early.
+    pub stopped: bool,
 }
 
 /// `get_num_transfer_tokens`: `masks` spread over `steps`, the first `masks % steps` steps one more.
@@ -153,63 +211,249 @@ fn greedy_with_confidence(logits: &[f32], vocab: usize) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// One forward pass of a block step: which positions it computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Every position, no cache kept.
+    Full,
+    /// Every position, keys/values kept (the first pass of a block with a cache).
+    Caching,
+    /// The block and what follows, against the cached prefix.
+    AfterPrefix,
+    /// The block alone, against the cached rest.
+    Window,
+}
+
+/// The rows of one block: the active rows (and with CFG their prompt-masked twins after them),
+/// right-padded to the longest.
+struct BlockBatch {
+    /// Rows of `x` in the batch (the conditional half).
+    rows: Vec<usize>,
+    /// Each batch row's block start (the twins repeat the first half's).
+    starts: Vec<usize>,
+    /// Each batch row's length.
+    lengths: Vec<usize>,
+    /// The longest length.
+    width: usize,
+}
+
 struct Decoder<'a, B: Backend, M: MaskPredictor<B>> {
     model: &'a M,
     config: BlockDecoding,
-    x: Vec<usize>,
+    prompt_lens: Vec<usize>,
+    x: Vec<Vec<usize>>,
     mask_id: usize,
     vocab: usize,
+    rngs: Vec<MdmRng>,
     passes: usize,
     positions: usize,
     device: B::Device,
 }
 
 impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
-    fn ids(&self, range: std::ops::Range<usize>) -> Tensor<B, 2, Int> {
-        let ids: Vec<i64> = self.x[range].iter().map(|&t| t as i64).collect();
-        let n = ids.len();
-        Tensor::from_data(TensorData::new(ids, [1, n]), &self.device)
-    }
-
-    /// One step's reveal: `logits` `[1, n, V]` cover positions `offset..offset + n`; the masked
-    /// slots in `candidates` get their greedy tokens where selected. (A full pass considers every
-    /// masked slot before the block's end, as the reference's `mask_index`; a cached pass the
-    /// block's.)
-    fn reveal(
-        &mut self,
-        logits: Tensor<B, 3>,
-        offset: usize,
-        candidates: std::ops::Range<usize>,
-        count: usize,
-    ) -> Result<(), SamplerError> {
-        let slots: Vec<usize> = candidates.filter(|&p| self.x[p] == self.mask_id).collect();
-        if slots.is_empty() {
-            return Ok(());
-        }
-        let [_, n, v] = logits.dims();
-        let rows: Vec<i64> = slots.iter().map(|&p| (p - offset) as i64).collect();
-        let index =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [slots.len()]), &self.device);
-        let picked = logits.reshape([n, v]).select(0, index);
-        let host: Vec<f32> = read_back(picked.into_data(), "block logits")?;
-        let proposals = greedy_with_confidence(&host, self.vocab);
-        for (i, &(_, conf)) in proposals.iter().enumerate() {
-            if !conf.is_finite() {
-                return Err(SamplerError::NonFiniteLogits {
-                    row: 0,
-                    pos: slots[i],
-                });
+    /// `[batch.rows (x2 with CFG), width]` ids of columns `from(row)..from(row) + n` of each row
+    /// (padding with the mask id); CFG's twins have their prompt masked.
+    fn ids(
+        &self,
+        batch: &BlockBatch,
+        from: impl Fn(usize) -> usize,
+        n: usize,
+    ) -> Tensor<B, 2, Int> {
+        let halves = if self.config.cfg_scale.is_some() {
+            2
+        } else {
+            1
+        };
+        let mut ids = Vec::with_capacity(batch.rows.len() * halves * n);
+        for half in 0..halves {
+            for (i, &r) in batch.rows.iter().enumerate() {
+                let first = from(i);
+                for col in first..first + n {
+                    let t = match self.x[r].get(col) {
+                        Some(_) if half == 1 && col < self.prompt_lens[r] => self.mask_id,
+                        Some(&t) => t,
+                        None => self.mask_id,
+                    };
+                    ids.push(t as i64);
+                }
             }
         }
-        let confidence: Vec<f64> = proposals.iter().map(|&(_, c)| c).collect();
-        for i in select_slots(&confidence, count, self.config.parallel) {
-            self.x[slots[i]] = proposals[i].0;
-        }
-        Ok(())
+        let rows = batch.rows.len() * halves;
+        Tensor::from_data(TensorData::new(ids, [rows, n]), &self.device)
     }
 
-    fn block_has_mask(&self, block: &std::ops::Range<usize>) -> bool {
-        self.x[block.clone()].contains(&self.mask_id)
+    /// Host logits `[slots, V]` of the slots (`(batch row, column)`, conditional half) from pass
+    /// logits whose batch row `i` covers columns `offset[i]..`, CFG applied.
+    fn slot_logits(
+        &self,
+        logits: Tensor<B, 2>,
+        per_row: usize,
+        slots: &[(usize, usize)],
+        offset: &[usize],
+    ) -> Result<Vec<f32>, SamplerError> {
+        let rows = offset.len();
+        let flat = |half: usize| -> Vec<i64> {
+            slots
+                .iter()
+                .map(|&(i, col)| ((half * rows + i) * per_row + col - offset[i]) as i64)
+                .collect()
+        };
+        let mut index = flat(0);
+        if self.config.cfg_scale.is_some() {
+            index.extend(flat(1));
+        }
+        let n = index.len();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &self.device);
+        let host: Vec<f32> = read_back(logits.select(0, index).into_data(), "block logits")?;
+        match self.config.cfg_scale {
+            Some(w) => {
+                let (cond, uncond) = host.split_at(slots.len() * self.vocab);
+                Ok(cfg_combine_host(cond, uncond, w)?)
+            }
+            None => Ok(host),
+        }
+    }
+
+    /// Runs one pass over `batch` and returns the host logits of the candidate slots: the masked
+    /// columns of each row before its block's end (full passes, as the reference's `mask_index`) or
+    /// inside its block (cached passes).
+    fn pass(
+        &mut self,
+        pass: Pass,
+        batch: &BlockBatch,
+        cache: &mut Option<BlockCache<B>>,
+        slots: &[(usize, usize)],
+    ) -> Result<(Vec<f32>, StepCost), SamplerError> {
+        let b = self.config.block_length;
+        let halves = if self.config.cfg_scale.is_some() {
+            2
+        } else {
+            1
+        };
+        let rows = batch.rows.len();
+        let ragged = batch.lengths.iter().any(|&l| l != batch.width);
+        let lengths: Vec<usize> = (0..halves).flat_map(|_| batch.lengths.clone()).collect();
+        let starts: Vec<usize> = (0..halves).flat_map(|_| batch.starts.clone()).collect();
+        let (logits, per_row, offset) = match pass {
+            Pass::Full => {
+                let ids = self.ids(batch, |_| 0, batch.width);
+                let padding =
+                    ragged.then(|| padding_mask::<B>(&lengths, batch.width, &self.device));
+                let mut index: Vec<i64> = Vec::with_capacity(slots.len() * halves);
+                for half in 0..halves {
+                    index.extend(
+                        slots
+                            .iter()
+                            .map(|&(i, col)| ((half * rows + i) * batch.width + col) as i64),
+                    );
+                }
+                let n = index.len();
+                let index =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &self.device);
+                let logits = self.model.logits_at(ids, padding, index)?;
+                let host: Vec<f32> = read_back(logits.into_data(), "block logits")?;
+                let host = match self.config.cfg_scale {
+                    Some(w) => {
+                        let (cond, uncond) = host.split_at(slots.len() * self.vocab);
+                        cfg_combine_host(cond, uncond, w)?
+                    }
+                    None => host,
+                };
+                let cost = self.count_cost(rows * halves, batch.width);
+                return Ok((host, cost));
+            }
+            Pass::Caching => {
+                let ids = self.ids(batch, |_| 0, batch.width);
+                let (logits, full) = self.model.logits_caching(ids, Some(&lengths))?;
+                *cache = Some(match self.config.cache {
+                    CacheMode::Prefix => full.prefix_rows(&starts)?,
+                    _ => full,
+                });
+                (logits, batch.width, vec![0; rows])
+            }
+            Pass::AfterPrefix => {
+                let n = batch.lengths[0] - batch.starts[0];
+                let ids = self.ids(batch, |i| batch.starts[i], n);
+                let prefix = cache.as_ref().ok_or_else(missing_cache)?;
+                let logits = self.model.logits_after_prefix(ids, prefix)?;
+                (logits, n, batch.starts.clone())
+            }
+            Pass::Window => {
+                let ids = self.ids(batch, |i| batch.starts[i], b);
+                let dual = cache.as_mut().ok_or_else(missing_cache)?;
+                let logits = self.model.logits_in_window(ids, &starts, dual)?;
+                (logits, b, batch.starts.clone())
+            }
+        };
+        let [r, n, v] = logits.dims();
+        let cost = self.count_cost(r, n);
+        let host = self.slot_logits(logits.reshape([r * n, v]), per_row, slots, &offset)?;
+        Ok((host, cost))
+    }
+
+    fn count_cost(&mut self, rows: usize, width: usize) -> StepCost {
+        self.passes += 1;
+        self.positions += rows * width;
+        StepCost {
+            forward_rows: rows,
+            positions: rows * width,
+            reused: false,
+        }
+    }
+
+    /// Token and confidence of each slot from its host logits row: the greedy token with its f64
+    /// softmax probability (the reference's arithmetic) at temperature 0, a draw otherwise.
+    fn propose(
+        &mut self,
+        batch: &BlockBatch,
+        slots: &[(usize, usize)],
+        logits: &[f32],
+    ) -> Result<Vec<Proposal>, SamplerError> {
+        let slot = |&(i, col): &(usize, usize)| Slot {
+            row: batch.rows[i],
+            pos: col,
+        };
+        let mut out = Vec::with_capacity(slots.len());
+        if self.config.temperature == 0.0 {
+            for (k, (token, confidence)) in greedy_with_confidence(logits, self.vocab)
+                .into_iter()
+                .enumerate()
+            {
+                out.push(Proposal {
+                    slot: slot(&slots[k]),
+                    token,
+                    confidence,
+                });
+            }
+        } else {
+            // each row draws from its own stream, so a row's tokens do not depend on the batch
+            let mut k = 0;
+            while k < slots.len() {
+                let i = slots[k].0;
+                let end = k + slots[k..].iter().take_while(|s| s.0 == i).count();
+                let row_slots: Vec<Slot> = slots[k..end].iter().map(slot).collect();
+                out.extend(draw_proposals(
+                    &row_slots,
+                    &logits[k * self.vocab..end * self.vocab],
+                    self.vocab,
+                    self.config.temperature,
+                    Confidence::Probability,
+                    &mut self.rngs[batch.rows[i]],
+                )?);
+                k = end;
+            }
+        }
+        if let Some(p) = out.iter().find(|p| !p.confidence.is_finite()) {
+            return Err(SamplerError::NonFiniteLogits {
+                row: p.slot.row,
+                pos: p.slot.pos,
+            });
+        }
+        Ok(out)
+    }
+
+    fn block_has_mask(&self, row: usize, start: usize) -> bool {
+        self.x[row][start..start + self.config.block_length].contains(&self.mask_id)
     }
 
     fn count(&self, schedule: &[usize], step: usize) -> Result<usize, SamplerError> {
@@ -230,79 +474,121 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         }
     }
 
-    fn block(&mut self, block: std::ops::Range<usize>, steps: usize) -> Result<(), SamplerError> {
-        let masks = self.x[block.clone()]
+    /// Decodes block `block` of every row of `batch`; returns false when the callback stopped.
+    fn block<C: Into<StepControl>>(
+        &mut self,
+        block: usize,
+        batch: &BlockBatch,
+        steps: usize,
+        on_step: &mut impl FnMut(&StepEvent) -> C,
+    ) -> Result<bool, SamplerError> {
+        let b = self.config.block_length;
+        let schedules: Vec<Vec<usize>> = batch
+            .rows
             .iter()
-            .filter(|&&t| t == self.mask_id)
-            .count();
-        let schedule = transfer_schedule(masks, steps);
-        let len = self.x.len();
-        match self.config.cache {
-            CacheMode::None => {
-                let mut step = 0;
-                loop {
-                    self.passes += 1;
-                    self.positions += len;
-                    let logits = self.model.logits(self.ids(0..len))?;
-                    let count = self.count(&schedule, step)?;
-                    self.reveal(logits, 0, 0..block.end, count)?;
-                    step += 1;
-                    if !self.block_has_mask(&block) {
-                        return Ok(());
-                    }
-                }
-            }
-            CacheMode::Prefix | CacheMode::Dual => {
-                self.passes += 1;
-                self.positions += len;
-                let (logits, cache) = self.model.logits_caching(self.ids(0..len))?;
-                let count = self.count(&schedule, 0)?;
-                self.reveal(logits, 0, 0..block.end, count)?;
-                let mut cache: BlockCache<B> = match self.config.cache {
-                    CacheMode::Prefix => cache.prefix(block.start)?,
-                    _ => cache,
+            .zip(&batch.starts)
+            .map(|(&r, &s)| {
+                let masks = self.x[r][s..s + b]
+                    .iter()
+                    .filter(|&&t| t == self.mask_id)
+                    .count();
+                transfer_schedule(masks, steps)
+            })
+            .collect();
+        let mut cache = None;
+        for step in 0.. {
+            let pass = match (self.config.cache, step) {
+                (CacheMode::None, _) => Pass::Full,
+                (_, 0) => Pass::Caching,
+                (CacheMode::Prefix, _) => Pass::AfterPrefix,
+                (CacheMode::Dual, _) => Pass::Window,
+            };
+            // the candidates: full passes see every masked column before the block's end (the
+            // reference's mask_index), cached passes the block's
+            let mut slots = Vec::new();
+            let mut counts = Vec::with_capacity(batch.rows.len());
+            for (i, (&r, &start)) in batch.rows.iter().zip(&batch.starts).enumerate() {
+                let has_mask = self.block_has_mask(r, start);
+                counts.push(if has_mask {
+                    self.count(&schedules[i], step)?
+                } else {
+                    0
+                });
+                let from = if matches!(pass, Pass::Full | Pass::Caching) {
+                    0
+                } else {
+                    start
                 };
-                let mut step = 1;
-                loop {
-                    self.passes += 1;
-                    self.positions += match self.config.cache {
-                        CacheMode::Prefix => len - block.start,
-                        _ => block.len(),
-                    };
-                    let logits = match self.config.cache {
-                        CacheMode::Prefix => self
-                            .model
-                            .logits_after_prefix(self.ids(block.start..len), &cache)?,
-                        _ => self.model.logits_in_window(
-                            self.ids(block.clone()),
-                            block.start,
-                            &mut cache,
-                        )?,
-                    };
-                    // a block finished by the full pass still runs this one (as the reference)
-                    let count = if self.block_has_mask(&block) {
-                        self.count(&schedule, step)?
-                    } else {
-                        0
-                    };
-                    self.reveal(logits, block.start, block.clone(), count)?;
-                    if !self.block_has_mask(&block) {
-                        return Ok(());
+                slots.extend(
+                    (from..start + b)
+                        .filter(|&col| self.x[r][col] == self.mask_id)
+                        .map(|col| (i, col)),
+                );
+            }
+            let (logits, cost) = self.pass(pass, batch, &mut cache, &slots)?;
+            let proposals = self.propose(batch, &slots, &logits)?;
+            let mut revealed = Vec::new();
+            let mut k = 0;
+            for (i, &count) in counts.iter().enumerate() {
+                let end = k + slots[k..].iter().take_while(|s| s.0 == i).count();
+                let row = &proposals[k..end];
+                let confidence: Vec<f64> = row.iter().map(|p| p.confidence).collect();
+                if !row.is_empty() && (count > 0 || self.config.parallel != Parallel::Scheduled) {
+                    for j in select_slots(&confidence, count, self.config.parallel) {
+                        self.x[row[j].slot.row][row[j].slot.pos] = row[j].token;
+                        revealed.push(row[j]);
                     }
-                    step += 1;
                 }
+                k = end;
+            }
+            let control = on_step(&StepEvent {
+                block,
+                step,
+                tokens: &self.x,
+                revealed: &revealed,
+                timing: None,
+                cost,
+            })
+            .into();
+            if control == StepControl::Stop {
+                return Ok(false);
+            }
+            let open = batch
+                .rows
+                .iter()
+                .zip(&batch.starts)
+                .any(|(&r, &s)| self.block_has_mask(r, s));
+            // with a cache, a block finished by its full pass still runs one cached pass (as
+            // the reference)
+            if !open && pass != Pass::Caching {
+                break;
             }
         }
+        Ok(true)
     }
 }
 
-/// Decodes `gen_length` tokens after `prompt` block by block (see the module docs); temperature 0,
-/// low-confidence remasking.
-pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
-    model: &M,
-    prompt: &[usize],
-    config: BlockDecoding,
-) -> Result<BlockDecoded, SamplerError> {
+fn missing_cache() -> SamplerError {
+    SamplerError::Config {
+        reason: "a cached pass ran before its block's full pass".into(),
+    }
+}
+
+/// `[rows, width]`: true past each row's length.
+fn padding_mask<B: Backend>(
+    lengths: &[usize],
+    width: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    let mask: Vec<bool> = lengths
+        .iter()
+        .flat_map(|&l| (0..width).map(move |c| c >= l))
+        .collect();
+    Tensor::from_data(TensorData::new(mask, [lengths.len(), width]), device)
+}
+
+/// The checks of a configuration against a model.
+fn check_config(config: &BlockDecoding, vocab: usize) -> Result<usize, SamplerError> {
     let bad = |reason: String| Err(SamplerError::Config { reason });
     if config.block_length == 0 || !config.gen_length.is_multiple_of(config.block_length) {
         return bad(format!(
@@ -327,40 +613,115 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
         }
         _ => {}
     }
+    check_temperature(config.temperature)?;
+    if let Some(w) = config.cfg_scale.filter(|w| !w.is_finite()) {
+        return bad(format!("cfg_scale {w} must be finite"));
+    }
+    if let Some(eos) = config.eos_id.filter(|&e| e >= vocab) {
+        return bad(format!("eos_id {eos} is outside the vocabulary of {vocab}"));
+    }
+    Ok(blocks)
+}
+
+/// Decodes `gen_length` tokens after `prompt` block by block (see the module docs).
+pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
+    model: &M,
+    prompt: &[usize],
+    config: BlockDecoding,
+) -> Result<BlockDecoded, SamplerError> {
+    let out = decode_blocks_batch(model, &[prompt.to_vec()], config, |_| {})?;
+    Ok(BlockDecoded {
+        tokens: out.rows.into_iter().next().unwrap_or_default(),
+        forward_passes: out.forward_passes,
+        positions: out.positions,
+    })
+}
+
+/// Decodes `gen_length` tokens after each prompt block by block, the rows together (prompts may
+/// differ in length; each row gets the tokens it gets alone, see the module docs). `on_step` sees
+/// every pass ([`StepEvent::cost`] says what it computed) and may stop the run.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use mdm_models::ModelConfig;
+/// use mdm_samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
+///
+/// let model = ModelConfig::custom(100, 2, 4, 64, 128, 64).init_masked::<Flex>(0, &Default::default()).unwrap();
+/// let config = BlockDecoding { gen_length: 16, block_length: 8, steps: 8,
+///     cache: CacheMode::Dual, parallel: Parallel::Threshold(0.9), ..BlockDecoding::default() };
+/// let out = decode_blocks_batch(&model, &[vec![1, 5, 7], vec![2]], config, |_| {}).unwrap();
+/// assert_eq!(out.rows[0].len(), 3 + 16);
+/// assert_eq!(out.rows[1].len(), 1 + 16);
+/// ```
+pub fn decode_blocks_batch<B: Backend, M: MaskPredictor<B>, C: Into<StepControl>>(
+    model: &M,
+    prompts: &[Vec<usize>],
+    config: BlockDecoding,
+    mut on_step: impl FnMut(&StepEvent) -> C,
+) -> Result<BlocksDecoded, SamplerError> {
     let (mask_id, vocab) = (model.mask_id(), model.vocab_size());
-    if let Some(&t) = prompt.iter().find(|&&t| t >= vocab) {
-        return bad(format!(
-            "prompt token {t} is outside the vocabulary of {vocab}"
-        ));
-    }
-    let len = prompt.len() + config.gen_length;
-    if len > model.max_positions() {
-        return bad(format!(
-            "prompt and answer ({len} tokens) exceed the model's {} positions",
-            model.max_positions()
-        ));
-    }
-    let mut x = prompt.to_vec();
-    x.resize(len, mask_id);
+    let blocks = check_config(&config, vocab)?;
+    check_prompts(prompts, vocab, config.gen_length, model.max_positions())?;
+    let x = prompts
+        .iter()
+        .map(|p| {
+            let mut row = p.clone();
+            row.resize(p.len() + config.gen_length, mask_id);
+            row
+        })
+        .collect();
     let mut decoder = Decoder {
         model,
         config,
+        prompt_lens: prompts.iter().map(Vec::len).collect(),
         x,
         mask_id,
         vocab,
+        rngs: (0..prompts.len())
+            .map(|r| rng_from_seed(config.seed.wrapping_add(r as u64)))
+            .collect(),
         passes: 0,
         positions: 0,
         device: model.device(),
     };
     let steps_per_block = (config.steps / blocks).max(1);
-    for b in 0..blocks {
-        let start = prompt.len() + b * config.block_length;
-        decoder.block(start..start + config.block_length, steps_per_block)?;
+    let mut done = vec![false; prompts.len()];
+    let mut stopped = false;
+    for block in 0..blocks {
+        let rows: Vec<usize> = (0..prompts.len()).filter(|&r| !done[r]).collect();
+        if rows.is_empty() {
+            break;
+        }
+        let lengths: Vec<usize> = rows.iter().map(|&r| decoder.x[r].len()).collect();
+        let batch = BlockBatch {
+            starts: rows
+                .iter()
+                .map(|&r| prompts[r].len() + block * config.block_length)
+                .collect(),
+            width: lengths.iter().copied().max().unwrap_or(0),
+            lengths,
+            rows,
+        };
+        if !decoder.block(block, &batch, steps_per_block, &mut on_step)? {
+            stopped = true;
+            break;
+        }
+        if let Some(eos) = config.eos_id {
+            let end = (block + 1) * config.block_length;
+            for &r in &batch.rows {
+                let gen = &mut decoder.x[r][prompts[r].len()..];
+                if gen[..end].contains(&eos) {
+                    gen[end..].fill(eos);
+                    done[r] = true;
+                }
+            }
+        }
     }
-    Ok(BlockDecoded {
-        tokens: decoder.x,
+    Ok(BlocksDecoded {
+        rows: decoder.x,
         forward_passes: decoder.passes,
         positions: decoder.positions,
+        stopped,
     })
 }
 
@@ -407,5 +768,157 @@ mod tests {
         // a larger factor lowers every rank's bar
         assert_eq!(select_slots(&c, 0, f(2.0, false)), vec![1, 0]);
         assert_eq!(select_slots(&[0.6, 0.5], 0, f(1.5, false)), vec![0, 1]);
+    }
+
+    use burn::backend::Flex;
+    use mdm_models::{MaskedTransformer, ModelConfig};
+
+    fn tiny() -> MaskedTransformer<Flex> {
+        ModelConfig::custom(40, 2, 4, 32, 64, 48)
+            .with_query_groups(2)
+            .init_masked::<Flex>(11, &Default::default())
+            .unwrap()
+    }
+
+    fn prompts() -> Vec<Vec<usize>> {
+        vec![
+            vec![3, 4, 5],
+            vec![7, 1, 2, 9, 9, 8, 6],
+            vec![12],
+            vec![5, 5, 20, 31, 2],
+        ]
+    }
+
+    fn alone(model: &MaskedTransformer<Flex>, p: &[usize], config: BlockDecoding) -> Vec<usize> {
+        decode_blocks_batch(model, &[p.to_vec()], config, |_| {})
+            .unwrap()
+            .rows
+            .remove(0)
+    }
+
+    #[test]
+    fn ragged_batches_give_each_row_its_tokens_alone() {
+        let model = tiny();
+        let prompts = prompts();
+        let base = BlockDecoding {
+            gen_length: 16,
+            block_length: 8,
+            steps: 8,
+            ..BlockDecoding::default()
+        };
+        let rules = [
+            Parallel::Scheduled,
+            Parallel::Threshold(0.04),
+            Parallel::Factor {
+                factor: 2.0,
+                reveal_failing_last_rank: true,
+            },
+        ];
+        for cache in [CacheMode::None, CacheMode::Prefix, CacheMode::Dual] {
+            for parallel in rules {
+                for cfg_scale in [None, Some(1.5)] {
+                    let config = BlockDecoding {
+                        cache,
+                        parallel,
+                        cfg_scale,
+                        ..base
+                    };
+                    let batch = decode_blocks_batch(&model, &prompts, config, |_| {}).unwrap();
+                    for (r, p) in prompts.iter().enumerate() {
+                        assert_eq!(
+                            batch.rows[r],
+                            alone(&model, p, config),
+                            "row {r}, {cache:?}, {parallel:?}, cfg {cfg_scale:?}"
+                        );
+                        assert!(!batch.rows[r].contains(&model.mask_id()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_stop_at_their_own_eos_and_draws_follow_the_row_seed() {
+        let model = tiny();
+        let prompts = prompts();
+        let base = BlockDecoding {
+            gen_length: 24,
+            block_length: 8,
+            steps: 12,
+            cache: CacheMode::Dual,
+            ..BlockDecoding::default()
+        };
+        // an EOS that row 0 produces in its first block
+        let free = alone(&model, &prompts[0], base);
+        let eos = free[prompts[0].len()];
+        let config = BlockDecoding {
+            eos_id: Some(eos),
+            ..base
+        };
+        let batch = decode_blocks_batch(&model, &prompts, config, |_| {}).unwrap();
+        let gen0 = &batch.rows[0][prompts[0].len()..];
+        assert!(gen0[8..].iter().all(|&t| t == eos), "row 0 padded with EOS");
+        for (r, p) in prompts.iter().enumerate() {
+            assert_eq!(batch.rows[r], alone(&model, p, config), "row {r}");
+        }
+        let unstopped = decode_blocks_batch(&model, &prompts, base, |_| {}).unwrap();
+        assert!(
+            batch.positions < unstopped.positions,
+            "finished rows leave the batch"
+        );
+
+        // temperature: row r of a batch draws as the row alone with seed + r
+        let hot = BlockDecoding {
+            temperature: 1.0,
+            seed: 40,
+            ..base
+        };
+        let batch = decode_blocks_batch(&model, &prompts, hot, |_| {}).unwrap();
+        for (r, p) in prompts.iter().enumerate() {
+            let seeded = BlockDecoding {
+                seed: 40 + r as u64,
+                ..hot
+            };
+            assert_eq!(batch.rows[r], alone(&model, p, seeded), "row {r}");
+        }
+        assert_ne!(
+            batch.rows[0],
+            alone(&model, &prompts[0], base),
+            "drawn, not greedy"
+        );
+    }
+
+    #[test]
+    fn the_sampler_runs_the_block_decoder_for_caches_and_stops_on_request() {
+        use crate::generate::{GenerationConfig, MaskedDiffusionSampler, StepControl};
+        let model = tiny();
+        let prompts = prompts();
+        let config = GenerationConfig::default()
+            .with_gen_length(16)
+            .with_block_length(8)
+            .with_steps(8)
+            .with_cache(CacheMode::Prefix)
+            .with_parallel(Parallel::Threshold(0.04));
+        let blocks = config.block_decoding().unwrap();
+        let want = decode_blocks_batch(&model, &prompts, blocks, |_| {}).unwrap();
+        let mut passes = 0;
+        let got = MaskedDiffusionSampler::new(&model, config.clone())
+            .generate(&prompts, |e| passes += usize::from(e.cost.forward_rows > 0))
+            .unwrap();
+        assert_eq!(passes, want.forward_passes);
+        for (r, p) in prompts.iter().enumerate() {
+            assert_eq!(got[r], want.rows[r][p.len()..]);
+        }
+        // stopped after the first pass: only what is final (up to the first mask) comes back
+        let stopped = MaskedDiffusionSampler::new(&model, config.clone())
+            .generate(&prompts, |_| StepControl::Stop)
+            .unwrap();
+        assert!(stopped.iter().all(|row| row.len() < 16));
+        // another rule with a cache is refused, as is infilling with one
+        let margin = MaskedDiffusionSampler::new(&model, config.clone())
+            .with_named_rule(crate::remasking::NamedRule::Margin);
+        assert!(margin.generate(&prompts, |_| {}).is_err());
+        let fill = MaskedDiffusionSampler::new(&model, config.with_steps(4));
+        assert!(fill.infill(&prompts, |_| {}).is_err());
     }
 }

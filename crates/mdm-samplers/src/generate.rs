@@ -7,6 +7,7 @@ use mdm_core::cfg::{cfg_combine, cfg_combine_host};
 use mdm_core::rng_from_seed;
 use mdm_models::{MaskPredictor, MaskedTransformer};
 
+use crate::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
 use crate::draw::draw_proposals;
 use crate::greedy::{greedy_proposals, greedy_proposals_host};
 use crate::host::{device_error, host_f32, with_host_f32};
@@ -48,6 +49,16 @@ pub struct GenerationConfig {
     /// skipped and the previous logits are used again (on by default; the tokens are the same
     /// either way, see [`StepCost::reused`]).
     pub reuse_unchanged: bool,
+    /// Fast-dLLM's block key/value cache between the steps of a block: an **approximation**
+    /// (cached keys/values are those of an earlier step's tokens); `CacheMode::None`, exact, by
+    /// default. A cache or a parallel rule runs Fast-dLLM's block decoder
+    /// ([`decode_blocks_batch`](crate::blockwise::decode_blocks_batch)) in place of this loop: its
+    /// transfer schedule (`steps / blocks` per block), tokens ranked by their softmax probability
+    /// (the low-confidence rule), per-row counting; temperature, CFG and EOS apply as here.
+    pub cache: CacheMode,
+    /// How many slots a step of the block decoder reveals: its schedule (the default), or
+    /// Fast-dLLM's confidence threshold or factor rule (parallel decoding; see `cache`).
+    pub parallel: Parallel,
 }
 
 impl Default for GenerationConfig {
@@ -64,6 +75,8 @@ impl Default for GenerationConfig {
             seed: 0,
             profile: false,
             reuse_unchanged: true,
+            cache: CacheMode::None,
+            parallel: Parallel::Scheduled,
         }
     }
 }
@@ -123,6 +136,34 @@ impl GenerationConfig {
     pub fn without_reuse(mut self) -> Self {
         self.reuse_unchanged = false;
         self
+    }
+
+    /// Builder: Fast-dLLM's prefix or dual cache (an approximation, see [`Self::cache`]).
+    pub fn with_cache(mut self, cache: CacheMode) -> Self {
+        self.cache = cache;
+        self
+    }
+    /// Builder: a parallel decoding rule (threshold or factor, see [`Self::parallel`]).
+    pub fn with_parallel(mut self, parallel: Parallel) -> Self {
+        self.parallel = parallel;
+        self
+    }
+
+    /// The block decoder's settings when a cache or a parallel rule is asked for.
+    pub fn block_decoding(&self) -> Option<BlockDecoding> {
+        (self.cache != CacheMode::None || self.parallel != Parallel::Scheduled).then(|| {
+            BlockDecoding {
+                gen_length: self.gen_length,
+                block_length: self.block_length.unwrap_or(self.gen_length),
+                steps: self.steps,
+                parallel: self.parallel,
+                cache: self.cache,
+                temperature: self.temperature,
+                cfg_scale: self.cfg_scale,
+                eos_id: self.eos_id,
+                seed: self.seed,
+            }
+        })
     }
 
     /// `(blocks, block length, steps per block)`, checked.
@@ -252,6 +293,8 @@ pub struct MaskedDiffusionSampler<'a, B: Backend, M: MaskPredictor<B> = MaskedTr
     model: &'a M,
     _backend: std::marker::PhantomData<B>,
     rule: Box<dyn Remasking>,
+    /// The rule's name when it is one of ours (a caller's own rule has none).
+    named: Option<NamedRule>,
     config: GenerationConfig,
 }
 
@@ -263,6 +306,7 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             model,
             _backend: std::marker::PhantomData,
             rule: Box::new(LowConfidence),
+            named: Some(NamedRule::LowConfidence),
             config,
         }
     }
@@ -270,12 +314,14 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
     /// Builder: another remasking rule.
     pub fn with_rule(mut self, rule: impl Remasking + 'static) -> Self {
         self.rule = Box::new(rule);
+        self.named = None;
         self
     }
 
     /// Builder: a rule by name, with the confidence measure it ranks by.
     pub fn with_named_rule(mut self, rule: NamedRule) -> Self {
         self.rule = rule.rule();
+        self.named = Some(rule);
         self.config.confidence = rule.confidence();
         self
     }
@@ -290,11 +336,14 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         mut on_step: impl FnMut(&StepEvent) -> C,
     ) -> Result<Vec<Vec<usize>>, SamplerError> {
         let cfg = &self.config;
-        let (blocks, block_len, steps_per_block) = cfg.blocks()?;
-        let (mask_id, vocab) = (self.model.mask_id(), self.model.vocab_size());
         if prompts.is_empty() {
             return Ok(vec![]);
         }
+        if let Some(blocks) = cfg.block_decoding() {
+            return self.generate_blocks(prompts, blocks, on_step);
+        }
+        let (blocks, block_len, steps_per_block) = cfg.blocks()?;
+        let (mask_id, vocab) = (self.model.mask_id(), self.model.vocab_size());
         check_prompts(prompts, vocab, cfg.gen_length, self.model.max_positions())?;
         let batch = prompts.len();
         let mut x: Vec<Vec<usize>> = prompts
@@ -374,6 +423,41 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             .collect())
     }
 
+    /// [`Self::generate`] through Fast-dLLM's block decoder (a cache or a parallel rule).
+    fn generate_blocks<C: Into<StepControl>>(
+        &self,
+        prompts: &[Vec<usize>],
+        blocks: BlockDecoding,
+        on_step: impl FnMut(&StepEvent) -> C,
+    ) -> Result<Vec<Vec<usize>>, SamplerError> {
+        let cfg = &self.config;
+        if self.named != Some(NamedRule::LowConfidence)
+            || cfg.confidence != Confidence::Probability
+            || cfg.counting != Counting::PerRow
+        {
+            return Err(SamplerError::Config {
+                reason: "a cache or a parallel rule decodes with Fast-dLLM's block decoder, which \
+                         ranks by the softmax probability (low_confidence) and counts per row"
+                    .into(),
+            });
+        }
+        let out = decode_blocks_batch(self.model, prompts, blocks, on_step)?;
+        let mask_id = self.model.mask_id();
+        Ok(out
+            .rows
+            .into_iter()
+            .zip(prompts)
+            .map(|(row, p)| {
+                let gen = &row[p.len()..];
+                let end = gen
+                    .iter()
+                    .position(|&t| (out.stopped && t == mask_id) || Some(t) == cfg.eos_id)
+                    .unwrap_or(gen.len());
+                gen[..end].to_vec()
+            })
+            .collect())
+    }
+
     /// Infilling: fills every `mask_id` of each row, wherever it stands, in `steps` steps with the
     /// sampler's rule, temperature and counting; the known tokens on both sides condition the fill
     /// and never change, and rows keep their length. Blocks, CFG and EOS handling do not apply (a
@@ -385,9 +469,15 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         mut on_step: impl FnMut(&StepEvent) -> C,
     ) -> Result<Vec<Vec<usize>>, SamplerError> {
         let cfg = &self.config;
-        if cfg.cfg_scale.is_some() || cfg.block_length.is_some() || cfg.steps == 0 {
+        if cfg.cfg_scale.is_some()
+            || cfg.block_length.is_some()
+            || cfg.block_decoding().is_some()
+            || cfg.steps == 0
+        {
             return Err(SamplerError::Config {
-                reason: "infill needs steps > 0 and takes neither CFG nor blocks".into(),
+                reason: "infill needs steps > 0 and takes neither CFG, blocks, caches nor \
+                         parallel rules"
+                    .into(),
             });
         }
         let (mask_id, vocab) = (self.model.mask_id(), self.model.vocab_size());

@@ -21,7 +21,7 @@ use mdm_eval::likelihood::{
 };
 use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError, ModelKind};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm_samplers::blockwise::{decode_blocks, BlockDecoding};
+use mdm_samplers::blockwise::{CacheMode, Parallel};
 use mdm_samplers::remasking::NamedRule;
 use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler, StepControl};
 use serde::Serialize;
@@ -85,10 +85,11 @@ pub enum Decoding {
         cfg_scale: Option<f64>,
         /// The rule.
         remasking: NamedRule,
+        /// Fast-dLLM's block cache (an approximation; `None` is exact).
+        cache: CacheMode,
+        /// Fast-dLLM's parallel rule (threshold, factor) or the schedule.
+        parallel: Parallel,
     },
-    /// Fast-dLLM's block decoding ([`decode_blocks`]): caches and parallel rules, one request at a
-    /// time, temperature 0.
-    Blocks(BlockDecoding),
     /// The baseline, one token per pass with its KV cache.
     Autoregressive {
         /// Temperature.
@@ -111,8 +112,8 @@ pub struct GenerateOptions {
 
 impl GenerateOptions {
     /// Whether two jobs with these options may share a batch and each get what it would alone:
-    /// deterministic decoding (temperature 0, no random rule) with the masked sampler or the
-    /// baseline (block decoding runs one prompt at a time).
+    /// deterministic decoding (temperature 0, no random rule) with the masked sampler (caches
+    /// included: ragged rows decode as they do alone) or the baseline.
     fn batchable(&self) -> bool {
         match &self.decoding {
             Decoding::Sampler {
@@ -121,7 +122,6 @@ impl GenerateOptions {
                 ..
             } => *temperature == 0.0 && !remasking.is_random(),
             Decoding::Autoregressive { temperature } => *temperature == 0.0,
-            Decoding::Blocks(_) => false,
         }
     }
 
@@ -600,13 +600,17 @@ fn generate<B: Backend>(
                 temperature,
                 cfg_scale,
                 remasking,
+                cache,
+                parallel,
             },
         ) => {
             let mut config = GenerationConfig::default()
                 .with_gen_length(options.max_tokens)
                 .with_steps(*steps)
                 .with_temperature(*temperature)
-                .with_seed(options.seed);
+                .with_seed(options.seed)
+                .with_cache(*cache)
+                .with_parallel(*parallel);
             config.block_length = *block_length;
             config.cfg_scale = *cfg_scale;
             config.eos_id = options.eos_id;
@@ -620,18 +624,6 @@ fn generate<B: Backend>(
                 .map_err(sampler_error)?;
             Ok(rows.into_iter().map(ended).collect())
         }
-        (Served::Masked(m), Decoding::Blocks(blocks)) => batch
-            .iter()
-            .map(|job| {
-                let out = decode_blocks(m, &job.prompt, *blocks).map_err(sampler_error)?;
-                let gen = &out.tokens[job.prompt.len()..];
-                let end = options
-                    .eos_id
-                    .and_then(|eos| gen.iter().position(|&t| t == eos))
-                    .unwrap_or(gen.len());
-                Ok(ended(gen[..end].to_vec()))
-            })
-            .collect(),
         (Served::Causal(m), Decoding::Autoregressive { temperature }) => {
             let config = AutoregressiveConfig {
                 max_new_tokens: options.max_tokens,

@@ -34,7 +34,7 @@ use crate::engine::{
 use crate::error::ApiError;
 use crate::text::{find_stop, Detokenizer, StreamedText};
 use mdm_models::ModelKind;
-use mdm_samplers::blockwise::{BlockDecoding, CacheMode, Parallel};
+use mdm_samplers::blockwise::{CacheMode, Parallel};
 use mdm_samplers::remasking::NamedRule;
 
 /// Settings of the HTTP side.
@@ -499,38 +499,23 @@ fn masked_decoding(
         }),
         (None, None) => None,
     };
-    if cache.is_none() && parallel.is_none() {
-        return Ok(Decoding::Sampler {
-            steps,
-            block_length,
-            temperature,
-            cfg_scale,
-            remasking,
-        });
-    }
-    // Fast-dLLM's block decoding: temperature 0, low confidence, no guidance
-    let conflict = if temperature != 0.0 {
-        Some("temperature")
-    } else if cfg_scale.is_some() {
-        Some("cfg_scale")
-    } else if remasking != NamedRule::LowConfidence {
-        Some("remasking")
-    } else {
-        None
-    };
-    if let Some(param) = conflict {
+    // Fast-dLLM's block decoder ranks by the softmax probability
+    if (cache.is_some() || parallel.is_some()) && remasking != NamedRule::LowConfidence {
         return Err(ApiError::invalid(
-            param,
-            format!("`{param}` cannot be combined with `cache`/`threshold`/`factor` yet: block decoding is greedy low-confidence without guidance"),
+            "remasking",
+            "`cache`/`threshold`/`factor` decode with Fast-dLLM's block decoder, which ranks by \
+             confidence: use `low_confidence` (the default)",
         ));
     }
-    Ok(Decoding::Blocks(BlockDecoding {
-        gen_length: gen,
-        block_length: block_length.unwrap_or(gen),
+    Ok(Decoding::Sampler {
         steps,
-        parallel: parallel.unwrap_or(Parallel::Scheduled),
+        block_length,
+        temperature,
+        cfg_scale,
+        remasking,
         cache: cache.unwrap_or(CacheMode::None),
-    }))
+        parallel: parallel.unwrap_or(Parallel::Scheduled),
+    })
 }
 
 fn check_length(

@@ -706,9 +706,9 @@ async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
             Some("threshold"),
         ),
         (
-            json!({"prompt": [0, 1], "threshold": 0.9, "temperature": 1.0}),
+            json!({"prompt": [0, 1], "threshold": 0.9, "remasking": "margin"}),
             400,
-            Some("temperature"),
+            Some("remasking"),
         ),
         (
             json!({"prompt": [0, 1], "stop": ["a", "b", "c", "d", "e"]}),
@@ -814,19 +814,24 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/llada-parity/model");
     let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
-    let prompt = vec![5usize, 9, 17, 3];
-    let want = decode_blocks(
-        &model,
-        &prompt,
-        BlockDecoding {
-            gen_length: 16,
-            block_length: 8,
-            steps: 16,
-            parallel: Parallel::Threshold(0.9),
-            cache: CacheMode::Dual,
-        },
-    )
-    .unwrap();
+    // prompts of different lengths, sent together: one ragged batch with the dual cache
+    let prompts = [
+        vec![5usize, 9, 17, 3],
+        vec![8usize],
+        vec![2usize, 4, 6, 8, 10, 12, 14],
+    ];
+    let config = BlockDecoding {
+        gen_length: 16,
+        block_length: 8,
+        steps: 16,
+        parallel: Parallel::Threshold(0.9),
+        cache: CacheMode::Dual,
+        ..BlockDecoding::default()
+    };
+    let want: Vec<Vec<usize>> = prompts
+        .iter()
+        .map(|p| decode_blocks(&model, p, config).unwrap().tokens[p.len()..].to_vec())
+        .collect();
     let engine = Engine::start::<Flex, _>(
         move || {
             Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
@@ -834,23 +839,33 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
                 &Default::default(),
             )?))
         },
-        EngineConfig::default(),
+        EngineConfig {
+            batch_wait: std::time::Duration::from_millis(300),
+            ..EngineConfig::default()
+        },
     )
     .unwrap();
+    let stats = engine.clone();
     let state = AppState::new(engine, None, ChatPrompt::plain(), ServerConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, state, std::future::pending()));
-    let body = json!({"prompt": prompt, "max_tokens": 16, "block_length": 8, "steps": 16, "cache": "dual", "threshold": 0.9});
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone()).unwrap();
-    assert_eq!(got, want.tokens[prompt.len()..].to_vec(), "{r}");
+    let client = reqwest::Client::new();
+    let requests = prompts.iter().map(|prompt| {
+        let body = json!({"prompt": prompt, "max_tokens": 16, "block_length": 8, "steps": 16, "cache": "dual", "threshold": 0.9});
+        let (client, url) = (client.clone(), format!("{base}/v1/completions"));
+        async move {
+            let r: Value = client.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+            r
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for (r, want) in answers.iter().zip(&want) {
+        let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone()).unwrap();
+        assert_eq!(&got, want, "{r}");
+    }
+    assert!(
+        stats.stats().largest_batch > 1,
+        "the requests shared a batch"
+    );
 }
