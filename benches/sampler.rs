@@ -5,6 +5,10 @@
 //! (the temperature-0 proposals the loop uses; the f64 host path with the reveal) next to that
 //! step's forward pass. `generate --profile` measures the share over whole generations.
 //!
+//! Blocks of 32 at steps = length / 4 (64 passes) with no cache (the exact loop), and with
+//! Fast-dLLM's prefix and dual caches: `block_32_{none,prefix,dual}` (random weights: the passes'
+//! cost, not quality; `examples/fast_decoding` measures quality on a trained model).
+//!
 //! `cargo bench --bench sampler -- --noplot`; results in `docs/benchmarks.md`. The steps = length row
 //! takes about 30 s per generation on a 2-core CPU, so its 10 samples take minutes; select rows with
 //! a filter, e.g. `-- --noplot "mdm_steps"`.
@@ -18,6 +22,7 @@ use mdm::burn;
 use mdm::diffusion::rng_from_seed;
 use mdm::models::ModelConfig;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm::samplers::blockwise::CacheMode;
 use mdm::samplers::greedy::greedy_proposals;
 use mdm::samplers::proposal::{masked_slots, Confidence};
 use mdm::samplers::remasking::LowConfidence;
@@ -44,6 +49,23 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
                 .with_steps(steps),
         );
         group.bench_function(format!("mdm_steps_{steps}"), |b| {
+            b.iter(|| sampler.generate(&prompt, |_| {}).expect("generate"))
+        });
+    }
+    for (name, cache) in [
+        ("none", CacheMode::None),
+        ("prefix", CacheMode::Prefix),
+        ("dual", CacheMode::Dual),
+    ] {
+        let sampler = MaskedDiffusionSampler::new(
+            &masked,
+            GenerationConfig::default()
+                .with_gen_length(GEN)
+                .with_block_length(32)
+                .with_steps(GEN / 4)
+                .with_cache(cache),
+        );
+        group.bench_function(format!("block_32_{name}"), |b| {
             b.iter(|| sampler.generate(&prompt, |_| {}).expect("generate"))
         });
     }

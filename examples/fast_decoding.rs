@@ -2,7 +2,8 @@
 //! of {no cache, prefix cache, dual cache} x {fixed steps, threshold 0.9 / 0.7 / 0.5, factor}, the
 //! forward passes, token positions computed and wall time per generated token, the quality as
 //! generative perplexity under the baseline, and the agreement with the exact decode (no cache,
-//! one token per step). Prints a Markdown table.
+//! one token per step). Prints a Markdown table. Each prompt is decoded alone (both models), or
+//! all together in one ragged batch with `--batch`.
 //!
 //! ```text
 //! cargo run --release --example fast_decoding -- --mdm runs/kjv-mdm/model --arm runs/kjv-arm/model \
@@ -18,7 +19,7 @@ use mdm::data::Tokenizer;
 use mdm::eval::likelihood::causal_nll;
 use mdm::prelude::*;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
+use mdm::samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,6 +47,9 @@ struct Args {
     /// Fast-dLLM's factor for the factor rule.
     #[arg(long, default_value_t = 1.0)]
     factor: f64,
+    /// Decode all prompts in one batch (both models) instead of one at a time.
+    #[arg(long)]
+    batch: bool,
 }
 
 const DEFAULT_PROMPTS: [&str; 8] = [
@@ -93,6 +97,15 @@ fn gen_ppl(
     Ok((r.exp(), (var / k).sqrt() / mean_n))
 }
 
+/// All prompts as one batch, or one batch per prompt.
+fn groups(prompts: &[Vec<usize>], batch: bool) -> Vec<&[Vec<usize>]> {
+    if batch {
+        vec![prompts]
+    } else {
+        prompts.chunks(1).collect()
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
@@ -121,8 +134,9 @@ fn main() -> Result<()> {
     let (gen, block) = (args.gen_length, args.block_length);
     let steps = args.steps.unwrap_or(gen);
     println!(
-        "{} prompts x {gen} tokens, blocks of {block}, fixed schedule {steps} steps; {}",
+        "{} prompts x {gen} tokens ({}), blocks of {block}, fixed schedule {steps} steps; {}",
         prompts.len(),
+        if args.batch { "one batch" } else { "one at a time" },
         backend::NAME
     );
     println!("| decoding | forward passes | token positions computed | ms per generated token | generative perplexity under the baseline | tokens equal to the exact decode |");
@@ -180,11 +194,13 @@ fn main() -> Result<()> {
             };
             let (mut passes, mut positions, mut samples) = (0, 0, Vec::new());
             let t = Instant::now();
-            for p in &prompts {
-                let out = decode_blocks(&mdm, p, config)?;
+            for group in groups(&prompts, args.batch) {
+                let out = decode_blocks_batch(&mdm, group, config, |_| {})?;
                 passes += out.forward_passes;
                 positions += out.positions;
-                samples.push(out.tokens[p.len()..].to_vec());
+                for (row, p) in out.rows.iter().zip(group) {
+                    samples.push(row[p.len()..].to_vec());
+                }
             }
             let seconds = t.elapsed().as_secs_f64();
             report(Row {
@@ -202,7 +218,10 @@ fn main() -> Result<()> {
         max_new_tokens: gen,
         ..AutoregressiveConfig::default()
     };
-    let arm_samples = generate_autoregressive(&arm, &prompts, &config)?;
+    let mut arm_samples = Vec::new();
+    for group in groups(&prompts, args.batch) {
+        arm_samples.extend(generate_autoregressive(&arm, group, &config)?);
+    }
     let seconds = t.elapsed().as_secs_f64();
     report(Row {
         label: "baseline, KV cache, greedy".into(),

@@ -1,20 +1,56 @@
 #!/usr/bin/env bash
-# One prepared command for a machine with an NVIDIA GPU: the SMDM parity tests and the model
-# benchmarks under `--features cuda`, then under `--features wgpu`, printing the figures.
-#   bash scripts/gpu-check.sh            # cuda then wgpu
+# One prepared command for a machine with an NVIDIA GPU: for cuda, then wgpu, the backend suites CI
+# runs on lavapipe (SMDM, sampler, LLaDA + Fast-dLLM, estimator and training parity; every
+# remasking rule, CFG, block caches in ragged batches, training with resume), then the model,
+# sampler and training benchmarks; one summary table at the end (also in $OUT/summary.md).
+#   bash scripts/gpu-check.sh              # cuda then wgpu
 #   BACKENDS=cuda bash scripts/gpu-check.sh
+# Needs only what a fresh GPU machine has besides crates: the NVIDIA driver (cuda loads the
+# driver and NVRTC at run time), a Vulkan loader for wgpu. Builds first, then runs: the runs take
+# a few minutes per backend; the builds about 10 minutes each on 16 cores.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+out=${OUT:-target/gpu-check}
+mkdir -p "$out"
+summary="$out/summary.md"
+suites=(--test parity --test parity_sampler --test parity_llada --test parity_eval --test parity_train --test backend)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+{
+  echo "| backend | step | result | seconds | figures |"
+  echo "|---|---|---|---|---|"
+} > "$summary"
 status=0
+
+# run LABEL CMD...: the command's output goes to $out/$backend-LABEL.log, its row to the summary
+run() {
+  local label=$1
+  shift
+  local log="$out/$backend-$label.log" t0=$SECONDS result=ok
+  echo "==== $backend: $label"
+  if ! "$@" > "$log" 2>&1; then
+    result=FAILED
+    status=1
+  fi
+  # the test counts, or the benchmarks' medians (criterion's middle estimate)
+  local figures
+  figures=$(grep -E "^test result" "$log" | awk '{p+=$4; f+=$6} END {if (NR) printf "%d passed, %d failed", p, f}')
+  if [ -z "$figures" ]; then
+    figures=$(awk '/^[A-Za-z]/ && !/^(Benchmarking|Found|Warning|test|running|Running|Compiling|Finished|Gnuplot)/ {name=$1}
+      /time:/ {for (i = 1; i <= NF; i++) if ($i == "time:") {if (i > 1) name = $1; printf "%s %s %s; ", name, $(i+3), $(i+4)}}' "$log")
+  fi
+  echo "| $backend | $label | $result | $((SECONDS - t0)) | ${figures:-see $log} |" >> "$summary"
+  tail -n 5 "$log"
+}
+
 for backend in ${BACKENDS:-cuda wgpu}; do
-  echo "==== $backend: parity tests"
-  cargo test --release --features "$backend" --test parity --test parity_sampler -- --nocapture 2>&1 \
-    | grep -E "diff|loss|test result|panicked|error" || status=1
-  echo "==== $backend: benchmarks (Diff_LLaMA_6M)"
-  for bench in model sampler; do
-    cargo bench --features "$backend" --bench "$bench" -- --noplot "$backend" 2>&1 \
-      | grep -E "^(forward|train|sample)|time:" || status=1
-  done
+  features=(--no-default-features --features "$backend")
+  run build cargo test --release "${features[@]}" "${suites[@]}" --no-run
+  run suites cargo test --release "${features[@]}" "${suites[@]}"
+  run bench-model cargo bench "${features[@]}" --bench model -- --noplot
+  run bench-sampler cargo bench "${features[@]}" --bench sampler -- --noplot \
+    "mdm_steps_64|mdm_steps_16|arm_kv_cache|block_32|forward_at_256"
+  run bench-train cargo bench "${features[@]}" --bench train -- --noplot
 done
+echo
+cat "$summary"
 exit $status

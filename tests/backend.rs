@@ -1,0 +1,187 @@
+//! The library's paths on the backend the features select (flex by default; `.ci/run` also runs
+//! this file on wgpu, through Mesa's lavapipe): generation with every remasking rule, with
+//! temperature and with CFG; Fast-dLLM's block decoding with both caches in ragged batches; a few
+//! training steps of the MDM and of the baseline, resumed exactly. The fixture suites (`parity*`)
+//! cover the network, losses, samplers, estimators and LLaDA on the same backend.
+
+use std::path::Path;
+
+use mdm::backend::{self, Default as B, Training};
+use mdm::data::shards::ShardWriter;
+use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
+use mdm::samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
+use mdm::samplers::remasking::NamedRule;
+use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig, TrainModel};
+
+const VOCAB: usize = 40;
+
+fn config() -> ModelConfig {
+    ModelConfig::custom(VOCAB, 2, 4, 32, 64, 48).with_query_groups(2)
+}
+
+fn prompts() -> Vec<Vec<usize>> {
+    vec![vec![3, 4, 5], vec![7, 1, 2, 9, 9, 8, 6], vec![12]]
+}
+
+#[test]
+fn every_rule_temperature_and_cfg_generate_reproducibly() {
+    let model = config().init_masked::<B>(3, &backend::device()).unwrap();
+    let prompts = prompts();
+    let width = config().padded_vocab_size();
+    let rules = [
+        NamedRule::LowConfidence,
+        NamedRule::Margin,
+        NamedRule::Entropy,
+        NamedRule::Random,
+        NamedRule::Ancestral,
+    ];
+    for rule in rules {
+        for (temperature, cfg, blocks) in [(0.0, None, None), (0.8, Some(1.5), Some(4))] {
+            let mut gc = GenerationConfig::default()
+                .with_gen_length(8)
+                .with_steps(4)
+                .with_temperature(temperature)
+                .with_seed(9);
+            gc.cfg_scale = cfg;
+            gc.block_length = blocks;
+            let sampler = MaskedDiffusionSampler::new(&model, gc).with_named_rule(rule);
+            let a = sampler.generate(&prompts, |_| {}).unwrap();
+            let b = sampler.generate(&prompts, |_| {}).unwrap();
+            assert_eq!(a, b, "{rule:?} T {temperature}: the seed fixes the tokens");
+            for row in &a {
+                assert_eq!(row.len(), 8, "{rule:?}");
+                assert!(row.iter().all(|&t| t < width), "{rule:?}: {row:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn block_caches_decode_ragged_rows_as_each_row_alone() {
+    let model = config().init_masked::<B>(11, &backend::device()).unwrap();
+    let prompts = prompts();
+    for cache in [CacheMode::None, CacheMode::Prefix, CacheMode::Dual] {
+        for (parallel, cfg_scale) in [
+            (Parallel::Scheduled, None),
+            (Parallel::Threshold(0.04), Some(1.0)),
+        ] {
+            let config = BlockDecoding {
+                gen_length: 16,
+                block_length: 8,
+                steps: 8,
+                cache,
+                parallel,
+                cfg_scale,
+                ..BlockDecoding::default()
+            };
+            let batch = decode_blocks_batch(&model, &prompts, config, |_| {}).unwrap();
+            for (r, p) in prompts.iter().enumerate() {
+                let alone = decode_blocks_batch(&model, &[p.clone()], config, |_| {}).unwrap();
+                assert_eq!(batch.rows[r], alone.rows[0], "row {r}, {cache:?}, {parallel:?}");
+            }
+        }
+    }
+}
+
+/// A learnable stream in shards: counting modulo 12 with a seeded token every 17th position.
+fn shards(dir: &Path) -> DataSpec {
+    let stream: Vec<u32> = (0..3000u32)
+        .map(|i| {
+            if i % 17 == 0 {
+                (i * 7) % 37 + 1
+            } else {
+                (i % 12) + 1
+            }
+        })
+        .collect();
+    let mut train = ShardWriter::new(dir, "train", 512, VOCAB, 0).unwrap();
+    train.add_document(&stream[..2500]).unwrap();
+    let mut valid = ShardWriter::new(dir, "valid", 512, VOCAB, 0).unwrap();
+    valid.add_document(&stream[2500..]).unwrap();
+    DataSpec::Shards {
+        train: train.finish().unwrap(),
+        valid: valid.finish().unwrap(),
+    }
+}
+
+fn weights(dir: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = tensors.names();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            tensors
+                .tensor(n)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = shards(data_dir.path());
+    let cfg = TrainConfig {
+        objective,
+        seq_len: 16,
+        micro_batch: 4,
+        grad_accum: 2,
+        steps: Some(5),
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 2,
+        eval_every: 0,
+        eval_blocks: 4,
+        eval_mc: 2,
+        save_every: 2,
+        keep_last: 2,
+        seed: 5,
+        ..Default::default()
+    };
+    let run = |out: &Path, options: RunOptions| {
+        train::<Training, M>(&config(), &cfg, data.clone(), out, &options, &backend::device())
+            .unwrap()
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let a = run(straight.path(), RunOptions::default());
+    let split = tempfile::tempdir().unwrap();
+    run(
+        split.path(),
+        RunOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    );
+    let b = run(
+        split.path(),
+        RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!((a.steps, a.tokens), (b.steps, b.tokens));
+    let (wa, wb) = (
+        weights(&straight.path().join("model")),
+        weights(&split.path().join("model")),
+    );
+    let diff = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    // the same tolerance as the CPU trainer test: threaded reductions may reorder sums
+    assert!(diff < 1e-6, "{objective:?}: resumed weights differ by {diff:e}");
+    assert!(a.validation.is_some_and(|v| v.nats.is_finite()));
+}
+
+#[test]
+fn training_steps_resume_exactly() {
+    resumes_exactly::<MaskedTransformer<Training>>(Objective::Mdm);
+    resumes_exactly::<CausalTransformer<Training>>(Objective::Arm);
+}
