@@ -136,7 +136,11 @@ fn main() -> Result<()> {
     println!(
         "{} prompts x {gen} tokens ({}), blocks of {block}, fixed schedule {steps} steps; {}",
         prompts.len(),
-        if args.batch { "one batch" } else { "one at a time" },
+        if args.batch {
+            "one batch"
+        } else {
+            "one at a time"
+        },
         backend::NAME
     );
     println!("| decoding | forward passes | token positions computed | ms per generated token | generative perplexity under the baseline | tokens equal to the exact decode |");

@@ -78,7 +78,10 @@ fn block_caches_decode_ragged_rows_as_each_row_alone() {
             let batch = decode_blocks_batch(&model, &prompts, config, |_| {}).unwrap();
             for (r, p) in prompts.iter().enumerate() {
                 let alone = decode_blocks_batch(&model, &[p.clone()], config, |_| {}).unwrap();
-                assert_eq!(batch.rows[r], alone.rows[0], "row {r}, {cache:?}, {parallel:?}");
+                assert_eq!(
+                    batch.rows[r], alone.rows[0],
+                    "row {r}, {cache:?}, {parallel:?}"
+                );
             }
         }
     }
@@ -145,8 +148,15 @@ fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
         ..Default::default()
     };
     let run = |out: &Path, options: RunOptions| {
-        train::<Training, M>(&config(), &cfg, data.clone(), out, &options, &backend::device())
-            .unwrap()
+        train::<Training, M>(
+            &config(),
+            &cfg,
+            data.clone(),
+            out,
+            &options,
+            &backend::device(),
+        )
+        .unwrap()
     };
     let straight = tempfile::tempdir().unwrap();
     let a = run(straight.path(), RunOptions::default());
@@ -176,7 +186,10 @@ fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
     // the same tolerance as the CPU trainer test: threaded reductions may reorder sums
-    assert!(diff < 1e-6, "{objective:?}: resumed weights differ by {diff:e}");
+    assert!(
+        diff < 1e-6,
+        "{objective:?}: resumed weights differ by {diff:e}"
+    );
     assert!(a.validation.is_some_and(|v| v.nats.is_finite()));
 }
 

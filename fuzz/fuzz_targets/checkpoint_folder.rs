@@ -1,21 +1,17 @@
-//! One of our checkpoint folders: `config.json` and `model.safetensors` from the input.
+//! One of our checkpoint folders: `config.json` then `model.safetensors` (see `parts`).
 #![no_main]
-use arbitrary::Arbitrary;
 use burn::backend::Flex;
 use libfuzzer_sys::fuzz_target;
-use mdm_fuzz::{file, scratch};
+use mdm_fuzz::{file, parts, scratch};
 use mdm_models::{checkpoint::read_meta, CausalTransformer, MaskedTransformer};
 
-#[derive(Arbitrary, Debug)]
-struct Folder {
-    config: String,
-    weights: Vec<u8>,
-}
-
-fuzz_target!(|input: Folder| {
-    file("config.json", input.config.as_bytes());
-    file("model.safetensors", &input.weights);
+fuzz_target!(|data: &[u8]| {
+    let parts = parts(data);
     let dir = scratch();
+    file(dir, "config.json", parts[0]);
+    if let Some(weights) = parts.get(1) {
+        file(dir, "model.safetensors", weights);
+    }
     let _ = read_meta(dir);
     let _ = MaskedTransformer::<Flex>::load(dir, &Default::default());
     let _ = CausalTransformer::<Flex>::load(dir, &Default::default());

@@ -1,39 +1,28 @@
-//! A Hugging Face folder: `config.json`, one or two safetensors shards, and an optional
-//! `model.safetensors.index.json`, opened, checked and loaded as LLaDA.
+//! A Hugging Face folder: `config.json`, `model.safetensors.index.json` (an empty part: none), then
+//! the shards (`model-0000k-of-0000n.safetensors`, or `model.safetensors` without an index),
+//! opened, checked and loaded as LLaDA.
 #![no_main]
-use arbitrary::Arbitrary;
 use burn::backend::Flex;
 use libfuzzer_sys::fuzz_target;
-use mdm_fuzz::{file, remove, scratch};
+use mdm_fuzz::{file, parts, scratch};
 use mdm_models::MaskedTransformer;
 
-#[derive(Arbitrary, Debug)]
-struct Folder {
-    config: String,
-    index: Option<String>,
-    first: Vec<u8>,
-    second: Option<Vec<u8>>,
-}
-
-fuzz_target!(|input: Folder| {
-    file("config.json", input.config.as_bytes());
-    match &input.index {
-        Some(index) => {
-            remove("model.safetensors");
-            file("model.safetensors.index.json", index.as_bytes());
-            file("model-00001-of-00002.safetensors", &input.first);
-            match &input.second {
-                Some(second) => file("model-00002-of-00002.safetensors", second),
-                None => {
-                    remove("model-00002-of-00002.safetensors");
-                    scratch().to_path_buf()
-                }
-            };
+fuzz_target!(|data: &[u8]| {
+    let parts = parts(data);
+    let dir = scratch();
+    file(dir, "config.json", parts[0]);
+    let index = parts.get(1).copied().unwrap_or_default();
+    let shards = parts.get(2..).unwrap_or_default();
+    if index.is_empty() {
+        if let Some(first) = shards.first() {
+            file(dir, "model.safetensors", first);
         }
-        None => {
-            remove("model.safetensors.index.json");
-            file("model.safetensors", &input.first);
+    } else {
+        file(dir, "model.safetensors.index.json", index);
+        for (k, shard) in shards.iter().enumerate() {
+            let name = format!("model-{:05}-of-{:05}.safetensors", k + 1, shards.len());
+            file(dir, &name, shard);
         }
     }
-    let _ = MaskedTransformer::<Flex>::load_hf(scratch(), &Default::default());
+    let _ = MaskedTransformer::<Flex>::load_hf(dir, &Default::default());
 });

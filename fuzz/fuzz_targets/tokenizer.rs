@@ -2,10 +2,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use mdm_data::Tokenizer;
-use mdm_fuzz::file;
+use mdm_fuzz::{file, scratch};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(tok) = Tokenizer::from_file(file("tokenizer.json", data)) {
+    if let Ok(tok) = Tokenizer::from_file(file(scratch(), "tokenizer.json", data)) {
         if let Ok(ids) = tok.encode("In the beginning", false) {
             let _ = tok.decode(&ids);
         }

@@ -339,8 +339,12 @@ impl Shard {
         let dtype = TokenDtype::from_code(map[15])
             .ok_or_else(|| err(15, format!("unknown dtype code {}", map[15])))?;
         let chunk_size = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes"));
-        let expected = HEADER_LEN as u64 + chunk_size * dtype.size() as u64;
-        if map.len() as u64 != expected {
+        // a header may promise any count: checked arithmetic (found by fuzz/shard_loader)
+        let expected = chunk_size
+            .checked_mul(dtype.size() as u64)
+            .and_then(|n| n.checked_add(HEADER_LEN as u64));
+        if Some(map.len() as u64) != expected {
+            let expected = expected.map_or_else(|| "more than 2^64".to_string(), |e| e.to_string());
             return Err(err(
                 map.len() as u64,
                 format!(
@@ -737,6 +741,26 @@ impl BlockLoader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_header_promising_an_overflowing_count_is_an_error() {
+        // found by fuzz/shard_loader: 2^64 / 2 tokens of u16 overflowed the size check
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_0.bin");
+        let mut bytes = b"LITPKDS".to_vec();
+        bytes.extend(1u64.to_le_bytes());
+        bytes.push(8);
+        // for 2-byte tokens, 2 x (2^63 + 4) wraps to the 8 bytes that follow: without checked
+        // arithmetic that shard would open and promise 2^63 tokens
+        bytes.extend(((1u64 << 63) + 4).to_le_bytes());
+        bytes.extend([0u8; 8]);
+        std::fs::write(&path, &bytes).unwrap();
+        for code in 1..=9 {
+            bytes[15] = code;
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(Shard::open(&path).is_err());
+        }
+    }
+
     use super::*;
 
     fn write(dir: &Path, docs: &[&[u32]], chunk: usize) -> Vec<PathBuf> {
