@@ -77,7 +77,8 @@ fn block_caches_decode_ragged_rows_as_each_row_alone() {
             };
             let batch = decode_blocks_batch(&model, &prompts, config, |_| {}).unwrap();
             for (r, p) in prompts.iter().enumerate() {
-                let alone = decode_blocks_batch(&model, &[p.clone()], config, |_| {}).unwrap();
+                let alone =
+                    decode_blocks_batch(&model, std::slice::from_ref(p), config, |_| {}).unwrap();
                 assert_eq!(
                     batch.rows[r], alone.rows[0],
                     "row {r}, {cache:?}, {parallel:?}"
