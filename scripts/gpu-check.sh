@@ -6,8 +6,8 @@
 #   bash scripts/gpu-check.sh              # cuda then wgpu
 #   BACKENDS=cuda bash scripts/gpu-check.sh
 # Needs only what a fresh GPU machine has besides crates: the NVIDIA driver (cuda loads the
-# driver and NVRTC at run time), a Vulkan loader for wgpu. Builds first, then runs: the runs take
-# a few minutes per backend; the builds about 10 minutes each on 16 cores.
+# driver and NVRTC at run time), a Vulkan loader for wgpu. Each backend builds first (its own
+# summary row), then runs; not yet run on a GPU, so no timing is known.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-target/gpu-check}

@@ -115,13 +115,22 @@ impl<B: Backend> MaskedTransformer<B> {
     ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
         let [batch, seq_len] = ids.dims();
         let lengths = match lengths {
-            Some(l) if l.len() != batch || l.iter().any(|&n| n > seq_len) => {
+            Some(l) if l.len() != batch => {
                 return Err(ModelError::CacheBatch {
                     cached: l.len(),
                     input: batch,
                 })
             }
-            Some(l) => l.to_vec(),
+            Some(l) => {
+                if let Some(&len) = l.iter().find(|&&n| n > seq_len) {
+                    return Err(ModelError::SequenceTooLong {
+                        start: 0,
+                        len,
+                        block_size: seq_len,
+                    });
+                }
+                l.to_vec()
+            }
             None => vec![seq_len; batch],
         };
         let bias = padding_bias(&lengths, seq_len, 0, &ids.device());

@@ -28,7 +28,7 @@
 //! finished blocks hold EOS is complete: its remaining positions are EOS, as LLaDA pads answers,
 //! and it leaves the batch at the next block).
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_core::cfg::cfg_combine_host;
 use mdm_core::gumbel::check_temperature;
 use mdm_core::{rng_from_seed, MdmRng};
@@ -38,7 +38,7 @@ use crate::draw::draw_proposals;
 use crate::generate::{StepControl, StepCost, StepEvent};
 use crate::host::read_back;
 use crate::proposal::{Confidence, Proposal, Slot};
-use crate::step::check_prompts;
+use crate::step::{check_prompts, masked_rows, padding_mask};
 use crate::SamplerError;
 
 /// Which key/value cache the block decoder keeps between the steps of a block.
@@ -240,7 +240,6 @@ struct BlockBatch {
 struct Decoder<'a, B: Backend, M: MaskPredictor<B>> {
     model: &'a M,
     config: BlockDecoding,
-    prompt_lens: Vec<usize>,
     x: Vec<Vec<usize>>,
     mask_id: usize,
     vocab: usize,
@@ -251,7 +250,16 @@ struct Decoder<'a, B: Backend, M: MaskPredictor<B>> {
 }
 
 impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
-    /// `[batch.rows (x2 with CFG), width]` ids of columns `from(row)..from(row) + n` of each row
+    /// Batch rows per row of `x`: 2 with CFG (the prompt-masked twin), 1 otherwise.
+    fn halves(&self) -> usize {
+        if self.config.cfg_scale.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// `[batch.rows (x2 with CFG), n]` ids of columns `from(row)..from(row) + n` of each row
     /// (padding with the mask id); CFG's twins have their prompt masked.
     fn ids(
         &self,
@@ -259,18 +267,15 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         from: impl Fn(usize) -> usize,
         n: usize,
     ) -> Tensor<B, 2, Int> {
-        let halves = if self.config.cfg_scale.is_some() {
-            2
-        } else {
-            1
-        };
+        let halves = self.halves();
         let mut ids = Vec::with_capacity(batch.rows.len() * halves * n);
         for half in 0..halves {
             for (i, &r) in batch.rows.iter().enumerate() {
+                let prompt_len = self.x[r].len() - self.config.gen_length;
                 let first = from(i);
                 for col in first..first + n {
                     let t = match self.x[r].get(col) {
-                        Some(_) if half == 1 && col < self.prompt_lens[r] => self.mask_id,
+                        Some(_) if half == 1 && col < prompt_len => self.mask_id,
                         Some(&t) => t,
                         None => self.mask_id,
                     };
@@ -282,32 +287,33 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         Tensor::from_data(TensorData::new(ids, [rows, n]), &self.device)
     }
 
-    /// Host logits `[slots, V]` of the slots (`(batch row, column)`, conditional half) from pass
-    /// logits whose batch row `i` covers columns `offset[i]..`, CFG applied.
-    fn slot_logits(
+    /// Flat row indices of the slots (`(batch row, column)`) into pass logits of `rows` rows per
+    /// half whose batch row `i` covers `per_row` columns from `offset[i]`: the conditional half,
+    /// then with CFG the twins'.
+    fn slot_index(
         &self,
-        logits: Tensor<B, 2>,
-        per_row: usize,
         slots: &[(usize, usize)],
+        per_row: usize,
         offset: &[usize],
-    ) -> Result<Vec<f32>, SamplerError> {
+    ) -> Tensor<B, 1, Int> {
         let rows = offset.len();
-        let flat = |half: usize| -> Vec<i64> {
-            slots
-                .iter()
-                .map(|&(i, col)| ((half * rows + i) * per_row + col - offset[i]) as i64)
-                .collect()
-        };
-        let mut index = flat(0);
-        if self.config.cfg_scale.is_some() {
-            index.extend(flat(1));
-        }
+        let index: Vec<i64> = (0..self.halves())
+            .flat_map(|half| {
+                slots
+                    .iter()
+                    .map(move |&(i, col)| ((half * rows + i) * per_row + col - offset[i]) as i64)
+            })
+            .collect();
         let n = index.len();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &self.device);
-        let host: Vec<f32> = read_back(logits.select(0, index).into_data(), "block logits")?;
+        Tensor::from_data(TensorData::new(index, [n]), &self.device)
+    }
+
+    /// Host logits `[slots, V]` from the slots' rows (`[slots (x2 with CFG), V]`), CFG applied.
+    fn guided(&self, picked: Tensor<B, 2>, slots: usize) -> Result<Vec<f32>, SamplerError> {
+        let host: Vec<f32> = read_back(picked.into_data(), "block logits")?;
         match self.config.cfg_scale {
             Some(w) => {
-                let (cond, uncond) = host.split_at(slots.len() * self.vocab);
+                let (cond, uncond) = host.split_at(slots * self.vocab);
                 Ok(cfg_combine_host(cond, uncond, w)?)
             }
             None => Ok(host),
@@ -325,42 +331,20 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         slots: &[(usize, usize)],
     ) -> Result<(Vec<f32>, StepCost), SamplerError> {
         let b = self.config.block_length;
-        let halves = if self.config.cfg_scale.is_some() {
-            2
-        } else {
-            1
-        };
+        let halves = self.halves();
         let rows = batch.rows.len();
-        let ragged = batch.lengths.iter().any(|&l| l != batch.width);
         let lengths: Vec<usize> = (0..halves).flat_map(|_| batch.lengths.clone()).collect();
         let starts: Vec<usize> = (0..halves).flat_map(|_| batch.starts.clone()).collect();
         let (logits, per_row, offset) = match pass {
             Pass::Full => {
                 let ids = self.ids(batch, |_| 0, batch.width);
+                let ragged = batch.lengths.iter().any(|&l| l != batch.width);
                 let padding =
                     ragged.then(|| padding_mask::<B>(&lengths, batch.width, &self.device));
-                let mut index: Vec<i64> = Vec::with_capacity(slots.len() * halves);
-                for half in 0..halves {
-                    index.extend(
-                        slots
-                            .iter()
-                            .map(|&(i, col)| ((half * rows + i) * batch.width + col) as i64),
-                    );
-                }
-                let n = index.len();
-                let index =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &self.device);
-                let logits = self.model.logits_at(ids, padding, index)?;
-                let host: Vec<f32> = read_back(logits.into_data(), "block logits")?;
-                let host = match self.config.cfg_scale {
-                    Some(w) => {
-                        let (cond, uncond) = host.split_at(slots.len() * self.vocab);
-                        cfg_combine_host(cond, uncond, w)?
-                    }
-                    None => host,
-                };
+                let index = self.slot_index(slots, batch.width, &vec![0; rows]);
+                let picked = self.model.logits_at(ids, padding, index)?;
                 let cost = self.count_cost(rows * halves, batch.width);
-                return Ok((host, cost));
+                return Ok((self.guided(picked, slots.len())?, cost));
             }
             Pass::Caching => {
                 let ids = self.ids(batch, |_| 0, batch.width);
@@ -387,8 +371,9 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         };
         let [r, n, v] = logits.dims();
         let cost = self.count_cost(r, n);
-        let host = self.slot_logits(logits.reshape([r * n, v]), per_row, slots, &offset)?;
-        Ok((host, cost))
+        let index = self.slot_index(slots, per_row, &offset);
+        let picked = logits.reshape([r * n, v]).select(0, index);
+        Ok((self.guided(picked, slots.len())?, cost))
     }
 
     fn count_cost(&mut self, rows: usize, width: usize) -> StepCost {
@@ -533,7 +518,7 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 let end = k + slots[k..].iter().take_while(|s| s.0 == i).count();
                 let row = &proposals[k..end];
                 let confidence: Vec<f64> = row.iter().map(|p| p.confidence).collect();
-                if !row.is_empty() && (count > 0 || self.config.parallel != Parallel::Scheduled) {
+                if !row.is_empty() {
                     for j in select_slots(&confidence, count, self.config.parallel) {
                         self.x[row[j].slot.row][row[j].slot.pos] = row[j].token;
                         revealed.push(row[j]);
@@ -572,19 +557,6 @@ fn missing_cache() -> SamplerError {
     SamplerError::Config {
         reason: "a cached pass ran before its block's full pass".into(),
     }
-}
-
-/// `[rows, width]`: true past each row's length.
-fn padding_mask<B: Backend>(
-    lengths: &[usize],
-    width: usize,
-    device: &B::Device,
-) -> Tensor<B, 2, Bool> {
-    let mask: Vec<bool> = lengths
-        .iter()
-        .flat_map(|&l| (0..width).map(move |c| c >= l))
-        .collect();
-    Tensor::from_data(TensorData::new(mask, [lengths.len(), width]), device)
 }
 
 /// The checks of a configuration against a model.
@@ -662,18 +634,10 @@ pub fn decode_blocks_batch<B: Backend, M: MaskPredictor<B>, C: Into<StepControl>
     let (mask_id, vocab) = (model.mask_id(), model.vocab_size());
     let blocks = check_config(&config, vocab)?;
     check_prompts(prompts, vocab, config.gen_length, model.max_positions())?;
-    let x = prompts
-        .iter()
-        .map(|p| {
-            let mut row = p.clone();
-            row.resize(p.len() + config.gen_length, mask_id);
-            row
-        })
-        .collect();
+    let x = masked_rows(prompts, config.gen_length, mask_id);
     let mut decoder = Decoder {
         model,
         config,
-        prompt_lens: prompts.iter().map(Vec::len).collect(),
         x,
         mask_id,
         vocab,

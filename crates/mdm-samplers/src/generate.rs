@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_core::cfg::{cfg_combine, cfg_combine_host};
 use mdm_core::rng_from_seed;
 use mdm_models::{MaskPredictor, MaskedTransformer};
@@ -14,7 +14,9 @@ use crate::host::{device_error, host_f32, with_host_f32};
 use crate::proposal::{Confidence, Proposal, Slot};
 use crate::remasking::{LowConfidence, NamedRule, Remasking};
 use crate::schedule::{timesteps, DEFAULT_EPS};
-use crate::step::{check_prompts, reveal, Counting, SamplerError};
+use crate::step::{
+    check_prompts, generated_part, masked_rows, padding_mask, reveal, Counting, SamplerError,
+};
 
 /// Options of a generation (builder methods below; `Default` is greedy low-confidence decoding of
 /// 64 tokens in 64 steps, one block, no guidance).
@@ -346,14 +348,7 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         let (mask_id, vocab) = (self.model.mask_id(), self.model.vocab_size());
         check_prompts(prompts, vocab, cfg.gen_length, self.model.max_positions())?;
         let batch = prompts.len();
-        let mut x: Vec<Vec<usize>> = prompts
-            .iter()
-            .map(|p| {
-                let mut row = p.clone();
-                row.resize(p.len() + cfg.gen_length, mask_id);
-                row
-            })
-            .collect();
+        let mut x = masked_rows(prompts, cfg.gen_length, mask_id);
         let max_len = x.iter().map(Vec::len).max().unwrap_or(0);
         let grid = timesteps(steps_per_block, DEFAULT_EPS);
         let mut rng = rng_from_seed(cfg.seed);
@@ -410,16 +405,9 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
                 }
             }
         }
-        Ok(x.into_iter()
+        Ok(x.iter()
             .zip(prompts)
-            .map(|(row, p)| {
-                let gen = &row[p.len()..];
-                let end = gen
-                    .iter()
-                    .position(|&t| (stopped && t == mask_id) || Some(t) == cfg.eos_id)
-                    .unwrap_or(gen.len());
-                gen[..end].to_vec()
-            })
+            .map(|(row, p)| generated_part(row, p.len(), mask_id, cfg.eos_id, stopped))
             .collect())
     }
 
@@ -445,16 +433,9 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         let mask_id = self.model.mask_id();
         Ok(out
             .rows
-            .into_iter()
+            .iter()
             .zip(prompts)
-            .map(|(row, p)| {
-                let gen = &row[p.len()..];
-                let end = gen
-                    .iter()
-                    .position(|&t| (out.stopped && t == mask_id) || Some(t) == cfg.eos_id)
-                    .unwrap_or(gen.len());
-                gen[..end].to_vec()
-            })
+            .map(|(row, p)| generated_part(row, p.len(), mask_id, cfg.eos_id, out.stopped))
             .collect())
     }
 
@@ -688,14 +669,8 @@ impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             rows.extend(&active);
         }
         // padding: positions past each row's own length are hidden from attention
-        let padding: Vec<bool> = rows
-            .iter()
-            .flat_map(|&r| (0..max_len).map(move |l| l >= x[r].len()))
-            .collect();
-        let padding = Tensor::<B, 2, Bool>::from_bool(
-            TensorData::new(padding, [rows.len(), max_len]),
-            &device,
-        );
+        let lengths: Vec<usize> = rows.iter().map(|&r| x[r].len()).collect();
+        let padding = padding_mask::<B>(&lengths, max_len, &device);
         let n = index.len();
         let ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), max_len]), &device);

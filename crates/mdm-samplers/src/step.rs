@@ -49,6 +49,55 @@ pub enum SamplerError {
 }
 
 /// Checks every prompt: ids inside `0..vocab`, and `prompt + new_tokens` within `max_len` positions.
+/// Each prompt followed by `new_tokens` mask ids (the canvas a generation starts from).
+pub(crate) fn masked_rows(
+    prompts: &[Vec<usize>],
+    new_tokens: usize,
+    mask_id: usize,
+) -> Vec<Vec<usize>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let mut row = p.clone();
+            row.resize(p.len() + new_tokens, mask_id);
+            row
+        })
+        .collect()
+}
+
+/// A row's generated tokens after its prompt of `prompt_len`, cut at the first EOS and, after a
+/// stopped run, at the first position still masked (the text that is final).
+pub(crate) fn generated_part(
+    row: &[usize],
+    prompt_len: usize,
+    mask_id: usize,
+    eos_id: Option<usize>,
+    stopped: bool,
+) -> Vec<usize> {
+    let gen = &row[prompt_len..];
+    let end = gen
+        .iter()
+        .position(|&t| (stopped && t == mask_id) || Some(t) == eos_id)
+        .unwrap_or(gen.len());
+    gen[..end].to_vec()
+}
+
+/// `[rows, width]`: true past each row's length (the padding of right-padded ragged rows).
+pub(crate) fn padding_mask<B: burn::tensor::backend::Backend>(
+    lengths: &[usize],
+    width: usize,
+    device: &B::Device,
+) -> burn::tensor::Tensor<B, 2, burn::tensor::Bool> {
+    let mask: Vec<bool> = lengths
+        .iter()
+        .flat_map(|&l| (0..width).map(move |c| c >= l))
+        .collect();
+    burn::tensor::Tensor::from_bool(
+        burn::tensor::TensorData::new(mask, [lengths.len(), width]),
+        device,
+    )
+}
+
 pub(crate) fn check_prompts(
     prompts: &[Vec<usize>],
     vocab: usize,
