@@ -183,14 +183,10 @@ fn save_net<B: Backend>(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata = Some(
-        [
-            ("format".to_string(), FORMAT.to_string()),
-            ("kind".to_string(), format!("{kind:?}").to_lowercase()),
-        ]
-        .into_iter()
-        .collect(),
-    );
+    // one key only: safetensors takes the metadata as a HashMap, whose order differs from one
+    // process to the next, and the same weights must give the same bytes (the kind is in
+    // config.json)
+    let metadata = Some([("format".to_string(), FORMAT.to_string())].into());
     let serialized = safetensors::serialize(views, &metadata).map_err(|e| ModelError::Format {
         file: weights.clone(),
         reason: e.to_string(),

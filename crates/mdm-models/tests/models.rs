@@ -139,6 +139,14 @@ fn checkpoint_round_trip_and_atomic_files() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    // the same weights give the same bytes, save after save (hash-map order must not leak in)
+    let first = std::fs::read(dir.path().join("ckpt/model.safetensors")).unwrap();
+    for i in 0..8 {
+        let again = dir.path().join(format!("again{i}"));
+        model.save(&again).unwrap();
+        let bytes = std::fs::read(again.join("model.safetensors")).unwrap();
+        assert!(bytes == first, "save {i} wrote other bytes");
+    }
     let loaded = MaskedTransformer::<B>::load(dir.path().join("ckpt"), &device).unwrap();
     assert_eq!(loaded.config(), model.config());
     let x = ids(&[vec![1, 2, 100, 4, 100]]);

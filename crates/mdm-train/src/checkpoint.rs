@@ -130,21 +130,39 @@ pub fn commit_checkpoint(
     fill: impl FnOnce(&Path) -> Result<(), TrainError>,
 ) -> Result<PathBuf, TrainError> {
     let final_dir = step_dir(out, step);
-    let tmp = final_dir.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    fill(&tmp)?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    write_dir_atomic(&final_dir, fill)?;
     let all = list_checkpoints(out)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep_last)) {
         std::fs::remove_dir_all(old).map_err(io(old))?;
     }
     Ok(final_dir)
+}
+
+/// Writes the folder `dir` whole or not at all: `fill` writes into `<dir>.partial`, which then
+/// takes the place of `dir` (an older `dir` is moved to `<dir>.old` first and removed after), so
+/// a process killed at any point leaves either the old folder or the new one complete under one
+/// of those names, never a mixture under `dir`.
+pub fn write_dir_atomic(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let tmp = dir.with_extension("partial");
+    let old = dir.with_extension("old");
+    for stale in [&tmp, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(io(stale))?;
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
 }
 
 /// Reads `trainer.json` of a checkpoint.
@@ -220,5 +238,30 @@ mod tests {
             2,
             "nothing lost"
         );
+    }
+
+    #[test]
+    fn a_folder_is_replaced_whole_or_kept() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("model");
+        let write =
+            |text: &'static str| move |d: &Path| std::fs::write(d.join("w"), text).map_err(io(d));
+        write_dir_atomic(&dir, write("one")).unwrap();
+        write_dir_atomic(&dir, write("two")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("w")).unwrap(), "two");
+        // a failed write keeps the old folder and the next write clears what it left
+        let failed = write_dir_atomic(&dir, |d| {
+            std::fs::write(d.join("w"), "half").map_err(io(d))?;
+            Err(TrainError::Config("disk full".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(dir.join("w")).unwrap(), "two");
+        write_dir_atomic(&dir, write("three")).unwrap();
+        let names: Vec<_> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("model")]);
+        assert_eq!(std::fs::read_to_string(dir.join("w")).unwrap(), "three");
     }
 }

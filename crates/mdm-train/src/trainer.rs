@@ -13,7 +13,8 @@ use mdm_eval::perplexity::PerTokenNll;
 use rand::SeedableRng;
 
 use crate::checkpoint::{
-    latest_checkpoint, read_state, write_atomic, Checkpointer, TrainerState, OPTIMIZER_FILE,
+    latest_checkpoint, read_state, write_atomic, write_dir_atomic, Checkpointer, TrainerState,
+    OPTIMIZER_FILE,
 };
 use crate::config::learning_rate;
 use crate::error::io;
@@ -393,7 +394,7 @@ where
     }
     let model_dir = if state.step == total_steps {
         let dir = out.join("model");
-        model.save(&dir)?;
+        write_dir_atomic(&dir, |tmp| Ok(model.save(tmp)?))?;
         if validator.blocks().is_empty() {
             plot(out, observer, &mut plot_warned);
         }
