@@ -113,6 +113,16 @@ impl<B: Backend> MaskedTransformer<B> {
         ids: Tensor<B, 2, Int>,
         lengths: Option<&[usize]>,
     ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
+        let (hidden, cache) = self.hidden_caching(ids, lengths)?;
+        Ok((self.head(hidden), cache))
+    }
+
+    /// [`Self::forward_caching`] before the head: hidden states `[batch, seq_len, C]`.
+    pub(crate) fn hidden_caching(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
         let [batch, seq_len] = ids.dims();
         let lengths = match lengths {
             Some(l) if l.len() != batch => {
@@ -137,7 +147,7 @@ impl<B: Backend> MaskedTransformer<B> {
         let mut slots = vec![None; self.net.blocks.len()];
         let hidden = self.net.hidden(ids, 0, bias, Caches::Append(&mut slots))?;
         let layers = slots.into_iter().flatten().collect::<Vec<_>>();
-        Ok((self.head(hidden), BlockCache { layers, lengths }))
+        Ok((hidden, BlockCache { layers, lengths }))
     }
 
     /// Logits `[batch, n, V]` of `ids` (`[batch, n]`): row `r` at positions `prefix.lengths()[r]..`
@@ -148,18 +158,35 @@ impl<B: Backend> MaskedTransformer<B> {
         ids: Tensor<B, 2, Int>,
         prefix: &BlockCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
+        Ok(self.head(self.hidden_after_prefix(ids, prefix)?))
+    }
+
+    /// [`Self::forward_after_prefix`] before the head: hidden states `[batch, n, C]`.
+    pub(crate) fn hidden_after_prefix(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        prefix: &BlockCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
         let n = ids.dims()[1];
         let bias = prefix.key_bias(n, &ids.device());
-        let hidden =
-            self.net
-                .hidden_rows(ids, &prefix.lengths, bias, Caches::Read(&prefix.layers))?;
-        Ok(self.head(hidden))
+        self.net
+            .hidden_rows(ids, &prefix.lengths, bias, Caches::Read(&prefix.layers))
     }
 
     /// Logits `[batch, n, V]` of `ids` (`[batch, n]`): row `r` at positions `starts[r]..starts[r] +
     /// n` of the cached sequence, attending to every real cached position of its row; their own
     /// keys/values replace the cached ones there.
     pub fn forward_window(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        starts: &[usize],
+        cache: &mut BlockCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        Ok(self.head(self.hidden_window(ids, starts, cache)?))
+    }
+
+    /// [`Self::forward_window`] before the head: hidden states `[batch, n, C]`.
+    pub(crate) fn hidden_window(
         &self,
         ids: Tensor<B, 2, Int>,
         starts: &[usize],
@@ -178,10 +205,8 @@ impl<B: Backend> MaskedTransformer<B> {
             });
         }
         let bias = cache.key_bias(0, &ids.device());
-        let hidden = self
-            .net
-            .hidden_rows(ids, starts, bias, Caches::Replace(&mut cache.layers))?;
-        Ok(self.head(hidden))
+        self.net
+            .hidden_rows(ids, starts, bias, Caches::Replace(&mut cache.layers))
     }
 }
 

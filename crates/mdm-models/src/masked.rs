@@ -77,10 +77,15 @@ impl<B: Backend> MaskedTransformer<B> {
         bias: Option<Tensor<B, 4>>,
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError> {
-        let [batch, seq_len] = ids.dims();
         let hidden = self.net.hidden(ids, 0, bias, Caches::None)?;
-        let c = hidden.dims()[2];
-        Ok(self.head(hidden.reshape([batch * seq_len, c]).select(0, index)))
+        Ok(self.head_at(hidden, index))
+    }
+
+    /// The head at the row-major flat positions `index` of `hidden` (`[batch, n, C]` → `[k, V]`):
+    /// only the positions a caller reads pay for the `C x V` projection.
+    pub(crate) fn head_at(&self, hidden: Tensor<B, 3>, index: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let [batch, n, c] = hidden.dims();
+        self.head(hidden.reshape([batch * n, c]).select(0, index))
     }
 
     /// The output head: `[..., C]` → `[..., V]`.

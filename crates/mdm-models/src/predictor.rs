@@ -34,31 +34,36 @@ pub trait MaskPredictor<B: Backend> {
         padding: Option<Tensor<B, 2, Bool>>,
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError>;
-    /// A full pass: logits `[batch, seq_len, V]` and the keys/values of every position (the start
-    /// of a block with a prefix or dual cache). `lengths` (one per row; `None`: every row is
+    /// A full pass: logits `[k, V]` at the row-major flat positions `index` (into
+    /// `[batch * seq_len]`, as [`Self::logits_at`]) and the keys/values of every position (the
+    /// start of a block with a prefix or dual cache). `lengths` (one per row; `None`: every row is
     /// `seq_len` long) are the real lengths of right-padded ragged rows: the padding is hidden
     /// from every query, so each row's logits and cache are those of the row alone.
     fn logits_caching(
         &self,
         ids: Tensor<B, 2, Int>,
         lengths: Option<&[usize]>,
-    ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError>;
-    /// Logits `[batch, n, V]` of the positions that follow a cached prefix (prefix cache): row `r`
-    /// at positions `prefix.lengths()[r]..` (see [`BlockCache::prefix_rows`]); the cache is
-    /// unchanged.
+        index: Tensor<B, 1, Int>,
+    ) -> Result<(Tensor<B, 2>, BlockCache<B>), ModelError>;
+    /// Logits `[k, V]` at the flat positions `index` (into `[batch * n]`) of the `n` positions
+    /// that follow a cached prefix (prefix cache): row `r` at positions `prefix.lengths()[r]..`
+    /// (see [`BlockCache::prefix_rows`]); the cache is unchanged.
     fn logits_after_prefix(
         &self,
         ids: Tensor<B, 2, Int>,
         prefix: &BlockCache<B>,
-    ) -> Result<Tensor<B, 3>, ModelError>;
-    /// Logits `[batch, n, V]` of positions `starts[r]..starts[r] + n` of row `r` of a cached
-    /// sequence, their own keys/values written back into the cache (dual cache).
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError>;
+    /// Logits `[k, V]` at the flat positions `index` (into `[batch * n]`) of positions
+    /// `starts[r]..starts[r] + n` of row `r` of a cached sequence, their own keys/values written
+    /// back into the cache (dual cache).
     fn logits_in_window(
         &self,
         ids: Tensor<B, 2, Int>,
         starts: &[usize],
         cache: &mut BlockCache<B>,
-    ) -> Result<Tensor<B, 3>, ModelError>;
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError>;
 }
 
 impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
@@ -98,16 +103,19 @@ impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
         &self,
         ids: Tensor<B, 2, Int>,
         lengths: Option<&[usize]>,
-    ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
-        self.forward_caching(ids, lengths)
+        index: Tensor<B, 1, Int>,
+    ) -> Result<(Tensor<B, 2>, BlockCache<B>), ModelError> {
+        let (hidden, cache) = self.hidden_caching(ids, lengths)?;
+        Ok((self.head_at(hidden, index), cache))
     }
 
     fn logits_after_prefix(
         &self,
         ids: Tensor<B, 2, Int>,
         prefix: &BlockCache<B>,
-    ) -> Result<Tensor<B, 3>, ModelError> {
-        self.forward_after_prefix(ids, prefix)
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(self.head_at(self.hidden_after_prefix(ids, prefix)?, index))
     }
 
     fn logits_in_window(
@@ -115,7 +123,8 @@ impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
         ids: Tensor<B, 2, Int>,
         starts: &[usize],
         cache: &mut BlockCache<B>,
-    ) -> Result<Tensor<B, 3>, ModelError> {
-        self.forward_window(ids, starts, cache)
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(self.head_at(self.hidden_window(ids, starts, cache)?, index))
     }
 }

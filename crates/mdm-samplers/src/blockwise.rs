@@ -335,7 +335,7 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         let rows = batch.rows.len();
         let lengths: Vec<usize> = (0..halves).flat_map(|_| batch.lengths.clone()).collect();
         let starts: Vec<usize> = (0..halves).flat_map(|_| batch.starts.clone()).collect();
-        let (logits, per_row, offset) = match pass {
+        let (picked, cost) = match pass {
             Pass::Full => {
                 let ids = self.ids(batch, |_| 0, batch.width);
                 let ragged = batch.lengths.iter().any(|&l| l != batch.width);
@@ -343,36 +343,34 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     ragged.then(|| padding_mask::<B>(&lengths, batch.width, &self.device));
                 let index = self.slot_index(slots, batch.width, &vec![0; rows]);
                 let picked = self.model.logits_at(ids, padding, index)?;
-                let cost = self.count_cost(rows * halves, batch.width);
-                return Ok((self.guided(picked, slots.len())?, cost));
+                (picked, self.count_cost(rows * halves, batch.width))
             }
             Pass::Caching => {
                 let ids = self.ids(batch, |_| 0, batch.width);
-                let (logits, full) = self.model.logits_caching(ids, Some(&lengths))?;
+                let index = self.slot_index(slots, batch.width, &vec![0; rows]);
+                let (picked, full) = self.model.logits_caching(ids, Some(&lengths), index)?;
                 *cache = Some(match self.config.cache {
                     CacheMode::Prefix => full.prefix_rows(&starts)?,
                     _ => full,
                 });
-                (logits, batch.width, vec![0; rows])
+                (picked, self.count_cost(rows * halves, batch.width))
             }
             Pass::AfterPrefix => {
                 let n = batch.lengths[0] - batch.starts[0];
                 let ids = self.ids(batch, |i| batch.starts[i], n);
+                let index = self.slot_index(slots, n, &batch.starts);
                 let prefix = cache.as_ref().ok_or_else(missing_cache)?;
-                let logits = self.model.logits_after_prefix(ids, prefix)?;
-                (logits, n, batch.starts.clone())
+                let picked = self.model.logits_after_prefix(ids, prefix, index)?;
+                (picked, self.count_cost(rows * halves, n))
             }
             Pass::Window => {
                 let ids = self.ids(batch, |i| batch.starts[i], b);
+                let index = self.slot_index(slots, b, &batch.starts);
                 let dual = cache.as_mut().ok_or_else(missing_cache)?;
-                let logits = self.model.logits_in_window(ids, &starts, dual)?;
-                (logits, b, batch.starts.clone())
+                let picked = self.model.logits_in_window(ids, &starts, dual, index)?;
+                (picked, self.count_cost(rows * halves, b))
             }
         };
-        let [r, n, v] = logits.dims();
-        let cost = self.count_cost(r, n);
-        let index = self.slot_index(slots, per_row, &offset);
-        let picked = logits.reshape([r * n, v]).select(0, index);
         Ok((self.guided(picked, slots.len())?, cost))
     }
 
