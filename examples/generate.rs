@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
+use mdm::models::Precision;
 use mdm::prelude::*;
 use mdm::samplers::blockwise::{CacheMode, Parallel};
 use mdm::samplers::remasking::NamedRule;
@@ -100,6 +101,10 @@ struct Args {
     /// work (proposals, remasking, bookkeeping).
     #[arg(long)]
     profile: bool,
+    /// Weights and activations in f32 (default), f16 or bf16; the logits stay f32 (see
+    /// mdm::models::precision for which backends run which).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -158,7 +163,8 @@ fn main() -> Result<()> {
         &args.config,
         args.seed,
     )?;
-    let model: MaskedTransformer<DefaultBackend> = source.load_masked(&device)?;
+    let model: MaskedTransformer<DefaultBackend> =
+        source.load_masked(&device)?.with_precision(args.dtype);
     let tokenizer_path = args.tokenizer.clone().or_else(|| source.tokenizer_file());
     let tokenizer = match &tokenizer_path {
         Some(path) => Some(Tokenizer::from_file(path)?),

@@ -8,6 +8,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
+use crate::precision::same_dtype;
 use crate::rope::RopeTables;
 use crate::ModelError;
 
@@ -198,7 +199,8 @@ impl<B: Backend> SelfAttention<B> {
         let scale = 1.0 / (d as f64).sqrt();
         let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
         if let Some(bias) = bias {
-            scores = scores + bias;
+            let dtype = scores.dtype();
+            scores = scores + same_dtype(bias, dtype);
         }
         let y = softmax(scores, 3)
             .matmul(v)

@@ -73,14 +73,19 @@ fn causal_bias<B: Backend>(start: usize, new: usize, device: &B::Device) -> Tens
 }
 
 impl<B: Backend> CausalTransformer<B> {
+    /// This model with its weights in `precision`, for inference (the logits stay f32; see
+    /// [`crate::precision`] for which backends run f16 and bf16).
+    pub fn with_precision(self, precision: crate::Precision) -> Self {
+        precision.cast_module(self)
+    }
+
     /// Next-token logits `[batch, seq_len, V]` for `ids` `[batch, seq_len]` (no cache).
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
         let [_, seq_len] = ids.dims();
         let bias = causal_bias(0, seq_len, &ids.device());
         Ok(self
             .net
-            .lm_head
-            .forward(self.net.hidden(ids, 0, Some(bias), Caches::None)?))
+            .head(self.net.hidden(ids, 0, Some(bias), Caches::None)?))
     }
 
     /// Incremental decoding: logits `[batch, new, V]` for `ids` `[batch, new]` that follow the
@@ -97,7 +102,7 @@ impl<B: Backend> CausalTransformer<B> {
             .net
             .hidden(ids, start, bias, Caches::Append(&mut cache.layers))?;
         cache.len += new;
-        Ok(self.net.lm_head.forward(hidden))
+        Ok(self.net.head(hidden))
     }
 
     /// The hyper-parameters.

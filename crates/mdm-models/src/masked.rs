@@ -32,6 +32,12 @@ impl ModelConfig {
 }
 
 impl<B: Backend> MaskedTransformer<B> {
+    /// This model with its weights in `precision`, for inference (the logits stay f32; see
+    /// [`crate::precision`] for which backends run f16 and bf16).
+    pub fn with_precision(self, precision: crate::Precision) -> Self {
+        precision.cast_module(self)
+    }
+
     /// Logits `[batch, seq_len, V]` for `ids` `[batch, seq_len]` (mask positions hold `mask_id`).
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
         Ok(self.head(self.forward_hidden(ids)?))
@@ -90,7 +96,7 @@ impl<B: Backend> MaskedTransformer<B> {
 
     /// The output head: `[..., C]` → `[..., V]`.
     pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        self.net.lm_head.forward(hidden)
+        self.net.head(hidden)
     }
 
     /// The hyper-parameters.

@@ -3,6 +3,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::precision::{same_dtype, to_f32};
+
 /// Root-mean-square layer norm with a learned gain and no bias.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -23,8 +25,11 @@ impl<B: Backend> RmsNorm<B> {
 
     /// `[..., n_embd]` → same shape.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mean_square = (x.clone() * x.clone()).mean_dim(D - 1);
+        let dtype = x.dtype();
+        // the statistics in f32 whatever the precision (f16 squares overflow past 256)
+        let wide = to_f32(x);
+        let mean_square = (wide.clone() * wide.clone()).mean_dim(D - 1);
         let inv_rms = (mean_square + self.eps).sqrt().recip();
-        x * inv_rms * self.gain.val().unsqueeze::<D>()
+        same_dtype(wide * inv_rms, dtype) * self.gain.val().unsqueeze::<D>()
     }
 }

@@ -8,6 +8,7 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
+use crate::precision::same_dtype;
 use crate::{ModelConfig, ModelError};
 
 /// The cos/sin tables `[block_size, r / 2]` on the host, rounded to bf16 when asked.
@@ -188,6 +189,7 @@ impl<B: Backend> RopeTables<B> {
     /// `[batch, seq_len, (H + 2G) D]`; value features pass unchanged.
     pub fn apply(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
         let paired = qkv.clone().select(2, self.perm.clone());
-        qkv * self.cos.clone() + paired * self.sin.clone()
+        let dtype = qkv.dtype();
+        qkv * same_dtype(self.cos.clone(), dtype) + paired * same_dtype(self.sin.clone(), dtype)
     }
 }

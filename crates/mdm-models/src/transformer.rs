@@ -8,6 +8,7 @@ use crate::attention::{CacheAccess, LayerCache, SelfAttention};
 use crate::mlp::SwiGlu;
 use crate::norm::RmsNorm;
 use crate::params::ParamSource;
+use crate::precision::to_f32;
 use crate::rope::{Rope, RopeTables};
 use crate::{ModelConfig, ModelError};
 
@@ -122,6 +123,12 @@ fn norm<B: Backend>(
 }
 
 impl<B: Backend> Transformer<B> {
+    /// The output head: hidden states `[..., C]` → logits `[..., V]`, always f32 (see
+    /// [`crate::precision`]: a no-op at f32).
+    pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        to_f32(self.lm_head.forward(hidden))
+    }
+
     /// Builds the network with `embedding_rows` embedding rows, taking every weight from `src`
     /// (random initialisation or a checkpoint) under its SMDM name.
     pub(crate) fn build(

@@ -356,3 +356,52 @@ fn too_long_sequences_are_errors() {
         }
     ));
 }
+
+#[test]
+fn half_precision_logits_stay_close_to_f32() {
+    use burn::tensor::DType;
+    use mdm_models::Precision;
+    let device = Default::default();
+    let config = tiny();
+    let masked: MaskedTransformer<B> = config.init_masked(5, &device).unwrap();
+    let causal: CausalTransformer<B> = config.init_causal(5, &device).unwrap();
+    let x = ids(&[
+        vec![1, 2, 100, 4, 100, 7, 8, 9],
+        vec![3, 100, 100, 6, 5, 4, 3, 2],
+    ]);
+    let y = ids(&[vec![1, 2, 3, 4, 5, 6, 7, 8], vec![9, 8, 7, 6, 5, 4, 3, 2]]);
+    let want_masked = host(masked.forward(x.clone()).unwrap());
+    let want_causal = host(causal.forward(y.clone()).unwrap());
+    let scale = want_masked.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // measured (flex): f16 within 1.4e-3 of the logits' scale, bf16 within 9.5e-3 (8 mantissa bits)
+    for (precision, dtype, tol) in [
+        (Precision::F16, DType::F16, 5e-3),
+        (Precision::Bf16, DType::BF16, 3e-2),
+    ] {
+        let half = masked.clone().with_precision(precision);
+        assert_eq!(
+            half.net.lm_head.weight.val().dtype(),
+            dtype,
+            "{precision}: weights cast"
+        );
+        let logits = half.forward(x.clone()).unwrap();
+        assert_eq!(logits.dtype(), DType::F32, "{precision}: logits are f32");
+        let diff = max_diff(&host(logits), &want_masked) / scale;
+        eprintln!("{precision}: masked logits within {diff:.2e} of the scale {scale:.3}");
+        assert!(
+            diff < tol && diff > 0.0,
+            "{precision}: masked logits off by {diff}"
+        );
+        let half = causal.clone().with_precision(precision);
+        let diff = max_diff(&host(half.forward(y.clone()).unwrap()), &want_causal) / scale;
+        assert!(
+            diff < tol && diff > 0.0,
+            "{precision}: causal logits off by {diff}"
+        );
+    }
+    assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
+    assert!(matches!(
+        "f8".parse::<Precision>(),
+        Err(ModelError::Config { .. })
+    ));
+}
