@@ -2,7 +2,7 @@
 # One prepared command for a machine with an NVIDIA GPU: for cuda, then wgpu, the backend suites CI
 # runs on lavapipe (SMDM, sampler, LLaDA + Fast-dLLM, estimator and training parity; every
 # remasking rule, CFG, block caches in ragged batches, training with resume), then the model,
-# sampler and training benchmarks; one summary table at the end (also in $OUT/summary.md).
+# sampler and training benchmarks, a generation in f32 / f16 / bf16; one summary table at the end (also in $OUT/summary.md).
 #   bash scripts/gpu-check.sh              # cuda then wgpu
 #   BACKENDS=cuda bash scripts/gpu-check.sh
 # Needs only what a fresh GPU machine has besides crates: the NVIDIA driver (cuda loads the
@@ -50,6 +50,11 @@ for backend in ${BACKENDS:-cuda wgpu}; do
   run bench-sampler cargo bench "${features[@]}" --bench sampler -- --noplot \
     "mdm_steps_64|mdm_steps_16|arm_kv_cache|block_32|forward_at_256"
   run bench-train cargo bench "${features[@]}" --bench train -- --noplot
+  # half precision: the same greedy generation (random Diff_LLaMA_6M) in f32, f16 and bf16
+  for dtype in f32 f16 bf16; do
+    run "generate-$dtype" cargo run --release "${features[@]}" --example generate -- \
+      --gen-length 256 --steps 64 --no-live --profile --dtype "$dtype"
+  done
 done
 echo
 cat "$summary"

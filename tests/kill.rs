@@ -223,13 +223,18 @@ fn step_of(line: &str) -> Option<usize> {
     line.strip_prefix("step ")?.split('/').next()?.parse().ok()
 }
 
+/// `out` and, for a sweep, each of its `out/runs/<run>` folders.
+fn run_folders(out: &Path) -> Vec<PathBuf> {
+    let mut folders = vec![out.to_path_buf()];
+    if let Ok(runs) = std::fs::read_dir(out.join("runs")) {
+        folders.extend(runs.map_while(Result::ok).map(|e| e.path()));
+    }
+    folders
+}
+
 /// A `*.partial` folder being written under `out` (or under any sweep run of `out/runs`).
 fn partial_checkpoint(out: &Path) -> Option<PathBuf> {
-    let mut roots = vec![out.to_path_buf()];
-    if let Ok(runs) = std::fs::read_dir(out.join("runs")) {
-        roots.extend(runs.map_while(Result::ok).map(|e| e.path()));
-    }
-    roots.iter().find_map(|root| {
+    run_folders(out).iter().find_map(|root| {
         std::fs::read_dir(root.join("checkpoints"))
             .ok()?
             .map_while(Result::ok)
@@ -240,11 +245,7 @@ fn partial_checkpoint(out: &Path) -> Option<PathBuf> {
 
 /// Every `checkpoints/step-*` folder under `out` (and its sweep runs) reads back whole.
 fn assert_checkpoints_whole(out: &Path) {
-    let mut roots = vec![out.to_path_buf()];
-    if let Ok(runs) = std::fs::read_dir(out.join("runs")) {
-        roots.extend(runs.map_while(Result::ok).map(|e| e.path()));
-    }
-    for root in roots {
+    for root in run_folders(out) {
         for (step, dir) in mdm::train::checkpoint::list_checkpoints(&root).expect("listable") {
             let state = mdm::train::checkpoint::read_state(&dir)
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -268,11 +269,7 @@ fn assert_checkpoints_whole(out: &Path) {
 
 /// The steps of the complete checkpoints under `out` and its sweep runs.
 fn checkpoint_steps(out: &Path) -> Vec<usize> {
-    let mut roots = vec![out.to_path_buf()];
-    if let Ok(runs) = std::fs::read_dir(out.join("runs")) {
-        roots.extend(runs.map_while(Result::ok).map(|e| e.path()));
-    }
-    roots
+    run_folders(out)
         .iter()
         .flat_map(|r| mdm::train::checkpoint::list_checkpoints(r).expect("listable"))
         .map(|(step, _)| step)
@@ -286,8 +283,9 @@ fn weights(model_dir: &Path) -> Vec<u8> {
 
 /// Runs `command(out, resume)` uninterrupted into `<root>/<name>-whole`, then again into
 /// `<root>/<name>-killed` with a kill at each of `kills` (each restart resuming), and asserts the
-/// final weights are the same bytes. A checkpoint-write kill that finds the write already done is
-/// tried again on the next checkpoint, up to five times. Returns the uninterrupted output folder.
+/// final weights are the same bytes. A kill that misses its point (the write it saw ended first, or
+/// the run did) is tried again, resuming, or from nothing when the run had finished, up to five
+/// times. Returns the uninterrupted output folder.
 fn survives(
     root: &Path,
     name: &str,
@@ -303,9 +301,15 @@ fn survives(
     for &kill in kills {
         let mut tries = 0;
         while !run_and_kill(&mut command(&killed, resume), &killed, kill) {
-            resume = true;
             tries += 1;
             assert!(tries < 5, "{name}: {kill:?} never landed in five tries");
+            // the run got to its end before the kill landed: start it again from nothing
+            if model_of(&killed).exists() {
+                std::fs::remove_dir_all(&killed).expect("the finished run is removed");
+                resume = false;
+            } else {
+                resume = true;
+            }
         }
         let kept: Vec<usize> = checkpoint_steps(&killed);
         eprintln!(
@@ -408,6 +412,15 @@ fn pretrain_finetune_and_a_sweep_point_resume_bit_identically_after_sigkill() {
         },
         &[Kill::InCheckpointWrite, Kill::InStep(7)],
     );
-    let results = std::fs::read_to_string(sweep.join("results.csv")).expect("results.csv");
-    assert_eq!(results.lines().count(), 2, "header and one run:\n{results}");
+    // the killed sweep wrote its row once, with the uninterrupted sweep's figures (its wall time,
+    // the last column, aside)
+    let rows = |dir: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("results.csv")).expect("results.csv");
+        text.lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
+            .collect()
+    };
+    let whole = rows(&sweep);
+    assert_eq!(whole.len(), 2, "header and one run: {whole:?}");
+    assert_eq!(rows(&root.join("sweep-killed")), whole);
 }
