@@ -46,6 +46,14 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// A collective operation of a data-parallel run failed (burn-collective's reason).
+    #[error("data-parallel peer {peer}: {reason}")]
+    Collective {
+        /// The peer whose call failed.
+        peer: u32,
+        /// What burn-collective reported.
+        reason: String,
+    },
     /// The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept.
     #[error("the {what} is {loss} at step {step}: stopped (the last good checkpoint is kept)")]
     NonFinite {

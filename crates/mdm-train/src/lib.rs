@@ -10,6 +10,7 @@
 //! | [`config`] | [`TrainConfig`]: every hyper-parameter, TOML/JSON, the learning-rate schedule |
 //! | [`objective`] | [`TrainModel`]: the MDM and baseline losses and their validation; [`objective::MaskedTrainBatch`]: a noised batch of any masking scheme |
 //! | [`optim`] | AdamW with global-norm clipping and gradient accumulation, saveable state |
+//! | [`parallel`] | data parallel on one machine: [`parallel::CollectiveMean`] averages the peers' gradients with burn-collective |
 //! | [`step`] | one optimizer step: accumulate, reduce across peers (hook), clip, update |
 //! | [`source`] | [`DataSpec`]: shards or fine-tuning rows, and the stream's saved position |
 //! | [`checkpoint`] | atomic checkpoint folders, [`checkpoint::Checkpointer`] (keep-last-k), the state needed for exact resumption |
@@ -34,6 +35,7 @@ pub mod flops;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod scaling;
 pub mod source;

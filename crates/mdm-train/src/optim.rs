@@ -85,6 +85,18 @@ impl<B: Backend> GradAccumulator<B> {
         self.micro_batches += 1;
     }
 
+    /// Replaces each parameter's gradient by `f` of it (in visit order), e.g. its mean over the
+    /// peers of a data-parallel run.
+    pub fn try_map(
+        &mut self,
+        mut f: impl FnMut(Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError>,
+    ) -> Result<(), TrainError> {
+        for grad in &mut self.grads {
+            *grad = f(grad.clone())?;
+        }
+        Ok(())
+    }
+
     /// Micro-batches added.
     pub fn micro_batches(&self) -> usize {
         self.micro_batches
