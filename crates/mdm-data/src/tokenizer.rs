@@ -65,7 +65,20 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(tok_err(path, "no such file"));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| tok_err(path, e))?;
+        // tokenizers 0.22 panics (an `expect`) on a JSON syntax error inside the `decoder` object
+        // (found by fuzz/tokenizer): check the JSON first, so such a file is a typed error with
+        // its line and column, and turn any other panic of the parser into an error too
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| tok_err(path, format!("not JSON: {e}")))?;
+        let parsed =
+            std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()).map_err(|_| {
+                tok_err(
+                    path,
+                    "the tokenizers crate failed on this file (it panicked)",
+                )
+            })?;
+        let mut inner = parsed.map_err(|e| tok_err(path, e))?;
         inner.set_encode_special_tokens(true);
         Self::wrap(inner, path)
     }
@@ -269,5 +282,25 @@ mod tests {
         let err = Tokenizer::from_file(&path).unwrap_err();
         assert!(err.to_string().contains("bad.json"), "{err}");
         assert!(Tokenizer::train_bpe(std::iter::once("x"), 10).is_err());
+    }
+
+    #[test]
+    fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
+        // the shape of fuzz/tokenizer's finding: a NUL byte inside the `decoder` object made
+        // tokenizers 0.22 panic while deserialising it
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        let tok = Tokenizer::train_bpe(std::iter::repeat_n(TEXT, 5), 300).unwrap();
+        tok.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text.find("\"decoder\": {").expect("a decoder") + "\"decoder\": {".len();
+        let broken = format!("{}\u{0}{}", &text[..at], &text[at..]);
+        std::fs::write(&path, broken).unwrap();
+        let err = Tokenizer::from_file(&path).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("tokenizer.json") && message.contains("line"),
+            "{message}"
+        );
     }
 }

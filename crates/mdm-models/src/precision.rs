@@ -8,9 +8,10 @@
 //! output head's logits are cast to f32, so samplers, estimators and the server see the same
 //! type at every precision. Training stays in f32.
 //!
-//! Which backends run it: burn-flex (CPU) runs f16 and bf16 (converting around each kernel: it
-//! saves memory, not time, on CPUs without half-precision arithmetic); CUDA runs both natively;
-//! wgpu needs a device with `shader-f16` for f16 (bf16 is not offered by WGSL).
+//! Which backends run it: burn-flex (CPU) runs f16 and bf16 (tested; on a CPU without
+//! half-precision arithmetic it saves memory, not time: docs/reliability.md). burn's CUDA backend
+//! offers both and wgpu offers f16 on devices with `shader-f16` (WGSL has no bf16); neither has
+//! been run here (no GPU), and `scripts/gpu-check.sh` runs a generation at each precision.
 
 use std::fmt;
 use std::str::FromStr;
