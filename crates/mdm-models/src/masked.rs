@@ -91,6 +91,12 @@ impl<B: Backend> MaskedTransformer<B> {
     /// only the positions a caller reads pay for the `C x V` projection.
     pub(crate) fn head_at(&self, hidden: Tensor<B, 3>, index: Tensor<B, 1, Int>) -> Tensor<B, 2> {
         let [batch, n, c] = hidden.dims();
+        if index.dims()[0] == 0 {
+            // no position to read (e.g. a cache-building pass whose rows have all finished):
+            // burn-cubecl's matmul autotune divides by zero on a zero-row operand
+            let vocab = self.net.lm_head.weight.dims()[1];
+            return Tensor::zeros([0, vocab], &hidden.device());
+        }
         self.head(hidden.reshape([batch * n, c]).select(0, index))
     }
 
