@@ -335,40 +335,40 @@ impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
         let rows = batch.rows.len();
         let lengths: Vec<usize> = (0..halves).flat_map(|_| batch.lengths.clone()).collect();
         let starts: Vec<usize> = (0..halves).flat_map(|_| batch.starts.clone()).collect();
-        let (picked, cost) = match pass {
+        // the columns each row's ids cover, and where they start in the row
+        let (per_row, offset) = match pass {
+            Pass::Full | Pass::Caching => (batch.width, vec![0; rows]),
+            Pass::AfterPrefix => (batch.lengths[0] - batch.starts[0], batch.starts.clone()),
+            Pass::Window => (b, batch.starts.clone()),
+        };
+        let index = self.slot_index(slots, per_row, &offset);
+        let cost = self.count_cost(rows * halves, per_row);
+        let picked = match pass {
             Pass::Full => {
                 let ids = self.ids(batch, |_| 0, batch.width);
                 let ragged = batch.lengths.iter().any(|&l| l != batch.width);
                 let padding =
                     ragged.then(|| padding_mask::<B>(&lengths, batch.width, &self.device));
-                let index = self.slot_index(slots, batch.width, &vec![0; rows]);
-                let picked = self.model.logits_at(ids, padding, index)?;
-                (picked, self.count_cost(rows * halves, batch.width))
+                self.model.logits_at(ids, padding, index)?
             }
             Pass::Caching => {
                 let ids = self.ids(batch, |_| 0, batch.width);
-                let index = self.slot_index(slots, batch.width, &vec![0; rows]);
                 let (picked, full) = self.model.logits_caching(ids, Some(&lengths), index)?;
                 *cache = Some(match self.config.cache {
                     CacheMode::Prefix => full.prefix_rows(&starts)?,
                     _ => full,
                 });
-                (picked, self.count_cost(rows * halves, batch.width))
+                picked
             }
             Pass::AfterPrefix => {
-                let n = batch.lengths[0] - batch.starts[0];
-                let ids = self.ids(batch, |i| batch.starts[i], n);
-                let index = self.slot_index(slots, n, &batch.starts);
+                let ids = self.ids(batch, |i| batch.starts[i], per_row);
                 let prefix = cache.as_ref().ok_or_else(missing_cache)?;
-                let picked = self.model.logits_after_prefix(ids, prefix, index)?;
-                (picked, self.count_cost(rows * halves, n))
+                self.model.logits_after_prefix(ids, prefix, index)?
             }
             Pass::Window => {
-                let ids = self.ids(batch, |i| batch.starts[i], b);
-                let index = self.slot_index(slots, b, &batch.starts);
+                let ids = self.ids(batch, |i| batch.starts[i], per_row);
                 let dual = cache.as_mut().ok_or_else(missing_cache)?;
-                let picked = self.model.logits_in_window(ids, &starts, dual, index)?;
-                (picked, self.count_cost(rows * halves, b))
+                self.model.logits_in_window(ids, &starts, dual, index)?
             }
         };
         Ok((self.guided(picked, slots.len())?, cost))
