@@ -20,11 +20,16 @@ use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::sft::{read_jsonl, ChatTemplate, SftDataset};
 use mdm::data::Tokenizer;
 use mdm::models::checkpoint::{read_meta, ModelKind};
-use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::train::{train_objective_on, DataSpec, Objective, RunOptions, TrainConfig};
+
+#[path = "common/parallel.rs"]
+mod parallel;
 
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune an MDM or the autoregressive baseline on prompt/response pairs")]
 struct Args {
+    #[command(flatten)]
+    parallel: parallel::ParallelArgs,
     /// The checkpoint folder to start from (its kind decides MDM or baseline).
     #[arg(long)]
     init: PathBuf,
@@ -146,6 +151,7 @@ fn main() -> Result<()> {
         save_every: args.save_every,
         log_every: args.log_every,
         eval_every: 0,
+        parallel: args.parallel.config(),
         ..TrainConfig::default()
     };
     println!(
@@ -167,10 +173,10 @@ fn main() -> Result<()> {
         progress: !args.no_progress,
         stop_after: args.stop_after,
     };
-    let device = backend::device();
+    let devices = backend::devices(&args.parallel.devices)?;
     let data = DataSpec::Sft(dataset);
     let summary =
-        train_objective::<Training>(&meta.config, &config, data, &args.out, &options, &device)?;
+        train_objective_on::<Training>(&meta.config, &config, data, &args.out, &options, &devices)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

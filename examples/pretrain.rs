@@ -18,11 +18,16 @@ use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::shards::find_shards;
 use mdm::data::Tokenizer;
 use mdm::models::ModelConfig;
-use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::train::{train_objective_on, DataSpec, Objective, RunOptions, TrainConfig};
+
+#[path = "common/parallel.rs"]
+mod parallel;
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a masked diffusion model or its autoregressive baseline")]
 struct Args {
+    #[command(flatten)]
+    parallel: parallel::ParallelArgs,
     /// Data folder from `prepare` (train_*.bin, valid_*.bin, tokenizer.json).
     #[arg(long)]
     data: PathBuf,
@@ -222,7 +227,7 @@ fn main() -> Result<()> {
         progress: !args.no_progress,
         stop_after: args.stop_after,
     };
-    let device = backend::device();
+    let devices = backend::devices(&args.parallel.devices)?;
     let objective = if args.resume {
         // a resumed run keeps the objective it was started with
         let saved = args.out.join(mdm::train::trainer::CONFIG_FILE);
@@ -236,9 +241,11 @@ fn main() -> Result<()> {
     };
     let config = TrainConfig {
         objective,
+        parallel: args.parallel.config(),
         ..config
     };
-    let summary = train_objective::<Training>(&model, &config, data, &args.out, &options, &device)?;
+    let summary =
+        train_objective_on::<Training>(&model, &config, data, &args.out, &options, &devices)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

@@ -126,6 +126,102 @@ pub struct TrainConfig {
     pub save_every: usize,
     /// Checkpoints kept (the oldest are deleted).
     pub keep_last: usize,
+    /// Data parallel: the devices of this node and, for several machines, the collective's node
+    /// settings (`[parallel]` in TOML). Not part of the recipe: the updates do not depend on it, so
+    /// a resumed run takes the caller's, not the saved one.
+    pub parallel: ParallelConfig,
+}
+
+/// Where a run's peers are: the devices of this node and, for a run across several machines,
+/// burn-collective's node settings. Every node of a run must use the same number of devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// This node's devices as the command line gives them (`cpu:2`, `cuda:0,cuda:1`, `wgpu:0`);
+    /// empty: the backend's default device. Programs turn it into devices
+    /// (`mdm::backend::devices`); the trainer takes the devices themselves.
+    pub devices: String,
+    /// Machines in the run (1: this one only).
+    pub nodes: u32,
+    /// This machine's rank, `0..nodes`; rank 0 writes checkpoints, metrics and the final model.
+    pub node_rank: u32,
+    /// Address of the global coordinator (burn-collective's orchestrator), `ws://HOST:PORT`.
+    pub coordinator: Option<String>,
+    /// This node's address as the other nodes reach it, `ws://HOST:PORT` (the port is
+    /// `data_port`).
+    pub node_address: Option<String>,
+    /// Port this node serves tensors on to the other nodes.
+    pub data_port: Option<u16>,
+    /// Seconds every peer of this node may wait inside one collective operation (registration
+    /// or all-reduce) for the other nodes before the run stops with an error; must exceed the
+    /// longest validation or checkpoint of rank 0.
+    pub timeout_s: u64,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self {
+            devices: String::new(),
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            node_address: None,
+            data_port: None,
+            timeout_s: 600,
+        }
+    }
+}
+
+impl ParallelConfig {
+    /// Peers in the whole run when this node has `local` devices.
+    pub fn world(&self, local: usize) -> usize {
+        local * self.nodes.max(1) as usize
+    }
+
+    /// Checks the node settings: all of coordinator, node address and data port for several
+    /// nodes, none for one; a rank below the node count.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.nodes == 0 || self.node_rank >= self.nodes {
+            return bad(format!(
+                "parallel.node_rank {} of parallel.nodes {} (ranks count from 0)",
+                self.node_rank, self.nodes
+            ));
+        }
+        let set = [
+            self.coordinator.is_some(),
+            self.node_address.is_some(),
+            self.data_port.is_some(),
+        ];
+        if self.nodes > 1 && set.contains(&false) {
+            return bad(format!(
+                "a run on {} nodes needs parallel.coordinator, parallel.node_address and \
+                 parallel.data_port (--coordinator, --node-address, --data-port)",
+                self.nodes
+            ));
+        }
+        if self.nodes == 1 && set.contains(&true) {
+            return bad(
+                "parallel.coordinator, node_address and data_port are for runs on several nodes \
+                 (set parallel.nodes / --nodes)"
+                    .into(),
+            );
+        }
+        for (key, address) in [
+            ("coordinator", &self.coordinator),
+            ("node_address", &self.node_address),
+        ] {
+            if let Some(a) = address {
+                if !a.starts_with("ws://") || a.len() <= "ws://".len() {
+                    return bad(format!("parallel.{key} `{a}`: expected ws://HOST:PORT"));
+                }
+            }
+        }
+        if self.timeout_s == 0 {
+            return bad("parallel.timeout_s must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -159,6 +255,7 @@ impl Default for TrainConfig {
             eval_mc: 4,
             save_every: 200,
             keep_last: 3,
+            parallel: ParallelConfig::default(),
         }
     }
 }
@@ -240,7 +337,7 @@ impl TrainConfig {
         if self.keep_last == 0 || self.n_chunks == 0 || self.eval_mc == 0 {
             return bad("keep_last, n_chunks and eval_mc must be positive".into());
         }
-        Ok(())
+        self.parallel.validate()
     }
 }
 

@@ -54,6 +54,36 @@ pub enum TrainError {
         /// What burn-collective reported.
         reason: String,
     },
+    /// A peer of a data-parallel run returned an error or panicked; the run stopped (its last
+    /// checkpoint is intact and resumes).
+    #[error("data-parallel peer {peer} of node {node} failed: {reason}")]
+    PeerFailed {
+        /// The peer's index on its node.
+        peer: usize,
+        /// The node's rank.
+        node: u32,
+        /// Its error.
+        reason: String,
+    },
+    /// Every peer of this node waited inside one collective operation for longer than the
+    /// timeout: another node died or cannot be reached.
+    #[error(
+        "node {node} of {nodes}: the {what} of step {step} got no answer from the other nodes \
+         within {waited_s} s (a node stopped or cannot be reached; resume every node from the last \
+         checkpoint)"
+    )]
+    CollectiveTimeout {
+        /// This node's rank.
+        node: u32,
+        /// Nodes in the run.
+        nodes: u32,
+        /// The optimizer step (0-based) being reduced.
+        step: usize,
+        /// `registration` or `all-reduce`.
+        what: &'static str,
+        /// Seconds waited.
+        waited_s: u64,
+    },
     /// The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept.
     #[error("the {what} is {loss} at step {step}: stopped (the last good checkpoint is kept)")]
     NonFinite {

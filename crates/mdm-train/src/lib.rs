@@ -43,8 +43,12 @@ pub mod step;
 pub mod trainer;
 pub mod validator;
 
+pub use config::ParallelConfig;
 pub use config::{LrSchedule, Objective, TrainConfig};
 pub use error::TrainError;
 pub use events::{TrainEvent, TrainObserver};
 pub use objective::{Batch, TrainModel};
-pub use trainer::{train, train_objective, train_with, DataSpec, RunOptions, TrainSummary};
+pub use trainer::{
+    train, train_objective, train_objective_on, train_on, train_with, DataSpec, RunOptions,
+    TrainSummary,
+};

@@ -143,7 +143,7 @@ pub fn masked_loss<B: Backend>(
 }
 
 /// A model the trainer can train: its loss on a batch, checkpoint I/O and validation.
-pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Sized {
+pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Sized + 'static {
     /// Which network this is (recorded in checkpoints).
     const KIND: ModelKind;
 

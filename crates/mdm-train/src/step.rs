@@ -18,6 +18,20 @@ use crate::TrainError;
 pub trait GradientReduce<B: Backend> {
     /// Replaces `grads` (this peer's sum over its micro-batches) by what the update must use.
     fn reduce(&mut self, grads: &mut GradAccumulator<B>) -> Result<(), TrainError>;
+
+    /// The loss the step reports: this peer's mean loss over its micro-batches, made the mean over
+    /// all peers (one device: as it is).
+    fn mean_loss(&mut self, loss: f64) -> Result<f64, TrainError> {
+        Ok(self.mean_of(&[loss])?.first().copied().unwrap_or(loss))
+    }
+
+    /// The mean over all peers of each of a few scalars (one device: the values themselves).
+    fn mean_of(&mut self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+        Ok(values.to_vec())
+    }
+
+    /// Names the optimizer step the next calls belong to (for errors).
+    fn at_step(&mut self, _step: usize) {}
 }
 
 /// One device: the gradients are used as they are.
@@ -86,6 +100,7 @@ where
         grads.add(&model, &loss.backward());
     }
     reduce.reduce(&mut grads)?;
+    let loss = reduce.mean_loss(loss_sum / micro_batches.max(1) as f64)?;
     let (model, report) = optim.step(model, grads, lr);
     if !report.grad_norm.is_finite() {
         return Err(TrainError::NonFinite {
@@ -97,7 +112,7 @@ where
     Ok((
         model,
         StepOutcome {
-            loss: loss_sum / micro_batches.max(1) as f64,
+            loss,
             grad_norm: report.grad_norm,
             clip_scale: report.clip_scale,
         },

@@ -22,8 +22,9 @@ use crate::events::{ConsoleReporter, TrainEvent, TrainObserver};
 use crate::metrics::{CsvTable, TrainRow, ValidRow};
 use crate::objective::TrainModel;
 use crate::optim::{AdamW, AdamWConfig};
+use crate::parallel::{run_peers, CollectiveMean, PeerPlace};
 use crate::source::{open_data, Source};
-use crate::step::{optimizer_step, SingleDevice};
+use crate::step::{optimizer_step, GradientReduce, SingleDevice};
 use crate::validator::Validator;
 use crate::{TrainConfig, TrainError};
 
@@ -81,24 +82,43 @@ pub fn train_objective<B: AutodiffBackend>(
     options: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
-    match config.objective {
-        crate::Objective::Mdm => train::<B, mdm_models::MaskedTransformer<B>>(
-            model_config,
-            config,
-            data,
-            out,
-            options,
-            device,
-        ),
-        crate::Objective::Arm => train::<B, mdm_models::CausalTransformer<B>>(
-            model_config,
-            config,
-            data,
-            out,
-            options,
-            device,
-        ),
-    }
+    train_objective_on::<B>(
+        model_config,
+        config,
+        data,
+        out,
+        options,
+        std::slice::from_ref(device),
+    )
+}
+
+/// [`train_objective`] with one peer per device of `devices` (data parallel, see [`train_on`]).
+pub fn train_objective_on<B: AutodiffBackend>(
+    model_config: &mdm_models::ModelConfig,
+    config: &TrainConfig,
+    data: DataSpec,
+    out: &Path,
+    options: &RunOptions,
+    devices: &[B::Device],
+) -> Result<TrainSummary, TrainError> {
+    let mut reporter = ConsoleReporter::new(options.progress, config.log_every);
+    let run = Run {
+        model_config,
+        config,
+        data,
+        out,
+        options,
+    };
+    let summary = match config.objective {
+        crate::Objective::Mdm => {
+            run.on::<B, mdm_models::MaskedTransformer<B>>(devices, &mut reporter)
+        }
+        crate::Objective::Arm => {
+            run.on::<B, mdm_models::CausalTransformer<B>>(devices, &mut reporter)
+        }
+    };
+    reporter.finish();
+    summary
 }
 
 /// Trains model type `M` (a [`MaskedTransformer`](mdm_models::MaskedTransformer) or a
@@ -132,6 +152,142 @@ where
     summary
 }
 
+/// [`train`] reporting to `observer` instead of the console.
+pub fn train_with<B, M>(
+    model_config: &mdm_models::ModelConfig,
+    config: &TrainConfig,
+    data: DataSpec,
+    out: &Path,
+    options: &RunOptions,
+    device: &B::Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B>,
+{
+    train_on::<B, M>(
+        model_config,
+        config,
+        data,
+        out,
+        options,
+        std::slice::from_ref(device),
+        observer,
+    )
+}
+
+/// [`train_with`] data parallel: one peer per device of `devices` on this machine (threads,
+/// [`crate::parallel`]) and, with `config.parallel.nodes > 1`, the peers of the other machines.
+/// The global batch stays `micro_batch x grad_accum` rows: each of the `world` peers computes
+/// `grad_accum / world` of its micro-batches (so `grad_accum` must be a multiple of `world`), the
+/// gradients are averaged before clipping and AdamW, and the run makes the updates one device
+/// makes (the same rows, and the same draws: each micro-batch has its own RNG stream). Global
+/// peer 0 writes every file and reports; every peer resumes from the same checkpoint. One device
+/// on one node runs on the calling thread.
+pub fn train_on<B, M>(
+    model_config: &mdm_models::ModelConfig,
+    config: &TrainConfig,
+    data: DataSpec,
+    out: &Path,
+    options: &RunOptions,
+    devices: &[B::Device],
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: TrainModel<B>,
+{
+    Run {
+        model_config,
+        config,
+        data,
+        out,
+        options,
+    }
+    .on::<B, M>(devices, observer)
+}
+
+/// The arguments of a run, before it is split into peers.
+struct Run<'a> {
+    model_config: &'a mdm_models::ModelConfig,
+    config: &'a TrainConfig,
+    data: DataSpec,
+    out: &'a Path,
+    options: &'a RunOptions,
+}
+
+impl Run<'_> {
+    fn on<B, M>(
+        self,
+        devices: &[B::Device],
+        observer: &mut dyn TrainObserver,
+    ) -> Result<TrainSummary, TrainError>
+    where
+        B: AutodiffBackend,
+        M: TrainModel<B>,
+    {
+        let parallel = &self.config.parallel;
+        parallel.validate()?;
+        if parallel.nodes > 1 {
+            return Err(TrainError::Config(crate::parallel::MULTI_NODE_GAP.into()));
+        }
+        let writes = parallel.node_rank == 0;
+        std::fs::create_dir_all(self.out).map_err(io(self.out))?;
+        let resume_dir = if self.options.resume {
+            latest_checkpoint(self.out)?
+        } else {
+            None
+        };
+        let config = resolve_config(self.config, self.out, resume_dir.is_some(), writes)?;
+        let world = config.parallel.world(devices.len());
+        if devices.is_empty() || !config.grad_accum.is_multiple_of(world) {
+            return Err(TrainError::Config(format!(
+                "grad_accum {} must be a multiple of the {world} peers ({} devices x {} nodes): \
+                 each peer computes grad_accum / peers micro-batches of every step (for the same \
+                 global batch, divide micro_batch and multiply grad_accum)",
+                config.grad_accum,
+                devices.len(),
+                config.parallel.nodes
+            )));
+        }
+        let job = Job {
+            model_config: self.model_config.clone(),
+            config,
+            data: self.data,
+            out: self.out.to_path_buf(),
+            options: self.options.clone(),
+            resume_dir,
+        };
+        if world == 1 {
+            let mut emit = |e: TrainEvent| observer.on_event(&e);
+            return job.run::<B, M>(PeerPlace::SINGLE, &mut SingleDevice, &devices[0], &mut emit);
+        }
+        let parallel = job.config.parallel.clone();
+        let job = std::sync::Arc::new(job);
+        run_peers::<B::InnerBackend, _, _, _, _>(
+            devices,
+            &parallel,
+            move |peer, device: B::Device| {
+                let mut reduce = CollectiveMean::<B::InnerBackend>::join(
+                    peer.place,
+                    &job.config.parallel,
+                    &device,
+                    peer.watch.clone(),
+                )?;
+                let leader = peer.place.is_leader();
+                let mut emit = |e: TrainEvent| {
+                    if leader {
+                        peer.reporter.report(e);
+                    }
+                };
+                job.run::<B, M>(peer.place, &mut reduce, &device, &mut emit)
+            },
+            |e| observer.on_event(&e),
+        )
+    }
+}
+
 /// The optimizer state and counters of a run: fresh, or read back from a checkpoint.
 pub struct RunState<B: AutodiffBackend> {
     /// AdamW's moments and step count.
@@ -144,22 +300,17 @@ pub struct RunState<B: AutodiffBackend> {
     pub elapsed_before: f64,
     /// The last validation, bits per token.
     pub last_validation_bits: Option<f64>,
-    /// The training RNG (masking, times, lengths).
-    pub rng: MdmRng,
 }
 
 impl<B: AutodiffBackend> RunState<B> {
-    /// A fresh run: its RNG is `seed` on stream 1 (stream 2 is validation's).
-    pub fn fresh(adam: AdamWConfig, seed: u64) -> Self {
-        let mut rng = MdmRng::seed_from_u64(seed);
-        rng.set_stream(1);
+    /// A fresh run.
+    pub fn fresh(adam: AdamWConfig) -> Self {
         Self {
             optim: AdamW::new(adam),
             step: 0,
             tokens: 0,
             elapsed_before: 0.0,
             last_validation_bits: None,
-            rng,
         }
     }
 
@@ -191,26 +342,43 @@ impl<B: AutodiffBackend> RunState<B> {
             tokens: saved.tokens,
             elapsed_before: saved.elapsed_s,
             last_validation_bits: saved.last_validation_bits,
-            rng: saved.rng,
         })
     }
 }
 
-/// The configuration a run uses: the saved `train.toml` when resuming, else `config` (then
-/// written to `train.toml`).
+/// Streams of the training draws: micro-batch `i` of the run draws from stream
+/// `MICRO_BATCH_STREAMS + i` of the seed (stream 2 is validation's).
+pub const MICRO_BATCH_STREAMS: u64 = 1 << 32;
+
+/// The RNG of micro-batch `index` (counted over the whole run, `step x grad_accum + i`): its own
+/// ChaCha stream of `seed`, so a micro-batch draws the same masks and times whichever peer
+/// computes it and a resumed run needs no RNG state.
+pub fn micro_batch_rng(seed: u64, index: u64) -> MdmRng {
+    let mut rng = MdmRng::seed_from_u64(seed);
+    rng.set_stream(MICRO_BATCH_STREAMS + index);
+    rng
+}
+
+/// The configuration a run uses: the saved `train.toml` when resuming (with the caller's
+/// `parallel` section: the devices may change between invocations, the updates do not depend on
+/// them), else `config` (then written to `train.toml` when `write`).
 fn resolve_config(
     config: &TrainConfig,
     out: &Path,
     resuming: bool,
+    write: bool,
 ) -> Result<TrainConfig, TrainError> {
     let path = out.join(CONFIG_FILE);
     let config = if resuming && path.is_file() {
-        TrainConfig::from_file(&path)?
+        TrainConfig {
+            parallel: config.parallel.clone(),
+            ..TrainConfig::from_file(&path)?
+        }
     } else {
         config.clone()
     };
     config.validate()?;
-    if !resuming {
+    if !resuming && write {
         write_atomic(&path, config.to_toml().as_bytes())?;
     }
     Ok(config)
@@ -250,178 +418,280 @@ impl Throughput {
     }
 }
 
-/// [`train`] reporting to `observer` instead of the console.
-pub fn train_with<B, M>(
-    model_config: &mdm_models::ModelConfig,
-    config: &TrainConfig,
+/// What every peer of a run shares: the resolved configuration and where to start.
+struct Job {
+    model_config: mdm_models::ModelConfig,
+    config: TrainConfig,
     data: DataSpec,
-    out: &Path,
-    options: &RunOptions,
-    device: &B::Device,
-    observer: &mut dyn TrainObserver,
-) -> Result<TrainSummary, TrainError>
-where
-    B: AutodiffBackend,
-    M: TrainModel<B>,
-{
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let resume_dir = if options.resume {
-        latest_checkpoint(out)?
-    } else {
-        None
-    };
-    let config = resolve_config(config, out, resume_dir.is_some())?;
-    let mut model = match (&resume_dir, &options.init_from) {
-        (Some(dir), _) | (None, Some(dir)) => M::load(dir, device)?,
-        (None, None) => M::init(model_config, config.seed, device)?,
-    };
-    let model_config = model.model_config().clone();
-    let n_params = model_config.non_embedding_params();
-    let total_steps = config.total_steps(n_params)?;
-    let block_len = M::block_len(config.seq_len);
-    let (mut source, valid_blocks) = open_data(data, block_len, model_config.vocab_size, &config)?;
-    let mut state = match &resume_dir {
-        Some(dir) => RunState::resume(adam_config(&config), dir, &model, &mut source, device)?,
-        None => RunState::fresh(adam_config(&config), config.seed),
-    };
-    let validator = Validator::new(valid_blocks, &config);
-    let checkpointer = Checkpointer::new(out, config.save_every, config.keep_last);
-    let train_log =
-        CsvTable::<TrainRow>::open_keeping(out.join("metrics.csv"), |r| r.step <= state.step)?;
-    let valid_log =
-        CsvTable::<ValidRow>::open_keeping(out.join("validation.csv"), |r| r.step <= state.step)?;
+    out: PathBuf,
+    options: RunOptions,
+    resume_dir: Option<PathBuf>,
+}
 
-    if let Some(unigram_bits) = validator.unigram_bits() {
-        observer.on_event(&TrainEvent::ValidationSet {
-            blocks: validator.blocks().len(),
+/// The leader's files: metrics, validation and checkpoints.
+struct Files {
+    checkpointer: Checkpointer,
+    train_log: CsvTable<TrainRow>,
+    valid_log: CsvTable<ValidRow>,
+    plot_warned: bool,
+}
+
+impl Job {
+    /// The model of this peer: the checkpoint's, the initial folder's, or a fresh one (the same
+    /// on every peer: same seed).
+    fn model<B: AutodiffBackend, M: TrainModel<B>>(
+        &self,
+        device: &B::Device,
+    ) -> Result<M, TrainError> {
+        Ok(match (&self.resume_dir, &self.options.init_from) {
+            (Some(dir), _) | (None, Some(dir)) => M::load(dir, device)?,
+            (None, None) => M::init(&self.model_config, self.config.seed, device)?,
+        })
+    }
+
+    /// Trains as the peer at `place` (all of the run on one device), reducing gradients with
+    /// `reduce`; `emit` gets the events (only the leader's are shown).
+    fn run<B, M>(
+        &self,
+        place: PeerPlace,
+        reduce: &mut dyn GradientReduce<B::InnerBackend>,
+        device: &B::Device,
+        emit: &mut dyn FnMut(TrainEvent),
+    ) -> Result<TrainSummary, TrainError>
+    where
+        B: AutodiffBackend,
+        M: TrainModel<B>,
+    {
+        let config = &self.config;
+        let mut model = self.model::<B, M>(device)?;
+        let model_config = model.model_config().clone();
+        let n_params = model_config.non_embedding_params();
+        let total_steps = config.total_steps(n_params)?;
+        let block_len = M::block_len(config.seq_len);
+        let (mut source, valid_blocks) = open_data(
+            self.data.clone(),
             block_len,
-            unigram_bits,
-        });
-    }
-    observer.on_event(&match &resume_dir {
-        Some(dir) => TrainEvent::Resumed {
-            checkpoint: dir.clone(),
-            step: state.step,
-            total_steps,
-        },
-        None => TrainEvent::Started {
-            kind: M::KIND,
-            params: n_params,
-            total_steps,
-            tokens_per_step: config.tokens_per_step(),
-        },
-    });
-
-    let started = Instant::now();
-    let last_step = options
-        .stop_after
-        .map_or(total_steps, |n| total_steps.min(state.step + n));
-    let mut last_loss = f64::NAN;
-    let mut validation = None;
-    let mut throughput = Throughput::new();
-    let mut plot_warned = false;
-    while state.step < last_step {
-        let lr = learning_rate(&config, state.step, total_steps);
-        let (rng, src) = (&mut state.rng, &mut source);
-        let (next, outcome) = optimizer_step(
-            model,
-            &mut state.optim,
-            lr,
-            config.grad_accum,
-            state.step,
-            &mut SingleDevice,
-            |model: &M, _| model.loss(&src.next_batch(config.micro_batch)?, &config, rng),
+            model_config.vocab_size,
+            config,
         )?;
-        model = next;
-        last_loss = outcome.loss;
-        state.step += 1;
-        state.tokens += config.tokens_per_step() as u64;
-        let step = state.step;
-        let tokens_per_s = throughput.add(step, config.tokens_per_step() as u64);
-        let elapsed_s = state.elapsed_before + started.elapsed().as_secs_f64();
-        train_log.append(&TrainRow {
-            step,
-            tokens: state.tokens,
-            lr,
-            loss: outcome.loss,
-            grad_norm: outcome.grad_norm,
-            tokens_per_s,
-            elapsed_s,
-        })?;
-        observer.on_event(&TrainEvent::Step {
-            step,
-            total_steps,
-            lr,
-            outcome,
-            tokens_per_s,
+        let mut state = match &self.resume_dir {
+            Some(dir) => RunState::resume(adam_config(config), dir, &model, &mut source, device)?,
+            None => RunState::fresh(adam_config(config)),
+        };
+        if place.world() > 1 {
+            agree(reduce, place, state.step, &model)?;
+        }
+        let leader = place.is_leader();
+        let validator = Validator::new(if leader { valid_blocks } else { Vec::new() }, config);
+        let mut files = if leader {
+            let step = state.step;
+            Some(Files {
+                checkpointer: Checkpointer::new(&self.out, config.save_every, config.keep_last),
+                train_log: CsvTable::open_keeping(self.out.join("metrics.csv"), |r: &TrainRow| {
+                    r.step <= step
+                })?,
+                valid_log: CsvTable::open_keeping(
+                    self.out.join("validation.csv"),
+                    |r: &ValidRow| r.step <= step,
+                )?,
+                plot_warned: false,
+            })
+        } else {
+            None
+        };
+
+        if let Some(unigram_bits) = validator.unigram_bits() {
+            emit(TrainEvent::ValidationSet {
+                blocks: validator.blocks().len(),
+                block_len,
+                unigram_bits,
+            });
+        }
+        emit(match &self.resume_dir {
+            Some(dir) => TrainEvent::Resumed {
+                checkpoint: dir.clone(),
+                step: state.step,
+                total_steps,
+            },
+            None => TrainEvent::Started {
+                kind: M::KIND,
+                params: n_params,
+                total_steps,
+                tokens_per_step: config.tokens_per_step(),
+            },
         });
 
-        let finished = step == total_steps;
-        if validator.due(step, finished) {
-            let nll = validator.run::<B, M>(&model.valid(), &config)?;
-            valid_log.append(&ValidRow {
-                step,
-                tokens: state.tokens,
-                nats_per_token: nll.nats,
-                bits_per_token: nll.bits(),
-                stderr_bits: nll.stderr_bits(),
-                perplexity: nll.perplexity(),
-            })?;
-            state.last_validation_bits = Some(nll.bits());
-            observer.on_event(&TrainEvent::Validated {
-                step,
-                kind: M::KIND,
-                nll,
-            });
-            validation = Some(nll);
-            plot(out, observer, &mut plot_warned);
-        }
-        if checkpointer.due(step, step == last_step) {
-            let saved = TrainerState {
-                step,
-                tokens: state.tokens,
-                elapsed_s: state.elapsed_before + started.elapsed().as_secs_f64(),
-                data_position: source.position()?,
-                rng: state.rng.clone(),
-                last_validation_bits: state.last_validation_bits,
+        let started = Instant::now();
+        let last_step = self
+            .options
+            .stop_after
+            .map_or(total_steps, |n| total_steps.min(state.step + n));
+        let share = config.grad_accum / place.world();
+        let first = place.global() * share;
+        let mut last_loss = f64::NAN;
+        let mut validation = None;
+        let mut throughput = Throughput::new();
+        while state.step < last_step {
+            let lr = learning_rate(config, state.step, total_steps);
+            // every peer reads the whole global batch (the same rows in the same order as one
+            // device) and computes its share
+            let batches = (0..config.grad_accum)
+                .map(|_| source.next_batch(config.micro_batch))
+                .collect::<Result<Vec<_>, _>>()?;
+            let first_index = (state.step * config.grad_accum + first) as u64;
+            reduce.at_step(state.step);
+            let (next, outcome) = optimizer_step(
+                model,
+                &mut state.optim,
+                lr,
+                share,
+                state.step,
+                reduce,
+                |model: &M, i| {
+                    let mut rng = micro_batch_rng(config.seed, first_index + i as u64);
+                    model.loss(&batches[first + i], config, &mut rng)
+                },
+            )?;
+            model = next;
+            last_loss = outcome.loss;
+            state.step += 1;
+            state.tokens += config.tokens_per_step() as u64;
+            let step = state.step;
+            let tokens_per_s = throughput.add(step, config.tokens_per_step() as u64);
+            let Some(files) = files.as_mut() else {
+                continue;
             };
-            let dir = checkpointer.save(&saved, |dir| {
-                model.save(dir)?;
-                state.optim.save(&dir.join(OPTIMIZER_FILE))
+            let elapsed_s = state.elapsed_before + started.elapsed().as_secs_f64();
+            files.train_log.append(&TrainRow {
+                step,
+                tokens: state.tokens,
+                lr,
+                loss: outcome.loss,
+                grad_norm: outcome.grad_norm,
+                tokens_per_s,
+                elapsed_s,
             })?;
-            observer.on_event(&TrainEvent::Checkpointed { dir });
+            emit(TrainEvent::Step {
+                step,
+                total_steps,
+                lr,
+                outcome,
+                tokens_per_s,
+            });
+
+            let finished = step == total_steps;
+            if validator.due(step, finished) {
+                let nll = validator.run::<B, M>(&model.valid(), config)?;
+                files.valid_log.append(&ValidRow {
+                    step,
+                    tokens: state.tokens,
+                    nats_per_token: nll.nats,
+                    bits_per_token: nll.bits(),
+                    stderr_bits: nll.stderr_bits(),
+                    perplexity: nll.perplexity(),
+                })?;
+                state.last_validation_bits = Some(nll.bits());
+                emit(TrainEvent::Validated {
+                    step,
+                    kind: M::KIND,
+                    nll,
+                });
+                validation = Some(nll);
+                plot(&self.out, emit, &mut files.plot_warned);
+            }
+            if files.checkpointer.due(step, step == last_step) {
+                let saved = TrainerState {
+                    step,
+                    tokens: state.tokens,
+                    elapsed_s: state.elapsed_before + started.elapsed().as_secs_f64(),
+                    data_position: source.position()?,
+                    last_validation_bits: state.last_validation_bits,
+                };
+                let dir = files.checkpointer.save(&saved, |dir| {
+                    model.save(dir)?;
+                    state.optim.save(&dir.join(OPTIMIZER_FILE))
+                })?;
+                emit(TrainEvent::Checkpointed { dir });
+            }
+        }
+        let model_dir = match files.as_mut() {
+            Some(files) if state.step == total_steps => {
+                let dir = self.out.join("model");
+                write_dir_atomic(&dir, |tmp| Ok(model.save(tmp)?))?;
+                if validator.blocks().is_empty() {
+                    plot(&self.out, emit, &mut files.plot_warned);
+                }
+                Some(dir)
+            }
+            _ => None,
+        };
+        Ok(TrainSummary {
+            steps: state.step,
+            total_steps,
+            tokens: state.tokens,
+            last_loss,
+            validation,
+            model_dir,
+            elapsed_s: state.elapsed_before + started.elapsed().as_secs_f64(),
+            valid_unigram_bits: validator.unigram_bits(),
+        })
+    }
+}
+
+/// Checks that every peer starts from the same step and the same weights (on several machines,
+/// each reads the checkpoints of its own `out` folder: a shared or copied folder).
+fn agree<B: AutodiffBackend, M: TrainModel<B>>(
+    reduce: &mut dyn GradientReduce<B::InnerBackend>,
+    place: PeerPlace,
+    step: usize,
+    model: &M,
+) -> Result<(), TrainError> {
+    let checksum = weight_sum(model);
+    let mean = reduce.mean_of(&[step as f64, checksum])?;
+    let (mean_step, mean_sum) = (mean.first().copied(), mean.get(1).copied());
+    let same_step = mean_step.is_some_and(|m| (m - step as f64).abs() < 0.5);
+    let same_weights =
+        mean_sum.is_some_and(|m| (m - checksum).abs() <= 1e-5 * checksum.abs().max(1.0));
+    if same_step && same_weights {
+        return Ok(());
+    }
+    Err(TrainError::PeerFailed {
+        peer: place.local,
+        node: place.node,
+        reason: format!(
+            "the peers do not start from the same state: this one is at step {step} with weight \
+             sum {checksum:.6e}, the mean over peers is step {:.2} and sum {:.6e} (every node must \
+             read the same checkpoints: share --out or copy it to every node)",
+            mean_step.unwrap_or(f64::NAN),
+            mean_sum.unwrap_or(f64::NAN)
+        ),
+    })
+}
+
+/// The sum of every parameter value (a checksum of the replica).
+fn weight_sum<B: AutodiffBackend, M: TrainModel<B>>(model: &M) -> f64 {
+    struct Sum(f64);
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Sum {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            self.0 += crate::step::scalar(param.val().sum());
         }
     }
-    let model_dir = if state.step == total_steps {
-        let dir = out.join("model");
-        write_dir_atomic(&dir, |tmp| Ok(model.save(tmp)?))?;
-        if validator.blocks().is_empty() {
-            plot(out, observer, &mut plot_warned);
-        }
-        Some(dir)
-    } else {
-        None
-    };
-    Ok(TrainSummary {
-        steps: state.step,
-        total_steps,
-        tokens: state.tokens,
-        last_loss,
-        validation,
-        model_dir,
-        elapsed_s: state.elapsed_before + started.elapsed().as_secs_f64(),
-        valid_unigram_bits: validator.unigram_bits(),
-    })
+    let mut sum = Sum(0.0);
+    model.visit(&mut sum);
+    sum.0
 }
 
 /// Redraws `loss.png`; a failure (e.g. a missing font) is a warning, given once, not the end of
 /// the run.
-fn plot(out: &Path, observer: &mut dyn TrainObserver, warned: &mut bool) {
+fn plot(out: &Path, emit: &mut dyn FnMut(TrainEvent), warned: &mut bool) {
     let result = crate::plot::run_curves(out, "run")
         .and_then(|c| crate::plot::plot_curves(&[c], "loss", &out.join("loss.png")));
     if let Err(e) = result {
         if !*warned {
-            observer.on_event(&TrainEvent::Warning(format!("loss.png not written: {e}")));
+            emit(TrainEvent::Warning(format!("loss.png not written: {e}")));
             *warned = true;
         }
     }
