@@ -1,7 +1,8 @@
 //! The library's paths on the backend the features select (flex by default; `.ci/run` also runs
 //! this file on wgpu, through Mesa's lavapipe): generation with every remasking rule, with
 //! temperature and with CFG; Fast-dLLM's block decoding with both caches in ragged batches; a few
-//! training steps of the MDM and of the baseline, resumed exactly. The fixture suites (`parity*`)
+//! training steps of the MDM and of the baseline, resumed exactly and, on two data-parallel peers
+//! (burn-collective's all-reduce on this backend), equal to one device. The fixture suites (`parity*`)
 //! cover the network, losses, samplers, estimators and LLaDA on the same backend.
 
 mod common;
@@ -15,7 +16,9 @@ use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
 use mdm::samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
 use mdm::samplers::remasking::NamedRule;
 use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
-use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig, TrainModel};
+use mdm::train::{
+    train, train_on, DataSpec, Objective, RunOptions, TrainConfig, TrainEvent, TrainModel,
+};
 
 const VOCAB: usize = 40;
 
@@ -163,23 +166,43 @@ fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
     assert_eq!((a.steps, a.tokens), (b.steps, b.tokens));
     let weights =
         |run: &tempfile::TempDir| read_tensors(&run.path().join("model/model.safetensors"));
-    let (wa, wb) = (weights(&straight), weights(&split));
-    assert_eq!(wa.len(), wb.len());
-    let diff = wa
-        .iter()
-        .map(|(name, a)| {
-            let b = &wb[name];
-            a.values
-                .iter()
-                .zip(&b.values)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max)
-        })
-        .fold(0.0, f64::max);
+    let max_diff = |x: &tempfile::TempDir, y: &tempfile::TempDir| {
+        let (wa, wb) = (weights(x), weights(y));
+        assert_eq!(wa.len(), wb.len());
+        wa.iter()
+            .map(|(name, a)| {
+                let b = &wb[name];
+                a.values
+                    .iter()
+                    .zip(&b.values)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max)
+            })
+            .fold(0.0, f64::max)
+    };
+    let diff = max_diff(&straight, &split);
     // the same tolerance as the CPU trainer test: threaded reductions may reorder sums
     assert!(
         diff < 1e-6,
         "{objective:?}: resumed weights differ by {diff:e}"
+    );
+    // two data-parallel peers on this backend's device, one micro-batch each per step
+    let pair = tempfile::tempdir().unwrap();
+    train_on::<Training, M>(
+        &config(),
+        &cfg,
+        data.clone(),
+        pair.path(),
+        &RunOptions::default(),
+        &[backend::device(), backend::device()],
+        &mut |_: &TrainEvent| {},
+    )
+    .unwrap();
+    let diff = max_diff(&straight, &pair);
+    eprintln!("{objective:?}: two peers against one device: max |diff| {diff:.2e}");
+    assert!(
+        diff < 1e-6,
+        "{objective:?}: two peers differ from one device by {diff:e}"
     );
     assert!(a.validation.is_some_and(|v| v.nats.is_finite()));
 }
