@@ -1,8 +1,8 @@
 //! The library's paths on the backend the features select (flex by default; `.ci/run` also runs
 //! this file on wgpu, through Mesa's lavapipe): generation with every remasking rule, with
 //! temperature and with CFG; Fast-dLLM's block decoding with both caches in ragged batches; a few
-//! training steps of the MDM and of the baseline, resumed exactly and, on two data-parallel peers
-//! (burn-collective's all-reduce on this backend), equal to one device. The fixture suites (`parity*`)
+//! training steps of the MDM and of the baseline, resumed exactly and (CPU backends) on two
+//! data-parallel peers equal to one device. The fixture suites (`parity*`)
 //! cover the network, losses, samplers, estimators and LLaDA on the same backend.
 
 mod common;
@@ -186,24 +186,34 @@ fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
         diff < 1e-6,
         "{objective:?}: resumed weights differ by {diff:e}"
     );
-    // two data-parallel peers on this backend's device, one micro-batch each per step
-    let pair = tempfile::tempdir().unwrap();
-    train_on::<Training, M>(
-        &config(),
-        &cfg,
-        data.clone(),
-        pair.path(),
-        &RunOptions::default(),
-        &[backend::device(), backend::device()],
-        &mut |_: &TrainEvent| {},
-    )
-    .unwrap();
-    let diff = max_diff(&straight, &pair);
-    eprintln!("{objective:?}: two peers against one device: max |diff| {diff:.2e}");
-    assert!(
-        diff < 1e-6,
-        "{objective:?}: two peers differ from one device by {diff:e}"
-    );
+    // two data-parallel peers, one micro-batch each per step. Only on the CPU backends: this
+    // machine has one device, and two peers on one GPU device race in burn 0.21 (lavapipe,
+    // 2026-12-02: two 2-peer runs of 5 steps differ from each other by up to 1e-2; each thread has
+    // its own stream on the device); `--devices` refuses a GPU listed twice
+    if !backend::NAME.contains("CPU") {
+        eprintln!(
+            "{objective:?}: two peers on one {} device not run (see the comment)",
+            backend::NAME
+        );
+    } else {
+        let pair = tempfile::tempdir().unwrap();
+        train_on::<Training, M>(
+            &config(),
+            &cfg,
+            data.clone(),
+            pair.path(),
+            &RunOptions::default(),
+            &[backend::device(), backend::device()],
+            &mut |_: &TrainEvent| {},
+        )
+        .unwrap();
+        let diff = max_diff(&straight, &pair);
+        eprintln!("{objective:?}: two peers against one device: max |diff| {diff:.2e}");
+        assert!(
+            diff < 1e-6,
+            "{objective:?}: two peers differ from one device by {diff:e}"
+        );
+    }
     assert!(a.validation.is_some_and(|v| v.nats.is_finite()));
 }
 

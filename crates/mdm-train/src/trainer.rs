@@ -240,8 +240,11 @@ impl Run<'_> {
             None
         };
         let config = resolve_config(self.config, self.out, resume_dir.is_some(), writes)?;
+        if devices.is_empty() {
+            return Err(TrainError::Config("a run needs at least one device".into()));
+        }
         let world = config.parallel.world(devices.len());
-        if devices.is_empty() || !config.grad_accum.is_multiple_of(world) {
+        if !config.grad_accum.is_multiple_of(world) {
             return Err(TrainError::Config(format!(
                 "grad_accum {} must be a multiple of the {world} peers ({} devices x {} nodes): \
                  each peer computes grad_accum / peers micro-batches of every step (for the same \
@@ -436,6 +439,100 @@ struct Files {
     plot_warned: bool,
 }
 
+/// What an optimizer step ended with, for the leader's files.
+struct StepDone {
+    step: usize,
+    total_steps: usize,
+    last_step: usize,
+    lr: f64,
+    outcome: crate::step::StepOutcome,
+    tokens_per_s: f64,
+    /// When this invocation started training, and the seconds of earlier invocations.
+    started: Instant,
+    elapsed_before: f64,
+}
+
+impl StepDone {
+    /// Training seconds so far (across invocations).
+    fn elapsed_s(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// What the leader's files read from the run.
+struct RunParts<'a, M> {
+    model: &'a M,
+    source: &'a Source,
+    validator: &'a Validator,
+    config: &'a TrainConfig,
+    out: &'a Path,
+}
+
+impl Files {
+    /// After a step: its metrics row and event, a validation when due (returned), a checkpoint
+    /// when due.
+    fn record<B: AutodiffBackend, M: TrainModel<B>>(
+        &mut self,
+        done: &StepDone,
+        run: RunParts<'_, M>,
+        state: &mut RunState<B>,
+        emit: &mut dyn FnMut(TrainEvent),
+    ) -> Result<Option<PerTokenNll>, TrainError> {
+        let step = done.step;
+        self.train_log.append(&TrainRow {
+            step,
+            tokens: state.tokens,
+            lr: done.lr,
+            loss: done.outcome.loss,
+            grad_norm: done.outcome.grad_norm,
+            tokens_per_s: done.tokens_per_s,
+            elapsed_s: done.elapsed_s(),
+        })?;
+        emit(TrainEvent::Step {
+            step,
+            total_steps: done.total_steps,
+            lr: done.lr,
+            outcome: done.outcome,
+            tokens_per_s: done.tokens_per_s,
+        });
+        let mut validation = None;
+        if run.validator.due(step, step == done.total_steps) {
+            let nll = run.validator.run::<B, M>(&run.model.valid(), run.config)?;
+            self.valid_log.append(&ValidRow {
+                step,
+                tokens: state.tokens,
+                nats_per_token: nll.nats,
+                bits_per_token: nll.bits(),
+                stderr_bits: nll.stderr_bits(),
+                perplexity: nll.perplexity(),
+            })?;
+            state.last_validation_bits = Some(nll.bits());
+            emit(TrainEvent::Validated {
+                step,
+                kind: M::KIND,
+                nll,
+            });
+            validation = Some(nll);
+            plot(run.out, emit, &mut self.plot_warned);
+        }
+        if self.checkpointer.due(step, step == done.last_step) {
+            let saved = TrainerState {
+                step,
+                tokens: state.tokens,
+                elapsed_s: done.elapsed_s(),
+                data_position: run.source.position()?,
+                last_validation_bits: state.last_validation_bits,
+            };
+            let dir = self.checkpointer.save(&saved, |dir| {
+                run.model.save(dir)?;
+                state.optim.save(&dir.join(OPTIMIZER_FILE))
+            })?;
+            emit(TrainEvent::Checkpointed { dir });
+        }
+        Ok(validation)
+    }
+}
+
 impl Job {
     /// The model of this peer: the checkpoint's, the initial folder's, or a fresh one (the same
     /// on every peer: same seed).
@@ -558,60 +655,27 @@ impl Job {
             state.tokens += config.tokens_per_step() as u64;
             let step = state.step;
             let tokens_per_s = throughput.add(step, config.tokens_per_step() as u64);
-            let Some(files) = files.as_mut() else {
-                continue;
-            };
-            let elapsed_s = state.elapsed_before + started.elapsed().as_secs_f64();
-            files.train_log.append(&TrainRow {
-                step,
-                tokens: state.tokens,
-                lr,
-                loss: outcome.loss,
-                grad_norm: outcome.grad_norm,
-                tokens_per_s,
-                elapsed_s,
-            })?;
-            emit(TrainEvent::Step {
-                step,
-                total_steps,
-                lr,
-                outcome,
-                tokens_per_s,
-            });
-
-            let finished = step == total_steps;
-            if validator.due(step, finished) {
-                let nll = validator.run::<B, M>(&model.valid(), config)?;
-                files.valid_log.append(&ValidRow {
+            if let Some(files) = files.as_mut() {
+                let done = StepDone {
                     step,
-                    tokens: state.tokens,
-                    nats_per_token: nll.nats,
-                    bits_per_token: nll.bits(),
-                    stderr_bits: nll.stderr_bits(),
-                    perplexity: nll.perplexity(),
-                })?;
-                state.last_validation_bits = Some(nll.bits());
-                emit(TrainEvent::Validated {
-                    step,
-                    kind: M::KIND,
-                    nll,
-                });
-                validation = Some(nll);
-                plot(&self.out, emit, &mut files.plot_warned);
-            }
-            if files.checkpointer.due(step, step == last_step) {
-                let saved = TrainerState {
-                    step,
-                    tokens: state.tokens,
-                    elapsed_s: state.elapsed_before + started.elapsed().as_secs_f64(),
-                    data_position: source.position()?,
-                    last_validation_bits: state.last_validation_bits,
+                    total_steps,
+                    last_step,
+                    lr,
+                    outcome,
+                    tokens_per_s,
+                    started,
+                    elapsed_before: state.elapsed_before,
                 };
-                let dir = files.checkpointer.save(&saved, |dir| {
-                    model.save(dir)?;
-                    state.optim.save(&dir.join(OPTIMIZER_FILE))
-                })?;
-                emit(TrainEvent::Checkpointed { dir });
+                let parts = RunParts {
+                    model: &model,
+                    source: &source,
+                    validator: &validator,
+                    config,
+                    out: &self.out,
+                };
+                if let Some(nll) = files.record::<B, M>(&done, parts, &mut state, emit)? {
+                    validation = Some(nll);
+                }
             }
         }
         let model_dir = match files.as_mut() {
