@@ -20,7 +20,7 @@ use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::sft::{read_jsonl, ChatTemplate, SftDataset};
 use mdm::data::Tokenizer;
 use mdm::models::checkpoint::{read_meta, ModelKind};
-use mdm::train::{train_objective_on, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[path = "common/parallel.rs"]
 mod parallel;
@@ -176,7 +176,7 @@ fn main() -> Result<()> {
     let devices = backend::devices(&args.parallel.devices)?;
     let data = DataSpec::Sft(dataset);
     let summary =
-        train_objective_on::<Training>(&meta.config, &config, data, &args.out, &options, &devices)?;
+        train_objective::<Training>(&meta.config, &config, data, &args.out, &options, &devices)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

@@ -18,7 +18,7 @@ use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::shards::find_shards;
 use mdm::data::Tokenizer;
 use mdm::models::ModelConfig;
-use mdm::train::{train_objective_on, DataSpec, Objective, RunOptions, TrainConfig};
+use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[path = "common/parallel.rs"]
 mod parallel;
@@ -245,7 +245,7 @@ fn main() -> Result<()> {
         ..config
     };
     let summary =
-        train_objective_on::<Training>(&model, &config, data, &args.out, &options, &devices)?;
+        train_objective::<Training>(&model, &config, data, &args.out, &options, &devices)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

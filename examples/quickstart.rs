@@ -184,8 +184,14 @@ fn main() -> Result<()> {
             progress: !args.no_live,
             stop_after: None,
         };
-        let summary =
-            train_objective::<Training>(&model_config, &config, data, &run, &options, &device)?;
+        let summary = train_objective::<Training>(
+            &model_config,
+            &config,
+            data,
+            &run,
+            &options,
+            std::slice::from_ref(&device),
+        )?;
         let dir = summary
             .model_dir
             .context("the run stopped before its last step")?;

@@ -49,6 +49,5 @@ pub use error::TrainError;
 pub use events::{TrainEvent, TrainObserver};
 pub use objective::{Batch, TrainModel};
 pub use trainer::{
-    train, train_objective, train_objective_on, train_on, train_with, DataSpec, RunOptions,
-    TrainSummary,
+    train, train_objective, train_on, train_with, DataSpec, RunOptions, TrainSummary,
 };

@@ -539,6 +539,24 @@ mod tests {
         Ok(0)
     }
 
+    fn assert_peer_failed<T: std::fmt::Debug>(
+        result: Result<T, TrainError>,
+        peer: usize,
+        says: &str,
+    ) {
+        match result {
+            Err(TrainError::PeerFailed {
+                peer: failed,
+                reason,
+                ..
+            }) => {
+                assert_eq!(failed, peer);
+                assert!(reason.contains(says), "{reason}");
+            }
+            other => panic!("expected peer {peer}'s failure, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_failing_peer_stops_the_run_at_once_naming_it() {
         let started = Instant::now();
@@ -551,13 +569,7 @@ mod tests {
             },
             |_| {},
         );
-        match result {
-            Err(TrainError::PeerFailed { peer, reason, .. }) => {
-                assert_eq!(peer, 1);
-                assert!(reason.contains("this peer broke"), "{reason}");
-            }
-            other => panic!("expected peer 1's failure, got {other:?}"),
-        }
+        assert_peer_failed(result, 1, "this peer broke");
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 
@@ -574,13 +586,7 @@ mod tests {
             },
             |_| {},
         );
-        match result {
-            Err(TrainError::PeerFailed { peer, reason, .. }) => {
-                assert_eq!(peer, 0);
-                assert!(reason.contains("fell over"), "{reason}");
-            }
-            other => panic!("expected peer 0's panic, got {other:?}"),
-        }
+        assert_peer_failed(result, 0, "fell over");
         // the collective is usable again by a run after it
         let ok = run_peers::<Flex, _, (), _, _>(
             &[0usize, 1],

@@ -291,7 +291,7 @@ pub fn run_sweep<B: AutodiffBackend>(
                     data,
                     &dir,
                     &options,
-                    device,
+                    std::slice::from_ref(device),
                 )?;
                 // a run finished before its row was written validates no more when resumed: its
                 // final validation is read back from its validation.csv

@@ -69,31 +69,14 @@ pub struct TrainSummary {
 /// `train.toml` in the output folder.
 pub const CONFIG_FILE: &str = "train.toml";
 
-/// [`train`] with the model chosen by `config.objective`: a [`MaskedTransformer`] for
-/// [`Objective::Mdm`](crate::Objective::Mdm), a [`CausalTransformer`] for the baseline.
+/// [`train`] with the model chosen by `config.objective` (a [`MaskedTransformer`] for
+/// [`Objective::Mdm`](crate::Objective::Mdm), a [`CausalTransformer`] for the baseline), one peer
+/// per device of `devices` (one device: the calling thread; more: data parallel, see
+/// [`train_on`]).
 ///
 /// [`MaskedTransformer`]: mdm_models::MaskedTransformer
 /// [`CausalTransformer`]: mdm_models::CausalTransformer
 pub fn train_objective<B: AutodiffBackend>(
-    model_config: &mdm_models::ModelConfig,
-    config: &TrainConfig,
-    data: DataSpec,
-    out: &Path,
-    options: &RunOptions,
-    device: &B::Device,
-) -> Result<TrainSummary, TrainError> {
-    train_objective_on::<B>(
-        model_config,
-        config,
-        data,
-        out,
-        options,
-        std::slice::from_ref(device),
-    )
-}
-
-/// [`train_objective`] with one peer per device of `devices` (data parallel, see [`train_on`]).
-pub fn train_objective_on<B: AutodiffBackend>(
     model_config: &mdm_models::ModelConfig,
     config: &TrainConfig,
     data: DataSpec,
