@@ -2,7 +2,8 @@
 //! computes the gradients of its share of every global batch, and [`CollectiveMean`] replaces them
 //! by their mean over all peers before clipping and AdamW, so every replica makes the update one
 //! device would make on the whole batch and the replicas stay equal. Peers on several machines
-//! (nodes) meet through burn-collective's global coordinator ([`serve_coordinator`]).
+//! (nodes) would meet through burn-collective's global coordinator; the trainer refuses that for
+//! now ([`MULTI_NODE_GAP`]).
 //!
 //! The all-reduce is burn's own (`burn-collective`, version-matched to our burn), not ours: its
 //! local server pairs the peers' calls by order, so every peer must call it for the same
