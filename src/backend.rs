@@ -107,16 +107,18 @@ pub fn devices(spec: &str) -> Result<Vec<burn::tensor::Device<Default>>, DeviceS
         }
         indices.push(n);
     }
-    if expected == "cpu" {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return Ok(indices.into_iter().map(gpu).collect());
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
         let [peers] = indices[..] else {
             return Err(error("on the CPU give one count of peers: cpu:K".into()));
         };
         if peers == 0 {
             return Err(error("cpu:0 has no peers".into()));
         }
-        return Ok(vec![device(); peers]);
+        Ok(vec![device(); peers])
     }
-    Ok(indices.into_iter().map(gpu).collect())
 }
 
 #[cfg(feature = "cuda")]
@@ -127,11 +129,6 @@ fn gpu(index: usize) -> burn::tensor::Device<Default> {
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 fn gpu(index: usize) -> burn::tensor::Device<Default> {
     burn::backend::wgpu::WgpuDevice::DiscreteGpu(index)
-}
-
-#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-fn gpu(_index: usize) -> burn::tensor::Device<Default> {
-    device()
 }
 
 #[cfg(test)]

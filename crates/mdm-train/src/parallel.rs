@@ -180,28 +180,6 @@ impl<B: Backend> CollectiveMean<B> {
         Ok(me)
     }
 
-    /// The mean over all peers of each of `values` (a handful of scalars).
-    fn mean_values(&mut self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
-        let data = TensorData::new(
-            values.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
-            [values.len()],
-        );
-        let tensor = Tensor::<B, 1>::from_data(data, &self.device);
-        let mean = self.waiting("all-reduce", |peer| {
-            all_reduce::<B>(
-                peer,
-                tensor.into_primitive().tensor(),
-                ReduceOperation::Mean,
-            )
-        })?;
-        let mean = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(mean));
-        Ok(mean
-            .into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .unwrap_or_default())
-    }
-
     /// Runs one collective call, reported to the watch while it waits; an aborted run answers
     /// with an error before calling.
     fn waiting<T>(
@@ -234,7 +212,24 @@ impl<B: Backend> GradientReduce<B> for CollectiveMean<B> {
     }
 
     fn mean_of(&mut self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
-        self.mean_values(values)
+        let data = TensorData::new(
+            values.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+            [values.len()],
+        );
+        let tensor = Tensor::<B, 1>::from_data(data, &self.device);
+        let mean = self.waiting("all-reduce", |peer| {
+            all_reduce::<B>(
+                peer,
+                tensor.into_primitive().tensor(),
+                ReduceOperation::Mean,
+            )
+        })?;
+        let mean = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(mean));
+        Ok(mean
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap_or_default())
     }
 
     fn at_step(&mut self, step: usize) {
@@ -286,8 +281,8 @@ fn collective_config(
 /// synchronisation (`SyncService::sync`, `src/global/node/sync.rs`) clears a copy of its list of
 /// synced nodes instead of the list, so the second global operation after a registration waits
 /// forever (seen here: two nodes on loopback register and average once, then the first gradient
-/// all-reduce of step 0 never returns, with every global strategy; `tests/parallel.rs` watches for
-/// a fixed release). Working around it would mean re-registering every node for every
+/// all-reduce of step 0 never returns, with every global strategy; `tests/multinode_gap.rs`
+/// watches for a fixed release). Working around it would mean re-registering every node for every
 /// operation, which its coordinator numbers nodes by arrival for, and races; writing our own
 /// network all-reduce is what this crate does not do.
 pub const MULTI_NODE_GAP: &str = "training on several nodes waits for a fix in burn-collective: \
@@ -368,7 +363,7 @@ where
             .name(format!("mdm-peer-{local}"))
             .spawn(move || {
                 let result = catch_unwind(AssertUnwindSafe(|| body(peer, device)))
-                    .unwrap_or_else(|panic| Err(panicked(local, panic.as_ref())));
+                    .unwrap_or_else(|panic| Err(panicked(place, panic.as_ref())));
                 let _ = done.send((local, result));
             });
         if let Err(e) = spawned {
@@ -435,7 +430,7 @@ impl<E, T> Supervisor<'_, E, T> {
     /// own, which are not the cause.
     fn fail<B: Backend>(&self, peer: usize, error: TrainError) -> TrainError {
         abort::<B>(self.watch);
-        let _ = drain(&self.done, Duration::from_secs(2));
+        drain(&self.done, Duration::from_secs(2));
         match error {
             error @ (TrainError::PeerFailed { .. } | TrainError::CollectiveTimeout { .. }) => error,
             error => TrainError::PeerFailed {
@@ -467,17 +462,14 @@ impl<E, T> Supervisor<'_, E, T> {
     }
 }
 
-/// Waits up to `grace` for the remaining peers' results.
-fn drain<T>(receiver: &mpsc::Receiver<T>, grace: Duration) -> usize {
+/// Waits up to `grace` for the remaining peers' results (and drops them).
+fn drain<T>(receiver: &mpsc::Receiver<T>, grace: Duration) {
     let until = Instant::now() + grace;
-    let mut n = 0;
     while let Some(left) = until.checked_duration_since(Instant::now()) {
-        match receiver.recv_timeout(left) {
-            Ok(_) => n += 1,
-            Err(_) => break,
+        if receiver.recv_timeout(left).is_err() {
+            break;
         }
     }
-    n
 }
 
 /// Tells every peer to stop and wakes the ones waiting in this process's collective.
@@ -486,15 +478,15 @@ fn abort<B: Backend>(watch: &Watch) {
     reset_collective::<B>();
 }
 
-fn panicked(peer: usize, panic: &(dyn std::any::Any + Send)) -> TrainError {
+fn panicked(place: PeerPlace, panic: &(dyn std::any::Any + Send)) -> TrainError {
     let message = panic
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "a panic".into());
     TrainError::PeerFailed {
-        peer,
-        node: 0,
+        peer: place.local,
+        node: place.node,
         reason: format!("panicked: {message}"),
     }
 }
@@ -522,13 +514,18 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
 
-    fn reduce_forever(peer: Peer<()>, fail_after: Option<usize>) -> Result<usize, TrainError> {
-        let mut c = CollectiveMean::<Flex>::join(
+    /// `peer` joined on the CPU, on one node.
+    fn join(peer: &Peer<()>) -> Result<CollectiveMean<Flex>, TrainError> {
+        CollectiveMean::join(
             peer.place,
             &ParallelConfig::default(),
             &Default::default(),
             peer.watch.clone(),
-        )?;
+        )
+    }
+
+    fn reduce_forever(peer: Peer<()>, fail_after: Option<usize>) -> Result<usize, TrainError> {
+        let mut c = join(&peer)?;
         for step in 0.. {
             if fail_after == Some(step) {
                 return Err(TrainError::Config("this peer broke".into()));
@@ -593,12 +590,7 @@ mod tests {
             &[0usize, 1],
             &ParallelConfig::default(),
             |peer, _| {
-                let mut c = CollectiveMean::<Flex>::join(
-                    peer.place,
-                    &ParallelConfig::default(),
-                    &Default::default(),
-                    peer.watch.clone(),
-                )?;
+                let mut c = join(&peer)?;
                 let mean = c.mean_of(&[peer.place.local as f64 * 2.0])?;
                 Ok(mean[0])
             },

@@ -84,7 +84,6 @@ pub fn train_objective<B: AutodiffBackend>(
     options: &RunOptions,
     devices: &[B::Device],
 ) -> Result<TrainSummary, TrainError> {
-    let mut reporter = ConsoleReporter::new(options.progress, config.log_every);
     let run = Run {
         model_config,
         config,
@@ -92,14 +91,20 @@ pub fn train_objective<B: AutodiffBackend>(
         out,
         options,
     };
-    let summary = match config.objective {
-        crate::Objective::Mdm => {
-            run.on::<B, mdm_models::MaskedTransformer<B>>(devices, &mut reporter)
-        }
-        crate::Objective::Arm => {
-            run.on::<B, mdm_models::CausalTransformer<B>>(devices, &mut reporter)
-        }
-    };
+    on_console(options, config, |reporter| match config.objective {
+        crate::Objective::Mdm => run.on::<B, mdm_models::MaskedTransformer<B>>(devices, reporter),
+        crate::Objective::Arm => run.on::<B, mdm_models::CausalTransformer<B>>(devices, reporter),
+    })
+}
+
+/// Runs `train` reporting to a [`ConsoleReporter`] (a bar, or log lines), closed at the end.
+fn on_console(
+    options: &RunOptions,
+    config: &TrainConfig,
+    train: impl FnOnce(&mut dyn TrainObserver) -> Result<TrainSummary, TrainError>,
+) -> Result<TrainSummary, TrainError> {
+    let mut reporter = ConsoleReporter::new(options.progress, config.log_every);
+    let summary = train(&mut reporter);
     reporter.finish();
     summary
 }
@@ -121,18 +126,9 @@ where
     B: AutodiffBackend,
     M: TrainModel<B>,
 {
-    let mut reporter = ConsoleReporter::new(options.progress, config.log_every);
-    let summary = train_with::<B, M>(
-        model_config,
-        config,
-        data,
-        out,
-        options,
-        device,
-        &mut reporter,
-    );
-    reporter.finish();
-    summary
+    on_console(options, config, |reporter| {
+        train_with::<B, M>(model_config, config, data, out, options, device, reporter)
+    })
 }
 
 /// [`train`] reporting to `observer` instead of the console.
@@ -210,19 +206,16 @@ impl Run<'_> {
         B: AutodiffBackend,
         M: TrainModel<B>,
     {
-        let parallel = &self.config.parallel;
-        parallel.validate()?;
-        if parallel.nodes > 1 {
+        if self.config.parallel.nodes > 1 {
             return Err(TrainError::Config(crate::parallel::MULTI_NODE_GAP.into()));
         }
-        let writes = parallel.node_rank == 0;
         std::fs::create_dir_all(self.out).map_err(io(self.out))?;
         let resume_dir = if self.options.resume {
             latest_checkpoint(self.out)?
         } else {
             None
         };
-        let config = resolve_config(self.config, self.out, resume_dir.is_some(), writes)?;
+        let config = resolve_config(self.config, self.out, resume_dir.is_some())?;
         if devices.is_empty() {
             return Err(TrainError::Config("a run needs at least one device".into()));
         }
@@ -347,12 +340,11 @@ pub fn micro_batch_rng(seed: u64, index: u64) -> MdmRng {
 
 /// The configuration a run uses: the saved `train.toml` when resuming (with the caller's
 /// `parallel` section: the devices may change between invocations, the updates do not depend on
-/// them), else `config` (then written to `train.toml` when `write`).
+/// them), else `config` (then written to `train.toml`: runs on one node only, whose rank 0 writes).
 fn resolve_config(
     config: &TrainConfig,
     out: &Path,
     resuming: bool,
-    write: bool,
 ) -> Result<TrainConfig, TrainError> {
     let path = out.join(CONFIG_FILE);
     let config = if resuming && path.is_file() {
@@ -364,7 +356,7 @@ fn resolve_config(
         config.clone()
     };
     config.validate()?;
-    if !resuming && write {
+    if !resuming {
         write_atomic(&path, config.to_toml().as_bytes())?;
     }
     Ok(config)

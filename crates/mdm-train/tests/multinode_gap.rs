@@ -4,6 +4,10 @@
 //! coordinator and all-reduce three times. In burn-collective 0.21 only the first global
 //! operation returns. When this test fails because all three return, the fix has landed: lift the
 //! trainer's refusal of `parallel.nodes > 1` and test two nodes end to end.
+//!
+//! Also here, because it leaves a backend's local server blocked for good (each test binary is a
+//! process of its own): the bound on a wait for other nodes. A node whose coordinator never
+//! answers stops with `TrainError::CollectiveTimeout` after `parallel.timeout_s`.
 
 use std::net::TcpListener;
 use std::sync::mpsc;
@@ -15,6 +19,8 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{
     all_reduce, register, AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation,
 };
+use mdm_train::parallel::{run_peers, CollectiveMean};
+use mdm_train::{ParallelConfig, TrainError};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -79,4 +85,40 @@ fn burn_collective_completes_only_the_first_global_operation() {
         "burn-collective's global collective now completes {ops:?}: if every node did all \
          three operations the gap is fixed (lift MULTI_NODE_GAP); anything else is new behaviour"
     );
+}
+
+#[test]
+fn a_node_whose_coordinator_never_answers_stops_with_a_timeout() {
+    // a third backend type: its own local server, blocked by this test only
+    type Lonely = Autodiff<Autodiff<Flex>>;
+    let silent = free_port(); // nothing listens there
+    let parallel = ParallelConfig {
+        nodes: 2,
+        node_rank: 1,
+        coordinator: Some(format!("ws://127.0.0.1:{silent}")),
+        node_address: Some(format!("ws://127.0.0.1:{}", free_port())),
+        data_port: Some(free_port()),
+        timeout_s: 1,
+        ..ParallelConfig::default()
+    };
+    let config = parallel.clone();
+    let started = std::time::Instant::now();
+    let result = run_peers::<Lonely, _, (), _, _>(
+        &[0usize],
+        &parallel,
+        move |peer, _| {
+            CollectiveMean::<Lonely>::join(peer.place, &config, &Default::default(), peer.watch)
+                .map(|_| ())
+        },
+        |_| {},
+    );
+    match result {
+        Err(TrainError::CollectiveTimeout {
+            node, nodes, what, ..
+        }) => assert_eq!((node, nodes, what), (1, 2, "registration")),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    eprintln!("a node alone gave up after {waited:?} (timeout 1 s)");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
 }
