@@ -25,6 +25,10 @@ struct Args {
     /// Only fit and plot the results already in `<out>/results.csv`.
     #[arg(long)]
     fit_only: bool,
+    /// This machine's devices, one peer each (`cpu:2`, `cuda:0,cuda:1`); default: the backend's
+    /// default device.
+    #[arg(long, default_value = "")]
+    devices: String,
     /// Log lines instead of progress bars.
     #[arg(long)]
     no_progress: bool,
@@ -32,13 +36,14 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let grid = ScalingGrid::from_file(&args.grid)?;
+    let mut grid = ScalingGrid::from_file(&args.grid)?;
+    grid.train.parallel.devices = args.devices.clone();
     let results = if args.fit_only {
         read_results(&grid.out.join("results.csv"))?
     } else {
-        let runs = grid.budgets.len() * grid.sizes.len() * grid.models.len();
+        let runs = grid.points().count();
         println!(
-            "sweep of {runs} runs ({} budgets x {} sizes x {} models) on {}, backend {}",
+            "sweep of {runs} runs ({} budgets, {} sizes, {} models) on {}, backend {}",
             grid.budgets.len(),
             grid.sizes.len(),
             grid.models.len(),
@@ -48,7 +53,7 @@ fn main() -> Result<()> {
         run_sweep::<Training>(
             &grid,
             !args.no_progress,
-            &backend::device(),
+            &backend::devices(&args.devices)?,
             |event| match event {
                 RunEvent::Skipped(run) => println!("{run}: done before, skipped"),
                 RunEvent::Started {

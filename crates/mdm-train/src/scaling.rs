@@ -51,9 +51,21 @@ pub struct SizeSpec {
     pub n_embd: Option<usize>,
     /// SwiGLU width (default 8/3 of the width rounded up to a multiple of 32).
     pub intermediate: Option<usize>,
+    /// The budgets this size is trained at (default every budget of the grid): an IsoFLOP sweep
+    /// slides its window of sizes with the budget instead of training a tiny model for hundreds
+    /// of epochs or a large one for a few steps. Each must be one of the grid's budgets.
+    #[serde(default)]
+    pub budgets: Option<Vec<f64>>,
 }
 
 impl SizeSpec {
+    /// Whether this size is trained at `budget`.
+    pub fn trains_at(&self, budget: f64) -> bool {
+        self.budgets
+            .as_ref()
+            .is_none_or(|list| list.contains(&budget))
+    }
+
     /// The model config for `vocab` and sequences of `seq_len`.
     pub fn model_config(&self, vocab: usize, seq_len: usize) -> Result<ModelConfig, TrainError> {
         let config = match (self.n_layer, self.n_embd) {
@@ -123,7 +135,31 @@ impl ScalingGrid {
                 path.display()
             )));
         }
+        for size in &grid.sizes {
+            if let Some(b) = size
+                .budgets
+                .iter()
+                .flatten()
+                .find(|b| !grid.budgets.contains(b))
+            {
+                return Err(TrainError::Config(format!(
+                    "{}: size `{}` lists budget {b:e}, which is not in the grid's budgets",
+                    path.display(),
+                    size.name
+                )));
+            }
+        }
         Ok(grid)
+    }
+
+    /// The grid points: (budget, size, model) in the order the sweep trains them.
+    pub fn points(&self) -> impl Iterator<Item = (f64, &SizeSpec, Objective)> + '_ {
+        self.budgets.iter().flat_map(move |&budget| {
+            self.sizes
+                .iter()
+                .filter(move |size| size.trains_at(budget))
+                .flat_map(move |size| self.models.iter().map(move |&m| (budget, size, m)))
+        })
     }
 
     /// The run name of one grid point, e.g. `mdm-s1-3e12`.
@@ -228,11 +264,13 @@ pub enum RunEvent {
 }
 
 /// Runs every grid point not yet in `<out>/results.csv`, appending a row after each.
-/// `progress` shows each run's progress bar; `on_event` reports skips, starts and results.
+/// `progress` shows each run's progress bar; `on_event` reports skips, starts and results. Each run
+/// is data-parallel over `devices` (one peer each; `grid.train.parallel.devices` names them in
+/// the runs' train.toml).
 pub fn run_sweep<B: AutodiffBackend>(
     grid: &ScalingGrid,
     progress: bool,
-    device: &B::Device,
+    devices: &[B::Device],
     mut on_event: impl FnMut(&RunEvent),
 ) -> Result<Vec<RunResult>, TrainError> {
     let tokenizer = mdm_data::Tokenizer::from_file(grid.data.join("tokenizer.json"))?;
@@ -249,82 +287,71 @@ pub fn run_sweep<B: AutodiffBackend>(
     let results_path = grid.out.join("results.csv");
     let table = CsvTable::<RunResult>::open_keeping(results_path, |_| true)?;
     let mut results = CsvTable::<RunResult>::read(table.path())?;
-    for &budget in &grid.budgets {
-        for size in &grid.sizes {
-            for &model in &grid.models {
-                let run = ScalingGrid::run_name(model, size, budget);
-                if results.iter().any(|r| r.run == run) {
-                    on_event(&RunEvent::Skipped(run));
-                    continue;
-                }
-                let model_config = size.model_config(vocab, grid.train.seq_len)?;
-                let n = model_config.non_embedding_params();
-                let mut config = grid.train.clone();
-                config.objective = model;
-                config.steps = None;
-                config.flops_budget = Some(budget);
-                let steps = config.total_steps(n)?;
-                config.steps = Some(steps);
-                config.warmup_steps = ((steps as f64 * grid.warmup_fraction) as usize).max(1);
-                config.eval_every = 0;
-                config.save_every = config.save_every.min(steps.div_ceil(2)).max(1);
-                let dir = grid.out.join("runs").join(&run);
-                let resumed = dir.join("checkpoints").is_dir();
-                on_event(&RunEvent::Started {
-                    run: run.clone(),
-                    steps,
-                    resumed,
-                });
-                let options = RunOptions {
-                    resume: resumed,
-                    init_from: None,
-                    progress,
-                    stop_after: None,
-                };
-                let data = DataSpec::Shards {
-                    train: train_files.clone(),
-                    valid: valid_files.clone(),
-                };
-                let summary = crate::train_objective::<B>(
-                    &model_config,
-                    &config,
-                    data,
-                    &dir,
-                    &options,
-                    std::slice::from_ref(device),
-                )?;
-                // a run finished before its row was written validates no more when resumed: its
-                // final validation is read back from its validation.csv
-                let (valid_nats, valid_stderr) = match summary.validation {
-                    Some(v) => (v.nats, v.stderr),
-                    None => final_validation(&dir, summary.steps)?,
-                };
-                let flops =
-                    training_flops_breakdown(&model_config, config.seq_len, summary.tokens as f64);
-                let result = RunResult {
-                    run,
-                    model: if model == Objective::Mdm {
-                        "mdm"
-                    } else {
-                        "arm"
-                    }
-                    .into(),
-                    size: size.name.clone(),
-                    params: n,
-                    budget,
-                    steps: summary.steps,
-                    tokens: summary.tokens,
-                    flops_paper: flops.paper,
-                    flops_full: flops.full,
-                    valid_nats,
-                    valid_stderr,
-                    wall_s: summary.elapsed_s,
-                };
-                table.append(&result)?;
-                on_event(&RunEvent::Finished(result.clone()));
-                results.push(result);
-            }
+    for (budget, size, model) in grid.points() {
+        let run = ScalingGrid::run_name(model, size, budget);
+        if results.iter().any(|r| r.run == run) {
+            on_event(&RunEvent::Skipped(run));
+            continue;
         }
+        let model_config = size.model_config(vocab, grid.train.seq_len)?;
+        let n = model_config.non_embedding_params();
+        let mut config = grid.train.clone();
+        config.objective = model;
+        config.steps = None;
+        config.flops_budget = Some(budget);
+        let steps = config.total_steps(n)?;
+        config.steps = Some(steps);
+        config.warmup_steps = ((steps as f64 * grid.warmup_fraction) as usize).max(1);
+        config.eval_every = 0;
+        config.save_every = config.save_every.min(steps.div_ceil(2)).max(1);
+        let dir = grid.out.join("runs").join(&run);
+        let resumed = dir.join("checkpoints").is_dir();
+        on_event(&RunEvent::Started {
+            run: run.clone(),
+            steps,
+            resumed,
+        });
+        let options = RunOptions {
+            resume: resumed,
+            init_from: None,
+            progress,
+            stop_after: None,
+        };
+        let data = DataSpec::Shards {
+            train: train_files.clone(),
+            valid: valid_files.clone(),
+        };
+        let summary =
+            crate::train_objective::<B>(&model_config, &config, data, &dir, &options, devices)?;
+        // a run finished before its row was written validates no more when resumed: its
+        // final validation is read back from its validation.csv
+        let (valid_nats, valid_stderr) = match summary.validation {
+            Some(v) => (v.nats, v.stderr),
+            None => final_validation(&dir, summary.steps)?,
+        };
+        let flops = training_flops_breakdown(&model_config, config.seq_len, summary.tokens as f64);
+        let result = RunResult {
+            run,
+            model: if model == Objective::Mdm {
+                "mdm"
+            } else {
+                "arm"
+            }
+            .into(),
+            size: size.name.clone(),
+            params: n,
+            budget,
+            steps: summary.steps,
+            tokens: summary.tokens,
+            flops_paper: flops.paper,
+            flops_full: flops.full,
+            valid_nats,
+            valid_stderr,
+            wall_s: summary.elapsed_s,
+        };
+        table.append(&result)?;
+        on_event(&RunEvent::Finished(result.clone()));
+        results.push(result);
     }
     Ok(results)
 }
@@ -452,6 +479,43 @@ mod tests {
         )
         .unwrap();
         assert!(ScalingGrid::from_file(&path).is_err());
+    }
+
+    #[test]
+    fn sizes_slide_with_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        let sizes = "[[sizes]]\nname = \"a\"\nn_layer = 1\nn_embd = 32\nbudgets = [1e12]\n\
+                     [[sizes]]\nname = \"b\"\nn_layer = 1\nn_embd = 64\n";
+        std::fs::write(
+            &path,
+            format!("data = \"d\"\nout = \"o\"\nbudgets = [1e12, 3e12]\n{sizes}"),
+        )
+        .unwrap();
+        let g = ScalingGrid::from_file(&path).unwrap();
+        let names: Vec<String> = g
+            .points()
+            .map(|(c, s, m)| ScalingGrid::run_name(m, s, c))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "mdm-a-1e12",
+                "arm-a-1e12",
+                "mdm-b-1e12",
+                "arm-b-1e12",
+                "mdm-b-3e12",
+                "arm-b-3e12"
+            ]
+        );
+        // a budget the grid does not have is refused, naming the size
+        std::fs::write(
+            &path,
+            format!("data = \"d\"\nout = \"o\"\nbudgets = [3e12]\n{sizes}"),
+        )
+        .unwrap();
+        let e = ScalingGrid::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("size `a`") && e.contains("1e12"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn size(name: &str, n_embd: usize) -> SizeSpec {
         n_head: Some(2),
         n_embd: Some(n_embd),
         intermediate: Some(2 * n_embd),
+        budgets: None,
     }
 }
 
@@ -53,7 +54,7 @@ fn a_sweep_trains_each_point_once_and_recovers_lost_rows() {
             ..Default::default()
         },
     };
-    let device = Default::default();
+    let device = [Default::default()];
     let mut finished = 0;
     let first = run_sweep::<B>(&grid, false, &device, |e| {
         finished += usize::from(matches!(e, RunEvent::Finished(_)))
