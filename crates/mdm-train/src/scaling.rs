@@ -16,6 +16,7 @@
 //! n_head = 2
 //! n_embd = 48
 //! intermediate = 128
+//! budgets = [3e12, 1e13]        # optional: only these of the grid's budgets
 //!
 //! [[sizes]]
 //! name = "6M"                   # or a Diff_LLaMA name
