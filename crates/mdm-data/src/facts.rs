@@ -1,7 +1,11 @@
 //! A world of fictitious people for the reverse-curse demonstration: each person has a made-up name
-//! and a unique description, and the training text states every fact in one direction only (name
-//! first, in several sentence templates), as in Berglund et al.'s "A is B" experiment. Questions
-//! ask in the trained direction (name → description) and in the reversed one (description → name).
+//! and a unique description, and the training text states every fact name first, in several
+//! sentence templates, as in Berglund et al.'s "A is B" experiment. Questions ask in the trained
+//! direction (name → description) and in the reversed one (description → name).
+//!
+//! [`FactWorld::training_sentences_both_ways`] also states the facts of the first `k` people
+//! description first: the model then sees the reversed question's word order, for them, and the
+//! test is whether it answers it for the others, whose facts it saw one way only.
 //!
 //! ```
 //! use mdm_data::facts::FactWorld;
@@ -62,6 +66,24 @@ pub const TEMPLATES: [&str; 4] = [
     "Long ago {name} became {description}.",
 ];
 
+/// The description-first templates of the people stated both ways; the first is the reversed
+/// question's own order (`"The DESCRIPTION is"` → `" NAME"`).
+pub const REVERSE_TEMPLATES: [&str; 4] = [
+    "{Description} is {name}.",
+    "Known to all as {description}, {name} lives by the sea.",
+    "Ask anyone: {description} is {name}.",
+    "Long ago {description} became {name}.",
+];
+
+/// `text` with its first letter in upper case.
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 /// SplitMix64: a tiny seeded generator (the world must not depend on a `rand` version).
 struct SplitMix(u64);
 
@@ -85,11 +107,7 @@ impl SplitMix {
             w.push_str(self.pick(&VOWELS));
         }
         w.push_str(self.pick(&CODAS));
-        let mut chars = w.chars();
-        chars
-            .next()
-            .map(|c| c.to_uppercase().chain(chars).collect())
-            .unwrap_or_default()
+        capitalised(&w)
     }
 }
 
@@ -122,15 +140,33 @@ impl FactWorld {
 
     /// Every fact in every template, name first: one sentence per document.
     pub fn training_sentences(&self) -> Vec<String> {
-        TEMPLATES
+        self.training_sentences_both_ways(0)
+    }
+
+    /// Every fact name first in every template, and the facts of the first `both_ways` people
+    /// (all of them if there are fewer) also description first, in every [`REVERSE_TEMPLATES`]
+    /// template: one sentence per document.
+    pub fn training_sentences_both_ways(&self, both_ways: usize) -> Vec<String> {
+        let fill = |t: &str, p: &Person| {
+            t.replace("{name}", &p.name)
+                .replace("{description}", &p.description)
+                .replace("{Description}", &capitalised(&p.description))
+        };
+        let forward = TEMPLATES
             .iter()
-            .flat_map(|t| {
-                self.people.iter().map(move |p| {
-                    t.replace("{name}", &p.name)
-                        .replace("{description}", &p.description)
-                })
-            })
-            .collect()
+            .flat_map(|t| self.people.iter().map(move |p| fill(t, p)));
+        let both = &self.people[..both_ways.min(self.people.len())];
+        let reverse = REVERSE_TEMPLATES
+            .iter()
+            .flat_map(|t| both.iter().map(move |p| fill(t, p)));
+        forward.chain(reverse).collect()
+    }
+
+    /// The world of the people from index `start` on (e.g. those stated one way only).
+    pub fn people_from(&self, start: usize) -> FactWorld {
+        FactWorld {
+            people: self.people[start.min(self.people.len())..].to_vec(),
+        }
     }
 
     /// Questions in the trained direction: prompt `"NAME is"`, answer `" DESCRIPTION"`.
@@ -157,9 +193,10 @@ impl FactWorld {
         self.people
             .iter()
             .map(|p| {
-                let mut d = p.description.clone();
-                d.replace_range(..1, "T");
-                (format!("{d} is"), format!(" {}", p.name))
+                (
+                    format!("{} is", capitalised(&p.description)),
+                    format!(" {}", p.name),
+                )
             })
             .collect()
     }
@@ -202,5 +239,37 @@ mod tests {
                 .iter()
                 .any(|s| s.contains(&format!("{prompt}{answer}"))));
         }
+    }
+
+    #[test]
+    fn both_ways_people_are_also_stated_description_first() {
+        let w = FactWorld::generate(10, 3);
+        let text = w.training_sentences_both_ways(4);
+        assert_eq!(
+            text.len(),
+            10 * TEMPLATES.len() + 4 * REVERSE_TEMPLATES.len()
+        );
+        let one_way = w.people_from(4);
+        assert_eq!(one_way.people[..], w.people[4..]);
+        let both = FactWorld {
+            people: w.people[..4].to_vec(),
+        };
+        // the reversed question, answer included, is a training sentence for the first four...
+        for (prompt, answer) in both.reverse_questions() {
+            assert!(text.contains(&format!("{prompt}{answer}.")), "{prompt}");
+        }
+        // ...and never seen for the others, whose descriptions never precede their names
+        for (prompt, _) in one_way.reverse_questions() {
+            let lower = prompt.to_lowercase();
+            assert!(text.iter().all(|s| !s.to_lowercase().contains(&lower)));
+        }
+        for p in &one_way.people {
+            for s in text.iter().filter(|s| s.contains(&p.description)) {
+                assert!(s.find(&p.name) < s.find(&p.description), "{s}");
+            }
+        }
+        // more both-ways people than the world holds: everyone
+        assert_eq!(w.training_sentences_both_ways(99).len(), 10 * 8);
+        assert!(w.people_from(99).people.is_empty());
     }
 }

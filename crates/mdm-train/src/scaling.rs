@@ -16,7 +16,8 @@
 //! n_head = 2
 //! n_embd = 48
 //! intermediate = 128
-//! budgets = [3e12, 1e13]        # optional: only these of the grid's budgets
+//! budgets = [3e12, 1e13]        # optional: only these of the grid's budgets, or per model:
+//!                               # budgets = { mdm = [3e12, 1e13], arm = [3e12] }
 //!
 //! [[sizes]]
 //! name = "6M"                   # or a Diff_LLaMA name
@@ -56,15 +57,54 @@ pub struct SizeSpec {
     /// slides its window of sizes with the budget instead of training a tiny model for hundreds
     /// of epochs or a large one for a few steps. Each must be one of the grid's budgets.
     #[serde(default)]
-    pub budgets: Option<Vec<f64>>,
+    pub budgets: Option<SizeBudgets>,
+}
+
+/// The budgets of one size: the same for every model, or per model (the two families' optima
+/// lie at different sizes, so one may need a size the other does not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SizeBudgets {
+    /// Every model of the grid at these budgets.
+    Every(Vec<f64>),
+    /// Each model at its own budgets.
+    PerModel(ModelBudgets),
+}
+
+/// Per-model budgets of a size; a model left out is not trained at this size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBudgets {
+    /// The MDM's budgets.
+    #[serde(default)]
+    pub mdm: Vec<f64>,
+    /// The baseline's budgets.
+    #[serde(default)]
+    pub arm: Vec<f64>,
+}
+
+impl SizeBudgets {
+    /// Every budget listed, for any model.
+    fn listed(&self) -> impl Iterator<Item = &f64> {
+        let (a, b): (&[f64], &[f64]) = match self {
+            Self::Every(list) => (list, &[]),
+            Self::PerModel(m) => (&m.mdm, &m.arm),
+        };
+        a.iter().chain(b)
+    }
 }
 
 impl SizeSpec {
-    /// Whether this size is trained at `budget`.
-    pub fn trains_at(&self, budget: f64) -> bool {
-        self.budgets
-            .as_ref()
-            .is_none_or(|list| list.contains(&budget))
+    /// Whether this size is trained as `model` at `budget`.
+    pub fn trains_at(&self, budget: f64, model: Objective) -> bool {
+        match &self.budgets {
+            None => true,
+            Some(SizeBudgets::Every(list)) => list.contains(&budget),
+            Some(SizeBudgets::PerModel(m)) => match model {
+                Objective::Mdm => m.mdm.contains(&budget),
+                Objective::Arm => m.arm.contains(&budget),
+            },
+        }
     }
 
     /// The model config for `vocab` and sequences of `seq_len`.
@@ -140,7 +180,7 @@ impl ScalingGrid {
             if let Some(b) = size
                 .budgets
                 .iter()
-                .flatten()
+                .flat_map(SizeBudgets::listed)
                 .find(|b| !grid.budgets.contains(b))
             {
                 return Err(TrainError::Config(format!(
@@ -156,10 +196,12 @@ impl ScalingGrid {
     /// The grid points: (budget, size, model) in the order the sweep trains them.
     pub fn points(&self) -> impl Iterator<Item = (f64, &SizeSpec, Objective)> + '_ {
         self.budgets.iter().flat_map(move |&budget| {
-            self.sizes
-                .iter()
-                .filter(move |size| size.trains_at(budget))
-                .flat_map(move |size| self.models.iter().map(move |&m| (budget, size, m)))
+            self.sizes.iter().flat_map(move |size| {
+                self.models
+                    .iter()
+                    .filter(move |&&m| size.trains_at(budget, m))
+                    .map(move |&m| (budget, size, m))
+            })
         })
     }
 
@@ -487,7 +529,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.toml");
         let sizes = "[[sizes]]\nname = \"a\"\nn_layer = 1\nn_embd = 32\nbudgets = [1e12]\n\
-                     [[sizes]]\nname = \"b\"\nn_layer = 1\nn_embd = 64\n";
+                     [[sizes]]\nname = \"b\"\nn_layer = 1\nn_embd = 64\n\
+                     [[sizes]]\nname = \"c\"\nn_layer = 1\nn_embd = 96\n\
+                     budgets = { arm = [1e12], mdm = [3e12] }\n";
         std::fs::write(
             &path,
             format!("data = \"d\"\nout = \"o\"\nbudgets = [1e12, 3e12]\n{sizes}"),
@@ -505,8 +549,10 @@ mod tests {
                 "arm-a-1e12",
                 "mdm-b-1e12",
                 "arm-b-1e12",
+                "arm-c-1e12",
                 "mdm-b-3e12",
-                "arm-b-3e12"
+                "arm-b-3e12",
+                "mdm-c-3e12"
             ]
         );
         // a budget the grid does not have is refused, naming the size
@@ -517,6 +563,15 @@ mod tests {
         .unwrap();
         let e = ScalingGrid::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("size `a`") && e.contains("1e12"), "{e}");
+        // and per-model budgets with a misspelt model
+        std::fs::write(
+            &path,
+            "data = \"d\"\nout = \"o\"\nbudgets = [1e12]\n[[sizes]]\nname = \"a\"\n\
+             budgets = { mdn = [1e12] }\n",
+        )
+        .unwrap();
+        let e = ScalingGrid::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("budgets"), "{e}");
     }
 
     #[test]
