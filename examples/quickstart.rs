@@ -1,7 +1,8 @@
 //! The quickstart: train a tiny MDM and its autoregressive baseline on a world of fictitious people
-//! whose facts are stated in one direction only ("NAME is DESCRIPTION"), watch the MDM denoise an
-//! answer, and compare both models on questions asked in the trained and the reversed direction.
-//! No download and no data folder needed; a few minutes on a laptop CPU.
+//! whose facts are stated name first ("NAME is DESCRIPTION"), and for half of them also
+//! description first, watch the MDM denoise an answer, and compare both models on questions asked
+//! in the trained direction and in the reversed one, for the people whose facts were stated one way
+//! only (the reverse curse). No download and no data folder needed; a few minutes on a laptop CPU.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -43,6 +44,13 @@ struct Args {
     /// People in the built-in world.
     #[arg(long, default_value_t = 30)]
     people: usize,
+    /// How many of them are also stated description first (default: half); the reversed questions
+    /// of the others are the test.
+    #[arg(long)]
+    both_ways: Option<usize>,
+    /// Unsupervised CFG scales of the MDM's answers (one table column each; 0 = off).
+    #[arg(long, num_args = 1.., default_values_t = [0.0])]
+    cfg: Vec<f64>,
     /// Seed of the world, the initialisation and the training draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -90,11 +98,16 @@ fn main() -> Result<()> {
     let mut corpus = match &world {
         Some(w) => {
             let file = args.out.join("world.txt");
-            std::fs::write(&file, w.training_sentences().join("\n") + "\n")?;
+            let both_ways = args.both_ways.unwrap_or(w.people.len() / 2);
+            let text = w.training_sentences_both_ways(both_ways);
+            std::fs::write(&file, text.join("\n") + "\n")?;
             println!(
-                "1. a world of {} fictitious people, each fact stated name-first in {} templates: {}",
+                "1. a world of {} fictitious people, each fact stated name-first in {} templates, \
+                 the first {} also description-first in {}: {}",
                 w.people.len(),
                 mdm::data::facts::TEMPLATES.len(),
+                both_ways.min(w.people.len()),
+                mdm::data::facts::REVERSE_TEMPLATES.len(),
                 file.display()
             );
             let mut c = CorpusOptions::new(vec![file]);
@@ -245,59 +258,8 @@ fn main() -> Result<()> {
 
     // 4. forward and reversed questions, greedy, both models
     if let Some(w) = &world {
-        let task = |name: &str, questions: Vec<(String, String)>| Task {
-            name: name.into(),
-            file: args.out.join("world.txt"),
-            items: TaskItems::Generation(
-                Reference::Text,
-                questions
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (prompt, reference))| GenerationItem {
-                        id: i.to_string(),
-                        prompt,
-                        reference,
-                    })
-                    .collect(),
-            ),
-        };
-        let tasks = [
-            task("forward (name -> description)", w.forward_questions()),
-            task("reversed (description -> name)", w.reverse_questions()),
-        ];
-        let settings = TaskSettings {
-            gen_length: args.gen_length,
-            keep_samples: 1,
-            ..Default::default()
-        };
-        println!(
-            "4. exact match (the answer contained in the greedy generation), {} questions each:",
-            w.people.len()
-        );
-        println!("   | question | MDM | baseline |\n   |---|---:|---:|");
-        for t in &tasks {
-            let m = evaluate_task(EvalModel::Masked(&mdm), &tokenizer, t, &settings, |_, _| {})?;
-            let a = evaluate_task(EvalModel::causal(&arm), &tokenizer, t, &settings, |_, _| {})?;
-            println!(
-                "   | {} | {:.0} % | {:.0} % |",
-                t.name,
-                100.0 * m.metrics[0].value,
-                100.0 * a.metrics[0].value
-            );
-            println!(
-                "     e.g. {:?} -> MDM {:?}, baseline {:?}",
-                m.samples[0].prompt, m.samples[0].generation, a.samples[0].generation
-            );
-        }
-        let (infill, samples) = infill_exact_match(&mdm, &tokenizer, &w.infill_questions(), 1)?;
-        println!(
-            "   | reversed, as infilling (name masked) | {:.0} % | cannot infill |",
-            100.0 * infill.value
-        );
-        println!(
-            "     e.g. {:?} -> MDM {:?}",
-            samples[0].prompt, samples[0].generation
-        );
+        let both_ways = args.both_ways.unwrap_or(w.people.len() / 2);
+        ask_questions(&args, w, both_ways, &mdm, &arm, &tokenizer)?;
     }
     println!(
         "\nfinished in {:.0} s on {}. Models: {} and {}",
@@ -319,5 +281,126 @@ fn main() -> Result<()> {
         "  cargo run --release --example quickstart -- --text YOUR.txt --steps 3000   # your own text"
     );
     println!("  docs/quickstart.md, docs/training.md, docs/evaluation.md");
+    Ok(())
+}
+
+/// Step 4: the forward questions of everyone, the reversed ones of the people stated both ways
+/// (a word order they were trained on) and of those stated one way (the test), greedy, as a
+/// Markdown table of exact match with its standard error; then the one-way people's reversed
+/// questions as infilling, which only the MDM can be asked.
+fn ask_questions(
+    args: &Args,
+    world: &FactWorld,
+    both_ways: usize,
+    mdm: &MaskedTransformer<DefaultBackend>,
+    arm: &CausalTransformer<DefaultBackend>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    let task = |name: &str, questions: Vec<(String, String)>| Task {
+        name: name.into(),
+        file: args.out.join("world.txt"),
+        items: TaskItems::Generation(
+            Reference::Text,
+            questions
+                .into_iter()
+                .enumerate()
+                .map(|(i, (prompt, reference))| GenerationItem {
+                    id: i.to_string(),
+                    prompt,
+                    reference,
+                })
+                .collect(),
+        ),
+    };
+    let both = FactWorld {
+        people: world.people[..both_ways.min(world.people.len())].to_vec(),
+    };
+    let one_way = world.people_from(both_ways);
+    let tasks = [
+        task(
+            "forward (name -> description), everyone",
+            world.forward_questions(),
+        ),
+        task(
+            "reversed, people stated both ways",
+            both.reverse_questions(),
+        ),
+        task(
+            "**reversed, people stated one way**",
+            one_way.reverse_questions(),
+        ),
+    ];
+    println!(
+        "4. exact match (the answer contained in the greedy generation, ± its standard error):"
+    );
+    let mdm_columns: Vec<String> = args
+        .cfg
+        .iter()
+        .map(|&w| {
+            if w == 0.0 {
+                "MDM".to_string()
+            } else {
+                format!("MDM, CFG w = {w}")
+            }
+        })
+        .collect();
+    println!(
+        "   | question | n | {} | baseline |\n   |---|---:|{}---:|",
+        mdm_columns.join(" | "),
+        "---:|".repeat(mdm_columns.len())
+    );
+    let percent = |m: &mdm::eval::harness::Metric| {
+        format!("{:.0} % ± {:.0}", 100.0 * m.value, 100.0 * m.stderr)
+    };
+    for t in tasks.iter().filter(|t| match &t.items {
+        TaskItems::Generation(_, items) => !items.is_empty(),
+        _ => false,
+    }) {
+        let mut cells = Vec::new();
+        let mut example = None;
+        for &w in &args.cfg {
+            let settings = TaskSettings {
+                gen_length: args.gen_length,
+                keep_samples: 1,
+                cfg_scale: w,
+                ..Default::default()
+            };
+            let m = evaluate_task(EvalModel::Masked(mdm), tokenizer, t, &settings, |_, _| {})?;
+            cells.push(percent(&m.metrics[0]));
+            example.get_or_insert(m.samples[0].clone());
+        }
+        let settings = TaskSettings {
+            gen_length: args.gen_length,
+            keep_samples: 1,
+            ..Default::default()
+        };
+        let a = evaluate_task(EvalModel::causal(arm), tokenizer, t, &settings, |_, _| {})?;
+        let n = a.metrics[0].n;
+        println!(
+            "   | {} | {n} | {} | {} |",
+            t.name,
+            cells.join(" | "),
+            percent(&a.metrics[0])
+        );
+        if let Some(m) = example {
+            println!(
+                "     e.g. {:?} -> MDM {:?}, baseline {:?}",
+                m.prompt, m.generation, a.samples[0].generation
+            );
+        }
+    }
+    if !one_way.people.is_empty() {
+        let (infill, samples) = infill_exact_match(mdm, tokenizer, &one_way.infill_questions(), 1)?;
+        println!(
+            "   | reversed, one way, as infilling (name masked) | {} | {} |{} cannot infill |",
+            infill.n,
+            percent(&infill),
+            " |".repeat(args.cfg.len() - 1)
+        );
+        println!(
+            "     e.g. {:?} -> MDM {:?}",
+            samples[0].prompt, samples[0].generation
+        );
+    }
     Ok(())
 }

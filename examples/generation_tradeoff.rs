@@ -1,0 +1,219 @@
+//! The generation trade-off (SMDM's comparison of sampling speed and quality): unconditional
+//! samples of the MDM at several step counts and of the KV-cache baseline, each row's quality as
+//! generative perplexity under a judge (an autoregressive model, ideally a larger one than either)
+//! and its cost as wall time per generated token. Prints a Markdown table; `--csv` also writes it.
+//!
+//! ```text
+//! cargo run --release --example generation_tradeoff -- --mdm runs/mdm/model --arm runs/arm/model \
+//!     --judge runs/judge/model --gen-length 128 --steps 16 32 64 128 --samples 32
+//! ```
+//! Every sample starts after one EOS (the separator that starts documents in the shards) and runs
+//! its whole length (an EOS drawn is kept, as a document boundary). Both models draw at
+//! `--temperature` (1: the models' own distributions, as the paper samples); the MDM reveals with
+//! `--rule` (default ancestral, MDLM's sampler) and `--steps` denoising steps for `--gen-length`
+//! tokens.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mdm::data::Tokenizer;
+use mdm::eval::perplexity::generative_perplexity;
+use mdm::prelude::*;
+use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm::samplers::remasking::NamedRule;
+use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Generative perplexity against time per token: the MDM at several step counts \
+                   and the KV-cache baseline"
+)]
+struct Args {
+    /// The masked model (a checkpoint folder).
+    #[arg(long)]
+    mdm: PathBuf,
+    /// The autoregressive baselines timed beside it (checkpoint folders), one row each.
+    #[arg(long, num_args = 1.., required = true)]
+    arm: Vec<PathBuf>,
+    /// The autoregressive judge of generative perplexity (default: the first --arm, which favours
+    /// its own samples).
+    #[arg(long)]
+    judge: Option<PathBuf>,
+    /// HF tokenizer.json (default: tokenizer.json in the --mdm folder), for the printed samples
+    /// and its EOS.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokens per sample.
+    #[arg(long, default_value_t = 128)]
+    gen_length: usize,
+    /// The MDM's step counts, one row each.
+    #[arg(long, num_args = 1.., default_values_t = [16, 32, 64, 128])]
+    steps: Vec<usize>,
+    /// Samples per row.
+    #[arg(long, default_value_t = 32)]
+    samples: usize,
+    /// Samples generated together (one batch).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Sampling temperature of both models.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// The MDM's remasking rule: ancestral, low-confidence, random, margin or entropy.
+    #[arg(long, default_value = "ancestral")]
+    rule: NamedRule,
+    /// Seed of every draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the table as CSV here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+/// One row of the table.
+struct Row {
+    label: String,
+    samples: Vec<Vec<usize>>,
+    seconds: f64,
+}
+
+/// The MDM's samples with `steps` denoising steps, batch by batch.
+fn sample_mdm(
+    mdm: &MaskedTransformer<DefaultBackend>,
+    args: &Args,
+    rule: NamedRule,
+    start: usize,
+    steps: usize,
+) -> Result<Row> {
+    let began = Instant::now();
+    let mut samples = Vec::with_capacity(args.samples);
+    for (b, chunk) in (0..args.samples)
+        .collect::<Vec<_>>()
+        .chunks(args.batch)
+        .enumerate()
+    {
+        let config = GenerationConfig::default()
+            .with_gen_length(args.gen_length)
+            .with_steps(steps)
+            .with_temperature(args.temperature)
+            .with_seed(args.seed.wrapping_add(b as u64));
+        let prompts = vec![vec![start]; chunk.len()];
+        let sampler = MaskedDiffusionSampler::new(mdm, config).with_named_rule(rule);
+        for row in sampler.generate(&prompts, |_| {})? {
+            samples.push(row);
+        }
+    }
+    Ok(Row {
+        label: format!("MDM, {steps} steps"),
+        samples,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}
+
+/// The baseline's samples, one token per pass with its KV cache, batch by batch.
+fn sample_arm(
+    arm: &CausalTransformer<DefaultBackend>,
+    label: String,
+    args: &Args,
+    start: usize,
+) -> Result<Row> {
+    let began = Instant::now();
+    let mut samples = Vec::with_capacity(args.samples);
+    for (b, chunk) in (0..args.samples)
+        .collect::<Vec<_>>()
+        .chunks(args.batch)
+        .enumerate()
+    {
+        let config = AutoregressiveConfig {
+            max_new_tokens: args.gen_length,
+            temperature: args.temperature,
+            eos_id: None,
+            seed: args.seed.wrapping_add(b as u64),
+        };
+        samples.extend(generate_autoregressive(
+            arm,
+            &vec![vec![start]; chunk.len()],
+            &config,
+        )?);
+    }
+    Ok(Row {
+        label,
+        samples,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.samples >= 2 && args.batch >= 1 && args.gen_length >= 1,
+        "--samples must be at least 2 (for a standard error), --batch and --gen-length at least 1"
+    );
+    let rule = args.rule;
+    let device = backend::device();
+    let mdm = MaskedTransformer::<DefaultBackend>::load(&args.mdm, &device)?;
+    let judge_dir = args.judge.clone().unwrap_or_else(|| args.arm[0].clone());
+    let judge = CausalTransformer::<DefaultBackend>::load(&judge_dir, &device)?;
+    let tok_file = args
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| args.mdm.join("tokenizer.json"));
+    let tok = Tokenizer::from_file(&tok_file)
+        .with_context(|| format!("reading the tokenizer {}", tok_file.display()))?;
+    let start = tok.eos_id() as usize;
+
+    let mut rows = Vec::new();
+    for &steps in &args.steps {
+        eprintln!("MDM, {steps} steps ...");
+        rows.push(sample_mdm(&mdm, &args, rule, start, steps)?);
+    }
+    for dir in &args.arm {
+        eprintln!("baseline {} ...", dir.display());
+        let arm = CausalTransformer::<DefaultBackend>::load(dir, &device)?;
+        let label = format!("baseline {}, KV cache", dir.display());
+        rows.push(sample_arm(&arm, label, &args, start)?);
+    }
+
+    println!(
+        "{} samples of {} tokens each, temperature {}, judge {}, {}",
+        args.samples,
+        args.gen_length,
+        args.temperature,
+        judge_dir.display(),
+        backend::NAME
+    );
+    println!("\n| sampler | ms per generated token | generative perplexity (± s.e. of its log) |");
+    println!("|---|---:|---:|");
+    let mut csv = String::from("sampler,ms_per_token,gen_ppl,log_stderr\n");
+    for row in &rows {
+        let g = generative_perplexity(&judge, &row.samples, start)?;
+        let ms = 1e3 * row.seconds / (args.samples * args.gen_length) as f64;
+        println!(
+            "| {} | {ms:.2} | {:.2} (± {:.3}) |",
+            row.label,
+            g.perplexity(),
+            g.stderr
+        );
+        csv.push_str(&format!(
+            "{},{ms},{},{}\n",
+            row.label,
+            g.perplexity(),
+            g.stderr
+        ));
+    }
+    if let Some(first) = rows.first().and_then(|r| r.samples.first()) {
+        let ids: Vec<u32> = first.iter().map(|&t| t as u32).collect();
+        println!("\nfirst MDM sample: {:?}", tok.decode(&ids)?);
+    }
+    if let Some(last) = rows.get(args.steps.len()).and_then(|r| r.samples.first()) {
+        let ids: Vec<u32> = last.iter().map(|&t| t as u32).collect();
+        println!("first baseline sample: {:?}", tok.decode(&ids)?);
+    }
+    if let Some(path) = &args.csv {
+        let tmp = path.with_extension("csv.tmp");
+        std::fs::write(&tmp, csv)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
+}
