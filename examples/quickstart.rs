@@ -84,6 +84,15 @@ struct Args {
     no_live: bool,
 }
 
+impl Args {
+    /// The people of `world` stated both ways: `--both-ways`, or half of them.
+    fn both_ways(&self, world: &FactWorld) -> usize {
+        self.both_ways
+            .unwrap_or(world.people.len() / 2)
+            .min(world.people.len())
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let started = std::time::Instant::now();
@@ -98,7 +107,7 @@ fn main() -> Result<()> {
     let mut corpus = match &world {
         Some(w) => {
             let file = args.out.join("world.txt");
-            let both_ways = args.both_ways.unwrap_or(w.people.len() / 2);
+            let both_ways = args.both_ways(w);
             let text = w.training_sentences_both_ways(both_ways);
             std::fs::write(&file, text.join("\n") + "\n")?;
             println!(
@@ -106,7 +115,7 @@ fn main() -> Result<()> {
                  the first {} also description-first in {}: {}",
                 w.people.len(),
                 mdm::data::facts::TEMPLATES.len(),
-                both_ways.min(w.people.len()),
+                both_ways,
                 mdm::data::facts::REVERSE_TEMPLATES.len(),
                 file.display()
             );
@@ -258,8 +267,7 @@ fn main() -> Result<()> {
 
     // 4. forward and reversed questions, greedy, both models
     if let Some(w) = &world {
-        let both_ways = args.both_ways.unwrap_or(w.people.len() / 2);
-        ask_questions(&args, w, both_ways, &mdm, &arm, &tokenizer)?;
+        ask_questions(&args, w, args.both_ways(w), &mdm, &arm, &tokenizer)?;
     }
     println!(
         "\nfinished in {:.0} s on {}. Models: {} and {}",
@@ -313,7 +321,7 @@ fn ask_questions(
         ),
     };
     let both = FactWorld {
-        people: world.people[..both_ways.min(world.people.len())].to_vec(),
+        people: world.people[..both_ways].to_vec(),
     };
     let one_way = world.people_from(both_ways);
     let tasks = [

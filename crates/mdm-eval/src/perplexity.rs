@@ -157,23 +157,28 @@ pub fn causal_nll_per_token<B: Backend>(
 
 /// Generative perplexity: how likely an autoregressive `judge` finds generated `samples` (token ids
 /// in the judge's vocabulary, e.g. MDM generations re-encoded with its tokenizer). Each sample is
-/// scored after the single token `start` (the judge's BOS, or the EOS that starts documents);
-/// `nats` is token-weighted (total NLL over total tokens, as MDLM computes it), its standard error
+/// scored after `context`, the tokens every sample follows (the judge's BOS, or the EOS that starts
+/// documents, and a shared prompt if any; at least one token); `nats` is token-weighted (total NLL over total tokens, as MDLM computes it), its standard error
 /// the ratio estimator's across samples. Empty samples are an error, not skipped.
 pub fn generative_perplexity<B: Backend>(
     judge: &CausalTransformer<B>,
     samples: &[Vec<usize>],
-    start: usize,
+    context: &[usize],
 ) -> Result<PerTokenNll, EvalError> {
     if samples.is_empty() {
         return Err(EvalError::Request("no samples to score".into()));
+    }
+    if context.is_empty() {
+        return Err(EvalError::Request(
+            "an empty context: samples are scored after at least one token (BOS or EOS)".into(),
+        ));
     }
     let mut per_sample = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
         if sample.is_empty() {
             return Err(EvalError::Request(format!("sample {i} is empty")));
         }
-        let nll = crate::likelihood::causal_nll(judge, &[start], sample)?;
+        let nll = crate::likelihood::causal_nll(judge, context, sample)?;
         per_sample.push((nll.nll, sample.len() as f64));
     }
     let (total, tokens) = per_sample
@@ -267,7 +272,7 @@ mod tests {
         let config = ModelConfig::custom(50, 1, 2, 16, 32, 32);
         let judge = config.init_causal::<Flex>(9, &Default::default()).unwrap();
         let samples = vec![vec![3usize, 4, 5], vec![6usize], vec![7usize, 8]];
-        let g = generative_perplexity(&judge, &samples, 0).unwrap();
+        let g = generative_perplexity(&judge, &samples, &[0]).unwrap();
         let total: f64 = samples
             .iter()
             .map(|s| crate::likelihood::causal_nll(&judge, &[0], s).unwrap().nll)
@@ -276,8 +281,20 @@ mod tests {
         assert_eq!((g.blocks, g.tokens), (3, 6));
         assert!(g.stderr.is_finite() && g.stderr > 0.0);
         assert!((g.perplexity() - (total / 6.0).exp()).abs() < 1e-9);
-        assert!(generative_perplexity(&judge, &[vec![]], 0).is_err());
-        assert!(generative_perplexity(&judge, &[], 0).is_err());
+        assert!(generative_perplexity(&judge, &[vec![]], &[0]).is_err());
+        assert!(generative_perplexity(&judge, &[], &[0]).is_err());
+        assert!(generative_perplexity(&judge, &samples, &[]).is_err());
+        // a longer context conditions every sample on it
+        let after = generative_perplexity(&judge, &samples, &[0, 9]).unwrap();
+        let total: f64 = samples
+            .iter()
+            .map(|s| {
+                crate::likelihood::causal_nll(&judge, &[0, 9], s)
+                    .unwrap()
+                    .nll
+            })
+            .sum();
+        assert!((after.nats - total / 6.0).abs() < 1e-9, "{after:?}");
     }
 
     #[test]
