@@ -105,8 +105,12 @@ fn main() -> Result<()> {
             );
         }
     }
-    for (c, gap) in &fit.compute_gap {
-        println!("compute gap at C = {c:.1e}: the MDM needs {gap:.1}x the baseline's compute");
+    for g in &fit.compute_gap {
+        println!(
+            "compute gap at C = {:.1e}: the MDM needs {:.1}x the baseline's compute \
+             (95% CI [{:.1}, {:.1}])",
+            g.budget, g.gap, g.ci.0, g.ci.1
+        );
     }
     let json = grid.out.join("fits.json");
     std::fs::write(&json, serde_json::to_string_pretty(&fit)?)

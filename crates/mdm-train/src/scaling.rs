@@ -34,7 +34,9 @@ use mdm_data::shards::find_shards;
 use mdm_models::ModelConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::fit::{compute_gap, fit_isoflop, fit_power_law, IsoFlopOptimum, PowerLaw};
+use crate::fit::{
+    compute_gap, compute_gap_interval, fit_isoflop, fit_power_law, IsoFlopOptimum, PowerLaw,
+};
 use crate::flops::training_flops_breakdown;
 use crate::metrics::{CsvTable, ValidRow};
 use crate::{DataSpec, Objective, RunOptions, TrainConfig, TrainError};
@@ -417,8 +419,19 @@ pub struct FamilyFit {
 pub struct SweepFit {
     /// One per model family present.
     pub families: Vec<FamilyFit>,
-    /// `(C, MDM compute / baseline compute for equal loss)` at each budget, when both laws exist.
-    pub compute_gap: Vec<(f64, f64)>,
+    /// The compute gap at each budget, when both laws exist.
+    pub compute_gap: Vec<ComputeGap>,
+}
+
+/// How many times the baseline's compute the MDM needs for the baseline's loss at one budget.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ComputeGap {
+    /// The baseline's compute `C`.
+    pub budget: f64,
+    /// `C' / C` with `L*_mdm(C') = L*_arm(C)`.
+    pub gap: f64,
+    /// Its 95 % interval ([`compute_gap_interval`]).
+    pub ci: (f64, f64),
 }
 
 /// Fits each family's IsoFLOP optima (budgets with 3+ sizes) and power laws (2+ optima), and the
@@ -471,7 +484,11 @@ pub fn fit_sweep(results: &[RunResult]) -> Result<SweepFit, TrainError> {
             budgets.dedup();
             budgets
                 .iter()
-                .map(|&c| (c, compute_gap(&mdm, &arm, c)))
+                .map(|&c| ComputeGap {
+                    budget: c,
+                    gap: compute_gap(&mdm, &arm, c),
+                    ci: compute_gap_interval(&mdm, &arm, c),
+                })
                 .collect()
         }
         _ => vec![],
@@ -618,8 +635,9 @@ mod tests {
         assert!((law.exponent + 0.05).abs() < 1e-3, "{law:?}");
         let n_law = arm.params_law.unwrap();
         assert!((n_law.exponent - 0.5).abs() < 1e-2, "{n_law:?}");
-        for (_, gap) in &fit.compute_gap {
-            assert!((gap - 8.0).abs() < 0.2, "{:?}", fit.compute_gap);
+        for g in &fit.compute_gap {
+            assert!((g.gap - 8.0).abs() < 0.2, "{:?}", fit.compute_gap);
+            assert!(g.ci.0 < g.gap && g.gap < g.ci.1, "{g:?}");
         }
         let header = <RunResult as crate::metrics::CsvRow>::COLUMNS.join(",");
         std::fs::write(&path, format!("{header}\na,b\n")).unwrap();
