@@ -84,66 +84,62 @@ struct Row {
     seconds: f64,
 }
 
-/// The MDM's samples with `steps` denoising steps, batch by batch.
-fn sample_mdm(
-    mdm: &MaskedTransformer<DefaultBackend>,
+/// `--samples` samples drawn `--batch` at a time by `draw(batch index, prompts)`, timed.
+fn sample_in_batches(
+    label: String,
     args: &Args,
-    rule: NamedRule,
     context: &[usize],
-    steps: usize,
+    mut draw: impl FnMut(u64, &[Vec<usize>]) -> Result<Vec<Vec<usize>>>,
 ) -> Result<Row> {
     let began = Instant::now();
     let mut samples = Vec::with_capacity(args.samples);
-    for (b, chunk) in (0..args.samples)
-        .collect::<Vec<_>>()
-        .chunks(args.batch)
-        .enumerate()
-    {
-        let config = GenerationConfig::default()
-            .with_gen_length(args.gen_length)
-            .with_steps(steps)
-            .with_temperature(args.temperature)
-            .with_seed(args.seed.wrapping_add(b as u64));
-        let prompts = vec![context.to_vec(); chunk.len()];
-        let sampler = MaskedDiffusionSampler::new(mdm, config).with_named_rule(rule);
-        for row in sampler.generate(&prompts, |_| {})? {
-            samples.push(row);
-        }
+    let mut batch = 0u64;
+    while samples.len() < args.samples {
+        let n = args.batch.min(args.samples - samples.len());
+        samples.extend(draw(batch, &vec![context.to_vec(); n])?);
+        batch += 1;
     }
     Ok(Row {
-        label: format!("MDM, {steps} steps"),
+        label,
         samples,
         seconds: began.elapsed().as_secs_f64(),
     })
 }
 
-/// The baseline's samples, one token per pass with its KV cache, batch by batch.
+/// The MDM's samples with `steps` denoising steps.
+fn sample_mdm(
+    mdm: &MaskedTransformer<DefaultBackend>,
+    args: &Args,
+    context: &[usize],
+    steps: usize,
+) -> Result<Row> {
+    let label = format!("MDM, {steps} steps");
+    sample_in_batches(label, args, context, |b, prompts| {
+        let config = GenerationConfig::default()
+            .with_gen_length(args.gen_length)
+            .with_steps(steps)
+            .with_temperature(args.temperature)
+            .with_seed(args.seed.wrapping_add(b));
+        let sampler = MaskedDiffusionSampler::new(mdm, config).with_named_rule(args.rule);
+        Ok(sampler.generate(prompts, |_| {})?)
+    })
+}
+
+/// The baseline's samples, one token per pass with its KV cache.
 fn sample_arm(
     arm: &CausalTransformer<DefaultBackend>,
     label: String,
     args: &Args,
     context: &[usize],
 ) -> Result<Row> {
-    let began = Instant::now();
-    let mut samples = Vec::with_capacity(args.samples);
-    for (b, chunk) in (0..args.samples)
-        .collect::<Vec<_>>()
-        .chunks(args.batch)
-        .enumerate()
-    {
+    sample_in_batches(label, args, context, |b, prompts| {
         let config = AutoregressiveConfig {
             max_new_tokens: args.gen_length,
             temperature: args.temperature,
             eos_id: None,
-            seed: args.seed.wrapping_add(b as u64),
+            seed: args.seed.wrapping_add(b),
         };
-        let prompts = vec![context.to_vec(); chunk.len()];
-        samples.extend(generate_autoregressive(arm, &prompts, &config)?);
-    }
-    Ok(Row {
-        label,
-        samples,
-        seconds: began.elapsed().as_secs_f64(),
+        Ok(generate_autoregressive(arm, prompts, &config)?)
     })
 }
 
@@ -153,7 +149,6 @@ fn main() -> Result<()> {
         args.samples >= 2 && args.batch >= 1 && args.gen_length >= 1,
         "--samples must be at least 2 (for a standard error), --batch and --gen-length at least 1"
     );
-    let rule = args.rule;
     let device = backend::device();
     let mdm = MaskedTransformer::<DefaultBackend>::load(&args.mdm, &device)?;
     let judge_dir = args.judge.clone().unwrap_or_else(|| args.arm[0].clone());
@@ -174,7 +169,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &steps in &args.steps {
         eprintln!("MDM, {steps} steps ...");
-        rows.push(sample_mdm(&mdm, &args, rule, &context, steps)?);
+        rows.push(sample_mdm(&mdm, &args, &context, steps)?);
     }
     for dir in &args.arm {
         eprintln!("baseline {} ...", dir.display());
@@ -194,7 +189,7 @@ fn main() -> Result<()> {
     );
     println!("\n| sampler | ms per generated token | generative perplexity (± s.e. of its log) |");
     println!("|---|---:|---:|");
-    let mut csv = String::from("sampler,ms_per_token,gen_ppl,log_stderr\n");
+    let mut table = vec![["sampler", "ms_per_token", "gen_ppl", "log_stderr"].map(String::from)];
     for row in &rows {
         let g = generative_perplexity(&judge, &row.samples, &context)?;
         let ms = 1e3 * row.seconds / (args.samples * args.gen_length) as f64;
@@ -204,12 +199,12 @@ fn main() -> Result<()> {
             g.perplexity(),
             g.stderr
         );
-        csv.push_str(&format!(
-            "{},{ms},{},{}\n",
-            row.label,
-            g.perplexity(),
-            g.stderr
-        ));
+        table.push([
+            row.label.clone(),
+            ms.to_string(),
+            g.perplexity().to_string(),
+            g.stderr.to_string(),
+        ]);
     }
     if let Some(first) = rows.first().and_then(|r| r.samples.first()) {
         let ids: Vec<u32> = first.iter().map(|&t| t as u32).collect();
@@ -221,8 +216,14 @@ fn main() -> Result<()> {
     }
     if let Some(path) = &args.csv {
         let tmp = path.with_extension("csv.tmp");
-        std::fs::write(&tmp, csv)?;
-        std::fs::rename(&tmp, path)?;
+        let mut out = csv::Writer::from_path(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        for record in &table {
+            out.write_record(record)?;
+        }
+        out.flush()?;
+        drop(out);
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
