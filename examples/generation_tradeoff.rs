@@ -216,8 +216,8 @@ fn main() -> Result<()> {
     }
     if let Some(path) = &args.csv {
         let tmp = path.with_extension("csv.tmp");
-        let mut out = csv::Writer::from_path(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out =
+            csv::Writer::from_path(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         for record in &table {
             out.write_record(record)?;
         }
