@@ -1,7 +1,9 @@
-//! The generation trade-off (SMDM's comparison of sampling speed and quality): unconditional
-//! samples of the MDM at several step counts and of the KV-cache baseline, each row's quality as
+//! The generation trade-off (SMDM's comparison of sampling speed and quality): samples of the MDM
+//! at several step counts, with Fast-dLLM's dual cache and threshold decoding, and of the KV-cache
+//! baseline, each row's quality as
 //! generative perplexity under a judge (an autoregressive model, ideally a larger one than either)
-//! and its cost as wall time per generated token. Prints a Markdown table; `--csv` also writes it.
+//! and its cost as wall time per generated token, beside the samples' mean unigram entropy (a
+//! repetitive sampler scores a low perplexity). Prints a Markdown table; `--csv` also writes it.
 //!
 //! ```text
 //! cargo run --release --example generation_tradeoff -- --mdm runs/mdm/model --arm runs/arm/model \
@@ -12,7 +14,7 @@
 //! scores it after the same tokens. Both models draw at
 //! `--temperature` (1: the models' own distributions, as the paper samples); the MDM reveals with
 //! `--rule` (default ancestral, MDLM's sampler) and `--steps` denoising steps for `--gen-length`
-//! tokens.
+//! tokens; the Fast-dLLM rows (`--thresholds`) use low-confidence remasking per block.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,9 +22,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use mdm::data::Tokenizer;
-use mdm::eval::perplexity::generative_perplexity;
+use mdm::eval::perplexity::{generative_perplexity, unigram_entropy_bits};
 use mdm::prelude::*;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm::samplers::blockwise::{CacheMode, Parallel};
 use mdm::samplers::remasking::NamedRule;
 use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
 
@@ -52,6 +55,13 @@ struct Args {
     /// The MDM's step counts, one row each.
     #[arg(long, num_args = 1.., default_values_t = [16, 32, 64, 128])]
     steps: Vec<usize>,
+    /// Fast-dLLM rows: the dual cache with parallel decoding at each of these confidence
+    /// thresholds (low-confidence remasking, blocks of `--block-length`); none: no such rows.
+    #[arg(long, num_args = 0.., default_values_t = [0.9, 0.7])]
+    thresholds: Vec<f64>,
+    /// Block length of the Fast-dLLM rows.
+    #[arg(long, default_value_t = 32)]
+    block_length: usize,
     /// Samples per row.
     #[arg(long, default_value_t = 32)]
     samples: usize,
@@ -125,6 +135,33 @@ fn sample_mdm(
     })
 }
 
+/// The MDM's samples with Fast-dLLM's dual cache, revealing every slot at least `threshold`
+/// confident (and always the most confident one) per step.
+fn sample_mdm_fast(
+    mdm: &MaskedTransformer<DefaultBackend>,
+    args: &Args,
+    context: &[usize],
+    threshold: f64,
+) -> Result<Row> {
+    let label = format!(
+        "MDM, dual cache, threshold {threshold}, blocks of {}",
+        args.block_length
+    );
+    sample_in_batches(label, args, context, |b, prompts| {
+        let config = GenerationConfig::default()
+            .with_gen_length(args.gen_length)
+            .with_steps(args.gen_length)
+            .with_block_length(args.block_length)
+            .with_cache(CacheMode::Dual)
+            .with_parallel(Parallel::Threshold(threshold))
+            .with_temperature(args.temperature)
+            .with_seed(args.seed.wrapping_add(b));
+        let sampler =
+            MaskedDiffusionSampler::new(mdm, config).with_named_rule(NamedRule::LowConfidence);
+        Ok(sampler.generate(prompts, |_| {})?)
+    })
+}
+
 /// The baseline's samples, one token per pass with its KV cache.
 fn sample_arm(
     arm: &CausalTransformer<DefaultBackend>,
@@ -141,6 +178,16 @@ fn sample_arm(
         };
         Ok(generate_autoregressive(arm, prompts, &config)?)
     })
+}
+
+/// The mean over samples of each sample's unigram entropy: low values flag repetitive text, which
+/// generative perplexity alone rewards.
+fn mean_sample_entropy(samples: &[Vec<usize>]) -> f64 {
+    let total: f64 = samples
+        .iter()
+        .map(|s| unigram_entropy_bits(s.iter().map(|&t| t as u32)))
+        .sum();
+    total / samples.len().max(1) as f64
 }
 
 fn main() -> Result<()> {
@@ -171,6 +218,10 @@ fn main() -> Result<()> {
         eprintln!("MDM, {steps} steps ...");
         rows.push(sample_mdm(&mdm, &args, &context, steps)?);
     }
+    for &threshold in &args.thresholds {
+        eprintln!("MDM, dual cache, threshold {threshold} ...");
+        rows.push(sample_mdm_fast(&mdm, &args, &context, threshold)?);
+    }
     for dir in &args.arm {
         eprintln!("baseline {} ...", dir.display());
         let arm = CausalTransformer::<DefaultBackend>::load(dir, &device)?;
@@ -187,14 +238,25 @@ fn main() -> Result<()> {
         judge_dir.display(),
         backend::NAME
     );
-    println!("\n| sampler | ms per generated token | generative perplexity (± s.e. of its log) |");
-    println!("|---|---:|---:|");
-    let mut table = vec![["sampler", "ms_per_token", "gen_ppl", "log_stderr"].map(String::from)];
+    println!(
+        "\n| sampler | ms per generated token | generative perplexity (± s.e. of its log) | \
+         sample entropy, bits |"
+    );
+    println!("|---|---:|---:|---:|");
+    let mut table = vec![[
+        "sampler",
+        "ms_per_token",
+        "gen_ppl",
+        "log_stderr",
+        "entropy_bits",
+    ]
+    .map(String::from)];
     for row in &rows {
         let g = generative_perplexity(&judge, &row.samples, &context)?;
         let ms = 1e3 * row.seconds / (args.samples * args.gen_length) as f64;
+        let entropy = mean_sample_entropy(&row.samples);
         println!(
-            "| {} | {ms:.2} | {:.2} (± {:.3}) |",
+            "| {} | {ms:.2} | {:.2} (± {:.3}) | {entropy:.2} |",
             row.label,
             g.perplexity(),
             g.stderr
@@ -204,13 +266,15 @@ fn main() -> Result<()> {
             ms.to_string(),
             g.perplexity().to_string(),
             g.stderr.to_string(),
+            entropy.to_string(),
         ]);
     }
     if let Some(first) = rows.first().and_then(|r| r.samples.first()) {
         let ids: Vec<u32> = first.iter().map(|&t| t as u32).collect();
         println!("\nfirst MDM sample: {:?}", tok.decode(&ids)?);
     }
-    if let Some(last) = rows.get(args.steps.len()).and_then(|r| r.samples.first()) {
+    let first_arm = args.steps.len() + args.thresholds.len();
+    if let Some(last) = rows.get(first_arm).and_then(|r| r.samples.first()) {
         let ids: Vec<u32> = last.iter().map(|&t| t as u32).collect();
         println!("first baseline sample: {:?}", tok.decode(&ids)?);
     }
