@@ -116,48 +116,18 @@ fn sample_in_batches(
     })
 }
 
-/// The MDM's samples with `steps` denoising steps.
+/// The MDM's samples with `config` (its seed set per batch) and remasking `rule`.
 fn sample_mdm(
     mdm: &MaskedTransformer<DefaultBackend>,
+    label: String,
     args: &Args,
     context: &[usize],
-    steps: usize,
+    config: &GenerationConfig,
+    rule: NamedRule,
 ) -> Result<Row> {
-    let label = format!("MDM, {steps} steps");
     sample_in_batches(label, args, context, |b, prompts| {
-        let config = GenerationConfig::default()
-            .with_gen_length(args.gen_length)
-            .with_steps(steps)
-            .with_temperature(args.temperature)
-            .with_seed(args.seed.wrapping_add(b));
-        let sampler = MaskedDiffusionSampler::new(mdm, config).with_named_rule(args.rule);
-        Ok(sampler.generate(prompts, |_| {})?)
-    })
-}
-
-/// The MDM's samples with Fast-dLLM's dual cache, revealing every slot at least `threshold`
-/// confident (and always the most confident one) per step.
-fn sample_mdm_fast(
-    mdm: &MaskedTransformer<DefaultBackend>,
-    args: &Args,
-    context: &[usize],
-    threshold: f64,
-) -> Result<Row> {
-    let label = format!(
-        "MDM, dual cache, threshold {threshold}, blocks of {}",
-        args.block_length
-    );
-    sample_in_batches(label, args, context, |b, prompts| {
-        let config = GenerationConfig::default()
-            .with_gen_length(args.gen_length)
-            .with_steps(args.gen_length)
-            .with_block_length(args.block_length)
-            .with_cache(CacheMode::Dual)
-            .with_parallel(Parallel::Threshold(threshold))
-            .with_temperature(args.temperature)
-            .with_seed(args.seed.wrapping_add(b));
-        let sampler =
-            MaskedDiffusionSampler::new(mdm, config).with_named_rule(NamedRule::LowConfidence);
+        let config = config.clone().with_seed(args.seed.wrapping_add(b));
+        let sampler = MaskedDiffusionSampler::new(mdm, config).with_named_rule(rule);
         Ok(sampler.generate(prompts, |_| {})?)
     })
 }
@@ -214,19 +184,45 @@ fn main() -> Result<()> {
     );
 
     let mut rows = Vec::new();
+    let base = GenerationConfig::default()
+        .with_gen_length(args.gen_length)
+        .with_temperature(args.temperature);
     for &steps in &args.steps {
-        eprintln!("MDM, {steps} steps ...");
-        rows.push(sample_mdm(&mdm, &args, &context, steps)?);
+        let label = format!("MDM, {steps} steps");
+        eprintln!("{label} ...");
+        let config = base.clone().with_steps(steps);
+        rows.push(sample_mdm(
+            &mdm, label, &args, &context, &config, args.rule,
+        )?);
     }
+    // Fast-dLLM: the dual cache, every slot at least `threshold` confident (and always the most
+    // confident one) revealed per step, ranked by low-confidence remasking
     for &threshold in &args.thresholds {
-        eprintln!("MDM, dual cache, threshold {threshold} ...");
-        rows.push(sample_mdm_fast(&mdm, &args, &context, threshold)?);
+        let label = format!(
+            "MDM, dual cache, threshold {threshold}, blocks of {}",
+            args.block_length
+        );
+        eprintln!("{label} ...");
+        let config = base
+            .clone()
+            .with_steps(args.gen_length)
+            .with_block_length(args.block_length)
+            .with_cache(CacheMode::Dual)
+            .with_parallel(Parallel::Threshold(threshold));
+        let rule = NamedRule::LowConfidence;
+        rows.push(sample_mdm(&mdm, label, &args, &context, &config, rule)?);
     }
+    let first_baseline = rows.len();
     for dir in &args.arm {
         eprintln!("baseline {} ...", dir.display());
-        let arm = CausalTransformer::<DefaultBackend>::load(dir, &device)?;
         let label = format!("baseline {}, KV cache", dir.display());
-        rows.push(sample_arm(&arm, label, &args, &context)?);
+        let row = if *dir == judge_dir {
+            sample_arm(&judge, label, &args, &context)?
+        } else {
+            let arm = CausalTransformer::<DefaultBackend>::load(dir, &device)?;
+            sample_arm(&arm, label, &args, &context)?
+        };
+        rows.push(row);
     }
 
     println!(
@@ -269,14 +265,12 @@ fn main() -> Result<()> {
             entropy.to_string(),
         ]);
     }
-    if let Some(first) = rows.first().and_then(|r| r.samples.first()) {
-        let ids: Vec<u32> = first.iter().map(|&t| t as u32).collect();
-        println!("\nfirst MDM sample: {:?}", tok.decode(&ids)?);
-    }
-    let first_arm = args.steps.len() + args.thresholds.len();
-    if let Some(last) = rows.get(first_arm).and_then(|r| r.samples.first()) {
-        let ids: Vec<u32> = last.iter().map(|&t| t as u32).collect();
-        println!("first baseline sample: {:?}", tok.decode(&ids)?);
+    println!();
+    for (what, row) in [("MDM", 0), ("baseline", first_baseline)] {
+        if let Some(sample) = rows.get(row).and_then(|r| r.samples.first()) {
+            let ids: Vec<u32> = sample.iter().map(|&t| t as u32).collect();
+            println!("first {what} sample: {:?}", tok.decode(&ids)?);
+        }
     }
     if let Some(path) = &args.csv {
         let tmp = path.with_extension("csv.tmp");

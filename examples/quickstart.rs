@@ -267,7 +267,7 @@ fn main() -> Result<()> {
 
     // 4. forward and reversed questions, greedy, both models
     if let Some(w) = &world {
-        ask_questions(&args, w, args.both_ways(w), &mdm, &arm, &tokenizer)?;
+        ask_questions(&args, w, &mdm, &arm, &tokenizer)?;
     }
     println!(
         "\nfinished in {:.0} s on {}. Models: {} and {}",
@@ -299,7 +299,6 @@ fn main() -> Result<()> {
 fn ask_questions(
     args: &Args,
     world: &FactWorld,
-    both_ways: usize,
     mdm: &MaskedTransformer<DefaultBackend>,
     arm: &CausalTransformer<DefaultBackend>,
     tokenizer: &Tokenizer,
@@ -320,10 +319,7 @@ fn ask_questions(
                 .collect(),
         ),
     };
-    let both = FactWorld {
-        people: world.people[..both_ways].to_vec(),
-    };
-    let one_way = world.people_from(both_ways);
+    let (both, one_way) = world.split_at(args.both_ways(world));
     let tasks = [
         task(
             "forward (name -> description), everyone",
@@ -360,28 +356,23 @@ fn ask_questions(
     let percent = |m: &mdm::eval::harness::Metric| {
         format!("{:.0} % ± {:.0}", 100.0 * m.value, 100.0 * m.stderr)
     };
-    for t in tasks.iter().filter(|t| match &t.items {
-        TaskItems::Generation(_, items) => !items.is_empty(),
-        _ => false,
-    }) {
+    let settings = TaskSettings {
+        gen_length: args.gen_length,
+        keep_samples: 1,
+        ..Default::default()
+    };
+    for t in tasks.iter().filter(|t| !t.items.is_empty()) {
         let mut cells = Vec::new();
         let mut example = None;
         for &w in &args.cfg {
-            let settings = TaskSettings {
-                gen_length: args.gen_length,
-                keep_samples: 1,
+            let guided = TaskSettings {
                 cfg_scale: w,
-                ..Default::default()
+                ..settings.clone()
             };
-            let m = evaluate_task(EvalModel::Masked(mdm), tokenizer, t, &settings, |_, _| {})?;
+            let m = evaluate_task(EvalModel::Masked(mdm), tokenizer, t, &guided, |_, _| {})?;
             cells.push(percent(&m.metrics[0]));
             example.get_or_insert(m.samples[0].clone());
         }
-        let settings = TaskSettings {
-            gen_length: args.gen_length,
-            keep_samples: 1,
-            ..Default::default()
-        };
         let a = evaluate_task(EvalModel::causal(arm), tokenizer, t, &settings, |_, _| {})?;
         let n = a.metrics[0].n;
         println!(

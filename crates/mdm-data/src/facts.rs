@@ -162,11 +162,18 @@ impl FactWorld {
         forward.chain(reverse).collect()
     }
 
-    /// The world of the people from index `start` on (e.g. those stated one way only).
-    pub fn people_from(&self, start: usize) -> FactWorld {
-        FactWorld {
-            people: self.people[start.min(self.people.len())..].to_vec(),
-        }
+    /// The people before index `at` (e.g. those stated both ways) and those from it on (stated one
+    /// way only), as two worlds; `at` past the end puts everyone in the first.
+    pub fn split_at(&self, at: usize) -> (FactWorld, FactWorld) {
+        let (first, rest) = self.people.split_at(at.min(self.people.len()));
+        (
+            FactWorld {
+                people: first.to_vec(),
+            },
+            FactWorld {
+                people: rest.to_vec(),
+            },
+        )
     }
 
     /// Questions in the trained direction: prompt `"NAME is"`, answer `" DESCRIPTION"`.
@@ -249,11 +256,11 @@ mod tests {
             text.len(),
             10 * TEMPLATES.len() + 4 * REVERSE_TEMPLATES.len()
         );
-        let one_way = w.people_from(4);
-        assert_eq!(one_way.people[..], w.people[4..]);
-        let both = FactWorld {
-            people: w.people[..4].to_vec(),
-        };
+        let (both, one_way) = w.split_at(4);
+        assert_eq!(
+            (&both.people[..], &one_way.people[..]),
+            w.people.split_at(4)
+        );
         // the reversed question, answer included, is a training sentence for the first four...
         for (prompt, answer) in both.reverse_questions() {
             assert!(text.contains(&format!("{prompt}{answer}.")), "{prompt}");
@@ -270,6 +277,7 @@ mod tests {
         }
         // more both-ways people than the world holds: everyone
         assert_eq!(w.training_sentences_both_ways(99).len(), 10 * 8);
-        assert!(w.people_from(99).people.is_empty());
+        let (everyone, nobody) = w.split_at(99);
+        assert!(everyone == w && nobody.people.is_empty());
     }
 }

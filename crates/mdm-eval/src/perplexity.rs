@@ -158,8 +158,9 @@ pub fn causal_nll_per_token<B: Backend>(
 /// Generative perplexity: how likely an autoregressive `judge` finds generated `samples` (token ids
 /// in the judge's vocabulary, e.g. MDM generations re-encoded with its tokenizer). Each sample is
 /// scored after `context`, the tokens every sample follows (the judge's BOS, or the EOS that starts
-/// documents, and a shared prompt if any; at least one token); `nats` is token-weighted (total NLL over total tokens, as MDLM computes it), its standard error
-/// the ratio estimator's across samples. Empty samples are an error, not skipped.
+/// documents, and a shared prompt if any; at least one token); `nats` is token-weighted (total NLL
+/// over total tokens, as MDLM computes it), its standard error the ratio estimator's across
+/// samples. Empty samples are an error, not skipped.
 pub fn generative_perplexity<B: Backend>(
     judge: &CausalTransformer<B>,
     samples: &[Vec<usize>],

@@ -220,7 +220,7 @@ pub fn compute_gap_interval(mdm: &PowerLaw, arm: &PowerLaw, c: f64) -> (f64, f64
     let var = var_u / (b * b) + va / (b * b) + d * d * vb / b.powi(4) + 2.0 * d * cab / b.powi(3);
     let df = mdm.points.min(arm.points).saturating_sub(2);
     let half = t_quantile_95(df) * var.sqrt();
-    let ln_gap = d / b - ln_c;
+    let ln_gap = compute_gap(mdm, arm, c).ln();
     ((ln_gap - half).exp(), (ln_gap + half).exp())
 }
 

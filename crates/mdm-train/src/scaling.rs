@@ -86,6 +86,15 @@ pub struct ModelBudgets {
 }
 
 impl SizeBudgets {
+    /// The budgets `model` is trained at.
+    fn of(&self, model: Objective) -> &[f64] {
+        match (self, model) {
+            (Self::Every(list), _) => list,
+            (Self::PerModel(m), Objective::Mdm) => &m.mdm,
+            (Self::PerModel(m), Objective::Arm) => &m.arm,
+        }
+    }
+
     /// Every budget listed, for any model.
     fn listed(&self) -> impl Iterator<Item = &f64> {
         let (a, b): (&[f64], &[f64]) = match self {
@@ -99,14 +108,9 @@ impl SizeBudgets {
 impl SizeSpec {
     /// Whether this size is trained as `model` at `budget`.
     pub fn trains_at(&self, budget: f64, model: Objective) -> bool {
-        match &self.budgets {
-            None => true,
-            Some(SizeBudgets::Every(list)) => list.contains(&budget),
-            Some(SizeBudgets::PerModel(m)) => match model {
-                Objective::Mdm => m.mdm.contains(&budget),
-                Objective::Arm => m.arm.contains(&budget),
-            },
-        }
+        self.budgets
+            .as_ref()
+            .is_none_or(|b| b.of(model).contains(&budget))
     }
 
     /// The model config for `vocab` and sequences of `seq_len`.
