@@ -1,23 +1,27 @@
 //! Diff_LLaMA_6M forward (1 x 1024, 8 x 256) and a training step (forward, loss, backward, AdamW) at
 //! 4 x 256, on every backend compiled in (`flex` by default; add `--features ndarray`, `cuda`, `wgpu`).
 //!
-//! `cargo bench --bench model` (add `--features ndarray` to compare the CPU backends). The PyTorch
+//! `cargo bench --bench model` (add `--features ndarray` to compare the CPU backends). On flex it
+//! runs every case twice: with our fused kernels (`flex`, the default) and with burn-flex's own
+//! ops composed (`flex-composed`, `mdm::kernels::set_fused(false)`). Each case's throughput is its
+//! FLOPs per iteration (the forward: `2N + 4 L T d + 2 d V` per token), printed as elements/s:
+//! Gelem/s reads as GFLOP/s. The PyTorch
 //! counterpart is `benches/pytorch_reference.py`; results are in `docs/benchmarks.md`.
 
+use mdm_kernels::{AutodiffKernels, Kernels};
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mdm::burn;
 use mdm::diffusion::loss::{pretrain_loss, sparse_masked_loss};
 use mdm::diffusion::{forward_process::ForwardProcess, rng_from_seed, time};
 use mdm::models::{MaskedTransformer, ModelConfig};
 use rand::Rng;
 
-fn random_ids<B: Backend>(
+fn random_ids<B: Kernels>(
     batch: usize,
     len: usize,
     config: &ModelConfig,
@@ -31,12 +35,22 @@ fn random_ids<B: Backend>(
     Tensor::from_data(TensorData::new(data, [batch, len]), device)
 }
 
-fn sync<B: Backend, const D: usize>(t: Tensor<B, D>) {
+fn sync<B: Kernels, const D: usize>(t: Tensor<B, D>) {
     // reading one value back waits for asynchronous backends (cuda, wgpu) to finish
     let _ = t.sum().into_data();
 }
 
-fn bench_forward<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
+/// Forward FLOPs of `batch` sequences of `len` tokens: the blocks' matmuls (`2N`), attention
+/// (`4 L T d`) and the output head (`2 d V`), per token.
+fn forward_flops(config: &ModelConfig, batch: usize, len: usize) -> f64 {
+    let n = config.non_embedding_params() as f64;
+    let per_token = 2.0 * n
+        + 4.0 * (config.n_layer * len * config.n_embd) as f64
+        + 2.0 * (config.n_embd * config.padded_vocab_size()) as f64;
+    per_token * (batch * len) as f64
+}
+
+fn bench_forward<B: Kernels>(c: &mut Criterion, backend: &str, device: &B::Device) {
     let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M config");
     let model: MaskedTransformer<B> = config.init_masked(0, device).expect("init");
     let process = ForwardProcess::new(config.mask_id());
@@ -51,6 +65,9 @@ fn bench_forward<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
             .noise(x0, &vec![0.5; batch], None, &mut rng_from_seed(2))
             .expect("noise")
             .noisy;
+        group.throughput(Throughput::Elements(
+            forward_flops(&config, batch, len) as u64
+        ));
         group.bench_function(format!("{batch}x{len}"), |b| {
             b.iter(|| sync(model.forward(noisy.clone()).expect("forward")))
         });
@@ -58,7 +75,7 @@ fn bench_forward<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
     group.finish();
 }
 
-fn bench_train_step<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &B::Device)
+fn bench_train_step<B: AutodiffKernels>(c: &mut Criterion, backend: &str, device: &B::Device)
 where
     MaskedTransformer<B>: AutodiffModule<B>,
 {
@@ -115,9 +132,14 @@ where
 fn benches(c: &mut Criterion) {
     #[cfg(feature = "flex")]
     {
+        // our fused kernels (the default), then burn-flex's own ops composed, in one run
         let device = Default::default();
-        bench_forward::<burn::backend::Flex>(c, "flex", &device);
-        bench_train_step::<burn::backend::Autodiff<burn::backend::Flex>>(c, "flex", &device);
+        for (fused, name) in [(true, "flex"), (false, "flex-composed")] {
+            mdm::kernels::set_fused(fused);
+            bench_forward::<burn::backend::Flex>(c, name, &device);
+            bench_train_step::<burn::backend::Autodiff<burn::backend::Flex>>(c, name, &device);
+        }
+        mdm::kernels::set_fused(true);
     }
     #[cfg(feature = "ndarray")]
     {

@@ -9,13 +9,16 @@
 //! Fast-dLLM's prefix and dual caches: `block_32_{none,prefix,dual}` (random weights: the passes'
 //! cost, not quality; `examples/fast_decoding` measures quality on a trained model).
 //!
+//! On flex every row runs with our fused kernels (`flex`) and with burn-flex's ops composed
+//! (`flex-composed`).
+//!
 //! `cargo bench --bench sampler -- --noplot`; results in `docs/benchmarks.md`. The steps = length row
 //! takes about 30 s per generation on a 2-core CPU, so its 10 samples take minutes; select rows with
 //! a filter, e.g. `-- --noplot "mdm_steps"`.
 
+use mdm_kernels::Kernels;
 use std::time::Duration;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion};
 use mdm::burn;
@@ -31,7 +34,7 @@ use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
 
 const GEN: usize = 256;
 
-fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
+fn bench_backend<B: Kernels>(c: &mut Criterion, backend: &str, device: &B::Device) {
     let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M");
     let masked = config.init_masked::<B>(0, device).expect("init");
     let causal = config.init_causal::<B>(0, device).expect("init");
@@ -129,7 +132,12 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
 
 fn benches(c: &mut Criterion) {
     #[cfg(feature = "flex")]
-    bench_backend::<burn::backend::Flex>(c, "flex", &Default::default());
+    for (fused, name) in [(true, "flex"), (false, "flex-composed")] {
+        // our fused kernels (the default), then burn-flex's own ops composed
+        mdm::kernels::set_fused(fused);
+        bench_backend::<burn::backend::Flex>(c, name, &Default::default());
+        mdm::kernels::set_fused(true);
+    }
     #[cfg(feature = "ndarray")]
     bench_backend::<burn::backend::NdArray>(c, "ndarray", &Default::default());
     #[cfg(feature = "cuda")]

@@ -4,9 +4,9 @@
 //!
 //! `cargo bench --bench train -- --noplot`
 
+use mdm_kernels::AutodiffKernels;
 use std::time::Duration;
 
-use burn::tensor::backend::AutodiffBackend;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
 use mdm::train::objective::{Batch, TrainModel};
@@ -14,7 +14,7 @@ use mdm::train::optim::{AdamW, AdamWConfig, GradAccumulator};
 use mdm::train::TrainConfig;
 use rand::{Rng, SeedableRng};
 
-fn bench_model<B: AutodiffBackend, M: TrainModel<B>>(
+fn bench_model<B: AutodiffKernels, M: TrainModel<B>>(
     c: &mut Criterion,
     name: &str,
     device: &B::Device,

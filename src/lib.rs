@@ -5,6 +5,7 @@
 //!
 //! | crate | re-exported as | what |
 //! |---|---|---|
+//! | `mdm-kernels` | [`kernels`] | fused attention, cross-entropy, RMSNorm, SwiGLU: our own on the CPU backend |
 //! | `mdm-core` | [`diffusion`] | schedule, forward process, losses, CFG, Gumbel draws |
 //! | `mdm-models` | [`models`] | Diff_LLaMA configs, masked and causal Transformers, checkpoints |
 //! | `mdm-samplers` | [`samplers`] | the reverse process: steps, remasking rules, generation loops |
@@ -33,6 +34,7 @@ pub use burn;
 pub use mdm_core as diffusion;
 pub use mdm_data as data;
 pub use mdm_eval as eval;
+pub use mdm_kernels as kernels;
 pub use mdm_models as models;
 pub use mdm_samplers as samplers;
 pub use mdm_train as train;

@@ -5,6 +5,7 @@
 //! fine-tuning (SMDM `finetune_mdm.py`). Unmasked positions contribute nothing.
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use mdm_kernels::Kernels;
 
 use crate::error::check_shape;
 use crate::forward_process::check_prompt_len;
@@ -26,22 +27,19 @@ pub struct MaskedLoss<B: Backend> {
 ///
 /// Equal to `-log_softmax(logits)[target]` but without materialising the `[n, vocab]` log-softmax:
 /// forward and backward are about 35% faster on the CPU backends (docs/benchmarks.md).
-pub fn cross_entropy_rows<B: Backend>(
+pub fn cross_entropy_rows<B: Kernels>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 ) -> Result<Tensor<B, 1>, CoreError> {
     let [n, _] = logits.dims();
     check_shape("targets", &[n], &targets.dims())?;
-    let max = logits.clone().max_dim(1).detach();
-    let log_sum_exp = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
-    let target_logit = logits.gather(1, targets.unsqueeze_dim(1));
-    Ok((log_sum_exp - target_logit).squeeze_dim::<1>(1))
+    Ok(<B as Kernels>::cross_entropy(logits, targets))
 }
 
 /// Per-position cross-entropy `-log softmax(logits)[target]`.
 ///
 /// `logits`: `[batch, seq_len, vocab]`, `targets`: `[batch, seq_len]` → `[batch, seq_len]`.
-pub fn token_cross_entropy<B: Backend>(
+pub fn token_cross_entropy<B: Kernels>(
     logits: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
 ) -> Result<Tensor<B, 2>, CoreError> {
@@ -58,7 +56,7 @@ pub fn token_cross_entropy<B: Backend>(
 ///
 /// `logits`: `[batch, seq_len, vocab]`; `x0`: `[batch, seq_len]` clean ids; `mask`: `[batch, seq_len]`;
 /// `p_mask`: `[batch]`.
-pub fn weighted_masked_loss<B: Backend>(
+pub fn weighted_masked_loss<B: Kernels>(
     logits: Tensor<B, 3>,
     x0: Tensor<B, 2, Int>,
     mask: Tensor<B, 2, Bool>,
@@ -85,7 +83,7 @@ pub fn weighted_masked_loss<B: Backend>(
 
 /// The SMDM pre-training loss: `sum over masked of CE / p_mask, divided by batch x seq_len`.
 /// An upper bound on the negative log-likelihood per token (nats).
-pub fn pretrain_loss<B: Backend>(
+pub fn pretrain_loss<B: Kernels>(
     logits: Tensor<B, 3>,
     x0: Tensor<B, 2, Int>,
     mask: Tensor<B, 2, Bool>,
@@ -98,7 +96,7 @@ pub fn pretrain_loss<B: Backend>(
 /// The SMDM fine-tuning loss: as [`pretrain_loss`] but normalised by the number of non-prompt
 /// positions `batch x seq_len - sum(prompt_len)`. The prompt must not be masked (noise it with
 /// [`ForwardProcess::noise`](crate::forward_process::ForwardProcess::noise) and `prompt_len`).
-pub fn sft_loss<B: Backend>(
+pub fn sft_loss<B: Kernels>(
     logits: Tensor<B, 3>,
     x0: Tensor<B, 2, Int>,
     mask: Tensor<B, 2, Bool>,
@@ -117,7 +115,7 @@ pub fn sft_loss<B: Backend>(
 ///
 /// Equal to [`weighted_masked_loss`] (unmasked positions contribute nothing there), but the output
 /// head and the softmax run on about half the positions: use it for training.
-pub fn sparse_masked_loss<B: Backend>(
+pub fn sparse_masked_loss<B: Kernels>(
     masked_logits: Tensor<B, 2>,
     targets: &crate::forward_process::MaskedTargets<B>,
     normaliser: f64,

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+use mdm_kernels::Kernels;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -50,15 +51,15 @@ pub enum EvalModel<'a, B: Backend, M: MaskPredictor<B> = MaskedTransformer<B>> {
     Causal(&'a CausalTransformer<B>),
 }
 
-impl<B: Backend, M: MaskPredictor<B>> Clone for EvalModel<'_, B, M> {
+impl<B: Kernels, M: MaskPredictor<B>> Clone for EvalModel<'_, B, M> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<B: Backend, M: MaskPredictor<B>> Copy for EvalModel<'_, B, M> {}
+impl<B: Kernels, M: MaskPredictor<B>> Copy for EvalModel<'_, B, M> {}
 
-impl<'a, B: Backend> EvalModel<'a, B> {
+impl<'a, B: Kernels> EvalModel<'a, B> {
     /// The autoregressive baseline (the masked-model type parameter fixed to its default, which
     /// `EvalModel::Causal(..)` alone leaves open).
     pub fn causal(model: &'a CausalTransformer<B>) -> Self {
@@ -66,7 +67,7 @@ impl<'a, B: Backend> EvalModel<'a, B> {
     }
 }
 
-impl<B: Backend, M: MaskPredictor<B>> EvalModel<'_, B, M> {
+impl<B: Kernels, M: MaskPredictor<B>> EvalModel<'_, B, M> {
     fn block_size(&self) -> usize {
         match self {
             Self::Masked(m) => m.max_positions(),
@@ -343,7 +344,7 @@ fn item_seed(seed: u64, item: usize, choice: usize) -> u64 {
 
 /// Log-likelihood (nats) of `target` after `prefix`, and whether it is the greedy continuation
 /// (only when `greedy` is asked).
-fn score<B: Backend, M: MaskPredictor<B>>(
+fn score<B: Kernels, M: MaskPredictor<B>>(
     model: EvalModel<'_, B, M>,
     prefix: &[usize],
     target: &[usize],
@@ -402,7 +403,7 @@ fn metric(name: &str, values: &[f64]) -> Metric {
 
 /// Runs `task` (its first `settings.limit` items) on `model`. `on_item(done, total)` is called after
 /// each item (progress bars).
-pub fn evaluate_task<B: Backend, M: MaskPredictor<B>>(
+pub fn evaluate_task<B: Kernels, M: MaskPredictor<B>>(
     model: EvalModel<'_, B, M>,
     tokenizer: &Tokenizer,
     task: &Task,
@@ -527,7 +528,7 @@ pub fn evaluate_task<B: Backend, M: MaskPredictor<B>>(
 
 /// Greedy (temperature 0) generations after `prompts`, cut at EOS: low-confidence remasking for an
 /// MDM, the KV-cache sampler for the baseline.
-fn generate<B: Backend, M: MaskPredictor<B>>(
+fn generate<B: Kernels, M: MaskPredictor<B>>(
     model: EvalModel<'_, B, M>,
     prompts: &[Vec<usize>],
     tokenizer: &Tokenizer,
@@ -585,7 +586,7 @@ fn number(x: f64) -> String {
 /// with low-confidence remasking, one token per step, temperature 0; exact match = the filled span is
 /// the answer's tokens. The number of masks (the answer's length in tokens) is given to the model.
 /// An answer that does not fall on token boundaries of `text` is an error.
-pub fn infill_exact_match<B: Backend, M: MaskPredictor<B>>(
+pub fn infill_exact_match<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     tokenizer: &Tokenizer,
     items: &[(String, String)],

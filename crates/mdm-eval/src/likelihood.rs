@@ -1,11 +1,12 @@
 //! Likelihood estimators.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::cfg::{guided_batch, split_guided};
 use mdm_core::forward_process::{ForwardProcess, NoisedBatch};
 use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
+use mdm_kernels::Kernels;
 use mdm_models::{CausalTransformer, MaskPredictor, ModelError};
 use mdm_samplers::greedy::greedy_proposals;
 use mdm_samplers::proposal::Slot;
@@ -83,12 +84,12 @@ pub(crate) fn check_vocab<'a>(
     Ok(())
 }
 
-pub(crate) fn ids_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+pub(crate) fn ids_tensor<B: Kernels>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
     let len = rows.first().map_or(0, Vec::len);
     Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), len]), device)
 }
 
-pub(crate) fn host_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f64>, EvalError> {
+pub(crate) fn host_f64<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f64>, EvalError> {
     t.into_data()
         .convert::<f64>()
         .into_vec::<f64>()
@@ -118,7 +119,7 @@ pub fn chain_rule_rows(prefix: &[usize], target: &[usize], mask_id: usize) -> Ve
 /// Exact negative log-likelihood of `target` after `prefix` by the chain rule, left to right: pass
 /// `k` predicts `target[k]` from the prefix and `target[..k]` with the rest masked; the `n` passes
 /// run as one batch of rows. Also returns the per-token log-probabilities.
-pub fn chain_rule<B: Backend, M: MaskPredictor<B>>(
+pub fn chain_rule<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     target: &[usize],
@@ -129,7 +130,7 @@ pub fn chain_rule<B: Backend, M: MaskPredictor<B>>(
 /// [`chain_rule`] with unsupervised classifier-free guidance of scale `cfg_scale` (`w`; 0 = off):
 /// each pass's logits are `u + (w + 1)(c - u)`, `u` from the same row with the prefix masked.
 /// Both passes run in one batch.
-pub fn chain_rule_cfg<B: Backend, M: MaskPredictor<B>>(
+pub fn chain_rule_cfg<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     target: &[usize],
@@ -159,7 +160,7 @@ pub fn chain_rule_cfg<B: Backend, M: MaskPredictor<B>>(
 /// `model.forward_at(ids, index)` (`ids` `[b, L]`, `index` into the flattened `b * L` positions),
 /// with unsupervised CFG when `cfg_scale != 0`: the unconditional rows (row `r`'s first
 /// `prompt_len[r]` positions masked) run in the same batch and the logits are combined.
-pub fn guided_logits_at<B: Backend, M: MaskPredictor<B>>(
+pub fn guided_logits_at<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     ids: Tensor<B, 2, Int>,
     index: Tensor<B, 1, Int>,
@@ -177,7 +178,7 @@ pub fn guided_logits_at<B: Backend, M: MaskPredictor<B>>(
 }
 
 /// An exact estimate from the logits `[target.len(), V]` that predict each target token.
-fn exact_estimate<B: Backend>(
+fn exact_estimate<B: Kernels>(
     logits: Tensor<B, 2>,
     target: &[usize],
     forward_rows: usize,
@@ -199,7 +200,7 @@ fn exact_estimate<B: Backend>(
 /// clean) as `noised` holds it. Returns each row's `sum over masked CE / t` (their mean is the
 /// batch's NLL estimate). The head runs only at the masked positions; a row with nothing masked
 /// scores 0.
-pub fn mc_batch_nll<B: Backend, M: MaskPredictor<B>>(
+pub fn mc_batch_nll<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     x0: Tensor<B, 2, Int>,
     noised: &NoisedBatch<B>,
@@ -211,7 +212,7 @@ pub fn mc_batch_nll<B: Backend, M: MaskPredictor<B>>(
 
 /// [`mc_batch_nll`] with unsupervised CFG of scale `cfg_scale` (0 = off); `prompt_len[r]` is the
 /// prefix of row `r` that the unconditional pass masks.
-pub fn mc_batch_nll_cfg<B: Backend, M: MaskPredictor<B>>(
+pub fn mc_batch_nll_cfg<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     x0: Tensor<B, 2, Int>,
     noised: &NoisedBatch<B>,
@@ -246,7 +247,7 @@ pub fn mc_batch_nll_cfg<B: Backend, M: MaskPredictor<B>>(
 /// The greedy suffix fill of SMDM's evaluation (used for LAMBADA): from `prefix` followed by `n`
 /// masks, repeatedly fill the single most confident masked position (softmax probability of its
 /// argmax) with its argmax, `n` passes in all. Returns the filled suffix.
-pub fn greedy_suffix<B: Backend, M: MaskPredictor<B>>(
+pub fn greedy_suffix<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     n: usize,
@@ -255,7 +256,7 @@ pub fn greedy_suffix<B: Backend, M: MaskPredictor<B>>(
 }
 
 /// [`greedy_suffix`] with unsupervised CFG of scale `cfg_scale` (0 = off).
-pub fn greedy_suffix_cfg<B: Backend, M: MaskPredictor<B>>(
+pub fn greedy_suffix_cfg<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     n: usize,
@@ -300,7 +301,7 @@ pub fn greedy_suffix_cfg<B: Backend, M: MaskPredictor<B>>(
 
 /// Whether the greedy suffix fill of `target.len()` masks after `prefix` reproduces `target`
 /// (LAMBADA's accuracy criterion for MDMs).
-pub fn greedy_suffix_matches<B: Backend, M: MaskPredictor<B>>(
+pub fn greedy_suffix_matches<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     target: &[usize],
@@ -309,7 +310,7 @@ pub fn greedy_suffix_matches<B: Backend, M: MaskPredictor<B>>(
 }
 
 /// [`greedy_suffix_matches`] with unsupervised CFG of scale `cfg_scale` (0 = off).
-pub fn greedy_suffix_matches_cfg<B: Backend, M: MaskPredictor<B>>(
+pub fn greedy_suffix_matches_cfg<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     target: &[usize],
@@ -370,7 +371,7 @@ impl Default for McOptions {
 /// draw `t`, mask each target position with probability `t` (prefix never masked), score
 /// `sum over masked CE / t`; times of one batch are stratified `(u + j/b) mod 1`. Returns the mean,
 /// its standard error over samples, and the number of samples used.
-pub fn mc_elbo<B: Backend, M: MaskPredictor<B>>(
+pub fn mc_elbo<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prefix: &[usize],
     target: &[usize],
@@ -430,7 +431,7 @@ fn stderr(samples: &[f64]) -> f64 {
 
 /// Exact NLL of `target` after `prefix` under the causal baseline (one pass), with per-token
 /// log-probabilities. `prefix` must not be empty (a BOS token at least).
-pub fn causal_nll<B: Backend>(
+pub fn causal_nll<B: Kernels>(
     model: &CausalTransformer<B>,
     prefix: &[usize],
     target: &[usize],
@@ -440,7 +441,7 @@ pub fn causal_nll<B: Backend>(
 
 /// [`causal_nll`] and lm-evaluation-harness's `is_greedy` from the same pass: whether every target
 /// token is the argmax of its next-token distribution (LAMBADA's accuracy for the baseline).
-pub fn causal_score<B: Backend>(
+pub fn causal_score<B: Kernels>(
     model: &CausalTransformer<B>,
     prefix: &[usize],
     target: &[usize],

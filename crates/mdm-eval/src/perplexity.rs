@@ -2,12 +2,12 @@
 //! MDM and the exact NLL of the autoregressive baseline, in nats and bits per token with standard
 //! errors across blocks, and the unigram entropy to compare both with.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use mdm_core::forward_process::ForwardProcess;
 use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::MdmRng;
+use mdm_kernels::Kernels;
 use mdm_models::{CausalTransformer, MaskPredictor};
 
 use crate::likelihood::{check_vocab, host_f64, ids_tensor, mc_batch_nll};
@@ -61,7 +61,7 @@ impl PerTokenNll {
 }
 
 /// `[blocks.len(), L]` ids of equally long blocks.
-fn blocks_tensor<B: Backend>(blocks: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
+fn blocks_tensor<B: Kernels>(blocks: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
     let rows: Vec<Vec<i64>> = blocks
         .iter()
         .map(|b| b.iter().map(|&t| t as i64).collect())
@@ -87,7 +87,7 @@ fn check_blocks(blocks: &[Vec<u32>], vocab: usize) -> Result<usize, EvalError> {
 /// The MC ELBO bound of an MDM on `blocks` (each `L` ids), per token: for each of `mc_samples`
 /// rounds, every batch of `batch` blocks is noised at stratified times (no `eps`) and scored with
 /// `sum over masked CE / t`; a block's estimate is the mean over rounds divided by `L`.
-pub fn masked_elbo_per_token<B: Backend, M: MaskPredictor<B>>(
+pub fn masked_elbo_per_token<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     blocks: &[Vec<u32>],
     batch: usize,
@@ -123,7 +123,7 @@ pub fn masked_elbo_per_token<B: Backend, M: MaskPredictor<B>>(
 
 /// The exact NLL of the causal baseline on `blocks`, per predicted token: position `i` predicts
 /// token `i + 1`, so each block of `L` ids scores `L - 1` tokens.
-pub fn causal_nll_per_token<B: Backend>(
+pub fn causal_nll_per_token<B: Kernels>(
     model: &CausalTransformer<B>,
     blocks: &[Vec<u32>],
     batch: usize,
@@ -161,7 +161,7 @@ pub fn causal_nll_per_token<B: Backend>(
 /// documents, and a shared prompt if any; at least one token); `nats` is token-weighted (total NLL
 /// over total tokens, as MDLM computes it), its standard error the ratio estimator's across
 /// samples. Empty samples are an error, not skipped.
-pub fn generative_perplexity<B: Backend>(
+pub fn generative_perplexity<B: Kernels>(
     judge: &CausalTransformer<B>,
     samples: &[Vec<usize>],
     context: &[usize],
@@ -209,7 +209,7 @@ pub fn generative_perplexity<B: Backend>(
 /// `t` (no `eps`): how well the MDM predicts a token from the visible rest. Near `t = 0` almost all
 /// context is visible; near `t = 1` almost none (the unigram entropy is the no-context limit). The
 /// ELBO bound is the integral of this curve over `t` in `(0, 1)`.
-pub fn masked_ce_at_rate<B: Backend, M: MaskPredictor<B>>(
+pub fn masked_ce_at_rate<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     blocks: &[Vec<u32>],
     t: f64,

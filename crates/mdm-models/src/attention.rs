@@ -6,9 +6,9 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
+use mdm_kernels::Kernels;
 
-use crate::precision::same_dtype;
 use crate::rope::RopeTables;
 use crate::ModelError;
 
@@ -21,7 +21,7 @@ pub struct LayerCache<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
-impl<B: Backend> LayerCache<B> {
+impl<B: Kernels> LayerCache<B> {
     /// The first `len` positions.
     pub fn truncate(&self, len: usize) -> Self {
         Self {
@@ -62,7 +62,7 @@ pub enum CacheAccess<'a, B: Backend> {
 
 /// `old` (`[batch, groups, total, D]`) with row `r`'s positions `starts[r]..starts[r] + n` replaced
 /// by `new` (`[batch, groups, n, D]`); one splice for the whole batch when the starts agree.
-fn splice_rows<B: Backend>(
+fn splice_rows<B: Kernels>(
     old: &Tensor<B, 4>,
     new: Tensor<B, 4>,
     starts: &[usize],
@@ -106,7 +106,7 @@ pub struct SelfAttention<B: Backend> {
     pub head_size: usize,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: Kernels> SelfAttention<B> {
     /// `x`: `[batch, seq_len, n_embd]`; `rope`: the tables of its positions.
     /// `bias`: additive attention bias broadcastable to `[batch, H, seq_len, keys]` (a causal mask as
     /// `-inf` above the diagonal), or none for bidirectional attention.
@@ -185,27 +185,8 @@ impl<B: Backend> SelfAttention<B> {
                 cache.v = v.clone();
             }
         }
-        let keys = k.dims()[2];
-        let (k, v) = if per_group > 1 {
-            let expand = |t: Tensor<B, 4>| {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([batch, g, per_group, keys, d])
-                    .reshape([batch, h, keys, d])
-            };
-            (expand(k), expand(v))
-        } else {
-            (k, v)
-        };
         let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        if let Some(bias) = bias {
-            let dtype = scores.dtype();
-            scores = scores + same_dtype(bias, dtype);
-        }
-        let y = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq_len, n_embd]);
+        let y = <B as Kernels>::attention(q, k, v, bias, scale).reshape([batch, seq_len, n_embd]);
         Ok(self.proj.forward(y))
     }
 }

@@ -18,6 +18,7 @@
 //! are hidden from every query, and each row's window sits at its own positions.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use mdm_kernels::Kernels;
 
 use crate::attention::LayerCache;
 use crate::transformer::Caches;
@@ -32,7 +33,7 @@ pub struct BlockCache<B: Backend> {
     lengths: Vec<usize>,
 }
 
-impl<B: Backend> BlockCache<B> {
+impl<B: Kernels> BlockCache<B> {
     /// Positions held (the longest row's).
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, LayerCache::len)
@@ -86,7 +87,7 @@ impl<B: Backend> BlockCache<B> {
 
 /// `[batch, 1, 1, total + extra]`: `-inf` at positions `lengths[r]..total` of row `r`, 0 elsewhere;
 /// `None` when every row is `total` long.
-fn padding_bias<B: Backend>(
+fn padding_bias<B: Kernels>(
     lengths: &[usize],
     total: usize,
     extra: usize,
@@ -104,7 +105,7 @@ fn padding_bias<B: Backend>(
     Some(Tensor::from_data(data, device))
 }
 
-impl<B: Backend> MaskedTransformer<B> {
+impl<B: Kernels> MaskedTransformer<B> {
     /// Logits `[batch, seq_len, V]` of a full pass over `ids`, and the keys/values of every
     /// position. `lengths` (one per row, or `None` for rows of `seq_len`) are the real lengths of
     /// right-padded rows: padding keys are hidden from every query and recorded in the cache.

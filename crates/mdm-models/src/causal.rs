@@ -2,6 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use mdm_kernels::Kernels;
 
 use crate::attention::LayerCache;
 use crate::params::SeededInit;
@@ -23,7 +24,7 @@ pub struct KvCache<B: Backend> {
     len: usize,
 }
 
-impl<B: Backend> KvCache<B> {
+impl<B: Kernels> KvCache<B> {
     /// An empty cache for `model`.
     pub fn new(model: &CausalTransformer<B>) -> Self {
         Self {
@@ -51,7 +52,7 @@ impl<B: Backend> KvCache<B> {
 
 impl ModelConfig {
     /// A causal baseline with SMDM's initialisation drawn from `seed`.
-    pub fn init_causal<B: Backend>(
+    pub fn init_causal<B: Kernels>(
         &self,
         seed: u64,
         device: &B::Device,
@@ -64,7 +65,7 @@ impl ModelConfig {
 }
 
 /// `[1, 1, new, start + new]` additive bias: `-inf` where key position > query position.
-fn causal_bias<B: Backend>(start: usize, new: usize, device: &B::Device) -> Tensor<B, 4> {
+fn causal_bias<B: Kernels>(start: usize, new: usize, device: &B::Device) -> Tensor<B, 4> {
     let keys = start + new;
     let future = Tensor::<B, 2, Bool>::tril_mask([new, keys], start as i64, device);
     Tensor::<B, 2>::zeros([new, keys], device)
@@ -72,7 +73,7 @@ fn causal_bias<B: Backend>(start: usize, new: usize, device: &B::Device) -> Tens
         .unsqueeze::<4>()
 }
 
-impl<B: Backend> CausalTransformer<B> {
+impl<B: Kernels> CausalTransformer<B> {
     /// This model with its weights in `precision`, for inference (the logits stay f32; see
     /// [`crate::precision`] for which backends run f16 and bf16).
     pub fn with_precision(self, precision: crate::Precision) -> Self {

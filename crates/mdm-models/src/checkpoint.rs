@@ -5,11 +5,11 @@
 //! `config.json` holding [`CheckpointMeta`]; each file is written to a temporary name and renamed, so
 //! a crash never leaves a half-written checkpoint.
 
+use mdm_kernels::Kernels;
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +131,7 @@ impl ParamSource for SafetensorsSource<'_> {
     }
 }
 
-fn load_net<B: Backend>(
+fn load_net<B: Kernels>(
     path: &Path,
     config: &ModelConfig,
     embedding_rows: usize,
@@ -160,7 +160,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn save_net<B: Backend>(
+fn save_net<B: Kernels>(
     net: &Transformer<B>,
     kind: ModelKind,
     dir: &Path,
@@ -214,7 +214,7 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, ModelError> {
     Ok(meta)
 }
 
-fn load_folder<B: Backend>(
+fn load_folder<B: Kernels>(
     dir: &Path,
     kind: ModelKind,
     device: &B::Device,
@@ -236,7 +236,7 @@ fn load_folder<B: Backend>(
     load_net(&dir.join(WEIGHTS_FILE), &meta.config, rows, device)
 }
 
-impl<B: Backend> MaskedTransformer<B> {
+impl<B: Kernels> MaskedTransformer<B> {
     /// Loads an SMDM safetensors file (SMDM names, grouped q/k/v, f32/bf16/f16 tensors) with the
     /// config it was trained with. Every tensor must be present with its exact shape and nothing
     /// else may be in the file.
@@ -264,7 +264,7 @@ impl<B: Backend> MaskedTransformer<B> {
     }
 }
 
-impl<B: Backend> CausalTransformer<B> {
+impl<B: Kernels> CausalTransformer<B> {
     /// Loads an autoregressive-baseline safetensors file with SMDM names (embedding of `V` rows).
     pub fn load_smdm(
         path: impl AsRef<Path>,

@@ -41,10 +41,10 @@
 //! # Ok::<(), mdm_models::ModelError>(())
 //! ```
 
+use mdm_kernels::Kernels;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use serde_json::Value;
 
 use crate::hf::HfFolder;
@@ -368,7 +368,7 @@ impl ParamSource for LladaSource<'_> {
     }
 }
 
-impl<B: Backend> MaskedTransformer<B> {
+impl<B: Kernels> MaskedTransformer<B> {
     /// Loads a LLaDA Hugging Face folder (`config.json` with `model_type: "llada"`, one
     /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
     pub fn load_llada(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {

@@ -2,6 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use mdm_kernels::Kernels;
 
 use crate::params::SeededInit;
 use crate::transformer::{Caches, Transformer};
@@ -19,7 +20,7 @@ pub struct MaskedTransformer<B: Backend> {
 
 impl ModelConfig {
     /// A masked Transformer with SMDM's initialisation drawn from `seed`.
-    pub fn init_masked<B: Backend>(
+    pub fn init_masked<B: Kernels>(
         &self,
         seed: u64,
         device: &B::Device,
@@ -31,7 +32,7 @@ impl ModelConfig {
     }
 }
 
-impl<B: Backend> MaskedTransformer<B> {
+impl<B: Kernels> MaskedTransformer<B> {
     /// This model with its weights in `precision`, for inference (the logits stay f32; see
     /// [`crate::precision`] for which backends run f16 and bf16).
     pub fn with_precision(self, precision: crate::Precision) -> Self {

@@ -2,7 +2,8 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
+use mdm_kernels::Kernels;
 
 /// SwiGLU with gate `w1`, up projection `w2` and down projection `w3`, no biases.
 #[derive(Module, Debug)]
@@ -15,10 +16,10 @@ pub struct SwiGlu<B: Backend> {
     pub w3: Linear<B>,
 }
 
-impl<B: Backend> SwiGlu<B> {
+impl<B: Kernels> SwiGlu<B> {
     /// `[batch, seq_len, n_embd]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.w1.forward(x.clone()));
-        self.w3.forward(gate * self.w2.forward(x))
+        let product = <B as Kernels>::swiglu(self.w1.forward(x.clone()), self.w2.forward(x));
+        self.w3.forward(product)
     }
 }

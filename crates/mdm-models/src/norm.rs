@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::precision::{same_dtype, to_f32};
+use mdm_kernels::Kernels;
 
 /// Root-mean-square layer norm with a learned gain and no bias.
 #[derive(Module, Debug)]
@@ -14,7 +14,7 @@ pub struct RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: Kernels> RmsNorm<B> {
     /// From a gain tensor `[n_embd]`.
     pub fn new(gain: Tensor<B, 1>, eps: f64) -> Self {
         Self {
@@ -25,11 +25,7 @@ impl<B: Backend> RmsNorm<B> {
 
     /// `[..., n_embd]` → same shape.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
         // the statistics in f32 whatever the precision (f16 squares overflow past 256)
-        let wide = to_f32(x);
-        let mean_square = (wide.clone() * wide.clone()).mean_dim(D - 1);
-        let inv_rms = (mean_square + self.eps).sqrt().recip();
-        same_dtype(wide * inv_rms, dtype) * self.gain.val().unsqueeze::<D>()
+        <B as Kernels>::rms_norm(x, self.gain.val(), self.eps)
     }
 }

@@ -17,7 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
+use burn::tensor::{backend::Backend, FloatDType, Tensor};
 
 use crate::ModelError;
 
@@ -87,16 +87,4 @@ impl<B: Backend> ModuleMapper<B> for CastParams {
     }
 }
 
-/// `t` in the float type `like` (a no-op when it already is).
-pub(crate) fn same_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, like: DType) -> Tensor<B, D> {
-    if t.dtype() == like {
-        t
-    } else {
-        t.cast(FloatDType::from(like))
-    }
-}
-
-/// `t` as f32 (a no-op when it already is).
-pub(crate) fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    same_dtype(t, DType::F32)
-}
+pub(crate) use mdm_kernels::{same_dtype, to_f32};

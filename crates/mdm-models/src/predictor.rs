@@ -6,6 +6,7 @@
 //! `docs/architecture.md`, "A new model family").
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use mdm_kernels::Kernels;
 
 use crate::{BlockCache, MaskedTransformer, ModelError};
 
@@ -66,7 +67,7 @@ pub trait MaskPredictor<B: Backend> {
     ) -> Result<Tensor<B, 2>, ModelError>;
 }
 
-impl<B: Backend> MaskPredictor<B> for MaskedTransformer<B> {
+impl<B: Kernels> MaskPredictor<B> for MaskedTransformer<B> {
     fn mask_id(&self) -> usize {
         MaskedTransformer::mask_id(self)
     }

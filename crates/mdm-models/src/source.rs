@@ -3,9 +3,8 @@
 //! `model_type`), or a seeded random initialisation. One way for every program to turn its flags
 //! into a model.
 
+use mdm_kernels::Kernels;
 use std::path::{Path, PathBuf};
-
-use burn::tensor::backend::Backend;
 
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
@@ -57,7 +56,7 @@ impl ModelSource {
     }
 
     /// Loads (or initialises) the model.
-    pub fn load_masked<B: Backend>(
+    pub fn load_masked<B: Kernels>(
         &self,
         device: &B::Device,
     ) -> Result<MaskedTransformer<B>, ModelError> {

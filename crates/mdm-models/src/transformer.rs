@@ -3,6 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use mdm_kernels::Kernels;
 
 use crate::attention::{CacheAccess, LayerCache, SelfAttention};
 use crate::mlp::SwiGlu;
@@ -41,7 +42,7 @@ pub struct Block<B: Backend> {
     pub mlp: SwiGlu<B>,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -76,7 +77,7 @@ pub struct Transformer<B: Backend> {
     pub config: ModelConfig,
 }
 
-fn tensor<B: Backend, const D: usize>(
+fn tensor<B: Kernels, const D: usize>(
     data: Vec<f32>,
     shape: [usize; D],
     device: &B::Device,
@@ -95,7 +96,7 @@ pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn linear<B: Backend>(
+fn linear<B: Kernels>(
     src: &mut dyn ParamSource,
     key: &str,
     d_in: usize,
@@ -109,7 +110,7 @@ fn linear<B: Backend>(
     })
 }
 
-fn norm<B: Backend>(
+fn norm<B: Kernels>(
     src: &mut dyn ParamSource,
     key: &str,
     config: &ModelConfig,
@@ -122,7 +123,7 @@ fn norm<B: Backend>(
     ))
 }
 
-impl<B: Backend> Transformer<B> {
+impl<B: Kernels> Transformer<B> {
     /// The output head: hidden states `[..., C]` → logits `[..., V]`, always f32 (see
     /// [`crate::precision`]: a no-op at f32).
     pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {

@@ -1,8 +1,9 @@
 //! The autoregressive baseline's sampler: one token per forward pass with the KV cache.
 
+use mdm_kernels::Kernels;
 use std::collections::BTreeMap;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::rng_from_seed;
 use mdm_models::{CausalTransformer, KvCache};
 
@@ -39,7 +40,7 @@ impl Default for AutoregressiveConfig {
 /// Generates continuations from a [`CausalTransformer`]: the prompt in one pass, then one token per
 /// pass reusing the keys and values of the [`KvCache`]. Rows with equal prompt lengths run as one
 /// batch; the draws of each group come from the seed, in prompt-length order.
-pub fn generate_autoregressive<B: Backend>(
+pub fn generate_autoregressive<B: Kernels>(
     model: &CausalTransformer<B>,
     prompts: &[Vec<usize>],
     config: &AutoregressiveConfig,

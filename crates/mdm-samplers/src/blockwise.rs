@@ -32,6 +32,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_core::cfg::cfg_combine_host;
 use mdm_core::gumbel::check_temperature;
 use mdm_core::{rng_from_seed, MdmRng};
+use mdm_kernels::Kernels;
 use mdm_models::{BlockCache, MaskPredictor};
 
 use crate::draw::draw_proposals;
@@ -249,7 +250,7 @@ struct Decoder<'a, B: Backend, M: MaskPredictor<B>> {
     device: B::Device,
 }
 
-impl<B: Backend, M: MaskPredictor<B>> Decoder<'_, B, M> {
+impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
     /// Batch rows per row of `x`: 2 with CFG (the prompt-masked twin), 1 otherwise.
     fn halves(&self) -> usize {
         if self.config.cfg_scale.is_some() {
@@ -594,7 +595,7 @@ fn check_config(config: &BlockDecoding, vocab: usize) -> Result<usize, SamplerEr
 }
 
 /// Decodes `gen_length` tokens after `prompt` block by block (see the module docs).
-pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
+pub fn decode_blocks<B: Kernels, M: MaskPredictor<B>>(
     model: &M,
     prompt: &[usize],
     config: BlockDecoding,
@@ -623,7 +624,7 @@ pub fn decode_blocks<B: Backend, M: MaskPredictor<B>>(
 /// assert_eq!(out.rows[0].len(), 3 + 16);
 /// assert_eq!(out.rows[1].len(), 1 + 16);
 /// ```
-pub fn decode_blocks_batch<B: Backend, M: MaskPredictor<B>, C: Into<StepControl>>(
+pub fn decode_blocks_batch<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
     model: &M,
     prompts: &[Vec<usize>],
     config: BlockDecoding,

@@ -1,5 +1,6 @@
 //! The generation loop of a masked diffusion model: prompts in, continuations out.
 
+use mdm_kernels::Kernels;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
@@ -300,7 +301,7 @@ pub struct MaskedDiffusionSampler<'a, B: Backend, M: MaskPredictor<B> = MaskedTr
     config: GenerationConfig,
 }
 
-impl<'a, B: Backend, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
+impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
     /// A sampler with low-confidence remasking, over any model of the seam ([`MaskPredictor`]:
     /// SMDM, LLaDA).
     pub fn new(model: &'a M, config: GenerationConfig) -> Self {

@@ -12,7 +12,8 @@
 //! f64: the confidence is within 1e-6 relative of SMDM's float64 softmax (tested), and the argmax is
 //! exact (the first index on ties, as `torch.argmax`).
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
+use mdm_kernels::Kernels;
 
 use crate::host::{host_f32, read_back};
 use crate::kernel;
@@ -22,7 +23,7 @@ use crate::step::SamplerError;
 /// Temperature-0 proposals for `slots` from their logits `[slots, V]`: in place on the host where
 /// the backend allows ([`greedy_proposals_host`]), otherwise on the device (argmax and
 /// log-sum-exp reduced there, `3 x slots` numbers read back, the final exponential in f64).
-pub fn greedy_proposals<B: Backend>(
+pub fn greedy_proposals<B: Kernels>(
     slots: &[Slot],
     logits: Tensor<B, 2>,
 ) -> Result<Vec<Proposal>, SamplerError> {

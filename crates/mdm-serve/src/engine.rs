@@ -6,6 +6,7 @@
 //! ([`StepControl::Stop`]). A panic inside a job is caught: its clients get a 500 and the worker
 //! takes the next job.
 
+use mdm_kernels::Kernels;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,7 +51,7 @@ pub struct ModelInfo {
     pub mask_id: Option<usize>,
 }
 
-impl<B: Backend> Served<B> {
+impl<B: Kernels> Served<B> {
     fn info(&self) -> ModelInfo {
         match self {
             Self::Masked(m) => ModelInfo {
@@ -331,7 +332,7 @@ impl Engine {
     /// never leave that thread) and then serves jobs. Returns once the model is loaded.
     pub fn start<B, F>(load: F, config: EngineConfig) -> Result<Self, ServeError>
     where
-        B: Backend,
+        B: Kernels,
         F: FnOnce() -> Result<Served<B>, ModelError> + Send + 'static,
     {
         if config.max_batch == 0 || config.max_queue == 0 {
@@ -428,7 +429,7 @@ struct Worker<B: Backend> {
     counters: Arc<Counters>,
 }
 
-impl<B: Backend> Worker<B> {
+impl<B: Kernels> Worker<B> {
     fn run(mut self) {
         while let Some(job) = self.next_job() {
             if job.cancelled() {
@@ -578,7 +579,7 @@ fn sampler_error(e: impl std::fmt::Display) -> ApiError {
 
 /// Runs one batch (all with the options of the first job). Returns each job's tokens and whether
 /// it ended at EOS.
-fn generate<B: Backend>(
+fn generate<B: Kernels>(
     model: &Served<B>,
     batch: &[GenerateJob],
 ) -> Result<Vec<(Vec<usize>, bool)>, ApiError> {
@@ -683,7 +684,7 @@ fn model_error(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// See [`LogprobJob`].
-fn logprobs<B: Backend>(
+fn logprobs<B: Kernels>(
     model: &Served<B>,
     tokens: &[usize],
     from: usize,
@@ -734,7 +735,7 @@ fn logprobs<B: Backend>(
 }
 
 /// Log-softmax of `logits` `[rows, V]`, read back: each row's target and its top `k`.
-fn read_logprobs<B: Backend>(
+fn read_logprobs<B: Kernels>(
     logits: Tensor<B, 2>,
     targets: &[usize],
     top: usize,
@@ -765,7 +766,7 @@ fn read_logprobs<B: Backend>(
 }
 
 /// See [`LoglikelihoodJob`].
-fn score<B: Backend>(model: &Served<B>, job: &LoglikelihoodJob) -> Result<Scored, ApiError> {
+fn score<B: Kernels>(model: &Served<B>, job: &LoglikelihoodJob) -> Result<Scored, ApiError> {
     let eval = |e: mdm_eval::EvalError| ApiError::invalid("continuation", e.to_string());
     match model {
         Served::Masked(m) => {

@@ -2,6 +2,7 @@
 //! and the autoregressive baseline (next-token cross-entropy), for pre-training blocks and
 //! fine-tuning rows with a prompt.
 
+use mdm_kernels::{AutodiffKernels, Kernels};
 use std::path::Path;
 
 use burn::module::AutodiffModule;
@@ -130,7 +131,7 @@ impl<B: Backend> MaskedTrainBatch<B> {
 
 /// The MDM loss of a noised batch: `sum over masked positions of CE / p_mask`, divided by the
 /// batch's normaliser (the head runs only at the masked positions).
-pub fn masked_loss<B: Backend>(
+pub fn masked_loss<B: Kernels>(
     model: &MaskedTransformer<B>,
     batch: &MaskedTrainBatch<B>,
 ) -> Result<Tensor<B, 1>, TrainError> {
@@ -174,7 +175,7 @@ pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Sized + 'static {
     ) -> Result<PerTokenNll, TrainError>;
 }
 
-impl<B: AutodiffBackend> TrainModel<B> for MaskedTransformer<B> {
+impl<B: AutodiffKernels> TrainModel<B> for MaskedTransformer<B> {
     const KIND: ModelKind = ModelKind::Masked;
 
     fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
@@ -224,7 +225,7 @@ impl<B: AutodiffBackend> TrainModel<B> for MaskedTransformer<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainModel<B> for CausalTransformer<B> {
+impl<B: AutodiffKernels> TrainModel<B> for CausalTransformer<B> {
     const KIND: ModelKind = ModelKind::Causal;
 
     fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {

@@ -29,8 +29,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use mdm_data::shards::find_shards;
+use mdm_kernels::AutodiffKernels;
 use mdm_models::ModelConfig;
 use serde::{Deserialize, Serialize};
 
@@ -316,7 +316,7 @@ pub enum RunEvent {
 /// `progress` shows each run's progress bar; `on_event` reports skips, starts and results. Each run
 /// is data-parallel over `devices` (one peer each; `grid.train.parallel.devices` names them in
 /// the runs' train.toml).
-pub fn run_sweep<B: AutodiffBackend>(
+pub fn run_sweep<B: AutodiffKernels>(
     grid: &ScalingGrid,
     progress: bool,
     devices: &[B::Device],

@@ -4,6 +4,7 @@
 //! ([`crate::checkpoint::Checkpointer`]), the validator ([`crate::validator`]), the metrics files
 //! ([`crate::metrics`]) and the events that report progress ([`crate::events`]).
 
+use mdm_kernels::AutodiffKernels;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -76,7 +77,7 @@ pub const CONFIG_FILE: &str = "train.toml";
 ///
 /// [`MaskedTransformer`]: mdm_models::MaskedTransformer
 /// [`CausalTransformer`]: mdm_models::CausalTransformer
-pub fn train_objective<B: AutodiffBackend>(
+pub fn train_objective<B: AutodiffKernels>(
     model_config: &mdm_models::ModelConfig,
     config: &TrainConfig,
     data: DataSpec,

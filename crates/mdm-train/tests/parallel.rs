@@ -8,10 +8,10 @@ use std::thread;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use mdm_core::rng_from_seed;
+use mdm_kernels::AutodiffKernels;
 use mdm_models::{CausalTransformer, MaskedTransformer, ModelConfig};
 use mdm_train::optim::{AdamW, AdamWConfig};
 use mdm_train::parallel::CollectiveMean;
@@ -244,7 +244,7 @@ struct Flaky<B: Backend> {
 
 static PEER_1_LOSSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-impl<B: AutodiffBackend> TrainModel<B> for Flaky<B> {
+impl<B: AutodiffKernels> TrainModel<B> for Flaky<B> {
     const KIND: mdm_models::checkpoint::ModelKind = mdm_models::checkpoint::ModelKind::Masked;
 
     fn init(

@@ -1,0 +1,6 @@
+//! The kernels on `f32` host memory, independent of any backend: slices in, vectors out.
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod norm;
+pub mod vector;

@@ -1,0 +1,121 @@
+//! Fused kernels for the hot spots of a transformer pass, through burn's backend extension
+//! mechanism: the trait [`Kernels`] extends burn's `Backend` with attention, cross-entropy, RMSNorm
+//! and SwiGLU. Each method has a default, the composition of burn's tensor ops ([`composed`]),
+//! which is what every backend keeps (wgpu, CUDA, ndarray: autodiff differentiates it op by op).
+//! burn-flex, the CPU backend, overrides them with our own kernels ([`cpu`]) and, under
+//! `Autodiff<Flex>`, with their hand-written backward.
+//!
+//! The library crates are generic over `B: Kernels` (and [`AutodiffKernels`] where they train), so
+//! the models, the samplers, the estimators and the trainer all run the kernels on the CPU without
+//! knowing of them. [`set_fused`] (or `MDM_KERNELS=composed` in the environment) turns them off at
+//! run time, for comparison: the composition then runs on burn-flex too.
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::{Distribution, Tensor};
+//! use mdm_kernels::Kernels;
+//!
+//! let device = Default::default();
+//! // [batch, heads, queries, head_size] and [batch, groups, keys, head_size]
+//! let q = Tensor::<Flex, 4>::random([1, 4, 6, 8], Distribution::Default, &device);
+//! let k = Tensor::<Flex, 4>::random([1, 2, 6, 8], Distribution::Default, &device);
+//! let v = Tensor::<Flex, 4>::random([1, 2, 6, 8], Distribution::Default, &device);
+//! let fused = Flex::attention(q.clone(), k.clone(), v.clone(), None, 8f64.powf(-0.5));
+//! let composed = mdm_kernels::composed::attention(q, k, v, None, 8f64.powf(-0.5));
+//! assert_eq!(fused.dims(), [1, 6, 4, 8]);
+//! fused.into_data().assert_approx_eq::<f32>(&composed.into_data(), Default::default());
+//! ```
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
+
+pub mod composed;
+pub mod cpu;
+mod flex;
+mod others;
+
+pub use composed::{same_dtype, to_f32};
+
+/// A backend with the fused operations of a transformer pass. Every method's default is the
+/// composition of tensor ops in [`composed`]; a backend overrides what it has kernels for.
+pub trait Kernels: Backend {
+    /// Scaled dot-product attention with grouped queries: `softmax(scale q k^T + bias) v` with
+    /// query head `h` attending with key/value group `h / (H / G)`.
+    ///
+    /// `q`: `[batch, H, queries, head_size]`; `k`, `v`: `[batch, G, keys, head_size]`; `bias`:
+    /// additive, broadcastable to `[batch, H, queries, keys]` (a causal mask as `-inf` above the
+    /// diagonal), a constant (no gradient reaches it). Returns `[batch, queries, H, head_size]`:
+    /// the heads side by side, ready to be reshaped for the output projection.
+    fn attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        composed::attention(q, k, v, bias, scale)
+    }
+
+    /// Cross-entropy of each row of `logits` (`[rows, vocab]`) for `targets` (`[rows]`):
+    /// `logsumexp(logits) - logits[target]`, `[rows]`.
+    fn cross_entropy(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        composed::cross_entropy(logits, targets)
+    }
+
+    /// RMSNorm over the last dimension: `x rsqrt(mean(x^2) + eps) gain`, the statistics in f32
+    /// whatever the float type of `x`; `gain`: `[width]`.
+    fn rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        gain: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, D> {
+        composed::rms_norm(x, gain, eps)
+    }
+
+    /// SwiGLU's product `silu(gate) * up` (same shapes).
+    fn swiglu<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
+        composed::swiglu(gate, up)
+    }
+}
+
+/// An autodiff backend whose inner backend has the kernels too (training differentiates through
+/// them; validation runs them on the inner backend).
+pub trait AutodiffKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+
+impl<B> AutodiffKernels for B
+where
+    B: AutodiffBackend + Kernels,
+    B::InnerBackend: Kernels,
+{
+}
+
+/// 0: not read yet; 1: fused; 2: composed.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the fused kernels on (the default) or off for the whole process: off, burn-flex runs the
+/// composition of tensor ops like every other backend. Backends without kernels ignore it.
+pub fn set_fused(on: bool) {
+    FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels run: [`set_fused`]'s last word, else `MDM_KERNELS` from the
+/// environment (`composed` turns them off; `fused`, unset or anything else leaves them on).
+pub fn fused() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("MDM_KERNELS").map_or(true, |v| v.trim() != "composed");
+            // a concurrent set_fused wins over the environment
+            let _ = FUSED.compare_exchange(
+                0,
+                if on { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            FUSED.load(Ordering::Relaxed) == 1
+        }
+    }
+}
