@@ -21,6 +21,9 @@ use mdm::diffusion::{forward_process::ForwardProcess, rng_from_seed, time};
 use mdm::models::{MaskedTransformer, ModelConfig};
 use rand::Rng;
 
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 fn random_ids<B: Kernels>(
     batch: usize,
     len: usize,

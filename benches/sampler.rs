@@ -16,6 +16,10 @@
 //! takes about 30 s per generation on a 2-core CPU, so its 10 samples take minutes; select rows with
 //! a filter, e.g. `-- --noplot "mdm_steps"`.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use mdm_kernels::Kernels;
 use std::time::Duration;
 

@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench train -- --noplot`
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use mdm_kernels::AutodiffKernels;
 use std::time::Duration;
 

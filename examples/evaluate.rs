@@ -9,6 +9,10 @@
 //! from `--data-dir`) or paths to JSONL files of the same shapes, each with optional per-task
 //! settings: `lambada:estimator=chain:cfg=0.5`, `piqa:mc=64`, `gsm8k:gen=256:steps=64`.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};

@@ -10,6 +10,10 @@
 //!     --gen-length 224 --block-length 32
 //! ```
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

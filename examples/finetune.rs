@@ -11,6 +11,10 @@
 //! the prompt. Lines hold `{"prompt", "response"}` or `{"prompt", "completion"}`. The rows are as long as the
 //! longest example plus one EOS unless `--seq-len` is given. `--resume` continues a stopped run.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};

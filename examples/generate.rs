@@ -12,6 +12,10 @@
 //! ids separated by spaces. Without `--checkpoint`/`--smdm` the model is Diff_LLaMA_6M with random
 //! weights.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::io::Write;
 use std::path::PathBuf;
 

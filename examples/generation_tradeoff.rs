@@ -16,6 +16,10 @@
 //! `--rule` (default ancestral, MDLM's sampler) and `--steps` denoising steps for `--gen-length`
 //! tokens; the Fast-dLLM rows (`--thresholds`) use low-confidence remasking per block.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

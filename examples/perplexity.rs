@@ -7,6 +7,10 @@
 //! cargo run --release --example perplexity -- --checkpoint runs/kjv-mdm/model --data data/kjv
 //! ```
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};

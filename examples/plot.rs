@@ -5,6 +5,10 @@
 //!     --title "KJV, 3.4M non-embedding parameters" --out docs/img/kjv-loss.png
 //! ```
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

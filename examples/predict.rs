@@ -9,6 +9,10 @@
 //! cargo run --release --example predict -- --hf ../shared/fixtures/llada-parity/model --ids "5 9 ? 17"
 //! ```
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

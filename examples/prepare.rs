@@ -6,6 +6,10 @@
 //!     --out data/kjv --vocab-size 4096 --split lines
 //! ```
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::Result;

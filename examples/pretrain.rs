@@ -9,6 +9,10 @@
 //! Every hyper-parameter has a flag; `--config-file` reads them from TOML/JSON and flags given
 //! on the command line override it. The effective config is saved as `<out>/train.toml`.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};

@@ -4,6 +4,10 @@
 //!
 //! `cargo run --release --example profile_train_step`
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::time::Instant;
 
 use anyhow::Result;

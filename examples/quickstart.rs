@@ -11,6 +11,10 @@
 //! Everything is written under `--out` (default `runs/quickstart`): the corpus, both training runs
 //! (metrics.csv, loss.png, checkpoints) and the final models with their tokenizer.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::io::Write;
 use std::path::PathBuf;
 

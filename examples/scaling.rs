@@ -8,6 +8,10 @@
 //! an interrupted run continues from its last checkpoint. Writes `<out>/fits.json`,
 //! `<out>/isoflop.png` and `<out>/frontier.png`.
 
+/// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mdm::Allocator = mdm::Allocator;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

@@ -39,7 +39,10 @@ pub use mdm_models as models;
 pub use mdm_samplers as samplers;
 pub use mdm_train as train;
 
+mod allocator;
 pub mod backend;
+
+pub use allocator::Allocator;
 
 /// The types most programs need.
 pub mod prelude {

@@ -127,6 +127,9 @@ fn attention_forward_matches_the_composition() {
         ];
         for bias in biases {
             let fused = Flex::attention(q.clone(), k.clone(), v.clone(), bias.clone(), scale);
+            // the kernel writes [B, T, H, D] contiguous; the composition returns a transposed view
+            let primitive = fused.clone().into_primitive().tensor();
+            assert!(primitive.is_contiguous(), "the fused kernel ran");
             let want = composed::attention(q.clone(), k.clone(), v.clone(), bias, scale);
             assert_eq!(fused.dims(), [c.batch, c.queries, c.heads, c.head_size]);
             assert_close(

@@ -7,7 +7,6 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use mdm_kernels::Kernels;
 
 use crate::precision::same_dtype;
 use crate::{ModelConfig, ModelError};
@@ -58,7 +57,7 @@ pub struct Rope<B: Backend> {
     perm: Tensor<B, 1, Int>,
 }
 
-impl<B: Kernels> Rope<B> {
+impl<B: Backend> Rope<B> {
     /// Builds the tables of `config` on `device`.
     pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
         let (cos, sin) = rope_tables(config);
@@ -141,7 +140,7 @@ impl<B: Kernels> Rope<B> {
     }
 }
 
-impl<B: Kernels> Rope<B> {
+impl<B: Backend> Rope<B> {
     /// The tables of a ragged batch whose row `r` holds positions `starts[r]..starts[r] + seq_len`
     /// (the windows of block decoding over rows of different prompt lengths): `[batch, seq_len,
     /// (H + 2G) D]` each, `batch = starts.len()`. Equal starts give [`Self::tables`].
@@ -185,7 +184,7 @@ pub struct RopeTables<B: Backend> {
     perm: Tensor<B, 1, Int>,
 }
 
-impl<B: Kernels> RopeTables<B> {
+impl<B: Backend> RopeTables<B> {
     /// Rotates the query and key features of a fused projection output
     /// `[batch, seq_len, (H + 2G) D]`; value features pass unchanged.
     pub fn apply(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
