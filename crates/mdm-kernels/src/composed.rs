@@ -74,3 +74,15 @@ pub fn rms_norm<B: Backend, const D: usize>(
 pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     activation::silu(gate) * up
 }
+
+/// See [`crate::Kernels::rope`].
+pub fn rope<B: Backend>(
+    x: Tensor<B, 3>,
+    cos: Tensor<B, 3>,
+    sin: Tensor<B, 3>,
+    perm: Tensor<B, 1, Int>,
+) -> Tensor<B, 3> {
+    let paired = x.clone().select(2, perm);
+    let dtype = x.dtype();
+    x * same_dtype(cos, dtype) + paired * same_dtype(sin, dtype)
+}

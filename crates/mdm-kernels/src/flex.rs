@@ -15,7 +15,7 @@ use burn::tensor::backend::{Backend, BackendTypes};
 use burn::tensor::{Bytes, DType, Int, Shape, Tensor, TensorPrimitive};
 
 use crate::cpu::attention::{self, Dims, Saved, View4};
-use crate::cpu::{cross_entropy, norm, vector};
+use crate::cpu::{cross_entropy, norm, rope, vector};
 use crate::{composed, fused, Kernels};
 
 /// A tensor's float primitive.
@@ -204,6 +204,20 @@ impl Kernels for Flex {
         }
     }
 
+    fn rope(
+        x: Tensor<Self, 3>,
+        cos: Tensor<Self, 3>,
+        sin: Tensor<Self, 3>,
+        perm: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 3> {
+        let (x, cos, sin) = (float(x), float(cos), float(sin));
+        let perm = perm.into_primitive();
+        match RopeInputs::new(&x, &cos, &sin, &perm) {
+            Some(inputs) => wrap(inputs.forward()),
+            None => composed::rope(wrap(x), wrap(cos), wrap(sin), Tensor::from_primitive(perm)),
+        }
+    }
+
     fn swiglu<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
         let (gate, up) = (float(gate), float(up));
         match SwigluInputs::new(&gate, &up) {
@@ -304,6 +318,68 @@ impl NormInputs {
         let (x, gain) = self.slices();
         let (y, inv) = norm::forward(x, gain, self.eps);
         (new_tensor(y, self.x.layout().shape().as_slice()), inv)
+    }
+}
+
+/// An Int tensor's values as indices (`None` for a negative one or another dtype).
+fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
+    let t = t.to_contiguous();
+    match t.dtype() {
+        DType::I64 => t
+            .as_slice::<i64>()?
+            .iter()
+            .map(|&i| usize::try_from(i).ok())
+            .collect(),
+        DType::I32 => t
+            .as_slice::<i32>()?
+            .iter()
+            .map(|&i| usize::try_from(i).ok())
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Input, tables and pairing for the RoPE kernel.
+#[derive(Debug, Clone)]
+struct RopeInputs {
+    x: FlexTensor,
+    cos: FlexTensor,
+    sin: FlexTensor,
+    perm: Vec<usize>,
+    inverse: Vec<usize>,
+}
+
+impl RopeInputs {
+    fn new(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, perm: &FlexTensor) -> Option<Self> {
+        let shape = x.layout().shape();
+        let features = *shape.as_slice().last()?;
+        if !fused() || cos.layout().shape() != shape || sin.layout().shape() != shape {
+            return None;
+        }
+        let perm = indices(perm)?;
+        if perm.len() != features {
+            return None;
+        }
+        let inverse = rope::inverse(&perm)?;
+        Some(Self {
+            x: contiguous_f32(x)?,
+            cos: contiguous_f32(cos)?,
+            sin: contiguous_f32(sin)?,
+            perm,
+            inverse,
+        })
+    }
+
+    fn tables(&self) -> (&[f32], &[f32]) {
+        let cos = self.cos.as_slice::<f32>().expect("contiguous f32 cos");
+        (cos, self.sin.as_slice::<f32>().expect("contiguous f32 sin"))
+    }
+
+    fn forward(&self) -> FlexTensor {
+        let (cos, sin) = self.tables();
+        let x = self.x.as_slice::<f32>().expect("contiguous f32 input");
+        let y = rope::forward(x, cos, sin, &self.perm);
+        new_tensor(y, self.x.layout().shape().as_slice())
     }
 }
 
@@ -497,6 +573,26 @@ impl Backward<Flex, 2> for NormBackward {
 }
 
 #[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    type State = RopeInputs;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = f32_grad(grads.consume::<Flex>(&ops.node));
+        let inputs = ops.state;
+        let (cos, sin) = inputs.tables();
+        let dx = rope::backward(grad_slice(&dy), cos, sin, &inputs.inverse);
+        let [parent] = ops.parents;
+        register!(
+            grads,
+            &parent,
+            new_tensor(dx, inputs.x.layout().shape().as_slice())
+        );
+    }
+}
+
+#[derive(Debug)]
 struct SwigluBackward;
 
 impl Backward<Flex, 2> for SwigluBackward {
@@ -601,6 +697,33 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
                 prep.finish(NormState { inputs, inv }, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
+        };
+        wrap(out)
+    }
+
+    fn rope(
+        x: Tensor<Self, 3>,
+        cos: Tensor<Self, 3>,
+        sin: Tensor<Self, 3>,
+        perm: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 3> {
+        let (x, cos, sin) = (ad_float(x), ad_float(cos), ad_float(sin));
+        let perm = perm.into_primitive();
+        let inputs = RopeInputs::new(&x.primitive, &cos.primitive, &sin.primitive, &perm);
+        let Some(inputs) = inputs else {
+            let perm = Tensor::from_primitive(perm);
+            return composed::rope(wrap(x), wrap(cos), wrap(sin), perm);
+        };
+        let out = match RopeBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = inputs.forward();
+                prep.finish(inputs, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(inputs.forward()),
         };
         wrap(out)
     }

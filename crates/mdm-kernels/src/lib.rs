@@ -1,6 +1,6 @@
 //! Fused kernels for the hot spots of a transformer pass, through burn's backend extension
-//! mechanism: the trait [`Kernels`] extends burn's `Backend` with attention, cross-entropy, RMSNorm
-//! and SwiGLU. Each method has a default, the composition of burn's tensor ops ([`composed`]),
+//! mechanism: the trait [`Kernels`] extends burn's `Backend` with attention, cross-entropy, RMSNorm,
+//! RoPE and SwiGLU. Each method has a default, the composition of burn's tensor ops ([`composed`]),
 //! which is what every backend keeps (wgpu, CUDA, ndarray: autodiff differentiates it op by op).
 //! burn-flex, the CPU backend, overrides them with our own kernels ([`cpu`]) and, under
 //! `Autodiff<Flex>`, with their hand-written backward.
@@ -72,6 +72,18 @@ pub trait Kernels: Backend {
         eps: f64,
     ) -> Tensor<Self, D> {
         composed::rms_norm(x, gain, eps)
+    }
+
+    /// RoPE on a fused q/k/v projection output `x` (`[batch, len, features]`):
+    /// `x cos + x[.., perm] sin`, the tables `cos`, `sin` of `x`'s shape (constants: no gradient),
+    /// `perm` (`[features]`) the feature each feature is paired with.
+    fn rope(
+        x: Tensor<Self, 3>,
+        cos: Tensor<Self, 3>,
+        sin: Tensor<Self, 3>,
+        perm: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 3> {
+        composed::rope(x, cos, sin, perm)
     }
 
     /// SwiGLU's product `silu(gate) * up` (same shapes).

@@ -278,6 +278,59 @@ fn swiglu_matches_the_composition_with_gradients() {
     }
 }
 
+/// A RoPE pairing of `features`: the halves of each head of `head` features swapped in the first
+/// `rotated` heads, the rest paired with themselves (values).
+fn rope_perm(features: usize, head: usize, rotated: usize) -> Vec<i64> {
+    (0..features)
+        .map(|f| {
+            let (h, j) = (f / head, f % head);
+            let half = head / 2;
+            if h < rotated && half > 0 && j < 2 * half {
+                (h * head + (j + half) % (2 * half)) as i64
+            } else {
+                f as i64
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn rope_matches_the_composition_with_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (batch, len, head, heads) in [(1, 1, 2, 3), (2, 7, 8, 6), (3, 33, 64, 6), (1, 5, 5, 3)] {
+        let features = head * heads;
+        let shape = [batch, len, features];
+        let x = random::<Flex, 3>(shape, &mut rng);
+        let cos = random::<Flex, 3>(shape, &mut rng);
+        let sin = random::<Flex, 3>(shape, &mut rng);
+        let perm = Tensor::<Flex, 1, Int>::from_data(
+            TensorData::new(rope_perm(features, head, heads - 1), [features]),
+            &Default::default(),
+        );
+        let fused = Flex::rope(x.clone(), cos.clone(), sin.clone(), perm.clone());
+        let want = composed::rope(x.clone(), cos.clone(), sin.clone(), perm.clone());
+        // the composition's arithmetic, rounding for rounding
+        assert_close("rope", &values(fused), &values(want), 0.0);
+
+        let weights = random::<Ad, 3>(shape, &mut rng);
+        let grads = |fused: bool| {
+            let device = Default::default();
+            let x = Tensor::<Ad, 3>::from_data(x.to_data(), &device).require_grad();
+            let cos = Tensor::<Ad, 3>::from_data(cos.to_data(), &device);
+            let sin = Tensor::<Ad, 3>::from_data(sin.to_data(), &device);
+            let perm = Tensor::<Ad, 1, Int>::from_data(perm.to_data(), &device);
+            let y = if fused {
+                Ad::rope(x.clone(), cos, sin, perm)
+            } else {
+                composed::rope(x.clone(), cos, sin, perm)
+            };
+            let g = (y * weights.clone()).sum().backward();
+            values(x.grad(&g).unwrap())
+        };
+        assert_close("rope dx", &grads(true), &grads(false), 1e-6);
+    }
+}
+
 #[test]
 fn half_precision_takes_the_composition() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);

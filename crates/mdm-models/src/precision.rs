@@ -87,4 +87,4 @@ impl<B: Backend> ModuleMapper<B> for CastParams {
     }
 }
 
-pub(crate) use mdm_kernels::{same_dtype, to_f32};
+pub(crate) use mdm_kernels::to_f32;

@@ -8,8 +8,8 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
-use crate::precision::same_dtype;
 use crate::{ModelConfig, ModelError};
+use mdm_kernels::Kernels;
 
 /// The cos/sin tables `[block_size, r / 2]` on the host, rounded to bf16 when asked.
 pub fn rope_tables(config: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
@@ -184,12 +184,10 @@ pub struct RopeTables<B: Backend> {
     perm: Tensor<B, 1, Int>,
 }
 
-impl<B: Backend> RopeTables<B> {
+impl<B: Kernels> RopeTables<B> {
     /// Rotates the query and key features of a fused projection output
     /// `[batch, seq_len, (H + 2G) D]`; value features pass unchanged.
     pub fn apply(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
-        let paired = qkv.clone().select(2, self.perm.clone());
-        let dtype = qkv.dtype();
-        qkv * same_dtype(self.cos.clone(), dtype) + paired * same_dtype(self.sin.clone(), dtype)
+        <B as Kernels>::rope(qkv, self.cos.clone(), self.sin.clone(), self.perm.clone())
     }
 }

@@ -3,4 +3,5 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod norm;
+pub mod rope;
 pub mod vector;
