@@ -5,7 +5,7 @@
 //! 262 MB of logits). glibc's `malloc` serves such sizes with `mmap` and gives them back with
 //! `munmap`, so each pass faults in fresh zeroed pages: 10 % of a burn-flex forward pass was in
 //! the kernel's page-fault path (perf, docs/benchmarks.md). mimalloc with purging off reuses the
-//! pages instead (forward 8 x 256: 1,090 ms with glibc's allocator, 794 ms with this one, same
+//! pages instead (forward 8 x 256: 1,090 ms with glibc's allocator, 873 ms with this one, same
 //! binary otherwise). The memory a program has held stays held until it exits: the price.
 //!
 //! ```no_run

@@ -103,15 +103,11 @@ impl AttentionInputs {
             Some(b) => Some(viewable(b.clone())?),
             None => None,
         };
-        let dims = Dims::of(
-            &view4(&q)?,
-            &view4(&k)?,
-            &view4(&v)?,
-            bias.as_ref().and_then(view4).as_ref(),
-        )?;
-        if bias.is_some() && bias.as_ref().and_then(view4).is_none() {
-            return None;
-        }
+        let bias_view = match &bias {
+            Some(b) => Some(view4(b)?),
+            None => None,
+        };
+        let dims = Dims::of(&view4(&q)?, &view4(&k)?, &view4(&v)?, bias_view.as_ref())?;
         let sizes = [
             dims.batch,
             dims.heads,
@@ -245,20 +241,8 @@ impl CrossEntropyInputs {
             [r, v] if *v > 0 => (*r, *v),
             _ => return None,
         };
-        let ids = targets.to_contiguous();
-        let targets: Vec<Option<usize>> = match ids.dtype() {
-            DType::I64 => ids
-                .as_slice::<i64>()?
-                .iter()
-                .map(|&t| usize::try_from(t).ok())
-                .collect(),
-            DType::I32 => ids
-                .as_slice::<i32>()?
-                .iter()
-                .map(|&t| usize::try_from(t).ok())
-                .collect(),
-            _ => return None,
-        };
+        // a negative target is a NaN loss, as one past the vocabulary
+        let targets = int_values(targets)?;
         if targets.len() != rows {
             return None;
         }
@@ -321,22 +305,25 @@ impl NormInputs {
     }
 }
 
-/// An Int tensor's values as indices (`None` for a negative one or another dtype).
-fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
+/// An Int tensor's values as indices (`None` for each negative one); `None` for another dtype.
+fn int_values(t: &FlexTensor) -> Option<Vec<Option<usize>>> {
     let t = t.to_contiguous();
+    let index = |i: i64| usize::try_from(i).ok();
     match t.dtype() {
-        DType::I64 => t
-            .as_slice::<i64>()?
-            .iter()
-            .map(|&i| usize::try_from(i).ok())
-            .collect(),
-        DType::I32 => t
-            .as_slice::<i32>()?
-            .iter()
-            .map(|&i| usize::try_from(i).ok())
-            .collect(),
+        DType::I64 => Some(t.as_slice::<i64>()?.iter().map(|&i| index(i)).collect()),
+        DType::I32 => Some(
+            t.as_slice::<i32>()?
+                .iter()
+                .map(|&i| index(i.into()))
+                .collect(),
+        ),
         _ => None,
     }
+}
+
+/// An Int tensor's values as indices (`None` for a negative one or another dtype).
+fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
+    int_values(t)?.into_iter().collect()
 }
 
 /// Input, tables and pairing for the RoPE kernel.
@@ -616,6 +603,30 @@ fn ad_float<C: CheckpointStrategy, const D: usize>(t: Tensor<Ad<C>, D>) -> AdTen
     float(t)
 }
 
+/// Runs a kernel as one autodiff node over `parents`: `forward(keep)` returns the output and, when
+/// `keep` (some parent is tracked), the state `backward` needs.
+fn node<C, BO, const N: usize>(
+    backward: BO,
+    parents: [&AdTensor<C>; N],
+    forward: impl FnOnce(bool) -> (FlexTensor, Option<BO::State>),
+) -> AdTensor<C>
+where
+    C: CheckpointStrategy,
+    BO: Backward<Flex, N>,
+{
+    let prepared = backward
+        .prepare::<C>(parents.map(|p| p.node.clone()))
+        .compute_bound()
+        .stateful();
+    match prepared {
+        OpsKind::Tracked(prep) => match forward(true) {
+            (out, Some(state)) => prep.finish(state, out),
+            (_, None) => unreachable!("every kernel's forward keeps its state when asked"),
+        },
+        OpsKind::UnTracked(prep) => prep.finish(forward(false).0),
+    }
+}
+
 impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
     fn attention(
         q: Tensor<Self, 4>,
@@ -636,26 +647,15 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
         let Some(inputs) = inputs else {
             return composed::attention(wrap(q), wrap(k), wrap(v), bias.map(wrap), scale);
         };
-        let out = match AttentionBackward
-            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (out, lse) = inputs.forward(true);
-                let lse = lse.expect("log-sum-exp kept");
-                prep.finish(
-                    AttentionState {
-                        inputs,
-                        out: out.clone(),
-                        lse,
-                    },
-                    out,
-                )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward(false).0),
-        };
-        wrap(out)
+        wrap(node::<C, _, _>(AttentionBackward, [&q, &k, &v], |keep| {
+            let (out, lse) = inputs.forward(keep);
+            let state = lse.map(|lse| AttentionState {
+                inputs,
+                out: out.clone(),
+                lse,
+            });
+            (out, state)
+        }))
     }
 
     fn cross_entropy(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
@@ -664,18 +664,10 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
         let Some(inputs) = CrossEntropyInputs::new(&logits.primitive, &ids) else {
             return composed::cross_entropy(wrap(logits), Tensor::from_primitive(ids));
         };
-        let out = match CrossEntropyBackward
-            .prepare::<C>([logits.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (loss, lse) = inputs.forward();
-                prep.finish(CrossEntropyState { inputs, lse }, loss)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
-        };
-        wrap(out)
+        wrap(node::<C, _, _>(CrossEntropyBackward, [&logits], |keep| {
+            let (loss, lse) = inputs.forward();
+            (loss, keep.then(|| CrossEntropyState { inputs, lse }))
+        }))
     }
 
     fn rms_norm<const D: usize>(
@@ -687,18 +679,10 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
         let Some(inputs) = NormInputs::new(&x.primitive, &gain.primitive, eps) else {
             return composed::rms_norm(wrap(x), wrap(gain), eps);
         };
-        let out = match NormBackward
-            .prepare::<C>([x.node.clone(), gain.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (y, inv) = inputs.forward();
-                prep.finish(NormState { inputs, inv }, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
-        };
-        wrap(out)
+        wrap(node::<C, _, _>(NormBackward, [&x, &gain], |keep| {
+            let (y, inv) = inputs.forward();
+            (y, keep.then(|| NormState { inputs, inv }))
+        }))
     }
 
     fn rope(
@@ -714,18 +698,10 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
             let perm = Tensor::from_primitive(perm);
             return composed::rope(wrap(x), wrap(cos), wrap(sin), perm);
         };
-        let out = match RopeBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = inputs.forward();
-                prep.finish(inputs, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward()),
-        };
-        wrap(out)
+        wrap(node::<C, _, _>(RopeBackward, [&x], |keep| {
+            let y = inputs.forward();
+            (y, keep.then_some(inputs))
+        }))
     }
 
     fn swiglu<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
@@ -733,17 +709,9 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
         let Some(inputs) = SwigluInputs::new(&gate.primitive, &up.primitive) else {
             return composed::swiglu(wrap(gate), wrap(up));
         };
-        let out = match SwigluBackward
-            .prepare::<C>([gate.node.clone(), up.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = inputs.forward();
-                prep.finish(inputs, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward()),
-        };
-        wrap(out)
+        wrap(node::<C, _, _>(SwigluBackward, [&gate, &up], |keep| {
+            let y = inputs.forward();
+            (y, keep.then_some(inputs))
+        }))
     }
 }

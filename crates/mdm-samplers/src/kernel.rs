@@ -9,27 +9,15 @@
 /// Logits per block: 4 KB, which stays in the L1 cache between a block's maximum and its sum.
 pub const BLOCK: usize = 1024;
 
-/// `exp(x)` for `x <= 0` in f32: `2^n e^g` with `n = round(x log2 e)` and `|g| <= ln 2 / 2`, `e^g`
-/// by its degree-7 Taylor polynomial (truncation below 6e-9); inputs below -87 give the smallest
-/// normal number (about 1e-38) instead of 0; NaN stays NaN.
+/// `exp(x)` for `x <= 0` in f32: mdm-kernels' vectorisable exponential (`2^n e^g`, degree-7
+/// Taylor polynomial, relative error below 3e-7); inputs below -87 give the smallest normal number
+/// (about 1e-38) instead of 0; NaN stays NaN.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
-    let x = if x < -87.0 { -87.0 } else { x };
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let g = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + g * (1.0
-            + g * (0.5
-                + g * (1.0 / 6.0
-                    + g * (1.0 / 24.0
-                        + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    mdm_kernels::cpu::vector::exp(x)
 }
 
-/// `ln 2` in two parts (Cody and Waite): `n * LN2_HI` is exact for the `n` that occur.
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
+use mdm_kernels::cpu::vector::{LN2_HI, LN2_LO};
 
 /// The maximum of `block` (`-inf` when empty), or NaN when it holds a NaN.
 pub fn max(block: &[f32]) -> f32 {
@@ -116,9 +104,7 @@ pub fn map_rows<T: Send>(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
+use mdm_kernels::cpu::vector::has_avx2_fma;
 
 /// Portable code in 8 independent lanes.
 pub mod portable {

@@ -29,8 +29,9 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// `ln 2` in two parts (Cody and Waite): `n * LN2_HI` is exact for the `n` that occur.
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
+pub const LN2_HI: f32 = 0.693_145_75;
+/// See [`LN2_HI`].
+pub const LN2_LO: f32 = 1.428_606_8e-6;
 
 /// Lanes of every loop: one AVX2 register of f32.
 const LANES: usize = 8;
@@ -58,8 +59,9 @@ macro_rules! dispatch {
     };
 }
 
+/// Whether the CPU has AVX2 and FMA (the loops' fast build).
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
