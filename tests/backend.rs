@@ -9,9 +9,8 @@ mod common;
 
 use std::path::Path;
 
-use common::read_tensors;
+use common::{read_tensors, shards};
 use mdm::backend::{self, Default as B, Training};
-use mdm::data::shards::ShardWriter;
 use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
 use mdm::samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
 use mdm::samplers::remasking::NamedRule;
@@ -94,27 +93,6 @@ fn block_caches_decode_ragged_rows_as_each_row_alone() {
     }
 }
 
-/// A learnable stream in shards: counting modulo 12 with a seeded token every 17th position.
-fn shards(dir: &Path) -> DataSpec {
-    let stream: Vec<u32> = (0..3000u32)
-        .map(|i| {
-            if i % 17 == 0 {
-                (i * 7) % 37 + 1
-            } else {
-                (i % 12) + 1
-            }
-        })
-        .collect();
-    let mut train = ShardWriter::new(dir, "train", 512, VOCAB, 0).unwrap();
-    train.add_document(&stream[..2500]).unwrap();
-    let mut valid = ShardWriter::new(dir, "valid", 512, VOCAB, 0).unwrap();
-    valid.add_document(&stream[2500..]).unwrap();
-    DataSpec::Shards {
-        train: train.finish().unwrap(),
-        valid: valid.finish().unwrap(),
-    }
-}
-
 fn train_config(objective: Objective) -> TrainConfig {
     TrainConfig {
         objective,
@@ -173,7 +151,7 @@ fn max_weight_diff(x: &Path, y: &Path) -> f64 {
 
 fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
     let data_dir = tempfile::tempdir().unwrap();
-    let data = shards(data_dir.path());
+    let data = shards(data_dir.path(), VOCAB);
     let cfg = train_config(objective);
     let run = |out: &Path, options: RunOptions| {
         train::<Training, M>(
@@ -236,7 +214,7 @@ fn resumes_exactly<M: TrainModel<Training>>(objective: Objective) {
 /// peers on this backend's one device land from one device and from each other after 5 steps.
 fn drift<M: TrainModel<Training>>(objective: Objective) {
     let data_dir = tempfile::tempdir().unwrap();
-    let data = shards(data_dir.path());
+    let data = shards(data_dir.path(), VOCAB);
     let cfg = train_config(objective);
     let runs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     for (run, peers) in runs.iter().zip([1, 2, 2]) {

@@ -111,3 +111,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
 pub fn rel_diff(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)
 }
+
+/// A learnable stream of ids below `vocab` (at least 38) in train and valid shards under `dir`:
+/// counting modulo 12 with a seeded token every 17th position.
+pub fn shards(dir: &std::path::Path, vocab: usize) -> mdm::train::DataSpec {
+    use mdm::data::shards::ShardWriter;
+    let stream: Vec<u32> = (0..3000u32)
+        .map(|i| {
+            if i % 17 == 0 {
+                (i * 7) % 37 + 1
+            } else {
+                (i % 12) + 1
+            }
+        })
+        .collect();
+    let mut train = ShardWriter::new(dir, "train", 512, vocab, 0).unwrap();
+    train.add_document(&stream[..2500]).unwrap();
+    let mut valid = ShardWriter::new(dir, "valid", 512, vocab, 0).unwrap();
+    valid.add_document(&stream[2500..]).unwrap();
+    mdm::train::DataSpec::Shards {
+        train: train.finish().unwrap(),
+        valid: valid.finish().unwrap(),
+    }
+}

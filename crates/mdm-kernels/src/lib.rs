@@ -10,6 +10,24 @@
 //! knowing of them. [`set_fused`] (or `MDM_KERNELS=composed` in the environment) turns them off at
 //! run time, for comparison: the composition then runs on burn-flex too.
 //!
+//! # Same inputs, same bits
+//! Every CPU kernel, forward and backward, gives bit-identical results for identical inputs,
+//! whatever the number of threads in rayon's pool and whatever else the machine is doing, so a
+//! seeded training or generation is reproducible run after run. Two rules guarantee it:
+//! - **The split of the work is fixed by the sizes alone**: attention by `(batch, key/value group)`
+//!   with query blocks of a size computed from the key count; the norm, the loss, RoPE and SwiGLU by
+//!   rows or elements in chunks of a constant size. Nothing depends on the thread count or on
+//!   which thread steals what; a thread only decides *when* a task runs.
+//! - **Every value is computed by one task, sums in a fixed order**: each output element is
+//!   written by exactly one task (the attention's key and value gradients accumulate over the
+//!   heads and query blocks of their own task, in order); the one reduction across tasks, RMSNorm's
+//!   gain gradient, sums blocks of [`cpu::norm`]'s fixed row count into partial sums, which the
+//!   calling thread then adds in block order (never rayon's `fold` + `reduce`, whose tree follows
+//!   the stealing). The matrix products inside a task are single-threaded `gemm` calls.
+//!
+//! `tests/deterministic.rs` runs every kernel under pools of 1, 2, 3 and 8 threads and compares
+//! the bits; the workspace's `tests/determinism.rs` trains and generates twice under load.
+//!
 //! ```
 //! use burn::backend::Flex;
 //! use burn::tensor::{Distribution, Tensor};

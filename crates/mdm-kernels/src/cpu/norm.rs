@@ -36,49 +36,68 @@ pub fn forward(x: &[f32], gain: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     (y, inv)
 }
 
+/// Rows whose gain gradients one task sums before the tasks' partial sums are added up, in
+/// task order: a fixed split, so `d_gain` has the same bits whatever the number of threads.
+const ROWS_PER_PARTIAL: usize = 64;
+
 /// `(dx, d_gain)` for the output gradient `dy`:
 /// `dx = inv (dy gain) - x inv^3 mean(dy gain x)`, `d_gain = sum over rows of dy x inv`.
+///
+/// `d_gain` is reduced in a fixed order: rows in blocks of [`ROWS_PER_PARTIAL`], each block
+/// summed row after row by one task, the blocks' partial sums then added in block order on the
+/// calling thread. Work stealing decides only which thread runs a block, never what it adds.
 pub fn backward(x: &[f32], gain: &[f32], inv: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let width = gain.len();
     let mut dx = vec![0.0f32; x.len()];
     if width == 0 {
         return (dx, Vec::new());
     }
-    let d_gain = dx
-        .par_chunks_exact_mut(width)
-        .zip(x.par_chunks_exact(width))
-        .zip(dy.par_chunks_exact(width).zip(inv))
-        .with_min_len(ROWS_PER_TASK)
-        .fold(
-            || vec![0.0f32; width],
-            |mut d_gain, ((dx, row), (dy, &inv))| {
-                let mut weighted = 0.0f64;
-                for ((&x, &g), &dy) in row.iter().zip(gain).zip(dy) {
-                    weighted += f64::from(dy * g * x);
-                }
-                let c = (weighted / width as f64) as f32 * inv * inv * inv;
-                for (((dx, &x), &g), (&dy, dg)) in dx
-                    .iter_mut()
-                    .zip(row)
-                    .zip(gain)
-                    .zip(dy.iter().zip(&mut d_gain))
-                {
-                    *dx = inv * dy * g - x * c;
-                    *dg += dy * x * inv;
-                }
-                d_gain
-            },
-        )
-        .reduce(
-            || vec![0.0f32; width],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
-                a
-            },
-        );
+    let block = ROWS_PER_PARTIAL * width;
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(dy.par_chunks(block).zip(inv.par_chunks(ROWS_PER_PARTIAL)))
+        .map(|((dx, x), (dy, inv))| {
+            let mut d_gain = vec![0.0f32; width];
+            for (((dx, row), dy), &inv) in dx
+                .chunks_exact_mut(width)
+                .zip(x.chunks_exact(width))
+                .zip(dy.chunks_exact(width))
+                .zip(inv)
+            {
+                row_backward(row, gain, inv, dy, dx, &mut d_gain);
+            }
+            d_gain
+        })
+        .collect();
+    let mut d_gain = vec![0.0f32; width];
+    for partial in partials {
+        for (a, b) in d_gain.iter_mut().zip(partial) {
+            *a += b;
+        }
+    }
     (dx, d_gain)
+}
+
+/// One row's input gradient into `dx`, its gain gradient added to `d_gain`.
+fn row_backward(
+    row: &[f32],
+    gain: &[f32],
+    inv: f32,
+    dy: &[f32],
+    dx: &mut [f32],
+    d_gain: &mut [f32],
+) {
+    let width = gain.len();
+    let mut weighted = 0.0f64;
+    for ((&x, &g), &dy) in row.iter().zip(gain).zip(dy) {
+        weighted += f64::from(dy * g * x);
+    }
+    let c = (weighted / width as f64) as f32 * inv * inv * inv;
+    for (((dx, &x), &g), (&dy, dg)) in dx.iter_mut().zip(row).zip(gain).zip(dy.iter().zip(d_gain)) {
+        *dx = inv * dy * g - x * c;
+        *dg += dy * x * inv;
+    }
 }
 
 #[cfg(test)]
