@@ -13,7 +13,9 @@ cd "$(dirname "$0")/.."
 out=${OUT:-target/gpu-check}
 mkdir -p "$out"
 summary="$out/summary.md"
-suites=(--test parity --test parity_sampler --test parity_llada --test parity_eval --test parity_train --test backend)
+# the backend suites: the modules of tests/suite/ whose names hold `parity` or `backend::`
+suites=(--test suite)
+suite_filter=(-- parity backend::)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
 {
   echo "| backend | step | result | seconds | figures |"
@@ -45,7 +47,7 @@ run() {
 for backend in ${BACKENDS:-cuda wgpu}; do
   features=(--no-default-features --features "$backend")
   run build cargo test --release "${features[@]}" "${suites[@]}" --no-run
-  run suites cargo test --release "${features[@]}" "${suites[@]}"
+  run suites cargo test --release "${features[@]}" "${suites[@]}" "${suite_filter[@]}"
   run bench-model cargo bench "${features[@]}" --bench model -- --noplot
   run bench-sampler cargo bench "${features[@]}" --bench sampler -- --noplot \
     "mdm_steps_64|mdm_steps_16|arm_kv_cache|block_32|forward_at_256"

@@ -26,7 +26,7 @@
 //!   the stealing). The matrix products inside a task are single-threaded `gemm` calls.
 //!
 //! `tests/deterministic.rs` runs every kernel under pools of 1, 2, 3 and 8 threads and compares
-//! the bits; the workspace's `tests/determinism.rs` trains and generates twice under load.
+//! the bits; the workspace's `tests/suite/determinism.rs` trains and generates twice under load.
 //!
 //! ```
 //! use burn::backend::Flex;

@@ -46,7 +46,7 @@ impl Batch {
 ///
 /// [`TrainModel::loss`] draws SMDM's ([`MaskedTrainBatch::draw`]); build one with
 /// [`MaskedTrainBatch::from_mask`] to train with a masking scheme of your own or to replay a
-/// reference's draws (`tests/parity_train.rs`), and step with [`crate::step::optimizer_step`].
+/// reference's draws (`tests/suite/parity_train.rs`), and step with [`crate::step::optimizer_step`].
 #[derive(Debug, Clone)]
 pub struct MaskedTrainBatch<B: Backend> {
     /// `[rows, len]` model input: masked positions hold the mask id (and, for CFG training,

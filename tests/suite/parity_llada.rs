@@ -3,7 +3,7 @@
 //! token inside the vocabulary) loads, and its logits match. The folder comes from
 //! `MDM_LLADA_PARITY_DIR` (default: `tests/data/llada-parity`); every size is read from its files.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! SMDM likelihood fixtures (`chain_rule` and `mc` cases of each model in `MDM_PARITY_DIR`).
 
-mod common;
+use crate::common;
 
 use common::{manifest, parity_dir, read_cases, rel_diff};
 use mdm::backend::{self, Default as B};

@@ -5,6 +5,11 @@
 //! resumes by itself). Each must end with a `model/model.safetensors` byte-identical to the one an
 //! uninterrupted run writes, and after every kill each `checkpoints/step-*` folder must read back
 //! whole (trainer state, config, every safetensors file).
+//!
+//! The models are large enough that every CPU kernel splits its work over several tasks (2 heads x
+//! 8 rows of 64 positions: 16 attention tasks; 512 rows in the norms, 8 blocks of the gain
+//! gradient's partial sums), so a kernel whose sums followed the thread scheduling would show here
+//! as a resumed run that differs from the uninterrupted one.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,7 +32,7 @@ fn example(name: &str) -> PathBuf {
     let path = profile.join("examples").join(name);
     assert!(
         path.is_file(),
-        "{} is missing: `cargo test` builds the examples, `cargo test --test kill` alone does not \
+        "{} is missing: `cargo test` builds the examples, `cargo test --test suite` alone does not \
          (build them first: cargo build --release --examples)",
         path.display()
     );
@@ -339,7 +344,7 @@ fn pretrain(data: &Path, out: &Path, resume: bool) -> Command {
             "--n-embd",
             "128",
         ])
-        .args(["--seq-len", "64", "--micro-batch", "4", "--steps", "12"])
+        .args(["--seq-len", "64", "--micro-batch", "8", "--steps", "12"])
         .args(["--save-every", "2", "--keep-last", "2", "--eval-every", "6"])
         .args(["--eval-blocks", "4", "--log-every", "1", "--no-progress"]);
     if resume {
@@ -380,7 +385,7 @@ fn pretrain_finetune_and_a_sweep_point_resume_bit_identically_after_sigkill() {
             c.args(["--init".as_ref(), init.as_os_str()])
                 .args(["--data".as_ref(), rows.as_os_str()])
                 .args(["--out".as_ref(), out.as_os_str()])
-                .args(["--steps", "10", "--micro-batch", "4", "--save-every", "2"])
+                .args(["--steps", "10", "--micro-batch", "8", "--save-every", "2"])
                 .args(["--log-every", "1", "--no-progress"]);
             if resume {
                 c.arg("--resume");
@@ -395,7 +400,7 @@ fn pretrain_finetune_and_a_sweep_point_resume_bit_identically_after_sigkill() {
         let toml = format!(
             "data = {data:?}\nout = {out:?}\nbudgets = [8e9]\nmodels = [\"mdm\"]\n\n\
              [[sizes]]\nname = \"s\"\nn_layer = 2\nn_head = 2\nn_embd = 128\nintermediate = 352\n\n\
-             [train]\nseq_len = 64\nmicro_batch = 4\nsave_every = 2\neval_blocks = 4\nlog_every = 1\n"
+             [train]\nseq_len = 64\nmicro_batch = 8\nsave_every = 2\neval_blocks = 4\nlog_every = 1\n"
         );
         std::fs::write(&path, toml).expect("grid written");
         path

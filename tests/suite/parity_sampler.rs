@@ -2,7 +2,7 @@
 //! `tests/data/smdm-parity`): one low-confidence ("greddy") step, the last step, and one iteration of
 //! the greedy suffix check, reproduced exactly.
 
-mod common;
+use crate::common;
 
 use common::{manifest, read_cases, HostTensor};
 use mdm::diffusion::rng_from_seed;

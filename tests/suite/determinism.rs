@@ -8,7 +8,7 @@
 //! tree follows the stealing), the MDM's weights differed in about 5 % of their bytes, every run. `crates/mdm-kernels/tests/deterministic.rs` checks each kernel alone
 //! under pools of several sizes.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

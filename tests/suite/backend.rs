@@ -5,7 +5,7 @@
 //! data-parallel peers equal to one device. The fixture suites (`parity*`)
 //! cover the network, losses, samplers, estimators and LLaDA on the same backend.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -229,7 +229,7 @@ fn drift<M: TrainModel<Training>>(objective: Objective) {
 }
 
 #[test]
-#[ignore = "a measurement: cargo test --release --test backend -- --ignored --nocapture"]
+#[ignore = "a measurement: cargo test --release --test suite -- backend:: --ignored --nocapture"]
 fn two_peers_on_one_device_drift() {
     drift::<MaskedTransformer<Training>>(Objective::Mdm);
     drift::<CausalTransformer<Training>>(Objective::Arm);

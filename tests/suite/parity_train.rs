@@ -4,7 +4,7 @@
 //! gradient norm and the final weights must match. The folder comes from `MDM_TRAIN_PARITY_DIR`
 //! (default: `tests/data/train-parity`); every size is read from its files.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

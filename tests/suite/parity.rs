@@ -2,7 +2,7 @@
 //! the original code). The folder comes from `MDM_PARITY_DIR` (default: `tests/data/smdm-parity`);
 //! every size is read from its `manifest.json`.
 
-mod common;
+use crate::common;
 
 use common::{manifest, max_abs_diff, parity_dir, read_cases, rel_diff, HostTensor};
 use mdm::backend::{self, Default as B};

@@ -1,0 +1,22 @@
+//! The workspace's integration tests, one binary (`cargo test --release --test suite`): each file
+//! a module, selected by name (`cargo test --release --test suite -- parity_llada::`). One binary
+//! because every test file compiles and links the whole stack again: in one, burn's generic code is
+//! instantiated once for all of them, which halved the build of the wgpu suites in CI.
+//!
+//! - `parity`, `parity_sampler`, `parity_llada`, `parity_eval`, `parity_train`: the reference
+//!   fixtures (SMDM, LLaDA / Fast-dLLM, the estimators, SMDM's optimizer steps) on the backend the
+//!   features select; `backend`: the library's paths on that backend. `.ci/run` runs these on wgpu
+//!   too (`-- parity backend::`).
+//! - `determinism`: the same seed gives the same bits under load (CPU); `kill`: long runs survive
+//!   SIGKILL (the example binaries).
+
+mod common;
+
+mod backend;
+mod determinism;
+mod kill;
+mod parity;
+mod parity_eval;
+mod parity_llada;
+mod parity_sampler;
+mod parity_train;
