@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs fuzz targets one after another: bash fuzz/run-all.sh SECONDS TARGET...
-# (logs in fuzz/logs/<target>.log, crashes in fuzz/artifacts/<target>/). CI: 30 s each, dev build.
+# (logs in fuzz/logs/<target>.log, crashes in fuzz/artifacts/<target>/). CI: 10 s each, dev build.
 set -uo pipefail
 cd "$(dirname "$0")"
 seconds=$1
