@@ -1,5 +1,5 @@
-//! Diff_LLaMA_6M forward (1 x 1024, 8 x 256) and a training step (forward, loss, backward, AdamW) at
-//! 4 x 256, on every backend compiled in (`flex` by default; add `--features ndarray`, `cuda`, `wgpu`).
+//! Diff_LLaMA_6M forward (1 x 1024, 8 x 256), a training step (forward, loss, backward, AdamW) at
+//! 4 x 256 and RMSNorm forward + backward at that step's shape, on every backend compiled in (`flex` by default; add `--features ndarray`, `cuda`, `wgpu`).
 //!
 //! `cargo bench --bench model` (add `--features ndarray` to compare the CPU backends). On flex it
 //! runs every case twice: with our fused kernels (`flex`, the default) and with burn-flex's own
@@ -132,6 +132,35 @@ where
     group.finish();
 }
 
+/// RMSNorm forward and backward at the 6M model's training shape (4 x 256 rows of its width):
+/// the kernel whose gain gradient is the one reduction across tasks (docs/benchmarks.md measures
+/// what its fixed summation order costs).
+fn bench_rms_norm<B: AutodiffKernels>(c: &mut Criterion, backend: &str, device: &B::Device) {
+    let config = ModelConfig::named("Diff_LLaMA_6M").expect("6M config");
+    let (rows, width) = (4 * 256, config.n_embd);
+    let mut rng = rng_from_seed(5);
+    let mut values =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+    let x = Tensor::<B, 2>::from_data(TensorData::new(values(rows * width), [rows, width]), device);
+    let gain = Tensor::<B, 1>::from_data(TensorData::new(values(width), [width]), device);
+    let dy =
+        Tensor::<B, 2>::from_data(TensorData::new(values(rows * width), [rows, width]), device);
+    let mut group = c.benchmark_group(format!("rms_norm_6M/{backend}"));
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function(format!("{rows}x{width}/forward+backward"), |b| {
+        b.iter(|| {
+            let (x, gain) = (x.clone().require_grad(), gain.clone().require_grad());
+            let y = B::rms_norm(x.clone(), gain.clone(), 1e-5);
+            let grads = (y * dy.clone()).sum().backward();
+            sync(gain.grad(&grads).expect("the gain's gradient"));
+        })
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     #[cfg(feature = "flex")]
     {
@@ -141,6 +170,7 @@ fn benches(c: &mut Criterion) {
             mdm::kernels::set_fused(fused);
             bench_forward::<burn::backend::Flex>(c, name, &device);
             bench_train_step::<burn::backend::Autodiff<burn::backend::Flex>>(c, name, &device);
+            bench_rms_norm::<burn::backend::Autodiff<burn::backend::Flex>>(c, name, &device);
         }
         mdm::kernels::set_fused(true);
     }
@@ -149,18 +179,21 @@ fn benches(c: &mut Criterion) {
         let device = Default::default();
         bench_forward::<burn::backend::NdArray>(c, "ndarray", &device);
         bench_train_step::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray", &device);
+        bench_rms_norm::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray", &device);
     }
     #[cfg(feature = "cuda")]
     {
         let device = Default::default();
         bench_forward::<burn::backend::Cuda>(c, "cuda", &device);
         bench_train_step::<burn::backend::Autodiff<burn::backend::Cuda>>(c, "cuda", &device);
+        bench_rms_norm::<burn::backend::Autodiff<burn::backend::Cuda>>(c, "cuda", &device);
     }
     #[cfg(feature = "wgpu")]
     {
         let device = Default::default();
         bench_forward::<burn::backend::Wgpu>(c, "wgpu", &device);
         bench_train_step::<burn::backend::Autodiff<burn::backend::Wgpu>>(c, "wgpu", &device);
+        bench_rms_norm::<burn::backend::Autodiff<burn::backend::Wgpu>>(c, "wgpu", &device);
     }
 }
 
