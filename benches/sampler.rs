@@ -29,12 +29,13 @@ use mdm::burn;
 use mdm::diffusion::rng_from_seed;
 use mdm::models::ModelConfig;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm::samplers::blockwise::CacheMode;
-use mdm::samplers::greedy::greedy_proposals;
+use mdm::samplers::draw::proposals;
+use mdm::samplers::options::Sampling;
 use mdm::samplers::proposal::{masked_slots, Confidence};
 use mdm::samplers::remasking::LowConfidence;
+use mdm::samplers::step::Streams;
 use mdm::samplers::step::{denoise_step, Counting};
-use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
 
 const GEN: usize = 256;
 
@@ -51,7 +52,7 @@ fn bench_backend<B: Kernels>(c: &mut Criterion, backend: &str, device: &B::Devic
     for steps in [GEN, GEN / 4, GEN / 16] {
         let sampler = MaskedDiffusionSampler::new(
             &masked,
-            GenerationConfig::default()
+            DecodingOptions::default()
                 .with_gen_length(GEN)
                 .with_steps(steps),
         );
@@ -66,7 +67,7 @@ fn bench_backend<B: Kernels>(c: &mut Criterion, backend: &str, device: &B::Devic
     ] {
         let sampler = MaskedDiffusionSampler::new(
             &masked,
-            GenerationConfig::default()
+            DecodingOptions::default()
                 .with_gen_length(GEN)
                 .with_block_length(32)
                 .with_steps(GEN / 4)
@@ -115,7 +116,18 @@ fn bench_backend<B: Kernels>(c: &mut Criterion, backend: &str, device: &B::Devic
     let device_logits =
         Tensor::<B, 2>::from_data(TensorData::new(logits.clone(), [slots.len(), v]), device);
     group.bench_function("greedy_proposals_256_slots", |b| {
-        b.iter(|| greedy_proposals(&slots, device_logits.clone()).expect("proposals"))
+        b.iter(|| {
+            let mut rng = rng_from_seed(0);
+            proposals(
+                device_logits.clone(),
+                &slots,
+                None,
+                &Sampling::default(),
+                Confidence::Probability,
+                &mut Streams::Joint(&mut rng),
+            )
+            .expect("proposals")
+        })
     });
     // the forward pass of that step (every generated slot masked), for the ratio
     let ids: Vec<i64> = x[0].iter().map(|&t| t as i64).collect();

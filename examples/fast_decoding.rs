@@ -23,7 +23,7 @@ use mdm::data::Tokenizer;
 use mdm::eval::likelihood::causal_nll;
 use mdm::prelude::*;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm::samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
+use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Schedule};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -173,37 +173,34 @@ fn main() -> Result<()> {
         );
         Ok(())
     };
+    // Fast-dLLM's settings: LLaDA's schedule, greedy, low confidence
+    let base = DecodingOptions::default()
+        .with_gen_length(gen)
+        .with_block_length(block)
+        .with_steps(steps)
+        .with_schedule(Schedule::Even);
     let rules = [
-        ("fixed steps", Parallel::Scheduled),
-        ("threshold 0.9", Parallel::Threshold(0.9)),
-        ("threshold 0.7", Parallel::Threshold(0.7)),
-        ("threshold 0.5", Parallel::Threshold(0.5)),
-        (
-            "factor",
-            Parallel::Factor {
-                factor: args.factor,
-                reveal_failing_last_rank: false,
-            },
-        ),
+        ("fixed steps", base.clone()),
+        ("threshold 0.9", base.clone().with_threshold(0.9)),
+        ("threshold 0.7", base.clone().with_threshold(0.7)),
+        ("threshold 0.5", base.clone().with_threshold(0.5)),
+        ("factor", {
+            let mut o = base.clone().with_factor(args.factor);
+            o.factor_as_stated = true;
+            o
+        }),
     ];
     for (cache_name, cache) in [
         ("no cache", CacheMode::None),
         ("prefix cache", CacheMode::Prefix),
         ("dual cache", CacheMode::Dual),
     ] {
-        for (rule_name, parallel) in rules {
-            let config = BlockDecoding {
-                gen_length: gen,
-                block_length: block,
-                steps,
-                parallel,
-                cache,
-                ..BlockDecoding::default()
-            };
+        for (rule_name, rule) in &rules {
+            let sampler = MaskedDiffusionSampler::new(&mdm, rule.clone().with_cache(cache));
             let (mut passes, mut positions, mut samples) = (0, 0, Vec::new());
             let t = Instant::now();
             for group in groups(&prompts, args.batch) {
-                let out = decode_blocks_batch(&mdm, group, config, |_| {})?;
+                let out = sampler.decode(group, |_| {})?;
                 passes += out.forward_passes;
                 positions += out.positions;
                 for (row, p) in out.rows.iter().zip(group) {

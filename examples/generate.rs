@@ -20,14 +20,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
 use mdm::models::Precision;
 use mdm::prelude::*;
-use mdm::samplers::blockwise::{CacheMode, Parallel};
-use mdm::samplers::remasking::NamedRule;
-use mdm::samplers::{Counting, GenerationConfig, MaskedDiffusionSampler, StepTiming};
+use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler, StepTiming};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate with a masked diffusion model")]
@@ -57,65 +55,18 @@ struct Args {
     /// A file of prompts, one per line, text or ids as `--prompt` (a batch; rows may differ in length).
     #[arg(long)]
     batch_file: Option<PathBuf>,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 32)]
-    gen_length: usize,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 32)]
-    steps: usize,
-    /// Semi-autoregressive block length (default: one block).
-    #[arg(long)]
-    block_length: Option<usize>,
-    /// Temperature (0 = argmax).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    /// Unsupervised classifier-free guidance scale.
-    #[arg(long)]
-    cfg_scale: Option<f64>,
-    /// Remasking rule.
-    /// `low-confidence`, `margin`, `entropy`, `random` or `ancestral`.
-    #[arg(long, default_value = "low-confidence")]
-    rule: NamedRule,
-    /// Count masked slots over the whole batch, as the SMDM reference.
-    #[arg(long)]
-    joint_counting: bool,
-    /// Stop each row at this id and cut its output there (default: the tokenizer's EOS).
-    #[arg(long)]
-    eos: Option<usize>,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Fast-dLLM's block decoding (exact to Fast-dLLM's `generate*`): a key/value cache between
-    /// the steps of a block, an approximation (`none` keeps every pass full). Combines with
-    /// --temperature, --cfg-scale and --eos; ranks by the softmax probability (low_confidence).
-    #[arg(long, value_enum)]
-    cache: Option<CacheArg>,
-    /// LLaDA / Fast-dLLM block decoding with parallel reveals: every slot of the block at least
-    /// this confident, and always the most confident one (the block loops until it is full).
-    #[arg(long, conflicts_with = "factor")]
-    threshold: Option<f64>,
-    /// LLaDA / Fast-dLLM block decoding with Fast-dLLM's factor rule: rank n of the sorted
-    /// confidences is revealed while c_n >= 1 - f / (n + 1).
-    #[arg(long)]
-    factor: Option<f64>,
+    /// Every decoding option (docs/decoding.md): --gen-length, --steps, --block-length,
+    /// --temperature, --top-p, --top-k, --min-p, --remasking, --alg-temp, --schedule,
+    /// --threshold, --factor, --cache, --cfg-scale, --joint-counting, --eos, --seed, --profile.
+    #[command(flatten)]
+    decoding: DecodingOptions,
     /// Print only the result, not the live denoising.
     #[arg(long)]
     no_live: bool,
-    /// Time every step and print where the time went: the forward passes and the sampler's own
-    /// work (proposals, remasking, bookkeeping).
-    #[arg(long)]
-    profile: bool,
     /// Weights and activations in f32 (default), f16 or bf16; the logits stay f32 (see
     /// mdm::models::precision for which backends run which).
     #[arg(long, default_value = "f32")]
     dtype: Precision,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum CacheArg {
-    None,
-    Prefix,
-    Dual,
 }
 
 fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
@@ -165,7 +116,7 @@ fn main() -> Result<()> {
         args.hf.as_deref(),
         args.smdm.as_deref(),
         &args.config,
-        args.seed,
+        args.decoding.seed,
     )?;
     let model: MaskedTransformer<DefaultBackend> =
         source.load_masked(&device)?.with_precision(args.dtype);
@@ -208,43 +159,11 @@ fn main() -> Result<()> {
     if prompts.is_empty() {
         bail!("no prompt given");
     }
-    let mut config = GenerationConfig::default()
-        .with_gen_length(args.gen_length)
-        .with_steps(args.steps)
-        .with_temperature(args.temperature)
-        .with_seed(args.seed)
-        .with_counting(if args.joint_counting {
-            Counting::JointBatch
-        } else {
-            Counting::PerRow
-        });
-    if args.profile {
-        config = config.with_profiling();
+    let mut config = args.decoding.clone();
+    if config.eos_id.is_none() {
+        config.eos_id = tok.map(|t| t.eos_id() as usize);
     }
-    if let Some(b) = args.block_length {
-        config = config.with_block_length(b);
-    }
-    if let Some(w) = args.cfg_scale {
-        config = config.with_cfg_scale(w);
-    }
-    if let Some(e) = args.eos.or(tok.map(|t| t.eos_id() as usize)) {
-        config = config.with_eos(e);
-    }
-    config = config
-        .with_cache(match args.cache {
-            Some(CacheArg::Prefix) => CacheMode::Prefix,
-            Some(CacheArg::Dual) => CacheMode::Dual,
-            _ => CacheMode::None,
-        })
-        .with_parallel(match (args.threshold, args.factor) {
-            (Some(tau), _) => Parallel::Threshold(tau),
-            (None, Some(factor)) => Parallel::Factor {
-                factor,
-                reveal_failing_last_rank: true,
-            },
-            (None, None) => Parallel::Scheduled,
-        });
-    let sampler = MaskedDiffusionSampler::new(&model, config).with_named_rule(args.rule);
+    let sampler = MaskedDiffusionSampler::new(&model, config);
     let mask_id = model.mask_id();
     let started = std::time::Instant::now();
     let mut drawn_lines = 0;

@@ -29,9 +29,8 @@ use mdm::data::Tokenizer;
 use mdm::eval::perplexity::{generative_perplexity, unigram_entropy_bits};
 use mdm::prelude::*;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm::samplers::blockwise::{CacheMode, Parallel};
 use mdm::samplers::remasking::NamedRule;
-use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -126,12 +125,15 @@ fn sample_mdm(
     label: String,
     args: &Args,
     context: &[usize],
-    config: &GenerationConfig,
+    config: &DecodingOptions,
     rule: NamedRule,
 ) -> Result<Row> {
     sample_in_batches(label, args, context, |b, prompts| {
-        let config = config.clone().with_seed(args.seed.wrapping_add(b));
-        let sampler = MaskedDiffusionSampler::new(mdm, config).with_named_rule(rule);
+        let config = config
+            .clone()
+            .with_remasking(rule)
+            .with_seed(args.seed.wrapping_add(b));
+        let sampler = MaskedDiffusionSampler::new(mdm, config);
         Ok(sampler.generate(prompts, |_| {})?)
     })
 }
@@ -188,7 +190,7 @@ fn main() -> Result<()> {
     );
 
     let mut rows = Vec::new();
-    let base = GenerationConfig::default()
+    let base = DecodingOptions::default()
         .with_gen_length(args.gen_length)
         .with_temperature(args.temperature);
     for &steps in &args.steps {
@@ -212,7 +214,7 @@ fn main() -> Result<()> {
             .with_steps(args.gen_length)
             .with_block_length(args.block_length)
             .with_cache(CacheMode::Dual)
-            .with_parallel(Parallel::Threshold(threshold));
+            .with_threshold(threshold);
         let rule = NamedRule::LowConfidence;
         rows.push(sample_mdm(&mdm, label, &args, &context, &config, rule)?);
     }

@@ -30,7 +30,7 @@ use mdm::eval::harness::{
 };
 use mdm::eval::tasks::{GenerationItem, Reference, Task, TaskItems};
 use mdm::prelude::*;
-use mdm::samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
+use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler};
 use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[derive(Parser, Debug)]
@@ -242,7 +242,7 @@ fn main() -> Result<()> {
         args.gen_length
     );
     let prompt = encode_prompt(&tokenizer, &prompt_text)?;
-    let config = GenerationConfig::default()
+    let config = DecodingOptions::default()
         .with_gen_length(args.gen_length)
         .with_steps(args.gen_length)
         .with_eos(tokenizer.eos_id() as usize);

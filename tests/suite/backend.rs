@@ -12,9 +12,7 @@ use std::path::Path;
 use common::{read_tensors, shards};
 use mdm::backend::{self, Default as B, Training};
 use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
-use mdm::samplers::blockwise::{decode_blocks_batch, BlockDecoding, CacheMode, Parallel};
-use mdm::samplers::remasking::NamedRule;
-use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, NamedRule};
 use mdm::train::{
     train, train_on, DataSpec, Objective, RunOptions, TrainConfig, TrainEvent, TrainModel,
 };
@@ -43,14 +41,22 @@ fn every_rule_temperature_and_cfg_generate_reproducibly() {
     ];
     for rule in rules {
         for (temperature, cfg, blocks) in [(0.0, None, None), (0.8, Some(1.5), Some(4))] {
-            let mut gc = GenerationConfig::default()
+            let mut gc = DecodingOptions::default()
                 .with_gen_length(8)
                 .with_steps(4)
                 .with_temperature(temperature)
+                .with_remasking(rule)
                 .with_seed(9);
             gc.cfg_scale = cfg;
             gc.block_length = blocks;
-            let sampler = MaskedDiffusionSampler::new(&model, gc).with_named_rule(rule);
+            if temperature > 0.0 {
+                // the filters and the stochastic choice of positions, on every backend
+                gc = gc.with_top_p(0.9).with_top_k(20).with_min_p(0.01);
+                if rule.ranks_by_confidence() {
+                    gc = gc.with_alg_temp(0.3);
+                }
+            }
+            let sampler = MaskedDiffusionSampler::new(&model, gc);
             let a = sampler.generate(&prompts, |_| {}).unwrap();
             let b = sampler.generate(&prompts, |_| {}).unwrap();
             assert_eq!(a, b, "{rule:?} T {temperature}: the seed fixes the tokens");
@@ -67,27 +73,24 @@ fn block_caches_decode_ragged_rows_as_each_row_alone() {
     let model = config().init_masked::<B>(11, &backend::device()).unwrap();
     let prompts = prompts();
     for cache in [CacheMode::None, CacheMode::Prefix, CacheMode::Dual] {
-        for (parallel, cfg_scale) in [
-            (Parallel::Scheduled, None),
-            (Parallel::Threshold(0.04), Some(1.0)),
+        for (rule, cfg_scale) in [
+            (DecodingOptions::default(), None),
+            (DecodingOptions::default().with_threshold(0.04), Some(1.0)),
         ] {
-            let config = BlockDecoding {
-                gen_length: 16,
-                block_length: 8,
-                steps: 8,
-                cache,
-                parallel,
+            let config = rule
+                .with_gen_length(16)
+                .with_block_length(8)
+                .with_steps(8)
+                .with_cache(cache);
+            let config = DecodingOptions {
                 cfg_scale,
-                ..BlockDecoding::default()
+                ..config
             };
-            let batch = decode_blocks_batch(&model, &prompts, config, |_| {}).unwrap();
+            let sampler = MaskedDiffusionSampler::new(&model, config.clone());
+            let batch = sampler.decode(&prompts, |_| {}).unwrap();
             for (r, p) in prompts.iter().enumerate() {
-                let alone =
-                    decode_blocks_batch(&model, std::slice::from_ref(p), config, |_| {}).unwrap();
-                assert_eq!(
-                    batch.rows[r], alone.rows[0],
-                    "row {r}, {cache:?}, {parallel:?}"
-                );
+                let alone = sampler.decode(std::slice::from_ref(p), |_| {}).unwrap();
+                assert_eq!(batch.rows[r], alone.rows[0], "row {r}, {config:?}");
             }
         }
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use common::shards;
 use mdm::backend::{self, Training};
 use mdm::models::{CausalTransformer, MaskedTransformer, ModelConfig};
-use mdm::samplers::{GenerationConfig, MaskedDiffusionSampler};
+use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler};
 use mdm::train::{train, DataSpec, Objective, RunOptions, TrainConfig, TrainModel};
 
 const VOCAB: usize = 40;
@@ -137,7 +137,7 @@ fn twice_under_load<M: TrainModel<Training>>(
 fn generate(model_dir: &Path) -> Vec<Vec<usize>> {
     let model = MaskedTransformer::<backend::Default>::load(model_dir, &backend::device()).unwrap();
     let prompts: Vec<Vec<usize>> = (0..4).map(|r| vec![r + 1, r + 2, r + 3]).collect();
-    let config = GenerationConfig::default()
+    let config = DecodingOptions::default()
         .with_gen_length(32)
         .with_steps(8)
         .with_temperature(0.7)

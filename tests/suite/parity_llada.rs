@@ -159,14 +159,14 @@ fn a_broken_folder_names_the_file_and_key() {
 fn samplers_and_estimators_run_on_llada() {
     use mdm::diffusion::rng_from_seed;
     use mdm::eval::likelihood::{chain_rule, mc_elbo, McOptions};
-    use mdm::samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
+    use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler};
 
     let device = backend::device();
     let model = MaskedTransformer::<B>::load_hf(fixture_dir().join("model"), &device).unwrap();
     let (mask, width) = (model.mask_id(), model.config().padded_vocab_size());
 
     // generation and infilling: every mask filled, known tokens kept, same seed same tokens
-    let config = GenerationConfig::default()
+    let config = DecodingOptions::default()
         .with_gen_length(8)
         .with_steps(4)
         .with_temperature(1.0)
@@ -179,7 +179,7 @@ fn samplers_and_estimators_run_on_llada() {
         .iter()
         .all(|r| r.len() == 8 && r.iter().all(|&t| t < width)));
     let row = vec![5, mask, 9, mask, mask, 17];
-    let filled = MaskedDiffusionSampler::new(&model, GenerationConfig::default().with_steps(3))
+    let filled = MaskedDiffusionSampler::new(&model, DecodingOptions::default().with_steps(3))
         .infill(std::slice::from_ref(&row), |_| {})
         .unwrap();
     assert_eq!((filled[0][0], filled[0][2], filled[0][5]), (5, 9, 17));
@@ -292,7 +292,7 @@ fn an_unsharded_bf16_or_f16_folder_loads_with_rounded_weights() {
 
 #[test]
 fn fast_dllm_generations_match_token_for_token() {
-    use mdm::samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
+    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Schedule};
 
     let dir = fixture_dir();
     let manifest: serde_json::Value =
@@ -314,15 +314,15 @@ fn fast_dllm_generations_match_token_for_token() {
             other => panic!("{name}: unknown function {other}"),
         };
         let field = |k: &str| g[k].as_u64().unwrap() as usize;
-        let config = BlockDecoding {
-            gen_length: field("gen_length"),
-            block_length: field("block_length"),
-            steps: field("steps"),
-            parallel: g["threshold"]
-                .as_f64()
-                .map_or(Parallel::Scheduled, Parallel::Threshold),
-            cache,
-            ..BlockDecoding::default()
+        // LLaDA's schedule (get_num_transfer_tokens), greedy, low confidence
+        let config = DecodingOptions {
+            threshold: g["threshold"].as_f64(),
+            ..DecodingOptions::default()
+                .with_gen_length(field("gen_length"))
+                .with_block_length(field("block_length"))
+                .with_steps(field("steps"))
+                .with_schedule(Schedule::Even)
+                .with_cache(cache)
         };
         let prompt: Vec<usize> = cases[&format!("{name}.prompt")]
             .i64()
@@ -334,15 +334,18 @@ fn fast_dllm_generations_match_token_for_token() {
             .iter()
             .map(|&t| t as usize)
             .collect();
-        let out = decode_blocks(&model, &prompt, config).unwrap();
-        if out.tokens != expected || out.forward_passes != field("nfe") {
+        let out = MaskedDiffusionSampler::new(&model, config.clone())
+            .decode(&[prompt], |_| {})
+            .unwrap();
+        let tokens = &out.rows[0];
+        if *tokens != expected || out.forward_passes != field("nfe") {
             failures.push(format!(
-                "{name} ({:?}, {:?}): nfe {} vs {}, tokens equal: {}",
+                "{name} ({:?}, threshold {:?}): nfe {} vs {}, tokens equal: {}",
                 cache,
-                config.parallel,
+                config.threshold,
                 out.forward_passes,
                 field("nfe"),
-                out.tokens == expected
+                *tokens == expected
             ));
         }
     }

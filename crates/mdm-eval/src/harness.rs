@@ -29,7 +29,7 @@ use mdm_core::rng_from_seed;
 use mdm_data::Tokenizer;
 use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm_samplers::generate::{GenerationConfig, MaskedDiffusionSampler};
+use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler};
 use serde::Serialize;
 
 use crate::likelihood::{
@@ -541,7 +541,7 @@ fn generate<B: Kernels, M: MaskPredictor<B>>(
     match model {
         EvalModel::Masked(m) => {
             let steps = settings.steps.unwrap_or(gen);
-            let mut config = GenerationConfig::default()
+            let mut config = DecodingOptions::default()
                 .with_gen_length(gen)
                 .with_steps(steps)
                 .with_eos(eos);
@@ -626,7 +626,7 @@ pub fn infill_exact_match<B: Kernels, M: MaskPredictor<B>>(
         spans.push((span, truth));
     }
     let longest = spans.iter().map(|((a, b), _)| b - a).max().unwrap_or(1);
-    let config = GenerationConfig::default().with_steps(longest);
+    let config = DecodingOptions::default().with_steps(longest);
     let filled = MaskedDiffusionSampler::new(model, config).infill(&rows, |_| {})?;
     let mut hits = Vec::with_capacity(items.len());
     let mut samples = Vec::new();

@@ -8,8 +8,10 @@ use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
 use mdm_kernels::Kernels;
 use mdm_models::{CausalTransformer, MaskPredictor, ModelError};
-use mdm_samplers::greedy::greedy_proposals;
-use mdm_samplers::proposal::Slot;
+use mdm_samplers::draw::proposals;
+use mdm_samplers::options::Sampling;
+use mdm_samplers::proposal::{Confidence, Slot};
+use mdm_samplers::step::Streams;
 use thiserror::Error;
 
 /// Errors of the estimators.
@@ -286,7 +288,16 @@ pub fn greedy_suffix_cfg<B: Kernels, M: MaskPredictor<B>>(
             &[prefix.len()],
             cfg_scale,
         )?;
-        let proposals = greedy_proposals(&slots, logits)?;
+        // greedy: the stream is never drawn from
+        let mut unused = mdm_core::rng_from_seed(0);
+        let proposals = proposals(
+            logits,
+            &slots,
+            None,
+            &Sampling::default(),
+            Confidence::Probability,
+            &mut Streams::Joint(&mut unused),
+        )?;
         // most confident first; the earlier position on ties
         if let Some(best) = proposals.iter().max_by(|a, b| {
             a.confidence

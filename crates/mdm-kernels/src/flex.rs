@@ -221,6 +221,22 @@ impl Kernels for Flex {
             None => composed::swiglu(wrap(gate), wrap(up)),
         }
     }
+
+    const HOST_MEMORY: bool = true;
+
+    /// In place when the tensor is contiguous f32 (the logits a forward pass returns), read
+    /// back otherwise.
+    fn with_host_f32<const D: usize, R>(
+        tensor: Tensor<Self, D>,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, burn::tensor::DataError> {
+        let primitive = float(tensor);
+        if let Some(values) = primitive.as_slice::<f32>() {
+            return Ok(f(values));
+        }
+        let data = wrap::<Self, D>(primitive).into_data();
+        Ok(f(&data.convert::<f32>().into_vec::<f32>()?))
+    }
 }
 
 /// Logits and targets for the cross-entropy kernel.

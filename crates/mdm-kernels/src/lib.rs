@@ -47,7 +47,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DataError, Int, Tensor};
 
 pub mod composed;
 pub mod cpu;
@@ -107,6 +107,21 @@ pub trait Kernels: Backend {
     /// SwiGLU's product `silu(gate) * up` (same shapes).
     fn swiglu<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
         composed::swiglu(gate, up)
+    }
+
+    /// Whether reading a float tensor on the host costs no copy ([`Self::with_host_f32`] lends
+    /// the backend's own memory): a caller may then prefer host code over a device reduction.
+    const HOST_MEMORY: bool = false;
+
+    /// Runs `f` on the values of `tensor` as a row-major `f32` slice on the host. By default the
+    /// tensor is read back (a copy, converted to f32); burn-flex lends its memory in place when
+    /// the tensor is contiguous f32.
+    fn with_host_f32<const D: usize, R>(
+        tensor: Tensor<Self, D>,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, DataError> {
+        let values = tensor.into_data().convert::<f32>().into_vec::<f32>()?;
+        Ok(f(&values))
     }
 }
 

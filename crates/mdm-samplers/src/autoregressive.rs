@@ -7,9 +7,11 @@ use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::rng_from_seed;
 use mdm_models::{CausalTransformer, KvCache};
 
-use crate::draw::draw_proposals;
-use crate::host::{read_back, with_host_f32};
+use crate::draw::proposals;
+use crate::host::read_back;
+use crate::options::Sampling;
 use crate::proposal::{Confidence, Slot};
+use crate::step::Streams;
 use crate::step::{check_prompts, SamplerError};
 
 /// Options of autoregressive generation.
@@ -95,10 +97,18 @@ pub fn generate_autoregressive<B: Kernels>(
                         pos: prompt_len + step,
                     })
                     .collect();
-                let proposals = with_host_f32(last, "next-token logits", |host| {
-                    let (t, confidence) = (config.temperature, Confidence::Probability);
-                    draw_proposals(&slots, host, v, t, confidence, &mut rng)
-                })??;
+                let sampling = Sampling {
+                    temperature: config.temperature,
+                    ..Sampling::default()
+                };
+                let proposals = proposals(
+                    last,
+                    &slots,
+                    None,
+                    &sampling,
+                    Confidence::Probability,
+                    &mut Streams::Joint(&mut rng),
+                )?;
                 proposals.into_iter().map(|p| p.token).collect::<Vec<_>>()
             };
             for (i, &tok) in next.iter().enumerate() {

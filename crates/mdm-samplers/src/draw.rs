@@ -14,74 +14,234 @@
 
 use std::borrow::Cow;
 
+use burn::tensor::Tensor;
+use mdm_core::cfg::{cfg_combine, cfg_combine_host};
 use mdm_core::gumbel::check_temperature;
-use mdm_core::MdmRng;
+use mdm_kernels::Kernels;
 use rand::Rng;
 
-use crate::greedy::{finish, shape_error};
+use crate::greedy::{finish, greedy_proposals_device, greedy_proposals_host, shape_error};
+use crate::host::device_error;
 use crate::kernel::{self, BLOCK};
+use crate::options::Sampling;
 use crate::proposal::{Confidence, Proposal, Slot};
-use crate::step::SamplerError;
+use crate::step::{SamplerError, Streams};
+
+/// The proposals of a step: a token and a confidence for every slot from its logits (`[slots, V]`,
+/// or with classifier-free guidance `[2 slots, V]`, the conditional rows first, combined here as
+/// `u + (w + 1)(c - u)`), drawn with `sampling`'s temperature and filters and measured by
+/// `confidence`. The one function every decoding path proposes with.
+///
+/// The logits are read on the host through the backend extension
+/// ([`Kernels::with_host_f32`]: in place on burn-flex). The one exception is the greedy step
+/// without filters (temperature 0, probability confidence) on a backend whose tensors do not live
+/// in host memory ([`Kernels::HOST_MEMORY`] false): the argmax and log-sum-exp are reduced on the
+/// device and three numbers per slot come back.
+pub fn proposals<B: Kernels>(
+    logits: Tensor<B, 2>,
+    slots: &[Slot],
+    cfg_scale: Option<f64>,
+    sampling: &Sampling,
+    confidence: Confidence,
+    streams: &mut Streams<'_>,
+) -> Result<Vec<Proposal>, SamplerError> {
+    let greedy =
+        sampling.temperature == 0.0 && confidence == Confidence::Probability && !sampling.filters();
+    let [rows, vocab] = logits.dims();
+    let halves = if cfg_scale.is_some() { 2 } else { 1 };
+    if rows != halves * slots.len() {
+        return Err(shape_error(slots.len(), vocab, rows * vocab / halves));
+    }
+    if greedy && !B::HOST_MEMORY {
+        let logits = match cfg_scale {
+            Some(w) => {
+                let cond = logits.clone().narrow(0, 0, slots.len());
+                let uncond = logits.narrow(0, slots.len(), slots.len());
+                cfg_combine(cond, uncond, w)?
+            }
+            None => logits,
+        };
+        return greedy_proposals_device(slots, logits);
+    }
+    B::with_host_f32(logits, |values| {
+        let guided;
+        let values = match cfg_scale {
+            Some(w) => {
+                let (cond, uncond) = values.split_at(values.len() / 2);
+                guided = cfg_combine_host(cond, uncond, w)?;
+                &guided[..]
+            }
+            None => values,
+        };
+        if greedy {
+            greedy_proposals_host(slots, values, vocab)
+        } else {
+            draw_proposals(slots, values, vocab, sampling, confidence, streams)
+        }
+    })
+    .map_err(|e| device_error("slot logits", e))?
+}
 
 /// A token and a confidence for every slot from host logits (`slots.len() x vocab`, row-major),
-/// drawn with `temperature` (0 = argmax, first index on ties) and measured by `confidence`. The
-/// uniforms are taken from `rng` in slot order before the rows are processed in parallel, so the
-/// same seed gives the same tokens. A row holding NaN or `+inf`, or only `-inf`, is an error
-/// naming its slot; a `-inf` logit is never drawn.
+/// drawn with `sampling`'s temperature (0 = argmax, first index on ties) among the tokens its
+/// filters keep, and measured by `confidence` on the kept tokens' renormalised distribution. The
+/// uniforms are taken from each slot's row stream in slot order before the rows are processed in
+/// parallel, so the same seed gives the same tokens. A row holding NaN or `+inf`, or only `-inf`,
+/// is an error naming its slot; a `-inf` logit is never drawn.
 pub fn draw_proposals(
     slots: &[Slot],
     logits: &[f32],
     vocab: usize,
-    temperature: f64,
+    sampling: &Sampling,
     confidence: Confidence,
-    rng: &mut MdmRng,
+    streams: &mut Streams<'_>,
 ) -> Result<Vec<Proposal>, SamplerError> {
+    let temperature = sampling.temperature;
     check_temperature(temperature)?;
     if vocab == 0 || logits.len() != slots.len() * vocab {
         return Err(shape_error(slots.len(), vocab, logits.len()));
     }
     let uniforms: Vec<f64> = if temperature > 0.0 {
-        slots.iter().map(|_| rng.random::<f64>()).collect()
+        slots
+            .iter()
+            .map(|s| streams.row(s.row).random::<f64>())
+            .collect()
     } else {
         vec![0.0; slots.len()]
     };
+    let filtering = sampling.filters();
     let results = kernel::map_rows(logits, vocab, |i, row| {
-        let u = uniforms[i];
-        let Some((top, argmax)) = row_top(row) else {
-            return (0, f64::NAN);
-        };
-        // the blocks' sums of exp(x - top), with the entropy's weighted sums in the same pass
-        let (block_sums, weighted): (Vec<f64>, f64) = if confidence == Confidence::NegEntropy {
-            let sums: Vec<(f64, f64)> = row
-                .chunks(BLOCK)
-                .map(|block| kernel::entropy_sums(block, top))
-                .collect();
-            (
-                sums.iter().map(|s| s.0).collect(),
-                sums.iter().map(|s| s.1).sum(),
-            )
+        let filtered;
+        let row = if filtering {
+            match filter_row(row, sampling) {
+                Some(kept) => {
+                    filtered = kept;
+                    &filtered[..]
+                }
+                None => return (0, f64::NAN),
+            }
         } else {
-            let sums = row.chunks(BLOCK).map(|b| kernel::exp_sum(b, top, 1.0));
-            (sums.collect(), 0.0)
+            row
         };
-        let normaliser: f64 = block_sums.iter().sum();
-        let token = if temperature > 0.0 {
-            sample_row(row, top, u, temperature as f32, &block_sums)
-        } else {
-            Some(argmax)
-        };
-        let summary = Summary {
-            top,
-            argmax,
-            normaliser,
-            weighted,
-        };
-        match token {
-            Some(token) => (token, measure(row, token, &summary, confidence)),
-            None => (0, f64::NAN),
-        }
+        propose_row(row, uniforms[i], temperature, confidence)
     });
     finish(slots, results.into_iter())
+}
+
+/// The token and confidence of one (filtered) row at uniform `u`.
+fn propose_row(row: &[f32], u: f64, temperature: f64, confidence: Confidence) -> (usize, f64) {
+    let Some((top, argmax)) = row_top(row) else {
+        return (0, f64::NAN);
+    };
+    // the blocks' sums of exp(x - top), with the entropy's weighted sums in the same pass
+    let (block_sums, weighted): (Vec<f64>, f64) = if confidence == Confidence::NegEntropy {
+        let sums: Vec<(f64, f64)> = row
+            .chunks(BLOCK)
+            .map(|block| kernel::entropy_sums(block, top))
+            .collect();
+        (
+            sums.iter().map(|s| s.0).collect(),
+            sums.iter().map(|s| s.1).sum(),
+        )
+    } else {
+        let sums = row.chunks(BLOCK).map(|b| kernel::exp_sum(b, top, 1.0));
+        (sums.collect(), 0.0)
+    };
+    let normaliser: f64 = block_sums.iter().sum();
+    let token = if temperature > 0.0 {
+        sample_row(row, top, u, temperature as f32, &block_sums)
+    } else {
+        Some(argmax)
+    };
+    let summary = Summary {
+        top,
+        argmax,
+        normaliser,
+        weighted,
+    };
+    match token {
+        Some(token) => (token, measure(row, token, &summary, confidence)),
+        None => (0, f64::NAN),
+    }
+}
+
+/// The row with the tokens `sampling`'s filters remove set to `-inf`, or `None` for a row that is
+/// not finite. The filters, on `softmax(row / T)` (`T` = 1 at temperature 0), in Dream's order:
+/// nucleus (`top_p`: the most likely tokens until their mass exceeds `top_p`, the first always,
+/// as `top_p_logits`), then `top_k` (tokens below the k-th largest kept logit removed, ties kept,
+/// as `top_k_logits`), then `min_p` (tokens less likely than `min_p` times the most likely). Ties
+/// in the nucleus' order go to the lower id.
+pub fn filter_row(row: &[f32], sampling: &Sampling) -> Option<Vec<f32>> {
+    let (top, _) = row_top(row)?;
+    let scale = if sampling.temperature > 0.0 {
+        1.0 / sampling.temperature
+    } else {
+        1.0
+    };
+    // weights relative to the most likely token (1 there), in f64
+    let weights: Vec<f64> = row
+        .iter()
+        .map(|&x| (f64::from(x - top) * scale).exp())
+        .collect();
+    let mut kept = row.to_vec();
+    if let Some(p) = sampling.top_p.filter(|&p| p < 1.0) {
+        let total: f64 = weights.iter().sum();
+        let nucleus = nucleus(row, &weights, p * total);
+        let mut keep = vec![false; row.len()];
+        for &i in &nucleus {
+            keep[i] = true;
+        }
+        for (x, k) in kept.iter_mut().zip(keep) {
+            if !k {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    if let Some(k) = sampling.top_k {
+        let mut values: Vec<f32> = kept.iter().copied().filter(|x| x.is_finite()).collect();
+        if values.len() > k {
+            let (_, kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            let kth = *kth;
+            for x in kept.iter_mut().filter(|x| **x < kth) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    if let Some(min_p) = sampling.min_p.filter(|&p| p > 0.0) {
+        for (x, &w) in kept.iter_mut().zip(&weights) {
+            if w < min_p {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Some(kept)
+}
+
+/// The ids of the nucleus: in order of decreasing logit (ties to the lower id), every token
+/// whose predecessors' weights sum to at most `mass` (the first always). Sorts only as many of
+/// the largest as it needs (64, then 4 times more).
+fn nucleus(row: &[f32], weights: &[f64], mass: f64) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+    let mut ids: Vec<usize> = (0..row.len()).collect();
+    let mut m = 64.min(row.len());
+    loop {
+        if m < ids.len() {
+            ids.select_nth_unstable_by(m - 1, order);
+        }
+        let head = &mut ids[..m];
+        head.sort_unstable_by(order);
+        let mut before = 0.0;
+        for (j, &i) in head.iter().enumerate() {
+            if j > 0 && before > mass {
+                return head[..j].to_vec();
+            }
+            before += weights[i];
+        }
+        if m == row.len() {
+            return ids;
+        }
+        m = (m * 4).min(row.len());
+    }
 }
 
 /// The row's maximum and its first index (searched from the block that holds it), or `None` for a
@@ -189,6 +349,29 @@ mod tests {
     use crate::proposal::propose_with;
     use mdm_core::rng_from_seed;
 
+    /// [`draw_proposals`] with one stream seeded by `rng` and no filters.
+    fn draw(
+        slots: &[Slot],
+        logits: &[f32],
+        vocab: usize,
+        temperature: f64,
+        confidence: Confidence,
+        rng: &mut mdm_core::MdmRng,
+    ) -> Result<Vec<Proposal>, SamplerError> {
+        let sampling = Sampling {
+            temperature,
+            ..Sampling::default()
+        };
+        draw_proposals(
+            slots,
+            logits,
+            vocab,
+            &sampling,
+            confidence,
+            &mut Streams::Joint(rng),
+        )
+    }
+
     /// Three likely tokens in different blocks of a 3,000-way vocabulary, the rest far below, and
     /// `-inf` (banned) entries around them.
     fn spread_logits() -> Vec<f32> {
@@ -209,7 +392,7 @@ mod tests {
             let n = 20_000;
             let slots: Vec<Slot> = (0..n).map(|pos| Slot { row: 0, pos }).collect();
             let logits: Vec<f32> = (0..n).flat_map(|_| row.iter().copied()).collect();
-            let p = draw_proposals(
+            let p = draw(
                 &slots,
                 &logits,
                 row.len(),
@@ -265,7 +448,7 @@ mod tests {
             Confidence::Margin,
             Confidence::NegEntropy,
         ] {
-            let fast = draw_proposals(
+            let fast = draw(
                 &slots,
                 &logits,
                 vocab,
@@ -292,7 +475,7 @@ mod tests {
                 );
             }
             // at a temperature the drawn token is measured the same way
-            let drawn = draw_proposals(
+            let drawn = draw(
                 &slots,
                 &logits,
                 vocab,
@@ -314,7 +497,7 @@ mod tests {
         let logits: Vec<f32> = (0..40).flat_map(|_| row.iter().copied()).collect();
         let slots: Vec<Slot> = (0..40).map(|pos| Slot { row: 0, pos }).collect();
         let run = |seed| {
-            draw_proposals(
+            draw(
                 &slots,
                 &logits,
                 3000,
@@ -328,7 +511,7 @@ mod tests {
         assert_ne!(run(5), run(6));
         let mut bad = logits.clone();
         bad[3 * 3000 + 7] = f32::NAN;
-        let err = draw_proposals(
+        let err = draw(
             &slots,
             &bad,
             3000,
@@ -344,7 +527,7 @@ mod tests {
         let banned = vec![f32::NEG_INFINITY; 3000];
         let one = [Slot { row: 0, pos: 0 }];
         for t in [0.0, 1.0] {
-            assert!(draw_proposals(
+            assert!(draw(
                 &one,
                 &banned,
                 3000,
@@ -354,7 +537,7 @@ mod tests {
             )
             .is_err());
         }
-        assert!(draw_proposals(
+        assert!(draw(
             &one,
             &banned,
             3000,
@@ -363,7 +546,7 @@ mod tests {
             &mut rng_from_seed(0)
         )
         .is_err());
-        assert!(draw_proposals(
+        assert!(draw(
             &slots,
             &logits[1..],
             3000,
@@ -372,5 +555,150 @@ mod tests {
             &mut rng_from_seed(0)
         )
         .is_err());
+    }
+
+    /// The kept set and its renormalised probabilities computed directly: a full sort, f64.
+    fn direct(row: &[f32], s: &Sampling) -> Vec<f64> {
+        let scale = if s.temperature > 0.0 {
+            1.0 / s.temperature
+        } else {
+            1.0
+        };
+        let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = row
+            .iter()
+            .map(|&x| (f64::from(x - top) * scale).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let mut keep = vec![true; row.len()];
+        if let Some(p) = s.top_p {
+            let mut cum = 0.0;
+            for &i in &order {
+                keep[i] = cum <= p; // the mass before i
+                cum += w[i] / total;
+            }
+        }
+        if let Some(k) = s.top_k {
+            let kept: Vec<usize> = order.iter().copied().filter(|&i| keep[i]).collect();
+            if kept.len() > k {
+                let kth = row[kept[k - 1]];
+                for i in 0..row.len() {
+                    keep[i] &= row[i] >= kth;
+                }
+            }
+        }
+        if let Some(m) = s.min_p {
+            for i in 0..row.len() {
+                keep[i] &= w[i] >= m;
+            }
+        }
+        // the confidence's distribution: temperature 1 over the kept tokens
+        let w1: Vec<f64> = (0..row.len())
+            .map(|i| {
+                if keep[i] {
+                    f64::from(row[i] - top).exp()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let z: f64 = w1.iter().sum();
+        w1.iter().map(|x| x / z).collect()
+    }
+
+    #[test]
+    fn filters_match_a_direct_computation() {
+        let vocab = 3000;
+        let rows: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..vocab)
+                    .map(|i| (((i * 7919 + r * 131) % 10_007) as f32 / 531.0).sin() * 4.0)
+                    .collect()
+            })
+            .collect();
+        let logits: Vec<f32> = rows.concat();
+        let slots: Vec<Slot> = (0..4).map(|pos| Slot { row: 0, pos }).collect();
+        let cases = [
+            Sampling {
+                top_k: Some(5),
+                ..Sampling::default()
+            },
+            Sampling {
+                top_p: Some(0.3),
+                ..Sampling::default()
+            },
+            Sampling {
+                min_p: Some(0.5),
+                ..Sampling::default()
+            },
+            Sampling {
+                top_p: Some(0.6),
+                top_k: Some(40),
+                min_p: Some(0.1),
+                ..Sampling::default()
+            },
+            Sampling {
+                temperature: 0.5,
+                top_p: Some(0.2),
+                ..Sampling::default()
+            },
+            Sampling {
+                temperature: 2.0,
+                top_k: Some(1),
+                ..Sampling::default()
+            },
+        ];
+        for s in cases {
+            // temperature 0: the argmax, its confidence the renormalised probability
+            let greedy = Sampling {
+                temperature: 0.0,
+                ..s
+            };
+            let got = draw_proposals(
+                &slots,
+                &logits,
+                vocab,
+                &greedy,
+                Confidence::Probability,
+                &mut Streams::Joint(&mut rng_from_seed(0)),
+            )
+            .unwrap();
+            for (p, row) in got.iter().zip(&rows) {
+                let probs = direct(row, &greedy);
+                let best = (0..vocab).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
+                assert_eq!(p.token, best, "{s:?}");
+                assert!(
+                    (p.confidence - probs[best]).abs() < 1e-6 * probs[best],
+                    "{s:?}"
+                );
+                assert!(p.confidence > Confidence::Probability.measure(row, best) - 1e-12);
+            }
+            // at a temperature: only kept tokens are drawn, each with its renormalised probability
+            if s.temperature > 0.0 {
+                let n = 4_000;
+                let many: Vec<Slot> = (0..n).map(|pos| Slot { row: 0, pos }).collect();
+                let repeated: Vec<f32> = (0..n).flat_map(|_| rows[0].iter().copied()).collect();
+                let drawn = draw_proposals(
+                    &many,
+                    &repeated,
+                    vocab,
+                    &s,
+                    Confidence::Probability,
+                    &mut Streams::Joint(&mut rng_from_seed(2)),
+                )
+                .unwrap();
+                let probs = direct(&rows[0], &s);
+                for p in &drawn {
+                    assert!(
+                        probs[p.token] > 0.0,
+                        "{s:?}: token {} was filtered",
+                        p.token
+                    );
+                    assert!((p.confidence - probs[p.token]).abs() < 1e-6 * probs[p.token]);
+                }
+            }
+        }
     }
 }

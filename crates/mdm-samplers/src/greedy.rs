@@ -5,7 +5,8 @@
 //! This is the sampler's own work in a greedy step: one pass over `slots x V` logits (V = 32,000
 //! for the Llama-2 vocabulary). Where the logits live in host memory (burn-flex) they are read in
 //! place by a vectorised, threaded kernel ([`greedy_proposals_host`]); on other backends the
-//! reduction runs on the device and only three numbers per slot come back.
+//! reduction runs on the device ([`greedy_proposals_device`]) and only three numbers per slot
+//! come back. [`proposals`](crate::draw::proposals) picks between them.
 //!
 //! Accuracy: the exponentials are evaluated in f32 (relative error below 1e-7 for the terms near
 //! the maximum, which dominate the sum) and summed in f32 over blocks of 1,024 logits, the blocks in
@@ -15,15 +16,15 @@
 use burn::tensor::Tensor;
 use mdm_kernels::Kernels;
 
-use crate::host::{host_f32, read_back};
+use crate::host::read_back;
 use crate::kernel;
 use crate::proposal::{Proposal, Slot};
 use crate::step::SamplerError;
 
-/// Temperature-0 proposals for `slots` from their logits `[slots, V]`: in place on the host where
-/// the backend allows ([`greedy_proposals_host`]), otherwise on the device (argmax and
-/// log-sum-exp reduced there, `3 x slots` numbers read back, the final exponential in f64).
-pub fn greedy_proposals<B: Kernels>(
+/// Temperature-0 proposals for `slots` from their logits `[slots, V]` reduced on the device
+/// (argmax and log-sum-exp there, `3 x slots` numbers read back, the final exponential in f64):
+/// what [`proposals`](crate::draw::proposals) runs on backends whose tensors are not in host memory.
+pub fn greedy_proposals_device<B: Kernels>(
     slots: &[Slot],
     logits: Tensor<B, 2>,
 ) -> Result<Vec<Proposal>, SamplerError> {
@@ -31,11 +32,6 @@ pub fn greedy_proposals<B: Kernels>(
     if n != slots.len() {
         return Err(shape_error(slots.len(), vocab, n * vocab));
     }
-    let primitive = logits.into_primitive();
-    if let Some(values) = host_f32::<B>(&primitive) {
-        return greedy_proposals_host(slots, values, vocab);
-    }
-    let logits = Tensor::<B, 2>::from_primitive(primitive);
     let (max, index) = logits.clone().max_dim_with_indices(1);
     let log_sum_exp = (logits - max.clone()).exp().sum_dim(1).log() + max.clone();
     let tokens: Vec<i64> = read_back(index.into_data(), "argmax")?;
@@ -148,13 +144,9 @@ mod tests {
         let device = Default::default();
         let tensor =
             Tensor::<Flex, 2>::from_data(TensorData::new(host.clone(), [n, vocab]), &device);
-        // in place (flex), and through the device reduction: a view whose rows are not
-        // contiguous (the first `vocab` columns of a wider tensor) cannot be lent
-        let in_place = greedy_proposals(&slots, tensor.clone()).unwrap();
-        let wide = Tensor::cat(vec![tensor.clone(), Tensor::zeros([n, 5], &device)], 1);
-        let view = wide.narrow(1, 0, vocab);
-        assert!(host_f32::<Flex>(&view.clone().into_primitive()).is_none());
-        let via_device = greedy_proposals(&slots, view).unwrap();
+        // on the host, and through the device reduction
+        let in_place = greedy_proposals_host(&slots, &host, vocab).unwrap();
+        let via_device = greedy_proposals_device(&slots, tensor.clone()).unwrap();
         for got in [&in_place, &via_device] {
             for (d, e) in got.iter().zip(&exact) {
                 assert_eq!((d.slot, d.token), (e.slot, e.token));
@@ -180,6 +172,6 @@ mod tests {
         certain[2500] = f32::NEG_INFINITY;
         assert!(greedy_proposals_host(&one, &certain, 3000).is_err());
         assert!(greedy_proposals_host(&slots, &host[1..], vocab).is_err());
-        assert!(greedy_proposals(&slots[1..], tensor).is_err());
+        assert!(greedy_proposals_device(&slots[1..], tensor).is_err());
     }
 }

@@ -1,45 +1,10 @@
-//! Host access to logits without a copy where the backend already keeps them in host memory.
-//!
-//! burn's `into_data` copies a tensor out of the backend. On the CPU backend burn-flex the values
-//! already live in host memory, and the sampler only needs to read them once per step; this module
-//! lends them as a slice instead (a runtime check of the backend's tensor type, so every function
-//! stays generic over `B: Backend`). Other backends, and flex tensors that are not contiguous f32,
-//! get `None` and take the copying path.
+//! Reading device values on the host: the read-back helpers the samplers share. Logits are read
+//! through the backend extension ([`mdm_kernels::Kernels::with_host_f32`]: in place on burn-flex,
+//! a copy elsewhere), so no code here looks at a backend's tensor type.
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::TensorData;
 
 use crate::step::SamplerError;
-
-/// The values of a float tensor's primitive as a contiguous row-major `f32` slice, when the backend
-/// holds them in host memory in that form (burn-flex with the `flex` feature); `None` otherwise.
-pub fn host_f32<B: Backend>(primitive: &TensorPrimitive<B>) -> Option<&[f32]> {
-    #[cfg(feature = "flex")]
-    if let TensorPrimitive::Float(tensor) = primitive {
-        let any: &dyn std::any::Any = tensor;
-        if let Some(flex) = any.downcast_ref::<burn::backend::flex::FlexTensor>() {
-            return flex.as_slice::<f32>();
-        }
-    }
-    #[cfg(not(feature = "flex"))]
-    let _ = primitive;
-    None
-}
-
-/// Runs `f` on the values of `tensor` (row-major `f32`): borrowed in place on burn-flex, read back
-/// from the device otherwise.
-pub fn with_host_f32<B: Backend, const D: usize, R>(
-    tensor: Tensor<B, D>,
-    what: &str,
-    f: impl FnOnce(&[f32]) -> R,
-) -> Result<R, SamplerError> {
-    let primitive = tensor.into_primitive();
-    if let Some(values) = host_f32::<B>(&primitive) {
-        return Ok(f(values));
-    }
-    let values: Vec<f32> = read_back(Tensor::<B, D>::from_primitive(primitive).into_data(), what)?;
-    Ok(f(&values))
-}
 
 /// A tensor's data as a `Vec<T>`, converted from its element type; `what` names it in the error.
 pub(crate) fn read_back<T: burn::tensor::Element>(
@@ -61,21 +26,19 @@ pub(crate) fn device_error(what: &str, error: impl std::fmt::Debug) -> SamplerEr
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use burn::backend::Flex;
+    use burn::tensor::{Tensor, TensorData};
+    use mdm_kernels::Kernels;
 
     #[test]
-    fn flex_tensors_are_lent_in_place_and_views_are_read_back() {
+    fn flex_lends_contiguous_logits_and_reads_views_back_in_logical_order() {
         let device = Default::default();
         let values: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let t = Tensor::<Flex, 2>::from_data(TensorData::new(values.clone(), [3, 4]), &device);
-        let primitive = t.clone().into_primitive();
-        #[cfg(feature = "flex")]
-        assert_eq!(host_f32::<Flex>(&primitive), Some(&values[..]));
-        #[cfg(not(feature = "flex"))]
-        assert_eq!(host_f32::<Flex>(&primitive), None);
-        // a transposed view is not contiguous: read back in logical order either way
-        let transposed = with_host_f32(t.transpose(), "test", |v| v.to_vec()).unwrap();
+        let whole = Flex::with_host_f32(t.clone(), |v| v.to_vec()).unwrap();
+        assert_eq!(whole, values);
+        // a transposed view is not contiguous: read back in logical order
+        let transposed = Flex::with_host_f32(t.transpose(), |v| v.to_vec()).unwrap();
         let expected: Vec<f32> = (0..4)
             .flat_map(|c| (0..3).map(move |r| (r * 4 + c) as f32))
             .collect();

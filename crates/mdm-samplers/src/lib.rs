@@ -33,7 +33,7 @@
 //! use burn::backend::Flex;
 //! use mdm_data::Tokenizer;
 //! use mdm_models::{MaskedTransformer, ModelConfig};
-//! use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler};
+//! use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
 //! # let text = std::iter::repeat_n("In the beginning God created the heaven and the earth.", 20);
@@ -50,7 +50,7 @@
 //!     .into_iter()
 //!     .map(|t| t as usize)
 //!     .collect();
-//! let config = GenerationConfig::default()
+//! let config = DecodingOptions::default()
 //!     .with_gen_length(16)
 //!     .with_steps(8)
 //!     .with_eos(tokenizer.eos_id() as usize)
@@ -66,18 +66,20 @@
 //! ```
 
 pub mod autoregressive;
-pub mod blockwise;
+pub mod decode;
 pub mod draw;
 pub mod generate;
 pub mod greedy;
 pub mod host;
 pub mod kernel;
+pub mod options;
 pub mod proposal;
 pub mod remasking;
 pub mod schedule;
 pub mod step;
 
-pub use generate::{
-    GenerationConfig, MaskedDiffusionSampler, StepControl, StepCost, StepEvent, StepTiming,
-};
+pub use decode::{Decoded, StepControl, StepCost, StepEvent, StepTiming};
+pub use generate::MaskedDiffusionSampler;
+pub use options::{CacheMode, DecodingOptions, OptionError, Parallel, Schedule};
+pub use remasking::NamedRule;
 pub use step::{Counting, SamplerError};

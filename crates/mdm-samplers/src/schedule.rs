@@ -35,6 +35,13 @@ pub fn transfer_count(n_masked: usize, t: f32, s: f32, last_step: bool) -> usize
     (k.max(0.0) as usize).min(n_masked)
 }
 
+/// LLaDA's `get_num_transfer_tokens`: `masks` spread over `steps`, the first `masks % steps` steps
+/// one more.
+pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
+    let (base, extra) = (masks / steps, masks % steps);
+    (0..steps).map(|i| base + usize::from(i < extra)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +70,12 @@ mod tests {
             left -= k;
         }
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn the_even_split_spreads_the_remainder_first() {
+        assert_eq!(transfer_schedule(8, 4), vec![2, 2, 2, 2]);
+        assert_eq!(transfer_schedule(7, 3), vec![3, 2, 2]);
+        assert_eq!(transfer_schedule(2, 4), vec![1, 1, 0, 0]);
     }
 }

@@ -21,7 +21,10 @@ pub enum SamplerError {
         /// Next time.
         s: f32,
     },
-    /// Generation options that do not fit together, or a prompt that does not fit the model.
+    /// A decoding option out of range or in a combination that does not work (names the field).
+    #[error("invalid decoding option {0}")]
+    Option(#[from] crate::options::OptionError),
+    /// A prompt that does not fit the model, or a run that cannot go on.
     #[error("invalid generation request: {reason}")]
     Config {
         /// What is wrong.
@@ -134,12 +137,32 @@ pub enum Counting {
     JointBatch,
 }
 
+/// The random streams of a run: one per row (row `r` seeded `seed + r`, so a row draws the same
+/// whether it runs alone or in a batch), or one for the whole batch (SMDM's joint counting).
+pub enum Streams<'a> {
+    /// One stream for every row.
+    Joint(&'a mut MdmRng),
+    /// Row `r` draws from `rows[r]`.
+    PerRow(&'a mut [MdmRng]),
+}
+
+impl Streams<'_> {
+    /// The stream row `row` draws from.
+    pub fn row(&mut self, row: usize) -> &mut MdmRng {
+        match self {
+            Self::Joint(rng) => rng,
+            Self::PerRow(rows) => &mut rows[row],
+        }
+    }
+}
+
 /// One reverse step from time `t` to `s` on the host token rows `x`.
 ///
 /// `slots` are the masked slots (row-major, as [`masked_slots`](crate::proposal::masked_slots)
 /// returns them) and `logits` their logits, `[slots.len(), vocab]`. Each slot gets a proposal
-/// (temperature draw, confidence measure); `rule` picks which are revealed, per row or jointly (`counting`); the chosen
-/// tokens are written into `x`. Returns the revealed proposals.
+/// (temperature draw, confidence measure, by the f64 reference [`propose_with`]); `rule` picks
+/// which are revealed, per row or jointly (`counting`); the chosen tokens are written into `x`.
+/// Returns the revealed proposals.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise_step(
     x: &mut [Vec<usize>],
@@ -157,18 +180,53 @@ pub fn denoise_step(
     reveal(x, proposals, (t, s), last_step, rule, counting, rng)
 }
 
-/// The second half of [`denoise_step`]: given the proposals of the masked slots (from
-/// [`propose`](crate::proposal::propose) or computed on the device), lets `rule` pick which are
-/// revealed (per row or jointly) and writes their tokens into `x`. Returns the revealed proposals.
+/// The second half of [`denoise_step`]: given the proposals of the masked slots, lets `rule` pick
+/// which are revealed (per row or jointly, `floor(n (1 - s/t))` of each group's `n`) and writes
+/// their tokens into `x`. Returns the revealed proposals.
 pub fn reveal(
     x: &mut [Vec<usize>],
     proposals: Vec<Proposal>,
-    (t, s): (f32, f32),
+    times: (f32, f32),
     last_step: bool,
     rule: &dyn Remasking,
     counting: Counting,
     rng: &mut MdmRng,
 ) -> Result<Vec<Proposal>, SamplerError> {
+    let step = StepTimes { times, last_step };
+    reveal_groups(
+        x,
+        &proposals,
+        step,
+        counting,
+        |_, n| transfer_count(n, times.0, times.1, last_step),
+        rule,
+        &mut Streams::Joint(rng),
+    )
+}
+
+/// Where a step stands on the time grid: `(t, s)` and whether it is the last step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTimes {
+    /// `(t, s)`, `0 <= s < t <= 1`.
+    pub times: (f32, f32),
+    /// Whether everything must be revealed.
+    pub last_step: bool,
+}
+
+/// Reveals among `proposals` (row-major) group by group (a row, or the whole batch under joint
+/// counting): `count(first row of the group, proposals in the group)` is the scheduled number,
+/// `rule` picks which, drawing from the group's stream; their tokens are written into `x`.
+/// Returns the revealed proposals, in the order the rule picked them.
+pub fn reveal_groups(
+    x: &mut [Vec<usize>],
+    proposals: &[Proposal],
+    step: StepTimes,
+    counting: Counting,
+    count: impl Fn(usize, usize) -> usize,
+    rule: &dyn Remasking,
+    streams: &mut Streams<'_>,
+) -> Result<Vec<Proposal>, SamplerError> {
+    let (t, s) = step.times;
     if !(s >= 0.0 && s < t && t <= 1.0) {
         return Err(SamplerError::Times { t, s });
     }
@@ -183,20 +241,21 @@ pub fn reveal(
         });
     }
     let groups: Vec<&[Proposal]> = match counting {
-        Counting::JointBatch => vec![&proposals[..]],
+        Counting::JointBatch => vec![proposals],
         Counting::PerRow => proposals
             .chunk_by(|a, b| a.slot.row == b.slot.row)
             .collect(),
     };
     let mut revealed = Vec::new();
-    for group in groups {
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let row = group[0].slot.row;
         let info = StepInfo {
             t,
             s,
-            k: transfer_count(group.len(), t, s, last_step),
-            last_step,
+            k: count(row, group.len()),
+            last_step: step.last_step,
         };
-        for i in rule.select(group, &info, rng) {
+        for i in rule.select(group, &info, streams.row(row)) {
             let p = group[i];
             x[p.slot.row][p.slot.pos] = p.token;
             revealed.push(p);

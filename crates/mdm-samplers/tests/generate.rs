@@ -3,7 +3,7 @@
 use burn::backend::Flex;
 use mdm_models::{MaskedTransformer, ModelConfig};
 use mdm_samplers::remasking::RandomRemasking;
-use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler};
+use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler};
 
 fn model() -> MaskedTransformer<Flex> {
     ModelConfig::custom(60, 2, 4, 32, 64, 64)
@@ -16,9 +16,7 @@ fn model() -> MaskedTransformer<Flex> {
 fn ragged_batch_rows_equal_rows_alone() {
     let m = model();
     let prompts = vec![vec![3, 4, 5], vec![7], vec![9, 10, 11, 12, 13]];
-    let config = GenerationConfig::default()
-        .with_gen_length(12)
-        .with_steps(6);
+    let config = DecodingOptions::default().with_gen_length(12).with_steps(6);
     let sampler = MaskedDiffusionSampler::new(&m, config);
     let together = sampler.generate(&prompts, |_| {}).unwrap();
     for (p, row) in prompts.iter().zip(&together) {
@@ -32,7 +30,7 @@ fn prompt_kept_every_mask_filled_and_steps_streamed() {
     let m = model();
     let mask = m.mask_id();
     let prompts = vec![vec![1, 2], vec![3, 4, 5, 6]];
-    let config = GenerationConfig::default()
+    let config = DecodingOptions::default()
         .with_gen_length(10)
         .with_steps(5)
         .with_temperature(0.8)
@@ -62,7 +60,7 @@ fn prompt_kept_every_mask_filled_and_steps_streamed() {
 fn cfg_with_zero_scale_equals_no_cfg() {
     let m = model();
     let prompts = vec![vec![5, 6, 7], vec![8]];
-    let base = GenerationConfig::default().with_gen_length(8).with_steps(4);
+    let base = DecodingOptions::default().with_gen_length(8).with_steps(4);
     let plain = MaskedDiffusionSampler::new(&m, base.clone())
         .generate(&prompts, |_| {})
         .unwrap();
@@ -81,7 +79,7 @@ fn cfg_with_zero_scale_equals_no_cfg() {
 fn semi_autoregressive_blocks_reveal_only_the_current_block() {
     let m = model();
     let prompts = vec![vec![1, 2, 3], vec![4]];
-    let config = GenerationConfig::default()
+    let config = DecodingOptions::default()
         .with_gen_length(12)
         .with_steps(6)
         .with_block_length(4);
@@ -108,7 +106,7 @@ fn semi_autoregressive_blocks_reveal_only_the_current_block() {
 fn eos_trims_and_bad_requests_are_errors() {
     let m = model();
     let prompts = vec![vec![1, 2]];
-    let config = GenerationConfig::default()
+    let config = DecodingOptions::default()
         .with_gen_length(16)
         .with_steps(8)
         .with_temperature(1.0);
@@ -201,19 +199,19 @@ fn autoregressive_sampler_matches_full_recomputation() {
 
 #[test]
 fn every_confidence_measure_fills_every_slot() {
-    use mdm_samplers::proposal::Confidence;
+    use mdm_samplers::NamedRule;
     let m = model();
     let vocab = m.config().padded_vocab_size();
     let prompts = vec![vec![1, 2, 3], vec![4]];
     for c in [
-        Confidence::Probability,
-        Confidence::Margin,
-        Confidence::NegEntropy,
+        NamedRule::LowConfidence,
+        NamedRule::Margin,
+        NamedRule::Entropy,
     ] {
-        let config = GenerationConfig::default()
+        let config = DecodingOptions::default()
             .with_gen_length(12)
             .with_steps(6)
-            .with_confidence(c);
+            .with_remasking(c);
         let out = MaskedDiffusionSampler::new(&m, config)
             .generate(&prompts, |_| {})
             .unwrap();
@@ -229,7 +227,7 @@ fn every_confidence_measure_fills_every_slot() {
 fn rows_stopped_at_eos_leave_the_batch_without_changing_the_others() {
     let m = model();
     let prompts = vec![vec![3, 4, 5], vec![7], vec![9, 10]];
-    let base = GenerationConfig::default()
+    let base = DecodingOptions::default()
         .with_gen_length(12)
         .with_steps(12);
     let full = MaskedDiffusionSampler::new(&m, base.clone())
@@ -267,14 +265,14 @@ fn rows_stopped_at_eos_leave_the_batch_without_changing_the_others() {
 #[test]
 fn in_place_and_device_paths_generate_the_same_tokens() {
     use burn::backend::Autodiff;
-    use mdm_samplers::proposal::Confidence;
+    use mdm_samplers::NamedRule;
     let config = ModelConfig::custom(300, 2, 4, 32, 64, 64);
     let flex = config.init_masked::<Flex>(5, &Default::default()).unwrap();
     let autodiff = config
         .init_masked::<Autodiff<Flex>>(5, &Default::default())
         .unwrap();
     let prompts = vec![vec![1, 2, 3, 4], vec![9, 8]];
-    let base = GenerationConfig::default()
+    let base = DecodingOptions::default()
         .with_gen_length(12)
         .with_steps(6)
         .with_seed(4);
@@ -285,8 +283,8 @@ fn in_place_and_device_paths_generate_the_same_tokens() {
         base.clone()
             .with_temperature(0.8)
             .with_cfg_scale(0.5)
-            .with_confidence(Confidence::Margin),
-        base.clone().with_confidence(Confidence::NegEntropy),
+            .with_remasking(NamedRule::Margin),
+        base.clone().with_remasking(NamedRule::Entropy),
     ] {
         let mut steps = 0;
         let in_place = MaskedDiffusionSampler::new(&flex, generation.clone().with_profiling())
@@ -311,13 +309,13 @@ fn a_step_that_reveals_nothing_lets_the_next_reuse_its_logits_exactly() {
     let prompts = vec![vec![3, 4], vec![5, 6, 7]];
     // many steps for few tokens: MDLM's ancestral rule often reveals nothing in a step
     for cfg in [None, Some(0.5)] {
-        let mut config = GenerationConfig::default()
+        let mut config = DecodingOptions::default()
             .with_gen_length(6)
             .with_steps(48)
             .with_temperature(1.0)
             .with_seed(5);
         config.cfg_scale = cfg;
-        let run = |config: GenerationConfig| {
+        let run = |config: DecodingOptions| {
             let sampler = MaskedDiffusionSampler::new(&m, config).with_rule(Ancestral);
             let (mut passes, mut reused, mut positions, mut steps) = (0, 0, 0, 0);
             let out = sampler

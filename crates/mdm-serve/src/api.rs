@@ -52,18 +52,16 @@ impl StopInput {
     }
 }
 
-/// The sampler options every generating endpoint takes: OpenAI's (`max_tokens`, `temperature`,
-/// `top_p`, `seed`, `stop`, `n`, `stream`) and the extension fields of masked diffusion sampling.
+/// OpenAI's generation fields every generating endpoint takes (`max_tokens`, `stop`, `n`,
+/// `stream`, the penalties) and `stream_canvas`. The decoding options themselves (`temperature`,
+/// `top_p`, `top_k`, `min_p`, `seed`, `steps`, `block_length`, `remasking`, `alg_temp`,
+/// `schedule`, `threshold`, `factor`, `cache`, `cfg_scale`, ...) are
+/// [`DecodingOptions`](mdm_samplers::DecodingOptions), read from the same object under the same
+/// names as the command line's (docs/decoding.md).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct SamplerFields {
     /// Tokens to generate (the MDM's generation length; the baseline's most new tokens).
     pub max_tokens: Option<i64>,
-    /// Temperature (0 = argmax, the default).
-    pub temperature: Option<f64>,
-    /// Nucleus sampling: only 1 (off) is supported by the samplers.
-    pub top_p: Option<f64>,
-    /// Seed of every random choice (default 0).
-    pub seed: Option<i64>,
     /// Stop sequences: the text ends before the first one.
     pub stop: Option<StopInput>,
     /// Choices per prompt.
@@ -75,20 +73,6 @@ pub struct SamplerFields {
     pub presence_penalty: Option<f64>,
     /// See `presence_penalty`.
     pub frequency_penalty: Option<f64>,
-    /// Extension: denoising steps (default: `max_tokens`, one token per step).
-    pub steps: Option<i64>,
-    /// Extension: semi-autoregressive block length (default: one block).
-    pub block_length: Option<i64>,
-    /// Extension: unsupervised classifier-free guidance scale.
-    pub cfg_scale: Option<f64>,
-    /// Extension: `low_confidence` (default), `margin`, `entropy`, `random`, `ancestral`.
-    pub remasking: Option<String>,
-    /// Extension: Fast-dLLM's confidence threshold (block decoding).
-    pub threshold: Option<f64>,
-    /// Extension: Fast-dLLM's factor rule (block decoding).
-    pub factor: Option<f64>,
-    /// Extension: `none`, `prefix` or `dual` block cache (block decoding, an approximation).
-    pub cache: Option<String>,
     /// Extension: with `stream`, also send every step's whole canvas (masks shown).
     #[serde(default)]
     pub stream_canvas: bool,

@@ -22,9 +22,7 @@ use mdm_eval::likelihood::{
 };
 use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError, ModelKind};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm_samplers::blockwise::{CacheMode, Parallel};
-use mdm_samplers::remasking::NamedRule;
-use mdm_samplers::{GenerationConfig, MaskedDiffusionSampler, StepControl};
+use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler, StepControl};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,23 +72,9 @@ impl<B: Kernels> Served<B> {
 /// How a generation decodes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoding {
-    /// [`MaskedDiffusionSampler`]: every step runs the whole sequence.
-    Sampler {
-        /// Denoising steps.
-        steps: usize,
-        /// Semi-autoregressive block length.
-        block_length: Option<usize>,
-        /// Temperature.
-        temperature: f64,
-        /// Classifier-free guidance scale.
-        cfg_scale: Option<f64>,
-        /// The rule.
-        remasking: NamedRule,
-        /// Fast-dLLM's block cache (an approximation; `None` is exact).
-        cache: CacheMode,
-        /// Fast-dLLM's parallel rule (threshold, factor) or the schedule.
-        parallel: Parallel,
-    },
+    /// [`MaskedDiffusionSampler`] with these options; their `gen_length`, `seed` and `eos_id` are
+    /// the job's ([`GenerateOptions`]).
+    Masked(DecodingOptions),
     /// The baseline, one token per pass with its KV cache.
     Autoregressive {
         /// Temperature.
@@ -117,11 +101,11 @@ impl GenerateOptions {
     /// included: ragged rows decode as they do alone) or the baseline.
     fn batchable(&self) -> bool {
         match &self.decoding {
-            Decoding::Sampler {
-                temperature,
-                remasking,
-                ..
-            } => *temperature == 0.0 && !remasking.is_random(),
+            Decoding::Masked(o) => {
+                o.temperature == 0.0
+                    && !o.remasking.is_random()
+                    && o.alg_temp.is_none_or(|a| a == 0.0)
+            }
             Decoding::Autoregressive { temperature } => *temperature == 0.0,
         }
     }
@@ -593,29 +577,14 @@ fn generate<B: Kernels>(
         (tokens, hit_eos)
     };
     match (model, &options.decoding) {
-        (
-            Served::Masked(m),
-            Decoding::Sampler {
-                steps,
-                block_length,
-                temperature,
-                cfg_scale,
-                remasking,
-                cache,
-                parallel,
-            },
-        ) => {
-            let mut config = GenerationConfig::default()
-                .with_gen_length(options.max_tokens)
-                .with_steps(*steps)
-                .with_temperature(*temperature)
-                .with_seed(options.seed)
-                .with_cache(*cache)
-                .with_parallel(*parallel);
-            config.block_length = *block_length;
-            config.cfg_scale = *cfg_scale;
-            config.eos_id = options.eos_id;
-            let sampler = MaskedDiffusionSampler::new(m, config).with_named_rule(*remasking);
+        (Served::Masked(m), Decoding::Masked(decoding)) => {
+            let config = DecodingOptions {
+                gen_length: options.max_tokens,
+                seed: options.seed,
+                eos_id: options.eos_id,
+                ..decoding.clone()
+            };
+            let sampler = MaskedDiffusionSampler::new(m, config);
             let mask_id = m.mask_id();
             let mut sent = vec![0usize; batch.len()];
             let rows = sampler

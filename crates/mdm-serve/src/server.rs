@@ -34,8 +34,7 @@ use crate::engine::{
 use crate::error::ApiError;
 use crate::text::{find_stop, Detokenizer, StreamedText};
 use mdm_models::ModelKind;
-use mdm_samplers::blockwise::{CacheMode, Parallel};
-use mdm_samplers::remasking::NamedRule;
+use mdm_samplers::DecodingOptions;
 
 /// Settings of the HTTP side.
 #[derive(Debug, Clone, PartialEq)]
@@ -339,6 +338,8 @@ struct Plan {
 fn plan(
     state: &AppState,
     f: &SamplerFields,
+    mut decoding: DecodingOptions,
+    body: &serde_json::Value,
     max_tokens: Option<i64>,
     default_max_tokens: usize,
 ) -> Result<Plan, ApiError> {
@@ -348,17 +349,11 @@ fn plan(
         Some(v) => count_field(v, "max_tokens", limit)?,
         None => default_max_tokens.min(limit),
     };
-    let temperature = match f.temperature {
-        Some(t) => float_field(t, "temperature", 0.0, 100.0)?,
-        None => 0.0,
-    };
-    if let Some(p) = f.top_p {
-        if p != 1.0 {
-            return Err(ApiError::invalid(
-                "top_p",
-                "nucleus sampling is not supported by the samplers: top_p must be 1",
-            ));
-        }
+    if body.get("gen_length").is_some() {
+        return Err(ApiError::invalid(
+            "gen_length",
+            "the number of tokens to generate is `max_tokens` here",
+        ));
     }
     for (name, v) in [
         ("presence_penalty", f.presence_penalty),
@@ -371,16 +366,6 @@ fn plan(
             ));
         }
     }
-    let seed = match f.seed {
-        Some(s) if s < 0 => {
-            return Err(ApiError::invalid(
-                "seed",
-                format!("`seed` must not be negative, got {s}"),
-            ))
-        }
-        Some(s) => s as u64,
-        None => 0,
-    };
     let n = match f.n {
         Some(v) => count_field(v, "n", state.config.max_choices)?,
         None => 1,
@@ -392,35 +377,46 @@ fn plan(
         Some(s) => s.strings()?,
         None => Vec::new(),
     };
-    let masked_only = |name: &str, given: bool| {
-        if given && info.kind != ModelKind::Masked {
-            Err(ApiError::invalid(
-                name,
-                format!("`{name}` is an option of masked diffusion models; this server serves the autoregressive baseline"),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    masked_only("steps", f.steps.is_some())?;
-    masked_only("block_length", f.block_length.is_some())?;
-    masked_only("cfg_scale", f.cfg_scale.is_some())?;
-    masked_only("remasking", f.remasking.is_some())?;
-    masked_only("threshold", f.threshold.is_some())?;
-    masked_only("factor", f.factor.is_some())?;
-    masked_only("cache", f.cache.is_some())?;
-    masked_only("stream_canvas", f.stream_canvas)?;
+    decoding.gen_length = max_tokens.max(1);
+    if decoding.eos_id.is_none() {
+        decoding.eos_id = state.tokenizer.as_ref().map(|t| t.eos_id() as usize);
+    }
+    // the one check of the options, its error naming the field
+    decoding
+        .validate_for(info.vocab_size)
+        .map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
+    let (seed, eos_id, temperature) = (decoding.seed, decoding.eos_id, decoding.temperature);
     let decoding = if info.kind == ModelKind::Causal {
+        // the baseline takes the temperature, the seed and EOS: any other option is refused
+        let plain = DecodingOptions {
+            gen_length: decoding.gen_length,
+            temperature,
+            seed,
+            eos_id,
+            ..DecodingOptions::default()
+        };
+        if let Some(field) = first_difference(&decoding, &plain) {
+            return Err(ApiError::invalid(
+                field.clone(),
+                format!("`{field}` is an option of masked diffusion models; this server serves the autoregressive baseline"),
+            ));
+        }
+        if f.stream_canvas {
+            return Err(ApiError::invalid(
+                "stream_canvas",
+                "`stream_canvas` shows a masked model's canvas; this server serves the autoregressive baseline",
+            ));
+        }
         Decoding::Autoregressive { temperature }
     } else {
-        masked_decoding(f, max_tokens, temperature)?
+        Decoding::Masked(decoding)
     };
     Ok(Plan {
         options: GenerateOptions {
             max_tokens,
             decoding,
             seed,
-            eos_id: state.tokenizer.as_ref().map(|t| t.eos_id() as usize),
+            eos_id,
         },
         n,
         stops,
@@ -429,93 +425,16 @@ fn plan(
     })
 }
 
-fn masked_decoding(
-    f: &SamplerFields,
-    max_tokens: usize,
-    temperature: f64,
-) -> Result<Decoding, ApiError> {
-    let gen = max_tokens.max(1);
-    let steps = match f.steps {
-        Some(s) => count_field(s, "steps", 1 << 16)?,
-        None => gen,
+/// The first field (by its JSON name) whose value differs between `a` and `b`.
+fn first_difference(a: &DecodingOptions, b: &DecodingOptions) -> Option<String> {
+    let (serde_json::Value::Object(a), Ok(b)) =
+        (serde_json::to_value(a).ok()?, serde_json::to_value(b))
+    else {
+        return None;
     };
-    if steps == 0 {
-        return Err(ApiError::invalid("steps", "`steps` must be at least 1"));
-    }
-    let block_length = match f.block_length {
-        Some(b) => Some(count_field(b, "block_length", 1 << 16)?),
-        None => None,
-    };
-    if let Some(b) = block_length {
-        if b == 0 || !gen.is_multiple_of(b) {
-            return Err(ApiError::invalid(
-                "block_length",
-                format!("`block_length` {b} must be positive and divide max_tokens {gen}"),
-            ));
-        }
-        if !steps.is_multiple_of(gen / b) {
-            return Err(ApiError::invalid(
-                "steps",
-                format!(
-                    "`steps` {steps} must be a multiple of the number of blocks {}",
-                    gen / b
-                ),
-            ));
-        }
-    }
-    let cfg_scale = match f.cfg_scale {
-        Some(w) => Some(float_field(w, "cfg_scale", 0.0, 100.0)?),
-        None => None,
-    };
-    let remasking: NamedRule = match &f.remasking {
-        Some(name) => name
-            .parse()
-            .map_err(|e: String| ApiError::invalid("remasking", e))?,
-        None => NamedRule::LowConfidence,
-    };
-    let cache = match f.cache.as_deref() {
-        None => None,
-        Some("none") => Some(CacheMode::None),
-        Some("prefix") => Some(CacheMode::Prefix),
-        Some("dual") => Some(CacheMode::Dual),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "cache",
-                format!("unknown cache `{other}`: none, prefix or dual"),
-            ))
-        }
-    };
-    let parallel = match (f.threshold, f.factor) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "factor",
-                "`threshold` and `factor` are two rules: give one",
-            ))
-        }
-        (Some(t), None) => Some(Parallel::Threshold(float_field(t, "threshold", 0.0, 1.0)?)),
-        (None, Some(x)) => Some(Parallel::Factor {
-            factor: float_field(x, "factor", f64::MIN_POSITIVE, 1e6)?,
-            reveal_failing_last_rank: false,
-        }),
-        (None, None) => None,
-    };
-    // Fast-dLLM's block decoder ranks by the softmax probability
-    if (cache.is_some() || parallel.is_some()) && remasking != NamedRule::LowConfidence {
-        return Err(ApiError::invalid(
-            "remasking",
-            "`cache`/`threshold`/`factor` decode with Fast-dLLM's block decoder, which ranks by \
-             confidence: use `low_confidence` (the default)",
-        ));
-    }
-    Ok(Decoding::Sampler {
-        steps,
-        block_length,
-        temperature,
-        cfg_scale,
-        remasking,
-        cache: cache.unwrap_or(CacheMode::None),
-        parallel: parallel.unwrap_or(Parallel::Scheduled),
-    })
+    a.into_iter()
+        .find(|(k, v)| b.get(k) != Some(v))
+        .map(|(k, _)| k)
 }
 
 fn check_length(
@@ -668,9 +587,10 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = fields(&body)?;
     let sampling: SamplerFields = fields(&body)?;
+    let decoding: DecodingOptions = fields(&body)?;
     check_model(&state, &req.model)?;
     let prompts = prompts_of(&state, &req.prompt)?;
-    let plan = plan(&state, &sampling, sampling.max_tokens, 16)?;
+    let plan = plan(&state, &sampling, decoding, &body, sampling.max_tokens, 16)?;
     let top = match req.logprobs {
         Some(k) => Some(count_field(k, "logprobs", 20)?),
         None => None,
@@ -973,6 +893,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = fields(&body)?;
     let sampling: SamplerFields = fields(&body)?;
+    let decoding: DecodingOptions = fields(&body)?;
     check_model(&state, &req.model)?;
     if req.logprobs == Some(true) {
         return Err(ApiError::invalid(
@@ -1000,7 +921,7 @@ async fn chat_completions(
         .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
     let prompt = encode_text(&state, &text, "messages")?;
     let max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
-    let plan = plan(&state, &sampling, max_tokens, 128)?;
+    let plan = plan(&state, &sampling, decoding, &body, max_tokens, 128)?;
     check_length(&state, &prompt, plan.options.max_tokens, "messages")?;
     let deadline = Instant::now() + state.config.request_timeout;
     let id = state.id("chatcmpl");

@@ -682,7 +682,19 @@ async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
             404,
             Some("model"),
         ),
-        (json!({"prompt": [0, 1], "top_p": 0.5}), 400, Some("top_p")),
+        (json!({"prompt": [0, 1], "top_p": 1.5}), 400, Some("top_p")),
+        (json!({"prompt": [0, 1], "top_k": 0}), 400, Some("top_k")),
+        (json!({"prompt": [0, 1], "seed": -1}), 400, Some("seed")),
+        (
+            json!({"prompt": [0, 1], "gen_length": 4}),
+            400,
+            Some("gen_length"),
+        ),
+        (
+            json!({"prompt": [0, 1], "alg_temp": 0.5, "remasking": "random"}),
+            400,
+            Some("alg_temp"),
+        ),
         (
             json!({"prompt": [0, 1], "temperature": -1}),
             400,
@@ -706,7 +718,7 @@ async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
             Some("threshold"),
         ),
         (
-            json!({"prompt": [0, 1], "threshold": 0.9, "remasking": "margin"}),
+            json!({"prompt": [0, 1], "threshold": 0.9, "remasking": "random"}),
             400,
             Some("remasking"),
         ),
@@ -810,7 +822,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
-    use mdm_samplers::blockwise::{decode_blocks, BlockDecoding, CacheMode, Parallel};
+    use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/llada-parity/model");
     let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
@@ -820,17 +832,21 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
         vec![8usize],
         vec![2usize, 4, 6, 8, 10, 12, 14],
     ];
-    let config = BlockDecoding {
-        gen_length: 16,
-        block_length: 8,
-        steps: 16,
-        parallel: Parallel::Threshold(0.9),
-        cache: CacheMode::Dual,
-        ..BlockDecoding::default()
-    };
+    let config = DecodingOptions::default()
+        .with_gen_length(16)
+        .with_block_length(8)
+        .with_steps(16)
+        .with_threshold(0.9)
+        .with_cache(CacheMode::Dual);
+    let sampler = MaskedDiffusionSampler::new(&model, config);
     let want: Vec<Vec<usize>> = prompts
         .iter()
-        .map(|p| decode_blocks(&model, p, config).unwrap().tokens[p.len()..].to_vec())
+        .map(|p| {
+            sampler
+                .generate(std::slice::from_ref(p), |_| {})
+                .unwrap()
+                .remove(0)
+        })
         .collect();
     let engine = Engine::start::<Flex, _>(
         move || {
@@ -868,4 +884,134 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
         stats.stats().largest_batch > 1,
         "the requests shared a batch"
     );
+}
+
+/// The same request through the command line's parsing (`generate`'s flattened
+/// `DecodingOptions`) and through the server's JSON: the same options and the same tokens, for
+/// every option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_and_the_server_decode_a_request_the_same() {
+    use clap::Parser;
+    use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        decoding: DecodingOptions,
+    }
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/llada-parity/model");
+    let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
+    let engine = Engine::start::<Flex, _>(
+        move || {
+            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+                &dir,
+                &Default::default(),
+            )?))
+        },
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let state = AppState::new(engine, None, ChatPrompt::plain(), ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::new();
+    let prompt = vec![5usize, 9, 17, 3];
+    // (command line, JSON): every option, in the names each side takes
+    let cases: Vec<(&str, Value)> = vec![
+        ("", json!({})),
+        (
+            "--steps 8 --block-length 8",
+            json!({"steps": 8, "block_length": 8}),
+        ),
+        (
+            "--temperature 0.7 --top-p 0.9 --seed 3",
+            json!({"temperature": 0.7, "top_p": 0.9, "seed": 3}),
+        ),
+        (
+            "--temperature 1 --top-k 5 --seed 4",
+            json!({"temperature": 1.0, "top_k": 5, "seed": 4}),
+        ),
+        (
+            "--temperature 0.5 --min-p 0.2",
+            json!({"temperature": 0.5, "min_p": 0.2}),
+        ),
+        ("--top-k 3", json!({"top_k": 3})),
+        ("--remasking margin", json!({"remasking": "topk_margin"})),
+        (
+            "--rule entropy --alg-temp 0.5 --seed 2",
+            json!({"alg": "entropy", "alg_temp": 0.5, "seed": 2}),
+        ),
+        (
+            "--remasking maskgit_plus --alg-temp 0.1",
+            json!({"remasking": "low_confidence", "alg_temp": 0.1}),
+        ),
+        (
+            "--remasking random --seed 9",
+            json!({"remasking": "random", "seed": 9}),
+        ),
+        (
+            "--remasking origin --steps 32 --temperature 1",
+            json!({"remasking": "ancestral", "steps": 32, "temperature": 1.0}),
+        ),
+        (
+            "--remasking ancestral --steps 32 --no-reuse",
+            json!({"remasking": "origin", "steps": 32, "no_reuse": true}),
+        ),
+        (
+            "--schedule even --block-length 8 --steps 8",
+            json!({"schedule": "even", "block_length": 8, "steps": 8}),
+        ),
+        (
+            "--threshold 0.9 --block-length 8 --cache dual",
+            json!({"threshold": 0.9, "block_length": 8, "cache": "dual"}),
+        ),
+        (
+            "--factor 1 --block-length 8 --cache prefix",
+            json!({"factor": 1.0, "block_length": 8, "cache": "prefix"}),
+        ),
+        (
+            "--factor 1 --factor-as-stated",
+            json!({"factor": 1.0, "factor_as_stated": true}),
+        ),
+        (
+            "--cfg-scale 0.5 --steps 8",
+            json!({"cfg_scale": 0.5, "steps": 8}),
+        ),
+        (
+            "--joint-counting --temperature 0.9",
+            json!({"joint_counting": true, "temperature": 0.9}),
+        ),
+        ("--eos 3", json!({"eos_id": 3})),
+    ];
+    for (line, fields) in cases {
+        let args = format!("generate --gen-length 16 {line}");
+        let cli = Cli::try_parse_from(args.split_whitespace())
+            .expect(line)
+            .decoding;
+        let mut body = fields.clone();
+        body["prompt"] = json!(prompt);
+        body["max_tokens"] = json!(16);
+        let mut from_json: DecodingOptions = serde_json::from_value(body.clone()).unwrap();
+        from_json.gen_length = 16;
+        assert_eq!(cli, from_json, "{line}");
+        let want = MaskedDiffusionSampler::new(&model, cli)
+            .generate(std::slice::from_ref(&prompt), |_| {})
+            .unwrap()
+            .remove(0);
+        let r: Value = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone())
+            .unwrap_or_else(|_| panic!("{line}: {r}"));
+        assert_eq!(got, want, "{line}: {r}");
+    }
 }

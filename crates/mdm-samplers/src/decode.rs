@@ -1,0 +1,739 @@
+//! The decoding loop: the one loop every way of decoding runs through.
+//!
+//! A run decodes a canvas (rows of ids, `mask_id` where a token is to be decoded) block by block;
+//! each block is a region of every row (the whole generation in one block, semi-autoregressive
+//! blocks of `block_length` left to right, or for infilling the whole row). A step of a block:
+//! 1. the candidates: the masked positions of each active row's region;
+//! 2. one forward pass ([`Pass`]): the whole rows (exact), or with a cache (Fast-dLLM, approximate)
+//!    a caching full pass at the block's first step and then the block and what follows it
+//!    (prefix cache) or the block alone (dual cache); with classifier-free guidance each row's
+//!    prompt-masked twin in the same pass; MDLM's shortcut reuses the last logits after a step
+//!    that revealed nothing;
+//! 3. the proposals ([`proposals`]: token and confidence for every candidate);
+//! 4. the reveal: per row (or jointly), the rule ([`Remasking`]) picks among the proposals, given
+//!    the schedule's count ([`Schedule`]: SMDM's time grid or LLaDA's even split) or by its own
+//!    test (the parallel rules, which run a block until it is full);
+//! 5. EOS: a row whose first EOS has nothing masked before it is complete, its remaining masks
+//!    become EOS and it leaves the batch (at the next step, or with a cache at the next block);
+//! 6. the step callback sees the canvas, what was revealed and what the pass cost; it may stop.
+//!
+//! Everything that differs between the decoding methods is data (options, the canvas's regions)
+//! or the rule; there is no second loop.
+//!
+//! Exact to the references (parity tests): SMDM's sampler step by step, LLaDA's `generate` and
+//! Fast-dLLM's `generate_with_prefix_cache` / `generate_with_dual_cache` token for token with
+//! their forward-pass counts (their loops run the body before testing for a finished block, so a
+//! block completed by its caching pass still costs one cached pass, as counted here).
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Int, Tensor, TensorData};
+use mdm_core::{rng_from_seed, MdmRng};
+use mdm_kernels::Kernels;
+use mdm_models::{BlockCache, MaskPredictor};
+
+use crate::draw::proposals;
+use crate::host::device_error;
+use crate::options::{Blocks, CacheMode, DecodingOptions, Schedule};
+use crate::proposal::{Proposal, Slot};
+use crate::remasking::Remasking;
+use crate::schedule::{timesteps, transfer_count, transfer_schedule, DEFAULT_EPS};
+use crate::step::{padding_mask, reveal_groups, Counting, SamplerError, StepTimes, Streams};
+
+/// What the step callback tells the loop: go on, or stop the run here (a client that went away,
+/// a stop string already produced). A callback that returns nothing continues (`()` converts to
+/// [`StepControl::Continue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepControl {
+    /// Run the next step.
+    #[default]
+    Continue,
+    /// End the run after this step: generation returns each row's tokens up to its first
+    /// still-masked position (the text that is final).
+    Stop,
+}
+
+impl From<()> for StepControl {
+    fn from((): ()) -> Self {
+        Self::Continue
+    }
+}
+
+/// What the step callback sees after every step.
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// Block index (0 without semi-autoregressive decoding).
+    pub block: usize,
+    /// Step index within the block.
+    pub step: usize,
+    /// Every row, prompt then generation region (`mask_id` where still masked).
+    pub tokens: &'a [Vec<usize>],
+    /// Slots revealed by this step, with their tokens and confidences.
+    pub revealed: &'a [Proposal],
+    /// Where the step's time went, when [`DecodingOptions::profile`] is on.
+    pub timing: Option<StepTiming>,
+    /// What the step's forward pass computed.
+    pub cost: StepCost,
+}
+
+/// The model work of one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepCost {
+    /// Rows that went through the model (twice the active rows with CFG; 0 when reused).
+    pub forward_rows: usize,
+    /// Token positions computed: rows x the columns the pass ran (0 when reused).
+    pub positions: usize,
+    /// The previous step's logits were used again (it revealed nothing, so nothing changed).
+    pub reused: bool,
+}
+
+/// Wall-clock time of one step: the model's forward pass (synchronised with the device) and the
+/// sampler's own work, which is everything else in the step: the slot list, the input tensors,
+/// CFG's combination, the proposals, the remasking rule and the bookkeeping. The step callback is
+/// not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTiming {
+    /// The forward pass and the device synchronisation.
+    pub forward: Duration,
+    /// Everything else in the step.
+    pub sampler: Duration,
+}
+
+impl StepTiming {
+    /// The sampler's share of the step, `sampler / (forward + sampler)`.
+    pub fn sampler_share(&self) -> f64 {
+        let total = (self.forward + self.sampler).as_secs_f64();
+        if total > 0.0 {
+            self.sampler.as_secs_f64() / total
+        } else {
+            0.0
+        }
+    }
+}
+
+impl std::ops::AddAssign for StepTiming {
+    fn add_assign(&mut self, other: Self) {
+        self.forward += other.forward;
+        self.sampler += other.sampler;
+    }
+}
+
+/// What a run returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// Each row as decoded: its prompt followed by its generated tokens (masks left where a
+    /// stopped run did not get to; EOS after the first EOS of a completed row).
+    pub rows: Vec<Vec<usize>>,
+    /// Forward passes run (the references' `nfe`).
+    pub forward_passes: usize,
+    /// Token positions those passes computed, over every row of each pass (padding and CFG's
+    /// twins included).
+    pub positions: usize,
+    /// The step callback ended the run early.
+    pub stopped: bool,
+}
+
+/// What is decoded: the rows, and where each row's blocks lie.
+pub(crate) struct Canvas {
+    /// The rows, `mask_id` where a token is to be decoded.
+    pub rows: Vec<Vec<usize>>,
+    /// Each row's prompt length (hidden in CFG's twin; EOS is looked for after it).
+    pub prompt_lens: Vec<usize>,
+    /// Where each row's first block starts.
+    pub starts: Vec<usize>,
+    /// Each row's block length (block `b` of row `r`: `starts[r] + b * lengths[r]`, `lengths[r]`
+    /// long).
+    pub lengths: Vec<usize>,
+    /// Blocks and steps per block.
+    pub blocks: Blocks,
+}
+
+/// One forward pass of a step: which positions it computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Every position, no cache kept.
+    Full,
+    /// Every position, keys/values kept (the first pass of a block with a cache).
+    Caching,
+    /// The block and what follows, against the cached prefix.
+    AfterPrefix,
+    /// The block alone, against the cached rest.
+    Window,
+}
+
+#[derive(Clone)]
+/// The rows of one pass (and with CFG their prompt-masked twins after them), right-padded to the
+/// longest.
+struct Batch {
+    /// Rows of the canvas in the pass (the conditional half).
+    rows: Vec<usize>,
+    /// Each row's block start.
+    starts: Vec<usize>,
+    /// Each row's length.
+    lengths: Vec<usize>,
+    /// The longest length.
+    width: usize,
+}
+
+/// The logits of the last full pass, kept while its step revealed nothing.
+struct Reusable<B: burn::tensor::backend::Backend> {
+    slots: Vec<Slot>,
+    logits: Tensor<B, 2>,
+}
+
+/// The random streams a run owns (see [`Streams`]): one per row, or under joint counting one.
+struct Rngs {
+    joint: bool,
+    streams: Vec<MdmRng>,
+}
+
+impl Rngs {
+    fn streams(&mut self) -> Streams<'_> {
+        if self.joint && !self.streams.is_empty() {
+            Streams::Joint(&mut self.streams[0])
+        } else {
+            Streams::PerRow(&mut self.streams)
+        }
+    }
+}
+
+struct Decoder<'a, B: Kernels, M: MaskPredictor<B>> {
+    model: &'a M,
+    options: &'a DecodingOptions,
+    rule: &'a dyn Remasking,
+    x: Vec<Vec<usize>>,
+    prompt_lens: Vec<usize>,
+    mask_id: usize,
+    rngs: Rngs,
+    passes: usize,
+    positions: usize,
+    device: B::Device,
+    reusable: Option<Reusable<B>>,
+}
+
+/// Decodes `canvas` with `options` (validated by the caller) and `rule`; `on_step` sees every
+/// step and may stop the run.
+pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
+    model: &M,
+    canvas: Canvas,
+    options: &DecodingOptions,
+    rule: &dyn Remasking,
+    mut on_step: impl FnMut(&StepEvent) -> C,
+) -> Result<Decoded, SamplerError> {
+    let batch = canvas.rows.len();
+    let rngs = Rngs {
+        joint: options.joint_counting,
+        streams: if options.joint_counting {
+            vec![rng_from_seed(options.seed)]
+        } else {
+            (0..batch)
+                .map(|r| rng_from_seed(options.seed.wrapping_add(r as u64)))
+                .collect()
+        },
+    };
+    let mut decoder = Decoder {
+        model,
+        options,
+        rule,
+        x: canvas.rows,
+        prompt_lens: canvas.prompt_lens,
+        mask_id: model.mask_id(),
+        rngs,
+        passes: 0,
+        positions: 0,
+        device: model.device(),
+        reusable: None,
+    };
+    let mut done = vec![false; batch];
+    let mut stopped = false;
+    for block in 0..canvas.blocks.count {
+        let rows: Vec<usize> = (0..batch).filter(|&r| !done[r]).collect();
+        if rows.is_empty() {
+            break;
+        }
+        let region = |r: usize| {
+            let start = canvas.starts[r] + block * canvas.lengths[r];
+            start..start + canvas.lengths[r]
+        };
+        let regions: Vec<_> = (0..batch).map(region).collect();
+        if !decoder.block(
+            block,
+            &rows,
+            &regions,
+            canvas.blocks.steps,
+            &mut done,
+            &mut on_step,
+        )? {
+            stopped = true;
+            break;
+        }
+    }
+    Ok(Decoded {
+        rows: decoder.x,
+        forward_passes: decoder.passes,
+        positions: decoder.positions,
+        stopped,
+    })
+}
+
+impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
+    fn masked_in(&self, row: usize, region: &std::ops::Range<usize>) -> usize {
+        self.x[row][region.clone()]
+            .iter()
+            .filter(|&&t| t == self.mask_id)
+            .count()
+    }
+
+    /// Decodes one block of `rows`; returns false when the callback stopped the run.
+    fn block<C: Into<StepControl>>(
+        &mut self,
+        block: usize,
+        rows: &[usize],
+        regions: &[std::ops::Range<usize>],
+        steps: usize,
+        done: &mut [bool],
+        on_step: &mut impl FnMut(&StepEvent) -> C,
+    ) -> Result<bool, SamplerError> {
+        let cached = self.options.cache != CacheMode::None;
+        let scheduled = self.rule.scheduled();
+        let grid = timesteps(steps, DEFAULT_EPS);
+        let joint = self.options.joint_counting;
+        // LLaDA's schedule: the block's masks at its start, spread over its steps
+        let masks_at_start: Vec<usize> = (0..self.x.len())
+            .map(|r| self.masked_in(r, &regions[r]))
+            .collect();
+        let all_masks: usize = rows.iter().map(|&r| masks_at_start[r]).sum();
+        // with a cache the batch is fixed for the block (the cache holds its rows)
+        let fixed = cached.then(|| self.batch(rows, regions));
+        let mut cache = None;
+        for step in 0.. {
+            let started = Instant::now();
+            let pass = match (self.options.cache, step) {
+                (CacheMode::None, _) => Pass::Full,
+                (_, 0) => Pass::Caching,
+                (CacheMode::Prefix, _) => Pass::AfterPrefix,
+                (CacheMode::Dual, _) => Pass::Window,
+            };
+            let batch = match &fixed {
+                Some(b) => b.clone(),
+                None => {
+                    let active: Vec<usize> = rows
+                        .iter()
+                        .copied()
+                        .filter(|&r| !done[r] && self.masked_in(r, &regions[r]) > 0)
+                        .collect();
+                    if active.is_empty() {
+                        break;
+                    }
+                    self.batch(&active, regions)
+                }
+            };
+            // the candidates: each row's masked positions in its block, row-major
+            let (x, mask_id) = (&self.x, self.mask_id);
+            let slots: Vec<(usize, usize)> = batch
+                .rows
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &r)| {
+                    regions[r]
+                        .clone()
+                        .filter(move |&c| x[r][c] == mask_id)
+                        .map(move |c| (i, c))
+                })
+                .collect();
+            let (logits, cost, forward) = self.forward(pass, &batch, &mut cache, &slots)?;
+            let slot_list: Vec<Slot> = slots
+                .iter()
+                .map(|&(i, pos)| Slot {
+                    row: batch.rows[i],
+                    pos,
+                })
+                .collect();
+            let kept = (pass == Pass::Full && !self.options.no_reuse).then(|| logits.clone());
+            let proposed = proposals(
+                logits,
+                &slot_list,
+                self.options.cfg_scale,
+                &self.options.sampling(),
+                self.options.remasking.confidence(),
+                &mut self.rngs.streams(),
+            )?;
+            let within = step < steps;
+            let times = if within {
+                (grid[step], grid[step + 1])
+            } else {
+                (grid[steps - 1], grid[steps])
+            };
+            let last = step + 1 == steps;
+            let schedule = self.options.schedule;
+            let count = |row: usize, n: usize| {
+                if !within {
+                    return 0;
+                }
+                match schedule {
+                    Schedule::TimeGrid => transfer_count(n, times.0, times.1, last),
+                    Schedule::Even => {
+                        let masks = if joint {
+                            all_masks
+                        } else {
+                            masks_at_start[row]
+                        };
+                        transfer_schedule(masks, steps)[step]
+                    }
+                }
+            };
+            let counting = if joint {
+                Counting::JointBatch
+            } else {
+                Counting::PerRow
+            };
+            let revealed = reveal_groups(
+                &mut self.x,
+                &proposed,
+                StepTimes {
+                    times,
+                    last_step: last,
+                },
+                counting,
+                count,
+                self.rule,
+                &mut self.rngs.streams(),
+            )?;
+            self.reusable = match kept {
+                Some(logits) if revealed.is_empty() => Some(Reusable {
+                    slots: slot_list,
+                    logits,
+                }),
+                _ => None,
+            };
+            self.finish_rows(&batch.rows, done);
+            let timing = forward.map(|forward| StepTiming {
+                forward,
+                sampler: started.elapsed().saturating_sub(forward),
+            });
+            let control = on_step(&StepEvent {
+                block,
+                step,
+                tokens: &self.x,
+                revealed: &revealed,
+                timing,
+                cost,
+            })
+            .into();
+            if control == StepControl::Stop {
+                return Ok(false);
+            }
+            let open = batch
+                .rows
+                .iter()
+                .any(|&r| self.masked_in(r, &regions[r]) > 0);
+            // a block finished by its caching pass still runs one cached pass (as the references)
+            if !open && pass != Pass::Caching {
+                break;
+            }
+            // a scheduled rule ends the block after its steps (masks stay only where the model
+            // proposed the mask token)
+            if scheduled && step + 1 >= steps && pass != Pass::Caching {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Marks complete the rows of `rows` whose first generated EOS has nothing masked before it,
+    /// and turns their remaining masks into EOS.
+    fn finish_rows(&mut self, rows: &[usize], done: &mut [bool]) {
+        let Some(eos) = self.options.eos_id else {
+            return;
+        };
+        for &r in rows {
+            let gen = &mut self.x[r][self.prompt_lens[r]..];
+            if let Some(e) = gen.iter().position(|&t| t == eos) {
+                if gen[..e].iter().all(|&t| t != self.mask_id) {
+                    done[r] = true;
+                    for t in gen[e..].iter_mut().filter(|t| **t == self.mask_id) {
+                        *t = eos;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pass's rows with their block starts, lengths and padded width.
+    fn batch(&self, rows: &[usize], regions: &[std::ops::Range<usize>]) -> Batch {
+        let lengths: Vec<usize> = rows.iter().map(|&r| self.x[r].len()).collect();
+        Batch {
+            starts: rows.iter().map(|&r| regions[r].start).collect(),
+            width: lengths.iter().copied().max().unwrap_or(0),
+            lengths,
+            rows: rows.to_vec(),
+        }
+    }
+
+    /// Batch rows per canvas row: 2 with CFG (the prompt-masked twin), 1 otherwise.
+    fn halves(&self) -> usize {
+        if self.options.cfg_scale.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// `[rows (x2 with CFG), n]` ids of columns `from(i)..from(i) + n` of each batch row `i`
+    /// (padded with the mask id); CFG's twins have their prompt masked.
+    fn ids(&self, batch: &Batch, from: impl Fn(usize) -> usize, n: usize) -> Tensor<B, 2, Int> {
+        let halves = self.halves();
+        let mut ids = Vec::with_capacity(batch.rows.len() * halves * n);
+        for half in 0..halves {
+            for (i, &r) in batch.rows.iter().enumerate() {
+                let first = from(i);
+                for col in first..first + n {
+                    let t = match self.x[r].get(col) {
+                        Some(_) if half == 1 && col < self.prompt_lens[r] => self.mask_id,
+                        Some(&t) => t,
+                        None => self.mask_id,
+                    };
+                    ids.push(t as i64);
+                }
+            }
+        }
+        let rows = batch.rows.len() * halves;
+        Tensor::from_data(TensorData::new(ids, [rows, n]), &self.device)
+    }
+
+    /// Flat row indices of the slots (`(batch row, column)`) into pass logits whose batch row `i`
+    /// covers `per_row` columns from `offset[i]`: the conditional half, then with CFG the twins'.
+    fn slot_index(
+        &self,
+        slots: &[(usize, usize)],
+        per_row: usize,
+        offset: &[usize],
+    ) -> Tensor<B, 1, Int> {
+        let rows = offset.len();
+        let index: Vec<i64> = (0..self.halves())
+            .flat_map(|half| {
+                slots
+                    .iter()
+                    .map(move |&(i, col)| ((half * rows + i) * per_row + col - offset[i]) as i64)
+            })
+            .collect();
+        let n = index.len();
+        Tensor::from_data(TensorData::new(index, [n]), &self.device)
+    }
+
+    /// The logits of the slots (`[slots (x2 with CFG), V]`) from one pass over `batch`, or those
+    /// of the last step again when it revealed nothing over the same slots (full passes only);
+    /// what the pass cost, and its time when profiling.
+    fn forward(
+        &mut self,
+        pass: Pass,
+        batch: &Batch,
+        cache: &mut Option<BlockCache<B>>,
+        slots: &[(usize, usize)],
+    ) -> Result<(Tensor<B, 2>, StepCost, Option<Duration>), SamplerError> {
+        let profile = self.options.profile;
+        if pass == Pass::Full {
+            if let Some(r) = self.reusable.take() {
+                let same = r.slots.len() == slots.len()
+                    && r.slots
+                        .iter()
+                        .zip(slots)
+                        .all(|(a, &(i, pos))| a.row == batch.rows[i] && a.pos == pos);
+                if same {
+                    let cost = StepCost {
+                        reused: true,
+                        ..StepCost::default()
+                    };
+                    return Ok((r.logits, cost, profile.then_some(Duration::ZERO)));
+                }
+            }
+        }
+        let halves = self.halves();
+        let rows = batch.rows.len();
+        let lengths: Vec<usize> = (0..halves).flat_map(|_| batch.lengths.clone()).collect();
+        let starts: Vec<usize> = (0..halves).flat_map(|_| batch.starts.clone()).collect();
+        let block_len = self.options.block_length.unwrap_or(self.options.gen_length);
+        // the columns each row's ids cover, and where they start in the row
+        let (per_row, offset) = match pass {
+            Pass::Full | Pass::Caching => (batch.width, vec![0; rows]),
+            Pass::AfterPrefix => (batch.lengths[0] - batch.starts[0], batch.starts.clone()),
+            Pass::Window => (block_len, batch.starts.clone()),
+        };
+        let index = self.slot_index(slots, per_row, &offset);
+        let started = Instant::now();
+        let logits = match pass {
+            Pass::Full => {
+                let ids = self.ids(batch, |_| 0, batch.width);
+                let ragged = batch.lengths.iter().any(|&l| l != batch.width);
+                let padding =
+                    ragged.then(|| padding_mask::<B>(&lengths, batch.width, &self.device));
+                self.model.logits_at(ids, padding, index)?
+            }
+            Pass::Caching => {
+                let ids = self.ids(batch, |_| 0, batch.width);
+                let (picked, full) = self.model.logits_caching(ids, Some(&lengths), index)?;
+                *cache = Some(match self.options.cache {
+                    CacheMode::Prefix => full.prefix_rows(&starts)?,
+                    _ => full,
+                });
+                picked
+            }
+            Pass::AfterPrefix => {
+                let ids = self.ids(batch, |i| batch.starts[i], per_row);
+                let prefix = cache.as_ref().ok_or_else(missing_cache)?;
+                self.model.logits_after_prefix(ids, prefix, index)?
+            }
+            Pass::Window => {
+                let ids = self.ids(batch, |i| batch.starts[i], per_row);
+                let dual = cache.as_mut().ok_or_else(missing_cache)?;
+                self.model.logits_in_window(ids, &starts, dual, index)?
+            }
+        };
+        let forward = if profile {
+            B::sync(&self.device).map_err(|e| device_error("forward pass", e))?;
+            Some(started.elapsed())
+        } else {
+            None
+        };
+        self.passes += 1;
+        self.positions += rows * halves * per_row;
+        let cost = StepCost {
+            forward_rows: rows * halves,
+            positions: rows * halves * per_row,
+            reused: false,
+        };
+        Ok((logits, cost, forward))
+    }
+}
+
+fn missing_cache() -> SamplerError {
+    SamplerError::Config {
+        reason: "a cached pass ran before its block's full pass".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MaskedDiffusionSampler;
+    use burn::backend::Flex;
+    use mdm_models::{MaskedTransformer, ModelConfig};
+
+    fn tiny() -> MaskedTransformer<Flex> {
+        ModelConfig::custom(40, 2, 4, 32, 64, 48)
+            .with_query_groups(2)
+            .init_masked::<Flex>(11, &Default::default())
+            .unwrap()
+    }
+
+    fn prompts() -> Vec<Vec<usize>> {
+        vec![
+            vec![3, 4, 5],
+            vec![7, 1, 2, 9, 9, 8, 6],
+            vec![12],
+            vec![5, 5, 20, 31, 2],
+        ]
+    }
+
+    fn run(model: &MaskedTransformer<Flex>, p: &[Vec<usize>], o: &DecodingOptions) -> Decoded {
+        MaskedDiffusionSampler::new(model, o.clone())
+            .decode(p, |_| {})
+            .unwrap()
+    }
+
+    fn alone(model: &MaskedTransformer<Flex>, p: &[usize], o: &DecodingOptions) -> Vec<usize> {
+        run(model, &[p.to_vec()], o).rows.remove(0)
+    }
+
+    #[test]
+    fn ragged_batches_give_each_row_its_tokens_alone() {
+        let model = tiny();
+        let prompts = prompts();
+        let base = DecodingOptions::default()
+            .with_gen_length(16)
+            .with_block_length(8)
+            .with_steps(8);
+        let rules = [
+            base.clone(),
+            base.clone().with_schedule(Schedule::Even),
+            base.clone().with_threshold(0.04),
+            base.clone().with_factor(2.0),
+            base.clone().with_top_k(3).with_alg_temp(0.1),
+        ];
+        for cache in [CacheMode::None, CacheMode::Prefix, CacheMode::Dual] {
+            for rule in &rules {
+                for cfg in [None, Some(1.5)] {
+                    let mut o = rule.clone().with_cache(cache);
+                    o.cfg_scale = cfg;
+                    let batch = run(&model, &prompts, &o);
+                    for (r, p) in prompts.iter().enumerate() {
+                        // row r of a batch draws from the stream seed + r
+                        let seeded = o.clone().with_seed(r as u64);
+                        assert_eq!(batch.rows[r], alone(&model, p, &seeded), "row {r}, {o:?}");
+                        assert!(!batch.rows[r].contains(&model.mask_id()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_stop_at_their_own_eos_and_leave_the_batch() {
+        let model = tiny();
+        let prompts = prompts();
+        for cache in [CacheMode::None, CacheMode::Dual] {
+            let base = DecodingOptions::default()
+                .with_gen_length(24)
+                .with_block_length(8)
+                .with_steps(12)
+                .with_cache(cache);
+            // an EOS that row 0 produces in its first block
+            let free = alone(&model, &prompts[0], &base);
+            let eos = free[prompts[0].len()];
+            let o = base.clone().with_eos(eos);
+            let batch = run(&model, &prompts, &o);
+            let gen0 = &batch.rows[0][prompts[0].len()..];
+            assert!(gen0[8..].iter().all(|&t| t == eos), "row 0 padded with EOS");
+            for (r, p) in prompts.iter().enumerate() {
+                assert_eq!(batch.rows[r], alone(&model, p, &o), "row {r}");
+            }
+            let unstopped = run(&model, &prompts, &base);
+            assert!(
+                batch.positions < unstopped.positions,
+                "finished rows leave the batch"
+            );
+        }
+    }
+
+    #[test]
+    fn draws_depend_on_the_seed_and_stops_return_the_final_prefix() {
+        let model = tiny();
+        let prompts = prompts();
+        let o = DecodingOptions::default()
+            .with_gen_length(16)
+            .with_block_length(8)
+            .with_cache(CacheMode::Prefix)
+            .with_threshold(0.04);
+        let hot = o.clone().with_temperature(1.0).with_seed(40);
+        assert_eq!(run(&model, &prompts, &hot), run(&model, &prompts, &hot));
+        assert_ne!(
+            run(&model, &prompts, &hot).rows,
+            run(&model, &prompts, &o).rows
+        );
+        let sampler = MaskedDiffusionSampler::new(&model, o.clone());
+        let whole = sampler.generate(&prompts, |_| {}).unwrap();
+        let mut passes = 0;
+        let counted = sampler
+            .decode(&prompts, |e| passes += usize::from(e.cost.forward_rows > 0))
+            .unwrap();
+        assert_eq!(passes, counted.forward_passes);
+        // stopped after the first pass: only what is final (up to the first mask) comes back
+        let stopped = sampler.generate(&prompts, |_| StepControl::Stop).unwrap();
+        for (s, w) in stopped.iter().zip(&whole) {
+            assert!(s.len() < 16);
+            assert_eq!(&s[..], &w[..s.len()]);
+        }
+        // infilling takes no cache
+        assert!(sampler.infill(&prompts, |_| {}).is_err());
+    }
+}
