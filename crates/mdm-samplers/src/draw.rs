@@ -167,10 +167,11 @@ fn propose_row(row: &[f32], u: f64, temperature: f64, confidence: Confidence) ->
 
 /// The row with the tokens `sampling`'s filters remove set to `-inf`, or `None` for a row that is
 /// not finite. The filters, on `softmax(row / T)` (`T` = 1 at temperature 0), in Dream's order:
-/// nucleus (`top_p`: the most likely tokens until their mass exceeds `top_p`, the first always,
-/// as `top_p_logits`), then `top_k` (tokens below the k-th largest kept logit removed, ties kept,
-/// as `top_k_logits`), then `min_p` (tokens less likely than `min_p` times the most likely). Ties
-/// in the nucleus' order go to the lower id.
+/// nucleus (`top_p`: in order of decreasing logit, the tokens whose predecessors' mass is at most
+/// `top_p`, the first always, as `top_p_logits`), then `top_k` (tokens below the k-th largest
+/// kept logit removed, as `top_k_logits`), then `min_p` (tokens less likely than `min_p` times the
+/// most likely). Each keeps the tokens at or above a cutoff logit, so tokens tied with the last
+/// one kept are kept (PyTorch's sort leaves their order unspecified).
 pub fn filter_row(row: &[f32], sampling: &Sampling) -> Option<Vec<f32>> {
     let (top, _) = row_top(row)?;
     let scale = if sampling.temperature > 0.0 {
@@ -178,69 +179,91 @@ pub fn filter_row(row: &[f32], sampling: &Sampling) -> Option<Vec<f32>> {
     } else {
         1.0
     };
-    // weights relative to the most likely token (1 there), in f64
-    let weights: Vec<f64> = row
-        .iter()
-        .map(|&x| (f64::from(x - top) * scale).exp())
-        .collect();
-    let mut kept = row.to_vec();
-    if let Some(p) = sampling.top_p.filter(|&p| p < 1.0) {
-        let total: f64 = weights.iter().sum();
-        let nucleus = nucleus(row, &weights, p * total);
-        let mut keep = vec![false; row.len()];
-        for &i in &nucleus {
-            keep[i] = true;
-        }
-        for (x, k) in kept.iter_mut().zip(keep) {
-            if !k {
-                *x = f32::NEG_INFINITY;
-            }
-        }
-    }
-    if let Some(k) = sampling.top_k {
-        let mut values: Vec<f32> = kept.iter().copied().filter(|x| x.is_finite()).collect();
-        if values.len() > k {
-            let (_, kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-            let kth = *kth;
-            for x in kept.iter_mut().filter(|x| **x < kth) {
-                *x = f32::NEG_INFINITY;
-            }
-        }
+    let mut cutoff = f32::NEG_INFINITY;
+    let top_p = sampling.top_p.filter(|&p| p < 1.0);
+    if top_p.is_some() || sampling.top_k.is_some() {
+        let mass = top_p.map(|p| {
+            p * row
+                .chunks(BLOCK)
+                .map(|block| kernel::exp_sum(block, top, scale as f32))
+                .sum::<f64>()
+        });
+        cutoff = sorted_cutoff(row, top, scale, mass, sampling.top_k);
     }
     if let Some(min_p) = sampling.min_p.filter(|&p| p > 0.0) {
-        for (x, &w) in kept.iter_mut().zip(&weights) {
-            if w < min_p {
-                *x = f32::NEG_INFINITY;
-            }
+        // exp((x - top) / T) >= min_p, without an exponential per token
+        let floor = f64::from(top) + min_p.ln() / scale;
+        // the smallest f32 at or above the floor
+        let mut f = floor as f32;
+        if f64::from(f) < floor {
+            f = f.next_up();
         }
+        cutoff = cutoff.max(f);
     }
-    Some(kept)
+    Some(
+        row.iter()
+            .map(|&x| if x >= cutoff { x } else { f32::NEG_INFINITY })
+            .collect(),
+    )
 }
 
-/// The ids of the nucleus: in order of decreasing logit (ties to the lower id), every token
-/// whose predecessors' weights sum to at most `mass` (the first always). Sorts only as many of
-/// the largest as it needs (64, then 4 times more).
-fn nucleus(row: &[f32], weights: &[f64], mass: f64) -> Vec<usize> {
-    let order = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
-    let mut ids: Vec<usize> = (0..row.len()).collect();
-    let mut m = 64.min(row.len());
-    loop {
-        if m < ids.len() {
-            ids.select_nth_unstable_by(m - 1, order);
-        }
-        let head = &mut ids[..m];
-        head.sort_unstable_by(order);
-        let mut before = 0.0;
-        for (j, &i) in head.iter().enumerate() {
-            if j > 0 && before > mass {
-                return head[..j].to_vec();
+/// The smallest logit the nucleus of `mass` (if given) and then the top `k` (if given) keep. Walks
+/// the row in order of decreasing logit without sorting it: the logits are bucketed by their
+/// distance below `top` (a counting sort, no exponential), and buckets are taken from the top,
+/// each sorted, until both cuts are found; only the tokens walked are weighed
+/// (`exp((x - top) scale)`, f32 exponential, f64 sum).
+fn sorted_cutoff(row: &[f32], top: f32, scale: f64, mass: Option<f64>, k: Option<usize>) -> f32 {
+    const BUCKETS: usize = 2048;
+    // below this distance a weight is under e^-50: the last bucket holds them all
+    // (monotone in x: f32 rounding keeps the order, equal logits share a bucket)
+    let per_unit = (BUCKETS as f64 * scale / 50.0) as f32;
+    let buckets: Vec<u16> = row
+        .iter()
+        .map(|&x| (((top - x) * per_unit) as usize).min(BUCKETS) as u16)
+        .collect();
+    let mut starts = vec![0usize; BUCKETS + 2];
+    for &b in &buckets {
+        starts[b as usize + 1] += 1;
+    }
+    for b in 0..=BUCKETS {
+        starts[b + 1] += starts[b];
+    }
+    let mut cursor = starts.clone();
+    let mut values = vec![0f32; row.len()];
+    for (&x, &b) in row.iter().zip(&buckets) {
+        values[cursor[b as usize]] = x;
+        cursor[b as usize] += 1;
+    }
+    let (mut nucleus_end, mut kth) = (mass.is_none().then_some(f32::NEG_INFINITY), None);
+    let mut taken = 0usize;
+    let mut before = 0.0f64;
+    let mut last = top;
+    'walk: for b in 0..=BUCKETS {
+        let group = &mut values[starts[b]..starts[b + 1]];
+        group.sort_unstable_by(|a, b| b.total_cmp(a));
+        for &x in group.iter() {
+            if nucleus_end.is_none() && taken > 0 && before > mass.unwrap_or(f64::INFINITY) {
+                nucleus_end = Some(last);
             }
-            before += weights[i];
+            // a found k-th decides (a nucleus still open goes past it); else an ended nucleus
+            if kth.is_some() || (nucleus_end.is_some() && mass.is_some()) {
+                break 'walk;
+            }
+            if nucleus_end.is_none() {
+                before += f64::from(kernel::exp_nonpositive(((x - top) as f64 * scale) as f32));
+            }
+            taken += 1;
+            if k == Some(taken) {
+                kth = Some(x);
+            }
+            last = x;
         }
-        if m == row.len() {
-            return ids;
-        }
-        m = (m * 4).min(row.len());
+    }
+    let nucleus_end = nucleus_end.unwrap_or(f32::NEG_INFINITY);
+    // top_k of what the nucleus keeps: its k-th largest, when the nucleus holds k
+    match kth {
+        Some(v) if v >= nucleus_end => v,
+        _ => nucleus_end,
     }
 }
 
