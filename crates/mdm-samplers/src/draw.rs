@@ -52,6 +52,10 @@ pub fn proposals<B: Kernels>(
     if rows != halves * slots.len() {
         return Err(shape_error(slots.len(), vocab, rows * vocab / halves));
     }
+    if slots.is_empty() {
+        // a pass with nothing to propose (a cached pass after its block filled)
+        return Ok(Vec::new());
+    }
     if greedy && !B::HOST_MEMORY {
         let logits = match cfg_scale {
             Some(w) => {

@@ -8,17 +8,22 @@
 //!   draw over every logit;
 //! - [`greedy`]: the temperature-0 proposals (argmax and its probability) computed in place on
 //!   the host by a vectorised kernel ([`kernel`], [`host`]), or reduced on the device;
-//! - [`draw`]: proposals at any temperature and confidence by the same kernels (one uniform per
-//!   slot: the distribution of SMDM's Gumbel-max draw);
+//! - [`draw`]: [`draw::proposals`], the one function every path proposes with: any temperature,
+//!   the `top_p` / `top_k` / `min_p` filters and every confidence, by the same kernels (one uniform
+//!   per slot: the distribution of SMDM's Gumbel-max draw);
 //! - [`remasking`]: which proposals are revealed: low-confidence remasking (SMDM's `greddy`,
 //!   LLaDA's `low_confidence`), random remasking, ancestral (SMDM's `origin`); new rules implement
 //!   [`remasking::Remasking`];
 //! - [`step`]: one step over a batch, with per-row counting of masked slots, or SMDM's joint
 //!   counting over the whole batch as an explicit compatibility switch ([`step::Counting`]).
 //!
-//! - [`generate`]: the generation loop over a [`MaskedTransformer`](mdm_models::MaskedTransformer):
-//!   ragged batches (right-padded, padding hidden from attention), unsupervised CFG (both passes in
-//!   one batch), semi-autoregressive blocks, early stop at EOS, a step callback.
+//! - [`options`]: [`DecodingOptions`], every decoding option in one type (serde, clap), checked
+//!   once by [`DecodingOptions::validate`];
+//! - [`decode`]: the one decoding loop every method runs through (whole sequence or blocks,
+//!   infilling, no / prefix / dual cache, the schedules and the parallel rules, CFG, ragged batches
+//!   with per-row EOS, MDLM's skipped pass, step events and a callback that can stop the run);
+//! - [`generate`]: [`MaskedDiffusionSampler`], generation, decoding and infilling over any
+//!   [`MaskPredictor`](mdm_models::MaskPredictor).
 //!
 //! - [`autoregressive`]: the baseline's sampler, one token per pass with the KV cache, the same
 //!   temperature semantics.

@@ -343,3 +343,33 @@ fn a_step_that_reveals_nothing_lets_the_next_reuse_its_logits_exactly() {
         assert!(positions < all_positions);
     }
 }
+
+/// On a backend whose tensors are not in host memory (here `Autodiff<Flex>`), a cached pass with
+/// no slot left (a block filled by its caching pass) proposes nothing, CFG included.
+#[test]
+fn the_device_path_takes_a_pass_without_slots() {
+    use burn::backend::Autodiff;
+    use mdm_samplers::CacheMode;
+    let config = ModelConfig::custom(300, 2, 4, 32, 64, 64);
+    let flex = config.init_masked::<Flex>(5, &Default::default()).unwrap();
+    let autodiff = config
+        .init_masked::<Autodiff<Flex>>(5, &Default::default())
+        .unwrap();
+    let prompts = vec![vec![1, 2, 3, 4], vec![9, 8]];
+    for cache in [CacheMode::Prefix, CacheMode::Dual] {
+        let o = DecodingOptions::default()
+            .with_gen_length(16)
+            .with_block_length(8)
+            .with_steps(2)
+            .with_threshold(0.0)
+            .with_cfg_scale(1.0)
+            .with_cache(cache);
+        let a = MaskedDiffusionSampler::new(&flex, o.clone())
+            .generate(&prompts, |_| {})
+            .unwrap();
+        let b = MaskedDiffusionSampler::new(&autodiff, o)
+            .generate(&prompts, |_| {})
+            .unwrap();
+        assert_eq!(a, b, "{cache:?}");
+    }
+}
