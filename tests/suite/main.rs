@@ -18,6 +18,7 @@ mod determinism;
 mod kill;
 mod parity;
 mod parity_eval;
+mod parity_dream;
 mod parity_llada;
 mod parity_sampler;
 mod parity_train;

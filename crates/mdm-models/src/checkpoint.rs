@@ -131,7 +131,7 @@ impl ParamSource for SafetensorsSource<'_> {
     }
 }
 
-fn load_net<B: Kernels>(
+pub(crate) fn load_net<B: Kernels>(
     path: &Path,
     config: &ModelConfig,
     embedding_rows: usize,
@@ -237,20 +237,6 @@ fn load_folder<B: Kernels>(
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
-    /// Loads an SMDM safetensors file (SMDM names, grouped q/k/v, f32/bf16/f16 tensors) with the
-    /// config it was trained with. Every tensor must be present with its exact shape and nothing
-    /// else may be in the file.
-    pub fn load_smdm(
-        path: impl AsRef<Path>,
-        config: &ModelConfig,
-        device: &B::Device,
-    ) -> Result<Self, ModelError> {
-        let rows = config.masked_embedding_rows();
-        Ok(Self {
-            net: load_net(path.as_ref(), config, rows, device)?,
-        })
-    }
-
     /// Saves to a checkpoint folder (`model.safetensors` + `config.json`).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
         save_net(&self.net, ModelKind::Masked, dir.as_ref())
@@ -265,18 +251,6 @@ impl<B: Kernels> MaskedTransformer<B> {
 }
 
 impl<B: Kernels> CausalTransformer<B> {
-    /// Loads an autoregressive-baseline safetensors file with SMDM names (embedding of `V` rows).
-    pub fn load_smdm(
-        path: impl AsRef<Path>,
-        config: &ModelConfig,
-        device: &B::Device,
-    ) -> Result<Self, ModelError> {
-        let rows = config.padded_vocab_size();
-        Ok(Self {
-            net: load_net(path.as_ref(), config, rows, device)?,
-        })
-    }
-
     /// Saves to a checkpoint folder (`model.safetensors` + `config.json`).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
         save_net(&self.net, ModelKind::Causal, dir.as_ref())

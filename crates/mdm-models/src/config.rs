@@ -63,6 +63,15 @@ pub struct ModelConfig {
     /// `V`, one past the head, with an embedding of `V + 1` rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_token_id: Option<usize>,
+    /// The fused q/k/v projection has a bias (Qwen2, so Dream: `q_proj.bias`, `k_proj.bias`,
+    /// `v_proj.bias`). Absent: no bias (SMDM, LLaDA).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qkv_bias: bool,
+    /// Shifted logits (Dream, trained from an autoregressive model): the token at position `i` is
+    /// predicted from the network's output at `i - 1`, position 0 from its own. The model applies
+    /// the shift itself, so every caller reads position `i`'s prediction at `i`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shift_logits: bool,
 }
 
 fn default_padding_multiple() -> usize {
@@ -171,6 +180,8 @@ impl ModelConfig {
             condense_ratio: 1,
             rope_bf16_tables: true,
             mask_token_id: None,
+            qkv_bias: false,
+            shift_logits: false,
         }
     }
 

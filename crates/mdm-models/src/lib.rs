@@ -5,9 +5,11 @@
 //! - [`CausalTransformer`] with [`KvCache`]: the autoregressive baseline.
 //! - Checkpoints: [`MaskedTransformer::load_smdm`] reads the published SMDM safetensors files;
 //!   `save` / `load` use our folder format ([`checkpoint`]).
-//! - The LLaDA family ([`llada`]): [`MaskedTransformer::load_hf`] reads a Hugging Face folder
-//!   (`config.json` + `model.safetensors` or shards with an index, [`hf`]) whose `model_type` is
-//!   `llada`, onto the same network (mask token inside the vocabulary, fp32 RoPE tables).
+//! - The families side by side ([`families`]): SMDM ([`smdm`]), LLaDA ([`llada`]) and Dream
+//!   ([`dream`]) on the same network; [`MaskedTransformer::load_hf`] reads a Hugging Face folder
+//!   (`config.json` + `model.safetensors` or shards with an index, [`hf`]) by its `model_type`
+//!   (`llada`: mask token inside the vocabulary, fp32 RoPE tables; `Dream`: q/k/v biases and
+//!   shifted logits as well).
 //!
 //! Architecture (SMDM.md section 6): token embedding; `n_layer` blocks of
 //! `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`; final RMSNorm; linear head; no biases;
@@ -47,8 +49,8 @@ pub mod causal;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod families;
 pub mod hf;
-pub mod llada;
 pub mod masked;
 pub mod mlp;
 pub mod norm;
@@ -64,6 +66,7 @@ pub use causal::{CausalTransformer, KvCache};
 pub use checkpoint::{CheckpointMeta, ModelKind};
 pub use config::ModelConfig;
 pub use error::ModelError;
+pub use families::{dream, llada, load_hf, smdm};
 pub use masked::MaskedTransformer;
 pub use precision::Precision;
 pub use predictor::MaskPredictor;

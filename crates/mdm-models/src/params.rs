@@ -17,7 +17,7 @@ pub(crate) trait ParamSource {
 
 /// SMDM's initialisation (SMDM.md section 6): every weight `N(0, sqrt(2 / (5 C)))`, except the
 /// attention output projection and SwiGLU `w3`, `N(0, 1 / sqrt(C) / n_layer)`; RMSNorm gains 1.
-/// Draws come from a ChaCha8 stream seeded with `seed`, in a fixed key order.
+/// Biases (Qwen2's q/k/v) start at 0. Draws come from a ChaCha8 stream seeded with `seed`, in a fixed key order.
 pub(crate) struct SeededInit {
     rng: rand_chacha::ChaCha8Rng,
     std_default: f64,
@@ -43,6 +43,9 @@ impl ParamSource for SeededInit {
             || key.ends_with("ln_f.weight")
         {
             return Ok(vec![1.0; n]);
+        }
+        if key.ends_with(".bias") {
+            return Ok(vec![0.0; n]);
         }
         let std = if key.ends_with("attn.proj.weight") || key.ends_with("swiglu.w3.weight") {
             self.std_residual

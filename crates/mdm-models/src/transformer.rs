@@ -110,6 +110,22 @@ fn linear<B: Kernels>(
     })
 }
 
+/// The fused q/k/v projection, with its bias `[(H + 2G) D]` when the family has one.
+fn qkv<B: Kernels>(
+    src: &mut dyn ParamSource,
+    prefix: &str,
+    config: &ModelConfig,
+    device: &B::Device,
+) -> Result<Linear<B>, ModelError> {
+    let (c, rows) = (config.n_embd, config.qkv_rows());
+    let mut linear = linear(src, &format!("{prefix}.attn.attn.weight"), c, rows, device)?;
+    if config.qkv_bias {
+        let b = src.take(&format!("{prefix}.attn.attn.bias"), &[rows])?;
+        linear.bias = Some(Param::from_tensor(tensor(b, [rows], device)));
+    }
+    Ok(linear)
+}
+
 fn norm<B: Kernels>(
     src: &mut dyn ParamSource,
     key: &str,
@@ -157,13 +173,7 @@ impl<B: Kernels> Transformer<B> {
             blocks.push(Block {
                 norm_1: norm(src, &format!("{p}.norm_1.weight"), config, device)?,
                 attn: SelfAttention {
-                    qkv: linear(
-                        src,
-                        &format!("{p}.attn.attn.weight"),
-                        c,
-                        config.qkv_rows(),
-                        device,
-                    )?,
+                    qkv: qkv(src, &p, config, device)?,
                     proj: linear(src, &format!("{p}.attn.proj.weight"), c, c, device)?,
                     n_head: config.n_head,
                     n_query_groups: config.query_groups(),
@@ -190,7 +200,8 @@ impl<B: Kernels> Transformer<B> {
         })
     }
 
-    /// Final hidden states `[batch, seq_len, n_embd]` (after the final norm) for `ids`
+    /// The hidden states that predict each position (`[batch, seq_len, n_embd]`, after the final
+    /// norm) for `ids`
     /// (`[batch, seq_len]`) at positions `start..`, the layers' keys/values of other positions as
     /// `caches` says.
     pub(crate) fn hidden(
@@ -234,7 +245,20 @@ impl<B: Kernels> Transformer<B> {
             };
             x = block.forward(x, &rope, bias.clone(), access)?;
         }
-        Ok(self.ln_f.forward(x))
+        Ok(self.aligned(self.ln_f.forward(x)))
+    }
+
+    /// With [`ModelConfig::shift_logits`], position `i` takes the output of `i - 1` (position 0
+    /// keeps its own), as Dream's `cat([logits[:, :1], logits[:, :-1]], 1)`: the shift is applied
+    /// within the positions computed, so a window's first position predicts from itself (Fast-dLLM
+    /// reveals a block's first token from the full pass for this reason). Unchanged otherwise.
+    fn aligned(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let n = hidden.dims()[1];
+        if !self.config.shift_logits || n < 2 {
+            return hidden;
+        }
+        let first = hidden.clone().narrow(1, 0, 1);
+        Tensor::cat(vec![first, hidden.narrow(1, 0, n - 1)], 1)
     }
 
     /// Every weight under its SMDM name, in PyTorch layout: `(name, shape, values)`.
@@ -271,6 +295,11 @@ impl<B: Kernels> Transformer<B> {
             let p = format!("transformer.h.{l}");
             push_norm(&mut out, format!("{p}.norm_1.weight"), &b.norm_1)?;
             push_linear(&mut out, format!("{p}.attn.attn.weight"), &b.attn.qkv)?;
+            if let Some(bias) = &b.attn.qkv.bias {
+                let key = format!("{p}.attn.attn.bias");
+                let w = host(&key, bias.val().unsqueeze::<2>())?;
+                out.push((key, vec![w.len()], w));
+            }
             push_linear(&mut out, format!("{p}.attn.proj.weight"), &b.attn.proj)?;
             push_norm(&mut out, format!("{p}.norm_2.weight"), &b.norm_2)?;
             push_linear(&mut out, format!("{p}.mlp.swiglu.w1.weight"), &b.mlp.w1)?;

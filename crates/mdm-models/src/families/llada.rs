@@ -42,13 +42,13 @@
 //! ```
 
 use mdm_kernels::Kernels;
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::keys::Keys;
+use super::{layer_part, FolderSource, Mapped};
 use crate::hf::HfFolder;
-use crate::params::ParamSource;
 use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
@@ -82,64 +82,6 @@ pub struct LladaConfig {
     pub max_sequence_length: usize,
     /// `weight_tying`: the head reuses the embedding.
     pub weight_tying: bool,
-}
-
-struct Keys<'a> {
-    json: &'a Value,
-    file: PathBuf,
-}
-
-impl Keys<'_> {
-    fn unsupported(&self, key: &str, reason: &str) -> ModelError {
-        ModelError::Unsupported {
-            file: self.file.clone(),
-            key: key.to_string(),
-            value: self.json.get(key).map_or("absent".into(), Value::to_string),
-            reason: reason.to_string(),
-        }
-    }
-
-    fn usize(&self, key: &str) -> Result<usize, ModelError> {
-        self.opt_usize(key)?
-            .ok_or_else(|| self.unsupported(key, "a non-negative integer is required"))
-    }
-
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
-        match self.json.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.unsupported(key, "must be a non-negative integer")),
-        }
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
-        match self.json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.unsupported(key, "must be a number")),
-        }
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
-        match self.json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.unsupported(key, "must be true or false")),
-        }
-    }
-
-    /// The key must be absent, null, or `allowed`.
-    fn require(&self, key: &str, allowed: &[Value], reason: &str) -> Result<(), ModelError> {
-        match self.json.get(key) {
-            None | Some(Value::Null) => Ok(()),
-            Some(v) if allowed.contains(v) => Ok(()),
-            Some(_) => Err(self.unsupported(key, reason)),
-        }
-    }
 }
 
 impl LladaConfig {
@@ -268,29 +210,33 @@ impl LladaConfig {
             condense_ratio: 1,
             rope_bf16_tables: false,
             mask_token_id: Some(self.mask_token_id),
+            qkv_bias: false,
+            shift_logits: false,
         }
     }
 }
 
-/// LLaDA's tensor for an SMDM name (the fused q/k/v aside).
-fn llada_name(smdm: &str, tying: bool) -> Option<String> {
+/// LLaDA's tensor(s) for a shared-network name.
+fn llada_name(smdm: &str, tying: bool) -> Option<Mapped> {
     const T: &str = "model.transformer.";
-    if smdm == "transformer.wte.weight" {
-        return Some(format!("{T}wte.weight"));
+    let one = |name: String| Some(Mapped::One(name));
+    match smdm {
+        "transformer.wte.weight" => return one(format!("{T}wte.weight")),
+        "transformer.ln_f.weight" => return one(format!("{T}ln_f.weight")),
+        "lm_head.weight" if tying => return one(format!("{T}wte.weight")),
+        "lm_head.weight" => return one(format!("{T}ff_out.weight")),
+        _ => {}
     }
-    if smdm == "transformer.ln_f.weight" {
-        return Some(format!("{T}ln_f.weight"));
-    }
-    if smdm == "lm_head.weight" {
-        return Some(if tying {
-            format!("{T}wte.weight")
-        } else {
-            format!("{T}ff_out.weight")
-        });
-    }
-    let rest = smdm.strip_prefix("transformer.h.")?;
-    let (layer, part) = rest.split_once('.')?;
+    let (layer, part) = layer_part(smdm)?;
+    let b = format!("{T}blocks.{layer}.");
     let name = match part {
+        "attn.attn.weight" => {
+            return Some(Mapped::Grouped {
+                q: format!("{b}q_proj.weight"),
+                k: format!("{b}k_proj.weight"),
+                v: format!("{b}v_proj.weight"),
+            })
+        }
         "norm_1.weight" => "attn_norm.weight",
         "attn.proj.weight" => "attn_out.weight",
         "norm_2.weight" => "ff_norm.weight",
@@ -299,73 +245,7 @@ fn llada_name(smdm: &str, tying: bool) -> Option<String> {
         "mlp.swiglu.w3.weight" => "ff_out.weight",
         _ => return None,
     };
-    Some(format!("{T}blocks.{layer}.{name}"))
-}
-
-/// A LLaDA folder as the shared network's parameter source.
-struct LladaSource<'a> {
-    folder: &'a HfFolder,
-    config: &'a LladaConfig,
-    used: HashSet<String>,
-}
-
-impl LladaSource<'_> {
-    fn read(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let values = self.folder.read(key, shape)?;
-        self.used.insert(key.to_string());
-        Ok(values)
-    }
-
-    /// `[(H + 2G) D, d]` in the grouped layout: for each kv group `g`, the q rows of its `P`
-    /// query heads, then its k rows, then its v rows.
-    fn fused_qkv(&mut self, layer: &str) -> Result<Vec<f32>, ModelError> {
-        let c = self.config;
-        let (h, g, d) = (c.n_heads, c.n_kv_heads, c.d_model);
-        let hd = d / h;
-        let p = h / g;
-        let prefix = format!("model.transformer.blocks.{layer}");
-        let q = self.read(&format!("{prefix}.q_proj.weight"), &[h * hd, d])?;
-        let k = self.read(&format!("{prefix}.k_proj.weight"), &[g * hd, d])?;
-        let v = self.read(&format!("{prefix}.v_proj.weight"), &[g * hd, d])?;
-        let rows = |m: &[f32], from: usize, n: usize| m[from * d..(from + n) * d].to_vec();
-        let mut fused = Vec::with_capacity((h + 2 * g) * hd * d);
-        for group in 0..g {
-            fused.extend(rows(&q, group * p * hd, p * hd));
-            fused.extend(rows(&k, group * hd, hd));
-            fused.extend(rows(&v, group * hd, hd));
-        }
-        Ok(fused)
-    }
-}
-
-impl ParamSource for LladaSource<'_> {
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        if let Some(layer) = key
-            .strip_prefix("transformer.h.")
-            .and_then(|r| r.strip_suffix(".attn.attn.weight"))
-        {
-            return self.fused_qkv(layer);
-        }
-        let name = llada_name(key, self.config.weight_tying).ok_or_else(|| ModelError::Config {
-            reason: format!("no LLaDA tensor for `{key}`"),
-        })?;
-        self.read(&name, shape)
-    }
-
-    fn finish(&mut self) -> Result<(), ModelError> {
-        if let Some(name) = self.folder.tensor_names().find(|n| !self.used.contains(*n)) {
-            return Err(ModelError::UnexpectedKey {
-                file: self
-                    .folder
-                    .file_of(name)
-                    .unwrap_or(self.folder.dir())
-                    .to_path_buf(),
-                key: name.to_string(),
-                found: Vec::new(),
-            });
-        }
-        Ok(())
-    }
+    one(format!("{b}{name}"))
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
@@ -374,32 +254,21 @@ impl<B: Kernels> MaskedTransformer<B> {
     pub fn load_llada(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
         let llada = LladaConfig::from_folder(folder)?;
         let config = llada.model_config();
-        let mut source = LladaSource {
-            folder,
-            config: &llada,
-            used: HashSet::new(),
-        };
+        let heads = (config.n_head, config.query_groups(), config.head_size());
+        let tying = llada.weight_tying;
+        let mut source = FolderSource::new(folder, "LLaDA", heads, move |key| llada_name(key, tying));
         Ok(Self {
             net: Transformer::build(&config, config.masked_embedding_rows(), &mut source, device)?,
         })
     }
 
     /// Loads a Hugging Face folder of a family we know, chosen by `config.json`'s `model_type`
-    /// (today: `llada`).
+    /// (see [`crate::families`]).
     pub fn load_hf(
         dir: impl AsRef<std::path::Path>,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let folder = HfFolder::open(dir)?;
-        match folder.model_type()? {
-            "llada" => Self::load_llada(&folder, device),
-            other => Err(ModelError::Unsupported {
-                file: folder.config_file(),
-                key: "model_type".into(),
-                value: format!("\"{other}\""),
-                reason: "known families: llada".into(),
-            }),
-        }
+        super::load_hf(dir, device)
     }
 }
 
@@ -461,20 +330,31 @@ mod tests {
         ));
     }
 
+    fn one(m: Option<Mapped>) -> String {
+        match m {
+            Some(Mapped::One(n)) => n,
+            _ => panic!("not one tensor"),
+        }
+    }
+
     #[test]
     fn names_map_both_ways_of_the_head() {
         assert_eq!(
-            llada_name("transformer.h.3.mlp.swiglu.w3.weight", false).unwrap(),
+            one(llada_name("transformer.h.3.mlp.swiglu.w3.weight", false)),
             "model.transformer.blocks.3.ff_out.weight"
         );
         assert_eq!(
-            llada_name("lm_head.weight", true).unwrap(),
+            one(llada_name("lm_head.weight", true)),
             "model.transformer.wte.weight"
         );
         assert_eq!(
-            llada_name("lm_head.weight", false).unwrap(),
+            one(llada_name("lm_head.weight", false)),
             "model.transformer.ff_out.weight"
         );
-        assert!(llada_name("transformer.h.0.attn.attn.weight", false).is_none());
+        assert!(matches!(
+            llada_name("transformer.h.0.attn.attn.weight", false),
+            Some(Mapped::Grouped { .. })
+        ));
+        assert!(llada_name("transformer.h.0.attn.attn.bias", false).is_none());
     }
 }

@@ -1,0 +1,157 @@
+//! The model families, side by side: each maps its published checkpoint onto the shared network
+//! ([`Transformer`](crate::transformer::Transformer)) in its own file, and [`load_hf`] picks one by
+//! the `model_type` of a Hugging Face folder's `config.json`.
+//!
+//! | family | file | `model_type` | what differs from the shared network |
+//! |---|---|---|---|
+//! | SMDM (Diff_LLaMA) | [`smdm`] | (our names, no HF folder) | nothing: its names are the shared names |
+//! | LLaDA, LLaDA-1.5 | [`llada`] | `llada` | names; q/k/v fused on load; mask id inside the vocabulary |
+//! | Dream, Dream-Coder, DiffuCoder | [`dream`] | `Dream` | names; q/k/v biases; shifted logits |
+//!
+//! A new family: a file here with its config reader (every key it does not compute is an
+//! `Unsupported` error naming file and key, through [`keys`]), its name map, and one arm in
+//! [`load_hf`] (see `docs/architecture.md`, "A new model family").
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use mdm_kernels::Kernels;
+
+use crate::hf::HfFolder;
+use crate::params::ParamSource;
+use crate::{MaskedTransformer, ModelError};
+
+pub mod dream;
+pub(crate) mod keys;
+pub mod llada;
+pub mod smdm;
+
+/// The `model_type`s [`load_hf`] reads, for messages.
+pub const KNOWN_MODEL_TYPES: &str = "llada, Dream";
+
+/// Loads a Hugging Face folder of a family we know, chosen by `config.json`'s `model_type`.
+pub fn load_hf<B: Kernels>(
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<MaskedTransformer<B>, ModelError> {
+    let folder = HfFolder::open(dir)?;
+    match folder.model_type()? {
+        "llada" => MaskedTransformer::load_llada(&folder, device),
+        "Dream" | "dream" => MaskedTransformer::load_dream(&folder, device),
+        other => Err(ModelError::Unsupported {
+            file: folder.config_file(),
+            key: "model_type".into(),
+            value: format!("\"{other}\""),
+            reason: format!("known families: {KNOWN_MODEL_TYPES}"),
+        }),
+    }
+}
+
+/// Where a family keeps the tensor of one shared-network name.
+pub(crate) enum Mapped {
+    /// One tensor of the same layout.
+    One(String),
+    /// Separate q, k and v tensors (weights `[rows, d]` or biases `[rows]`), fused into the
+    /// grouped layout of the shared network.
+    Grouped {
+        /// Query tensor, `H D` rows.
+        q: String,
+        /// Key tensor, `G D` rows.
+        k: String,
+        /// Value tensor, `G D` rows.
+        v: String,
+    },
+}
+
+/// A family's folder as the shared network's parameter source: `names` maps each shared name to
+/// the family's tensor(s); [`ParamSource::finish`] refuses a folder holding a tensor nothing read.
+pub(crate) struct FolderSource<'a> {
+    folder: &'a HfFolder,
+    used: HashSet<String>,
+    /// Query heads, key/value heads and head size, for the grouped layout.
+    heads: (usize, usize, usize),
+    names: Box<dyn Fn(&str) -> Option<Mapped> + 'a>,
+    family: &'static str,
+}
+
+impl<'a> FolderSource<'a> {
+    pub(crate) fn new(
+        folder: &'a HfFolder,
+        family: &'static str,
+        heads: (usize, usize, usize),
+        names: impl Fn(&str) -> Option<Mapped> + 'a,
+    ) -> Self {
+        Self {
+            folder,
+            used: HashSet::new(),
+            heads,
+            names: Box::new(names),
+            family,
+        }
+    }
+
+    fn read(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let values = self.folder.read(key, shape)?;
+        self.used.insert(key.to_string());
+        Ok(values)
+    }
+
+    /// `[(H + 2G) D, width]` in the grouped layout: for each kv group, the q rows of its `H / G`
+    /// query heads, then its k rows, then its v rows (`width` 1 for a bias).
+    fn grouped(
+        &mut self,
+        (q, k, v): (&str, &str, &str),
+        width: Option<usize>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (h, g, hd) = self.heads;
+        let shape = |rows: usize| match width {
+            Some(w) => vec![rows, w],
+            None => vec![rows],
+        };
+        let w = width.unwrap_or(1);
+        let q = self.read(q, &shape(h * hd))?;
+        let k = self.read(k, &shape(g * hd))?;
+        let v = self.read(v, &shape(g * hd))?;
+        let p = h / g;
+        let rows = |m: &[f32], from: usize, n: usize| m[from * w..(from + n) * w].to_vec();
+        let mut fused = Vec::with_capacity((h + 2 * g) * hd * w);
+        for group in 0..g {
+            fused.extend(rows(&q, group * p * hd, p * hd));
+            fused.extend(rows(&k, group * hd, hd));
+            fused.extend(rows(&v, group * hd, hd));
+        }
+        Ok(fused)
+    }
+}
+
+impl ParamSource for FolderSource<'_> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        match (self.names)(key) {
+            Some(Mapped::One(name)) => self.read(&name, shape),
+            Some(Mapped::Grouped { q, k, v }) => self.grouped((&q, &k, &v), shape.get(1).copied()),
+            None => Err(ModelError::Config {
+                reason: format!("no {} tensor for `{key}`", self.family),
+            }),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ModelError> {
+        if let Some(name) = self.folder.tensor_names().find(|n| !self.used.contains(*n)) {
+            return Err(ModelError::UnexpectedKey {
+                file: self
+                    .folder
+                    .file_of(name)
+                    .unwrap_or(self.folder.dir())
+                    .to_path_buf(),
+                key: name.to_string(),
+                found: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The layer and the rest of a shared name `transformer.h.{layer}.{rest}`.
+pub(crate) fn layer_part(shared: &str) -> Option<(&str, &str)> {
+    shared.strip_prefix("transformer.h.")?.split_once('.')
+}

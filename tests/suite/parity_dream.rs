@@ -1,0 +1,111 @@
+//! Parity with Dream's own code (`modeling_dream.py`, `tokenization_dream.py`, Dream's
+//! `diffusion_generate` and Fast-dLLM's Dream block decoding, run in float32 by the fixture's
+//! maker): a published-layout Dream folder (sharded, q/k/v biases, grouped-query attention, mask
+//! token inside the vocabulary, shifted logits) loads, its logits match, its generations match token
+//! for token with the same number of forward passes, and its `vocab.json` + `merges.txt` tokenizer
+//! and chat template give the same ids. The folder comes from `MDM_DREAM_PARITY_DIR` (default:
+//! `tests/data/dream-parity`); every size is read from its files.
+
+use crate::common;
+
+use std::path::PathBuf;
+
+use common::{max_abs_diff, read_tensors};
+use mdm::backend::{self, Default as B};
+use mdm::burn::tensor::{Int, Tensor, TensorData};
+use mdm::models::dream::DreamConfig;
+use mdm::models::hf::HfFolder;
+use mdm::models::{MaskPredictor, MaskedTransformer};
+
+const LOGIT_TOL: f64 = 1e-4;
+
+fn fixture_dir() -> PathBuf {
+    common::fixture_dir("MDM_DREAM_PARITY_DIR", "dream-parity", "model/config.json")
+}
+
+fn manifest(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn load() -> MaskedTransformer<B> {
+    MaskedTransformer::<B>::load_hf(fixture_dir().join("model"), &backend::device()).unwrap()
+}
+
+fn host(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Dream's raw logits `[rows, cols, V]` as the model serves them: position `i` from `i - 1`.
+fn shifted(raw: &[f32], rows: usize, cols: usize, vocab: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(raw.len());
+    for r in 0..rows {
+        for c in 0..cols {
+            let from = r * cols + c.saturating_sub(1);
+            out.extend_from_slice(&raw[from * vocab..(from + 1) * vocab]);
+        }
+    }
+    out
+}
+
+#[test]
+fn forward_logits_match_dream_shifted() {
+    let dir = fixture_dir();
+    let folder = HfFolder::open(dir.join("model")).unwrap();
+    let dream = DreamConfig::from_folder(&folder).unwrap();
+    let m = manifest(&dir);
+    assert_eq!(dream.mask_token_id as u64, m["mask_id"].as_u64().unwrap());
+    let model = load();
+    assert_eq!(model.mask_id(), dream.mask_token_id);
+    let vocab = dream.vocab_size;
+    assert_eq!(model.vocab_size(), vocab);
+
+    let cases = read_tensors(&dir.join("cases.safetensors"));
+    let ids = &cases["forward.ids"];
+    let (rows, cols) = (ids.shape[0], ids.shape[1]);
+    assert!(ids.i64().iter().any(|&t| t as usize == dream.mask_token_id));
+    let input =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids.i64(), [rows, cols]), &model.device());
+    let ours = host(model.logits(input).unwrap());
+    let expected = shifted(&cases["forward.logits"].f32(), rows, cols, vocab);
+    let diff = max_abs_diff(&ours, &expected);
+    assert!(diff <= LOGIT_TOL, "logits differ by {diff:e}");
+    eprintln!("Dream logits [{rows}, {cols}, {vocab}] within {diff:.1e} (shifted)");
+}
+
+#[test]
+fn a_left_padded_row_is_the_row_alone() {
+    // Dream's left padding: padding neither attends nor is attended, positions count from the
+    // row's first real token. Each row alone (its padding removed) gives the reference's logits
+    // at its real positions.
+    let dir = fixture_dir();
+    let cases = read_tensors(&dir.join("cases.safetensors"));
+    let model = load();
+    let vocab = model.vocab_size();
+    let ids = cases["forward_padded.ids"].i64();
+    let mask = cases["forward_padded.attention_mask"].i64();
+    let raw = cases["forward_padded.logits"].f32();
+    let [rows, cols] = [
+        cases["forward_padded.ids"].shape[0],
+        cases["forward_padded.ids"].shape[1],
+    ];
+    let mut worst = 0.0f64;
+    let mut padded_rows = 0;
+    for r in 0..rows {
+        let real: Vec<usize> = (0..cols).filter(|&c| mask[r * cols + c] == 1).collect();
+        padded_rows += usize::from(real.len() < cols);
+        let row: Vec<i64> = real.iter().map(|&c| ids[r * cols + c]).collect();
+        let n = row.len();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(row, [1, n]), &model.device());
+        let ours = host(model.logits(input).unwrap());
+        // reference: raw output at the real positions, shifted within them
+        let reference: Vec<f32> = (0..n)
+            .flat_map(|j| {
+                let c = real[j.saturating_sub(1)];
+                raw[(r * cols + c) * vocab..(r * cols + c + 1) * vocab].to_vec()
+            })
+            .collect();
+        worst = worst.max(max_abs_diff(&ours, &reference));
+    }
+    assert!(padded_rows > 0, "the case holds a padded row");
+    assert!(worst <= LOGIT_TOL, "padded logits differ by {worst:e}");
+}
