@@ -109,3 +109,55 @@ fn a_left_padded_row_is_the_row_alone() {
     assert!(padded_rows > 0, "the case holds a padded row");
     assert!(worst <= LOGIT_TOL, "padded logits differ by {worst:e}");
 }
+
+#[test]
+fn the_shipped_tokenizer_and_chat_template_give_dreams_ids() {
+    use mdm::data::chat::{ChatPrompt, Message};
+    use mdm::data::Tokenizer;
+    let dir = fixture_dir();
+    let folder = dir.join("model");
+    assert!(
+        !folder.join("tokenizer.json").exists(),
+        "Dream ships vocab.json + merges.txt"
+    );
+    let tokenizer = Tokenizer::from_folder(&folder).unwrap();
+    let m = manifest(&dir);
+    assert_eq!(tokenizer.eos_id() as u64, m["eos_id"].as_u64().unwrap());
+    assert_eq!(
+        tokenizer.bos_id().map(u64::from),
+        m["bos_id"].as_u64()
+    );
+    let cases = m["tokenizer"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let ids = tokenizer.encode(text, false).unwrap();
+        assert_eq!(ids, expected, "{text:?}");
+        let decoded = tokenizer.inner().decode(&ids, false).unwrap();
+        assert_eq!(decoded, case["decoded"].as_str().unwrap(), "{text:?}");
+    }
+    let chat = &m["chat"];
+    let messages: Vec<Message> = chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|msg| Message::new(msg["role"].as_str().unwrap(), msg["content"].as_str().unwrap()))
+        .collect();
+    let prompt = ChatPrompt::for_folder(&folder).unwrap();
+    let text = prompt
+        .render(&messages, chat["add_generation_prompt"].as_bool().unwrap())
+        .unwrap();
+    let expected: Vec<u32> = chat["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(tokenizer.encode(&text, false).unwrap(), expected, "{text:?}");
+}

@@ -1,4 +1,5 @@
-//! Tokenizers: any HF `tokenizer.json`, or a byte-level BPE trained here on text files.
+//! Tokenizers: any HF `tokenizer.json`, a folder's `vocab.json` + `merges.txt` (Qwen2's byte-level
+//! BPE, as Dream ships it), or a byte-level BPE trained here on text files.
 //!
 //! The model side of a tokenizer (SMDM.md section 1): the model's `vocab_size` is the tokenizer's
 //! size including added special tokens; the model pads it to a multiple of 64 and appends the mask
@@ -9,7 +10,10 @@ use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::DataError;
 
@@ -26,6 +30,11 @@ const EOS_NAMES: [&str; 5] = [
 ];
 /// Candidate names of the beginning-of-sequence token.
 const BOS_NAMES: [&str; 4] = ["<s>", "<|bos|>", "<bos>", "<|begin_of_text|>"];
+
+/// Qwen2's pre-tokenizer pattern (`tokenization_qwen2.py`, `tokenization_dream.py`:
+/// `PRETOKENIZE_REGEX`): contractions, letters with one leading non-letter, single digits,
+/// punctuation runs, newlines, spaces.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A text tokenizer with its end-of-sequence (separator) and optional beginning-of-sequence ids.
 #[derive(Clone)]
@@ -83,15 +92,132 @@ impl Tokenizer {
         Self::wrap(inner, path)
     }
 
+    /// The tokenizer of a model folder: its `tokenizer.json` when it has one
+    /// ([`Self::from_file`]), else its `vocab.json` + `merges.txt` with `tokenizer_config.json`
+    /// ([`Self::from_vocab_and_merges`]: Dream's folders, which have no `tokenizer.json`).
+    pub fn from_folder(dir: impl AsRef<Path>) -> Result<Self, DataError> {
+        let dir = dir.as_ref();
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(json);
+        }
+        if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
+            return Self::from_vocab_and_merges(dir);
+        }
+        Err(tok_err(
+            dir,
+            "no tokenizer.json, nor vocab.json + merges.txt, in this folder",
+        ))
+    }
+
+    /// Qwen2's byte-level BPE as a folder ships it for the slow tokenizer (Dream's
+    /// `DreamTokenizer`): `vocab.json` and `merges.txt`, Qwen2's pre-tokenizer pattern, no
+    /// normalisation, and from `tokenizer_config.json` (optional) the `added_tokens_decoder`
+    /// (each at its declared id, or an error naming it), `split_special_tokens` (default false: a
+    /// special token written in the text is one id) and the `eos_token` / `bos_token`.
+    pub fn from_vocab_and_merges(dir: impl AsRef<Path>) -> Result<Self, DataError> {
+        let dir = dir.as_ref();
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let path_str = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| tok_err(p, "the path is not UTF-8"))
+        };
+        let bpe = BPE::from_file(&path_str(&vocab)?, &path_str(&merges)?)
+            .build()
+            .map_err(|e| tok_err(&vocab, format!("vocab.json + merges.txt: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let split = Split::new(
+            SplitPattern::Regex(QWEN2_PATTERN.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(dir, format!("Qwen2's pattern: {e}")))?;
+        inner
+            .with_pre_tokenizer(Some(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+            ])))
+            .with_decoder(Some(ByteLevel::default()));
+        let config_file = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = if config_file.is_file() {
+            let text = std::fs::read_to_string(&config_file).map_err(crate::error::io(&config_file))?;
+            serde_json::from_str(&text).map_err(|e| tok_err(&config_file, format!("not JSON: {e}")))?
+        } else {
+            serde_json::Value::Null
+        };
+        let mut added: Vec<(u32, AddedToken)> = Vec::new();
+        if let Some(map) = config["added_tokens_decoder"].as_object() {
+            for (id, token) in map {
+                let at = |what: &str| {
+                    tok_err(
+                        &config_file,
+                        format!("added_tokens_decoder.{id}: {what}"),
+                    )
+                };
+                let id: u32 = id.parse().map_err(|_| at("the key is not a token id"))?;
+                let content = token["content"]
+                    .as_str()
+                    .ok_or_else(|| at("no `content` string"))?;
+                let flag = |k: &str| token[k].as_bool().unwrap_or(false);
+                let t = AddedToken::from(content, flag("special"))
+                    .lstrip(flag("lstrip"))
+                    .rstrip(flag("rstrip"))
+                    .single_word(flag("single_word"))
+                    .normalized(token["normalized"].as_bool().unwrap_or(!flag("special")));
+                added.push((id, t));
+            }
+        }
+        added.sort_by_key(|(id, _)| *id);
+        for (id, token) in &added {
+            inner.add_tokens(std::slice::from_ref(token));
+            if inner.token_to_id(&token.content) != Some(*id) {
+                return Err(tok_err(
+                    &config_file,
+                    format!(
+                        "added token {:?} is declared as id {id} but the vocabulary puts it at {:?}",
+                        token.content,
+                        inner.token_to_id(&token.content)
+                    ),
+                ));
+            }
+        }
+        let specials: Vec<AddedToken> = added
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(_, t)| t)
+            .collect();
+        inner.add_special_tokens(&specials);
+        inner.set_encode_special_tokens(config["split_special_tokens"].as_bool().unwrap_or(false));
+        let named = |key: &str| {
+            let v = &config[key];
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .and_then(|name| inner.token_to_id(name))
+        };
+        let (eos, bos) = (named("eos_token"), named("bos_token"));
+        Self::wrap_named(inner, &vocab, eos, bos)
+    }
+
     fn wrap(inner: tokenizers::Tokenizer, source: &Path) -> Result<Self, DataError> {
+        Self::wrap_named(inner, source, None, None)
+    }
+
+    /// `eos` / `bos`: the ids a config names; absent, they are found by the usual names.
+    fn wrap_named(
+        inner: tokenizers::Tokenizer,
+        source: &Path,
+        eos: Option<u32>,
+        bos: Option<u32>,
+    ) -> Result<Self, DataError> {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let eos_id = find(&EOS_NAMES).ok_or_else(|| {
+        let eos_id = eos.or_else(|| find(&EOS_NAMES)).ok_or_else(|| {
             tok_err(
                 source,
                 format!("no end-of-sequence token (looked for {EOS_NAMES:?})"),
             )
         })?;
-        let bos_id = find(&BOS_NAMES);
+        let bos_id = bos.or_else(|| find(&BOS_NAMES));
         Ok(Self {
             inner,
             eos_id,
