@@ -123,10 +123,7 @@ fn the_shipped_tokenizer_and_chat_template_give_dreams_ids() {
     let tokenizer = Tokenizer::from_folder(&folder).unwrap();
     let m = manifest(&dir);
     assert_eq!(tokenizer.eos_id() as u64, m["eos_id"].as_u64().unwrap());
-    assert_eq!(
-        tokenizer.bos_id().map(u64::from),
-        m["bos_id"].as_u64()
-    );
+    assert_eq!(tokenizer.bos_id().map(u64::from), m["bos_id"].as_u64());
     let cases = m["tokenizer"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
@@ -147,7 +144,12 @@ fn the_shipped_tokenizer_and_chat_template_give_dreams_ids() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|msg| Message::new(msg["role"].as_str().unwrap(), msg["content"].as_str().unwrap()))
+        .map(|msg| {
+            Message::new(
+                msg["role"].as_str().unwrap(),
+                msg["content"].as_str().unwrap(),
+            )
+        })
         .collect();
     let prompt = ChatPrompt::for_folder(&folder).unwrap();
     let text = prompt
@@ -159,5 +161,138 @@ fn the_shipped_tokenizer_and_chat_template_give_dreams_ids() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    assert_eq!(tokenizer.encode(&text, false).unwrap(), expected, "{text:?}");
+    assert_eq!(
+        tokenizer.encode(&text, false).unwrap(),
+        expected,
+        "{text:?}"
+    );
+}
+
+/// The decoding options of one of the fixture's generations: Dream's `diffusion_generate` (its
+/// algorithms on the time grid of `eps`, `confidence_threshold` as the carried threshold) or
+/// Fast-dLLM's `diffusion_generate_block` (prefix or dual cache; `confidence_threshold` as the
+/// threshold, otherwise its fixed-step branch, which ranks by entropy).
+fn options_of(g: &serde_json::Value) -> mdm::samplers::DecodingOptions {
+    use mdm::samplers::{CacheMode, DecodingOptions, NamedRule, Ties};
+    let name = g["name"].as_str().unwrap();
+    let field = |k: &str| g[k].as_u64().unwrap() as usize;
+    assert_eq!(g["temperature"].as_f64(), Some(0.0), "{name}");
+    // Dream's eps; equal confidences as torch.topk ranks them; every step runs its forward pass
+    // (Dream's loop has no reuse of logits after a step that revealed nothing)
+    let mut o = DecodingOptions::default()
+        .with_gen_length(field("max_new_tokens"))
+        .with_steps(field("steps"))
+        .with_eps(1e-3)
+        .with_ties(Ties::Torch);
+    o.no_reuse = true;
+    o.top_p = g["top_p"].as_f64();
+    o.top_k = g["top_k"].as_u64().map(|k| k as usize);
+    let alg = g["alg"].as_str().unwrap();
+    let threshold = alg == "confidence_threshold";
+    match g["function"].as_str().unwrap() {
+        "diffusion_generate" if threshold => {
+            o = o.with_threshold_carry(g["threshold"].as_f64().unwrap());
+        }
+        "diffusion_generate" => o.remasking = alg.parse::<NamedRule>().unwrap(),
+        "diffusion_generate_block" => {
+            o = o.with_block_length(field("block_length")).with_cache(
+                if g["dual_cache"].as_bool().unwrap() {
+                    CacheMode::Dual
+                } else {
+                    CacheMode::Prefix
+                },
+            );
+            if threshold {
+                o = o.with_threshold(g["threshold"].as_f64().unwrap());
+            } else {
+                o.remasking = NamedRule::Entropy;
+            }
+        }
+        other => panic!("{name}: unknown function {other}"),
+    }
+    o
+}
+
+/// Rows of `name` in `cases` (`[rows, cols]` ids) without the positions its attention mask
+/// (if any) marks as left padding.
+fn unpadded(
+    cases: &std::collections::HashMap<String, common::HostTensor>,
+    name: &str,
+    key: &str,
+) -> Vec<Vec<usize>> {
+    let t = &cases[&format!("{name}.{key}")];
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let ids = t.i64();
+    let pads: Vec<usize> = match cases.get(&format!("{name}.attention_mask")) {
+        Some(m) => {
+            let (mask, width) = (m.i64(), m.shape[1]);
+            (0..rows)
+                .map(|r| {
+                    mask[r * width..(r + 1) * width]
+                        .iter()
+                        .filter(|&&v| v == 0)
+                        .count()
+                })
+                .collect()
+        }
+        None => vec![0; rows],
+    };
+    (0..rows)
+        .map(|r| {
+            ids[r * cols + pads[r]..(r + 1) * cols]
+                .iter()
+                .map(|&t| t as usize)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn dream_and_fast_dllm_generations_match_token_for_token() {
+    use mdm::samplers::{MaskedDiffusionSampler, Ties};
+
+    let dir = fixture_dir();
+    let m = manifest(&dir);
+    let cases = read_tensors(&dir.join("cases.safetensors"));
+    let model = load();
+    let generations = m["generations"].as_array().expect("generations");
+    assert!(!generations.is_empty());
+    let mut failures = Vec::new();
+    let mut tie_sensitive = 0;
+    for g in generations {
+        let name = g["name"].as_str().unwrap();
+        let options = options_of(g);
+        let prompts = unpadded(&cases, name, "prompt");
+        let expected = unpadded(&cases, name, "x");
+        let out = MaskedDiffusionSampler::new(&model, options.clone())
+            .decode(&prompts, |_| {})
+            .unwrap();
+        let nfe = g["nfe"].as_u64().unwrap() as usize;
+        let first = MaskedDiffusionSampler::new(&model, options.clone().with_ties(Ties::First))
+            .decode(&prompts, |_| {})
+            .unwrap();
+        tie_sensitive += usize::from(first.rows != expected);
+        if out.rows != expected || out.forward_passes != nfe {
+            failures.push(format!(
+                "{name} ({} {}): nfe {} vs {nfe}, tokens equal: {}",
+                g["function"],
+                g["alg"],
+                out.forward_passes,
+                out.rows == expected
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} generations differ:\n{}",
+        failures.len(),
+        generations.len(),
+        failures.join("\n")
+    );
+    // equal confidences (top_p's nuclei of one token) decide some of them
+    assert!(tie_sensitive > 0, "no generation depends on how ties rank");
+    eprintln!(
+        "{} generations equal; {tie_sensitive} differ with ties to the first slot",
+        generations.len()
+    );
 }

@@ -129,6 +129,7 @@ fn greddy_steps_and_suffix_greedy_match_the_reference() {
             s: 0.5,
             k: 1,
             last_step: false,
+            order: Default::default(),
         },
         &mut rng_from_seed(0),
     );

@@ -141,8 +141,10 @@ impl Tokenizer {
             .with_decoder(Some(ByteLevel::default()));
         let config_file = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_file.is_file() {
-            let text = std::fs::read_to_string(&config_file).map_err(crate::error::io(&config_file))?;
-            serde_json::from_str(&text).map_err(|e| tok_err(&config_file, format!("not JSON: {e}")))?
+            let text =
+                std::fs::read_to_string(&config_file).map_err(crate::error::io(&config_file))?;
+            serde_json::from_str(&text)
+                .map_err(|e| tok_err(&config_file, format!("not JSON: {e}")))?
         } else {
             serde_json::Value::Null
         };
@@ -150,10 +152,7 @@ impl Tokenizer {
         if let Some(map) = config["added_tokens_decoder"].as_object() {
             for (id, token) in map {
                 let at = |what: &str| {
-                    tok_err(
-                        &config_file,
-                        format!("added_tokens_decoder.{id}: {what}"),
-                    )
+                    tok_err(&config_file, format!("added_tokens_decoder.{id}: {what}"))
                 };
                 let id: u32 = id.parse().map_err(|_| at("the key is not a token id"))?;
                 let content = token["content"]

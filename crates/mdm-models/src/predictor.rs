@@ -24,6 +24,13 @@ pub trait MaskPredictor<B: Backend> {
     fn max_positions(&self) -> usize;
     /// The device of the weights.
     fn device(&self) -> B::Device;
+    /// Whether the family predicts position `i` from the output at `i - 1` (Dream). The logits
+    /// are already aligned (position `i`'s prediction at `i`), but a pass over a window of
+    /// positions cannot predict the window's first one (the output before it is not computed):
+    /// with a block cache the decoder reveals it from the block's full pass, as Fast-dLLM does.
+    fn shifts_logits(&self) -> bool {
+        false
+    }
     /// Logits `[batch, seq_len, V]`.
     fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError>;
     /// Logits `[n, V]` at the row-major flat positions `index` (into `[batch * seq_len]`) only.
@@ -82,6 +89,10 @@ impl<B: Kernels> MaskPredictor<B> for MaskedTransformer<B> {
 
     fn device(&self) -> B::Device {
         self.net.lm_head.weight.device()
+    }
+
+    fn shifts_logits(&self) -> bool {
+        self.config().shift_logits
     }
 
     fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {

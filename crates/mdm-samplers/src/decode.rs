@@ -36,9 +36,10 @@ use crate::draw::proposals;
 use crate::host::device_error;
 use crate::options::{Blocks, CacheMode, DecodingOptions, Schedule};
 use crate::proposal::{Proposal, Slot};
-use crate::remasking::Remasking;
-use crate::schedule::{timesteps, transfer_count, transfer_schedule, DEFAULT_EPS};
+use crate::remasking::{Order, Remasking};
+use crate::schedule::{timesteps, transfer_count, transfer_schedule};
 use crate::step::{padding_mask, reveal_groups, Counting, SamplerError, StepTimes, Streams};
+use crate::ties::Ties;
 
 /// What the step callback tells the loop: go on, or stop the run here (a client that went away,
 /// a stop string already produced). A callback that returns nothing continues (`()` converts to
@@ -296,7 +297,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
     ) -> Result<bool, SamplerError> {
         let cached = self.options.cache != CacheMode::None;
         let scheduled = self.rule.scheduled();
-        let grid = timesteps(steps, DEFAULT_EPS);
+        let grid = timesteps(steps, self.options.eps as f32);
         let joint = self.options.joint_counting;
         // LLaDA's schedule: the block's masks at its start, spread over its steps
         let masks_at_start: Vec<usize> = (0..self.x.len())
@@ -328,6 +329,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     self.batch(&active, regions)
                 }
             };
+            // a shifted model's cached passes cannot predict a window's first position: the
+            // caching pass reveals it, and only it (Fast-dLLM's Dream block decoding)
+            let first_only = pass == Pass::Caching && self.model.shifts_logits();
             // the candidates: each row's masked positions in its block, row-major
             let (x, mask_id) = (&self.x, self.mask_id);
             let slots: Vec<(usize, usize)> = batch
@@ -335,8 +339,13 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 .iter()
                 .enumerate()
                 .flat_map(|(i, &r)| {
-                    regions[r]
-                        .clone()
+                    let region = regions[r].clone();
+                    let end = if first_only {
+                        region.start + 1
+                    } else {
+                        region.end
+                    };
+                    (region.start..end)
                         .filter(move |&c| x[r][c] == mask_id)
                         .map(move |c| (i, c))
                 })
@@ -366,20 +375,24 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             };
             let last = step + 1 == steps;
             let schedule = self.options.schedule;
+            let carries = self.rule.carries();
             let count = |row: usize, n: usize| {
+                let masks = if joint {
+                    all_masks
+                } else {
+                    masks_at_start[row]
+                };
+                if carries {
+                    // the even split's share up to this step, less what was revealed already
+                    let due: usize = transfer_schedule(masks, steps).iter().take(step + 1).sum();
+                    return due.saturating_sub(masks.saturating_sub(n));
+                }
                 if !within {
                     return 0;
                 }
                 match schedule {
                     Schedule::TimeGrid => transfer_count(n, times.0, times.1, last),
-                    Schedule::Even => {
-                        let masks = if joint {
-                            all_masks
-                        } else {
-                            masks_at_start[row]
-                        };
-                        transfer_schedule(masks, steps)[step]
-                    }
+                    Schedule::Even => transfer_schedule(masks, steps)[step],
                 }
             };
             let counting = if joint {
@@ -387,18 +400,29 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             } else {
                 Counting::PerRow
             };
-            let revealed = reveal_groups(
-                &mut self.x,
-                &proposed,
-                StepTimes {
-                    times,
-                    last_step: last,
-                },
-                counting,
-                count,
-                self.rule,
-                &mut self.rngs.streams(),
-            )?;
+            let revealed = if first_only {
+                for p in &proposed {
+                    self.x[p.slot.row][p.slot.pos] = p.token;
+                }
+                proposed
+            } else {
+                let orders: Vec<Order> = (0..self.x.len())
+                    .map(|r| self.order(pass, r, &regions[r]))
+                    .collect();
+                reveal_groups(
+                    &mut self.x,
+                    &proposed,
+                    StepTimes {
+                        times,
+                        last_step: last,
+                    },
+                    counting,
+                    count,
+                    |row| orders[row],
+                    self.rule,
+                    &mut self.rngs.streams(),
+                )?
+            };
             self.reusable = match kept {
                 Some(logits) if revealed.is_empty() => Some(Reusable {
                     slots: slot_list,
@@ -438,6 +462,22 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             }
         }
         Ok(true)
+    }
+
+    /// How row `row`'s equal confidences rank in a step of `pass` over its block `region`: with
+    /// [`Ties::Torch`], over the positions the references rank (the whole row; with a prefix cache
+    /// the block and what follows; with a dual cache the block).
+    fn order(&self, pass: Pass, row: usize, region: &std::ops::Range<usize>) -> Order {
+        if self.options.ties != Ties::Torch {
+            return Order::FirstSlot;
+        }
+        let len = self.x[row].len();
+        let (start, end) = match pass {
+            Pass::Full | Pass::Caching => (0, len),
+            Pass::AfterPrefix => (region.start, len),
+            Pass::Window => (region.start, region.end),
+        };
+        Order::Torch { start, end }
     }
 
     /// Marks complete the rows of `rows` whose first generated EOS has nothing masked before it,

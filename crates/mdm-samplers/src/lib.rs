@@ -82,9 +82,11 @@ pub mod proposal;
 pub mod remasking;
 pub mod schedule;
 pub mod step;
+pub mod ties;
 
 pub use decode::{Decoded, StepControl, StepCost, StepEvent, StepTiming};
 pub use generate::MaskedDiffusionSampler;
 pub use options::{CacheMode, DecodingOptions, OptionError, Parallel, Schedule};
 pub use remasking::NamedRule;
 pub use step::{Counting, SamplerError};
+pub use ties::Ties;

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::remasking::{
-    Ancestral, Factor, LowConfidence, NamedRule, RandomRemasking, Remasking, StochasticConfidence,
-    Threshold,
+    Ancestral, CarriedThreshold, Factor, LowConfidence, NamedRule, RandomRemasking, Remasking,
+    StochasticConfidence, Threshold,
 };
+use crate::schedule::DEFAULT_EPS;
+use crate::ties::Ties;
 
 /// An option that is out of range or does not combine with another: the field (its JSON name;
 /// the command line's is the same with `-` for `_`) and why.
@@ -151,6 +153,10 @@ pub struct DecodingOptions {
     /// Fast-dLLM).
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Schedule::TimeGrid))]
     pub schedule: Schedule,
+    /// The last time of the time grid `linspace(1, eps, steps + 1)`: SMDM's 1e-5 by default;
+    /// Dream's `eps` is 1e-3 (its `generation_config.json`). In (0, 1).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_EPS as f64))]
+    pub eps: f64,
     /// Parallel decoding (Fast-dLLM): every slot of the block at least this confident, and
     /// always the most confident one; the block runs until it is full.
     #[cfg_attr(feature = "clap", arg(long, conflicts_with = "factor"))]
@@ -163,6 +169,12 @@ pub struct DecodingOptions {
     /// that is the only one to fail.
     #[cfg_attr(feature = "clap", arg(long))]
     pub factor_as_stated: bool,
+    /// With `threshold`, Dream's `confidence_threshold` (without blocks): each step reveals at
+    /// most its share of the even split plus what earlier steps held back, and of those only the
+    /// ones at least `threshold` confident (always the most confident); steps are added until
+    /// every slot is revealed.
+    #[cfg_attr(feature = "clap", arg(long, requires = "threshold"))]
+    pub threshold_carry: bool,
     /// Fast-dLLM's key/value cache between the steps of a block: `none` (exact), `prefix` or
     /// `dual` (approximations).
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = CacheMode::None))]
@@ -171,6 +183,11 @@ pub struct DecodingOptions {
     /// conditional one, combined as `u + (w + 1)(c - u)`.
     #[cfg_attr(feature = "clap", arg(long))]
     pub cfg_scale: Option<f64>,
+    /// How equal confidences rank: `first` (the earlier slot) or `torch` (as `torch.topk` on the
+    /// CPU over the row: Dream's and Fast-dLLM's Dream code, where `top_p` makes many
+    /// confidences exactly 1).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Ties::First))]
+    pub ties: Ties,
     /// Count masked slots over the whole batch (SMDM's reference) instead of per row.
     #[cfg_attr(feature = "clap", arg(long))]
     pub joint_counting: bool,
@@ -209,6 +226,9 @@ impl Default for DecodingOptions {
             threshold: None,
             factor: None,
             factor_as_stated: false,
+            threshold_carry: false,
+            eps: DEFAULT_EPS as f64,
+            ties: Ties::First,
             cache: CacheMode::None,
             cfg_scale: None,
             joint_counting: false,
@@ -284,6 +304,10 @@ impl DecodingOptions {
         with_alg_temp(alg_temp: f64) => Some(alg_temp);
         /// Builder: the schedule of scheduled steps.
         with_schedule(schedule: Schedule) => schedule;
+        /// Builder: the last time of the time grid.
+        with_eps(eps: f64) => eps;
+        /// Builder: how equal confidences rank.
+        with_ties(ties: Ties) => ties;
         /// Builder: parallel decoding by a confidence threshold.
         with_threshold(threshold: f64) => Some(threshold);
         /// Builder: parallel decoding by Fast-dLLM's factor rule.
@@ -296,6 +320,14 @@ impl DecodingOptions {
         with_eos(eos_id: usize) => Some(eos_id);
         /// Builder: seed.
         with_seed(seed: u64) => seed;
+    }
+
+    /// Builder: Dream's `confidence_threshold`: the threshold caps each step's share of the even
+    /// split, what it holds back is carried (see [`Self::threshold_carry`]).
+    pub fn with_threshold_carry(mut self, threshold: f64) -> Self {
+        self.threshold = Some(threshold);
+        self.threshold_carry = true;
+        self
     }
 
     /// Builder: SMDM's joint counting over the batch.
@@ -344,6 +376,9 @@ impl DecodingOptions {
     /// The remasking rule: which of a group's proposals a step reveals.
     pub fn rule(&self) -> Box<dyn Remasking> {
         match self.parallel() {
+            Parallel::Threshold(tau) if self.threshold_carry => {
+                return Box::new(CarriedThreshold(tau))
+            }
             Parallel::Threshold(tau) => return Box::new(Threshold(tau)),
             Parallel::Factor {
                 factor,
@@ -447,6 +482,15 @@ impl DecodingOptions {
                     self.remasking
                 ),
             );
+        }
+        if self.threshold_carry && self.threshold.is_none() {
+            return bad(
+                "threshold_carry",
+                "carries what `threshold` holds back: give `threshold`",
+            );
+        }
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return bad("eps", format!("{} must lie in (0, 1)", self.eps));
         }
         if let Some(w) = self.cfg_scale.filter(|w| !w.is_finite()) {
             return bad("cfg_scale", format!("{w} must be finite"));

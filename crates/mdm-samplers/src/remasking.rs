@@ -5,6 +5,9 @@ use rand::seq::index::sample;
 use rand::Rng;
 
 use crate::proposal::Proposal;
+use crate::ties::torch_topk;
+#[cfg(doc)]
+use crate::ties::Ties;
 
 /// What a rule knows about the step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,6 +21,49 @@ pub struct StepInfo {
     pub k: usize,
     /// Whether this is the last step (everything must be revealed).
     pub last_step: bool,
+    /// How proposals of equal confidence are ranked.
+    pub order: Order,
+}
+
+/// How a rule ranks proposals of equal confidence ([`Ties`]), with what [`Ties::Torch`] needs:
+/// the positions of the row the reference ranks over (`-inf` where no proposal is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// The earlier slot first.
+    #[default]
+    FirstSlot,
+    /// As `torch.topk` over positions `start..end` of the row.
+    Torch {
+        /// First position of the ranked row.
+        start: usize,
+        /// One past its last.
+        end: usize,
+    },
+}
+
+/// The indices of the `k` most confident of `proposals` (one row's), most confident first, equal
+/// confidences ranked as `order` says.
+fn ranked(proposals: &[Proposal], order: Order, k: usize) -> Vec<usize> {
+    if let Order::Torch { start, end } = order {
+        let inside = proposals.iter().all(|p| (start..end).contains(&p.slot.pos));
+        if inside && end > start {
+            // the reference's f32 confidences, -inf where nothing is proposed
+            let mut row = vec![f32::NEG_INFINITY; end - start];
+            let mut at = vec![usize::MAX; end - start];
+            for (i, p) in proposals.iter().enumerate() {
+                row[p.slot.pos - start] = p.confidence as f32;
+                at[p.slot.pos - start] = i;
+            }
+            return torch_topk(&row, k)
+                .into_iter()
+                .map(|c| at[c])
+                .filter(|&i| i != usize::MAX)
+                .collect();
+        }
+    }
+    let mut order = by_confidence(proposals);
+    order.truncate(k);
+    order
 }
 
 /// A remasking rule: picks which of `proposals` (one group: a row, or the whole batch under joint
@@ -31,6 +77,13 @@ pub trait Remasking: Send + Sync {
     /// block until it is full.
     fn scheduled(&self) -> bool {
         true
+    }
+
+    /// Whether the count a step gets is its share of the even split plus what earlier steps of
+    /// the block held back (Dream's `confidence_threshold`), steps being added until the block is
+    /// full; such a rule reveals at most that count.
+    fn carries(&self) -> bool {
+        false
     }
 }
 
@@ -53,9 +106,7 @@ pub struct LowConfidence;
 
 impl Remasking for LowConfidence {
     fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
-        let mut order = by_confidence(proposals);
-        order.truncate(step.k.min(proposals.len()));
-        order
+        ranked(proposals, step.order, step.k.min(proposals.len()))
     }
 }
 
@@ -146,8 +197,8 @@ impl Remasking for StochasticConfidence {
 pub struct Threshold(pub f64);
 
 impl Remasking for Threshold {
-    fn select(&self, proposals: &[Proposal], _step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
-        by_confidence(proposals)
+    fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
+        ranked(proposals, step.order, proposals.len())
             .into_iter()
             .enumerate()
             .filter(|&(rank, i)| rank == 0 || proposals[i].confidence >= self.0)
@@ -157,6 +208,33 @@ impl Remasking for Threshold {
 
     fn scheduled(&self) -> bool {
         false
+    }
+}
+
+/// Dream's `confidence_threshold` (`diffusion_generate` without blocks): of the `k` most confident
+/// proposals (`k`: the step's share of the even split plus what earlier steps held back), those
+/// at least `tau` confident, and always the most confident one; in confidence order. The ones held
+/// back are carried to the next step ([`Remasking::carries`]) and steps are added at the end until
+/// every slot is revealed.
+#[derive(Debug, Clone, Copy)]
+pub struct CarriedThreshold(pub f64);
+
+impl Remasking for CarriedThreshold {
+    fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
+        ranked(proposals, step.order, step.k.max(1))
+            .into_iter()
+            .enumerate()
+            .filter(|&(rank, i)| rank == 0 || proposals[i].confidence >= self.0)
+            .map(|(_, i)| i)
+            .collect()
+    }
+
+    fn scheduled(&self) -> bool {
+        false
+    }
+
+    fn carries(&self) -> bool {
+        true
     }
 }
 
@@ -318,6 +396,7 @@ mod tests {
             s: 0.5,
             k,
             last_step: false,
+            order: Order::FirstSlot,
         };
         rule.select(&proposals(c), &info, &mut rng_from_seed(0))
     }
@@ -366,6 +445,7 @@ mod tests {
             s: 0.5,
             k: 1,
             last_step: false,
+            order: Order::FirstSlot,
         };
         for _ in 0..n {
             counts[rule.select(&proposals(&c), &info, &mut rng)[0]] += 1;

@@ -4,7 +4,7 @@ use mdm_core::{CoreError, MdmRng};
 use thiserror::Error;
 
 use crate::proposal::{propose_with, Confidence, Proposal, Slot};
-use crate::remasking::{Remasking, StepInfo};
+use crate::remasking::{Order, Remasking, StepInfo};
 use crate::schedule::transfer_count;
 
 /// Errors of the sampler.
@@ -199,6 +199,7 @@ pub fn reveal(
         step,
         counting,
         |_, n| transfer_count(n, times.0, times.1, last_step),
+        |_| Order::FirstSlot,
         rule,
         &mut Streams::Joint(rng),
     )
@@ -215,7 +216,8 @@ pub struct StepTimes {
 
 /// Reveals among `proposals` (row-major) group by group (a row, or the whole batch under joint
 /// counting): `count(first row of the group, proposals in the group)` is the scheduled number,
-/// `rule` picks which, drawing from the group's stream; their tokens are written into `x`.
+/// `order(row)` how the row's equal confidences rank (the batch's under joint counting: the
+/// earlier slot first), `rule` picks which, drawing from the group's stream; their tokens are written into `x`.
 /// Returns the revealed proposals, in the order the rule picked them.
 pub fn reveal_groups(
     x: &mut [Vec<usize>],
@@ -223,6 +225,7 @@ pub fn reveal_groups(
     step: StepTimes,
     counting: Counting,
     count: impl Fn(usize, usize) -> usize,
+    order: impl Fn(usize) -> Order,
     rule: &dyn Remasking,
     streams: &mut Streams<'_>,
 ) -> Result<Vec<Proposal>, SamplerError> {
@@ -254,6 +257,10 @@ pub fn reveal_groups(
             s,
             k: count(row, group.len()),
             last_step: step.last_step,
+            order: match counting {
+                Counting::PerRow => order(row),
+                Counting::JointBatch => Order::FirstSlot,
+            },
         };
         for i in rule.select(group, &info, streams.row(row)) {
             let p = group[i];

@@ -208,7 +208,8 @@ impl<B: Kernels> MaskedTransformer<B> {
         let config = dream.model_config();
         let heads = (config.n_head, config.query_groups(), config.head_size());
         let tying = dream.tie_word_embeddings;
-        let mut source = FolderSource::new(folder, "Dream", heads, move |key| dream_name(key, tying));
+        let mut source =
+            FolderSource::new(folder, "Dream", heads, move |key| dream_name(key, tying));
         Ok(Self {
             net: Transformer::build(&config, config.masked_embedding_rows(), &mut source, device)?,
         })

@@ -57,7 +57,12 @@ impl Keys<'_> {
     }
 
     /// The key must be absent, null, or `allowed`.
-    pub(crate) fn require(&self, key: &str, allowed: &[Value], reason: &str) -> Result<(), ModelError> {
+    pub(crate) fn require(
+        &self,
+        key: &str,
+        allowed: &[Value],
+        reason: &str,
+    ) -> Result<(), ModelError> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(()),
             Some(v) if allowed.contains(v) => Ok(()),

@@ -256,7 +256,8 @@ impl<B: Kernels> MaskedTransformer<B> {
         let config = llada.model_config();
         let heads = (config.n_head, config.query_groups(), config.head_size());
         let tying = llada.weight_tying;
-        let mut source = FolderSource::new(folder, "LLaDA", heads, move |key| llada_name(key, tying));
+        let mut source =
+            FolderSource::new(folder, "LLaDA", heads, move |key| llada_name(key, tying));
         Ok(Self {
             net: Transformer::build(&config, config.masked_embedding_rows(), &mut source, device)?,
         })
