@@ -118,13 +118,8 @@ fn main() -> Result<()> {
         ModelSource::Random { .. } => bail!("give --checkpoint, --hf or --smdm"),
         _ => Loaded::Masked(source.load_masked(&device)?),
     };
-    let tokenizer_path = match (&args.tokenizer, source.tokenizer_file()) {
-        (Some(t), _) => t.clone(),
-        (None, Some(t)) => t,
-        (None, None) => bail!("no tokenizer.json with the model: pass --tokenizer FILE"),
-    };
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)
-        .with_context(|| "a tokenizer is needed: pass --tokenizer FILE")?;
+    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?
+        .context("no tokenizer with the model (tokenizer.json, or vocab.json + merges.txt): pass --tokenizer FILE")?;
     let eval_model = match &model {
         Loaded::Masked(m) => EvalModel::Masked(m),
         Loaded::Causal(m) => EvalModel::Causal(m),

@@ -120,11 +120,7 @@ fn main() -> Result<()> {
     )?;
     let model: MaskedTransformer<DefaultBackend> =
         source.load_masked(&device)?.with_precision(args.dtype);
-    let tokenizer_path = args.tokenizer.clone().or_else(|| source.tokenizer_file());
-    let tokenizer = match &tokenizer_path {
-        Some(path) => Some(Tokenizer::from_file(path)?),
-        None => None,
-    };
+    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?;
     let tok = tokenizer.as_ref();
     let chat = match (args.chat, source.folder()) {
         (false, _) => None,

@@ -110,6 +110,26 @@ impl Tokenizer {
         ))
     }
 
+    /// The tokenizer a program uses with a model: `file` when given, else the model `folder`'s
+    /// ([`Self::from_folder`]) when it has one; `None` when neither.
+    pub fn for_model(
+        file: Option<&Path>,
+        folder: Option<&Path>,
+    ) -> Result<Option<Self>, DataError> {
+        if let Some(file) = file {
+            return Self::from_file(file).map(Some);
+        }
+        match folder {
+            Some(dir)
+                if dir.join("tokenizer.json").is_file()
+                    || (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file()) =>
+            {
+                Self::from_folder(dir).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Qwen2's byte-level BPE as a folder ships it for the slow tokenizer (Dream's
     /// `DreamTokenizer`): `vocab.json` and `merges.txt`, Qwen2's pre-tokenizer pattern, no
     /// normalisation, and from `tokenizer_config.json` (optional) the `added_tokens_decoder`

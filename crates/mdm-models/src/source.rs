@@ -76,12 +76,6 @@ impl ModelSource {
         }
     }
 
-    /// The folder's `tokenizer.json`, if the source is a folder that has one.
-    pub fn tokenizer_file(&self) -> Option<PathBuf> {
-        let file = self.folder()?.join("tokenizer.json");
-        file.is_file().then_some(file)
-    }
-
     /// A few words for logs: `checkpoint DIR`, `SMDM file FILE`, ...
     pub fn describe(&self) -> String {
         match self {

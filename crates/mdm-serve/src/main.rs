@@ -124,10 +124,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
             "--request-timeout must be positive".into(),
         ));
     }
-    let tokenizer = match args.tokenizer.clone().or_else(|| source.tokenizer_file()) {
-        Some(path) => Some(Tokenizer::from_file(path)?),
-        None => None,
-    };
+    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?;
     let chat = match source.folder() {
         Some(dir) => ChatPrompt::for_folder(dir)?,
         None => ChatPrompt::plain(),
