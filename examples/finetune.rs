@@ -7,6 +7,13 @@
 //! cargo run --release --example finetune -- --init runs/kjv-mdm/model \
 //!     --data ../shared/data/reversal_curse/all_prompts_train.jsonl --out runs/rc-mdm --epochs 10
 //! ```
+//! A published Hugging Face folder (LLaDA or Dream) fine-tunes the same way with `--hf DIR` in place of
+//! `--init`; the fine-tuned model is then also written as a folder like the input (`OUT/hf`: the same
+//! tensor names, dtypes, shards, config and tokenizer files), which PyTorch and this library load:
+//! ```text
+//! cargo run --release --example finetune -- --hf tests/data/dream-parity/model \
+//!     --data ../shared/data/reversal_curse/all_prompts_train.jsonl --out runs/rc-dream --steps 20 --seq-len 64
+//! ```
 //! `--whole-text` learns prompt and response alike (facts stated as text) instead of protecting
 //! the prompt. Lines hold `{"prompt", "response"}` or `{"prompt", "completion"}`. The rows are as long as the
 //! longest example plus one EOS unless `--seq-len` is given. `--resume` continues a stopped run.
@@ -24,6 +31,7 @@ use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::sft::{read_jsonl, ChatTemplate, SftDataset};
 use mdm::data::Tokenizer;
 use mdm::models::checkpoint::{read_meta, ModelKind};
+use mdm::models::{hf_model_config, MaskedTransformer};
 use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
 #[path = "common/parallel.rs"]
@@ -35,15 +43,19 @@ struct Args {
     #[command(flatten)]
     parallel: parallel::ParallelArgs,
     /// The checkpoint folder to start from (its kind decides MDM or baseline).
+    #[arg(long, required_unless_present = "hf", conflicts_with = "hf")]
+    init: Option<PathBuf>,
+    /// A Hugging Face folder to start from (LLaDA or Dream, by its `model_type`); the result is
+    /// also written as a folder like it (OUT/hf).
     #[arg(long)]
-    init: PathBuf,
+    hf: Option<PathBuf>,
     /// Prompt/response JSONL files.
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
     /// Output folder (train.toml, metrics.csv, loss.png, checkpoints/, model/).
     #[arg(long)]
     out: PathBuf,
-    /// HF tokenizer.json (default: tokenizer.json in the --init folder).
+    /// HF tokenizer.json (default: the --init / --hf folder's tokenizer).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Row length (default: the longest example plus one EOS).
@@ -98,13 +110,16 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let meta = read_meta(&args.init)?;
-    let tokenizer_path = args
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| args.init.join(TOKENIZER_FILE));
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)
-        .with_context(|| "a tokenizer is needed: pass --tokenizer FILE")?;
+    let (init, kind, model_config) = match (&args.init, &args.hf) {
+        (_, Some(dir)) => (dir.clone(), ModelKind::Masked, hf_model_config(dir)?),
+        (Some(dir), None) => {
+            let meta = read_meta(dir)?;
+            (dir.clone(), meta.kind, meta.config)
+        }
+        (None, None) => bail!("give --init DIR or --hf DIR"),
+    };
+    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), Some(&init))?
+        .context("a tokenizer is needed: pass --tokenizer FILE")?;
     let mut records = Vec::new();
     for file in &args.data {
         records.extend(read_jsonl(file)?);
@@ -116,7 +131,7 @@ fn main() -> Result<()> {
             assistant: assistant.clone().unwrap_or_default(),
         }),
     };
-    let block = meta.config.block_size;
+    let block = model_config.block_size;
     let seq_len = args.seq_len.unwrap_or(block);
     if seq_len > block {
         bail!("--seq-len {seq_len} exceeds the model's block size {block}");
@@ -129,7 +144,7 @@ fn main() -> Result<()> {
         dataset.train_on_prompts(1);
     }
     let rows = dataset.len();
-    let objective = match meta.kind {
+    let objective = match kind {
         ModelKind::Masked => Objective::Mdm,
         ModelKind::Causal => Objective::Arm,
     };
@@ -161,7 +176,7 @@ fn main() -> Result<()> {
     println!(
         "fine-tuning {:?} {} on {} rows of {} tokens ({} examples too long, left out), {} steps of {} rows, cfg_drop {}, backend {}",
         objective,
-        args.init.display(),
+        init.display(),
         rows,
         dataset.seq_len,
         dataset.dropped,
@@ -173,22 +188,28 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let options = RunOptions {
         resume: args.resume,
-        init_from: Some(args.init.clone()),
+        init_from: Some(init.clone()),
         progress: !args.no_progress,
         stop_after: args.stop_after,
     };
     let devices = backend::devices(&args.parallel.devices)?;
     let data = DataSpec::Sft(dataset);
     let summary =
-        train_objective::<Training>(&meta.config, &config, data, &args.out, &options, &devices)?;
+        train_objective::<Training>(&model_config, &config, data, &args.out, &options, &devices)?;
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss
     );
     match summary.model_dir {
         Some(dir) => {
-            std::fs::copy(&tokenizer_path, dir.join(TOKENIZER_FILE))?;
+            tokenizer.save(dir.join(TOKENIZER_FILE))?;
             println!("model: {}", dir.display());
+            if let Some(hf) = &args.hf {
+                let out = args.out.join("hf");
+                let model = MaskedTransformer::<backend::Default>::load(&dir, &backend::device())?;
+                model.save_hf_like(hf, &out)?;
+                println!("as {}: {}", hf.display(), out.display());
+            }
         }
         None => println!(
             "stopped early; continue with the same command and --resume (out: {})",

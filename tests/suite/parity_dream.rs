@@ -296,3 +296,98 @@ fn dream_and_fast_dllm_generations_match_token_for_token() {
         generations.len()
     );
 }
+
+/// Logits of `model` on a fixed masked row.
+fn probe(model: &MaskedTransformer<B>) -> Vec<f32> {
+    let m = model.mask_id() as i64;
+    let ids = vec![5i64, 9, m, 17, m, m, 40, 3];
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 8]), &model.device());
+    host(model.logits(input).unwrap())
+}
+
+#[test]
+fn a_model_written_back_as_its_folder_is_that_folder() {
+    let src = fixture_dir().join("model");
+    let model = load();
+    let out = tempfile::tempdir().unwrap();
+    let copy = out.path().join("dream");
+    model.save_hf_like(&src, &copy).unwrap();
+    // loaded and written back: every file byte for byte (names, dtypes, shards, config, tokenizer)
+    let mut files = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(copy.join(name)).unwrap(),
+            "{name:?}"
+        );
+        files += 1;
+    }
+    assert_eq!(std::fs::read_dir(&copy).unwrap().count(), files);
+    // other weights of the same shape (biases too): written in the folder's layout, read back the same
+    let config = mdm::models::hf_model_config(&src).unwrap();
+    let other = config.init_masked::<B>(3, &model.device()).unwrap();
+    other.save_hf_like(&src, &copy).unwrap();
+    let again = MaskedTransformer::<B>::load_hf(&copy, &model.device()).unwrap();
+    assert_eq!(probe(&again), probe(&other));
+    assert_ne!(probe(&again), probe(&model));
+}
+
+#[test]
+fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back() {
+    use mdm::data::sft::{SftDataset, SftRecord};
+    use mdm::data::Tokenizer;
+    use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
+
+    let src = fixture_dir().join("model");
+    let tokenizer = Tokenizer::from_folder(&src).unwrap();
+    let records: Vec<SftRecord> = [
+        ("What is 7 x 8?", "56."),
+        ("And 9 x 9?", "81."),
+        ("Who made the heaven?", "God created the heaven and the earth."),
+        ("What was there?", "Light."),
+    ]
+    .iter()
+    .map(|(p, r)| SftRecord {
+        prompt: p.to_string(),
+        response: r.to_string(),
+    })
+    .collect();
+    let dataset = SftDataset::build(&records, &tokenizer, 48, None, false).unwrap();
+    let config = mdm::models::hf_model_config(&src).unwrap();
+    let train = TrainConfig {
+        objective: Objective::Mdm,
+        seq_len: dataset.seq_len,
+        micro_batch: 2,
+        steps: Some(3),
+        lr: 1e-2,
+        warmup_steps: 0,
+        save_every: 0,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        init_from: Some(src.clone()),
+        ..Default::default()
+    };
+    let summary = train_objective::<mdm::backend::Training>(
+        &config,
+        &train,
+        DataSpec::Sft(dataset),
+        out.path(),
+        &options,
+        &[backend::device()],
+    )
+    .unwrap();
+    assert!(summary.last_loss.is_finite());
+    let tuned = MaskedTransformer::<B>::load(summary.model_dir.unwrap(), &backend::device()).unwrap();
+    assert!(tuned.config().shift_logits && tuned.config().qkv_bias);
+    let before = load();
+    assert_ne!(probe(&tuned), probe(&before), "three steps at lr 1e-2 move the weights");
+    let hf = out.path().join("hf");
+    tuned.save_hf_like(&src, &hf).unwrap();
+    let reread = MaskedTransformer::<B>::load_hf(&hf, &backend::device()).unwrap();
+    assert_eq!(probe(&reread), probe(&tuned));
+}

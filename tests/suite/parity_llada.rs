@@ -146,13 +146,24 @@ fn a_broken_folder_names_the_file_and_key() {
     let config_path = copy.path().join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["model_type"] = serde_json::Value::from("dream");
+    config["model_type"] = serde_json::Value::from("mamba");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let err = MaskedTransformer::<B>::load_hf(copy.path(), &backend::device())
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("model_type") && err.contains("dream"), "{err}");
+    assert!(
+        err.contains("model_type") && err.contains("mamba") && err.contains("Dream"),
+        "{err}"
+    );
+    // a Dream config.json in a LLaDA folder: Dream's reader names the first key it lacks
+    config["model_type"] = serde_json::Value::from("Dream");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = MaskedTransformer::<B>::load_hf(copy.path(), &backend::device())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
 }
 
 #[test]

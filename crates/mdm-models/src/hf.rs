@@ -183,6 +183,49 @@ impl HfFolder {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// The weight files, in the order they were opened.
+    pub fn shard_files(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|s| s.file.as_path())
+    }
+
+    /// The tensors of the weight file `shard` (one of [`Self::shard_files`]): name, dtype and
+    /// shape, as stored.
+    pub fn tensors_in(
+        &self,
+        shard: &Path,
+    ) -> Result<Vec<(String, safetensors::Dtype, Vec<usize>)>, ModelError> {
+        let Some(shard) = self.shards.iter().find(|s| s.file == shard) else {
+            return Err(ModelError::Shards {
+                file: shard.to_path_buf(),
+                reason: format!("not a weight file of {}", self.dir.display()),
+            });
+        };
+        let st = header(shard)?;
+        let mut tensors: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.dtype(), view.shape().to_vec()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tensors)
+    }
+
+    /// The `__metadata__` of the weight file `shard` (e.g. `{"format": "pt"}`), if it has one.
+    pub fn metadata_of(
+        &self,
+        shard: &Path,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, ModelError> {
+        let Some(mapped) = self.shards.iter().find(|s| s.file == shard) else {
+            return Ok(None);
+        };
+        let (_, meta) =
+            SafeTensors::read_metadata(&mapped.map).map_err(|e| ModelError::Format {
+                file: mapped.file.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(meta.metadata().clone())
+    }
+
     /// The file holding `key`, if any.
     pub fn file_of(&self, key: &str) -> Option<&Path> {
         self.tensors

@@ -66,7 +66,7 @@ pub use causal::{CausalTransformer, KvCache};
 pub use checkpoint::{CheckpointMeta, ModelKind};
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub use families::{dream, llada, load_hf, smdm};
+pub use families::{dream, hf_model_config, is_hf_folder, llada, load_hf, smdm};
 pub use masked::MaskedTransformer;
 pub use precision::Precision;
 pub use predictor::MaskPredictor;

@@ -183,7 +183,12 @@ impl<B: AutodiffKernels> TrainModel<B> for MaskedTransformer<B> {
     }
 
     fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
-        MaskedTransformer::load(dir, device)
+        // a published folder (fine-tuning LLaDA or Dream) or one of our checkpoints
+        if mdm_models::is_hf_folder(dir) {
+            MaskedTransformer::load_hf(dir, device)
+        } else {
+            MaskedTransformer::load(dir, device)
+        }
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {

@@ -46,9 +46,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::keys::Keys;
-use super::{layer_part, FolderSource, Mapped};
+use super::{layer_part, Family, Mapped};
 use crate::hf::HfFolder;
-use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
 /// The hyper-parameters of a Dream checkpoint, read from its `config.json`
@@ -200,19 +199,18 @@ fn dream_name(shared: &str, tying: bool) -> Option<Mapped> {
     Some(Mapped::One(format!("{l}{name}")))
 }
 
+/// The Dream family of `folder`: its config and names.
+pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
+    let dream = DreamConfig::from_folder(folder)?;
+    let tying = dream.tie_word_embeddings;
+    Ok(Family::new("Dream", dream.model_config(), move |key| dream_name(key, tying)))
+}
+
 impl<B: Kernels> MaskedTransformer<B> {
     /// Loads a Dream Hugging Face folder (`config.json` with `model_type: "Dream"`, one
     /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
     pub fn load_dream(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
-        let dream = DreamConfig::from_folder(folder)?;
-        let config = dream.model_config();
-        let heads = (config.n_head, config.query_groups(), config.head_size());
-        let tying = dream.tie_word_embeddings;
-        let mut source =
-            FolderSource::new(folder, "Dream", heads, move |key| dream_name(key, tying));
-        Ok(Self {
-            net: Transformer::build(&config, config.masked_embedding_rows(), &mut source, device)?,
-        })
+        family(folder)?.build(folder, device)
     }
 }
 

@@ -47,9 +47,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::keys::Keys;
-use super::{layer_part, FolderSource, Mapped};
+use super::{layer_part, Family, Mapped};
 use crate::hf::HfFolder;
-use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
 /// The hyper-parameters of a LLaDA checkpoint, read from its `config.json`
@@ -248,19 +247,18 @@ fn llada_name(smdm: &str, tying: bool) -> Option<Mapped> {
     one(format!("{b}{name}"))
 }
 
+/// The LLaDA family of `folder`: its config and names.
+pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
+    let llada = LladaConfig::from_folder(folder)?;
+    let tying = llada.weight_tying;
+    Ok(Family::new("LLaDA", llada.model_config(), move |key| llada_name(key, tying)))
+}
+
 impl<B: Kernels> MaskedTransformer<B> {
     /// Loads a LLaDA Hugging Face folder (`config.json` with `model_type: "llada"`, one
     /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
     pub fn load_llada(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
-        let llada = LladaConfig::from_folder(folder)?;
-        let config = llada.model_config();
-        let heads = (config.n_head, config.query_groups(), config.head_size());
-        let tying = llada.weight_tying;
-        let mut source =
-            FolderSource::new(folder, "LLaDA", heads, move |key| llada_name(key, tying));
-        Ok(Self {
-            net: Transformer::build(&config, config.masked_embedding_rows(), &mut source, device)?,
-        })
+        family(folder)?.build(folder, device)
     }
 
     /// Loads a Hugging Face folder of a family we know, chosen by `config.json`'s `model_type`

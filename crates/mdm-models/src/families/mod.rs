@@ -19,9 +19,11 @@ use mdm_kernels::Kernels;
 
 use crate::hf::HfFolder;
 use crate::params::ParamSource;
-use crate::{MaskedTransformer, ModelError};
+use crate::transformer::Transformer;
+use crate::{MaskedTransformer, ModelConfig, ModelError};
 
 pub mod dream;
+mod export;
 pub(crate) mod keys;
 pub mod llada;
 pub mod smdm;
@@ -35,9 +37,71 @@ pub fn load_hf<B: Kernels>(
     device: &B::Device,
 ) -> Result<MaskedTransformer<B>, ModelError> {
     let folder = HfFolder::open(dir)?;
+    let family = family_of(&folder)?;
+    family.build(&folder, device)
+}
+
+/// Whether `dir` is a Hugging Face model folder (its `config.json` names a `model_type`), not one
+/// of our checkpoint folders.
+pub fn is_hf_folder(dir: impl AsRef<Path>) -> bool {
+    std::fs::read_to_string(dir.as_ref().join(crate::hf::HF_CONFIG_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|json| json.get("model_type").is_some())
+}
+
+/// The shared network's config of a Hugging Face folder of a family we know (its `config.json`
+/// read by the family's reader; the weights are not read).
+pub fn hf_model_config(dir: impl AsRef<Path>) -> Result<ModelConfig, ModelError> {
+    Ok(family_of(&HfFolder::open(dir)?)?.config)
+}
+
+/// What a family needs to load or write a folder: the shared network's config, its names and
+/// head layout.
+pub(crate) struct Family {
+    /// The family's name, for messages.
+    pub(crate) name: &'static str,
+    /// The shared network's config.
+    pub(crate) config: ModelConfig,
+    /// Query heads, key/value heads and head size.
+    pub(crate) heads: (usize, usize, usize),
+    /// Shared name -> the family's tensor(s).
+    pub(crate) names: Box<dyn Fn(&str) -> Option<Mapped>>,
+}
+
+impl Family {
+    pub(crate) fn new(
+        name: &'static str,
+        config: ModelConfig,
+        names: impl Fn(&str) -> Option<Mapped> + 'static,
+    ) -> Self {
+        Self {
+            name,
+            heads: (config.n_head, config.query_groups(), config.head_size()),
+            config,
+            names: Box::new(names),
+        }
+    }
+
+    /// The network with every weight read from `folder`.
+    pub(crate) fn build<B: Kernels>(
+        &self,
+        folder: &HfFolder,
+        device: &B::Device,
+    ) -> Result<MaskedTransformer<B>, ModelError> {
+        let mut source = FolderSource::new(folder, self.name, self.heads, &self.names);
+        let config = &self.config;
+        Ok(MaskedTransformer {
+            net: Transformer::build(config, config.masked_embedding_rows(), &mut source, device)?,
+        })
+    }
+}
+
+/// The family of `folder`, by its `config.json`'s `model_type`.
+pub(crate) fn family_of(folder: &HfFolder) -> Result<Family, ModelError> {
     match folder.model_type()? {
-        "llada" => MaskedTransformer::load_llada(&folder, device),
-        "Dream" | "dream" => MaskedTransformer::load_dream(&folder, device),
+        "llada" => llada::family(folder),
+        "Dream" | "dream" => dream::family(folder),
         other => Err(ModelError::Unsupported {
             file: folder.config_file(),
             key: "model_type".into(),
@@ -70,7 +134,7 @@ pub(crate) struct FolderSource<'a> {
     used: HashSet<String>,
     /// Query heads, key/value heads and head size, for the grouped layout.
     heads: (usize, usize, usize),
-    names: Box<dyn Fn(&str) -> Option<Mapped> + 'a>,
+    names: &'a dyn Fn(&str) -> Option<Mapped>,
     family: &'static str,
 }
 
@@ -79,13 +143,13 @@ impl<'a> FolderSource<'a> {
         folder: &'a HfFolder,
         family: &'static str,
         heads: (usize, usize, usize),
-        names: impl Fn(&str) -> Option<Mapped> + 'a,
+        names: &'a dyn Fn(&str) -> Option<Mapped>,
     ) -> Self {
         Self {
             folder,
             used: HashSet::new(),
             heads,
-            names: Box::new(names),
+            names,
             family,
         }
     }
