@@ -345,7 +345,10 @@ fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back() {
     let records: Vec<SftRecord> = [
         ("What is 7 x 8?", "56."),
         ("And 9 x 9?", "81."),
-        ("Who made the heaven?", "God created the heaven and the earth."),
+        (
+            "Who made the heaven?",
+            "God created the heaven and the earth.",
+        ),
         ("What was there?", "Light."),
     ]
     .iter()
@@ -382,12 +385,74 @@ fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back() {
     )
     .unwrap();
     assert!(summary.last_loss.is_finite());
-    let tuned = MaskedTransformer::<B>::load(summary.model_dir.unwrap(), &backend::device()).unwrap();
+    let tuned =
+        MaskedTransformer::<B>::load(summary.model_dir.unwrap(), &backend::device()).unwrap();
     assert!(tuned.config().shift_logits && tuned.config().qkv_bias);
     let before = load();
-    assert_ne!(probe(&tuned), probe(&before), "three steps at lr 1e-2 move the weights");
+    assert_ne!(
+        probe(&tuned),
+        probe(&before),
+        "three steps at lr 1e-2 move the weights"
+    );
     let hf = out.path().join("hf");
     tuned.save_hf_like(&src, &hf).unwrap();
     let reread = MaskedTransformer::<B>::load_hf(&hf, &backend::device()).unwrap();
     assert_eq!(probe(&reread), probe(&tuned));
+}
+
+#[test]
+fn a_dream_folder_is_evaluated() {
+    use mdm::data::Tokenizer;
+    use mdm::eval::harness::{evaluate_task, Estimator, EvalModel, TaskSettings};
+    use mdm::eval::tasks::{ChoiceItem, ContinuationItem, Task, TaskItems};
+
+    let dir = fixture_dir().join("model");
+    let tokenizer = Tokenizer::from_folder(&dir).unwrap();
+    let model = load();
+    let task = |items| Task {
+        name: "dream".into(),
+        file: "dream.jsonl".into(),
+        items,
+    };
+    let continuation = task(TaskItems::Continuation(vec![ContinuationItem {
+        id: "0".into(),
+        context: "In the beginning God created the heaven and".into(),
+        continuation: " the earth".into(),
+    }]));
+    let choices = task(TaskItems::MultipleChoice(vec![ChoiceItem {
+        id: "0".into(),
+        context: "And God said, Let there be".into(),
+        choices: vec![" light".into(), " darkness".into()],
+        gold: 0,
+    }]));
+    for estimator in [Estimator::ChainRule, Estimator::MonteCarlo] {
+        let settings = TaskSettings {
+            estimator,
+            ..TaskSettings::default()
+        };
+        for t in [&continuation, &choices] {
+            let run = || {
+                evaluate_task(
+                    EvalModel::Masked(&model),
+                    &tokenizer,
+                    t,
+                    &settings,
+                    |_, _| {},
+                )
+                .unwrap()
+            };
+            let r = run();
+            assert!(!r.metrics.is_empty());
+            assert!(
+                r.metrics.iter().all(|m| m.value.is_finite()),
+                "{:?}",
+                r.metrics
+            );
+            let again = run();
+            assert_eq!(
+                r.metrics.iter().map(|m| m.value).collect::<Vec<_>>(),
+                again.metrics.iter().map(|m| m.value).collect::<Vec<_>>()
+            );
+        }
+    }
 }

@@ -163,7 +163,10 @@ fn a_broken_folder_names_the_file_and_key() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("hidden_size"),
+        "{err}"
+    );
 }
 
 #[test]

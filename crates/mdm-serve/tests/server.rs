@@ -886,6 +886,113 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
     );
 }
 
+/// A Dream folder as published (vocab.json + merges.txt tokenizer, chat template, shifted logits)
+/// served: Fast-dLLM's Dream decoding as request fields gives the library's tokens, chat answers
+/// in OpenAI's shapes through the folder's template, streaming sends the same text, and the
+/// log-likelihood endpoint answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dream_folder_is_served_with_its_tokenizer_and_template() {
+    use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Ties};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/dream-parity/model");
+    let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
+    let tokenizer = Tokenizer::from_folder(&dir).unwrap();
+    let chat = ChatPrompt::for_folder(&dir).unwrap();
+    let prompt = vec![5usize, 9, 17, 3, 40];
+    let options = DecodingOptions::default()
+        .with_gen_length(16)
+        .with_block_length(8)
+        .with_steps(16)
+        .with_threshold(0.9)
+        .with_cache(CacheMode::Dual)
+        .with_ties(Ties::Torch)
+        .with_eos(tokenizer.eos_id() as usize);
+    let want = MaskedDiffusionSampler::new(&model, options)
+        .generate(std::slice::from_ref(&prompt), |_| {})
+        .unwrap()
+        .remove(0);
+    let load_dir = dir.clone();
+    let engine = Engine::start::<Flex, _>(
+        move || {
+            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+                &load_dir,
+                &Default::default(),
+            )?))
+        },
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let state = AppState::new(engine, Some(tokenizer), chat, ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let (client, url) = (client.clone(), format!("{base}{path}"));
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let dream = json!({"max_tokens": 16, "block_length": 8, "steps": 16, "cache": "dual", "threshold": 0.9, "ties": "torch"});
+    let with = |extra: Value| {
+        let mut body = dream.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (status, text) = post("/v1/completions", with(json!({"prompt": prompt}))).await;
+    assert_eq!(status, 200, "{text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(got, want, "{r}");
+
+    let messages = json!([{"role": "user", "content": "What is 7 x 8?"}]);
+    let (status, text) = post("/v1/chat/completions", with(json!({"messages": messages}))).await;
+    assert_eq!(status, 200, "{text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    let whole = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the folder's template: a system turn, the user turn and the assistant's opening, 5 ids of
+    // which are special tokens written as one id each
+    let prompt_tokens = r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 20, "{r}");
+
+    let (status, text) = post(
+        "/v1/chat/completions",
+        with(json!({"messages": messages, "stream": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(streamed, whole);
+
+    let (status, text) = post(
+        "/v1/loglikelihood",
+        json!({"context": [5, 9, 17], "continuation": [3, 40]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let ll: Value = serde_json::from_str(&text).unwrap();
+    assert!(ll["loglikelihood"].as_f64().unwrap() < 0.0, "{ll}");
+}
+
 /// The same request through the command line's parsing (`generate`'s flattened
 /// `DecodingOptions`) and through the server's JSON: the same options and the same tokens, for
 /// every option.
@@ -985,6 +1092,14 @@ async fn the_command_line_and_the_server_decode_a_request_the_same() {
             json!({"joint_counting": true, "temperature": 0.9}),
         ),
         ("--eos 3", json!({"eos_id": 3})),
+        (
+            "--top-p 0.5 --eps 0.001 --ties torch --steps 8",
+            json!({"top_p": 0.5, "eps": 0.001, "ties": "torch", "steps": 8}),
+        ),
+        (
+            "--threshold 0.5 --threshold-carry --steps 4",
+            json!({"threshold": 0.5, "threshold_carry": true, "steps": 4}),
+        ),
     ];
     for (line, fields) in cases {
         let args = format!("generate --gen-length 16 {line}");

@@ -203,7 +203,9 @@ fn dream_name(shared: &str, tying: bool) -> Option<Mapped> {
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     let dream = DreamConfig::from_folder(folder)?;
     let tying = dream.tie_word_embeddings;
-    Ok(Family::new("Dream", dream.model_config(), move |key| dream_name(key, tying)))
+    Ok(Family::new("Dream", dream.model_config(), move |key| {
+        dream_name(key, tying)
+    }))
 }
 
 impl<B: Kernels> MaskedTransformer<B> {

@@ -156,10 +156,12 @@ impl<B: Kernels> MaskedTransformer<B> {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let serialized = safetensors::serialize(views, &folder.metadata_of(shard)?)
-                .map_err(|e| ModelError::Format {
-                    file: target.clone(),
-                    reason: e.to_string(),
+            let serialized =
+                safetensors::serialize(views, &folder.metadata_of(shard)?).map_err(|e| {
+                    ModelError::Format {
+                        file: target.clone(),
+                        reason: e.to_string(),
+                    }
                 })?;
             std::fs::write(&target, serialized).map_err(io(&target))?;
         }

@@ -251,7 +251,9 @@ fn llada_name(smdm: &str, tying: bool) -> Option<Mapped> {
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     let llada = LladaConfig::from_folder(folder)?;
     let tying = llada.weight_tying;
-    Ok(Family::new("LLaDA", llada.model_config(), move |key| llada_name(key, tying)))
+    Ok(Family::new("LLaDA", llada.model_config(), move |key| {
+        llada_name(key, tying)
+    }))
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
