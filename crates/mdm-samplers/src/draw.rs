@@ -88,7 +88,8 @@ pub fn proposals<B: Kernels>(
 
 /// A token and a confidence for every slot from host logits (`slots.len() x vocab`, row-major),
 /// drawn with `sampling`'s temperature (0 = argmax, first index on ties) among the tokens its
-/// filters keep, and measured by `confidence` on the kept tokens' renormalised distribution. The
+/// filters keep, and measured by `confidence` on the kept tokens' renormalised distribution (at
+/// temperature 1, or at the temperature with [`Sampling::tempered_confidence`]). The
 /// uniforms are taken from each slot's row stream in slot order before the rows are processed in
 /// parallel, so the same seed gives the same tokens. A row holding NaN or `+inf`, or only `-inf`,
 /// is an error naming its slot; a `-inf` logit is never drawn.
@@ -114,6 +115,8 @@ pub fn draw_proposals(
         vec![0.0; slots.len()]
     };
     let filtering = sampling.filters();
+    let tempered = sampling.tempered_confidence && temperature > 0.0;
+    let inverse = (1.0 / temperature) as f32;
     let results = kernel::map_rows(logits, vocab, |i, row| {
         let filtered;
         let row = if filtering {
@@ -127,6 +130,11 @@ pub fn draw_proposals(
         } else {
             row
         };
+        if tempered {
+            // Dream: the draw and the confidence both from softmax(row / T)
+            let scaled: Vec<f32> = row.iter().map(|&x| x * inverse).collect();
+            return propose_row(&scaled, uniforms[i], 1.0, confidence);
+        }
         propose_row(row, uniforms[i], temperature, confidence)
     });
     finish(slots, results.into_iter())
@@ -621,11 +629,12 @@ mod tests {
                 keep[i] &= w[i] >= m;
             }
         }
-        // the confidence's distribution: temperature 1 over the kept tokens
+        // the confidence's distribution: temperature 1 (or T, tempered) over the kept tokens
+        let at = if s.tempered_confidence { scale } else { 1.0 };
         let w1: Vec<f64> = (0..row.len())
             .map(|i| {
                 if keep[i] {
-                    f64::from(row[i] - top).exp()
+                    (f64::from(row[i] - top) * at).exp()
                 } else {
                     0.0
                 }
@@ -703,27 +712,36 @@ mod tests {
                 assert!(p.confidence > Confidence::Probability.measure(row, best) - 1e-12);
             }
             // at a temperature: only kept tokens are drawn, each with its renormalised probability
-            if s.temperature > 0.0 {
-                let n = 4_000;
-                let many: Vec<Slot> = (0..n).map(|pos| Slot { row: 0, pos }).collect();
-                let repeated: Vec<f32> = (0..n).flat_map(|_| rows[0].iter().copied()).collect();
-                let drawn = draw_proposals(
-                    &many,
-                    &repeated,
-                    vocab,
-                    &s,
-                    Confidence::Probability,
-                    &mut Streams::Joint(&mut rng_from_seed(2)),
-                )
-                .unwrap();
-                let probs = direct(&rows[0], &s);
-                for p in &drawn {
-                    assert!(
-                        probs[p.token] > 0.0,
-                        "{s:?}: token {} was filtered",
-                        p.token
-                    );
-                    assert!((p.confidence - probs[p.token]).abs() < 1e-6 * probs[p.token]);
+            // (at temperature 1, or Dream's tempered one)
+            for s in [
+                s,
+                Sampling {
+                    tempered_confidence: true,
+                    ..s
+                },
+            ] {
+                if s.temperature > 0.0 {
+                    let n = 4_000;
+                    let many: Vec<Slot> = (0..n).map(|pos| Slot { row: 0, pos }).collect();
+                    let repeated: Vec<f32> = (0..n).flat_map(|_| rows[0].iter().copied()).collect();
+                    let drawn = draw_proposals(
+                        &many,
+                        &repeated,
+                        vocab,
+                        &s,
+                        Confidence::Probability,
+                        &mut Streams::Joint(&mut rng_from_seed(2)),
+                    )
+                    .unwrap();
+                    let probs = direct(&rows[0], &s);
+                    for p in &drawn {
+                        assert!(
+                            probs[p.token] > 0.0,
+                            "{s:?}: token {} was filtered",
+                            p.token
+                        );
+                        assert!((p.confidence - probs[p.token]).abs() < 1e-6 * probs[p.token]);
+                    }
                 }
             }
         }

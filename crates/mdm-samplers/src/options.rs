@@ -183,6 +183,11 @@ pub struct DecodingOptions {
     /// conditional one, combined as `u + (w + 1)(c - u)`.
     #[cfg_attr(feature = "clap", arg(long))]
     pub cfg_scale: Option<f64>,
+    /// Measure confidences under the tempered distribution `softmax(logits / T)` of the kept
+    /// tokens, as Dream's `sample_tokens` (its probability, margin or entropy at the temperature),
+    /// instead of at temperature 1 (SMDM, LLaDA, Fast-dLLM); no effect at temperature 0.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub tempered_confidence: bool,
     /// How equal confidences rank: `first` (the earlier slot) or `torch` (as `torch.topk` on the
     /// CPU over the row: Dream's and Fast-dLLM's Dream code, where `top_p` makes many
     /// confidences exactly 1).
@@ -229,6 +234,7 @@ impl Default for DecodingOptions {
             threshold_carry: false,
             eps: DEFAULT_EPS as f64,
             ties: Ties::First,
+            tempered_confidence: false,
             cache: CacheMode::None,
             cfg_scale: None,
             joint_counting: false,
@@ -262,6 +268,9 @@ pub struct Sampling {
     pub top_k: Option<usize>,
     /// Relative probability floor (`None` or 0 = off).
     pub min_p: Option<f64>,
+    /// Confidences under the tempered distribution `softmax(logits / T)` (Dream) instead of at
+    /// temperature 1 (SMDM, LLaDA); no effect at temperature 0.
+    pub tempered_confidence: bool,
 }
 
 impl Sampling {
@@ -370,6 +379,7 @@ impl DecodingOptions {
             top_p: self.top_p,
             top_k: self.top_k,
             min_p: self.min_p,
+            tempered_confidence: self.tempered_confidence,
         }
     }
 

@@ -191,6 +191,17 @@ impl Remasking for StochasticConfidence {
     }
 }
 
+/// Of `ranked` (indices into `proposals`, most confident first), the first and those at least
+/// `tau` confident, in that order.
+fn first_and_above(proposals: &[Proposal], ranked: Vec<usize>, tau: f64) -> Vec<usize> {
+    ranked
+        .into_iter()
+        .enumerate()
+        .filter(|&(rank, i)| rank == 0 || proposals[i].confidence >= tau)
+        .map(|(_, i)| i)
+        .collect()
+}
+
 /// Every proposal at least `tau` confident, and always the most confident one (Fast-dLLM's
 /// `threshold`, Dream's `confidence_threshold`); in confidence order.
 #[derive(Debug, Clone, Copy)]
@@ -198,12 +209,11 @@ pub struct Threshold(pub f64);
 
 impl Remasking for Threshold {
     fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
-        ranked(proposals, step.order, proposals.len())
-            .into_iter()
-            .enumerate()
-            .filter(|&(rank, i)| rank == 0 || proposals[i].confidence >= self.0)
-            .map(|(_, i)| i)
-            .collect()
+        first_and_above(
+            proposals,
+            ranked(proposals, step.order, proposals.len()),
+            self.0,
+        )
     }
 
     fn scheduled(&self) -> bool {
@@ -221,12 +231,11 @@ pub struct CarriedThreshold(pub f64);
 
 impl Remasking for CarriedThreshold {
     fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
-        ranked(proposals, step.order, step.k.max(1))
-            .into_iter()
-            .enumerate()
-            .filter(|&(rank, i)| rank == 0 || proposals[i].confidence >= self.0)
-            .map(|(_, i)| i)
-            .collect()
+        first_and_above(
+            proposals,
+            ranked(proposals, step.order, step.k.max(1)),
+            self.0,
+        )
     }
 
     fn scheduled(&self) -> bool {

@@ -1100,6 +1100,10 @@ async fn the_command_line_and_the_server_decode_a_request_the_same() {
             "--threshold 0.5 --threshold-carry --steps 4",
             json!({"threshold": 0.5, "threshold_carry": true, "steps": 4}),
         ),
+        (
+            "--temperature 0.8 --tempered-confidence --top-k 9 --seed 5",
+            json!({"temperature": 0.8, "tempered_confidence": true, "top_k": 9, "seed": 5}),
+        ),
     ];
     for (line, fields) in cases {
         let args = format!("generate --gen-length 16 {line}");
