@@ -417,8 +417,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                         last_step: last,
                     },
                     counting,
-                    count,
-                    |row| orders[row],
+                    |row, n| (count(row, n), orders[row]),
                     self.rule,
                     &mut self.rngs.streams(),
                 )?

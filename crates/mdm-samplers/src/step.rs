@@ -198,8 +198,12 @@ pub fn reveal(
         &proposals,
         step,
         counting,
-        |_, n| transfer_count(n, times.0, times.1, last_step),
-        |_| Order::FirstSlot,
+        |_, n| {
+            (
+                transfer_count(n, times.0, times.1, last_step),
+                Order::FirstSlot,
+            )
+        },
         rule,
         &mut Streams::Joint(rng),
     )
@@ -215,17 +219,16 @@ pub struct StepTimes {
 }
 
 /// Reveals among `proposals` (row-major) group by group (a row, or the whole batch under joint
-/// counting): `count(first row of the group, proposals in the group)` is the scheduled number,
-/// `order(row)` how the row's equal confidences rank (the batch's under joint counting: the
-/// earlier slot first), `rule` picks which, drawing from the group's stream; their tokens are written into `x`.
+/// counting): `plan(first row of the group, proposals in the group)` gives the scheduled number
+/// and how the row's equal confidences rank (under joint counting the batch's: the earlier slot
+/// first), `rule` picks which, drawing from the group's stream; their tokens are written into `x`.
 /// Returns the revealed proposals, in the order the rule picked them.
 pub fn reveal_groups(
     x: &mut [Vec<usize>],
     proposals: &[Proposal],
     step: StepTimes,
     counting: Counting,
-    count: impl Fn(usize, usize) -> usize,
-    order: impl Fn(usize) -> Order,
+    plan: impl Fn(usize, usize) -> (usize, Order),
     rule: &dyn Remasking,
     streams: &mut Streams<'_>,
 ) -> Result<Vec<Proposal>, SamplerError> {
@@ -252,13 +255,14 @@ pub fn reveal_groups(
     let mut revealed = Vec::new();
     for group in groups.into_iter().filter(|g| !g.is_empty()) {
         let row = group[0].slot.row;
+        let (k, order) = plan(row, group.len());
         let info = StepInfo {
             t,
             s,
-            k: count(row, group.len()),
+            k,
             last_step: step.last_step,
             order: match counting {
-                Counting::PerRow => order(row),
+                Counting::PerRow => order,
                 Counting::JointBatch => Order::FirstSlot,
             },
         };

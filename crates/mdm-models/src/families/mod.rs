@@ -56,6 +56,9 @@ pub fn hf_model_config(dir: impl AsRef<Path>) -> Result<ModelConfig, ModelError>
     Ok(family_of(&HfFolder::open(dir)?)?.config)
 }
 
+/// A family's name map: shared-network name -> the family's tensor(s).
+pub(crate) type NameMap = dyn Fn(&str) -> Option<Mapped>;
+
 /// What a family needs to load or write a folder: the shared network's config, its names and
 /// head layout.
 pub(crate) struct Family {
@@ -66,7 +69,7 @@ pub(crate) struct Family {
     /// Query heads, key/value heads and head size.
     pub(crate) heads: (usize, usize, usize),
     /// Shared name -> the family's tensor(s).
-    pub(crate) names: Box<dyn Fn(&str) -> Option<Mapped>>,
+    pub(crate) names: Box<NameMap>,
 }
 
 impl Family {
@@ -134,7 +137,7 @@ pub(crate) struct FolderSource<'a> {
     used: HashSet<String>,
     /// Query heads, key/value heads and head size, for the grouped layout.
     heads: (usize, usize, usize),
-    names: &'a dyn Fn(&str) -> Option<Mapped>,
+    names: &'a NameMap,
     family: &'static str,
 }
 
@@ -143,7 +146,7 @@ impl<'a> FolderSource<'a> {
         folder: &'a HfFolder,
         family: &'static str,
         heads: (usize, usize, usize),
-        names: &'a dyn Fn(&str) -> Option<Mapped>,
+        names: &'a NameMap,
     ) -> Self {
         Self {
             folder,
