@@ -134,3 +134,70 @@ pub fn shards(dir: &std::path::Path, vocab: usize) -> mdm::train::DataSpec {
         valid: valid.finish().unwrap(),
     }
 }
+
+/// Fine-tunes the Hugging Face folder `src` on `dataset` (three steps, prompts kept), checks the
+/// weights moved, writes the result back as a folder like `src` and checks it reads back to the
+/// fine-tuned model's logits.
+pub fn fine_tune_and_write_back(src: &std::path::Path, dataset: mdm::data::sft::SftDataset) {
+    use mdm::backend::{self, Default as B};
+    use mdm::burn::tensor::{Int, Tensor, TensorData};
+    use mdm::models::{MaskPredictor, MaskedTransformer};
+    use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
+
+    let probe = |model: &MaskedTransformer<B>| -> Vec<f32> {
+        let m = model.mask_id() as i64;
+        let ids = vec![5i64, 9, m, 17, m, m, 40, 3];
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 8]), &model.device());
+        model
+            .logits(input)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap()
+    };
+    let config = mdm::models::hf_model_config(src).unwrap();
+    let train = TrainConfig {
+        objective: Objective::Mdm,
+        seq_len: dataset.seq_len,
+        micro_batch: 2,
+        steps: Some(3),
+        lr: 1e-2,
+        warmup_steps: 0,
+        save_every: 0,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        init_from: Some(src.to_path_buf()),
+        ..Default::default()
+    };
+    let summary = train_objective::<mdm::backend::Training>(
+        &config,
+        &train,
+        DataSpec::Sft(dataset),
+        out.path(),
+        &options,
+        &[backend::device()],
+    )
+    .unwrap();
+    assert!(summary.last_loss.is_finite());
+    let device = backend::device();
+    let tuned = MaskedTransformer::<B>::load(summary.model_dir.unwrap(), &device).unwrap();
+    assert_eq!(
+        tuned.config(),
+        &config,
+        "the family's network, flags included"
+    );
+    let before = MaskedTransformer::<B>::load_hf(src, &device).unwrap();
+    assert_ne!(
+        probe(&tuned),
+        probe(&before),
+        "three steps at lr 1e-2 move the weights"
+    );
+    let hf = out.path().join("hf");
+    tuned.save_hf_like(src, &hf).unwrap();
+    let reread = MaskedTransformer::<B>::load_hf(&hf, &device).unwrap();
+    assert_eq!(probe(&reread), probe(&tuned));
+}

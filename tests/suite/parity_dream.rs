@@ -338,7 +338,6 @@ fn a_model_written_back_as_its_folder_is_that_folder() {
 fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back() {
     use mdm::data::sft::{SftDataset, SftRecord};
     use mdm::data::Tokenizer;
-    use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
 
     let src = fixture_dir().join("model");
     let tokenizer = Tokenizer::from_folder(&src).unwrap();
@@ -358,46 +357,7 @@ fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back() {
     })
     .collect();
     let dataset = SftDataset::build(&records, &tokenizer, 48, None, false).unwrap();
-    let config = mdm::models::hf_model_config(&src).unwrap();
-    let train = TrainConfig {
-        objective: Objective::Mdm,
-        seq_len: dataset.seq_len,
-        micro_batch: 2,
-        steps: Some(3),
-        lr: 1e-2,
-        warmup_steps: 0,
-        save_every: 0,
-        eval_every: 0,
-        ..TrainConfig::default()
-    };
-    let out = tempfile::tempdir().unwrap();
-    let options = RunOptions {
-        init_from: Some(src.clone()),
-        ..Default::default()
-    };
-    let summary = train_objective::<mdm::backend::Training>(
-        &config,
-        &train,
-        DataSpec::Sft(dataset),
-        out.path(),
-        &options,
-        &[backend::device()],
-    )
-    .unwrap();
-    assert!(summary.last_loss.is_finite());
-    let tuned =
-        MaskedTransformer::<B>::load(summary.model_dir.unwrap(), &backend::device()).unwrap();
-    assert!(tuned.config().shift_logits && tuned.config().qkv_bias);
-    let before = load();
-    assert_ne!(
-        probe(&tuned),
-        probe(&before),
-        "three steps at lr 1e-2 move the weights"
-    );
-    let hf = out.path().join("hf");
-    tuned.save_hf_like(&src, &hf).unwrap();
-    let reread = MaskedTransformer::<B>::load_hf(&hf, &backend::device()).unwrap();
-    assert_eq!(probe(&reread), probe(&tuned));
+    common::fine_tune_and_write_back(&src, dataset);
 }
 
 #[test]

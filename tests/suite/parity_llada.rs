@@ -371,3 +371,29 @@ fn fast_dllm_generations_match_token_for_token() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn a_llada_folder_fine_tunes_and_is_written_back() {
+    use mdm::data::sft::SftDataset;
+    // rows of ids (the fixture has no tokenizer): 4 prompt ids kept, 8 response ids, EOS padding
+    let src = fixture_dir().join("model");
+    let config = mdm::models::hf_model_config(&src).unwrap();
+    let (vocab, mask, eos) = (config.vocab_size as u32, config.mask_id() as u32, 1u32);
+    let rows: Vec<Vec<u32>> = (0..6u32)
+        .map(|r| {
+            let mut row: Vec<u32> = (0..12u32)
+                .map(|i| (r * 37 + i * 11 + 2) % vocab)
+                .map(|t| if t == mask { t + 1 } else { t })
+                .collect();
+            row.extend([eos; 4]);
+            row
+        })
+        .collect();
+    let dataset = SftDataset {
+        prompt_len: vec![4; rows.len()],
+        rows,
+        seq_len: 16,
+        dropped: 0,
+    };
+    common::fine_tune_and_write_back(&src, dataset);
+}
