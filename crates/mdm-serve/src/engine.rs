@@ -28,10 +28,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ServeError};
 
-/// The model the worker serves.
-pub enum Served<B: Backend> {
-    /// A masked diffusion model of any family of the seam (SMDM, LLaDA).
-    Masked(MaskedTransformer<B>),
+/// The model the worker serves: a masked diffusion model of any network behind the seam
+/// ([`MaskPredictor`]; by default the shared network of the SMDM, LLaDA and Dream families), or
+/// the autoregressive baseline.
+pub enum Served<B: Backend, M = MaskedTransformer<B>> {
+    /// A masked diffusion model.
+    Masked(M),
     /// The autoregressive baseline.
     Causal(CausalTransformer<B>),
 }
@@ -49,7 +51,7 @@ pub struct ModelInfo {
     pub mask_id: Option<usize>,
 }
 
-impl<B: Kernels> Served<B> {
+impl<B: Kernels, M: MaskPredictor<B>> Served<B, M> {
     fn info(&self) -> ModelInfo {
         match self {
             Self::Masked(m) => ModelInfo {
@@ -314,10 +316,11 @@ pub struct Engine {
 impl Engine {
     /// Starts the worker thread, which builds the model with `load` (so the model and its device
     /// never leave that thread) and then serves jobs. Returns once the model is loaded.
-    pub fn start<B, F>(load: F, config: EngineConfig) -> Result<Self, ServeError>
+    pub fn start<B, M, F>(load: F, config: EngineConfig) -> Result<Self, ServeError>
     where
         B: Kernels,
-        F: FnOnce() -> Result<Served<B>, ModelError> + Send + 'static,
+        M: MaskPredictor<B> + 'static,
+        F: FnOnce() -> Result<Served<B, M>, ModelError> + Send + 'static,
     {
         if config.max_batch == 0 || config.max_queue == 0 {
             return Err(ServeError::Config(
@@ -404,8 +407,8 @@ impl Engine {
     }
 }
 
-struct Worker<B: Backend> {
-    model: Served<B>,
+struct Worker<B: Backend, M> {
+    model: Served<B, M>,
     rx: Receiver<Job>,
     /// Jobs received but not yet run (received while gathering a batch).
     pending: VecDeque<Job>,
@@ -413,7 +416,7 @@ struct Worker<B: Backend> {
     counters: Arc<Counters>,
 }
 
-impl<B: Kernels> Worker<B> {
+impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
     fn run(mut self) {
         while let Some(job) = self.next_job() {
             if job.cancelled() {
@@ -563,8 +566,8 @@ fn sampler_error(e: impl std::fmt::Display) -> ApiError {
 
 /// Runs one batch (all with the options of the first job). Returns each job's tokens and whether
 /// it ended at EOS.
-fn generate<B: Kernels>(
-    model: &Served<B>,
+fn generate<B: Kernels, M: MaskPredictor<B>>(
+    model: &Served<B, M>,
     batch: &[GenerateJob],
 ) -> Result<Vec<(Vec<usize>, bool)>, ApiError> {
     let options = &batch[0].options;
@@ -653,8 +656,8 @@ fn model_error(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// See [`LogprobJob`].
-fn logprobs<B: Kernels>(
-    model: &Served<B>,
+fn logprobs<B: Kernels, M: MaskPredictor<B>>(
+    model: &Served<B, M>,
     tokens: &[usize],
     from: usize,
     top: usize,
@@ -735,7 +738,10 @@ fn read_logprobs<B: Kernels>(
 }
 
 /// See [`LoglikelihoodJob`].
-fn score<B: Kernels>(model: &Served<B>, job: &LoglikelihoodJob) -> Result<Scored, ApiError> {
+fn score<B: Kernels, M: MaskPredictor<B>>(
+    model: &Served<B, M>,
+    job: &LoglikelihoodJob,
+) -> Result<Scored, ApiError> {
     let eval = |e: mdm_eval::EvalError| ApiError::invalid("continuation", e.to_string());
     match model {
         Served::Masked(m) => {

@@ -20,7 +20,7 @@
 //! use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let engine = Engine::start::<Flex, _>(
+//! let engine = Engine::start::<Flex, _, _>(
 //!     || Ok(Served::Masked(ModelConfig::from_name_or_file("6M")?.init_masked(0, &Default::default())?)),
 //!     EngineConfig::default(),
 //! )?;

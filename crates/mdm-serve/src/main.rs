@@ -135,7 +135,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
     };
     eprintln!("loading {} ...", source.describe());
     let load_source = source.clone();
-    let engine = Engine::start::<Backend, _>(
+    let engine = Engine::start::<Backend, _, _>(
         move || {
             let device = Default::default();
             Ok(match &load_source {

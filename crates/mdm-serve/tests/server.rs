@@ -60,7 +60,7 @@ impl TestServer {
         let vocab = tok.vocab_size();
         let (layers, width, positions) = setup.size;
         let causal = setup.causal;
-        let engine = Engine::start::<Flex, _>(
+        let engine = Engine::start::<Flex, _, _>(
             move || {
                 let config = ModelConfig::custom(vocab, layers, 2, width, 2 * width, positions);
                 let device = Default::default();
@@ -848,7 +848,7 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
                 .remove(0)
         })
         .collect();
-    let engine = Engine::start::<Flex, _>(
+    let engine = Engine::start::<Flex, _, _>(
         move || {
             Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
                 &dir,
@@ -912,7 +912,7 @@ async fn a_dream_folder_is_served_with_its_tokenizer_and_template() {
         .unwrap()
         .remove(0);
     let load_dir = dir.clone();
-    let engine = Engine::start::<Flex, _>(
+    let engine = Engine::start::<Flex, _, _>(
         move || {
             Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
                 &load_dir,
@@ -993,6 +993,110 @@ async fn a_dream_folder_is_served_with_its_tokenizer_and_template() {
     assert!(ll["loglikelihood"].as_f64().unwrap() < 0.0, "{ll}");
 }
 
+/// A network of its own (here a wrapper that only delegates, as a family with another
+/// architecture would implement the seam): the server takes it through `MaskPredictor`.
+struct OwnNetwork(mdm_models::MaskedTransformer<Flex>);
+
+impl mdm_models::MaskPredictor<Flex> for OwnNetwork {
+    fn mask_id(&self) -> usize {
+        self.0.mask_id()
+    }
+    fn vocab_size(&self) -> usize {
+        mdm_models::MaskPredictor::vocab_size(&self.0)
+    }
+    fn max_positions(&self) -> usize {
+        self.0.max_positions()
+    }
+    fn device(&self) -> burn::backend::flex::FlexDevice {
+        mdm_models::MaskPredictor::device(&self.0)
+    }
+    fn shifts_logits(&self) -> bool {
+        self.0.shifts_logits()
+    }
+    fn logits(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 3>, mdm_models::ModelError> {
+        self.0.logits(ids)
+    }
+    fn logits_at(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        padding: Option<burn::tensor::Tensor<Flex, 2, burn::tensor::Bool>>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        mdm_models::MaskPredictor::logits_at(&self.0, ids, padding, index)
+    }
+    fn logits_caching(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        lengths: Option<&[usize]>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<(burn::tensor::Tensor<Flex, 2>, mdm_models::BlockCache<Flex>), mdm_models::ModelError>
+    {
+        self.0.logits_caching(ids, lengths, index)
+    }
+    fn logits_after_prefix(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        prefix: &mdm_models::BlockCache<Flex>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        self.0.logits_after_prefix(ids, prefix, index)
+    }
+    fn logits_in_window(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        starts: &[usize],
+        cache: &mut mdm_models::BlockCache<Flex>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        self.0.logits_in_window(ids, starts, cache, index)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_of_its_own_is_served_through_the_seam() {
+    use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/dream-parity/model");
+    let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
+    let prompt = vec![5usize, 9, 17];
+    let options = DecodingOptions::default()
+        .with_gen_length(8)
+        .with_block_length(4)
+        .with_steps(8)
+        .with_cache(CacheMode::Prefix);
+    let want = MaskedDiffusionSampler::new(&model, options)
+        .generate(std::slice::from_ref(&prompt), |_| {})
+        .unwrap()
+        .remove(0);
+    let engine = Engine::start::<Flex, _, _>(
+        move || {
+            let net = mdm_models::MaskedTransformer::load_hf(&dir, &Default::default())?;
+            Ok(Served::Masked(OwnNetwork(net)))
+        },
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let state = AppState::new(engine, None, ChatPrompt::plain(), ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let body = json!({"prompt": prompt, "max_tokens": 8, "block_length": 4, "steps": 8, "cache": "prefix"});
+    let r: Value = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(got, want, "{r}");
+}
+
 /// The same request through the command line's parsing (`generate`'s flattened
 /// `DecodingOptions`) and through the server's JSON: the same options and the same tokens, for
 /// every option.
@@ -1010,7 +1114,7 @@ async fn the_command_line_and_the_server_decode_a_request_the_same() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/llada-parity/model");
     let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
-    let engine = Engine::start::<Flex, _>(
+    let engine = Engine::start::<Flex, _, _>(
         move || {
             Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
                 &dir,
