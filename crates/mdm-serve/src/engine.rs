@@ -31,6 +31,8 @@ use crate::error::{ApiError, ServeError};
 /// The model the worker serves: a masked diffusion model of any network behind the seam
 /// ([`MaskPredictor`]; by default the shared network of the SMDM, LLaDA and Dream families), or
 /// the autoregressive baseline.
+// one value for the server's lifetime: the variants' sizes do not matter
+#[allow(clippy::large_enum_variant)]
 pub enum Served<B: Backend, M = MaskedTransformer<B>> {
     /// A masked diffusion model.
     Masked(M),
