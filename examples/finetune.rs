@@ -45,8 +45,9 @@ struct Args {
     /// The checkpoint folder to start from (its kind decides MDM or baseline).
     #[arg(long, required_unless_present = "hf", conflicts_with = "hf")]
     init: Option<PathBuf>,
-    /// A Hugging Face folder to start from (LLaDA or Dream, by its `model_type`); the result is
-    /// also written as a folder like it (OUT/hf).
+    /// A Hugging Face folder to start from (LLaDA or Dream, by its `model_type`), or a repository
+    /// name (`owner/name`, fetched into the Hugging Face cache); the result is also written as a
+    /// folder like it (OUT/hf).
     #[arg(long)]
     hf: Option<PathBuf>,
     /// Prompt/response JSONL files.
@@ -111,7 +112,11 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let (init, kind, model_config) = match (&args.init, &args.hf) {
-        (_, Some(dir)) => (dir.clone(), ModelKind::Masked, hf_model_config(dir)?),
+        (_, Some(arg)) => {
+            let dir = mdm::models::hub::resolve(arg)?;
+            let config = hf_model_config(&dir)?;
+            (dir, ModelKind::Masked, config)
+        }
         (Some(dir), None) => {
             let meta = read_meta(dir)?;
             (dir.clone(), meta.kind, meta.config)
@@ -204,11 +209,11 @@ fn main() -> Result<()> {
         Some(dir) => {
             tokenizer.save(dir.join(TOKENIZER_FILE))?;
             println!("model: {}", dir.display());
-            if let Some(hf) = &args.hf {
+            if args.hf.is_some() {
                 let out = args.out.join("hf");
                 let model = MaskedTransformer::<backend::Default>::load(&dir, &backend::device())?;
-                model.save_hf_like(hf, &out)?;
-                println!("as {}: {}", hf.display(), out.display());
+                model.save_hf_like(&init, &out)?;
+                println!("as {}: {}", init.display(), out.display());
             }
         }
         None => println!(

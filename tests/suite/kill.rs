@@ -23,7 +23,7 @@ use safetensors::SafeTensors;
 const PATIENCE: Duration = Duration::from_secs(300);
 
 /// An example binary beside this test's (`target/<profile>/examples/<name>`).
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
     let profile = exe
         .parent()

@@ -15,6 +15,7 @@ mod common;
 
 mod backend;
 mod determinism;
+mod hub;
 mod kill;
 mod parity;
 mod parity_dream;

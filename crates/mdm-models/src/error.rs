@@ -14,6 +14,14 @@ pub enum ModelError {
         /// The names that exist.
         known: String,
     },
+    /// A model asked for by name could not be fetched from the hub nor found in the cache.
+    #[error("model `{repo}`: {reason}")]
+    Hub {
+        /// The repository (`owner/name`).
+        repo: String,
+        /// What went wrong, and where the cache was looked for.
+        reason: String,
+    },
     /// Sizes that do not fit together, or unreadable config JSON.
     #[error("invalid model config: {reason}")]
     Config {

@@ -20,7 +20,8 @@ pub enum ModelSource {
         /// Its config.
         config: ModelConfig,
     },
-    /// A Hugging Face folder (`--hf DIR`).
+    /// A Hugging Face folder (`--hf DIR`, or `--hf owner/name`: the repository's snapshot,
+    /// fetched into the Hugging Face cache, see [`crate::hub`]).
     HuggingFace(PathBuf),
     /// Random weights (`--config NAME` alone).
     Random {
@@ -32,7 +33,8 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// The source the usual flags describe: `checkpoint`, else `hf`, else `smdm` with `config`,
+    /// The source the usual flags describe: `checkpoint`, else `hf` (a folder, or a repository
+    /// name fetched into the Hugging Face cache unless already there), else `smdm` with `config`,
     /// else random weights of `config` (a Diff_LLaMA name or a JSON file) from `seed`.
     pub fn from_flags(
         checkpoint: Option<&Path>,
@@ -43,7 +45,7 @@ impl ModelSource {
     ) -> Result<Self, ModelError> {
         Ok(match (checkpoint, hf, smdm) {
             (Some(dir), _, _) => Self::Checkpoint(dir.to_path_buf()),
-            (None, Some(dir), _) => Self::HuggingFace(dir.to_path_buf()),
+            (None, Some(dir), _) => Self::HuggingFace(crate::hub::resolve(dir)?),
             (None, None, Some(file)) => Self::Smdm {
                 file: file.to_path_buf(),
                 config: ModelConfig::from_name_or_file(config)?,
