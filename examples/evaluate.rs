@@ -43,7 +43,9 @@ struct Args {
     /// A checkpoint folder (ours: model.safetensors + meta.json).
     #[arg(long, required_unless_present_any = ["smdm", "hf"])]
     checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder (LLaDA; its tokenizer.json unless `--tokenizer`).
+    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
+    /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
+    /// vocab.json + merges.txt) unless `--tokenizer`.
     #[arg(long, conflicts_with_all = ["checkpoint", "smdm"])]
     hf: Option<PathBuf>,
     /// A published SMDM safetensors file (an MDM; give `--config` and `--tokenizer`).

@@ -33,7 +33,9 @@ struct Args {
     /// A checkpoint folder written by this library.
     #[arg(long, conflicts_with_all = ["smdm", "hf"])]
     checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder (`config.json` + safetensors; LLaDA), its tokenizer.json if present.
+    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
+    /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
+    /// vocab.json + merges.txt) unless `--tokenizer`.
     #[arg(long, conflicts_with = "smdm")]
     hf: Option<PathBuf>,
     /// An SMDM safetensors file (with `--config`).

@@ -28,8 +28,8 @@ struct Args {
     /// A checkpoint folder written by this library (`model.safetensors` + `config.json`).
     #[arg(long, conflicts_with_all = ["smdm", "hf"])]
     checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder (`config.json` + safetensors; the family from its `model_type`:
-    /// LLaDA).
+    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
+    /// cache): LLaDA or Dream by its `model_type`.
     #[arg(long, conflicts_with = "smdm")]
     hf: Option<PathBuf>,
     /// An SMDM safetensors file (needs `--config`).
