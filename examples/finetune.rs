@@ -111,6 +111,12 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let session = args.parallel.session()?;
+    let result = run(&args, &session);
+    session.finish(result)
+}
+
+fn run(args: &Args, session: &parallel::Session) -> Result<()> {
     let (init, kind, model_config) = match (&args.init, &args.hf) {
         (_, Some(arg)) => {
             let dir = mdm::models::hub::resolve(arg)?;
@@ -201,6 +207,9 @@ fn main() -> Result<()> {
     let data = DataSpec::Sft(dataset);
     let summary =
         train_objective::<Training>(&model_config, &config, data, &args.out, &options, &devices)?;
+    if !session.is_leader() {
+        return Ok(());
+    }
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

@@ -200,11 +200,17 @@ fn model_config(args: &Args, vocab: usize, seq_len: usize) -> Result<ModelConfig
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let config = train_config(&args)?;
+    let session = args.parallel.session()?;
+    let result = run(&args, &session);
+    session.finish(result)
+}
+
+fn run(args: &Args, session: &parallel::Session) -> Result<()> {
+    let config = train_config(args)?;
     let tokenizer_path = args.data.join(TOKENIZER_FILE);
     let tokenizer = Tokenizer::from_file(&tokenizer_path)
         .with_context(|| format!("{} is not a prepared data folder", args.data.display()))?;
-    let model = model_config(&args, tokenizer.vocab_size(), config.seq_len)?;
+    let model = model_config(args, tokenizer.vocab_size(), config.seq_len)?;
     let train_files = find_shards(&args.data, "train")?;
     if train_files.is_empty() {
         bail!("no train_*.bin shards in {}", args.data.display());
@@ -213,18 +219,20 @@ fn main() -> Result<()> {
         train: train_files,
         valid: find_shards(&args.data, "valid")?,
     };
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::copy(&tokenizer_path, args.out.join(TOKENIZER_FILE))?;
-    println!(
-        "{:?} {} ({} layers, width {}, vocab {}) on {}, backend {}",
-        config.objective,
-        model.name,
-        model.n_layer,
-        model.n_embd,
-        model.vocab_size,
-        args.data.display(),
-        backend::NAME
-    );
+    if session.is_leader() {
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::copy(&tokenizer_path, args.out.join(TOKENIZER_FILE))?;
+        println!(
+            "{:?} {} ({} layers, width {}, vocab {}) on {}, backend {}",
+            config.objective,
+            model.name,
+            model.n_layer,
+            model.n_embd,
+            model.vocab_size,
+            args.data.display(),
+            backend::NAME
+        );
+    }
     let options = RunOptions {
         resume: args.resume,
         init_from: None,
@@ -236,7 +244,7 @@ fn main() -> Result<()> {
         // a resumed run keeps the objective it was started with
         let saved = args.out.join(mdm::train::trainer::CONFIG_FILE);
         if saved.is_file() {
-            TrainConfig::from_file(&saved)?.objective
+            TrainConfig::recipe_from_file(&saved)?.objective
         } else {
             config.objective
         }
@@ -250,6 +258,9 @@ fn main() -> Result<()> {
     };
     let summary =
         train_objective::<Training>(&model, &config, data, &args.out, &options, &devices)?;
+    if !session.is_leader() {
+        return Ok(());
+    }
     println!(
         "{} of {} steps, {} tokens in {:.0} s; last training loss {:.4}",
         summary.steps, summary.total_steps, summary.tokens, summary.elapsed_s, summary.last_loss

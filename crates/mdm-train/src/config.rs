@@ -126,35 +126,30 @@ pub struct TrainConfig {
     pub save_every: usize,
     /// Checkpoints kept (the oldest are deleted).
     pub keep_last: usize,
-    /// Data parallel: the devices of this node and, for several machines, the collective's node
-    /// settings (`[parallel]` in TOML). Not part of the recipe: the updates do not depend on it, so
+    /// Data parallel: the devices of this process and whether it is one rank of an MPI job
+    /// (`[parallel]` in TOML). Not part of the recipe: the updates do not depend on it, so
     /// a resumed run takes the caller's, not the saved one.
     pub parallel: ParallelConfig,
 }
 
-/// Where a run's peers are: the devices of this node and, for a run across several machines,
-/// burn-collective's node settings. Every node of a run must use the same number of devices.
+/// Where a run's peers are: the devices of this process and, for a run across machines, whether
+/// this process is one rank of an MPI job (`mpirun`, Slurm's `srun`; Cargo feature `mpi`). Every
+/// rank of a run must use the same number of devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ParallelConfig {
-    /// This node's devices as the command line gives them (`cpu:2`, `cuda:0,cuda:1`, `wgpu:0`);
-    /// empty: the backend's default device. Programs turn it into devices
+    /// This process's devices as the command line gives them (`cpu:2`, `cuda:0,cuda:1`,
+    /// `wgpu:0`); empty: the backend's default device. Programs turn it into devices
     /// (`mdm::backend::devices`); the trainer takes the devices themselves.
     pub devices: String,
-    /// Machines in the run (1: this one only).
-    pub nodes: u32,
-    /// This machine's rank, `0..nodes`; rank 0 writes checkpoints, metrics and the final model.
-    pub node_rank: u32,
-    /// Address of the global coordinator (burn-collective's orchestrator), `ws://HOST:PORT`.
-    pub coordinator: Option<String>,
-    /// This node's address as the other nodes reach it, `ws://HOST:PORT` (the port is
-    /// `data_port`).
-    pub node_address: Option<String>,
-    /// Port this node serves tensors on to the other nodes.
-    pub data_port: Option<u16>,
-    /// Seconds every peer of this node may wait inside one collective operation (registration
-    /// or all-reduce) for the other nodes before the run stops with an error; must exceed the
-    /// longest validation or checkpoint of rank 0.
+    /// Train as one rank of the MPI job this process was started in: the ranks average gradients
+    /// and losses with MPI all-reduce ([`crate::mpi`]; needs the `mpi` feature and MPI initialized
+    /// by [`crate::mpi::Mpi::init`] when the run starts). Rank 0 writes checkpoints, metrics and
+    /// the model.
+    pub mpi: bool,
+    /// Seconds a rank may wait inside one MPI operation for the other ranks before the run stops
+    /// with an error naming the ranks that did not arrive; must exceed the longest validation or
+    /// checkpoint of rank 0.
     pub timeout_s: u64,
 }
 
@@ -162,63 +157,26 @@ impl Default for ParallelConfig {
     fn default() -> Self {
         Self {
             devices: String::new(),
-            nodes: 1,
-            node_rank: 0,
-            coordinator: None,
-            node_address: None,
-            data_port: None,
+            mpi: false,
             timeout_s: 600,
         }
     }
 }
 
 impl ParallelConfig {
-    /// Peers in the whole run when this node has `local` devices.
-    pub fn world(&self, local: usize) -> usize {
-        local * self.nodes.max(1) as usize
-    }
-
-    /// Checks the node settings: all of coordinator, node address and data port for several
-    /// nodes, none for one; a rank below the node count.
+    /// Checks the settings: a positive timeout, and MPI only in a build with it.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        if self.nodes == 0 || self.node_rank >= self.nodes {
-            return bad(format!(
-                "parallel.node_rank {} of parallel.nodes {} (ranks count from 0)",
-                self.node_rank, self.nodes
-            ));
-        }
-        let set = [
-            self.coordinator.is_some(),
-            self.node_address.is_some(),
-            self.data_port.is_some(),
-        ];
-        if self.nodes > 1 && set.contains(&false) {
-            return bad(format!(
-                "a run on {} nodes needs parallel.coordinator, parallel.node_address and \
-                 parallel.data_port (--coordinator, --node-address, --data-port)",
-                self.nodes
-            ));
-        }
-        if self.nodes == 1 && set.contains(&true) {
-            return bad(
-                "parallel.coordinator, node_address and data_port are for runs on several nodes \
-                 (set parallel.nodes / --nodes)"
+        if self.mpi && !cfg!(feature = "mpi") {
+            return Err(TrainError::Config(
+                "parallel.mpi: this build has no MPI (build with the `mpi` feature: \
+                 cargo build --release --features mpi, with Open MPI or MPICH installed)"
                     .into(),
-            );
-        }
-        for (key, address) in [
-            ("coordinator", &self.coordinator),
-            ("node_address", &self.node_address),
-        ] {
-            if let Some(a) = address {
-                if !a.starts_with("ws://") || a.len() <= "ws://".len() {
-                    return bad(format!("parallel.{key} `{a}`: expected ws://HOST:PORT"));
-                }
-            }
+            ));
         }
         if self.timeout_s == 0 {
-            return bad("parallel.timeout_s must be positive".into());
+            return Err(TrainError::Config(
+                "parallel.timeout_s must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -279,6 +237,21 @@ impl TrainConfig {
         let config: Self =
             parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         Ok(config)
+    }
+
+    /// The recipe a run saved in its `train.toml` (TOML), without its `[parallel]` section: how
+    /// an earlier invocation was spread over devices and ranks is not part of the recipe (a
+    /// resumed run takes the caller's), and folders written by versions with other parallel
+    /// settings resume.
+    pub fn recipe_from_file(path: impl AsRef<Path>) -> Result<Self, TrainError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let bad = |e: String| TrainError::Config(format!("{}: {e}", path.display()));
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        table.remove("parallel");
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))
     }
 
     /// The config as TOML.
@@ -360,6 +333,44 @@ pub fn learning_rate(config: &TrainConfig, step: usize, total_steps: usize) -> f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_recipe_resumes_whatever_parallel_section_it_holds() {
+        let dir = std::env::temp_dir().join(format!("mdm-recipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("train.toml");
+        let config = TrainConfig {
+            seq_len: 64,
+            ..Default::default()
+        };
+        // a train.toml of an earlier version: burn-collective's node settings
+        let old = config.to_toml().replace(
+            "[parallel]",
+            "[parallel]\nnodes = 1\nnode_rank = 0\ncoordinator = \"ws://10.0.0.1:3000\"",
+        );
+        std::fs::write(&path, old).unwrap();
+        let read = TrainConfig::recipe_from_file(&path).unwrap();
+        assert_eq!(read.seq_len, 64);
+        assert_eq!(read.parallel, ParallelConfig::default());
+        // read as a config file the user wrote, the unknown key is named
+        let error = TrainConfig::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown field"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mpi_is_refused_in_a_build_without_it_and_a_zero_timeout_always() {
+        let mpi = ParallelConfig {
+            mpi: true,
+            ..Default::default()
+        };
+        assert_eq!(mpi.validate().is_ok(), cfg!(feature = "mpi"));
+        let zero = ParallelConfig {
+            timeout_s: 0,
+            ..Default::default()
+        };
+        assert!(zero.validate().is_err());
+    }
 
     #[test]
     fn schedule_warms_up_then_decays_to_min() {

@@ -56,33 +56,49 @@ pub enum TrainError {
     },
     /// A peer of a data-parallel run returned an error or panicked; the run stopped (its last
     /// checkpoint is intact and resumes).
-    #[error("data-parallel peer {peer} of node {node} failed: {reason}")]
+    #[error("data-parallel peer {peer} of rank {rank} failed: {reason}")]
     PeerFailed {
-        /// The peer's index on its node.
+        /// The peer's index among its process's devices.
         peer: usize,
-        /// The node's rank.
-        node: u32,
+        /// Its process's MPI rank (0 without MPI).
+        rank: u32,
         /// Its error.
         reason: String,
     },
-    /// Every peer of this node waited inside one collective operation for longer than the
-    /// timeout: another node died or cannot be reached.
+    /// MPI could not be started or used (feature `mpi`).
+    #[error("MPI: {0}")]
+    Mpi(String),
+    /// This rank waited inside one MPI operation for longer than `parallel.timeout_s`: the ranks
+    /// named did not arrive (stopped, hung or unreachable).
     #[error(
-        "node {node} of {nodes}: the {what} of step {step} got no answer from the other nodes \
-         within {waited_s} s (a node stopped or cannot be reached; resume every node from the last \
-         checkpoint)"
+        "rank {rank} of {ranks}: the {what} of step {step} waited {waited_s} s for {}; stopped \
+         (resume every rank from the last checkpoint)",
+        missing_ranks(missing)
     )]
-    CollectiveTimeout {
-        /// This node's rank.
-        node: u32,
-        /// Nodes in the run.
-        nodes: u32,
+    RankTimeout {
+        /// This process's rank.
+        rank: u32,
+        /// Ranks in the run.
+        ranks: u32,
         /// The optimizer step (0-based) being reduced.
         step: usize,
-        /// `registration` or `all-reduce`.
+        /// Which operation (`gradient all-reduce`, `loss all-reduce`, ...).
         what: &'static str,
+        /// The ranks that did not arrive (empty: every rank arrived and one stopped during the
+        /// all-reduce itself).
+        missing: Vec<u32>,
         /// Seconds waited.
         waited_s: u64,
+    },
+    /// Another rank of an MPI run stopped with an error and said so; this rank stopped too.
+    #[error("rank {rank} failed at step {step}: {reason}")]
+    RankFailed {
+        /// The rank that failed.
+        rank: u32,
+        /// The optimizer step (0-based) this rank was at.
+        step: usize,
+        /// Its error.
+        reason: String,
     },
     /// The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept.
     #[error("the {what} is {loss} at step {step}: stopped (the last good checkpoint is kept)")]
@@ -94,6 +110,21 @@ pub enum TrainError {
         /// The value.
         loss: f64,
     },
+}
+
+/// `rank 1` / `ranks 1, 3` / `a rank that stopped during the operation`.
+fn missing_ranks(missing: &[u32]) -> String {
+    match missing {
+        [] => "a rank that stopped during the operation".into(),
+        [one] => format!("rank {one}"),
+        many => format!(
+            "ranks {}",
+            many.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 pub(crate) fn io(file: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {

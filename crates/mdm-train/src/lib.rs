@@ -11,6 +11,7 @@
 //! | [`objective`] | [`TrainModel`]: the MDM and baseline losses and their validation; [`objective::MaskedTrainBatch`]: a noised batch of any masking scheme |
 //! | [`optim`] | AdamW with global-norm clipping and gradient accumulation, saveable state |
 //! | [`parallel`] | data parallel on one machine: [`parallel::CollectiveMean`] averages the peers' gradients with burn-collective |
+//! | `mpi` | (feature `mpi`) across machines: each process one rank of an MPI job, `mpi::MpiMean` averages the ranks' gradients with MPI all-reduce |
 //! | [`step`] | one optimizer step: accumulate, reduce across peers (hook), clip, update |
 //! | [`source`] | [`DataSpec`]: shards or fine-tuning rows, and the stream's saved position |
 //! | [`checkpoint`] | atomic checkpoint folders, [`checkpoint::Checkpointer`] (keep-last-k), the state needed for exact resumption |
@@ -33,6 +34,8 @@ pub mod events;
 pub mod fit;
 pub mod flops;
 pub mod metrics;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod objective;
 pub mod optim;
 pub mod parallel;

@@ -97,6 +97,33 @@ impl<B: Backend> GradAccumulator<B> {
         Ok(())
     }
 
+    /// Replaces all the gradients at once by `f` of their concatenation (visit order), e.g. their
+    /// mean over the ranks of an MPI run in one all-reduce; `f` must keep the length.
+    pub fn try_map_flat(
+        &mut self,
+        f: impl FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError>,
+    ) -> Result<(), TrainError> {
+        let Some(first) = self.grads.first() else {
+            return Ok(());
+        };
+        let device = first.device();
+        let sizes: Vec<usize> = self.grads.iter().map(|g| g.dims()[0]).collect();
+        let total: usize = sizes.iter().sum();
+        let flat = f(Tensor::cat(std::mem::take(&mut self.grads), 0))?.to_device(&device);
+        if flat.dims()[0] != total {
+            return Err(TrainError::Config(format!(
+                "the reduced gradients have {} values, the model {total}",
+                flat.dims()[0]
+            )));
+        }
+        let mut start = 0;
+        for size in sizes {
+            self.grads.push(flat.clone().narrow(0, start, size));
+            start += size;
+        }
+        Ok(())
+    }
+
     /// Micro-batches added.
     pub fn micro_batches(&self) -> usize {
         self.micro_batches

@@ -1,9 +1,9 @@
 //! Data parallel: each peer (a thread with its own device and its own replica of the model)
 //! computes the gradients of its share of every global batch, and [`CollectiveMean`] replaces them
 //! by their mean over all peers before clipping and AdamW, so every replica makes the update one
-//! device would make on the whole batch and the replicas stay equal. Peers on several machines
-//! (nodes) would meet through burn-collective's global coordinator; the trainer refuses that for
-//! now ([`MULTI_NODE_GAP`]).
+//! device would make on the whole batch and the replicas stay equal. Across machines, each process
+//! is one rank of an MPI job ([`crate::mpi`]): the peers of a rank average with burn-collective,
+//! then the ranks with MPI.
 //!
 //! The all-reduce is burn's own (`burn-collective`, version-matched to our burn), not ours: its
 //! local server pairs the peers' calls by order, so every peer must call it for the same
@@ -14,11 +14,9 @@
 //! waiting (or, worse, a later call of the survivors would be reduced over fewer peers). So the
 //! peers run under [`run_peers`], which supervises them from the calling thread: a peer that
 //! returns an error or panics stops the run at once with [`TrainError::PeerFailed`] naming it
-//! (the others are woken by resetting the local collective and told to abort), and when every
-//! peer of this node has waited inside one collective operation for longer than the timeout
-//! (another node died or cannot be reached), the run stops with
-//! [`TrainError::CollectiveTimeout`]. Peers that stay blocked in burn-collective are left behind
-//! (they hold no files); a program ends them by exiting.
+//! (the others are woken by resetting the local collective and told to abort). A wait for other
+//! ranks is bounded by the MPI layer's own timeout. Peers that stay blocked in burn-collective are
+//! left behind (they hold no files); a program ends them by exiting.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +31,6 @@ use burn_collective::{
     ReduceOperation,
 };
 
-use crate::config::ParallelConfig;
 use crate::optim::GradAccumulator;
 use crate::step::GradientReduce;
 use crate::TrainError;
@@ -41,14 +38,14 @@ use crate::TrainError;
 /// Where one peer stands in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerPlace {
-    /// Index among this node's peers (burn-collective's peer id), `0..local`.
+    /// Index among this process's peers (burn-collective's peer id), `0..local_peers`.
     pub local: usize,
-    /// Peers on this node.
+    /// Peers (devices) of this process.
     pub local_peers: usize,
-    /// This node's rank.
-    pub node: u32,
-    /// Nodes in the run.
-    pub nodes: u32,
+    /// This process's MPI rank (0 without MPI).
+    pub rank: u32,
+    /// Ranks in the run (1 without MPI).
+    pub ranks: u32,
 }
 
 impl PeerPlace {
@@ -56,18 +53,18 @@ impl PeerPlace {
     pub const SINGLE: Self = Self {
         local: 0,
         local_peers: 1,
-        node: 0,
-        nodes: 1,
+        rank: 0,
+        ranks: 1,
     };
 
-    /// Index of this peer in the whole run: node-major.
+    /// Index of this peer in the whole run: rank-major.
     pub fn global(&self) -> usize {
-        self.node as usize * self.local_peers + self.local
+        self.rank as usize * self.local_peers + self.local
     }
 
     /// Peers in the whole run.
     pub fn world(&self) -> usize {
-        self.local_peers * self.nodes as usize
+        self.local_peers * self.ranks.max(1) as usize
     }
 
     /// The peer that writes the run's files (checkpoints, metrics, validation, final model) and
@@ -77,43 +74,17 @@ impl PeerPlace {
     }
 }
 
-/// A wait inside a collective operation: since when, for which step, which operation.
-type Wait = (Instant, usize, &'static str);
-
-/// What the supervisor sees of each local peer: whether, since when and for which step it waits
-/// inside a collective operation, and the run's abort flag.
+/// The run's abort flag, shared by the supervisor and the peers.
 #[derive(Debug)]
 pub struct Watch {
-    waiting: Mutex<Vec<Option<Wait>>>,
     abort: AtomicBool,
 }
 
 impl Watch {
-    fn new(peers: usize) -> Self {
+    fn new() -> Self {
         Self {
-            waiting: Mutex::new(vec![None; peers]),
             abort: AtomicBool::new(false),
         }
-    }
-
-    fn set(&self, peer: usize, state: Option<Wait>) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = waiting.get_mut(peer) {
-            *slot = state;
-        }
-    }
-
-    /// When every peer waits: the earliest start, the step and the operation.
-    fn all_waiting(&self) -> Option<Wait> {
-        let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut earliest: Option<Wait> = None;
-        for w in waiting.iter() {
-            let w = (*w)?;
-            if earliest.is_none_or(|e| w.0 < e.0) {
-                earliest = Some(w);
-            }
-        }
-        earliest
     }
 
     fn aborted(&self) -> bool {
@@ -129,7 +100,6 @@ pub struct CollectiveMean<B: Backend> {
     local: usize,
     device: B::Device,
     watch: Arc<Watch>,
-    step: usize,
 }
 
 impl<B: Backend> CollectiveMean<B> {
@@ -140,71 +110,79 @@ impl<B: Backend> CollectiveMean<B> {
         let place = PeerPlace {
             local: peer,
             local_peers: peers,
-            node: 0,
-            nodes: 1,
+            ..PeerPlace::SINGLE
         };
-        Self::join(
-            place,
-            &ParallelConfig::default(),
-            device,
-            Arc::new(Watch::new(peers)),
-        )
+        Self::join(place, device, Arc::new(Watch::new()))
     }
 
-    /// Registers the peer at `place` with the node settings of `parallel`, reporting its waits to
-    /// `watch`.
+    /// Registers the peer at `place` among its process's peers, sharing `watch`'s abort flag.
     pub fn join(
         place: PeerPlace,
-        parallel: &ParallelConfig,
         device: &B::Device,
         watch: Arc<Watch>,
     ) -> Result<Self, TrainError> {
         if place.local >= place.local_peers {
             return Err(TrainError::Config(format!(
-                "peer {} of a node with {} peers (peers count from 0)",
+                "peer {} of a process with {} peers (peers count from 0)",
                 place.local, place.local_peers
             )));
         }
         let id = PeerId::from(u32::try_from(place.local).map_err(|_| too_many(place.local))?);
-        let config = collective_config(place.local_peers, parallel)?;
+        let config = CollectiveConfig::default().with_num_devices(place.local_peers);
         let mut me = Self {
             peer: id,
             local: place.local,
             device: device.clone(),
             watch,
-            step: 0,
         };
-        me.waiting("registration", |peer| {
-            register::<B>(peer, device.clone(), config)
-        })?;
+        me.waiting(|peer| register::<B>(peer, device.clone(), config))?;
         Ok(me)
     }
 
-    /// Runs one collective call, reported to the watch while it waits; an aborted run answers
-    /// with an error before calling.
+    /// Runs one collective call; an aborted run answers with an error before and after it.
     fn waiting<T>(
         &mut self,
-        what: &'static str,
         call: impl FnOnce(PeerId) -> Result<T, burn_collective::CollectiveError>,
     ) -> Result<T, TrainError> {
         if self.watch.aborted() {
             return Err(aborted(self.peer));
         }
-        self.watch
-            .set(self.local, Some((Instant::now(), self.step, what)));
         let result = call(self.peer);
-        self.watch.set(self.local, None);
         if self.watch.aborted() {
             return Err(aborted(self.peer));
         }
         result.map_err(|e| collective(self.peer, e))
+    }
+
+    /// Replaces every peer's `tensor` by the first peer's, bit for bit: a sum in which the other
+    /// peers add zeros.
+    pub fn from_first(&mut self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError> {
+        let mine = if self.local == 0 {
+            tensor
+        } else {
+            tensor.zeros_like()
+        };
+        let first = self.waiting(|peer| {
+            all_reduce::<B>(peer, mine.into_primitive().tensor(), ReduceOperation::Sum)
+        })?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(first)))
+    }
+
+    /// The device this peer computes on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Whether this is its process's first peer (the one that talks to the other ranks).
+    pub fn is_first(&self) -> bool {
+        self.local == 0
     }
 }
 
 impl<B: Backend> GradientReduce<B> for CollectiveMean<B> {
     fn reduce(&mut self, grads: &mut GradAccumulator<B>) -> Result<(), TrainError> {
         grads.try_map(|grad| {
-            let mean = self.waiting("all-reduce", |peer| {
+            let mean = self.waiting(|peer| {
                 all_reduce::<B>(peer, grad.into_primitive().tensor(), ReduceOperation::Mean)
             })?;
             Ok(Tensor::from_primitive(TensorPrimitive::Float(mean)))
@@ -217,7 +195,7 @@ impl<B: Backend> GradientReduce<B> for CollectiveMean<B> {
             [values.len()],
         );
         let tensor = Tensor::<B, 1>::from_data(data, &self.device);
-        let mean = self.waiting("all-reduce", |peer| {
+        let mean = self.waiting(|peer| {
             all_reduce::<B>(
                 peer,
                 tensor.into_primitive().tensor(),
@@ -231,10 +209,6 @@ impl<B: Backend> GradientReduce<B> for CollectiveMean<B> {
             .to_vec::<f64>()
             .unwrap_or_default())
     }
-
-    fn at_step(&mut self, step: usize) {
-        self.step = step;
-    }
 }
 
 impl<B: Backend> Drop for CollectiveMean<B> {
@@ -247,48 +221,6 @@ impl<B: Backend> Drop for CollectiveMean<B> {
         let _ = finish_collective::<B>(self.peer);
     }
 }
-
-/// burn-collective's configuration for a node with `local_peers` devices.
-fn collective_config(
-    local_peers: usize,
-    parallel: &ParallelConfig,
-) -> Result<CollectiveConfig, TrainError> {
-    let config = CollectiveConfig::default().with_num_devices(local_peers);
-    if parallel.nodes <= 1 {
-        return Ok(config);
-    }
-    let (Some(coordinator), Some(node_address), Some(port)) = (
-        &parallel.coordinator,
-        &parallel.node_address,
-        parallel.data_port,
-    ) else {
-        return Err(TrainError::Config(
-            "a run on several nodes needs parallel.coordinator, node_address and data_port".into(),
-        ));
-    };
-    let address = |key: &str, a: &str| {
-        a.parse()
-            .map_err(|e| TrainError::Config(format!("parallel.{key} `{a}`: {e}")))
-    };
-    Ok(config
-        .with_num_nodes(parallel.nodes)
-        .with_global_address(address("coordinator", coordinator)?)
-        .with_node_address(address("node_address", node_address)?)
-        .with_data_service_port(port))
-}
-
-/// Why runs on several machines stop before they start: burn-collective 0.21's node-to-node
-/// synchronisation (`SyncService::sync`, `src/global/node/sync.rs`) clears a copy of its list of
-/// synced nodes instead of the list, so the second global operation after a registration waits
-/// forever (seen here: two nodes on loopback register and average once, then the first gradient
-/// all-reduce of step 0 never returns, with every global strategy; `tests/multinode_gap.rs`
-/// watches for a fixed release). Working around it would mean re-registering every node for every
-/// operation, which its coordinator numbers nodes by arrival for, and races; writing our own
-/// network all-reduce is what this crate does not do.
-pub const MULTI_NODE_GAP: &str = "training on several nodes waits for a fix in burn-collective: \
-    in 0.21 the second global all-reduce after a registration never returns (SyncService::sync \
-    in burn-collective's src/global/node/sync.rs clears a copy of its synced-node list); use \
-    several devices of one machine (--devices), see docs/training.md";
 
 /// The run that holds this process's collective: burn-collective keeps one local server per
 /// backend and process, so two data-parallel runs at once would mix their calls; the second waits.
@@ -319,12 +251,11 @@ pub struct Peer<E> {
 
 /// Runs `body` once per device on its own thread, supervised from this one: each event a peer
 /// reports goes to `on_event` (on this thread), the first local peer's result is returned once
-/// every peer has ended, and the first failure (error or panic) of any peer, or a collective wait
-/// longer than `parallel.timeout_s` on every peer of this node, ends the run at once with a typed
-/// error.
+/// every peer has ended, and the first failure (error or panic) of any peer ends the run at once
+/// with a typed error.
 pub fn run_peers<B, D, E, T, F>(
     devices: &[D],
-    parallel: &ParallelConfig,
+    rank: PeerPlace,
     body: F,
     mut on_event: impl FnMut(E),
 ) -> Result<T, TrainError>
@@ -340,7 +271,7 @@ where
     }
     let _run = RUN.lock().unwrap_or_else(PoisonError::into_inner);
     let local_peers = devices.len();
-    let watch = Arc::new(Watch::new(local_peers));
+    let watch = Arc::new(Watch::new());
     let body = Arc::new(body);
     let (events, event_receiver) = mpsc::channel::<E>();
     let (done, done_receiver) = mpsc::channel::<(usize, Result<T, TrainError>)>();
@@ -348,8 +279,7 @@ where
         let place = PeerPlace {
             local,
             local_peers,
-            node: parallel.node_rank,
-            nodes: parallel.nodes.max(1),
+            ..rank
         };
         let peer = Peer {
             place,
@@ -370,7 +300,7 @@ where
             abort::<B>(&watch);
             return Err(TrainError::PeerFailed {
                 peer: local,
-                node: parallel.node_rank,
+                rank: rank.rank,
                 reason: format!("could not start its thread: {e}"),
             });
         }
@@ -380,7 +310,7 @@ where
         events: event_receiver,
         done: done_receiver,
         watch: &watch,
-        parallel,
+        rank: rank.rank,
         local_peers,
     };
     supervisor.run::<B>(&mut on_event)
@@ -390,13 +320,12 @@ struct Supervisor<'a, E, T> {
     events: mpsc::Receiver<E>,
     done: mpsc::Receiver<(usize, Result<T, TrainError>)>,
     watch: &'a Watch,
-    parallel: &'a ParallelConfig,
+    rank: u32,
     local_peers: usize,
 }
 
 impl<E, T> Supervisor<'_, E, T> {
     fn run<B: Backend>(&self, on_event: &mut impl FnMut(E)) -> Result<T, TrainError> {
-        let timeout = Duration::from_secs(self.parallel.timeout_s);
         let mut first = None;
         let mut ended = 0;
         while ended < self.local_peers {
@@ -412,16 +341,13 @@ impl<E, T> Supervisor<'_, E, T> {
                     Err(error) => return Err(self.fail::<B>(peer, error)),
                 }
             }
-            if let Some(error) = self.timed_out::<B>(timeout) {
-                return Err(error);
-            }
         }
         while let Ok(e) = self.events.try_recv() {
             on_event(e);
         }
         first.ok_or_else(|| TrainError::PeerFailed {
             peer: 0,
-            node: self.parallel.node_rank,
+            rank: self.rank,
             reason: "ended without a result".into(),
         })
     }
@@ -432,33 +358,16 @@ impl<E, T> Supervisor<'_, E, T> {
         abort::<B>(self.watch);
         drain(&self.done, Duration::from_secs(2));
         match error {
-            error @ (TrainError::PeerFailed { .. } | TrainError::CollectiveTimeout { .. }) => error,
+            error @ (TrainError::PeerFailed { .. }
+            | TrainError::RankTimeout { .. }
+            | TrainError::RankFailed { .. }
+            | TrainError::Mpi(_)) => error,
             error => TrainError::PeerFailed {
                 peer,
-                node: self.parallel.node_rank,
+                rank: self.rank,
                 reason: error.to_string(),
             },
         }
-    }
-
-    /// Every local peer has waited inside a collective operation for longer than `timeout`: the
-    /// other nodes are gone (a node's own peers cannot all wait for nothing).
-    fn timed_out<B: Backend>(&self, timeout: Duration) -> Option<TrainError> {
-        if self.parallel.nodes <= 1 {
-            return None;
-        }
-        let (since, step, what) = self.watch.all_waiting()?;
-        if since.elapsed() <= timeout {
-            return None;
-        }
-        abort::<B>(self.watch);
-        Some(TrainError::CollectiveTimeout {
-            node: self.parallel.node_rank,
-            nodes: self.parallel.nodes,
-            step,
-            what,
-            waited_s: since.elapsed().as_secs(),
-        })
     }
 }
 
@@ -486,7 +395,7 @@ fn panicked(place: PeerPlace, panic: &(dyn std::any::Any + Send)) -> TrainError 
         .unwrap_or_else(|| "a panic".into());
     TrainError::PeerFailed {
         peer: place.local,
-        node: place.node,
+        rank: place.rank,
         reason: format!("panicked: {message}"),
     }
 }
@@ -514,14 +423,9 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
 
-    /// `peer` joined on the CPU, on one node.
+    /// `peer` joined on the CPU, in one process.
     fn join(peer: &Peer<()>) -> Result<CollectiveMean<Flex>, TrainError> {
-        CollectiveMean::join(
-            peer.place,
-            &ParallelConfig::default(),
-            &Default::default(),
-            peer.watch.clone(),
-        )
+        CollectiveMean::join(peer.place, &Default::default(), peer.watch.clone())
     }
 
     fn reduce_forever(peer: Peer<()>, fail_after: Option<usize>) -> Result<usize, TrainError> {
@@ -560,7 +464,7 @@ mod tests {
         let started = Instant::now();
         let result = run_peers::<Flex, _, (), _, _>(
             &[0usize, 1],
-            &ParallelConfig::default(),
+            PeerPlace::SINGLE,
             |peer, _| {
                 let fail = (peer.place.local == 1).then_some(3);
                 reduce_forever(peer, fail)
@@ -575,7 +479,7 @@ mod tests {
     fn a_panicking_peer_is_a_typed_error_and_the_next_run_works() {
         let result = run_peers::<Flex, _, (), _, _>(
             &[0usize, 1],
-            &ParallelConfig::default(),
+            PeerPlace::SINGLE,
             |peer, _| {
                 if peer.place.local == 0 {
                     panic!("peer zero fell over");
@@ -588,7 +492,7 @@ mod tests {
         // the collective is usable again by a run after it
         let ok = run_peers::<Flex, _, (), _, _>(
             &[0usize, 1],
-            &ParallelConfig::default(),
+            PeerPlace::SINGLE,
             |peer, _| {
                 let mut c = join(&peer)?;
                 let mean = c.mean_of(&[peer.place.local as f64 * 2.0])?;

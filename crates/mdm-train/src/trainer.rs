@@ -8,7 +8,7 @@ use mdm_kernels::AutodiffKernels;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use mdm_core::MdmRng;
 use mdm_eval::perplexity::PerTokenNll;
 use rand::SeedableRng;
@@ -157,14 +157,16 @@ where
     )
 }
 
-/// [`train_with`] data parallel: one peer per device of `devices` on this machine (threads,
-/// [`crate::parallel`]) and, with `config.parallel.nodes > 1`, the peers of the other machines.
+/// [`train_with`] data parallel: one peer per device of `devices` in this process (threads,
+/// [`crate::parallel`]) and, with `config.parallel.mpi`, the peers of the other ranks of the MPI
+/// job this process belongs to (`crate::mpi`, feature `mpi`).
 /// The global batch stays `micro_batch x grad_accum` rows: each of the `world` peers computes
 /// `grad_accum / world` of its micro-batches (so `grad_accum` must be a multiple of `world`), the
 /// gradients are averaged before clipping and AdamW, and the run makes the updates one device
 /// makes (the same rows, and the same draws: each micro-batch has its own RNG stream). Global
-/// peer 0 writes every file and reports; every peer resumes from the same checkpoint. One device
-/// on one node runs on the calling thread.
+/// peer 0 (rank 0) writes every file and reports; every peer resumes from the same checkpoint and
+/// the peers check they start from the same state. One device per process runs on the calling
+/// thread.
 pub fn train_on<B, M>(
     model_config: &mdm_models::ModelConfig,
     config: &TrainConfig,
@@ -207,28 +209,46 @@ impl Run<'_> {
         B: AutodiffBackend,
         M: TrainModel<B>,
     {
-        if self.config.parallel.nodes > 1 {
-            return Err(TrainError::Config(crate::parallel::MULTI_NODE_GAP.into()));
+        self.config.parallel.validate()?;
+        let rank = rank_place(&self.config.parallel)?;
+        let parallel = self.config.parallel.clone();
+        let result = self.on_rank::<B, M>(rank, devices, observer);
+        if rank.ranks > 1 {
+            return announced(result, &parallel);
         }
+        result
+    }
+
+    /// The run of this process, at `rank` among the ranks.
+    fn on_rank<B, M>(
+        self,
+        rank: PeerPlace,
+        devices: &[B::Device],
+        observer: &mut dyn TrainObserver,
+    ) -> Result<TrainSummary, TrainError>
+    where
+        B: AutodiffBackend,
+        M: TrainModel<B>,
+    {
         std::fs::create_dir_all(self.out).map_err(io(self.out))?;
         let resume_dir = if self.options.resume {
             latest_checkpoint(self.out)?
         } else {
             None
         };
-        let config = resolve_config(self.config, self.out, resume_dir.is_some())?;
+        let config = resolve_config(self.config, self.out, resume_dir.is_some(), rank.rank == 0)?;
         if devices.is_empty() {
             return Err(TrainError::Config("a run needs at least one device".into()));
         }
-        let world = config.parallel.world(devices.len());
+        let world = devices.len() * rank.ranks as usize;
         if !config.grad_accum.is_multiple_of(world) {
             return Err(TrainError::Config(format!(
-                "grad_accum {} must be a multiple of the {world} peers ({} devices x {} nodes): \
+                "grad_accum {} must be a multiple of the {world} peers ({} devices x {} ranks): \
                  each peer computes grad_accum / peers micro-batches of every step (for the same \
                  global batch, divide micro_batch and multiply grad_accum)",
                 config.grad_accum,
                 devices.len(),
-                config.parallel.nodes
+                rank.ranks
             )));
         }
         let job = Job {
@@ -239,19 +259,28 @@ impl Run<'_> {
             options: self.options.clone(),
             resume_dir,
         };
-        if world == 1 {
-            let mut emit = |e: TrainEvent| observer.on_event(&e);
-            return job.run::<B, M>(PeerPlace::SINGLE, &mut SingleDevice, &devices[0], &mut emit);
+        if devices.len() == 1 {
+            let place = PeerPlace {
+                local_peers: 1,
+                ..rank
+            };
+            let mut emit = |e: TrainEvent| {
+                if place.is_leader() {
+                    observer.on_event(&e)
+                }
+            };
+            return match ranks_reduce(&job.config.parallel, place)? {
+                None => job.run::<B, M>(place, &mut SingleDevice, &devices[0], &mut emit),
+                Some(mut reduce) => job.run::<B, M>(place, reduce.as_mut(), &devices[0], &mut emit),
+            };
         }
-        let parallel = job.config.parallel.clone();
         let job = std::sync::Arc::new(job);
         run_peers::<B::InnerBackend, _, _, _, _>(
             devices,
-            &parallel,
+            rank,
             move |peer, device: B::Device| {
-                let mut reduce = CollectiveMean::<B::InnerBackend>::join(
+                let local = CollectiveMean::<B::InnerBackend>::join(
                     peer.place,
-                    &job.config.parallel,
                     &device,
                     peer.watch.clone(),
                 )?;
@@ -261,11 +290,99 @@ impl Run<'_> {
                         peer.reporter.report(e);
                     }
                 };
-                job.run::<B, M>(peer.place, &mut reduce, &device, &mut emit)
+                let mut reduce = peers_reduce(local, &job.config.parallel, peer.place)?;
+                job.run::<B, M>(peer.place, reduce.as_mut(), &device, &mut emit)
             },
             |e| observer.on_event(&e),
         )
     }
+}
+
+/// This process's place among the ranks: `(rank, ranks)` of the MPI job with `parallel.mpi`, else
+/// the only rank.
+fn rank_place(parallel: &crate::ParallelConfig) -> Result<PeerPlace, TrainError> {
+    #[cfg(feature = "mpi")]
+    if parallel.mpi {
+        let (rank, ranks) = crate::mpi::place()?;
+        return Ok(PeerPlace {
+            rank,
+            ranks,
+            ..PeerPlace::SINGLE
+        });
+    }
+    let _ = parallel;
+    Ok(PeerPlace::SINGLE)
+}
+
+/// The reduction of a one-device rank of an MPI job with several ranks (none otherwise).
+fn ranks_reduce<B: Backend>(
+    parallel: &crate::ParallelConfig,
+    place: PeerPlace,
+) -> Result<Option<Box<dyn GradientReduce<B>>>, TrainError> {
+    if place.ranks <= 1 {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let timeout = std::time::Duration::from_secs(parallel.timeout_s);
+        Ok(Some(Box::new(crate::mpi::MpiMean::new(timeout)?)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = parallel;
+        Err(TrainError::Mpi("this build has no MPI".into()))
+    }
+}
+
+/// The reduction of a peer of a process with several devices: burn-collective's mean, and with
+/// several ranks the first peer's MPI mean over them.
+fn peers_reduce<B: Backend>(
+    local: CollectiveMean<B>,
+    parallel: &crate::ParallelConfig,
+    place: PeerPlace,
+) -> Result<Box<dyn GradientReduce<B>>, TrainError> {
+    if place.ranks <= 1 {
+        return Ok(Box::new(local));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let mpi = match place.local {
+            0 => Some(crate::mpi::MpiMean::new(std::time::Duration::from_secs(
+                parallel.timeout_s,
+            ))?),
+            _ => None,
+        };
+        Ok(Box::new(crate::mpi::RankMean::new(local, mpi)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = parallel;
+        Err(TrainError::Mpi("this build has no MPI".into()))
+    }
+}
+
+/// `result`, after telling the other ranks when it is a failure of this rank's own (not one they
+/// told it of, nor a wait for them).
+fn announced<T>(
+    result: Result<T, TrainError>,
+    parallel: &crate::ParallelConfig,
+) -> Result<T, TrainError> {
+    #[cfg(feature = "mpi")]
+    if let Err(error) = &result {
+        let theirs = matches!(
+            error,
+            TrainError::RankFailed { .. } | TrainError::RankTimeout { .. }
+        );
+        if !theirs {
+            if let Ok(mut mpi) =
+                crate::mpi::MpiMean::new(std::time::Duration::from_secs(parallel.timeout_s))
+            {
+                mpi.announce_failure(&error.to_string());
+            }
+        }
+    }
+    let _ = parallel;
+    result
 }
 
 /// The optimizer state and counters of a run: fresh, or read back from a checkpoint.
@@ -341,23 +458,24 @@ pub fn micro_batch_rng(seed: u64, index: u64) -> MdmRng {
 
 /// The configuration a run uses: the saved `train.toml` when resuming (with the caller's
 /// `parallel` section: the devices may change between invocations, the updates do not depend on
-/// them), else `config` (then written to `train.toml`: runs on one node only, whose rank 0 writes).
+/// them), else `config` (then written to `train.toml` when this process is the `writer`, rank 0).
 fn resolve_config(
     config: &TrainConfig,
     out: &Path,
     resuming: bool,
+    writer: bool,
 ) -> Result<TrainConfig, TrainError> {
     let path = out.join(CONFIG_FILE);
     let config = if resuming && path.is_file() {
         TrainConfig {
             parallel: config.parallel.clone(),
-            ..TrainConfig::from_file(&path)?
+            ..TrainConfig::recipe_from_file(&path)?
         }
     } else {
         config.clone()
     };
     config.validate()?;
-    if !resuming {
+    if !resuming && writer {
         write_atomic(&path, config.to_toml().as_bytes())?;
     }
     Ok(config)
@@ -697,11 +815,11 @@ fn agree<B: AutodiffBackend, M: TrainModel<B>>(
     }
     Err(TrainError::PeerFailed {
         peer: place.local,
-        node: place.node,
+        rank: place.rank,
         reason: format!(
             "the peers do not start from the same state: this one is at step {step} with weight \
-             sum {checksum:.6e}, the mean over peers is step {:.2} and sum {:.6e} (every node must \
-             read the same checkpoints: share --out or copy it to every node)",
+             sum {checksum:.6e}, the mean over peers is step {:.2} and sum {:.6e} (every rank must \
+             read the same checkpoints: share --out or copy it to every machine)",
             mean_step.unwrap_or(f64::NAN),
             mean_sum.unwrap_or(f64::NAN)
         ),
