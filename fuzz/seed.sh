@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 corpus=corpus
 sep=$'\n\x00--8<--\x00\n'
 cargo run --quiet --example seed -- "$corpus"
-mkdir -p "$corpus"/{hf_folder,jsonl_readers,train_config,scaling_grid,tokenizer}
+mkdir -p "$corpus"/{hf_folder,jsonl_readers,train_config,scaling_grid,tokenizer,gguf_file}
+cp ../crates/mdm-models/tests/data/gguf/reference.gguf "$corpus/gguf_file/reference"
 llada=../tests/data/llada-parity/model
 {
   cat "$llada/config.json"; printf '%s' "$sep"

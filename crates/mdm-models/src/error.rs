@@ -96,6 +96,16 @@ pub enum ModelError {
         /// Parser message.
         reason: String,
     },
+    /// A GGUF file that is malformed or holds what this library does not read.
+    #[error("{file}: byte {offset}: {reason}")]
+    Gguf {
+        /// The file.
+        file: PathBuf,
+        /// Byte offset of the fault in the file.
+        offset: u64,
+        /// What is wrong (naming the key or tensor).
+        reason: String,
+    },
     /// An I/O failure.
     #[error("{file}: {source}")]
     Io {

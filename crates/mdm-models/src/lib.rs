@@ -50,6 +50,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod families;
+pub mod gguf;
 pub mod hf;
 pub mod hub;
 pub mod masked;
