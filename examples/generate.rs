@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mdm::data::chat::{ChatPrompt, Message};
 use mdm::data::Tokenizer;
-use mdm::models::Precision;
+use mdm::models::WeightFormat;
 use mdm::prelude::*;
 use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler, StepTiming};
 
@@ -65,10 +65,14 @@ struct Args {
     /// Print only the result, not the live denoising.
     #[arg(long)]
     no_live: bool,
-    /// Weights and activations in f32 (default), f16 or bf16; the logits stay f32 (see
-    /// mdm::models::precision for which backends run which).
-    #[arg(long, default_value = "f32")]
-    dtype: Precision,
+    /// Weights converted to f32, f16 or bf16 on load (default: as stored). On the CPU they stay
+    /// in that type and the activations in f32; on wgpu/CUDA the network runs in it
+    /// (mdm::models::precision).
+    #[arg(long, conflicts_with = "quant")]
+    dtype: Option<String>,
+    /// Weights quantized on load: q8_0 or q4_k (GGUF's formats; on the CPU multiplied in place).
+    #[arg(long)]
+    quant: Option<String>,
 }
 
 fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
@@ -120,8 +124,8 @@ fn main() -> Result<()> {
         &args.config,
         args.decoding.seed,
     )?;
-    let model: MaskedTransformer<DefaultBackend> =
-        source.load_masked(&device)?.with_precision(args.dtype);
+    let format = WeightFormat::from_flags(args.dtype.as_deref(), args.quant.as_deref())?;
+    let model: MaskedTransformer<DefaultBackend> = source.load_masked_as(format, &device)?;
     let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?;
     let tok = tokenizer.as_ref();
     let chat = match (args.chat, source.folder()) {

@@ -20,6 +20,7 @@ mod kill;
 mod parity;
 mod parity_dream;
 mod parity_eval;
+mod parity_gguf;
 mod parity_llada;
 mod parity_sampler;
 mod parity_train;

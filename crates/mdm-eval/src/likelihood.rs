@@ -464,7 +464,7 @@ pub fn causal_score<B: Kernels>(
             "the causal model needs a non-empty prefix".into(),
         ));
     }
-    let device = model.net.lm_head.weight.device();
+    let device = model.net.device();
     let seq: Vec<i64> = prefix.iter().chain(target).map(|&t| t as i64).collect();
     let logits = model.forward(ids_tensor(&[seq], &device))?;
     let v = logits.dims()[2];

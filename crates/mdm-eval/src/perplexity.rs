@@ -132,7 +132,7 @@ pub fn causal_nll_per_token<B: Kernels>(
     if batch == 0 {
         return Err(EvalError::Request("batch must be positive".into()));
     }
-    let device = model.net.lm_head.weight.device();
+    let device = model.net.device();
     let mut per_block = Vec::with_capacity(blocks.len());
     for chunk in blocks.chunks(batch) {
         let ids = blocks_tensor::<B>(chunk, &device);

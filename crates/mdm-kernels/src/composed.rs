@@ -3,7 +3,9 @@
 //! do not take (half precision, odd layouts, the switch off), and the reference their tests
 //! compare against.
 
-use burn::tensor::{activation, backend::Backend, DType, FloatDType, Int, Tensor};
+use burn::tensor::{activation, backend::Backend, DType, FloatDType, Int, Tensor, TensorData};
+
+use crate::packed::PackedMatrix;
 
 /// `t` in the float type `like` (a no-op when it already is).
 pub fn same_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, like: DType) -> Tensor<B, D> {
@@ -85,4 +87,23 @@ pub fn rope<B: Backend>(
     let paired = x.clone().select(2, perm);
     let dtype = x.dtype();
     x * same_dtype(cos, dtype) + paired * same_dtype(sin, dtype)
+}
+
+/// See [`crate::Kernels::linear_packed`]: `w` widened to f32 on `x`'s device, in `x`'s float
+/// type, then one matrix product.
+pub fn linear_packed<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &PackedMatrix,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let m = dims[..D - 1].iter().product::<usize>();
+    let weight = Tensor::<B, 2>::from_data(
+        TensorData::new(w.to_f32(), [w.rows(), w.cols()]),
+        &x.device(),
+    );
+    let weight = same_dtype(weight, x.dtype());
+    let mut out = dims;
+    out[D - 1] = w.rows();
+    x.reshape([m, k]).matmul(weight.transpose()).reshape(out)
 }

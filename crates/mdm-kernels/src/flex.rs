@@ -12,10 +12,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{Bytes, DType, Int, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Bytes, DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
 
 use crate::cpu::attention::{self, Dims, Saved, View4};
-use crate::cpu::{cross_entropy, norm, rope, vector};
+use crate::cpu::{cross_entropy, norm, packed, rope, vector};
+use crate::packed::PackedMatrix;
 use crate::{composed, fused, Kernels};
 
 /// A tensor's float primitive.
@@ -223,6 +224,23 @@ impl Kernels for Flex {
     }
 
     const HOST_MEMORY: bool = true;
+
+    const PACKS_WEIGHTS: bool = true;
+
+    fn linear_packed<const D: usize>(x: Tensor<Self, D>, w: &PackedMatrix) -> Tensor<Self, D> {
+        let dims = x.dims();
+        if !fused() || x.dtype() != DType::F32 || dims[D - 1] != w.cols() {
+            return composed::linear_packed(x, w);
+        }
+        let m = dims[..D - 1].iter().product::<usize>();
+        let device = x.device();
+        let Ok(y) = Self::with_host_f32(x.clone(), |values| packed::matmul(values, m, w)) else {
+            return composed::linear_packed(x, w);
+        };
+        let mut out = dims;
+        out[D - 1] = w.rows();
+        Tensor::from_data(TensorData::new(y, out), &device)
+    }
 
     /// In place when the tensor is contiguous f32 (the logits a forward pass returns), read
     /// back otherwise.

@@ -53,8 +53,11 @@ pub mod composed;
 pub mod cpu;
 mod flex;
 mod others;
+pub mod packed;
+pub mod quant;
 
 pub use composed::{same_dtype, to_f32};
+pub use packed::PackedMatrix;
 
 /// A backend with the fused operations of a transformer pass. Every method's default is the
 /// composition of tensor ops in [`composed`]; a backend overrides what it has kernels for.
@@ -107,6 +110,18 @@ pub trait Kernels: Backend {
     /// SwiGLU's product `silu(gate) * up` (same shapes).
     fn swiglu<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
         composed::swiglu(gate, up)
+    }
+
+    /// Whether the backend multiplies by a [`PackedMatrix`] without widening it in memory
+    /// ([`Self::linear_packed`]): loaders keep weights packed (stored precision, quantized blocks)
+    /// only where this holds, and give other backends dense tensors.
+    const PACKS_WEIGHTS: bool = false;
+
+    /// `x W^T` (`x`: `[..., w.cols()]` -> `[..., w.rows()]`) for a weight kept in its stored type.
+    /// The default widens `w` on the device for each product ([`composed::linear_packed`]);
+    /// burn-flex runs [`cpu::packed::matmul`] on f32 activations.
+    fn linear_packed<const D: usize>(x: Tensor<Self, D>, w: &PackedMatrix) -> Tensor<Self, D> {
+        composed::linear_packed(x, w)
     }
 
     /// Whether reading a float tensor on the host costs no copy ([`Self::with_host_f32`] lends

@@ -350,3 +350,49 @@ fn half_precision_takes_the_composition() {
     let out = Flex::attention(q.clone(), q.clone(), q, None, 0.5);
     assert_eq!(out.dims(), [1, 3, 2, 4]);
 }
+
+#[test]
+fn packed_linear_matches_the_dense_product_of_its_widened_weights() {
+    use mdm_kernels::quant::GgmlType;
+    use mdm_kernels::PackedMatrix;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // 3 x 5 activations, 131 output features (two full panels and an odd one), 512 inputs
+    let (rows, cols) = (131, 512);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let x = random::<Flex, 3>([3, 5, cols], &mut rng);
+    for dtype in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Bf16,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+    ] {
+        let packed = PackedMatrix::quantize(dtype, rows, cols, &w).unwrap();
+        let fused = Flex::linear_packed(x.clone(), &packed);
+        assert_eq!(fused.dims(), [3, 5, rows]);
+        let dense = Tensor::<Flex, 2>::from_data(
+            TensorData::new(packed.to_f32(), [rows, cols]),
+            &Default::default(),
+        );
+        let want = x.clone().matmul(dense.transpose().unsqueeze::<3>());
+        assert_close(dtype.name(), &values(fused), &values(want), 1e-5);
+        let composed = composed::linear_packed(x.clone(), &packed);
+        assert_close(
+            dtype.name(),
+            &values(composed),
+            &values(
+                x.clone().matmul(
+                    Tensor::<Flex, 2>::from_data(
+                        TensorData::new(packed.to_f32(), [rows, cols]),
+                        &Default::default(),
+                    )
+                    .transpose()
+                    .unsqueeze::<3>(),
+                ),
+            ),
+            1e-5,
+        );
+    }
+}

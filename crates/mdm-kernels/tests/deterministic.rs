@@ -154,3 +154,21 @@ fn swiglu_and_rope_are_bitwise_reproducible_across_pools() {
         output_and_grads(out, weights.clone(), std::slice::from_ref(&x))
     });
 }
+
+#[test]
+fn packed_linear_is_bitwise_reproducible_across_pools() {
+    use mdm_kernels::quant::GgmlType;
+    use mdm_kernels::PackedMatrix;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (rows, cols) = (300, 256);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let x: Tensor<Flex, 2> = random([17, cols], &mut rng).inner();
+    for dtype in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Bf16] {
+        let packed = PackedMatrix::quantize(dtype, rows, cols, &w).unwrap();
+        same_bits_in_every_pool(dtype.name(), || {
+            vec![bits(Flex::linear_packed(x.clone(), &packed))]
+        });
+    }
+}

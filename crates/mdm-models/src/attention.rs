@@ -5,10 +5,10 @@
 //! Query head `h` attends with the key/value of group `h / P`.
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 use mdm_kernels::Kernels;
 
+use crate::linear::Proj;
 use crate::rope::RopeTables;
 use crate::ModelError;
 
@@ -95,9 +95,9 @@ fn splice_rows<B: Kernels>(
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
     /// `[n_embd, (H + 2G) D]`, fused q/k/v in SMDM's grouped layout.
-    pub qkv: Linear<B>,
+    pub qkv: Proj<B>,
     /// `[n_embd, n_embd]`, output projection (heads concatenated head-major).
-    pub proj: Linear<B>,
+    pub proj: Proj<B>,
     /// `H`
     pub n_head: usize,
     /// `G`

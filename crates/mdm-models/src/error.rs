@@ -142,4 +142,18 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
+    /// The model would not fit in the memory available: checked before loading.
+    #[error("{what} needs {} as {format}, {} available{alternatives}", crate::memory::human(*needs), crate::memory::human(*available))]
+    OutOfMemory {
+        /// The model (its source).
+        what: String,
+        /// Estimated footprint in bytes.
+        needs: u64,
+        /// The weight format asked for (`f32`, `bf16`, `q8_0`...).
+        format: String,
+        /// Bytes available.
+        available: u64,
+        /// What would fit, e.g. `: --dtype bf16 needs 16.1 GB, --quant q8_0 needs 8.6 GB`.
+        alternatives: String,
+    },
 }

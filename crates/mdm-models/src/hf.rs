@@ -233,6 +233,38 @@ impl HfFolder {
             .map(|(i, _)| self.shards[*i].file.as_path())
     }
 
+    /// The GGML type a tensor is stored in (F32, F16 or BF16; `None` for another dtype or a name
+    /// the folder does not hold).
+    pub fn stored_type(&self, key: &str) -> Option<crate::gguf::GgmlType> {
+        use crate::gguf::GgmlType;
+        let (i, _) = self.tensors.get(key)?;
+        let st = header(&self.shards[*i]).ok()?;
+        match st.tensor(key).ok()?.dtype() {
+            safetensors::Dtype::F32 => Some(GgmlType::F32),
+            safetensors::Dtype::F16 => Some(GgmlType::F16),
+            safetensors::Dtype::BF16 => Some(GgmlType::Bf16),
+            _ => None,
+        }
+    }
+
+    /// The type that holds the most values of the folder's tensors (F32 when unknown).
+    pub fn stored_type_by_size(&self) -> crate::gguf::GgmlType {
+        use crate::gguf::GgmlType;
+        let mut by_type: Vec<(GgmlType, usize)> = Vec::new();
+        for (name, (_, shape)) in &self.tensors {
+            let t = self.stored_type(name).unwrap_or(GgmlType::F32);
+            let n = shape.iter().product::<usize>();
+            match by_type.iter_mut().find(|(d, _)| *d == t) {
+                Some((_, total)) => *total += n,
+                None => by_type.push((t, n)),
+            }
+        }
+        by_type
+            .into_iter()
+            .max_by_key(|&(_, n)| n)
+            .map_or(GgmlType::F32, |(t, _)| t)
+    }
+
     /// Tensor `key` as f32 values, checked against `shape`.
     pub fn read(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let Some((i, found)) = self.tensors.get(key) else {

@@ -39,6 +39,20 @@ impl<B: Kernels> MaskedTransformer<B> {
         precision.cast_module(self)
     }
 
+    /// This model with its projection weights kept as `format` says: f16/bf16 or quantized
+    /// (Q8_0, Q4_K) blocks multiplied in place on burn-flex (activations f32), widened into
+    /// dense tensors elsewhere. A no-op for [`WeightFormat::Stored`](crate::WeightFormat).
+    pub fn with_weights(self, format: crate::WeightFormat) -> Result<Self, ModelError> {
+        Ok(Self {
+            net: self.net.repacked(format)?,
+        })
+    }
+
+    /// Bytes the weights hold at their types.
+    pub fn weight_bytes(&self) -> usize {
+        self.net.weight_bytes()
+    }
+
     /// Logits `[batch, seq_len, V]` for `ids` `[batch, seq_len]` (mask positions hold `mask_id`).
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
         Ok(self.head(self.forward_hidden(ids)?))
@@ -95,7 +109,7 @@ impl<B: Kernels> MaskedTransformer<B> {
         if index.dims()[0] == 0 {
             // no position to read (e.g. a cache-building pass whose rows have all finished):
             // burn-cubecl's matmul autotune divides by zero on a zero-row operand
-            let vocab = self.net.lm_head.weight.dims()[1];
+            let vocab = self.net.lm_head.d_out();
             return Tensor::zeros([0, vocab], &hidden.device());
         }
         self.head(hidden.reshape([batch * n, c]).select(0, index))

@@ -1,19 +1,20 @@
 //! The SwiGLU feed-forward block: `w3(silu(w1 x) * (w2 x))`.
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 use mdm_kernels::Kernels;
+
+use crate::linear::Proj;
 
 /// SwiGLU with gate `w1`, up projection `w2` and down projection `w3`, no biases.
 #[derive(Module, Debug)]
 pub struct SwiGlu<B: Backend> {
     /// `[n_embd, intermediate]`, the gate (silu side).
-    pub w1: Linear<B>,
+    pub w1: Proj<B>,
     /// `[n_embd, intermediate]`, the linear side.
-    pub w2: Linear<B>,
+    pub w2: Proj<B>,
     /// `[intermediate, n_embd]`, the down projection.
-    pub w3: Linear<B>,
+    pub w3: Proj<B>,
 }
 
 impl<B: Kernels> SwiGlu<B> {

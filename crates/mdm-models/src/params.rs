@@ -3,12 +3,30 @@
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
+use mdm_kernels::PackedMatrix;
+
 use crate::{ModelConfig, ModelError};
+
+/// A projection weight as its source holds it.
+pub(crate) enum StoredMatrix {
+    /// f32 values, row-major `[out, in]`, with the type they were stored in (f16 and bf16 values
+    /// widen exactly, so they can be packed back without loss).
+    Values(Vec<f32>, mdm_kernels::quant::GgmlType),
+    /// Already in a packed type (a GGUF tensor, read in place).
+    Packed(PackedMatrix),
+}
 
 /// Supplies each weight by its SMDM name and PyTorch-layout shape.
 pub(crate) trait ParamSource {
     /// The values of `key`, row-major, `shape` in PyTorch layout (`[out, in]` for linear weights).
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
+    /// A projection weight `[out, in]` in the type it is stored in (by default: f32 values).
+    fn take_matrix(&mut self, key: &str, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
+        Ok(StoredMatrix::Values(
+            self.take(key, shape)?,
+            mdm_kernels::quant::GgmlType::F32,
+        ))
+    }
     /// Called once every weight has been taken (a checkpoint reports unused tensors here).
     fn finish(&mut self) -> Result<(), ModelError> {
         Ok(())

@@ -88,7 +88,7 @@ impl<B: Kernels> MaskPredictor<B> for MaskedTransformer<B> {
     }
 
     fn device(&self) -> B::Device {
-        self.net.lm_head.weight.device()
+        self.net.device()
     }
 
     fn shifts_logits(&self) -> bool {

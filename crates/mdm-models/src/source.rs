@@ -6,7 +6,8 @@
 use mdm_kernels::Kernels;
 use std::path::{Path, PathBuf};
 
-use crate::{MaskedTransformer, ModelConfig, ModelError};
+use crate::gguf::GgmlType;
+use crate::{MaskedTransformer, ModelConfig, ModelError, Precision, WeightFormat};
 
 /// A masked model to load.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,9 @@ pub enum ModelSource {
     /// A Hugging Face folder (`--hf DIR`, or `--hf owner/name`: the repository's snapshot,
     /// fetched into the Hugging Face cache, see [`crate::hub`]).
     HuggingFace(PathBuf),
+    /// A GGUF file of llama.cpp's converter (`--hf FILE.gguf`): LLaDA or Dream, weights read in
+    /// place in their stored types ([`crate::gguf::model`]).
+    Gguf(PathBuf),
     /// Random weights (`--config NAME` alone).
     Random {
         /// The config.
@@ -45,6 +49,9 @@ impl ModelSource {
     ) -> Result<Self, ModelError> {
         Ok(match (checkpoint, hf, smdm) {
             (Some(dir), _, _) => Self::Checkpoint(dir.to_path_buf()),
+            (None, Some(file), _) if file.extension().is_some_and(|e| e == "gguf") => {
+                Self::Gguf(file.to_path_buf())
+            }
             (None, Some(dir), _) => Self::HuggingFace(crate::hub::resolve(dir)?),
             (None, None, Some(file)) => Self::Smdm {
                 file: file.to_path_buf(),
@@ -57,17 +64,57 @@ impl ModelSource {
         })
     }
 
-    /// Loads (or initialises) the model.
+    /// Loads (or initialises) the model, weights as stored.
     pub fn load_masked<B: Kernels>(
         &self,
         device: &B::Device,
     ) -> Result<MaskedTransformer<B>, ModelError> {
-        match self {
-            Self::Checkpoint(dir) => MaskedTransformer::load(dir, device),
-            Self::Smdm { file, config } => MaskedTransformer::load_smdm(file, config, device),
-            Self::HuggingFace(dir) => MaskedTransformer::load_hf(dir, device),
-            Self::Random { config, seed } => config.init_masked(*seed, device),
-        }
+        self.load_masked_as(WeightFormat::Stored, device)
+    }
+
+    /// Loads (or initialises) the model with its projection weights kept as `format` says, after
+    /// checking that it fits in the memory available ([`crate::memory`]: a typed error naming the
+    /// formats that would fit, before anything is read). On a backend that does not pack weights,
+    /// f16 and bf16 become burn half tensors ([`crate::Precision`]) and quantized types are
+    /// widened into f32 tensors.
+    pub fn load_masked_as<B: Kernels>(
+        &self,
+        format: WeightFormat,
+        device: &B::Device,
+    ) -> Result<MaskedTransformer<B>, ModelError> {
+        let packs = B::PACKS_WEIGHTS;
+        let check = |config: &ModelConfig, stored: GgmlType| {
+            crate::memory::check(&self.describe(), config, stored, format, packs)
+        };
+        let model = match self {
+            Self::Checkpoint(dir) => MaskedTransformer::load(dir, device)?.with_weights(format)?,
+            Self::Smdm { file, config } => {
+                check(config, GgmlType::F32)?;
+                MaskedTransformer::load_smdm(file, config, device)?.with_weights(format)?
+            }
+            Self::HuggingFace(dir) => {
+                let folder = crate::hf::HfFolder::open(dir)?;
+                check(
+                    &crate::families::hf_model_config(dir)?,
+                    folder.stored_type_by_size(),
+                )?;
+                crate::families::load_hf_as(dir, format, device)?
+            }
+            Self::Gguf(file) => {
+                let model = crate::gguf::model::GgufModel::open(file)?;
+                check(model.config(), model.stored_type())?;
+                model.load(format, device)?
+            }
+            Self::Random { config, seed } => {
+                check(config, GgmlType::F32)?;
+                config.init_masked(*seed, device)?.with_weights(format)?
+            }
+        };
+        Ok(match (packs, format) {
+            (false, WeightFormat::As(GgmlType::F16)) => model.with_precision(Precision::F16),
+            (false, WeightFormat::As(GgmlType::Bf16)) => model.with_precision(Precision::Bf16),
+            _ => model,
+        })
     }
 
     /// The model's folder, for a checkpoint or Hugging Face folder.
@@ -84,6 +131,7 @@ impl ModelSource {
             Self::Checkpoint(dir) => format!("checkpoint {}", dir.display()),
             Self::Smdm { file, .. } => format!("SMDM file {}", file.display()),
             Self::HuggingFace(dir) => format!("Hugging Face folder {}", dir.display()),
+            Self::Gguf(file) => format!("GGUF file {}", file.display()),
             Self::Random { seed, .. } => format!("random initialisation (seed {seed})"),
         }
     }

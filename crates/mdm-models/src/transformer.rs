@@ -1,14 +1,17 @@
 //! The Diff_LLaMA network shared by the masked model and the causal baseline.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::nn::Embedding;
+use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};
+use mdm_kernels::quant::GgmlType;
 use mdm_kernels::Kernels;
+use mdm_kernels::PackedMatrix;
 
 use crate::attention::{CacheAccess, LayerCache, SelfAttention};
+use crate::linear::{Proj, WeightFormat};
 use crate::mlp::SwiGlu;
 use crate::norm::RmsNorm;
-use crate::params::ParamSource;
+use crate::params::{ParamSource, StoredMatrix};
 use crate::precision::to_f32;
 use crate::rope::{Rope, RopeTables};
 use crate::{ModelConfig, ModelError};
@@ -69,7 +72,7 @@ pub struct Transformer<B: Backend> {
     /// Final norm.
     pub ln_f: RmsNorm<B>,
     /// `[n_embd, V]` output head: the mask token can never be predicted.
-    pub lm_head: Linear<B>,
+    pub lm_head: Proj<B>,
     /// RoPE tables.
     pub rope: Rope<B>,
     /// The hyper-parameters.
@@ -96,18 +99,118 @@ pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// How a build keeps its projection weights: the format asked for and whether the backend
+/// multiplies by packed weights.
+#[derive(Clone, Copy)]
+struct Keep {
+    format: WeightFormat,
+    packs: bool,
+}
+
+impl Keep {
+    /// The projection of `matrix` (`[d_out, d_in]`) as `self` says: dense f32, or packed in the type
+    /// the format gives for its stored type (widened and quantized again only when they differ;
+    /// on a backend that does not pack, a quantized type's values widened into a dense tensor).
+    fn proj<B: Kernels>(
+        self,
+        key: &str,
+        matrix: StoredMatrix,
+        (d_out, d_in): (usize, usize),
+        device: &B::Device,
+    ) -> Result<Proj<B>, ModelError> {
+        let stored = match &matrix {
+            StoredMatrix::Values(_, t) => *t,
+            StoredMatrix::Packed(p) => p.dtype(),
+        };
+        let target = self
+            .format
+            .packed_type(stored)
+            .map(|t| fitting_type(t, d_in, stored));
+        let pack_error = |reason: String| ModelError::Config {
+            reason: format!(
+                "`{key}` as {}: {reason}",
+                target.map_or("f32", |t| t.name())
+            ),
+        };
+        match (matrix, target) {
+            (StoredMatrix::Packed(p), Some(t)) if t == p.dtype() && self.packs => {
+                Ok(Proj::packed(p))
+            }
+            (matrix, target) => {
+                let values = match matrix {
+                    StoredMatrix::Values(v, _) => v,
+                    StoredMatrix::Packed(p) => p.to_f32(),
+                };
+                match target {
+                    None | Some(GgmlType::F32) => Ok(Proj::dense(&values, d_out, d_in, device)),
+                    Some(t) => {
+                        let packed =
+                            PackedMatrix::quantize(t, d_out, d_in, &values).map_err(pack_error)?;
+                        Ok(if self.packs {
+                            Proj::packed(packed)
+                        } else {
+                            Proj::dense(&packed.to_f32(), d_out, d_in, device)
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Keep {
+    /// The token embedding: f32, or half (the projections' half type, else bf16) when the
+    /// projections are packed in a type other than f32 (a lookup needs no more than half's
+    /// precision, and LLaDA-8B's embedding is 2 GB as f32). The pass widens what it looks up.
+    fn embedding<B: Kernels>(
+        self,
+        matrix: StoredMatrix,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Embedding<B> {
+        let (values, stored) = match matrix {
+            StoredMatrix::Values(v, t) => (v, t),
+            StoredMatrix::Packed(p) => {
+                let t = p.dtype();
+                (p.to_f32(), t)
+            }
+        };
+        let weight = tensor::<B, 2>(values, shape, device);
+        let weight = match (self.packs, self.format.packed_type(stored)) {
+            (false, _) | (_, None | Some(GgmlType::F32)) => weight,
+            (true, Some(GgmlType::F16)) => weight.cast(FloatDType::F16),
+            (true, Some(_)) => weight.cast(FloatDType::BF16),
+        };
+        Embedding {
+            weight: Param::from_tensor(weight),
+        }
+    }
+}
+
+/// `wanted`, or what llama.cpp's quantizer falls back to when a row of `cols` values is not whole
+/// blocks of it: Q4_K -> Q8_0 (blocks of 32), then the stored half type (bf16 for f32 weights).
+fn fitting_type(wanted: GgmlType, cols: usize, stored: GgmlType) -> GgmlType {
+    let fits = |t: GgmlType| cols.is_multiple_of(t.block().0);
+    if fits(wanted) {
+        wanted
+    } else if fits(GgmlType::Q8_0) && wanted == GgmlType::Q4K {
+        GgmlType::Q8_0
+    } else if stored == GgmlType::F16 {
+        GgmlType::F16
+    } else {
+        GgmlType::Bf16
+    }
+}
+
 fn linear<B: Kernels>(
     src: &mut dyn ParamSource,
     key: &str,
-    d_in: usize,
-    d_out: usize,
+    (d_in, d_out): (usize, usize),
+    keep: Keep,
     device: &B::Device,
-) -> Result<Linear<B>, ModelError> {
-    let w = src.take(key, &[d_out, d_in])?;
-    Ok(Linear {
-        weight: Param::from_tensor(tensor(transpose(&w, d_out, d_in), [d_in, d_out], device)),
-        bias: None,
-    })
+) -> Result<Proj<B>, ModelError> {
+    let w = src.take_matrix(key, &[d_out, d_in])?;
+    keep.proj(key, w, (d_out, d_in), device)
 }
 
 /// The fused q/k/v projection, with its bias `[(H + 2G) D]` when the family has one.
@@ -115,13 +218,20 @@ fn qkv<B: Kernels>(
     src: &mut dyn ParamSource,
     prefix: &str,
     config: &ModelConfig,
+    keep: Keep,
     device: &B::Device,
-) -> Result<Linear<B>, ModelError> {
+) -> Result<Proj<B>, ModelError> {
     let (c, rows) = (config.n_embd, config.qkv_rows());
-    let mut linear = linear(src, &format!("{prefix}.attn.attn.weight"), c, rows, device)?;
+    let linear = linear(
+        src,
+        &format!("{prefix}.attn.attn.weight"),
+        (c, rows),
+        keep,
+        device,
+    )?;
     if config.qkv_bias {
         let b = src.take(&format!("{prefix}.attn.attn.bias"), &[rows])?;
-        linear.bias = Some(Param::from_tensor(tensor(b, [rows], device)));
+        return Ok(linear.with_bias(b, device));
     }
     Ok(linear)
 }
@@ -146,49 +256,102 @@ impl<B: Kernels> Transformer<B> {
         to_f32(self.lm_head.forward(hidden))
     }
 
+    /// The device the network's weights are on.
+    pub fn device(&self) -> B::Device {
+        self.wte.weight.device()
+    }
+
+    /// Bytes the weights hold, at their types (packed projections at their stored size).
+    pub fn weight_bytes(&self) -> usize {
+        let projections: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.attn.qkv, &b.attn.proj, &b.mlp.w1, &b.mlp.w2, &b.mlp.w3]
+                    .iter()
+                    .map(|p| p.weight_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        let wte = self.wte.weight.val();
+        let embedding = wte.shape().num_elements() * wte.dtype().size();
+        projections + embedding + self.lm_head.weight_bytes()
+    }
+
     /// Builds the network with `embedding_rows` embedding rows, taking every weight from `src`
-    /// (random initialisation or a checkpoint) under its SMDM name.
+    /// (random initialisation or a checkpoint) under its SMDM name, dense f32.
     pub(crate) fn build(
         config: &ModelConfig,
         embedding_rows: usize,
         src: &mut dyn ParamSource,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
+        Self::build_as(config, embedding_rows, src, WeightFormat::Stored, device)
+    }
+
+    /// As [`Self::build`], the projection weights kept as `format` says.
+    pub(crate) fn build_as(
+        config: &ModelConfig,
+        embedding_rows: usize,
+        src: &mut dyn ParamSource,
+        format: WeightFormat,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         config.validate()?;
+        let keep = Keep {
+            format,
+            packs: B::PACKS_WEIGHTS,
+        };
         let (c, i, v) = (
             config.n_embd,
             config.intermediate_size,
             config.padded_vocab_size(),
         );
-        let wte = Embedding {
-            weight: Param::from_tensor(tensor(
-                src.take("transformer.wte.weight", &[embedding_rows, c])?,
-                [embedding_rows, c],
-                device,
-            )),
-        };
+        let wte = keep.embedding(
+            src.take_matrix("transformer.wte.weight", &[embedding_rows, c])?,
+            [embedding_rows, c],
+            device,
+        );
         let mut blocks = Vec::with_capacity(config.n_layer);
         for l in 0..config.n_layer {
             let p = format!("transformer.h.{l}");
             blocks.push(Block {
                 norm_1: norm(src, &format!("{p}.norm_1.weight"), config, device)?,
                 attn: SelfAttention {
-                    qkv: qkv(src, &p, config, device)?,
-                    proj: linear(src, &format!("{p}.attn.proj.weight"), c, c, device)?,
+                    qkv: qkv(src, &p, config, keep, device)?,
+                    proj: linear(src, &format!("{p}.attn.proj.weight"), (c, c), keep, device)?,
                     n_head: config.n_head,
                     n_query_groups: config.query_groups(),
                     head_size: config.head_size(),
                 },
                 norm_2: norm(src, &format!("{p}.norm_2.weight"), config, device)?,
                 mlp: SwiGlu {
-                    w1: linear(src, &format!("{p}.mlp.swiglu.w1.weight"), c, i, device)?,
-                    w2: linear(src, &format!("{p}.mlp.swiglu.w2.weight"), c, i, device)?,
-                    w3: linear(src, &format!("{p}.mlp.swiglu.w3.weight"), i, c, device)?,
+                    w1: linear(
+                        src,
+                        &format!("{p}.mlp.swiglu.w1.weight"),
+                        (c, i),
+                        keep,
+                        device,
+                    )?,
+                    w2: linear(
+                        src,
+                        &format!("{p}.mlp.swiglu.w2.weight"),
+                        (c, i),
+                        keep,
+                        device,
+                    )?,
+                    w3: linear(
+                        src,
+                        &format!("{p}.mlp.swiglu.w3.weight"),
+                        (i, c),
+                        keep,
+                        device,
+                    )?,
                 },
             });
         }
         let ln_f = norm(src, "transformer.ln_f.weight", config, device)?;
-        let lm_head = linear(src, "lm_head.weight", c, v, device)?;
+        let lm_head = linear(src, "lm_head.weight", (c, v), keep, device)?;
         src.finish()?;
         Ok(Self {
             wte,
@@ -198,6 +361,55 @@ impl<B: Kernels> Transformer<B> {
             rope: Rope::new(config, device),
             config: config.clone(),
         })
+    }
+
+    /// This network with its projection weights kept as `format` says (dense weights packed or
+    /// quantized, one at a time), for a model that was loaded dense (a checkpoint, random weights).
+    pub(crate) fn repacked(mut self, format: WeightFormat) -> Result<Self, ModelError> {
+        if format == WeightFormat::Stored {
+            return Ok(self);
+        }
+        let keep = Keep {
+            format,
+            packs: B::PACKS_WEIGHTS,
+        };
+        let device = self.device();
+        let repack = |p: &mut Proj<B>, key: &str| -> Result<(), ModelError> {
+            let (shape, values) = p.weight_f32()?;
+            let bias = p.bias();
+            let mut packed = keep.proj(
+                key,
+                StoredMatrix::Values(values, GgmlType::F32),
+                (shape[0], shape[1]),
+                &device,
+            )?;
+            if let Some(b) = bias {
+                packed = packed.with_bias_tensor(b);
+            }
+            *p = packed;
+            Ok(())
+        };
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("transformer.h.{l}");
+            repack(&mut b.attn.qkv, &format!("{p}.attn.attn.weight"))?;
+            repack(&mut b.attn.proj, &format!("{p}.attn.proj.weight"))?;
+            repack(&mut b.mlp.w1, &format!("{p}.mlp.swiglu.w1.weight"))?;
+            repack(&mut b.mlp.w2, &format!("{p}.mlp.swiglu.w2.weight"))?;
+            repack(&mut b.mlp.w3, &format!("{p}.mlp.swiglu.w3.weight"))?;
+        }
+        repack(&mut self.lm_head, "lm_head.weight")?;
+        let wte = self.wte.weight.val();
+        let shape = wte.dims();
+        let values = wte
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| ModelError::ReadBack {
+                key: "transformer.wte.weight".into(),
+                reason: format!("{e:?}"),
+            })?;
+        self.wte = keep.embedding(StoredMatrix::Values(values, GgmlType::F32), shape, &device);
+        Ok(self)
     }
 
     /// The hidden states that predict each position (`[batch, seq_len, n_embd]`, after the final
@@ -233,6 +445,10 @@ impl<B: Kernels> Transformer<B> {
         }
         let rope = self.rope.tables_rows(starts, seq_len)?;
         let mut x = self.wte.forward(ids);
+        if self.lm_head.packed_weight().is_some() {
+            // packed projections take f32 activations (a half embedding widens here)
+            x = to_f32(x);
+        }
         for (l, block) in self.blocks.iter().enumerate() {
             let access = match &mut caches {
                 Caches::None => None,
@@ -273,10 +489,9 @@ impl<B: Kernels> Transformer<B> {
                     reason: format!("{e:?}"),
                 })
         };
-        let push_linear = |out: &mut Vec<_>, key: String, l: &Linear<B>| {
-            let [d_in, d_out] = l.weight.dims();
-            let w = host(&key, l.weight.val())?;
-            out.push((key, vec![d_out, d_in], transpose(&w, d_in, d_out)));
+        let push_linear = |out: &mut Vec<_>, key: String, l: &Proj<B>| {
+            let (shape, w) = l.weight_f32()?;
+            out.push((key, shape, w));
             Ok::<(), ModelError>(())
         };
         let push_norm = |out: &mut Vec<_>, key: String, n: &RmsNorm<B>| {
@@ -295,9 +510,9 @@ impl<B: Kernels> Transformer<B> {
             let p = format!("transformer.h.{l}");
             push_norm(&mut out, format!("{p}.norm_1.weight"), &b.norm_1)?;
             push_linear(&mut out, format!("{p}.attn.attn.weight"), &b.attn.qkv)?;
-            if let Some(bias) = &b.attn.qkv.bias {
+            if let Some(bias) = b.attn.qkv.bias() {
                 let key = format!("{p}.attn.attn.bias");
-                let w = host(&key, bias.val().unsqueeze::<2>())?;
+                let w = host(&key, bias.unsqueeze::<2>())?;
                 out.push((key, vec![w.len()], w));
             }
             push_linear(&mut out, format!("{p}.attn.proj.weight"), &b.attn.proj)?;

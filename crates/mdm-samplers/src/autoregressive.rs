@@ -49,7 +49,7 @@ pub fn generate_autoregressive<B: Kernels>(
 ) -> Result<Vec<Vec<usize>>, SamplerError> {
     let model_cfg = model.config();
     let vocab = model_cfg.padded_vocab_size();
-    let device = model.net.lm_head.weight.device();
+    let device = model.net.device();
     // the last generated token is never fed back: block_size + 1 positions in all
     check_prompts(
         prompts,

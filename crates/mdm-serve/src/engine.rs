@@ -696,7 +696,7 @@ fn logprobs<B: Kernels, M: MaskPredictor<B>>(
             Ok(out)
         }
         Served::Causal(m) => {
-            let device = m.net.lm_head.weight.device();
+            let device = m.net.device();
             let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
             let logits = m.forward(ids).map_err(model_error)?;

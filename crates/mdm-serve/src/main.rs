@@ -14,7 +14,7 @@ use clap::Parser;
 use mdm_data::chat::ChatPrompt;
 use mdm_data::Tokenizer;
 use mdm_models::checkpoint::{read_meta, ModelKind};
-use mdm_models::{CausalTransformer, ModelSource};
+use mdm_models::{CausalTransformer, ModelSource, WeightFormat};
 use mdm_serve::engine::{Engine, EngineConfig, Served};
 use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
 use mdm_serve::ServeError;
@@ -47,6 +47,13 @@ struct Args {
     /// An SMDM safetensors file (with `--config`).
     #[arg(long)]
     smdm: Option<PathBuf>,
+    /// Weights converted to f32, f16 or bf16 on load (default: as stored; on the CPU kept in that
+    /// type, activations f32).
+    #[arg(long, conflicts_with = "quant")]
+    dtype: Option<String>,
+    /// Weights quantized on load: q8_0 or q4_k (GGUF's formats).
+    #[arg(long)]
+    quant: Option<String>,
     /// A Diff_LLaMA name or a config JSON file (for `--smdm`, or random weights alone).
     #[arg(long, default_value = "6M")]
     config: String,
@@ -136,6 +143,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
         _ => false,
     };
     eprintln!("loading {} ...", source.describe());
+    let format = WeightFormat::from_flags(args.dtype.as_deref(), args.quant.as_deref())?;
     let load_source = source.clone();
     let engine = Engine::start::<Backend, _, _>(
         move || {
@@ -144,7 +152,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
                 ModelSource::Checkpoint(dir) if causal => {
                     Served::Causal(CausalTransformer::load(dir, &device)?)
                 }
-                other => Served::Masked(other.load_masked(&device)?),
+                other => Served::Masked(other.load_masked_as(format, &device)?),
             })
         },
         EngineConfig {

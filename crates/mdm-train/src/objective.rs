@@ -209,7 +209,7 @@ impl<B: AutodiffKernels> TrainModel<B> for MaskedTransformer<B> {
         config: &TrainConfig,
         rng: &mut MdmRng,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let device = self.net.lm_head.weight.device();
+        let device = self.net.device();
         let noised = MaskedTrainBatch::draw(batch, self.mask_id(), config, rng, &device)?;
         masked_loss(self, &noised)
     }
@@ -259,7 +259,7 @@ impl<B: AutodiffKernels> TrainModel<B> for CausalTransformer<B> {
         _config: &TrainConfig,
         _rng: &mut MdmRng,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let device = self.net.lm_head.weight.device();
+        let device = self.net.device();
         let ids = batch.tensor::<B>(&device);
         let (rows, n) = (batch.rows, batch.cols - 1);
         let logits = self.forward(ids.clone().narrow(1, 0, n))?;

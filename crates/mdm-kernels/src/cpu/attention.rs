@@ -146,14 +146,14 @@ impl Dims {
 
 /// A pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(crate) struct Shared(pub(crate) *mut f32);
 // SAFETY: each task writes only its own `(batch, group)` slots (see the callers).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
     /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -165,7 +165,7 @@ impl Shared {
 /// Every pointer must be valid for the elements its strides reach, and `dst` must not overlap
 /// the operands.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
+pub(crate) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     (dst_rs, dst_cs): (isize, isize),

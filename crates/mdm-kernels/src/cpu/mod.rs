@@ -3,5 +3,6 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod norm;
+pub mod packed;
 pub mod rope;
 pub mod vector;

@@ -212,7 +212,7 @@ impl<B: Kernels> MaskedTransformer<B> {
     /// Loads a Dream Hugging Face folder (`config.json` with `model_type: "Dream"`, one
     /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
     pub fn load_dream(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
-        family(folder)?.build(folder, device)
+        family(folder)?.build(folder, crate::WeightFormat::Stored, device)
     }
 }
 

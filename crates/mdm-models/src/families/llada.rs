@@ -260,7 +260,7 @@ impl<B: Kernels> MaskedTransformer<B> {
     /// Loads a LLaDA Hugging Face folder (`config.json` with `model_type: "llada"`, one
     /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
     pub fn load_llada(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
-        family(folder)?.build(folder, device)
+        family(folder)?.build(folder, crate::WeightFormat::Stored, device)
     }
 
     /// Loads a Hugging Face folder of a family we know, chosen by `config.json`'s `model_type`

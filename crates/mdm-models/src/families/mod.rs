@@ -17,8 +17,10 @@ use std::path::Path;
 
 use mdm_kernels::Kernels;
 
+use crate::gguf::GgmlType;
 use crate::hf::HfFolder;
-use crate::params::ParamSource;
+use crate::linear::WeightFormat;
+use crate::params::{ParamSource, StoredMatrix};
 use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
@@ -36,9 +38,19 @@ pub fn load_hf<B: Kernels>(
     dir: impl AsRef<Path>,
     device: &B::Device,
 ) -> Result<MaskedTransformer<B>, ModelError> {
+    load_hf_as(dir, WeightFormat::Stored, device)
+}
+
+/// As [`load_hf`], the projection weights kept as `format` says (bf16 weights stay bf16 on
+/// burn-flex by default; `WeightFormat::As(Q8_0)` quantizes on load).
+pub fn load_hf_as<B: Kernels>(
+    dir: impl AsRef<Path>,
+    format: WeightFormat,
+    device: &B::Device,
+) -> Result<MaskedTransformer<B>, ModelError> {
     let folder = HfFolder::open(dir)?;
     let family = family_of(&folder)?;
-    family.build(&folder, device)
+    family.build(&folder, format, device)
 }
 
 /// Whether `dir` is a Hugging Face model folder (its `config.json` names a `model_type`), not one
@@ -90,12 +102,14 @@ impl Family {
     pub(crate) fn build<B: Kernels>(
         &self,
         folder: &HfFolder,
+        format: WeightFormat,
         device: &B::Device,
     ) -> Result<MaskedTransformer<B>, ModelError> {
         let mut source = FolderSource::new(folder, self.name, self.heads, &self.names);
         let config = &self.config;
+        let rows = config.masked_embedding_rows();
         Ok(MaskedTransformer {
-            net: Transformer::build(config, config.masked_embedding_rows(), &mut source, device)?,
+            net: Transformer::build_as(config, rows, &mut source, format, device)?,
         })
     }
 }
@@ -200,6 +214,18 @@ impl ParamSource for FolderSource<'_> {
                 reason: format!("no {} tensor for `{key}`", self.family),
             }),
         }
+    }
+
+    fn take_matrix(&mut self, key: &str, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
+        let stored = match (self.names)(key) {
+            Some(Mapped::One(name)) => self.folder.stored_type(&name),
+            Some(Mapped::Grouped { q, .. }) => self.folder.stored_type(&q),
+            None => None,
+        };
+        Ok(StoredMatrix::Values(
+            self.take(key, shape)?,
+            stored.unwrap_or(GgmlType::F32),
+        ))
     }
 
     fn finish(&mut self) -> Result<(), ModelError> {

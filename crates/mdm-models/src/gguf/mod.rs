@@ -12,7 +12,8 @@
 //! count is checked against the file's size before anything is allocated (a corrupt count is an
 //! error, not an out-of-memory kill), and tensor data is read in place from a memory map.
 
-pub mod quant;
+pub use mdm_kernels::quant;
+pub mod model;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -145,7 +146,7 @@ pub struct Gguf {
     pub alignment: u64,
     /// Offset of the data section in the file.
     pub data_offset: u64,
-    map: memmap2::Mmap,
+    map: std::sync::Arc<memmap2::Mmap>,
 }
 
 impl std::fmt::Debug for Gguf {
@@ -295,7 +296,7 @@ impl Gguf {
             tensors,
             alignment,
             data_offset,
-            map,
+            map: std::sync::Arc::new(map),
         })
     }
 
@@ -318,6 +319,38 @@ impl Gguf {
     pub fn bytes(&self, tensor: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + tensor.offset) as usize;
         &self.map[start..start + tensor.bytes as usize]
+    }
+
+    /// Tensor `name` (two dimensions: `[rows, cols]` row-major) in its stored type, read in place
+    /// from the file's memory map (no copy).
+    pub fn packed(&self, name: &str) -> Result<mdm_kernels::PackedMatrix, ModelError> {
+        let tensor = self.tensor(name).ok_or_else(|| ModelError::Gguf {
+            file: self.path.clone(),
+            offset: 0,
+            reason: format!("no tensor `{name}`"),
+        })?;
+        let at = self.data_offset + tensor.offset;
+        let fault = |reason: String| ModelError::Gguf {
+            file: self.path.clone(),
+            offset: at,
+            reason: format!("tensor `{name}`: {reason}"),
+        };
+        let [cols, rows] = tensor.dims[..] else {
+            return Err(fault(format!(
+                "{} dimensions where a matrix has 2",
+                tensor.dims.len()
+            )));
+        };
+        let start = at as usize;
+        let bytes: mdm_kernels::packed::SharedBytes = self.map.clone();
+        mdm_kernels::PackedMatrix::new(
+            tensor.dtype,
+            rows as usize,
+            cols as usize,
+            bytes,
+            start..start + tensor.bytes as usize,
+        )
+        .map_err(fault)
     }
 
     /// Tensor `name` as f32 values (row-major) and its row-major shape.

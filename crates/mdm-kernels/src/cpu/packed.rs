@@ -1,0 +1,56 @@
+//! `y = x W^T` with `W` a [`PackedMatrix`] (f32, f16, bf16 or quantized blocks), activations and
+//! accumulation in f32.
+//!
+//! The output features are split into panels of [`PANEL_ROWS`] rows (a constant: the split never
+//! depends on the thread count); a task widens its panel's rows of `W` to f32 in a buffer of its
+//! own (at most `PANEL_ROWS x cols` values, a few hundred KB) and multiplies `x` by it with one
+//! single-threaded `gemm`, writing its own columns of `y`. Every output value is computed by one
+//! task in one fixed order, so the bits never depend on the pool or the load; the widening costs
+//! `rows x cols` conversions per product against `m x rows x cols` multiply-adds.
+
+use rayon::prelude::*;
+
+use super::attention::{gemm, Shared};
+use crate::packed::PackedMatrix;
+
+/// Output features per task.
+pub const PANEL_ROWS: usize = 64;
+
+/// `x` (`[m, w.cols()]` row-major) times `w^T`: `[m, w.rows()]` row-major.
+///
+/// # Panics
+/// If `x` does not hold `m * w.cols()` values.
+pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), m * k, "packed matmul: x is not [{m}, {k}]");
+    let mut y = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return y;
+    }
+    let out = Shared(y.as_mut_ptr());
+    let panels = n.div_ceil(PANEL_ROWS);
+    (0..panels)
+        .into_par_iter()
+        .for_each_init(Vec::new, |panel, p| {
+            let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(n);
+            let width = rows.len();
+            panel.resize(width * k, 0.0);
+            w.rows_f32(rows.clone(), panel);
+            // SAFETY: `y` is `[m, n]`; this task writes only columns `rows` of it (the panels are
+            // disjoint), `x` is `[m, k]` and `panel` is `[width, k]`, read as its transpose `[k, width]`.
+            unsafe {
+                gemm(
+                    (m, width, k),
+                    out.get().add(rows.start),
+                    (n as isize, 1),
+                    false,
+                    x.as_ptr(),
+                    (k as isize, 1),
+                    panel.as_ptr(),
+                    (1, k as isize),
+                    1.0,
+                );
+            }
+        });
+    y
+}

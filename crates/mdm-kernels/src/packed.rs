@@ -1,0 +1,191 @@
+//! Weight matrices kept in the type they are stored in (f32, f16, bf16, or GGUF's quantized
+//! blocks), for inference: [`PackedMatrix`] holds the bytes (owned, or borrowed in place from a
+//! memory-mapped file) and [`crate::Kernels::linear_packed`] multiplies activations by it.
+//!
+//! On the CPU (burn-flex) the product never widens the whole matrix: [`crate::cpu::packed`]
+//! widens a fixed panel of rows at a time into f32 and multiplies it with `gemm`, so the memory a
+//! model takes is its weights at their stored precision. Other backends widen the matrix on the
+//! device for each product (correct, not fast: they are meant to run dense tensors, see
+//! [`crate::Kernels::PACKS_WEIGHTS`]).
+//!
+//! ```
+//! use mdm_kernels::packed::PackedMatrix;
+//! use mdm_kernels::quant::GgmlType;
+//!
+//! // [2 rows (outputs), 32 columns (inputs)] as Q8_0
+//! let w: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) / 16.0).collect();
+//! let q = PackedMatrix::quantize(GgmlType::Q8_0, 2, 32, &w).unwrap();
+//! assert_eq!(q.memory_bytes(), 2 * 34);
+//! let back = q.to_f32();
+//! assert!(back.iter().zip(&w).all(|(a, b)| (a - b).abs() < 0.01));
+//! ```
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::quant::{self, GgmlType};
+
+/// Where a packed matrix's bytes live.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A `[rows, cols]` weight matrix in PyTorch's layout (row `r` holds output feature `r`'s weights
+/// over the inputs), each row a whole number of its type's blocks.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: SharedBytes,
+    range: Range<usize>,
+}
+
+impl fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PackedMatrix({} [{}, {}])",
+            self.dtype.name(),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+impl PackedMatrix {
+    /// The matrix whose bytes are `bytes.as_ref()[range]`, rows of `cols` values of `dtype`.
+    /// Errors name what does not fit: a row that is not whole blocks, a range of the wrong length
+    /// or outside the bytes.
+    pub fn new(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: SharedBytes,
+        range: Range<usize>,
+    ) -> Result<Self, String> {
+        let row = dtype.bytes_of(cols as u64)? as usize;
+        let expected = row
+            .checked_mul(rows)
+            .ok_or_else(|| format!("[{rows}, {cols}] of {} overflows", dtype.name()))?;
+        if range.len() != expected || range.end > (*bytes).as_ref().len() {
+            return Err(format!(
+                "[{rows}, {cols}] of {} needs {expected} bytes, given bytes {}..{} of {}",
+                dtype.name(),
+                range.start,
+                range.end,
+                (*bytes).as_ref().len()
+            ));
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            bytes,
+            range,
+        })
+    }
+
+    /// `values` (`[rows, cols]` row-major) quantized to `dtype` ([`quant::quantize`]).
+    pub fn quantize(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<Self, String> {
+        if values.len() != rows * cols {
+            return Err(format!("{} values for [{rows}, {cols}]", values.len()));
+        }
+        dtype.bytes_of(cols as u64)?;
+        let bytes = quant::quantize(dtype, values)?;
+        let len = bytes.len();
+        Self::new(dtype, rows, cols, Arc::new(bytes), 0..len)
+    }
+
+    /// The stored type.
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.range.len() / self.rows.max(1)
+    }
+
+    /// Bytes the matrix holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.range.len()
+    }
+
+    /// The stored bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.range.clone()]
+    }
+
+    /// Rows `rows` widened to f32 into `out` (`rows.len() * cols` values).
+    pub fn rows_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let row = self.row_bytes();
+        let bytes = &self.bytes()[rows.start * row..rows.end * row];
+        // whole rows of a matrix checked at construction: cannot fail
+        let _ = quant::dequantize(self.dtype, bytes, out);
+    }
+
+    /// The whole matrix widened to f32, `[rows, cols]` row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        self.rows_f32(0..self.rows, &mut out);
+        out
+    }
+
+    /// The matrix with its rows in the order `order` (row `i` of the result is row `order[i]`),
+    /// copied into memory of its own.
+    pub fn permute_rows(&self, order: &[usize]) -> Result<Self, String> {
+        if order.len() != self.rows || order.iter().any(|&r| r >= self.rows) {
+            return Err(format!(
+                "a row order of {} for {} rows",
+                order.len(),
+                self.rows
+            ));
+        }
+        let (row, src) = (self.row_bytes(), self.bytes());
+        let mut bytes = Vec::with_capacity(self.range.len());
+        for &r in order {
+            bytes.extend_from_slice(&src[r * row..(r + 1) * row]);
+        }
+        let len = bytes.len();
+        Self::new(self.dtype, self.rows, self.cols, Arc::new(bytes), 0..len)
+    }
+
+    /// Several matrices of one type and width stacked row-wise into one (q, k and v fused).
+    pub fn stack(parts: &[&PackedMatrix]) -> Result<Self, String> {
+        let first = parts.first().ok_or("nothing to stack")?;
+        if let Some(odd) = parts
+            .iter()
+            .find(|p| p.dtype != first.dtype || p.cols != first.cols)
+        {
+            return Err(format!(
+                "stacking {} [.., {}] onto {} [.., {}]",
+                odd.dtype.name(),
+                odd.cols,
+                first.dtype.name(),
+                first.cols
+            ));
+        }
+        let bytes: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| p.bytes().iter().copied())
+            .collect();
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let len = bytes.len();
+        Self::new(first.dtype, rows, first.cols, Arc::new(bytes), 0..len)
+    }
+}

@@ -1,0 +1,131 @@
+"""GGUF files of the masked diffusion families written by llama.cpp's own converter, next to the
+Hugging Face folders they were converted from (tests/suite/parity_gguf.rs loads both and compares).
+
+For LLaDA and Dream: a tiny random Hugging Face folder (f16 safetensors, tied embeddings, a real
+tokenizer the converter recognises: GPT-2's byte-level BPE with a mask token added for LLaDA,
+Llama-2's SentencePiece for Dream), then `convert_hf_to_gguf.py --outtype f16` from the llama.cpp
+source that `../shared/tools/build-llama-diffusion.sh` unpacks. Needs torch, transformers < 5,
+safetensors, sentencepiece and that llama.cpp's gguf-py:
+
+    python scripts/gguf_models.py --llama /tmp/llama-diffusion --out tests/data/gguf-parity
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+p = argparse.ArgumentParser()
+p.add_argument("--llama", required=True, help="the folder build-llama-diffusion.sh made (holds src/)")
+p.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+p.add_argument("--out", required=True)
+p.add_argument("--outtype", default="f16")
+p.add_argument("--seed", type=int, default=7)
+args = p.parse_args()
+tokenizers = os.path.join(args.shared, "data", "tokenizers")
+gen = torch.Generator().manual_seed(args.seed)
+
+
+def weight(*shape):
+    fan_in = shape[-1]
+    return (torch.randn(*shape, generator=gen) / fan_in ** 0.5).to(torch.float16)
+
+
+def gain(n):
+    return (1.0 + 0.1 * torch.randn(n, generator=gen)).to(torch.float16)
+
+
+def convert(folder, gguf):
+    converter = os.path.join(args.llama, "src", "convert_hf_to_gguf.py")
+    subprocess.run([sys.executable, converter, folder, "--outtype", args.outtype, "--outfile", gguf],
+                   check=True)
+
+
+def llada(out):
+    hf = os.path.join(out, "llada", "hf")
+    os.makedirs(hf, exist_ok=True)
+    d, heads, kv, hidden, layers, vocab = 16, 2, 1, 32, 2, 50304
+    config = {
+        "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu",
+        "alibi": False, "alibi_bias_max": 8.0, "attention_dropout": 0.0,
+        "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+        "bias_for_layer_norm": None, "block_group_size": 1, "block_type": "llama", "d_model": d,
+        "embedding_dropout": 0.0, "embedding_size": vocab, "eos_token_id": 50256,
+        "flash_attention": False, "include_bias": False, "include_qkv_bias": False,
+        "init_cutoff_factor": None, "init_device": "cpu", "init_fn": "normal", "init_std": 0.02,
+        "input_emb_norm": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
+        "mask_token_id": 50257, "max_sequence_length": 256, "mlp_hidden_size": hidden,
+        "mlp_ratio": 4, "multi_query_attention": None, "n_heads": heads, "n_kv_heads": kv,
+        "n_layers": layers, "pad_token_id": 50256, "precision": None, "residual_dropout": 0.0,
+        "rms_norm_eps": 1e-05, "rope": True, "rope_full_precision": True, "rope_theta": 500000.0,
+        "scale_logits": False, "dtype": "float16", "use_cache": False, "vocab_size": vocab,
+        "weight_tying": True,
+    }
+    json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
+    t = "model.transformer."
+    tensors = {t + "wte.weight": weight(vocab, d), t + "ln_f.weight": gain(d)}
+    hd = d // heads
+    for i in range(layers):
+        b = f"{t}blocks.{i}."
+        tensors.update({
+            b + "attn_norm.weight": gain(d), b + "ff_norm.weight": gain(d),
+            b + "q_proj.weight": weight(heads * hd, d), b + "k_proj.weight": weight(kv * hd, d),
+            b + "v_proj.weight": weight(kv * hd, d), b + "attn_out.weight": weight(d, d),
+            b + "ff_proj.weight": weight(hidden, d), b + "up_proj.weight": weight(hidden, d),
+            b + "ff_out.weight": weight(d, hidden),
+        })
+    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    tok = json.load(open(os.path.join(tokenizers, "gpt2", "tokenizer.json")))
+    tok.setdefault("added_tokens", []).append({
+        "id": 50257, "content": "<|mdm_mask|>", "single_word": False, "lstrip": False,
+        "rstrip": False, "normalized": False, "special": True})
+    json.dump(tok, open(os.path.join(hf, "tokenizer.json"), "w"))
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "mask_token": "<|mdm_mask|>",
+               "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+               "model_max_length": 256}, open(os.path.join(hf, "tokenizer_config.json"), "w"))
+    convert(hf, os.path.join(out, "llada", f"model-{args.outtype}.gguf"))
+
+
+def dream(out):
+    hf = os.path.join(out, "dream", "hf")
+    os.makedirs(hf, exist_ok=True)
+    d, heads, kv, hidden, layers, vocab = 16, 2, 1, 32, 2, 32000
+    config = {
+        "architectures": ["DreamModel"], "model_type": "Dream", "attention_dropout": 0.0,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
+        "hidden_size": d, "initializer_range": 0.02, "intermediate_size": hidden,
+        "mask_token_id": 31999, "max_position_embeddings": 256, "max_window_layers": 28,
+        "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0,
+        "sliding_window": None, "tie_word_embeddings": True, "dtype": "float16",
+        "use_cache": False, "use_sliding_window": False, "vocab_size": vocab,
+    }
+    json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
+    hd = d // heads
+    tensors = {"model.embed_tokens.weight": weight(vocab, d), "model.norm.weight": gain(d)}
+    for i in range(layers):
+        b = f"model.layers.{i}."
+        tensors.update({
+            b + "input_layernorm.weight": gain(d), b + "post_attention_layernorm.weight": gain(d),
+            b + "self_attn.q_proj.weight": weight(heads * hd, d),
+            b + "self_attn.k_proj.weight": weight(kv * hd, d),
+            b + "self_attn.v_proj.weight": weight(kv * hd, d),
+            b + "self_attn.q_proj.bias": weight(heads * hd),
+            b + "self_attn.k_proj.bias": weight(kv * hd),
+            b + "self_attn.v_proj.bias": weight(kv * hd),
+            b + "self_attn.o_proj.weight": weight(d, heads * hd),
+            b + "mlp.gate_proj.weight": weight(hidden, d), b + "mlp.up_proj.weight": weight(hidden, d),
+            b + "mlp.down_proj.weight": weight(d, hidden),
+        })
+    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(os.path.join(tokenizers, "llama2", "tokenizer.model"), hf)
+    convert(hf, os.path.join(out, "dream", f"model-{args.outtype}.gguf"))
+
+
+llada(args.out)
+dream(args.out)

@@ -1,0 +1,192 @@
+//! GGUF files written by llama.cpp's own converter (`convert_hf_to_gguf.py --outtype f16`, made by
+//! `scripts/gguf_models.py`) load onto the network and compute exactly what the Hugging Face folder
+//! they were converted from computes: LLaDA (arch `llada`: q/k rows permuted by the converter for
+//! llama.cpp's RoPE, undone on load; `diffusion.shift_logits` false) and Dream (arch `dream`: q/k/v
+//! biases, shifted logits by llama.cpp's default). The folder comes from `MDM_GGUF_PARITY_DIR`
+//! (default `tests/data/gguf-parity`), each family in `<family>/hf` and `<family>/model-f16.gguf`;
+//! every size is read from the files.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use mdm::backend::{self, Default as B};
+use mdm::burn::tensor::{Int, Tensor, TensorData};
+use mdm::models::gguf::GgmlType;
+use mdm::models::{MaskPredictor, MaskedTransformer, ModelSource, WeightFormat};
+
+fn fixture_dir() -> PathBuf {
+    common::fixture_dir("MDM_GGUF_PARITY_DIR", "gguf-parity", "llada/model-f16.gguf")
+}
+
+fn load(source: ModelSource, format: WeightFormat) -> MaskedTransformer<B> {
+    source
+        .load_masked_as::<B>(format, &backend::device())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Logits `[2, 24, V]` of two rows of seeded ids, a third of them the mask.
+fn logits(model: &MaskedTransformer<B>) -> Vec<f32> {
+    let (rows, cols, vocab) = (2, 24, model.vocab_size());
+    let mask = model.mask_id();
+    let ids: Vec<i64> = (0..rows * cols)
+        .map(|i| {
+            if i % 3 == 1 {
+                mask as i64
+            } else {
+                ((i * 7_919 + 13) % vocab) as i64
+            }
+        })
+        .collect();
+    let ids =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, cols]), &backend::device());
+    let out = model.forward(ids).unwrap();
+    assert_eq!(out.dims(), [rows, cols, vocab]);
+    out.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+fn sources(family: &str) -> (ModelSource, ModelSource, PathBuf) {
+    let dir = fixture_dir().join(family);
+    let gguf = dir.join("model-f16.gguf");
+    (
+        ModelSource::from_flags(None, Some(&gguf), None, "", 0).unwrap(),
+        ModelSource::HuggingFace(dir.join("hf")),
+        gguf,
+    )
+}
+
+fn same_logits_as_the_folder(family: &str) {
+    let (gguf, hf, path) = sources(family);
+    assert!(matches!(gguf, ModelSource::Gguf(_)), "{}", path.display());
+    let (from_gguf, from_hf) = (
+        load(gguf, WeightFormat::Stored),
+        load(hf, WeightFormat::Stored),
+    );
+    assert_eq!(from_gguf.mask_id(), from_hf.mask_id());
+    assert_eq!(from_gguf.vocab_size(), from_hf.vocab_size());
+    assert_eq!(
+        from_gguf.net.config.shift_logits,
+        from_hf.net.config.shift_logits
+    );
+    assert_eq!(from_gguf.weight_bytes(), from_hf.weight_bytes());
+    let (a, b) = (logits(&from_gguf), logits(&from_hf));
+    let differ = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{family}: {differ} of {} logits differ", a.len());
+}
+
+#[test]
+fn llada_gguf_from_llamas_converter_equals_its_folder() {
+    same_logits_as_the_folder("llada");
+}
+
+#[test]
+fn dream_gguf_from_llamas_converter_equals_its_folder() {
+    same_logits_as_the_folder("dream");
+}
+
+/// Quantized on load (from the file's f16), against the f16 logits: the error Q8_0 and Q4_K are
+/// known for, and the same top token at most positions.
+#[test]
+fn quantized_on_load_stays_near_the_stored_weights() {
+    let rows = 2 * 24;
+    for family in ["llada", "dream"] {
+        let (gguf, _, _) = sources(family);
+        let reference = logits(&load(gguf.clone(), WeightFormat::Stored));
+        let vocab = reference.len() / rows;
+        for (t, max_err) in [(GgmlType::Q8_0, 0.05), (GgmlType::Bf16, 0.05)] {
+            let model = load(gguf.clone(), WeightFormat::As(t));
+            let got = logits(&model);
+            let err = got
+                .iter()
+                .zip(&reference)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                err <= max_err * scale,
+                "{family} {}: max error {err} (logits up to {scale})",
+                t.name()
+            );
+            let top = |v: &[f32], r: usize| {
+                let row = &v[r * vocab..(r + 1) * vocab];
+                (0..vocab)
+                    .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                    .unwrap()
+            };
+            let agree = (0..rows)
+                .filter(|&r| top(&got, r) == top(&reference, r))
+                .count();
+            assert!(
+                agree * 10 >= rows * 8,
+                "{family} {}: top-1 agrees at {agree} of {rows}",
+                t.name()
+            );
+            if <B as mdm::kernels::Kernels>::PACKS_WEIGHTS {
+                assert!(
+                    model.weight_bytes()
+                        < load(gguf.clone(), WeightFormat::As(GgmlType::F32)).weight_bytes()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_gguf_file_of_another_architecture_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture_dir().join("dream/model-f16.gguf")).unwrap();
+    // "dream" -> "dreaX" in general.architecture's value
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"dream")
+        .expect("the arch string");
+    let mut changed = bytes.clone();
+    changed[at + 4] = b'X';
+    let file = dir.path().join("other.gguf");
+    std::fs::write(&file, changed).unwrap();
+    let source = ModelSource::from_flags(None, Some(Path::new(&file)), None, "", 0).unwrap();
+    let err = source
+        .load_masked_as::<B>(WeightFormat::Stored, &backend::device())
+        .expect_err("an unknown architecture");
+    assert!(err.to_string().contains("general.architecture"), "{err}");
+}
+
+/// The memory check runs before anything is loaded and names what would fit
+/// (`MDM_AVAILABLE_MEMORY` stands in for a small machine).
+#[test]
+fn a_model_that_does_not_fit_is_refused_before_loading() {
+    let gguf = fixture_dir().join("llada/model-f16.gguf");
+    let run = |available: &str| {
+        std::process::Command::new(crate::kill::example("generate"))
+            .env("MDM_AVAILABLE_MEMORY", available)
+            .args([
+                "--prompt",
+                "1 2 3",
+                "--gen-length",
+                "4",
+                "--steps",
+                "2",
+                "--no-live",
+                "--hf",
+            ])
+            .arg(&gguf)
+            .output()
+            .expect("generate runs")
+    };
+    let small = run("20MB");
+    let err = String::from_utf8_lossy(&small.stderr);
+    assert!(!small.status.success(), "{err}");
+    assert!(
+        err.contains("needs") && err.contains("as f16, 20 MB available"),
+        "{err}"
+    );
+    let enough = run("4GB");
+    assert!(
+        enough.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enough.stderr)
+    );
+}
