@@ -125,7 +125,9 @@ fn main() -> Result<()> {
         args.decoding.seed,
     )?;
     let format = WeightFormat::from_flags(args.dtype.as_deref(), args.quant.as_deref())?;
+    let loading = std::time::Instant::now();
     let model: MaskedTransformer<DefaultBackend> = source.load_masked_as(format, &device)?;
+    let loaded_in = loading.elapsed();
     let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?;
     let tok = tokenizer.as_ref();
     let chat = match (args.chat, source.folder()) {
@@ -167,6 +169,13 @@ fn main() -> Result<()> {
     }
     let sampler = MaskedDiffusionSampler::new(&model, config);
     let mask_id = model.mask_id();
+    let prompt_tokens: Vec<String> = prompts.iter().map(|p| p.len().to_string()).collect();
+    println!(
+        "loaded in {:.1?}: weights {:.1} MB, prompt tokens: {}",
+        loaded_in,
+        model.weight_bytes() as f64 / 1e6,
+        prompt_tokens.join(" ")
+    );
     let started = std::time::Instant::now();
     let mut drawn_lines = 0;
     let (mut timing, mut shares) = (StepTiming::default(), Vec::new());

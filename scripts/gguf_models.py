@@ -26,18 +26,29 @@ p.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..",
 p.add_argument("--out", required=True)
 p.add_argument("--outtype", default="f16")
 p.add_argument("--seed", type=int, default=7)
+p.add_argument("--families", default="llada,dream")
+# sizes (the defaults are the test fixtures'; the benchmark's 0.82 B LLaDA: --d 2048 --layers 12
+# --heads 16 --kv 16 --hidden 5632 --dtype float32 --outtype f32)
+p.add_argument("--d", type=int, default=16)
+p.add_argument("--layers", type=int, default=2)
+p.add_argument("--heads", type=int, default=2)
+p.add_argument("--kv", type=int, default=1)
+p.add_argument("--hidden", type=int, default=32)
+p.add_argument("--untied", action="store_true", help="LLaDA: an output head of its own")
+p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 args = p.parse_args()
+DTYPE = getattr(torch, args.dtype)
 tokenizers = os.path.join(args.shared, "data", "tokenizers")
 gen = torch.Generator().manual_seed(args.seed)
 
 
 def weight(*shape):
     fan_in = shape[-1]
-    return (torch.randn(*shape, generator=gen) / fan_in ** 0.5).to(torch.float16)
+    return (torch.randn(*shape, generator=gen) / fan_in ** 0.5).to(DTYPE)
 
 
 def gain(n):
-    return (1.0 + 0.1 * torch.randn(n, generator=gen)).to(torch.float16)
+    return (1.0 + 0.1 * torch.randn(n, generator=gen)).to(DTYPE)
 
 
 def convert(folder, gguf):
@@ -49,7 +60,7 @@ def convert(folder, gguf):
 def llada(out):
     hf = os.path.join(out, "llada", "hf")
     os.makedirs(hf, exist_ok=True)
-    d, heads, kv, hidden, layers, vocab = 16, 2, 1, 32, 2, 50304
+    d, heads, kv, hidden, layers, vocab = args.d, args.heads, args.kv, args.hidden, args.layers, 50304
     config = {
         "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu",
         "alibi": False, "alibi_bias_max": 8.0, "attention_dropout": 0.0,
@@ -63,12 +74,14 @@ def llada(out):
         "mlp_ratio": 4, "multi_query_attention": None, "n_heads": heads, "n_kv_heads": kv,
         "n_layers": layers, "pad_token_id": 50256, "precision": None, "residual_dropout": 0.0,
         "rms_norm_eps": 1e-05, "rope": True, "rope_full_precision": True, "rope_theta": 500000.0,
-        "scale_logits": False, "dtype": "float16", "use_cache": False, "vocab_size": vocab,
-        "weight_tying": True,
+        "scale_logits": False, "dtype": args.dtype, "use_cache": False, "vocab_size": vocab,
+        "weight_tying": not args.untied,
     }
     json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
     t = "model.transformer."
     tensors = {t + "wte.weight": weight(vocab, d), t + "ln_f.weight": gain(d)}
+    if args.untied:
+        tensors[t + "ff_out.weight"] = weight(vocab, d)
     hd = d // heads
     for i in range(layers):
         b = f"{t}blocks.{i}."
@@ -94,7 +107,7 @@ def llada(out):
 def dream(out):
     hf = os.path.join(out, "dream", "hf")
     os.makedirs(hf, exist_ok=True)
-    d, heads, kv, hidden, layers, vocab = 16, 2, 1, 32, 2, 32000
+    d, heads, kv, hidden, layers, vocab = args.d, args.heads, args.kv, args.hidden, args.layers, 32000
     config = {
         "architectures": ["DreamModel"], "model_type": "Dream", "attention_dropout": 0.0,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
@@ -102,7 +115,7 @@ def dream(out):
         "mask_token_id": 31999, "max_position_embeddings": 256, "max_window_layers": 28,
         "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv,
         "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0,
-        "sliding_window": None, "tie_word_embeddings": True, "dtype": "float16",
+        "sliding_window": None, "tie_word_embeddings": True, "dtype": args.dtype,
         "use_cache": False, "use_sliding_window": False, "vocab_size": vocab,
     }
     json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
@@ -127,5 +140,5 @@ def dream(out):
     convert(hf, os.path.join(out, "dream", f"model-{args.outtype}.gguf"))
 
 
-llada(args.out)
-dream(args.out)
+for family in args.families.split(","):
+    {"llada": llada, "dream": dream}[family](args.out)

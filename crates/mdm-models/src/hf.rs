@@ -31,7 +31,7 @@ pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
 
 struct MappedShard {
     file: PathBuf,
-    map: Mmap,
+    map: std::sync::Arc<Mmap>,
 }
 
 /// An opened Hugging Face folder: its `config.json` and its weights, memory-mapped.
@@ -94,7 +94,10 @@ impl HfFolder {
             // SAFETY: the map is read-only and lives as long as the folder; a checkpoint file
             // changed by another process while it is mapped is outside what we guard against.
             let map = unsafe { Mmap::map(&handle) }.map_err(io(&file))?;
-            shards.push(MappedShard { file, map });
+            shards.push(MappedShard {
+                file,
+                map: std::sync::Arc::new(map),
+            });
         }
         let mut tensors: BTreeMap<String, (usize, Vec<usize>)> = BTreeMap::new();
         for (i, shard) in shards.iter().enumerate() {
@@ -263,6 +266,53 @@ impl HfFolder {
             .into_iter()
             .max_by_key(|&(_, n)| n)
             .map_or(GgmlType::F32, |(t, _)| t)
+    }
+
+    /// Matrix `key` (`shape` `[rows, cols]`) read in place from its shard's memory map, when it
+    /// is stored as f16 or bf16 (safetensors' layout is GGML's for these: row-major,
+    /// little-endian); `None` for another dtype.
+    pub fn packed(
+        &self,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<Option<mdm_kernels::PackedMatrix>, ModelError> {
+        let dtype = match self.stored_type(key) {
+            Some(t @ (crate::gguf::GgmlType::F16 | crate::gguf::GgmlType::Bf16)) => t,
+            _ => return Ok(None),
+        };
+        let (i, found) = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| ModelError::MissingKey {
+                file: self.dir.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            })?;
+        let shard = &self.shards[*i];
+        let &[rows, cols] = shape else {
+            return Ok(None);
+        };
+        if found.as_slice() != shape {
+            return Err(ModelError::ShapeMismatch {
+                file: shard.file.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: found.clone(),
+            });
+        }
+        let st = header(shard)?;
+        let view = st.tensor(key).map_err(|e| ModelError::Format {
+            file: shard.file.clone(),
+            reason: e.to_string(),
+        })?;
+        let start = view.data().as_ptr() as usize - shard.map.as_ptr() as usize;
+        let bytes: mdm_kernels::packed::SharedBytes = shard.map.clone();
+        mdm_kernels::PackedMatrix::new(dtype, rows, cols, bytes, start..start + view.data().len())
+            .map(Some)
+            .map_err(|reason| ModelError::Format {
+                file: shard.file.clone(),
+                reason: format!("`{key}`: {reason}"),
+            })
     }
 
     /// Tensor `key` as f32 values, checked against `shape`.

@@ -92,6 +92,11 @@ impl<B: Kernels> Proj<B> {
         }
     }
 
+    /// The dense weight `[d_in, d_out]` (burn's layout), when the projection keeps one.
+    pub fn weight(&self) -> Option<Tensor<B, 2>> {
+        self.weight.as_ref().map(|w| w.val())
+    }
+
     /// The packed weight, when the projection keeps one.
     pub fn packed_weight(&self) -> Option<&PackedMatrix> {
         self.packed.as_ref()

@@ -136,6 +136,10 @@ impl Keep {
             (StoredMatrix::Packed(p), Some(t)) if t == p.dtype() && self.packs => {
                 Ok(Proj::packed(p))
             }
+            // f32 read in place (a GGUF file's memory map) rather than copied
+            (StoredMatrix::Packed(p), None) if p.dtype() == GgmlType::F32 && self.packs => {
+                Ok(Proj::packed(p))
+            }
             (matrix, target) => {
                 let values = match matrix {
                     StoredMatrix::Values(v, _) => v,

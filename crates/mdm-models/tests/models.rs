@@ -117,13 +117,13 @@ fn initialisation_statistics_and_seed() {
         (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
     };
     let c = 128f64;
-    let qkv = host(m.net.blocks[0].attn.qkv.weight.val());
-    let proj = host(m.net.blocks[0].attn.proj.weight.val());
+    let qkv = host(m.net.blocks[0].attn.qkv.weight().unwrap());
+    let proj = host(m.net.blocks[0].attn.proj.weight().unwrap());
     assert!((std(&qkv) / (2.0 / (5.0 * c)).sqrt() - 1.0).abs() < 0.02);
     assert!((std(&proj) / (1.0 / c.sqrt() / 4.0) - 1.0).abs() < 0.03);
     assert!(host(m.net.ln_f.gain.val()).iter().all(|&g| g == 1.0));
     let again: MaskedTransformer<B> = config.init_masked(7, &device).unwrap();
-    assert_eq!(qkv, host(again.net.blocks[0].attn.qkv.weight.val()));
+    assert_eq!(qkv, host(again.net.blocks[0].attn.qkv.weight().unwrap()));
     assert_eq!(m.net.wte.weight.dims(), [1025, 128]);
 }
 
@@ -380,7 +380,7 @@ fn half_precision_logits_stay_close_to_f32() {
     ] {
         let half = masked.clone().with_precision(precision);
         assert_eq!(
-            half.net.lm_head.weight.val().dtype(),
+            half.net.lm_head.weight().unwrap().dtype(),
             dtype,
             "{precision}: weights cast"
         );

@@ -112,7 +112,7 @@ fn default_name(source: &ModelSource, config: &str) -> String {
                 }
             })
         }
-        ModelSource::Smdm { file, .. } => {
+        ModelSource::Smdm { file, .. } | ModelSource::Gguf(file) => {
             file.file_stem().and_then(|s| s.to_str()).map(String::from)
         }
         ModelSource::Random { .. } => None,

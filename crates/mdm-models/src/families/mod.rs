@@ -23,6 +23,7 @@ use crate::linear::WeightFormat;
 use crate::params::{ParamSource, StoredMatrix};
 use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
+use mdm_kernels::PackedMatrix;
 
 pub mod dream;
 mod export;
@@ -217,6 +218,32 @@ impl ParamSource for FolderSource<'_> {
     }
 
     fn take_matrix(&mut self, key: &str, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
+        // f16 / bf16 matrices are read in place (no copy); others as f32 values
+        match (self.names)(key) {
+            Some(Mapped::One(name)) => {
+                if let Some(packed) = self.folder.packed(&name, shape)? {
+                    self.used.insert(name);
+                    return Ok(StoredMatrix::Packed(packed));
+                }
+            }
+            Some(Mapped::Grouped { q, k, v }) => {
+                let (h, g, d) = self.heads;
+                let width = shape.get(1).copied().unwrap_or(0);
+                let parts = [(&q, h * d), (&k, g * d), (&v, g * d)]
+                    .map(|(name, rows)| self.folder.packed(name, &[rows, width]));
+                if let [Ok(Some(q_part)), Ok(Some(k_part)), Ok(Some(v_part))] = parts {
+                    let fused = PackedMatrix::stack(&[&q_part, &k_part, &v_part])
+                        .and_then(|m| m.permute_rows(&grouped_rows(self.heads, |r| r)))
+                        .map_err(|reason| ModelError::Format {
+                            file: self.folder.dir().to_path_buf(),
+                            reason: format!("{q}, {k}, {v}: {reason}"),
+                        })?;
+                    self.used.extend([q, k, v]);
+                    return Ok(StoredMatrix::Packed(fused));
+                }
+            }
+            None => {}
+        }
         let stored = match (self.names)(key) {
             Some(Mapped::One(name)) => self.folder.stored_type(&name),
             Some(Mapped::Grouped { q, .. }) => self.folder.stored_type(&q),
@@ -242,6 +269,24 @@ impl ParamSource for FolderSource<'_> {
         }
         Ok(())
     }
+}
+
+/// The rows of the fused grouped q/k/v matrix in the stack `[q; k; v]` (`H D`, `G D`, `G D` rows):
+/// for each key/value group its `H / G` query heads, its key, its value. `qk_row` maps a q or k
+/// row (within its part) to the row the stack holds it at (the identity, or the undoing of a
+/// permutation a converter applied).
+pub(crate) fn grouped_rows(
+    (h, g, d): (usize, usize, usize),
+    qk_row: impl Fn(usize) -> usize,
+) -> Vec<usize> {
+    let p = h / g;
+    let mut order = Vec::with_capacity((h + 2 * g) * d);
+    for group in 0..g {
+        order.extend((group * p * d..(group + 1) * p * d).map(&qk_row));
+        order.extend((group * d..(group + 1) * d).map(|r| h * d + qk_row(r)));
+        order.extend((group * d..(group + 1) * d).map(|r| (h + g) * d + r));
+    }
+    order
 }
 
 /// The layer and the rest of a shared name `transformer.h.{layer}.{rest}`.

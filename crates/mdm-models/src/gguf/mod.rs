@@ -536,6 +536,29 @@ mod tests {
     }
 
     #[test]
+    fn q8_0_bf16_and_f16_quantize_to_the_reference_bytes() {
+        let g = Gguf::open(reference()).unwrap();
+        let (weights, _) = g.dequantize("f32").unwrap();
+        for (name, dtype) in [
+            ("q8_0.real", GgmlType::Q8_0),
+            ("bf16", GgmlType::Bf16),
+            ("f16", GgmlType::F16),
+        ] {
+            let theirs = g.bytes(g.tensor(name).unwrap());
+            let ours = quant::quantize(dtype, &weights).unwrap();
+            assert!(
+                ours == theirs,
+                "{name}: our quantization differs from gguf-py's"
+            );
+        }
+        // a packed matrix read in place equals the bytes, rows and values of the tensor
+        let packed = g.packed("q8_0.real").unwrap();
+        assert_eq!(packed.bytes(), g.bytes(g.tensor("q8_0.real").unwrap()));
+        assert_eq!(packed.to_f32(), g.dequantize("q8_0.real").unwrap().0);
+        assert!(g.packed("test.missing").is_err());
+    }
+
+    #[test]
     fn every_type_dequantizes_to_the_reference_bits() {
         let g = Gguf::open(reference()).unwrap();
         let mut checked = Vec::new();

@@ -31,7 +31,7 @@ use mdm_kernels::quant::GgmlType;
 use mdm_kernels::{Kernels, PackedMatrix};
 
 use super::{Gguf, Value};
-use crate::families::layer_part;
+use crate::families::{grouped_rows, layer_part};
 use crate::linear::WeightFormat;
 use crate::params::{ParamSource, StoredMatrix};
 use crate::transformer::Transformer;
@@ -304,23 +304,16 @@ impl GgufSource<'_> {
     /// back from llama.cpp's interleaved-RoPE order (file row `h D + 2 j + a` holds the original
     /// row `h D + a D / 2 + j`).
     fn grouped_order(&self) -> Vec<usize> {
-        let (h, g, d) = self.heads;
-        let p = h / g;
-        let file_row = |row: usize| -> usize {
-            if !self.unpermute_qk {
+        let d = self.heads.2;
+        let unpermute = self.unpermute_qk;
+        grouped_rows(self.heads, move |row| {
+            if !unpermute {
                 return row;
             }
             let (head, within) = (row / d, row % d);
             let (a, j) = (within / (d / 2), within % (d / 2));
             head * d + 2 * j + a
-        };
-        let mut order = Vec::with_capacity((h + 2 * g) * d);
-        for group in 0..g {
-            order.extend((group * p * d..(group + 1) * p * d).map(file_row));
-            order.extend((group * d..(group + 1) * d).map(|r| h * d + file_row(r)));
-            order.extend((group * d..(group + 1) * d).map(|r| (h + g) * d + r));
-        }
-        order
+        })
     }
 
     fn names(pattern: &str) -> [String; 3] {
