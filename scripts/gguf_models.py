@@ -35,6 +35,10 @@ p.add_argument("--heads", type=int, default=2)
 p.add_argument("--kv", type=int, default=1)
 p.add_argument("--hidden", type=int, default=32)
 p.add_argument("--untied", action="store_true", help="LLaDA: an output head of its own")
+p.add_argument("--vocab", type=int, default=50304, help="LLaDA's embedding rows")
+p.add_argument("--sharded", action="store_true",
+               help="one safetensors shard per layer (a model larger than memory)")
+p.add_argument("--no-convert", action="store_true", help="the Hugging Face folder alone")
 p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 args = p.parse_args()
 DTYPE = getattr(torch, args.dtype)
@@ -60,7 +64,7 @@ def convert(folder, gguf):
 def llada(out):
     hf = os.path.join(out, "llada", "hf")
     os.makedirs(hf, exist_ok=True)
-    d, heads, kv, hidden, layers, vocab = args.d, args.heads, args.kv, args.hidden, args.layers, 50304
+    d, heads, kv, hidden, layers, vocab = args.d, args.heads, args.kv, args.hidden, args.layers, args.vocab
     config = {
         "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu",
         "alibi": False, "alibi_bias_max": 8.0, "attention_dropout": 0.0,
@@ -79,20 +83,36 @@ def llada(out):
     }
     json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
     t = "model.transformer."
-    tensors = {t + "wte.weight": weight(vocab, d), t + "ln_f.weight": gain(d)}
-    if args.untied:
-        tensors[t + "ff_out.weight"] = weight(vocab, d)
     hd = d // heads
-    for i in range(layers):
-        b = f"{t}blocks.{i}."
-        tensors.update({
-            b + "attn_norm.weight": gain(d), b + "ff_norm.weight": gain(d),
-            b + "q_proj.weight": weight(heads * hd, d), b + "k_proj.weight": weight(kv * hd, d),
-            b + "v_proj.weight": weight(kv * hd, d), b + "attn_out.weight": weight(d, d),
-            b + "ff_proj.weight": weight(hidden, d), b + "up_proj.weight": weight(hidden, d),
-            b + "ff_out.weight": weight(d, hidden),
-        })
-    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+
+    def shards():
+        yield {t + "wte.weight": weight(vocab, d), t + "ln_f.weight": gain(d)}
+        if args.untied:
+            yield {t + "ff_out.weight": weight(vocab, d)}
+        for i in range(layers):
+            b = f"{t}blocks.{i}."
+            yield {
+                b + "attn_norm.weight": gain(d), b + "ff_norm.weight": gain(d),
+                b + "q_proj.weight": weight(heads * hd, d), b + "k_proj.weight": weight(kv * hd, d),
+                b + "v_proj.weight": weight(kv * hd, d), b + "attn_out.weight": weight(d, d),
+                b + "ff_proj.weight": weight(hidden, d), b + "up_proj.weight": weight(hidden, d),
+                b + "ff_out.weight": weight(d, hidden),
+            }
+
+    if args.sharded:
+        weight_map, parts = {}, list(range(layers + 1 + args.untied))
+        for n, tensors in enumerate(shards()):
+            name = f"model-{n + 1:05d}-of-{len(parts):05d}.safetensors"
+            save_file(tensors, os.path.join(hf, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in tensors})
+            del tensors
+        json.dump({"metadata": {}, "weight_map": weight_map},
+                  open(os.path.join(hf, "model.safetensors.index.json"), "w"), indent=1)
+    else:
+        tensors = {}
+        for part in shards():
+            tensors.update(part)
+        save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
     tok = json.load(open(os.path.join(tokenizers, "gpt2", "tokenizer.json")))
     tok.setdefault("added_tokens", []).append({
         "id": 50257, "content": "<|mdm_mask|>", "single_word": False, "lstrip": False,
@@ -101,7 +121,8 @@ def llada(out):
     json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "mask_token": "<|mdm_mask|>",
                "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
                "model_max_length": 256}, open(os.path.join(hf, "tokenizer_config.json"), "w"))
-    convert(hf, os.path.join(out, "llada", f"model-{args.outtype}.gguf"))
+    if not args.no_convert:
+        convert(hf, os.path.join(out, "llada", f"model-{args.outtype}.gguf"))
 
 
 def dream(out):

@@ -24,6 +24,8 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::quant::{self, GgmlType};
 
 /// Where a packed matrix's bytes live.
@@ -95,8 +97,18 @@ impl PackedMatrix {
         if values.len() != rows * cols {
             return Err(format!("{} values for [{rows}, {cols}]", values.len()));
         }
-        dtype.bytes_of(cols as u64)?;
-        let bytes = quant::quantize(dtype, values)?;
+        let row_bytes = dtype.bytes_of(cols as u64)? as usize;
+        // rows quantized in parallel, in chunks fixed by the sizes (each row's bytes depend on
+        // that row alone, so the split changes nothing in the result)
+        let chunk = (1 << 16) / cols.max(1) + 1;
+        let parts: Vec<Result<Vec<u8>, String>> = values
+            .par_chunks(chunk * cols.max(1))
+            .map(|rows| quant::quantize(dtype, rows))
+            .collect();
+        let mut bytes = Vec::with_capacity(rows * row_bytes);
+        for part in parts {
+            bytes.extend_from_slice(&part?);
+        }
         let len = bytes.len();
         Self::new(dtype, rows, cols, Arc::new(bytes), 0..len)
     }

@@ -134,7 +134,7 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), 
         GgmlType::F32 => {
             blocks.for_each(|(b, o)| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         }
-        GgmlType::F16 => blocks.for_each(|(b, o)| o[0] = half(b, 0)),
+        GgmlType::F16 => f16_values(bytes, out),
         GgmlType::Bf16 => blocks.for_each(|(b, o)| {
             o[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
         }),
@@ -331,6 +331,20 @@ fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&packed);
     for j in (0..QK_K).step_by(64) {
         out.extend((0..32).map(|l| all[j + l] | (all[j + l + 32] << 4)));
+    }
+}
+
+/// f16 values widened through the `half` crate's slice conversion (F16C, 8 at a time, where the
+/// CPU has it: a conversion per value costs a feature check that stops vectorisation).
+fn f16_values(bytes: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut buf = [f16::ZERO; 256];
+    for (b, o) in bytes.chunks(512).zip(out.chunks_mut(256)) {
+        let n = o.len();
+        for (h, pair) in buf[..n].iter_mut().zip(b.chunks_exact(2)) {
+            *h = f16::from_bits(u16::from_le_bytes([pair[0], pair[1]]));
+        }
+        buf[..n].convert_to_f32_slice(o);
     }
 }
 

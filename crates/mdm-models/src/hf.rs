@@ -315,6 +315,31 @@ impl HfFolder {
             })
     }
 
+    /// Drops the pages of tensor `key` from memory (they are read again from the file if touched
+    /// again): for a tensor whose values were copied or converted, so that loading holds the
+    /// model once, not the file and the model.
+    pub fn release(&self, key: &str) {
+        let Some((i, _)) = self.tensors.get(key) else {
+            return;
+        };
+        let shard = &self.shards[*i];
+        let Ok(st) = header(shard) else { return };
+        let Ok(view) = st.tensor(key) else { return };
+        let start = view.data().as_ptr() as usize - shard.map.as_ptr() as usize;
+        // SAFETY: the map is private and read-only: MADV_DONTNEED only drops clean pages, which
+        // the kernel reads back from the unchanged file if they are touched again (a packed
+        // weight that shares a dropped page sees the same bytes). Errors only mean the pages
+        // stay.
+        #[cfg(unix)]
+        let _ = unsafe {
+            shard.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                view.data().len(),
+            )
+        };
+    }
+
     /// Tensor `key` as f32 values, checked against `shape`.
     pub fn read(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let Some((i, found)) = self.tensors.get(key) else {

@@ -27,6 +27,9 @@ pub(crate) trait ParamSource {
             mdm_kernels::quant::GgmlType::F32,
         ))
     }
+    /// `key`'s stored bytes are no longer needed (its values were copied or converted): a source
+    /// that maps a file may drop those pages from memory.
+    fn release(&mut self, _key: &str) {}
     /// Called once every weight has been taken (a checkpoint reports unused tensors here).
     fn finish(&mut self) -> Result<(), ModelError> {
         Ok(())

@@ -214,7 +214,16 @@ fn linear<B: Kernels>(
     device: &B::Device,
 ) -> Result<Proj<B>, ModelError> {
     let w = src.take_matrix(key, &[d_out, d_in])?;
-    keep.proj(key, w, (d_out, d_in), device)
+    let source = match &w {
+        StoredMatrix::Packed(p) => Some(p.bytes().as_ptr()),
+        StoredMatrix::Values(..) => None,
+    };
+    let proj = keep.proj(key, w, (d_out, d_in), device)?;
+    // read in place: the projection keeps the source's bytes; otherwise they were copied
+    if source.is_none() || proj.packed_weight().map(|p| p.bytes().as_ptr()) != source {
+        src.release(key);
+    }
+    Ok(proj)
 }
 
 /// The fused q/k/v projection, with its bias `[(H + 2G) D]` when the family has one.
@@ -316,6 +325,7 @@ impl<B: Kernels> Transformer<B> {
             [embedding_rows, c],
             device,
         );
+        src.release("transformer.wte.weight");
         let mut blocks = Vec::with_capacity(config.n_layer);
         for l in 0..config.n_layer {
             let p = format!("transformer.h.{l}");

@@ -255,6 +255,18 @@ impl ParamSource for FolderSource<'_> {
         ))
     }
 
+    fn release(&mut self, key: &str) {
+        match (self.names)(key) {
+            Some(Mapped::One(name)) => self.folder.release(&name),
+            Some(Mapped::Grouped { q, k, v }) => {
+                for name in [q, k, v] {
+                    self.folder.release(&name);
+                }
+            }
+            None => {}
+        }
+    }
+
     fn finish(&mut self) -> Result<(), ModelError> {
         if let Some(name) = self.folder.tensor_names().find(|n| !self.used.contains(*n)) {
             return Err(ModelError::UnexpectedKey {

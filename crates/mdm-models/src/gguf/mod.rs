@@ -353,6 +353,24 @@ impl Gguf {
         .map_err(fault)
     }
 
+    /// Drops the pages of tensor `name` from memory (read back from the file if touched again):
+    /// for a tensor whose values were copied or converted.
+    pub fn release(&self, name: &str) {
+        let Some(tensor) = self.tensor(name) else {
+            return;
+        };
+        // SAFETY: the map is private and read-only: MADV_DONTNEED drops clean pages, which the
+        // kernel reads back from the unchanged file when touched again. An error leaves them.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                (self.data_offset + tensor.offset) as usize,
+                tensor.bytes as usize,
+            )
+        };
+    }
+
     /// Tensor `name` as f32 values (row-major) and its row-major shape.
     pub fn dequantize(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         let tensor = self.tensor(name).ok_or_else(|| ModelError::Gguf {
