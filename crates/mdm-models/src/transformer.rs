@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
-use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_kernels::quant::GgmlType;
 use mdm_kernels::Kernels;
 use mdm_kernels::PackedMatrix;
@@ -172,21 +172,46 @@ impl Keep {
         shape: [usize; 2],
         device: &B::Device,
     ) -> Embedding<B> {
-        let (values, stored) = match matrix {
-            StoredMatrix::Values(v, t) => (v, t),
-            StoredMatrix::Packed(p) => {
-                let t = p.dtype();
-                (p.to_f32(), t)
+        let stored = match &matrix {
+            StoredMatrix::Values(_, t) => *t,
+            StoredMatrix::Packed(p) => p.dtype(),
+        };
+        let data = match (self.packs, self.format.packed_type(stored)) {
+            (false, _) | (_, None | Some(GgmlType::F32)) => {
+                let values = match matrix {
+                    StoredMatrix::Values(v, _) => v,
+                    StoredMatrix::Packed(p) => p.to_f32(),
+                };
+                TensorData::new(values, shape)
+            }
+            (true, Some(GgmlType::F16)) => {
+                TensorData::new(narrowed(&matrix, shape, half::f16::from_f32), shape)
+            }
+            (true, Some(_)) => {
+                TensorData::new(narrowed(&matrix, shape, half::bf16::from_f32), shape)
             }
         };
-        let weight = tensor::<B, 2>(values, shape, device);
-        let weight = match (self.packs, self.format.packed_type(stored)) {
-            (false, _) | (_, None | Some(GgmlType::F32)) => weight,
-            (true, Some(GgmlType::F16)) => weight.cast(FloatDType::F16),
-            (true, Some(_)) => weight.cast(FloatDType::BF16),
-        };
         Embedding {
-            weight: Param::from_tensor(weight),
+            weight: Param::from_tensor(Tensor::from_data(data, device)),
+        }
+    }
+}
+
+/// `matrix` (`[rows, cols]`) in a narrower type, widened a few rows at a time (a packed matrix is
+/// never copied whole as f32).
+fn narrowed<T>(matrix: &StoredMatrix, [rows, cols]: [usize; 2], convert: fn(f32) -> T) -> Vec<T> {
+    match matrix {
+        StoredMatrix::Values(v, _) => v.iter().map(|&x| convert(x)).collect(),
+        StoredMatrix::Packed(p) => {
+            let mut out = Vec::with_capacity(rows * cols);
+            let mut buf = Vec::new();
+            for start in (0..rows).step_by(256) {
+                let end = (start + 256).min(rows);
+                buf.resize((end - start) * cols, 0.0);
+                p.rows_f32(start..end, &mut buf);
+                out.extend(buf.iter().map(|&x| convert(x)));
+            }
+            out
         }
     }
 }

@@ -257,6 +257,24 @@ fn gguf_name(shared: &str, tied: bool) -> Option<Mapped> {
     Some(Mapped::One(format!("blk.{layer}.{name}")))
 }
 
+/// q, k and v in one type, to be fused: as they are when they agree; otherwise (llama.cpp's mixes:
+/// Q4_K_M keeps `attn_v` in Q6_K) each widened and quantized to Q8_0, which holds every type read
+/// here but f32 and f16 within its own rounding (f32 and f16 parts go to f16).
+fn same_type(parts: Vec<PackedMatrix>) -> Result<Vec<PackedMatrix>, String> {
+    let first = parts.first().map(PackedMatrix::dtype);
+    if parts.iter().all(|p| Some(p.dtype()) == first) {
+        return Ok(parts);
+    }
+    let wide = parts
+        .iter()
+        .any(|p| matches!(p.dtype(), GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16));
+    let target = if wide { GgmlType::F16 } else { GgmlType::Q8_0 };
+    parts
+        .iter()
+        .map(|p| PackedMatrix::quantize(target, p.rows(), p.cols(), &p.to_f32()))
+        .collect()
+}
+
 /// A GGUF file as the shared network's parameter source.
 struct GgufSource<'a> {
     gguf: &'a Gguf,
@@ -369,6 +387,8 @@ impl ParamSource for GgufSource<'_> {
                     self.expect(name, shape)?;
                     parts.push(self.gguf.packed(name)?);
                 }
+                let parts = same_type(parts)
+                    .map_err(|reason| self.fault(format!("{}: {reason}", names.join(", "))))?;
                 let refs: Vec<&PackedMatrix> = parts.iter().collect();
                 PackedMatrix::stack(&refs)
                     .and_then(|m| m.permute_rows(&self.grouped_order()))
