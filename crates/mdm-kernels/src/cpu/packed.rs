@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::attention::{gemm, Shared};
 use crate::packed::PackedMatrix;
+use crate::quant::GgmlType;
 
 /// Output features per task.
 pub const PANEL_ROWS: usize = 64;
@@ -29,13 +30,25 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
     }
     let out = Shared(y.as_mut_ptr());
     let panels = n.div_ceil(PANEL_ROWS);
+    // f32 rows that lie aligned in memory (a GGUF file's map) are multiplied where they are
+    let in_place = (w.dtype() == GgmlType::F32
+        && (w.bytes().as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()))
+    .then(|| Shared(w.bytes().as_ptr() as *mut f32));
     (0..panels)
         .into_par_iter()
         .for_each_init(Vec::new, |panel, p| {
             let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(n);
             let width = rows.len();
-            panel.resize(width * k, 0.0);
-            w.rows_f32(rows.clone(), panel);
+            let rhs = match in_place {
+                // SAFETY: the bytes hold `n x k` aligned f32 values (checked above); rows
+                // `rows` start at value `rows.start * k`, only read.
+                Some(base) => unsafe { base.get().add(rows.start * k) as *const f32 },
+                None => {
+                    panel.resize(width * k, 0.0);
+                    w.rows_f32(rows.clone(), panel);
+                    panel.as_ptr()
+                }
+            };
             // SAFETY: `y` is `[m, n]`; this task writes only columns `rows` of it (the panels are
             // disjoint), `x` is `[m, k]` and `panel` is `[width, k]`, read as its transpose `[k, width]`.
             unsafe {
@@ -46,7 +59,7 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
                     false,
                     x.as_ptr(),
                     (k as isize, 1),
-                    panel.as_ptr(),
+                    rhs,
                     (1, k as isize),
                     1.0,
                 );
