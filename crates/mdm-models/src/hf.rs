@@ -268,6 +268,35 @@ impl HfFolder {
             .map_or(GgmlType::F32, |(t, _)| t)
     }
 
+    /// The shard holding `key` and the tensor's view, checked against `shape`.
+    fn checked_view(
+        &self,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<(&MappedShard, safetensors::tensor::TensorView<'_>), ModelError> {
+        let Some((i, found)) = self.tensors.get(key) else {
+            return Err(ModelError::MissingKey {
+                file: self.dir.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            });
+        };
+        let shard = &self.shards[*i];
+        if found.as_slice() != shape {
+            return Err(ModelError::ShapeMismatch {
+                file: shard.file.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: found.clone(),
+            });
+        }
+        let view = header(shard)?.tensor(key).map_err(|e| ModelError::Format {
+            file: shard.file.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok((shard, view))
+    }
+
     /// Matrix `key` (`shape` `[rows, cols]`) read in place from its shard's memory map, when it
     /// is stored as f16 or bf16 (safetensors' layout is GGML's for these: row-major,
     /// little-endian); `None` for another dtype.
@@ -280,31 +309,10 @@ impl HfFolder {
             Some(t @ (crate::gguf::GgmlType::F16 | crate::gguf::GgmlType::Bf16)) => t,
             _ => return Ok(None),
         };
-        let (i, found) = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| ModelError::MissingKey {
-                file: self.dir.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-            })?;
-        let shard = &self.shards[*i];
         let &[rows, cols] = shape else {
             return Ok(None);
         };
-        if found.as_slice() != shape {
-            return Err(ModelError::ShapeMismatch {
-                file: shard.file.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: found.clone(),
-            });
-        }
-        let st = header(shard)?;
-        let view = st.tensor(key).map_err(|e| ModelError::Format {
-            file: shard.file.clone(),
-            reason: e.to_string(),
-        })?;
+        let (shard, view) = self.checked_view(key, shape)?;
         let start = view.data().as_ptr() as usize - shard.map.as_ptr() as usize;
         let bytes: mdm_kernels::packed::SharedBytes = shard.map.clone();
         mdm_kernels::PackedMatrix::new(dtype, rows, cols, bytes, start..start + view.data().len())
@@ -342,27 +350,7 @@ impl HfFolder {
 
     /// Tensor `key` as f32 values, checked against `shape`.
     pub fn read(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let Some((i, found)) = self.tensors.get(key) else {
-            return Err(ModelError::MissingKey {
-                file: self.dir.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-            });
-        };
-        let shard = &self.shards[*i];
-        if found.as_slice() != shape {
-            return Err(ModelError::ShapeMismatch {
-                file: shard.file.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: found.clone(),
-            });
-        }
-        let st = header(shard)?;
-        let view = st.tensor(key).map_err(|e| ModelError::Format {
-            file: shard.file.clone(),
-            reason: e.to_string(),
-        })?;
+        let (shard, view) = self.checked_view(key, shape)?;
         to_f32(&shard.file, key, &view)
     }
 }
