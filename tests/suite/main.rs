@@ -4,7 +4,8 @@
 //! on wgpu every process compiles its own kernels: as one binary the wgpu suites build in 2 min 08 s
 //! instead of about 6 and run in 104 s instead of 262 (docs/reliability.md).
 //!
-//! - `parity`, `parity_sampler`, `parity_llada`, `parity_eval`, `parity_train`: the reference
+//! - `parity`, `parity_sampler`, `parity_llada`, `parity_dream`, `parity_gguf` (llama.cpp's converter's
+//!   GGUF files against their folders), `parity_eval`, `parity_train`: the reference
 //!   fixtures (SMDM, LLaDA / Fast-dLLM, the estimators, SMDM's optimizer steps) on the backend the
 //!   features select; `backend`: the library's paths on that backend. `.ci/run` runs these on wgpu
 //!   too (`-- parity backend::`).
