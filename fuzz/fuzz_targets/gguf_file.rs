@@ -1,8 +1,13 @@
-//! A GGUF file: header, metadata, tensor directory, then every tensor dequantized.
+//! A GGUF file: header, metadata, tensor directory, then every tensor dequantized; then the same
+//! file as a llama.cpp LLaDA or Dream model (config from the metadata keys, tensors by name, at
+//! their stored types and quantized to Q8_0 on load).
 #![no_main]
+use burn::backend::Flex;
 use libfuzzer_sys::fuzz_target;
 use mdm_fuzz::{file, scratch};
-use mdm_models::gguf::Gguf;
+use mdm_models::gguf::model::GgufModel;
+use mdm_models::gguf::{GgmlType, Gguf};
+use mdm_models::WeightFormat;
 
 fuzz_target!(|data: &[u8]| {
     let path = file(scratch(), "model.gguf", data);
@@ -11,6 +16,17 @@ fuzz_target!(|data: &[u8]| {
             // bounded: the fuzzer's inputs are small, so are the tensors they can describe
             if tensor.len() <= 1 << 20 {
                 let _ = gguf.dequantize(&tensor.name);
+            }
+        }
+    }
+    if let Ok(model) = GgufModel::open(&path) {
+        let c = model.config();
+        // a network the input could describe (its tensors are checked against the config)
+        let params = c.n_layer * (c.n_embd * (c.n_embd * 2 + c.intermediate_size * 3))
+            + c.padded_vocab_size() * c.n_embd;
+        if c.n_layer <= 4 && params <= 1 << 16 && c.block_size <= 1 << 12 {
+            for format in [WeightFormat::Stored, WeightFormat::As(GgmlType::Q8_0)] {
+                let _ = model.load::<Flex>(format, &Default::default());
             }
         }
     }

@@ -197,3 +197,77 @@ fn a_model_that_does_not_fit_is_refused_before_loading() {
         String::from_utf8_lossy(&enough.stderr)
     );
 }
+
+/// The options that compute what llama.cpp's diffusion decoding computes with `--temp 0 --top-k 1`
+/// (`scripts/llama_diffusion_tokens.cpp`): its chain keeps the one most likely token and draws it at
+/// temperature 1, so every confidence is 1 and slots are revealed left to right (ours: the tempered
+/// confidence of the top-1 candidate, equal confidences to the earlier slot). Its canvas counts the
+/// prompt: LLaDA's block schedule splits `steps` over `canvas / block_length` blocks starting after
+/// the prompt (ours: the blocks after the prompt, with the same steps each); Dream's timestep
+/// schedule is our time grid of `eps`.
+fn llama_options(case: &serde_json::Value) -> mdm::samplers::DecodingOptions {
+    use mdm::samplers::{DecodingOptions, Schedule};
+    let field = |k: &str| case[k].as_u64().unwrap() as usize;
+    let (canvas, steps, block) = (field("canvas"), field("steps"), field("block_length"));
+    let gen_length = canvas - case["prompt"].as_array().unwrap().len();
+    let mut o = DecodingOptions::default()
+        .with_gen_length(gen_length)
+        .with_temperature(1.0)
+        .with_top_k(1);
+    o.tempered_confidence = true;
+    // llama.cpp runs a pass at every step, revealing or not
+    o.no_reuse = true;
+    if block > 0 {
+        let per_block = steps / (canvas / block);
+        o = o
+            .with_block_length(block)
+            .with_steps(gen_length / block * per_block)
+            .with_schedule(Schedule::Even);
+    } else {
+        o = o.with_steps(steps).with_eps(case["eps"].as_f64().unwrap());
+    }
+    o
+}
+
+/// Token for token what llama.cpp's own diffusion decoding (`diffusion_generate` from
+/// llama-cpp-python 0.3.36's llama.cpp) generates from the same GGUF files:
+/// `llama-generations.json`, made by `scripts/llama_generations.sh`.
+#[test]
+fn generations_equal_llamas_diffusion_decoding() {
+    use mdm::samplers::MaskedDiffusionSampler;
+    let dir = fixture_dir();
+    let text = std::fs::read_to_string(dir.join("llama-generations.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert!(!cases.is_empty());
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let family = case["family"].as_str().unwrap();
+        let gguf = dir.join(family).join("model-f16.gguf");
+        let source = ModelSource::from_flags(None, Some(&gguf), None, "", 0).unwrap();
+        let model = load(source, WeightFormat::Stored);
+        let ids = |k: &str| -> Vec<usize> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect()
+        };
+        let (prompt, expected) = (ids("prompt"), ids("output"));
+        let options = llama_options(case);
+        options
+            .validate()
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        let out = MaskedDiffusionSampler::new(&model, options)
+            .decode(std::slice::from_ref(&prompt), |_| {})
+            .unwrap();
+        let generated = &out.rows[0][prompt.len()..];
+        if generated != expected.as_slice() {
+            let first = generated.iter().zip(&expected).position(|(a, b)| a != b);
+            failures.push(format!(
+                "case {i} ({family}): first difference at token {first:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
