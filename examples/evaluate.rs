@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mdm::data::Tokenizer;
 use mdm::eval::harness::{
     evaluate_task, markdown_table, Estimator, EvalModel, TaskResult, TaskSettings, TaskSpec,
 };
@@ -45,7 +44,8 @@ struct Args {
     checkpoint: Option<PathBuf>,
     /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
     /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
-    /// vocab.json + merges.txt) unless `--tokenizer`.
+    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
+    /// the byte-level BPE vocabulary and chat template it holds.
     #[arg(long, conflicts_with_all = ["checkpoint", "smdm"])]
     hf: Option<PathBuf>,
     /// A published SMDM safetensors file (an MDM; give `--config` and `--tokenizer`).
@@ -120,7 +120,7 @@ fn main() -> Result<()> {
         ModelSource::Random { .. } => bail!("give --checkpoint, --hf or --smdm"),
         _ => Loaded::Masked(source.load_masked(&device)?),
     };
-    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?
+    let tokenizer = source.tokenizer(args.tokenizer.as_deref())?
         .context("no tokenizer with the model (tokenizer.json, or vocab.json + merges.txt): pass --tokenizer FILE")?;
     let eval_model = match &model {
         Loaded::Masked(m) => EvalModel::Masked(m),

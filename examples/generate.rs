@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mdm::data::chat::{ChatPrompt, Message};
+use mdm::data::chat::Message;
 use mdm::data::Tokenizer;
 use mdm::models::WeightFormat;
 use mdm::prelude::*;
@@ -35,7 +35,8 @@ struct Args {
     checkpoint: Option<PathBuf>,
     /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
     /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
-    /// vocab.json + merges.txt) unless `--tokenizer`.
+    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
+    /// the byte-level BPE vocabulary and chat template it holds.
     #[arg(long, conflicts_with = "smdm")]
     hf: Option<PathBuf>,
     /// An SMDM safetensors file (with `--config`).
@@ -44,7 +45,7 @@ struct Args {
     /// A Diff_LLaMA name or a config JSON file (for `--smdm` or random weights).
     #[arg(long, default_value = "6M")]
     config: String,
-    /// A HF tokenizer.json: prompts are then text (default: tokenizer.json in the checkpoint folder).
+    /// A HF tokenizer.json: prompts are then text (default: the model folder's, or a GGUF file's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Wrap each prompt as a user message in the model folder's chat template
@@ -65,6 +66,9 @@ struct Args {
     /// Print only the result, not the live denoising.
     #[arg(long)]
     no_live: bool,
+    /// Also print the prompt's and the output's token ids (`prompt ids:` / `output ids:` lines).
+    #[arg(long)]
+    show_ids: bool,
     /// Weights converted to f32, f16 or bf16 on load (default: as stored). On the CPU they stay
     /// in that type and the activations in f32; on wgpu/CUDA the network runs in it
     /// (mdm::models::precision).
@@ -128,12 +132,11 @@ fn main() -> Result<()> {
     let loading = std::time::Instant::now();
     let model: MaskedTransformer<DefaultBackend> = source.load_masked_as(format, &device)?;
     let loaded_in = loading.elapsed();
-    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?;
+    let tokenizer = source.tokenizer(args.tokenizer.as_deref())?;
     let tok = tokenizer.as_ref();
-    let chat = match (args.chat, source.folder()) {
-        (false, _) => None,
-        (true, Some(dir)) => Some(ChatPrompt::for_folder(dir)?),
-        (true, None) => Some(ChatPrompt::plain()),
+    let chat = match args.chat {
+        false => None,
+        true => Some(source.chat_prompt()?),
     };
     let parse_prompt = |line: &str, what: &str, tok: Option<&Tokenizer>| -> Result<Vec<usize>> {
         match &chat {
@@ -238,7 +241,7 @@ fn main() -> Result<()> {
             100.0 * shares[shares.len() - 1],
         );
     }
-    print_outputs(&prompts, &outputs, mask_id, tok)
+    print_outputs(&prompts, &outputs, mask_id, tok, args.show_ids)
 }
 
 /// Each prompt and its output: text with a tokenizer, ids otherwise.
@@ -247,8 +250,13 @@ fn print_outputs(
     outputs: &[Vec<usize>],
     mask_id: usize,
     tok: Option<&Tokenizer>,
+    show_ids: bool,
 ) -> Result<()> {
     for (p, o) in prompts.iter().zip(outputs) {
+        if show_ids && tok.is_some() {
+            let ids = |r: &[usize]| show(r, mask_id, None);
+            println!("prompt ids: {}\noutput ids: {}", ids(p), ids(o));
+        }
         match tok {
             Some(t) => {
                 let text =

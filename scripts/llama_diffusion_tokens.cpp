@@ -4,15 +4,18 @@
 // the model has none) and prints detokenized text; this calls the same `diffusion_generate` that the
 // CLI calls, on the ids as given, with the CLI's sampler settings passed explicitly.
 //
-//   llama_diffusion_tokens MODEL.gguf CANVAS STEPS BLOCK_LENGTH EPS TOP_K ID...
+//   llama_diffusion_tokens MODEL.gguf CANVAS STEPS BLOCK_LENGTH EPS TOP_K (ID... | --text TEXT)
 //
 // BLOCK_LENGTH > 0 selects llama.cpp's block schedule (LLaDA), else EPS its timestep one (Dream).
-// Prints one line: the CANVAS - len(ID...) ids after the prompt.
+// TEXT is tokenized by the file's own vocabulary as the CLI does (special tokens added and parsed).
+// Prints two lines: the prompt's ids, then the CANVAS - len(prompt) ids after it.
+#include "common.h"
 #include "diffusion.h"
 #include "llama.h"
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 int main(int argc, char ** argv) {
@@ -25,10 +28,7 @@ int main(int argc, char ** argv) {
     const int   block  = atoi(argv[4]);
     const float eps    = (float) atof(argv[5]);
     const int   top_k  = atoi(argv[6]);
-    std::vector<llama_token> ids;
-    for (int i = 7; i < argc; i++) {
-        ids.push_back(atoi(argv[i]));
-    }
+    const bool text = std::string(argv[7]) == "--text";
 
     llama_backend_init();
     llama_log_set([](ggml_log_level, const char *, void *) {}, nullptr);
@@ -44,6 +44,16 @@ int main(int argc, char ** argv) {
     cp.n_threads = 2;
     cp.n_threads_batch = 2;
     llama_context * ctx = llama_init_from_model(model, cp);
+    std::vector<llama_token> ids;
+    if (text && argc > 8) {
+        ids = common_tokenize(llama_model_get_vocab(model), argv[8], true, true);
+    }
+    for (int i = 7; !text && i < argc; i++) {
+        ids.push_back(atoi(argv[i]));
+    }
+    for (size_t i = 0; i < ids.size(); i++) {
+        printf(i + 1 < ids.size() ? "%d " : "%d\n", ids[i]);
+    }
 
     diffusion_params p;
     p.steps = steps;

@@ -14,27 +14,34 @@ llama=${1:-/tmp/llama-diffusion}
 here=$(cd "$(dirname "$0")/.." && pwd)
 data=$here/tests/data/gguf-parity
 bin=$(mktemp -d)/llama_diffusion_tokens
-c++ -O2 -std=c++17 "$here/scripts/llama_diffusion_tokens.cpp" -I"$llama/src/include" \
-  -I"$llama/src/ggml/include" -I"$llama/src/examples/diffusion" -I"$llama/src/common" \
-  "$llama/build/examples/diffusion/libllama-diffusion.a" -L"$llama/build/bin" -lllama-common \
-  -lllama -lggml -lggml-base -Wl,-rpath,"$llama/build/bin" -o "$bin"
+bash "$here/scripts/build_llama_diffusion_tokens.sh" "$llama" "$bin"
 
-llada_prompt=(50256 818 262 3726 1793 2727 262 9538 290 262 4534 13 843 262 4534 373 1231 1296 11
-  290 7951 26 290 11854 373 2402 262 1986 286 262 2769 13)
+# LLaDA's prompts are text, tokenized by llama.cpp from the file's GPT-2 vocabulary (the test
+# checks ours encodes them to the same ids); Dream's file has a SentencePiece vocabulary, which we
+# do not read from GGUF: its prompts are ids
+texts=("In the beginning God created the heaven and the earth. And the earth was"
+  $'<|endoftext|>Hello,  world!\n\t1234 caf\u00e9 \u00fcber 3.14 -- "quoted" it\'s DON\'T'
+  "The quick brown fox")
 dream_prompt=(1 512 278 6763 4177 2825 278 18356 322 278 8437 29889 1126 278 8437 471)
 
-case_json() { # family canvas steps block eps n_prompt: one JSON object
-  local family=$1 canvas=$2 steps=$3 block=$4 eps=$5 n=$6 prompt out
-  if [[ $family == llada ]]; then prompt=("${llada_prompt[@]:0:n}"); else prompt=("${dream_prompt[@]:0:n}"); fi
-  out=$("$bin" "$data/$family/model-f16.gguf" "$canvas" "$steps" "$block" "$eps" 1 "${prompt[@]}" 2>/dev/null | head -1)
-  printf '  {"family": "%s", "canvas": %d, "steps": %d, "block_length": %d, "eps": %s, "prompt": [%s], "output": [%s]}' \
-    "$family" "$canvas" "$steps" "$block" "$eps" "$(IFS=,; echo "${prompt[*]}")" "$(echo "$out" | tr ' ' ',')"
+json_ids() { tr -s ' ' ',' <<< "$1"; }
+case_json() { # family canvas steps block eps (text index | n prompt ids): one JSON object
+  local family=$1 canvas=$2 steps=$3 block=$4 eps=$5 text="" out
+  if [[ $family == llada ]]; then
+    text=${texts[$6]}
+    out=$("$bin" "$data/$family/model-f16.gguf" "$canvas" "$steps" "$block" "$eps" 1 --text "$text" 2>/dev/null)
+  else
+    out=$("$bin" "$data/$family/model-f16.gguf" "$canvas" "$steps" "$block" "$eps" 1 "${dream_prompt[@]:0:$6}" 2>/dev/null)
+  fi
+  printf '  {"family": "%s", "canvas": %d, "steps": %d, "block_length": %d, "eps": %s, "text": %s, "prompt": [%s], "output": [%s]}' \
+    "$family" "$canvas" "$steps" "$block" "$eps" "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]) if sys.argv[1] else "null")' "$text")" \
+    "$(json_ids "$(sed -n 1p <<< "$out")")" "$(json_ids "$(sed -n 2p <<< "$out")")"
 }
 
 echo "["
-case_json llada 64 16 16 0 16; echo ","
-case_json llada 64 32 32 0 32; echo ","
-case_json llada 48 24 8 0 8; echo ","
+case_json llada 64 16 16 0 0; echo ","
+case_json llada 64 32 4 0 1; echo ","
+case_json llada 45 18 5 0 2; echo ","
 case_json dream 48 8 0 0.001 16; echo ","
 case_json dream 40 24 0 0.001 8
 echo

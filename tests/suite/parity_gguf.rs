@@ -217,8 +217,8 @@ fn llama_options(case: &serde_json::Value) -> mdm::samplers::DecodingOptions {
     o.tempered_confidence = true;
     // llama.cpp runs a pass at every step, revealing or not
     o.no_reuse = true;
-    if block > 0 {
-        let per_block = steps / (canvas / block);
+    if let Some(blocks) = canvas.checked_div(block) {
+        let per_block = steps / blocks;
         o = o
             .with_block_length(block)
             .with_steps(gen_length / block * per_block)
@@ -231,7 +231,9 @@ fn llama_options(case: &serde_json::Value) -> mdm::samplers::DecodingOptions {
 
 /// Token for token what llama.cpp's own diffusion decoding (`diffusion_generate` from
 /// llama-cpp-python 0.3.36's llama.cpp) generates from the same GGUF files:
-/// `llama-generations.json`, made by `scripts/llama_generations.sh`.
+/// `llama-generations.json`, made by `scripts/llama_generations.sh`. LLaDA's prompts are text:
+/// the file's own GPT-2 vocabulary, read by [`ModelSource::tokenizer`], encodes them to the ids
+/// llama.cpp's tokenizer gave (BOS added, a special token in the text parsed whole).
 #[test]
 fn generations_equal_llamas_diffusion_decoding() {
     use mdm::samplers::MaskedDiffusionSampler;
@@ -254,6 +256,23 @@ fn generations_equal_llamas_diffusion_decoding() {
                 .collect()
         };
         let (prompt, expected) = (ids("prompt"), ids("output"));
+        if let Some(text) = case["text"].as_str() {
+            let tokenizer = ModelSource::Gguf(gguf.clone())
+                .tokenizer(None)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .expect("the file's vocabulary");
+            let ours: Vec<usize> = tokenizer
+                .encode(text, true)
+                .unwrap()
+                .into_iter()
+                .map(|t| t as usize)
+                .collect();
+            if ours != prompt {
+                failures.push(format!(
+                    "case {i}: {text:?} encodes to {ours:?}, llama.cpp {prompt:?}"
+                ));
+            }
+        }
         let options = llama_options(case);
         options
             .validate()
@@ -270,4 +289,25 @@ fn generations_equal_llamas_diffusion_decoding() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A GGUF file's SentencePiece vocabulary (Dream's fixture has Llama 2's) is not read: the error
+/// names the key, and a tokenizer file given beside it is used instead.
+#[test]
+fn a_sentencepiece_gguf_vocabulary_is_named_and_a_tokenizer_file_wins() {
+    let gguf = fixture_dir().join("dream/model-f16.gguf");
+    let source = ModelSource::Gguf(gguf);
+    let err = source.tokenizer(None).expect_err("SentencePiece in GGUF");
+    assert!(err.to_string().contains("tokenizer.ggml.model"), "{err}");
+    // a tokenizer.json: the LLaDA file's GPT-2 vocabulary, written out
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokenizer.json");
+    ModelSource::Gguf(fixture_dir().join("llada/model-f16.gguf"))
+        .tokenizer(None)
+        .unwrap()
+        .expect("LLaDA's vocabulary")
+        .save(&file)
+        .unwrap();
+    let tokenizer = source.tokenizer(Some(&file)).unwrap().expect("the file");
+    assert_eq!(tokenizer.encode("Hello", false).unwrap(), vec![15496]);
 }

@@ -40,4 +40,4 @@ pub mod text;
 pub mod tokenizer;
 
 pub use error::DataError;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{BpeVocab, Tokenizer};

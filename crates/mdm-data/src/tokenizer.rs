@@ -1,5 +1,6 @@
 //! Tokenizers: any HF `tokenizer.json`, a folder's `vocab.json` + `merges.txt` (Qwen2's byte-level
-//! BPE, as Dream ships it), or a byte-level BPE trained here on text files.
+//! BPE, as Dream ships it), a byte-level BPE vocabulary as a GGUF file holds it ([`BpeVocab`]), or
+//! a byte-level BPE trained here on text files.
 //!
 //! The model side of a tokenizer (SMDM.md section 1): the model's `vocab_size` is the tokenizer's
 //! size including added special tokens; the model pads it to a multiple of 64 and appends the mask
@@ -35,6 +36,43 @@ const BOS_NAMES: [&str; 4] = ["<s>", "<|bos|>", "<bos>", "<|begin_of_text|>"];
 /// `PRETOKENIZE_REGEX`): contractions, letters with one leading non-letter, single digits,
 /// punctuation runs, newlines, spaces.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's pre-tokenizer patterns by `tokenizer.ggml.pre` name (`src/llama-vocab.cpp`): `None`
+/// is GPT-2's, which the byte-level step applies itself.
+fn pre_pattern(pre: &str) -> Option<Option<&'static str>> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "gpt-2" | "phi-2" | "default" => Some(None),
+        "qwen2" | "deepseek-r1-qwen" => Some(Some(QWEN2_PATTERN)),
+        "llama3" | "llama-v3" | "llama-bpe" => Some(Some(LLAMA3)),
+        _ => None,
+    }
+}
+
+/// A byte-level BPE vocabulary as a GGUF file's `tokenizer.ggml.*` keys hold it (llama.cpp's `gpt2`
+/// tokenizer model): every token at its id, the merges by rank, each token's type (llama.cpp's
+/// `LLAMA_TOKEN_TYPE_*`: 3 control and 4 user-defined are special tokens, matched whole in text as
+/// llama.cpp's CLI parses them), the pre-tokenizer's name and the EOS / BOS ids.
+#[derive(Debug, Clone, Default)]
+pub struct BpeVocab {
+    /// `tokenizer.ggml.tokens`: token `i` is id `i`.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.merges`: `"left right"`, highest priority first.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.token_type` (empty: all normal).
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.pre`: `gpt-2`, `qwen2`, `llama-bpe`, ...
+    pub pre: String,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`: the BOS id starts every encoded prompt.
+    pub add_bos: bool,
+}
+
+/// llama.cpp's token types that are special tokens (control, user-defined).
+const SPECIAL_TYPES: [i32; 2] = [3, 4];
 
 /// A text tokenizer with its end-of-sequence (separator) and optional beginning-of-sequence ids.
 #[derive(Clone)]
@@ -218,6 +256,91 @@ impl Tokenizer {
         Self::wrap_named(inner, &vocab, eos, bos)
     }
 
+    /// The tokenizer a GGUF file describes ([`BpeVocab`]); `source` names the file in errors. The
+    /// pre-tokenizers read are GPT-2's, Qwen2's and Llama 3's (by llama.cpp's names); another is
+    /// an error naming it.
+    pub fn from_bpe_vocab(vocab: BpeVocab, source: &Path) -> Result<Self, DataError> {
+        let pattern = pre_pattern(&vocab.pre).ok_or_else(|| {
+            tok_err(
+                source,
+                format!(
+                    "`tokenizer.ggml.pre` = {:?}: the pre-tokenizers read are gpt-2, qwen2 and \
+                     llama-bpe (pass a tokenizer.json instead)",
+                    vocab.pre
+                ),
+            )
+        })?;
+        if !vocab.token_types.is_empty() && vocab.token_types.len() != vocab.tokens.len() {
+            return Err(tok_err(
+                source,
+                format!(
+                    "{} token types for {} tokens",
+                    vocab.token_types.len(),
+                    vocab.tokens.len()
+                ),
+            ));
+        }
+        let mut ids = tokenizers::models::bpe::Vocab::with_capacity(vocab.tokens.len());
+        for (id, token) in vocab.tokens.iter().enumerate() {
+            if ids.insert(token.clone(), id as u32).is_some() {
+                return Err(tok_err(
+                    source,
+                    format!("token {id} {token:?} appears twice in `tokenizer.ggml.tokens`"),
+                ));
+            }
+        }
+        let mut merges = Vec::with_capacity(vocab.merges.len());
+        for (rank, merge) in vocab.merges.iter().enumerate() {
+            let (left, right) = merge.split_once(' ').ok_or_else(|| {
+                tok_err(
+                    source,
+                    format!("`tokenizer.ggml.merges` {rank}: {merge:?} is not two tokens"),
+                )
+            })?;
+            merges.push((left.to_string(), right.to_string()));
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(ids, merges)
+            .build()
+            .map_err(|e| tok_err(source, format!("`tokenizer.ggml.merges`: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, false, pattern.is_none());
+        let pre_tokenizer = match pattern {
+            None => PreTokenizerWrapper::ByteLevel(byte_level),
+            Some(pattern) => {
+                let split = Split::new(
+                    SplitPattern::Regex(pattern.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| tok_err(source, format!("{}'s pattern: {e}", vocab.pre)))?;
+                PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                    PreTokenizerWrapper::Split(split),
+                    PreTokenizerWrapper::ByteLevel(byte_level),
+                ]))
+            }
+        };
+        inner
+            .with_pre_tokenizer(Some(pre_tokenizer))
+            .with_decoder(Some(ByteLevel::default()));
+        let specials: Vec<AddedToken> = vocab
+            .token_types
+            .iter()
+            .zip(&vocab.tokens)
+            .filter(|(t, _)| SPECIAL_TYPES.contains(t))
+            .map(|(_, token)| AddedToken::from(token.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        inner.set_encode_special_tokens(false);
+        let known = |id: Option<u32>| id.filter(|&i| (i as usize) < vocab.tokens.len());
+        let mut tokenizer =
+            Self::wrap_named(inner, source, known(vocab.eos_id), known(vocab.bos_id))?;
+        if !vocab.add_bos {
+            tokenizer.bos_id = None;
+        }
+        Ok(tokenizer)
+    }
+
     fn wrap(inner: tokenizers::Tokenizer, source: &Path) -> Result<Self, DataError> {
         Self::wrap_named(inner, source, None, None)
     }
@@ -385,6 +508,70 @@ mod tests {
 
     const TEXT: &str = "In the beginning God created the heaven and the earth. \
         And the earth was without form, and void; and darkness was upon the face of the deep.";
+
+    fn tiny_vocab() -> BpeVocab {
+        BpeVocab {
+            tokens: ["a", "b", "ab", "<|endoftext|>", "\u{0120}", "\u{0120}ab"]
+                .map(String::from)
+                .to_vec(),
+            merges: ["a b", "\u{0120} ab"].map(String::from).to_vec(),
+            token_types: vec![1, 1, 1, 3, 1, 1],
+            pre: "gpt-2".into(),
+            eos_id: Some(3),
+            bos_id: Some(3),
+            add_bos: true,
+        }
+    }
+
+    #[test]
+    fn a_gguf_bpe_vocabulary_encodes_merges_special_tokens_and_bos() {
+        let source = Path::new("model.gguf");
+        let tok = Tokenizer::from_bpe_vocab(tiny_vocab(), source).unwrap();
+        assert_eq!(tok.encode("ab ab", true).unwrap(), vec![3, 2, 5]);
+        assert_eq!(tok.encode("ab<|endoftext|>", false).unwrap(), vec![2, 3]);
+        assert_eq!(tok.eos_id(), 3);
+        let no_bos = BpeVocab {
+            add_bos: false,
+            ..tiny_vocab()
+        };
+        let tok = Tokenizer::from_bpe_vocab(no_bos, source).unwrap();
+        assert_eq!(tok.encode("ab", true).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn a_bad_gguf_bpe_vocabulary_is_named() {
+        let source = Path::new("model.gguf");
+        let err = |v: BpeVocab| {
+            Tokenizer::from_bpe_vocab(v, source)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(BpeVocab {
+            pre: "tekken".into(),
+            ..tiny_vocab()
+        });
+        assert!(
+            e.contains("tokenizer.ggml.pre") && e.contains("tekken"),
+            "{e}"
+        );
+        let e = err(BpeVocab {
+            merges: vec!["ab".into()],
+            ..tiny_vocab()
+        });
+        assert!(e.contains("merges") && e.contains("\"ab\""), "{e}");
+        let mut tokens = tiny_vocab().tokens;
+        tokens[2] = "a".into();
+        let e = err(BpeVocab {
+            tokens,
+            ..tiny_vocab()
+        });
+        assert!(e.contains("appears twice"), "{e}");
+        let e = err(BpeVocab {
+            token_types: vec![1],
+            ..tiny_vocab()
+        });
+        assert!(e.contains("1 token types for 6 tokens"), "{e}");
+    }
 
     #[test]
     fn trained_bpe_round_trips_any_text() {

@@ -106,6 +106,9 @@ pub enum ModelError {
         /// What is wrong (naming the key or tensor).
         reason: String,
     },
+    /// The model's tokenizer could not be read.
+    #[error(transparent)]
+    Tokenizer(#[from] mdm_data::DataError),
     /// An I/O failure.
     #[error("{file}: {source}")]
     Io {

@@ -3,6 +3,8 @@
 //! `model_type`), or a seeded random initialisation. One way for every program to turn its flags
 //! into a model.
 
+use mdm_data::chat::ChatPrompt;
+use mdm_data::Tokenizer;
 use mdm_kernels::Kernels;
 use std::path::{Path, PathBuf};
 
@@ -115,6 +117,41 @@ impl ModelSource {
             (false, WeightFormat::As(GgmlType::Bf16)) => model.with_precision(Precision::Bf16),
             _ => model,
         })
+    }
+
+    /// The tokenizer to use with this model: `file` (a `tokenizer.json`) when given, else the
+    /// model folder's ([`Tokenizer::from_folder`]) or the GGUF file's own vocabulary
+    /// ([`crate::gguf::model::GgufModel::bpe_vocab`]) when it has one; `None` when none of these.
+    pub fn tokenizer(&self, file: Option<&Path>) -> Result<Option<Tokenizer>, ModelError> {
+        if file.is_some() {
+            return Ok(Tokenizer::for_model(file, None)?);
+        }
+        match self {
+            Self::Gguf(path) => {
+                let model = crate::gguf::model::GgufModel::open(path)?;
+                match model.bpe_vocab()? {
+                    Some(vocab) => Ok(Some(Tokenizer::from_bpe_vocab(vocab, path)?)),
+                    None => Ok(None),
+                }
+            }
+            _ => Ok(Tokenizer::for_model(None, self.folder())?),
+        }
+    }
+
+    /// The chat template of this model: its folder's `tokenizer_config.json`
+    /// ([`ChatPrompt::for_folder`]), a GGUF file's `tokenizer.chat_template` (with the tokens its
+    /// `tokenizer.ggml.bos_token_id` / `eos_token_id` name), else the plain template.
+    pub fn chat_prompt(&self) -> Result<ChatPrompt, ModelError> {
+        match self {
+            Self::Gguf(path) => {
+                let model = crate::gguf::model::GgufModel::open(path)?;
+                Ok(model.chat_prompt().unwrap_or_else(ChatPrompt::plain))
+            }
+            _ => match self.folder() {
+                Some(dir) => Ok(ChatPrompt::for_folder(dir)?),
+                None => Ok(ChatPrompt::plain()),
+            },
+        }
     }
 
     /// The model's folder, for a checkpoint or Hugging Face folder.

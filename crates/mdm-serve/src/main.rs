@@ -11,8 +11,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mdm_data::chat::ChatPrompt;
-use mdm_data::Tokenizer;
 use mdm_models::checkpoint::{read_meta, ModelKind};
 use mdm_models::{CausalTransformer, ModelSource, WeightFormat};
 use mdm_serve::engine::{Engine, EngineConfig, Served};
@@ -41,7 +39,8 @@ struct Args {
     checkpoint: Option<PathBuf>,
     /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
     /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
-    /// vocab.json + merges.txt) unless `--tokenizer`.
+    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
+    /// the byte-level BPE vocabulary and chat template it holds.
     #[arg(long, conflicts_with = "smdm")]
     hf: Option<PathBuf>,
     /// An SMDM safetensors file (with `--config`).
@@ -60,7 +59,7 @@ struct Args {
     /// Seed of random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// A HF tokenizer.json (default: tokenizer.json in the model's folder). Without one, prompts
+    /// A HF tokenizer.json (default: the model folder's, or a GGUF file's). Without one, prompts
     /// must be token ids.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -133,11 +132,8 @@ async fn run(args: Args) -> Result<(), ServeError> {
             "--request-timeout must be positive".into(),
         ));
     }
-    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), source.folder())?;
-    let chat = match source.folder() {
-        Some(dir) => ChatPrompt::for_folder(dir)?,
-        None => ChatPrompt::plain(),
-    };
+    let tokenizer = source.tokenizer(args.tokenizer.as_deref())?;
+    let chat = source.chat_prompt()?;
     let causal = match &source {
         ModelSource::Checkpoint(dir) => read_meta(dir)?.kind == ModelKind::Causal,
         _ => false,

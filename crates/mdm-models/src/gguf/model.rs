@@ -76,6 +76,109 @@ impl GgufModel {
         &self.gguf
     }
 
+    /// The byte-level BPE vocabulary of the file's `tokenizer.ggml.*` keys (llama.cpp's `gpt2`
+    /// tokenizer model: GPT-2's, Qwen2's, Llama 3's); `None` when the file has no tokenizer.
+    /// SentencePiece vocabularies (`llama`) are an error naming the key.
+    pub fn bpe_vocab(&self) -> Result<Option<mdm_data::BpeVocab>, ModelError> {
+        let gguf = &self.gguf;
+        let Some(model) = gguf.get("tokenizer.ggml.model") else {
+            return Ok(None);
+        };
+        if model.as_str() != Some("gpt2") {
+            return Err(fault(
+                gguf,
+                format!(
+                    "`tokenizer.ggml.model` = {model:?}: only byte-level BPE (`gpt2`) \
+                     vocabularies are read from GGUF files (pass a tokenizer.json)"
+                ),
+            ));
+        }
+        let strings = |key: &str, required: bool| -> Result<Vec<String>, ModelError> {
+            match gguf.get(key) {
+                None if !required => Ok(Vec::new()),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| fault(gguf, format!("`{key}` {i} is not a string")))
+                    })
+                    .collect(),
+                _ => Err(fault(gguf, format!("no string array `{key}`"))),
+            }
+        };
+        let token_types = match gguf.get("tokenizer.ggml.token_type") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::I32(t) => Ok(*t),
+                    _ => Err(fault(
+                        gguf,
+                        format!("`tokenizer.ggml.token_type` {i} is not an i32"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(fault(
+                    gguf,
+                    "`tokenizer.ggml.token_type` is not an array".into(),
+                ))
+            }
+        };
+        let id = |key: &str| {
+            gguf.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        let pre = gguf
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        // llama.cpp's default: a BOS only for Llama 3's byte-level vocabularies
+        let llama3 = matches!(pre.as_str(), "llama3" | "llama-v3" | "llama-bpe");
+        let add_bos = match gguf.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                fault(gguf, "`tokenizer.ggml.add_bos_token` is not a bool".into())
+            })?,
+            None => llama3,
+        };
+        Ok(Some(mdm_data::BpeVocab {
+            tokens: strings("tokenizer.ggml.tokens", true)?,
+            merges: strings("tokenizer.ggml.merges", true)?,
+            token_types,
+            pre,
+            eos_id: id("tokenizer.ggml.eos_token_id"),
+            bos_id: id("tokenizer.ggml.bos_token_id"),
+            add_bos,
+        }))
+    }
+
+    /// The file's `tokenizer.chat_template`, with the BOS / EOS token strings its ids name.
+    pub fn chat_prompt(&self) -> Option<mdm_data::chat::ChatPrompt> {
+        let gguf = &self.gguf;
+        let template = gguf.get("tokenizer.chat_template")?.as_str()?;
+        let token = |key: &str| -> String {
+            let id = gguf.get(key).and_then(Value::as_u64);
+            match (id, gguf.get("tokenizer.ggml.tokens")) {
+                (Some(id), Some(Value::Array(tokens))) => tokens
+                    .get(id as usize)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                _ => String::new(),
+            }
+        };
+        Some(mdm_data::chat::ChatPrompt::from_source(
+            template,
+            &token("tokenizer.ggml.bos_token_id"),
+            &token("tokenizer.ggml.eos_token_id"),
+        ))
+    }
+
     /// The type most of the projection values are stored in (for the memory check).
     pub fn stored_type(&self) -> GgmlType {
         let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
