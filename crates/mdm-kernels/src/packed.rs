@@ -113,6 +113,31 @@ impl PackedMatrix {
         Self::new(dtype, rows, cols, Arc::new(bytes), 0..len)
     }
 
+    /// This matrix in `dtype`: rows widened to f32 and quantized a chunk at a time (chunks fixed
+    /// by the sizes, in parallel), so no f32 copy of the whole matrix is ever held; the bytes
+    /// equal [`Self::quantize`] of [`Self::to_f32`].
+    pub fn requantize(&self, dtype: GgmlType) -> Result<Self, String> {
+        let (rows, cols) = (self.rows, self.cols);
+        let row_bytes = dtype.bytes_of(cols as u64)? as usize;
+        let chunk = (1 << 16) / cols.max(1) + 1;
+        let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
+        let parts: Vec<Result<Vec<u8>, String>> = starts
+            .par_iter()
+            .map(|&start| {
+                let end = (start + chunk).min(rows);
+                let mut wide = vec![0.0; (end - start) * cols];
+                self.rows_f32(start..end, &mut wide);
+                quant::quantize(dtype, &wide)
+            })
+            .collect();
+        let mut bytes = Vec::with_capacity(rows * row_bytes);
+        for part in parts {
+            bytes.extend_from_slice(&part?);
+        }
+        let len = bytes.len();
+        Self::new(dtype, rows, cols, Arc::new(bytes), 0..len)
+    }
+
     /// The stored type.
     pub fn dtype(&self) -> GgmlType {
         self.dtype

@@ -396,3 +396,25 @@ fn packed_linear_matches_the_dense_product_of_its_widened_weights() {
         );
     }
 }
+
+/// Requantizing a packed matrix chunk by chunk gives the bytes of quantizing its whole widened
+/// copy (rows over several chunks: 700 rows of 256 make three chunks of 257).
+#[test]
+fn requantized_chunk_by_chunk_equals_quantized_whole() {
+    use mdm_kernels::quant::GgmlType;
+    use mdm_kernels::PackedMatrix;
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (rows, cols) = (700, 256);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    for from in [GgmlType::Bf16, GgmlType::F16, GgmlType::F32] {
+        let stored = PackedMatrix::quantize(from, rows, cols, &w).unwrap();
+        for to in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::F16] {
+            let chunked = stored.requantize(to).unwrap();
+            let whole = PackedMatrix::quantize(to, rows, cols, &stored.to_f32()).unwrap();
+            assert_eq!(chunked.bytes(), whole.bytes(), "{} -> {}", from.name(), to.name());
+            assert_eq!((chunked.rows(), chunked.cols()), (rows, cols));
+        }
+    }
+}

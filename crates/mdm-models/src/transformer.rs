@@ -140,6 +140,10 @@ impl Keep {
             (StoredMatrix::Packed(p), None) if p.dtype() == GgmlType::F32 && self.packs => {
                 Ok(Proj::packed(p))
             }
+            // quantized a chunk of rows at a time: never the whole matrix widened to f32
+            (StoredMatrix::Packed(p), Some(t)) if t != GgmlType::F32 && self.packs => {
+                Ok(Proj::packed(p.requantize(t).map_err(pack_error)?))
+            }
             (matrix, target) => {
                 let values = match matrix {
                     StoredMatrix::Values(v, _) => v,
