@@ -97,13 +97,31 @@ impl PackedMatrix {
         if values.len() != rows * cols {
             return Err(format!("{} values for [{rows}, {cols}]", values.len()));
         }
+        Self::quantized_by_chunks(dtype, rows, cols, |range, wide| {
+            wide.copy_from_slice(&values[range.start * cols..range.end * cols]);
+        })
+    }
+
+    /// `rows x cols` values quantized to `dtype` in parallel chunks of rows fixed by the sizes
+    /// (each row's bytes depend on that row alone, so the split changes nothing in the result);
+    /// `widen(rows, out)` writes a chunk's f32 values.
+    fn quantized_by_chunks(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        widen: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    ) -> Result<Self, String> {
         let row_bytes = dtype.bytes_of(cols as u64)? as usize;
-        // rows quantized in parallel, in chunks fixed by the sizes (each row's bytes depend on
-        // that row alone, so the split changes nothing in the result)
         let chunk = (1 << 16) / cols.max(1) + 1;
-        let parts: Vec<Result<Vec<u8>, String>> = values
-            .par_chunks(chunk * cols.max(1))
-            .map(|rows| quant::quantize(dtype, rows))
+        let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
+        let parts: Vec<Result<Vec<u8>, String>> = starts
+            .par_iter()
+            .map(|&start| {
+                let end = (start + chunk).min(rows);
+                let mut wide = vec![0.0; (end - start) * cols];
+                widen(start..end, &mut wide);
+                quant::quantize(dtype, &wide)
+            })
             .collect();
         let mut bytes = Vec::with_capacity(rows * row_bytes);
         for part in parts {
@@ -117,25 +135,9 @@ impl PackedMatrix {
     /// by the sizes, in parallel), so no f32 copy of the whole matrix is ever held; the bytes
     /// equal [`Self::quantize`] of [`Self::to_f32`].
     pub fn requantize(&self, dtype: GgmlType) -> Result<Self, String> {
-        let (rows, cols) = (self.rows, self.cols);
-        let row_bytes = dtype.bytes_of(cols as u64)? as usize;
-        let chunk = (1 << 16) / cols.max(1) + 1;
-        let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
-        let parts: Vec<Result<Vec<u8>, String>> = starts
-            .par_iter()
-            .map(|&start| {
-                let end = (start + chunk).min(rows);
-                let mut wide = vec![0.0; (end - start) * cols];
-                self.rows_f32(start..end, &mut wide);
-                quant::quantize(dtype, &wide)
-            })
-            .collect();
-        let mut bytes = Vec::with_capacity(rows * row_bytes);
-        for part in parts {
-            bytes.extend_from_slice(&part?);
-        }
-        let len = bytes.len();
-        Self::new(dtype, rows, cols, Arc::new(bytes), 0..len)
+        Self::quantized_by_chunks(dtype, self.rows, self.cols, |rows, wide| {
+            self.rows_f32(rows, wide)
+        })
     }
 
     /// The stored type.

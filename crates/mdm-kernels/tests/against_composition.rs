@@ -413,7 +413,13 @@ fn requantized_chunk_by_chunk_equals_quantized_whole() {
         for to in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::F16] {
             let chunked = stored.requantize(to).unwrap();
             let whole = PackedMatrix::quantize(to, rows, cols, &stored.to_f32()).unwrap();
-            assert_eq!(chunked.bytes(), whole.bytes(), "{} -> {}", from.name(), to.name());
+            assert_eq!(
+                chunked.bytes(),
+                whole.bytes(),
+                "{} -> {}",
+                from.name(),
+                to.name()
+            );
             assert_eq!((chunked.rows(), chunked.cols()), (rows, cols));
         }
     }

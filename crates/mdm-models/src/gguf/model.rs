@@ -372,10 +372,7 @@ fn same_type(parts: Vec<PackedMatrix>) -> Result<Vec<PackedMatrix>, String> {
         .iter()
         .any(|p| matches!(p.dtype(), GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16));
     let target = if wide { GgmlType::F16 } else { GgmlType::Q8_0 };
-    parts
-        .iter()
-        .map(|p| PackedMatrix::quantize(target, p.rows(), p.cols(), &p.to_f32()))
-        .collect()
+    parts.iter().map(|p| p.requantize(target)).collect()
 }
 
 /// A GGUF file as the shared network's parameter source.
