@@ -72,6 +72,11 @@ pub struct ModelConfig {
     /// the shift itself, so every caller reads position `i`'s prediction at `i`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shift_logits: bool,
+    /// The output head is the token embedding (its first `V` rows): Hugging Face's
+    /// `tie_word_embeddings`, LLaDA's `weight_tying`, a GGUF file without `output.weight`. One
+    /// matrix serves both, in training too; checkpoints and written-back folders hold it once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tie_embeddings: bool,
 }
 
 fn default_padding_multiple() -> usize {
@@ -182,6 +187,7 @@ impl ModelConfig {
             mask_token_id: None,
             qkv_bias: false,
             shift_logits: false,
+            tie_embeddings: false,
         }
     }
 
@@ -291,10 +297,14 @@ impl ModelConfig {
     }
 
     /// All parameters of the masked model (embedding of `V + 1` rows, or `V` when the mask token
-    /// is in the vocabulary, and head of `V` columns).
+    /// is in the vocabulary, and head of `V` columns unless it is tied to the embedding).
     pub fn masked_params(&self) -> usize {
-        let v = self.padded_vocab_size();
-        self.non_embedding_params() + (v + self.masked_embedding_rows()) * self.n_embd
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            self.padded_vocab_size()
+        };
+        self.non_embedding_params() + (head + self.masked_embedding_rows()) * self.n_embd
     }
 
     /// Checks that the sizes fit together.

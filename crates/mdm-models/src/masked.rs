@@ -109,7 +109,7 @@ impl<B: Kernels> MaskedTransformer<B> {
         if index.dims()[0] == 0 {
             // no position to read (e.g. a cache-building pass whose rows have all finished):
             // burn-cubecl's matmul autotune divides by zero on a zero-row operand
-            let vocab = self.net.lm_head.d_out();
+            let vocab = self.net.vocab();
             return Tensor::zeros([0, vocab], &hidden.device());
         }
         self.head(hidden.reshape([batch * n, c]).select(0, index))

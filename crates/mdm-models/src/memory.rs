@@ -44,7 +44,9 @@ impl Footprint {
         );
         let layers = config.n_layer as u64;
         let per_layer = c * config.qkv_rows() as u64 + c * c + 3 * c * i;
-        let projections = layers * per_layer + c * v;
+        // a tied head is the embedding, counted once below
+        let head = if config.tie_embeddings { 0 } else { c * v };
+        let projections = layers * per_layer + head;
         let target = format.packed_type(stored).unwrap_or(GgmlType::F32);
         let per_value = match target {
             GgmlType::F16 | GgmlType::Bf16 if !packs => 2.0,

@@ -71,8 +71,11 @@ pub struct Transformer<B: Backend> {
     pub blocks: Vec<Block<B>>,
     /// Final norm.
     pub ln_f: RmsNorm<B>,
-    /// `[n_embd, V]` output head: the mask token can never be predicted.
-    pub lm_head: Proj<B>,
+    /// `[n_embd, V]` output head: the mask token can never be predicted. `None` when the head is
+    /// tied to the embedding ([`ModelConfig::tie_embeddings`]): the logits are then `h wte^T` over
+    /// the embedding's first `V` rows, one matrix serving both (one parameter: training sums the
+    /// gradients of its two uses, and a checkpoint holds it once).
+    pub lm_head: Option<Proj<B>>,
     /// RoPE tables.
     pub rope: Rope<B>,
     /// The hyper-parameters.
@@ -295,7 +298,39 @@ impl<B: Kernels> Transformer<B> {
     /// The output head: hidden states `[..., C]` → logits `[..., V]`, always f32 (see
     /// [`crate::precision`]: a no-op at f32).
     pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        to_f32(self.lm_head.forward(hidden))
+        let Some(head) = &self.lm_head else {
+            let w = self.wte.weight.val();
+            let vocab = self.vocab();
+            let w = if w.dims()[0] > vocab {
+                w.narrow(0, 0, vocab)
+            } else {
+                w
+            };
+            // a half embedding (packed inference) multiplies half activations
+            let hidden = if hidden.dtype() == w.dtype() {
+                hidden
+            } else {
+                hidden.cast(w.dtype())
+            };
+            return to_f32(burn::tensor::module::linear(hidden, w.transpose(), None));
+        };
+        to_f32(head.forward(hidden))
+    }
+
+    /// The head's width `V` (logits per position).
+    pub fn vocab(&self) -> usize {
+        match &self.lm_head {
+            Some(head) => head.d_out(),
+            None => self.config.padded_vocab_size(),
+        }
+    }
+
+    /// Whether the projections are packed (they then take f32 activations).
+    fn packs(&self) -> bool {
+        self.lm_head
+            .as_ref()
+            .or_else(|| self.blocks.first().map(|b| &b.attn.qkv))
+            .is_some_and(|p| p.packed_weight().is_some())
     }
 
     /// The device the network's weights are on.
@@ -317,7 +352,7 @@ impl<B: Kernels> Transformer<B> {
             .sum();
         let wte = self.wte.weight.val();
         let embedding = wte.shape().num_elements() * wte.dtype().size();
-        projections + embedding + self.lm_head.weight_bytes()
+        projections + embedding + self.lm_head.as_ref().map_or(0, Proj::weight_bytes)
     }
 
     /// Builds the network with `embedding_rows` embedding rows, taking every weight from `src`
@@ -394,7 +429,11 @@ impl<B: Kernels> Transformer<B> {
             });
         }
         let ln_f = norm(src, "transformer.ln_f.weight", config, device)?;
-        let lm_head = linear(src, "lm_head.weight", (c, v), keep, device)?;
+        let lm_head = if config.tie_embeddings {
+            None
+        } else {
+            Some(linear(src, "lm_head.weight", (c, v), keep, device)?)
+        };
         src.finish()?;
         Ok(Self {
             wte,
@@ -440,7 +479,9 @@ impl<B: Kernels> Transformer<B> {
             repack(&mut b.mlp.w2, &format!("{p}.mlp.swiglu.w2.weight"))?;
             repack(&mut b.mlp.w3, &format!("{p}.mlp.swiglu.w3.weight"))?;
         }
-        repack(&mut self.lm_head, "lm_head.weight")?;
+        if let Some(head) = &mut self.lm_head {
+            repack(head, "lm_head.weight")?;
+        }
         let wte = self.wte.weight.val();
         let shape = wte.dims();
         let values = wte
@@ -488,7 +529,7 @@ impl<B: Kernels> Transformer<B> {
         }
         let rope = self.rope.tables_rows(starts, seq_len)?;
         let mut x = self.wte.forward(ids);
-        if self.lm_head.packed_weight().is_some() {
+        if self.packs() {
             // packed projections take f32 activations (a half embedding widens here)
             x = to_f32(x);
         }
@@ -565,7 +606,110 @@ impl<B: Kernels> Transformer<B> {
             push_linear(&mut out, format!("{p}.mlp.swiglu.w3.weight"), &b.mlp.w3)?;
         }
         push_norm(&mut out, "transformer.ln_f.weight".into(), &self.ln_f)?;
-        push_linear(&mut out, "lm_head.weight".into(), &self.lm_head)?;
+        if let Some(head) = &self.lm_head {
+            push_linear(&mut out, "lm_head.weight".into(), head)?;
+        }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use burn::module::AutodiffModule;
+
+    use super::*;
+    use crate::params::SeededInit;
+
+    type A = burn::backend::Autodiff<burn::backend::Flex>;
+
+    /// Weights by name.
+    struct Named(HashMap<String, Vec<f32>>);
+
+    impl ParamSource for Named {
+        fn take(&mut self, key: &str, _shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+            self.0.get(key).cloned().ok_or(ModelError::Config {
+                reason: format!("no `{key}`"),
+            })
+        }
+    }
+
+    fn host<const D: usize>(t: Tensor<burn::backend::Flex, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_tied_head_is_one_parameter_whose_gradient_sums_both_uses() {
+        // LLaDA's layout: the mask token inside the vocabulary, embedding and head of V rows
+        let mut config = ModelConfig::custom(40, 2, 4, 16, 32, 16).with_query_groups(2);
+        config.padded_vocab_size = Some(40);
+        config.mask_token_id = Some(39);
+        config.tie_embeddings = true;
+        let (v, c) = (40, 16);
+        let device = Default::default();
+        let rows = config.masked_embedding_rows();
+        let tied: Transformer<A> =
+            Transformer::build(&config, rows, &mut SeededInit::new(&config, 5), &device).unwrap();
+        assert!(tied.lm_head.is_none(), "no second matrix");
+        let state = tied.state().unwrap();
+        assert!(state.iter().all(|(k, _, _)| k != "lm_head.weight"));
+        // the same weights with a head of its own, equal to the embedding
+        let mut named: HashMap<String, Vec<f32>> =
+            state.into_iter().map(|(k, _, w)| (k, w)).collect();
+        named.insert(
+            "lm_head.weight".into(),
+            named["transformer.wte.weight"].clone(),
+        );
+        let untied_config = ModelConfig {
+            tie_embeddings: false,
+            ..config.clone()
+        };
+        let untied: Transformer<A> =
+            Transformer::build(&untied_config, rows, &mut Named(named), &device).unwrap();
+        assert_eq!(untied.num_params() - tied.num_params(), v * c);
+
+        let ids = Tensor::<A, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 39, 7, 39, 2, 0, 39], [2, 4]),
+            &device,
+        );
+        let weights = Tensor::<A, 3>::from_data(
+            TensorData::new(
+                (0..2 * 4 * v)
+                    .map(|i| ((i * 7) % 11) as f32 - 5.0)
+                    .collect::<Vec<_>>(),
+                [2, 4, v],
+            ),
+            &device,
+        );
+        let logits = |net: &Transformer<A>| {
+            net.head(net.hidden(ids.clone(), 0, None, Caches::None).unwrap())
+        };
+        let (lt, lu) = (logits(&tied), logits(&untied));
+        let diff = host(lt.clone().inner())
+            .iter()
+            .zip(host(lu.clone().inner()))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "logits differ by {diff}");
+        let gt = (lt * weights.clone()).sum().backward();
+        let gu = (lu * weights).sum().backward();
+        let tied_grad = host(tied.wte.weight.grad(&gt).unwrap());
+        let wte_grad = host(untied.wte.weight.grad(&gu).unwrap());
+        let head = untied.lm_head.as_ref().unwrap().weight().unwrap();
+        // burn's layout [C, V] -> [V, C]
+        let head_grad = host(head.grad(&gu).unwrap().transpose());
+        let worst = tied_grad
+            .iter()
+            .zip(wte_grad.iter().zip(&head_grad))
+            .map(|(t, (e, h))| (t - (e + h)).abs())
+            .fold(0.0f32, f32::max);
+        let scale = head_grad.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(
+            scale > 0.0 && worst <= 1e-5 * scale.max(1.0),
+            "{worst} at scale {scale}"
+        );
+        // an inference copy keeps the tie
+        assert!(tied.valid().lm_head.is_none());
     }
 }

@@ -380,7 +380,7 @@ fn half_precision_logits_stay_close_to_f32() {
     ] {
         let half = masked.clone().with_precision(precision);
         assert_eq!(
-            half.net.lm_head.weight().unwrap().dtype(),
+            half.net.lm_head.as_ref().unwrap().weight().unwrap().dtype(),
             dtype,
             "{precision}: weights cast"
         );

@@ -37,7 +37,7 @@ use crate::host::device_error;
 use crate::options::{Blocks, CacheMode, DecodingOptions, Schedule};
 use crate::proposal::{Proposal, Slot};
 use crate::remasking::{Order, Remasking};
-use crate::schedule::{timesteps, transfer_count, transfer_schedule};
+use crate::schedule::{mean_count, timesteps, transfer_count, transfer_schedule};
 use crate::step::{padding_mask, reveal_groups, Counting, SamplerError, StepTimes, Streams};
 use crate::ties::Ties;
 
@@ -285,6 +285,27 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             .count()
     }
 
+    /// Whether row `row` takes step `step` of a block of `steps`: while its region holds a mask;
+    /// under a carrying rule only within the steps or while it holds back a count (Dream's
+    /// `confidence_threshold` runs `steps` steps and adds one whenever its last step held
+    /// something back; a position where the model proposed the mask token stays masked, and
+    /// its loop ends all the same).
+    fn wants(
+        &self,
+        row: usize,
+        region: &std::ops::Range<usize>,
+        step: usize,
+        steps: usize,
+        held: &[usize],
+    ) -> bool {
+        let holding = if self.options.joint_counting {
+            held.iter().any(|&h| h > 0)
+        } else {
+            held[row] > 0
+        };
+        self.masked_in(row, region) > 0 && (!self.rule.carries() || step < steps || holding)
+    }
+
     /// Decodes one block of `rows`; returns false when the callback stopped the run.
     fn block<C: Into<StepControl>>(
         &mut self,
@@ -307,6 +328,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         // with a cache the batch is fixed for the block (the cache holds its rows)
         let fixed = cached.then(|| self.batch(rows, regions));
         let mut cache = None;
+        // a carrying rule's count held back so far, per row (per batch with joint counting)
+        let carries = self.rule.carries();
+        let mut held = vec![0usize; self.x.len()];
         for step in 0.. {
             let started = Instant::now();
             let pass = match (self.options.cache, step) {
@@ -321,7 +345,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     let active: Vec<usize> = rows
                         .iter()
                         .copied()
-                        .filter(|&r| !done[r] && self.masked_in(r, &regions[r]) > 0)
+                        .filter(|&r| !done[r] && self.wants(r, &regions[r], step, steps, &held))
                         .collect();
                     if active.is_empty() {
                         break;
@@ -375,7 +399,13 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             };
             let last = step + 1 == steps;
             let schedule = self.options.schedule;
-            let carries = self.rule.carries();
+            // Dream's batch count: the mean masked count over the block's rows, in f32
+            let mean_masks = self.options.mean_counting.then(|| {
+                let total: usize = rows.iter().map(|&r| self.masked_in(r, &regions[r])).sum();
+                total as f32 / rows.len().max(1) as f32
+            });
+            // the counts given to a carrying rule, by row (the group's first row when joint)
+            let given = std::cell::RefCell::new(vec![None::<usize>; self.x.len()]);
             let count = |row: usize, n: usize| {
                 let masks = if joint {
                     all_masks
@@ -383,12 +413,19 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     masks_at_start[row]
                 };
                 if carries {
-                    // the even split's share up to this step, less what was revealed already
-                    let due: usize = transfer_schedule(masks, steps).iter().take(step + 1).sum();
-                    return due.saturating_sub(masks.saturating_sub(n));
+                    // Dream's `confidence_threshold`: this step's share of the even split plus
+                    // what earlier steps held back (a position "revealed" as the mask token
+                    // counts as revealed and stays masked, as in the reference)
+                    let share = transfer_schedule(masks, steps).get(step).copied();
+                    let k = share.unwrap_or(0) + held[row];
+                    given.borrow_mut()[row] = Some(k);
+                    return k;
                 }
                 if !within {
                     return 0;
+                }
+                if let Some(mean) = mean_masks {
+                    return mean_count(mean, times, last).min(n);
                 }
                 match schedule {
                     Schedule::TimeGrid => transfer_count(n, times.0, times.1, last),
@@ -422,6 +459,15 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     &mut self.rngs.streams(),
                 )?
             };
+            for (key, k) in given.into_inner().into_iter().enumerate() {
+                if let Some(k) = k {
+                    let took = revealed
+                        .iter()
+                        .filter(|p| joint || p.slot.row == key)
+                        .count();
+                    held[key] = k.saturating_sub(took);
+                }
+            }
             self.reusable = match kept {
                 Some(logits) if revealed.is_empty() => Some(Reusable {
                     slots: slot_list,
@@ -449,14 +495,17 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             let open = batch
                 .rows
                 .iter()
-                .any(|&r| self.masked_in(r, &regions[r]) > 0);
+                .any(|&r| self.wants(r, &regions[r], step + 1, steps, &held));
             // a block finished by its caching pass still runs one cached pass (as the references)
             if !open && pass != Pass::Caching {
                 break;
             }
             // a scheduled rule ends the block after its steps (masks stay only where the model
-            // proposed the mask token)
-            if scheduled && step + 1 >= steps && pass != Pass::Caching {
+            // proposed the mask token). A shifted model's caching pass is the block's first step
+            // (it reveals the first position); Fast-dLLM's Dream loop then runs the model once
+            // more before it tests its step count and discards those logits: that pass is not
+            // made here (docs/decoding.md)
+            if scheduled && step + 1 >= steps && (pass != Pass::Caching || first_only) {
                 break;
             }
         }

@@ -196,6 +196,12 @@ pub struct DecodingOptions {
     /// Count masked slots over the whole batch (SMDM's reference) instead of per row.
     #[cfg_attr(feature = "clap", arg(long))]
     pub joint_counting: bool,
+    /// Give every row of a batch the same time-grid count, from the batch's mean masked count,
+    /// each row choosing its own (Dream's `diffusion_generate`: `int(mean x (1 - s/t))`). Rows
+    /// then depend on each other where their mask counts differ (a model that proposes its mask
+    /// token leaves it masked); a row is never given more than it holds masked.
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "joint_counting"))]
+    pub mean_counting: bool,
     /// End-of-sequence id: a row stops once everything before its first EOS is revealed, and
     /// its output is cut there (the CLI defaults to the tokenizer's).
     #[cfg_attr(feature = "clap", arg(long = "eos"))]
@@ -238,6 +244,7 @@ impl Default for DecodingOptions {
             cache: CacheMode::None,
             cfg_scale: None,
             joint_counting: false,
+            mean_counting: false,
             eos_id: None,
             seed: 0,
             no_reuse: false,
@@ -342,6 +349,11 @@ impl DecodingOptions {
     /// Builder: SMDM's joint counting over the batch.
     pub fn with_joint_counting(mut self) -> Self {
         self.joint_counting = true;
+        self
+    }
+    /// Builder: Dream's batch count (every row the batch's mean; see [`Self::mean_counting`]).
+    pub fn with_mean_counting(mut self) -> Self {
+        self.mean_counting = true;
         self
     }
     /// Builder: time every step.
@@ -491,6 +503,18 @@ impl DecodingOptions {
                     "`threshold`/`factor` reveal by confidence: `{}` does not rank by it",
                     self.remasking
                 ),
+            );
+        }
+        if self.mean_counting && self.joint_counting {
+            return bad(
+                "mean_counting",
+                "`joint_counting` already counts over the batch: give one",
+            );
+        }
+        if self.mean_counting && (parallel || self.schedule != Schedule::TimeGrid) {
+            return bad(
+                "mean_counting",
+                "the batch's mean count is the time grid's: not with `schedule = even`, `threshold` or `factor`",
             );
         }
         if self.threshold_carry && self.threshold.is_none() {

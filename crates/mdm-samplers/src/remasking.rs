@@ -231,11 +231,7 @@ pub struct CarriedThreshold(pub f64);
 
 impl Remasking for CarriedThreshold {
     fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
-        first_and_above(
-            proposals,
-            ranked(proposals, step.order, step.k.max(1)),
-            self.0,
-        )
+        first_and_above(proposals, ranked(proposals, step.order, step.k), self.0)
     }
 
     fn scheduled(&self) -> bool {

@@ -35,6 +35,17 @@ pub fn transfer_count(n_masked: usize, t: f32, s: f32, last_step: bool) -> usize
     (k.max(0.0) as usize).min(n_masked)
 }
 
+/// Dream's count for every row of a batch from the batch's mean masked count `mean` (f32, as
+/// `mask_index.sum() / batch`): `int(mean * (1 - s/t))` in fp32, `int(mean)` at the last step.
+pub fn mean_count(mean: f32, (t, s): (f32, f32), last_step: bool) -> usize {
+    let k = if last_step {
+        mean
+    } else {
+        mean * (1.0 - s / t)
+    };
+    k.max(0.0) as usize
+}
+
 /// LLaDA's `get_num_transfer_tokens`: `masks` spread over `steps`, the first `masks % steps` steps
 /// one more.
 pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {

@@ -162,17 +162,17 @@ impl DreamConfig {
             mask_token_id: Some(self.mask_token_id),
             qkv_bias: true,
             shift_logits: true,
+            tie_embeddings: self.tie_word_embeddings,
         }
     }
 }
 
 /// Dream's tensor(s) for a shared-network name.
-fn dream_name(shared: &str, tying: bool) -> Option<Mapped> {
+fn dream_name(shared: &str) -> Option<Mapped> {
     let one = |name: &str| Some(Mapped::One(name.to_string()));
     match shared {
         "transformer.wte.weight" => return one("model.embed_tokens.weight"),
         "transformer.ln_f.weight" => return one("model.norm.weight"),
-        "lm_head.weight" if tying => return one("model.embed_tokens.weight"),
         "lm_head.weight" => return one("lm_head.weight"),
         _ => {}
     }
@@ -202,10 +202,7 @@ fn dream_name(shared: &str, tying: bool) -> Option<Mapped> {
 /// The Dream family of `folder`: its config and names.
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     let dream = DreamConfig::from_folder(folder)?;
-    let tying = dream.tie_word_embeddings;
-    Ok(Family::new("Dream", dream.model_config(), move |key| {
-        dream_name(key, tying)
-    }))
+    Ok(Family::new("Dream", dream.model_config(), dream_name))
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
@@ -266,7 +263,7 @@ mod tests {
 
     #[test]
     fn names_map_biases_and_the_tied_head() {
-        match dream_name("transformer.h.1.attn.attn.bias", false) {
+        match dream_name("transformer.h.1.attn.attn.bias") {
             Some(Mapped::Grouped { q, k, v }) => {
                 assert_eq!(q, "model.layers.1.self_attn.q_proj.bias");
                 assert_eq!(k, "model.layers.1.self_attn.k_proj.bias");
@@ -275,11 +272,11 @@ mod tests {
             _ => panic!("q/k/v biases are fused"),
         }
         assert!(matches!(
-            dream_name("lm_head.weight", true),
-            Some(Mapped::One(n)) if n == "model.embed_tokens.weight"
+            dream_name("lm_head.weight"),
+            Some(Mapped::One(n)) if n == "lm_head.weight"
         ));
         assert!(matches!(
-            dream_name("transformer.h.0.mlp.swiglu.w3.weight", false),
+            dream_name("transformer.h.0.mlp.swiglu.w3.weight"),
             Some(Mapped::One(n)) if n == "model.layers.0.mlp.down_proj.weight"
         ));
     }

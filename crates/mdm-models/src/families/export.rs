@@ -73,8 +73,8 @@ impl<B: Kernels> MaskedTransformer<B> {
     /// shards, and every other file of `like` copied. The folder is written beside `out` under a
     /// temporary name and renamed (an `out` that exists is replaced).
     ///
-    /// A folder whose head is tied to the embedding keeps one matrix: the embedding's (the head,
-    /// untied while training here, is not written).
+    /// A folder whose head is tied to the embedding keeps one matrix, which the model (tied too:
+    /// [`crate::ModelConfig::tie_embeddings`]) holds once and trains as one.
     pub fn save_hf_like(
         &self,
         like: impl AsRef<Path>,
@@ -88,6 +88,7 @@ impl<B: Kernels> MaskedTransformer<B> {
             || family.config.n_embd != ours.n_embd
             || family.config.intermediate_size != ours.intermediate_size
             || family.config.padded_vocab_size() != ours.padded_vocab_size()
+            || family.config.tie_embeddings != ours.tie_embeddings
         {
             return Err(ModelError::Config {
                 reason: format!(
@@ -101,7 +102,11 @@ impl<B: Kernels> MaskedTransformer<B> {
         for (shared, shape, data) in self.net.state()? {
             match (family.names)(&shared) {
                 Some(Mapped::One(name)) => {
-                    values.entry(name).or_insert(data);
+                    if values.insert(name.clone(), data).is_some() {
+                        return Err(ModelError::Config {
+                            reason: format!("two tensors of the model are written as `{name}`"),
+                        });
+                    }
                 }
                 Some(Mapped::Grouped { q, k, v }) => {
                     let width = shape.get(1).copied().unwrap_or(1);

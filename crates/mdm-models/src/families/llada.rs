@@ -211,18 +211,18 @@ impl LladaConfig {
             mask_token_id: Some(self.mask_token_id),
             qkv_bias: false,
             shift_logits: false,
+            tie_embeddings: self.weight_tying,
         }
     }
 }
 
 /// LLaDA's tensor(s) for a shared-network name.
-fn llada_name(smdm: &str, tying: bool) -> Option<Mapped> {
+fn llada_name(smdm: &str) -> Option<Mapped> {
     const T: &str = "model.transformer.";
     let one = |name: String| Some(Mapped::One(name));
     match smdm {
         "transformer.wte.weight" => return one(format!("{T}wte.weight")),
         "transformer.ln_f.weight" => return one(format!("{T}ln_f.weight")),
-        "lm_head.weight" if tying => return one(format!("{T}wte.weight")),
         "lm_head.weight" => return one(format!("{T}ff_out.weight")),
         _ => {}
     }
@@ -250,10 +250,7 @@ fn llada_name(smdm: &str, tying: bool) -> Option<Mapped> {
 /// The LLaDA family of `folder`: its config and names.
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     let llada = LladaConfig::from_folder(folder)?;
-    let tying = llada.weight_tying;
-    Ok(Family::new("LLaDA", llada.model_config(), move |key| {
-        llada_name(key, tying)
-    }))
+    Ok(Family::new("LLaDA", llada.model_config(), llada_name))
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
@@ -341,21 +338,17 @@ mod tests {
     #[test]
     fn names_map_both_ways_of_the_head() {
         assert_eq!(
-            one(llada_name("transformer.h.3.mlp.swiglu.w3.weight", false)),
+            one(llada_name("transformer.h.3.mlp.swiglu.w3.weight")),
             "model.transformer.blocks.3.ff_out.weight"
         );
         assert_eq!(
-            one(llada_name("lm_head.weight", true)),
-            "model.transformer.wte.weight"
-        );
-        assert_eq!(
-            one(llada_name("lm_head.weight", false)),
+            one(llada_name("lm_head.weight")),
             "model.transformer.ff_out.weight"
         );
         assert!(matches!(
-            llada_name("transformer.h.0.attn.attn.weight", false),
+            llada_name("transformer.h.0.attn.attn.weight"),
             Some(Mapped::Grouped { .. })
         ));
-        assert!(llada_name("transformer.h.0.attn.attn.bias", false).is_none());
+        assert!(llada_name("transformer.h.0.attn.attn.bias").is_none());
     }
 }

@@ -206,7 +206,6 @@ impl GgufModel {
             gguf: &self.gguf,
             heads: (c.n_head, c.query_groups(), c.head_size()),
             unpermute_qk: self.arch == Arch::Llada,
-            tied: self.gguf.tensor("output.weight").is_none(),
             used: HashSet::new(),
         };
         let rows = c.masked_embedding_rows();
@@ -324,6 +323,7 @@ fn read_config(gguf: &Gguf) -> Result<(Arch, ModelConfig), ModelError> {
         mask_token_id: Some(mask),
         qkv_bias: arch == Arch::Dream,
         shift_logits,
+        tie_embeddings: gguf.tensor("output.weight").is_none(),
     };
     config.validate()?;
     Ok((arch, config))
@@ -336,12 +336,11 @@ enum Mapped {
 }
 
 /// The GGUF tensor(s) of a shared-network name (`Grouped(layer)`: `blk.{layer}.attn_q/k/v`).
-fn gguf_name(shared: &str, tied: bool) -> Option<Mapped> {
+fn gguf_name(shared: &str) -> Option<Mapped> {
     let one = |name: &str| Some(Mapped::One(name.to_string()));
     match shared {
         "transformer.wte.weight" => return one("token_embd.weight"),
         "transformer.ln_f.weight" => return one("output_norm.weight"),
-        "lm_head.weight" if tied => return one("token_embd.weight"),
         "lm_head.weight" => return one("output.weight"),
         _ => {}
     }
@@ -382,7 +381,6 @@ struct GgufSource<'a> {
     heads: (usize, usize, usize),
     /// LLaDA: the converter's q/k row permutation is undone.
     unpermute_qk: bool,
-    tied: bool,
     used: HashSet<String>,
 }
 
@@ -392,7 +390,7 @@ impl GgufSource<'_> {
     }
 
     fn mapped(&self, key: &str) -> Result<Mapped, ModelError> {
-        gguf_name(key, self.tied).ok_or_else(|| self.fault(format!("no GGUF tensor for `{key}`")))
+        gguf_name(key).ok_or_else(|| self.fault(format!("no GGUF tensor for `{key}`")))
     }
 
     /// Checks `name`'s shape against `shape` and marks it read.
