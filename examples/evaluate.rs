@@ -103,7 +103,11 @@ enum Loaded {
     Causal(CausalTransformer<DefaultBackend>),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let source = ModelSource::from_flags(

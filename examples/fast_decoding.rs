@@ -110,7 +110,11 @@ fn groups(prompts: &[Vec<usize>], batch: bool) -> Vec<&[Vec<usize>]> {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let mdm = MaskedTransformer::<DefaultBackend>::load(&args.mdm, &device)?;

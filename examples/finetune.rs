@@ -109,7 +109,11 @@ struct Args {
     no_progress: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(main_inner())
+}
+
+fn main_inner() -> Result<()> {
     let args = Args::parse();
     let session = args.parallel.session()?;
     let result = run(&args, &session);

@@ -118,7 +118,11 @@ fn parse_prompt(line: &str, what: &str, tokenizer: Option<&Tokenizer>) -> Result
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let source = ModelSource::from_flags(

@@ -166,7 +166,11 @@ fn mean_sample_entropy(samples: &[Vec<usize>]) -> f64 {
     total / samples.len().max(1) as f64
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
         args.samples >= 2 && args.batch >= 1 && args.gen_length >= 1,

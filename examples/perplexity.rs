@@ -53,7 +53,11 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let meta = read_meta(&args.checkpoint)?;

@@ -31,7 +31,11 @@ struct Args {
     title: String,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let runs = args
         .run

@@ -52,7 +52,11 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let started = Instant::now();

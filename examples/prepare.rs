@@ -50,7 +50,11 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let mut options = CorpusOptions::new(args.input);
     options.tokenizer = args.tokenizer;

@@ -198,7 +198,11 @@ fn model_config(args: &Args, vocab: usize, seq_len: usize) -> Result<ModelConfig
     Ok(config.with_block_size(block))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(main_inner())
+}
+
+fn main_inner() -> Result<()> {
     let args = Args::parse();
     let session = args.parallel.session()?;
     let result = run(&args, &session);

@@ -25,7 +25,11 @@ struct Args {
     steps: usize,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let config = ModelConfig::named("6M")?;

@@ -97,7 +97,11 @@ impl Args {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&args.out)

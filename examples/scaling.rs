@@ -38,7 +38,11 @@ struct Args {
     no_progress: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    mdm::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let mut grid = ScalingGrid::from_file(&args.grid)?;
     grid.train.parallel.devices = args.devices.clone();

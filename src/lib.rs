@@ -41,6 +41,7 @@ pub use mdm_train as train;
 
 mod allocator;
 pub mod backend;
+pub mod cli;
 
 pub use allocator::Allocator;
 

@@ -199,5 +199,20 @@ pub fn fine_tune_and_write_back(src: &std::path::Path, dataset: mdm::data::sft::
     let hf = out.path().join("hf");
     tuned.save_hf_like(src, &hf).unwrap();
     let reread = MaskedTransformer::<B>::load_hf(&hf, &device).unwrap();
-    assert_eq!(probe(&reread), probe(&tuned));
+    let stored_f32 = std::fs::read_to_string(src.join("config.json"))
+        .map(|c| !c.contains("float16"))
+        .unwrap_or(true);
+    if stored_f32 {
+        assert_eq!(probe(&reread), probe(&tuned));
+    } else {
+        // a half-precision folder holds the trained weights rounded: the model read back is the
+        // one trained up to that rounding, far closer to it than to the model before training
+        let (reread, tuned, before) = (probe(&reread), probe(&tuned), probe(&before));
+        let off = max_abs_diff(&reread, &tuned);
+        let moved = max_abs_diff(&tuned, &before);
+        assert!(
+            off < 0.05 * moved,
+            "read back {off:e} off; training moved {moved:e}"
+        );
+    }
 }

@@ -10,7 +10,7 @@
 //!   features select; `backend`: the library's paths on that backend. `.ci/run` runs these on wgpu
 //!   too (`-- parity backend::`).
 //! - `determinism`: the same seed gives the same bits under load (CPU); `kill`: long runs survive
-//!   SIGKILL (the example binaries).
+//!   SIGKILL (the example binaries); `programs`: a user's mistake is a message, not a backtrace.
 
 mod common;
 
@@ -25,3 +25,4 @@ mod parity_gguf;
 mod parity_llada;
 mod parity_sampler;
 mod parity_train;
+mod programs;

@@ -345,10 +345,14 @@ fn dream_and_fast_dllm_generations_match_token_for_token_in(dir: &Path) -> usize
             .unwrap();
         let discarded = discarded_passes(g, &prompts, &expected);
         let nfe = g["nfe"].as_u64().unwrap() as usize - discarded;
-        let first = MaskedDiffusionSampler::new(&model, options.clone().with_ties(Ties::First))
-            .decode(&prompts, |_| {})
-            .unwrap();
-        tie_sensitive += usize::from(first.rows != expected);
+        // equal confidences come from the filters (nuclei of one token: confidence exactly 1);
+        // where they can arise, ranking ties to the first slot must change some outputs
+        if options.top_p.is_some() || options.top_k.is_some() {
+            let first = MaskedDiffusionSampler::new(&model, options.clone().with_ties(Ties::First))
+                .decode(&prompts, |_| {})
+                .unwrap();
+            tie_sensitive += usize::from(first.rows != expected);
+        }
         // Dream's batch count can exceed a row's masks: `torch.topk` then picks positions of
         // confidence -inf and writes the mask token over decoded tokens (the maker counts them).
         // We do not: only the pass count is comparable, and every prompt is kept.

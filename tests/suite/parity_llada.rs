@@ -397,3 +397,53 @@ fn a_llada_folder_fine_tunes_and_is_written_back() {
     };
     common::fine_tune_and_write_back(&src, dataset);
 }
+
+/// A LLaDA folder whose head is the embedding (`weight_tying`: the tiny f16 folder llama.cpp's
+/// converter read for `tests/data/gguf-parity`): one matrix in the model, written back byte for
+/// byte, fine-tuned as one matrix and written back as the tied folder it came from.
+#[test]
+fn a_tied_llada_folder_holds_one_matrix_and_is_written_back_and_fine_tuned() {
+    use mdm::data::sft::SftDataset;
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf-parity/llada/hf");
+    let config = mdm::models::hf_model_config(&src).unwrap();
+    assert!(config.tie_embeddings, "the folder ties its head");
+    let model = MaskedTransformer::<B>::load_hf(&src, &backend::device()).unwrap();
+    assert!(model.net.lm_head.is_none(), "no copy of the embedding");
+    let untied = mdm::models::ModelConfig {
+        tie_embeddings: false,
+        ..config.clone()
+    };
+    assert_eq!(
+        untied.masked_params() - config.masked_params(),
+        config.padded_vocab_size() * config.n_embd
+    );
+    let out = tempfile::tempdir().unwrap();
+    let copy = out.path().join("llada");
+    model.save_hf_like(&src, &copy).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(src.join(name)).unwrap(),
+            std::fs::read(copy.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // rows of ids: 4 prompt ids kept, 8 response ids, EOS padding
+    let (vocab, mask, eos) = (config.vocab_size as u32, config.mask_id() as u32, 1u32);
+    let rows: Vec<Vec<u32>> = (0..6u32)
+        .map(|r| {
+            let mut row: Vec<u32> = (0..12u32)
+                .map(|i| (r * 37 + i * 11 + 2) % vocab)
+                .map(|t| if t == mask { (t + 1) % vocab } else { t })
+                .collect();
+            row.extend([eos; 4]);
+            row
+        })
+        .collect();
+    let dataset = SftDataset {
+        prompt_len: vec![4; rows.len()],
+        rows,
+        seq_len: 16,
+        dropped: 0,
+    };
+    common::fine_tune_and_write_back(&src, dataset);
+}

@@ -1,8 +1,10 @@
 //! Hugging Face checkpoint folders: `config.json`, and the weights in one `model.safetensors` or
 //! in shards listed by `model.safetensors.index.json`.
 //!
-//! Shards are memory-mapped and each tensor is converted to f32 when the network asks for it, so
-//! loading holds the final weights plus one tensor, never a second copy of the checkpoint. The
+//! Shards are memory-mapped and each tensor is read when the network asks for it: kept in its stored
+//! type in place (f16/bf16 on a backend that packs weights) or converted (to f32, or as
+//! `WeightFormat` says), so loading holds the final weights plus one tensor, never a second copy of
+//! the checkpoint. The
 //! folder is checked when it is opened: a shard the index names must exist and hold the keys the
 //! index gives it, no key may be in two shards, and every file must be valid safetensors.
 //!

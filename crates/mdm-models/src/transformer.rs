@@ -258,6 +258,15 @@ fn linear<B: Kernels>(
     Ok(proj)
 }
 
+/// Whether a tied head is kept as a packed matrix beside the embedding: on a backend that packs,
+/// when the lookup table was narrowed to half precision (the head then multiplies the stored or
+/// quantized matrix in place rather than half activations) and the embedding has the head's `V`
+/// rows.
+fn tied_head_packed<B: Kernels>(wte: &Embedding<B>, vocab: usize) -> bool {
+    let w = wte.weight.val();
+    B::PACKS_WEIGHTS && w.dtype() != burn::tensor::DType::F32 && w.dims()[0] == vocab
+}
+
 /// The fused q/k/v projection, with its bias `[(H + 2G) D]` when the family has one.
 fn qkv<B: Kernels>(
     src: &mut dyn ParamSource,
@@ -429,10 +438,14 @@ impl<B: Kernels> Transformer<B> {
             });
         }
         let ln_f = norm(src, "transformer.ln_f.weight", config, device)?;
-        let lm_head = if config.tie_embeddings {
-            None
-        } else {
+        let lm_head = if !config.tie_embeddings {
             Some(linear(src, "lm_head.weight", (c, v), keep, device)?)
+        } else if tied_head_packed(&wte, v) {
+            // inference at a packed type: the embedding lookup holds a half copy, and the head
+            // multiplies the stored matrix in place (not a parameter; written once, as the embedding)
+            Some(linear(src, "transformer.wte.weight", (c, v), keep, device)?)
+        } else {
+            None
         };
         src.finish()?;
         Ok(Self {
@@ -482,6 +495,7 @@ impl<B: Kernels> Transformer<B> {
         if let Some(head) = &mut self.lm_head {
             repack(head, "lm_head.weight")?;
         }
+        let tied = self.lm_head.is_none();
         let wte = self.wte.weight.val();
         let shape = wte.dims();
         let values = wte
@@ -492,6 +506,21 @@ impl<B: Kernels> Transformer<B> {
                 key: "transformer.wte.weight".into(),
                 reason: format!("{e:?}"),
             })?;
+        let vocab = self.vocab();
+        let half = keep.packs
+            && keep
+                .format
+                .packed_type(GgmlType::F32)
+                .is_some_and(|t| t != GgmlType::F32);
+        if tied && half && shape[0] == vocab {
+            // as `build_as`: the tied head multiplies the packed matrix, the lookup a half copy
+            self.lm_head = Some(keep.proj(
+                "transformer.wte.weight",
+                StoredMatrix::Values(values.clone(), GgmlType::F32),
+                (vocab, self.config.n_embd),
+                &device,
+            )?);
+        }
         self.wte = keep.embedding(StoredMatrix::Values(values, GgmlType::F32), shape, &device);
         Ok(self)
     }
@@ -606,8 +635,12 @@ impl<B: Kernels> Transformer<B> {
             push_linear(&mut out, format!("{p}.mlp.swiglu.w3.weight"), &b.mlp.w3)?;
         }
         push_norm(&mut out, "transformer.ln_f.weight".into(), &self.ln_f)?;
-        if let Some(head) = &self.lm_head {
-            push_linear(&mut out, "lm_head.weight".into(), head)?;
+        match &self.lm_head {
+            // a tied head is the embedding, written once
+            Some(head) if !self.config.tie_embeddings => {
+                push_linear(&mut out, "lm_head.weight".into(), head)?;
+            }
+            _ => {}
         }
         Ok(out)
     }

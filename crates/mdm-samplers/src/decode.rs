@@ -331,6 +331,8 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         // a carrying rule's count held back so far, per row (per batch with joint counting)
         let carries = self.rule.carries();
         let mut held = vec![0usize; self.x.len()];
+        // passes in a row that changed no token (every reveal was the mask token itself)
+        let mut idle = 0;
         for step in 0.. {
             let started = Instant::now();
             let pass = match (self.options.cache, step) {
@@ -498,6 +500,19 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 .any(|&r| self.wants(r, &regions[r], step + 1, steps, &held));
             // a block finished by its caching pass still runs one cached pass (as the references)
             if !open && pass != Pass::Caching {
+                break;
+            }
+            // a parallel rule waits for a full block; at temperature 0 a model that proposes its
+            // mask token at every remaining slot would make the same pass forever (the
+            // references never return): after two cached or full passes that changed nothing,
+            // the block ends with those slots masked
+            let changed = revealed.iter().any(|p| p.token != self.mask_id);
+            idle = if changed || pass == Pass::Caching {
+                0
+            } else {
+                idle + 1
+            };
+            if !scheduled && !carries && self.options.temperature == 0.0 && idle >= 2 {
                 break;
             }
             // a scheduled rule ends the block after its steps (masks stay only where the model

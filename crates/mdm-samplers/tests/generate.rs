@@ -373,3 +373,117 @@ fn the_device_path_takes_a_pass_without_slots() {
         assert_eq!(a, b, "{cache:?}");
     }
 }
+
+/// A network that always proposes its mask token (a tied head can, at masked positions): the
+/// random model with a large logit added to the mask id's column.
+struct ProposesMask(MaskedTransformer<Flex>);
+
+impl ProposesMask {
+    fn bias(&self, logits: burn::tensor::Tensor<Flex, 2>) -> burn::tensor::Tensor<Flex, 2> {
+        use mdm_models::MaskPredictor;
+        let v = MaskPredictor::vocab_size(&self.0);
+        let mut b = vec![0.0f32; v];
+        b[self.0.mask_id()] = 100.0;
+        let b = burn::tensor::Tensor::<Flex, 1>::from_data(
+            burn::tensor::TensorData::new(b, [v]),
+            &Default::default(),
+        );
+        logits + b.unsqueeze()
+    }
+}
+
+impl mdm_models::MaskPredictor<Flex> for ProposesMask {
+    fn mask_id(&self) -> usize {
+        self.0.mask_id()
+    }
+    fn vocab_size(&self) -> usize {
+        mdm_models::MaskPredictor::vocab_size(&self.0)
+    }
+    fn max_positions(&self) -> usize {
+        self.0.max_positions()
+    }
+    fn device(&self) -> burn::backend::flex::FlexDevice {
+        mdm_models::MaskPredictor::device(&self.0)
+    }
+    fn logits(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 3>, mdm_models::ModelError> {
+        let logits = self.0.logits(ids)?;
+        let [b, n, v] = logits.dims();
+        Ok(self.bias(logits.reshape([b * n, v])).reshape([b, n, v]))
+    }
+    fn logits_at(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        padding: Option<burn::tensor::Tensor<Flex, 2, burn::tensor::Bool>>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        Ok(self.bias(mdm_models::MaskPredictor::logits_at(
+            &self.0, ids, padding, index,
+        )?))
+    }
+    fn logits_caching(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        lengths: Option<&[usize]>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<(burn::tensor::Tensor<Flex, 2>, mdm_models::BlockCache<Flex>), mdm_models::ModelError>
+    {
+        let (logits, cache) = self.0.logits_caching(ids, lengths, index)?;
+        Ok((self.bias(logits), cache))
+    }
+    fn logits_after_prefix(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        prefix: &mdm_models::BlockCache<Flex>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        Ok(self.bias(self.0.logits_after_prefix(ids, prefix, index)?))
+    }
+    fn logits_in_window(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        starts: &[usize],
+        cache: &mut mdm_models::BlockCache<Flex>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        Ok(self.bias(self.0.logits_in_window(ids, starts, cache, index)?))
+    }
+}
+
+#[test]
+fn a_parallel_rule_ends_a_block_the_model_fills_with_its_mask_token() {
+    // the references loop forever here; the loop ends the block after two passes that changed
+    // nothing, the slots left masked
+    use mdm_samplers::CacheMode;
+    // the mask token inside the head (LLaDA's and Dream's layout), so it can be proposed
+    let mut config = ModelConfig::custom(60, 2, 4, 32, 64, 64).with_query_groups(2);
+    config.padded_vocab_size = Some(64);
+    config.mask_token_id = Some(63);
+    let model = ProposesMask(config.init_masked(11, &Default::default()).unwrap());
+    let mask = model.0.mask_id();
+    for (cache, passes) in [(CacheMode::None, 2), (CacheMode::Dual, 3)] {
+        let options = DecodingOptions::default()
+            .with_gen_length(8)
+            .with_block_length(8)
+            .with_threshold(0.9)
+            .with_cache(cache);
+        let out = MaskedDiffusionSampler::new(&model, options)
+            .decode(&[vec![1, 2, 3]], |_| {})
+            .unwrap();
+        assert_eq!(out.forward_passes, passes, "{cache:?}");
+        assert_eq!(&out.rows[0][3..], &[mask; 8], "{cache:?}");
+    }
+    // a scheduled rule runs its steps; Dream's carried threshold its steps (nothing held back)
+    let scheduled = DecodingOptions::default().with_gen_length(8).with_steps(4);
+    let out = MaskedDiffusionSampler::new(&model, scheduled.clone())
+        .decode(&[vec![1, 2, 3]], |_| {})
+        .unwrap();
+    assert_eq!(out.forward_passes, 4);
+    let carried = scheduled.with_threshold_carry(0.5).without_reuse();
+    let out = MaskedDiffusionSampler::new(&model, carried)
+        .decode(&[vec![1, 2, 3]], |_| {})
+        .unwrap();
+    assert_eq!(out.forward_passes, 4);
+}

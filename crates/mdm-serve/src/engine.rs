@@ -102,13 +102,16 @@ pub struct GenerateOptions {
 impl GenerateOptions {
     /// Whether two jobs with these options may share a batch and each get what it would alone:
     /// deterministic decoding (temperature 0, no random rule) with the masked sampler (caches
-    /// included: ragged rows decode as they do alone) or the baseline.
+    /// included: ragged rows decode as they do alone) or the baseline. Counting over the batch
+    /// (`joint_counting`, `mean_counting`) makes a row depend on the others: such jobs run alone.
     fn batchable(&self) -> bool {
         match &self.decoding {
             Decoding::Masked(o) => {
                 o.temperature == 0.0
                     && !o.remasking.is_random()
                     && o.alg_temp.is_none_or(|a| a == 0.0)
+                    && !o.joint_counting
+                    && !o.mean_counting
             }
             Decoding::Autoregressive { temperature } => *temperature == 0.0,
         }

@@ -1205,6 +1205,10 @@ async fn the_command_line_and_the_server_decode_a_request_the_same() {
             json!({"threshold": 0.5, "threshold_carry": true, "steps": 4}),
         ),
         (
+            "--mean-counting --remasking entropy --steps 6 --eps 0.001",
+            json!({"mean_counting": true, "alg": "entropy", "steps": 6, "eps": 0.001}),
+        ),
+        (
             "--temperature 0.8 --tempered-confidence --top-k 9 --seed 5",
             json!({"temperature": 0.8, "tempered_confidence": true, "top_k": 9, "seed": 5}),
         ),

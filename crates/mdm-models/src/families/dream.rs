@@ -207,7 +207,7 @@ pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
 
 impl<B: Kernels> MaskedTransformer<B> {
     /// Loads a Dream Hugging Face folder (`config.json` with `model_type: "Dream"`, one
-    /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, converted to f32).
+    /// `model.safetensors` or shards with an index; f32, bf16 or f16 tensors, kept in their stored type).
     pub fn load_dream(folder: &HfFolder, device: &B::Device) -> Result<Self, ModelError> {
         family(folder)?.build(folder, crate::WeightFormat::Stored, device)
     }
