@@ -72,7 +72,7 @@ fn forward_logits_match_dream_shifted() {
 fn forward_logits_match_dream_shifted_in(dir: &Path) {
     let folder = HfFolder::open(dir.join("model")).unwrap();
     let dream = DreamConfig::from_folder(&folder).unwrap();
-    let m = manifest(&dir);
+    let m = manifest(dir);
     assert_eq!(dream.mask_token_id as u64, m["mask_id"].as_u64().unwrap());
     let model = load(dir);
     assert_eq!(model.mask_id(), dream.mask_token_id);
@@ -153,7 +153,7 @@ fn the_shipped_tokenizer_and_chat_template_give_dreams_ids_in(dir: &Path) {
         "Dream ships vocab.json + merges.txt"
     );
     let tokenizer = Tokenizer::from_folder(&folder).unwrap();
-    let m = manifest(&dir);
+    let m = manifest(dir);
     assert_eq!(tokenizer.eos_id() as u64, m["eos_id"].as_u64().unwrap());
     assert_eq!(tokenizer.bos_id().map(u64::from), m["bos_id"].as_u64());
     let cases = m["tokenizer"].as_array().unwrap();
@@ -327,7 +327,7 @@ fn discarded_passes(g: &serde_json::Value, prompts: &[Vec<usize>], rows: &[Vec<u
 fn dream_and_fast_dllm_generations_match_token_for_token_in(dir: &Path) -> usize {
     use mdm::samplers::{MaskedDiffusionSampler, Ties};
 
-    let m = manifest(&dir);
+    let m = manifest(dir);
     let cases = read_tensors(&dir.join("cases.safetensors"));
     let model = load(dir);
     let generations = m["generations"].as_array().expect("generations");

@@ -374,28 +374,31 @@ fn fast_dllm_generations_match_token_for_token() {
 
 #[test]
 fn a_llada_folder_fine_tunes_and_is_written_back() {
-    use mdm::data::sft::SftDataset;
-    // rows of ids (the fixture has no tokenizer): 4 prompt ids kept, 8 response ids, EOS padding
     let src = fixture_dir().join("model");
     let config = mdm::models::hf_model_config(&src).unwrap();
+    common::fine_tune_and_write_back(&src, id_rows(&config));
+}
+
+/// Fine-tuning rows of ids for a folder without a tokenizer: 4 prompt ids kept, 8 response ids
+/// (never the mask id), EOS padding.
+fn id_rows(config: &mdm::models::ModelConfig) -> mdm::data::sft::SftDataset {
     let (vocab, mask, eos) = (config.vocab_size as u32, config.mask_id() as u32, 1u32);
     let rows: Vec<Vec<u32>> = (0..6u32)
         .map(|r| {
             let mut row: Vec<u32> = (0..12u32)
                 .map(|i| (r * 37 + i * 11 + 2) % vocab)
-                .map(|t| if t == mask { t + 1 } else { t })
+                .map(|t| if t == mask { (t + 1) % vocab } else { t })
                 .collect();
             row.extend([eos; 4]);
             row
         })
         .collect();
-    let dataset = SftDataset {
+    mdm::data::sft::SftDataset {
         prompt_len: vec![4; rows.len()],
         rows,
         seq_len: 16,
         dropped: 0,
-    };
-    common::fine_tune_and_write_back(&src, dataset);
+    }
 }
 
 /// A LLaDA folder whose head is the embedding (`weight_tying`: the tiny f16 folder llama.cpp's
@@ -403,7 +406,6 @@ fn a_llada_folder_fine_tunes_and_is_written_back() {
 /// byte, fine-tuned as one matrix and written back as the tied folder it came from.
 #[test]
 fn a_tied_llada_folder_holds_one_matrix_and_is_written_back_and_fine_tuned() {
-    use mdm::data::sft::SftDataset;
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf-parity/llada/hf");
     let config = mdm::models::hf_model_config(&src).unwrap();
     assert!(config.tie_embeddings, "the folder ties its head");
@@ -427,23 +429,5 @@ fn a_tied_llada_folder_holds_one_matrix_and_is_written_back_and_fine_tuned() {
             "{name}"
         );
     }
-    // rows of ids: 4 prompt ids kept, 8 response ids, EOS padding
-    let (vocab, mask, eos) = (config.vocab_size as u32, config.mask_id() as u32, 1u32);
-    let rows: Vec<Vec<u32>> = (0..6u32)
-        .map(|r| {
-            let mut row: Vec<u32> = (0..12u32)
-                .map(|i| (r * 37 + i * 11 + 2) % vocab)
-                .map(|t| if t == mask { (t + 1) % vocab } else { t })
-                .collect();
-            row.extend([eos; 4]);
-            row
-        })
-        .collect();
-    let dataset = SftDataset {
-        prompt_len: vec![4; rows.len()],
-        rows,
-        seq_len: 16,
-        dropped: 0,
-    };
-    common::fine_tune_and_write_back(&src, dataset);
+    common::fine_tune_and_write_back(&src, id_rows(&config));
 }
