@@ -10,12 +10,14 @@
 //!   features select; `backend`: the library's paths on that backend. `.ci/run` runs these on wgpu
 //!   too (`-- parity backend::`).
 //! - `determinism`: the same seed gives the same bits under load (CPU); `kill`: long runs survive
-//!   SIGKILL (the example binaries); `programs`: a user's mistake is a message, not a backtrace.
+//!   SIGKILL (the example binaries); `programs`: a user's mistake is a message, not a backtrace;
+//!   `families`: a tied LLaDA folder loaded, written back and fine-tuned (CPU).
 
 mod common;
 
 mod backend;
 mod determinism;
+mod families;
 mod hub;
 mod kill;
 mod parity;
