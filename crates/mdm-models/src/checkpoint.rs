@@ -6,16 +6,17 @@
 //! a crash never leaves a half-written checkpoint.
 
 use mdm_kernels::Kernels;
-use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype};
 use serde::{Deserialize, Serialize};
 
-use crate::params::ParamSource;
+use crate::families::smdm::{smdm_name, smdm_names};
+use crate::hf::HfFolder;
+use crate::params::NamedSource;
 use crate::transformer::Transformer;
-use crate::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError};
+use crate::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError, WeightFormat};
 
 /// Which network a checkpoint holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,13 +52,6 @@ fn io(file: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     }
 }
 
-/// A safetensors file as a [`ParamSource`].
-struct SafetensorsSource<'a> {
-    file: PathBuf,
-    tensors: SafeTensors<'a>,
-    used: HashSet<String>,
-}
-
 pub(crate) fn to_f32(
     file: &Path,
     key: &str,
@@ -88,69 +82,18 @@ pub(crate) fn to_f32(
     })
 }
 
-impl ParamSource for SafetensorsSource<'_> {
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let view = self
-            .tensors
-            .tensor(key)
-            .map_err(|_| ModelError::MissingKey {
-                file: self.file.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-            })?;
-        if view.shape() != shape {
-            return Err(ModelError::ShapeMismatch {
-                file: self.file.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: view.shape().to_vec(),
-            });
-        }
-        self.used.insert(key.to_string());
-        to_f32(&self.file, key, &view)
-    }
-
-    fn finish(&mut self) -> Result<(), ModelError> {
-        let mut names: Vec<&String> = self.tensors.names();
-        names.sort();
-        for name in names {
-            if !self.used.contains(name) {
-                let found = self
-                    .tensors
-                    .tensor(name)
-                    .map(|v| v.shape().to_vec())
-                    .unwrap_or_default();
-                return Err(ModelError::UnexpectedKey {
-                    file: self.file.clone(),
-                    key: name.clone(),
-                    found,
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
+/// The network of the SMDM-named safetensors file `path` (an SMDM file, our checkpoint's
+/// weights), each tensor in its stored type, kept as `format` says.
 pub(crate) fn load_net<B: Kernels>(
     path: &Path,
     config: &ModelConfig,
     embedding_rows: usize,
+    format: WeightFormat,
     device: &B::Device,
 ) -> Result<Transformer<B>, ModelError> {
-    let file = fs::File::open(path).map_err(io(path))?;
-    // SAFETY: read-only map, dropped when loading ends; the file changing underneath is outside
-    // what we guard against. Each tensor is converted to f32 as the network asks for it.
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io(path))?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
-        file: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mut src = SafetensorsSource {
-        file: path.to_path_buf(),
-        tensors,
-        used: HashSet::new(),
-    };
-    Transformer::build(config, embedding_rows, &mut src, device)
+    let store = HfFolder::open_file(path)?;
+    let mut src = NamedSource::new(&store, smdm_names, config, "SMDM");
+    Transformer::build_as(config, embedding_rows, &mut src, format, device)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
@@ -170,7 +113,10 @@ fn save_net<B: Kernels>(
     let state = net.state()?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = state
         .into_iter()
-        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(slot, s, v)| {
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (smdm_name(slot), s, bytes)
+        })
         .collect();
     let views = bytes
         .iter()
@@ -217,6 +163,7 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, ModelError> {
 fn load_folder<B: Kernels>(
     dir: &Path,
     kind: ModelKind,
+    format: WeightFormat,
     device: &B::Device,
 ) -> Result<Transformer<B>, ModelError> {
     let meta = read_meta(dir)?;
@@ -233,7 +180,7 @@ fn load_folder<B: Kernels>(
         ModelKind::Masked => meta.config.masked_embedding_rows(),
         ModelKind::Causal => meta.config.padded_vocab_size(),
     };
-    load_net(&dir.join(WEIGHTS_FILE), &meta.config, rows, device)
+    load_net(&dir.join(WEIGHTS_FILE), &meta.config, rows, format, device)
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
@@ -244,8 +191,17 @@ impl<B: Kernels> MaskedTransformer<B> {
 
     /// Loads a checkpoint folder written by [`Self::save`].
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_as(dir, WeightFormat::Stored, device)
+    }
+
+    /// As [`Self::load`], the projection weights kept as `format` says.
+    pub fn load_as(
+        dir: impl AsRef<Path>,
+        format: WeightFormat,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         Ok(Self {
-            net: load_folder(dir.as_ref(), ModelKind::Masked, device)?,
+            net: load_folder(dir.as_ref(), ModelKind::Masked, format, device)?,
         })
     }
 }
@@ -259,7 +215,12 @@ impl<B: Kernels> CausalTransformer<B> {
     /// Loads a checkpoint folder written by [`Self::save`].
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, ModelError> {
         Ok(Self {
-            net: load_folder(dir.as_ref(), ModelKind::Causal, device)?,
+            net: load_folder(
+                dir.as_ref(),
+                ModelKind::Causal,
+                WeightFormat::Stored,
+                device,
+            )?,
         })
     }
 }

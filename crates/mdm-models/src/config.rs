@@ -285,15 +285,10 @@ impl ModelConfig {
         (self.n_head + 2 * self.query_groups()) * self.head_size()
     }
 
-    /// Parameters outside the embedding and the output head (RMSNorm gains included): the `N` of
-    /// the scaling laws.
+    /// Parameters outside the embedding and the output head (norm gains and q/k/v biases
+    /// included): the `N` of the scaling laws, summed over the slots ([`crate::slots`]).
     pub fn non_embedding_params(&self) -> usize {
-        let c = self.n_embd;
-        let per_layer = 2 * c // two RMSNorm gains
-            + self.qkv_rows() * c
-            + c * c // attention output projection
-            + 3 * self.intermediate_size * c; // SwiGLU w1, w2, w3
-        self.n_layer * per_layer + c
+        crate::slots::non_embedding_values(self)
     }
 
     /// All parameters of the masked model (embedding of `V + 1` rows, or `V` when the mask token

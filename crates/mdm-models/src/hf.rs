@@ -12,7 +12,9 @@
 //! transposes linear weights into burn's layout, but it applies one file's tensors to a module one
 //! to one. LLaDA's separate `q_proj` / `k_proj` / `v_proj` must be fused into the grouped
 //! projection of the shared network, and published folders are sharded behind an index, so the
-//! family's [`ParamSource`](crate::params) does the mapping and this module the shards.
+//! family's name map and [`NamedSource`](crate::params) do the mapping and this module the
+//! shards. A single safetensors file (an SMDM file, our checkpoint's weights) opens the same way
+//! ([`HfFolder::open_file`]), so every safetensors origin keeps its stored types.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -22,6 +24,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 
 use crate::checkpoint::to_f32;
+use crate::gguf::GgmlType;
 use crate::ModelError;
 
 /// The config file of a folder.
@@ -69,6 +72,24 @@ impl HfFolder {
             serde_json::from_str(&text).map_err(|e| ModelError::Config {
                 reason: format!("{}: {e}", config_file.display()),
             })?;
+        Self::with_weights(dir, config)
+    }
+
+    /// One safetensors file on its own (an SMDM file, our checkpoint's weights): no
+    /// `config.json`, the file its only shard.
+    pub fn open_file(file: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let file = file.as_ref();
+        File::open(file).map_err(io(file))?;
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        Self::with_shards(dir, serde_json::Value::Null, vec![name.into_owned()], None)
+    }
+
+    /// The weights of `dir`: its index's shards, else `model.safetensors`.
+    fn with_weights(dir: PathBuf, config: serde_json::Value) -> Result<Self, ModelError> {
         let index_file = dir.join(HF_INDEX_FILE);
         let (files, index) = if index_file.is_file() {
             let index = read_index(&index_file)?;
@@ -79,6 +100,17 @@ impl HfFolder {
         } else {
             (vec![HF_WEIGHTS_FILE.to_string()], None)
         };
+        Self::with_shards(dir, config, files, index)
+    }
+
+    /// Maps `files` (in `dir`) and checks them against `index` (tensor -> file) when there is one.
+    fn with_shards(
+        dir: PathBuf,
+        config: serde_json::Value,
+        files: Vec<String>,
+        index: Option<HashMap<String, String>>,
+    ) -> Result<Self, ModelError> {
+        let index_file = dir.join(HF_INDEX_FILE);
         let mut shards = Vec::with_capacity(files.len());
         for name in &files {
             let file = dir.join(name);
@@ -385,4 +417,44 @@ fn read_index(file: &Path) -> Result<HashMap<String, String>, ModelError> {
             Ok((k.clone(), name.to_string()))
         })
         .collect()
+}
+
+impl crate::params::TensorStore for HfFolder {
+    fn location(&self) -> PathBuf {
+        match self.shards.as_slice() {
+            [one] => one.file.clone(),
+            _ => self.dir.clone(),
+        }
+    }
+
+    fn file_of(&self, name: &str) -> PathBuf {
+        HfFolder::file_of(self, name).map_or_else(|| self.location(), Path::to_path_buf)
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|(_, shape)| shape.clone())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    fn values(&self, name: &str) -> Result<(Vec<f32>, GgmlType), ModelError> {
+        let shape = self.shape(name).unwrap_or_default();
+        let stored = HfFolder::stored_type(self, name).unwrap_or(GgmlType::F32);
+        Ok((self.read(name, &shape)?, stored))
+    }
+
+    fn stored_type(&self, name: &str) -> GgmlType {
+        HfFolder::stored_type(self, name).unwrap_or(GgmlType::F32)
+    }
+
+    fn packed(&self, name: &str) -> Result<Option<mdm_kernels::PackedMatrix>, ModelError> {
+        let shape = self.shape(name).unwrap_or_default();
+        HfFolder::packed(self, name, &shape)
+    }
+
+    fn release(&self, name: &str) {
+        HfFolder::release(self, name)
+    }
 }

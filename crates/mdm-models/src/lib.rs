@@ -15,19 +15,9 @@
 //! `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`; final RMSNorm; linear head; no biases;
 //! RoPE in rotate-half layout, optionally with bf16-rounded tables as the published models.
 //!
-//! Checkpoint names (`V` padded vocab, `C` width, `H` heads, `G` key/value groups, `D = C / H`,
-//! `I` SwiGLU width), PyTorch layout `[out, in]`:
-//!
-//! | name | shape |
-//! |---|---|
-//! | `transformer.wte.weight` | `[V + 1, C]` (masked) / `[V, C]` (causal) |
-//! | `transformer.h.{i}.norm_1.weight`, `norm_2.weight` | `[C]` |
-//! | `transformer.h.{i}.attn.attn.weight` | `[(H + 2G) D, C]`, grouped q/k/v |
-//! | `transformer.h.{i}.attn.proj.weight` | `[C, C]` |
-//! | `transformer.h.{i}.mlp.swiglu.w1.weight`, `w2.weight` | `[I, C]` |
-//! | `transformer.h.{i}.mlp.swiglu.w3.weight` | `[C, I]` |
-//! | `transformer.ln_f.weight` | `[C]` |
-//! | `lm_head.weight` | `[V, C]` |
+//! The weights are slots ([`slots`]: one per tensor, with its shape and role); each family's file
+//! names them ([`families`]); our checkpoints use SMDM's names ([`smdm::smdm_name`]), PyTorch
+//! layout `[out, in]`, grouped q/k/v.
 //!
 //! ```
 //! use burn::backend::Flex;
@@ -62,6 +52,7 @@ mod params;
 pub mod precision;
 pub mod predictor;
 pub mod rope;
+pub mod slots;
 pub mod source;
 pub mod transformer;
 

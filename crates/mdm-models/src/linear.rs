@@ -61,12 +61,6 @@ impl<B: Kernels> Proj<B> {
         self
     }
 
-    /// This projection with a bias tensor `[d_out]`.
-    pub(crate) fn with_bias_tensor(mut self, bias: Tensor<B, 1>) -> Self {
-        self.bias = Some(Param::from_tensor(bias));
-        self
-    }
-
     /// `x`: `[..., d_in]` -> `[..., d_out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());

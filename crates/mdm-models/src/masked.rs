@@ -25,9 +25,21 @@ impl ModelConfig {
         seed: u64,
         device: &B::Device,
     ) -> Result<MaskedTransformer<B>, ModelError> {
+        self.init_masked_as(seed, crate::WeightFormat::Stored, device)
+    }
+
+    /// As [`Self::init_masked`], the projection weights kept as `format` says (each drawn f32 and
+    /// packed or quantized as it is built: never the whole network f32 first).
+    pub fn init_masked_as<B: Kernels>(
+        &self,
+        seed: u64,
+        format: crate::WeightFormat,
+        device: &B::Device,
+    ) -> Result<MaskedTransformer<B>, ModelError> {
         let mut init = SeededInit::new(self, seed);
+        let rows = self.masked_embedding_rows();
         Ok(MaskedTransformer {
-            net: Transformer::build(self, self.masked_embedding_rows(), &mut init, device)?,
+            net: Transformer::build_as(self, rows, &mut init, format, device)?,
         })
     }
 }
@@ -37,15 +49,6 @@ impl<B: Kernels> MaskedTransformer<B> {
     /// [`crate::precision`] for which backends run f16 and bf16).
     pub fn with_precision(self, precision: crate::Precision) -> Self {
         precision.cast_module(self)
-    }
-
-    /// This model with its projection weights kept as `format` says: f16/bf16 or quantized
-    /// (Q8_0, Q4_K) blocks multiplied in place on burn-flex (activations f32), widened into
-    /// dense tensors elsewhere. A no-op for [`WeightFormat::Stored`](crate::WeightFormat).
-    pub fn with_weights(self, format: crate::WeightFormat) -> Result<Self, ModelError> {
-        Ok(Self {
-            net: self.net.repacked(format)?,
-        })
     }
 
     /// Bytes the weights hold at their types.

@@ -14,6 +14,7 @@
 use mdm_kernels::quant::GgmlType;
 
 use crate::linear::WeightFormat;
+use crate::slots::{slots, Role};
 use crate::{ModelConfig, ModelError};
 
 /// Positions of the pass whose activations the estimate includes.
@@ -43,10 +44,18 @@ impl Footprint {
             config.padded_vocab_size() as u64,
         );
         let layers = config.n_layer as u64;
-        let per_layer = c * config.qkv_rows() as u64 + c * c + 3 * c * i;
-        // a tied head is the embedding, counted once below
-        let head = if config.tie_embeddings { 0 } else { c * v };
-        let projections = layers * per_layer + head;
+        let rows = config.masked_embedding_rows();
+        // every slot by role: a tied head is the embedding, counted once
+        let (mut projections, mut embedding, mut dense, mut largest) = (0u64, 0u64, 0u64, 0u64);
+        for slot in slots(config) {
+            let n = slot.len(config, rows) as u64;
+            largest = largest.max(n);
+            match slot.role() {
+                Role::Matrix { .. } => projections += n,
+                Role::Embedding => embedding += n,
+                Role::Norm | Role::Bias => dense += n,
+            }
+        }
         let target = format.packed_type(stored).unwrap_or(GgmlType::F32);
         let per_value = match target {
             GgmlType::F16 | GgmlType::Bf16 if !packs => 2.0,
@@ -55,10 +64,8 @@ impl Footprint {
         };
         // the embedding and norms: half where the projections are not f32 (see `Transformer`)
         let dense_bytes = if target == GgmlType::F32 { 4 } else { 2 };
-        let embedding = config.masked_embedding_rows() as u64 * c * dense_bytes;
-        let norms = (2 * layers + 1) * c * dense_bytes;
-        let weights = (projections as f64 * per_value) as u64 + embedding + norms;
-        let largest = (c * v).max(c * i).max(c * config.qkv_rows() as u64) * 4;
+        let weights = (projections as f64 * per_value) as u64 + (embedding + dense) * dense_bytes;
+        let largest = largest * 4;
         let n = WORKING_POSITIONS as u64;
         let activations = n * (8 * c + 3 * i + v) * 4 + 2 * layers * n * c * 4;
         Self {

@@ -1,44 +1,326 @@
-//! Where weights come from when a model is built: a seeded initialisation or a checkpoint.
+//! Where weights come from when a network is built: one [`ParamSource`] answering
+//! [`Slot`]s, for every origin.
+//!
+//! - A file of tensors ([`TensorStore`]: a safetensors folder or single file of any dtype,
+//!   sharded or not, or a GGUF file) read through a family's name map: [`NamedSource`]. The q/k/v
+//!   fusion (with the undoing of a converter's row permutation), the shape checks and the refusal
+//!   of a tensor nothing read are written here once, for every store and family.
+//! - [`SeededInit`]: SMDM's seeded initialisation, by slot role.
+//!
+//! A source hands a matrix over in the type it is stored in ([`StoredMatrix`]); the network keeps
+//! it as the weight format says (one path for every origin: see `transformer.rs`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
+use mdm_kernels::quant::GgmlType;
 use mdm_kernels::PackedMatrix;
 
+use crate::slots::{Role, Slot};
 use crate::{ModelConfig, ModelError};
 
 /// A projection weight as its source holds it.
+#[derive(Clone)]
 pub(crate) enum StoredMatrix {
     /// f32 values, row-major `[out, in]`, with the type they were stored in (f16 and bf16 values
     /// widen exactly, so they can be packed back without loss).
-    Values(Vec<f32>, mdm_kernels::quant::GgmlType),
-    /// Already in a packed type (a GGUF tensor, read in place).
+    Values(Vec<f32>, GgmlType),
+    /// Already in a packed type (a GGUF tensor, an f16/bf16 safetensors tensor: read in place).
     Packed(PackedMatrix),
 }
 
-/// Supplies each weight by its SMDM name and PyTorch-layout shape.
-pub(crate) trait ParamSource {
-    /// The values of `key`, row-major, `shape` in PyTorch layout (`[out, in]` for linear weights).
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
-    /// A projection weight `[out, in]` in the type it is stored in (by default: f32 values).
-    fn take_matrix(&mut self, key: &str, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
-        Ok(StoredMatrix::Values(
-            self.take(key, shape)?,
-            mdm_kernels::quant::GgmlType::F32,
-        ))
+impl StoredMatrix {
+    /// The type the matrix was stored in.
+    pub(crate) fn stored_type(&self) -> GgmlType {
+        match self {
+            Self::Values(_, t) => *t,
+            Self::Packed(p) => p.dtype(),
+        }
     }
-    /// `key`'s stored bytes are no longer needed (its values were copied or converted): a source
+}
+
+/// Supplies each weight by its slot and PyTorch-layout shape.
+pub(crate) trait ParamSource {
+    /// The values of `slot`, row-major, `shape` in PyTorch layout (`[out, in]` for matrices).
+    fn take(&mut self, slot: Slot, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
+    /// A matrix `[out, in]` in the type it is stored in (by default: f32 values).
+    fn take_matrix(&mut self, slot: Slot, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
+        Ok(StoredMatrix::Values(self.take(slot, shape)?, GgmlType::F32))
+    }
+    /// `slot`'s stored bytes are no longer needed (its values were copied or converted): a source
     /// that maps a file may drop those pages from memory.
-    fn release(&mut self, _key: &str) {}
-    /// Called once every weight has been taken (a checkpoint reports unused tensors here).
+    fn release(&mut self, _slot: Slot) {}
+    /// Called once every weight has been taken (a file reports a tensor nothing read here).
     fn finish(&mut self) -> Result<(), ModelError> {
         Ok(())
     }
 }
 
-/// SMDM's initialisation (SMDM.md section 6): every weight `N(0, sqrt(2 / (5 C)))`, except the
-/// attention output projection and SwiGLU `w3`, `N(0, 1 / sqrt(C) / n_layer)`; RMSNorm gains 1.
-/// Biases (Qwen2's q/k/v) start at 0. Draws come from a ChaCha8 stream seeded with `seed`, in a fixed key order.
+/// Where a family keeps one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mapped {
+    /// One tensor of the slot's layout.
+    One(String),
+    /// Separate q, k and v tensors (weights `[rows, C]` or biases `[rows]`), fused into the
+    /// grouped layout of [`crate::slots::LayerSlot::Qkv`].
+    Grouped {
+        /// Query tensor, `H D` rows.
+        q: String,
+        /// Key tensor, `G D` rows.
+        k: String,
+        /// Value tensor, `G D` rows.
+        v: String,
+        /// The q and k rows of each head are in llama.cpp's interleaved-RoPE order (its converter
+        /// permutes LLaDA's): file row `h D + 2 j + a` holds the original row `h D + a D / 2 + j`.
+        interleaved: bool,
+    },
+}
+
+/// A family's name map: the tensor(s) of a slot, `None` where the family has none.
+pub(crate) type NameMap = fn(Slot) -> Option<Mapped>;
+
+/// A file (or folder) of named tensors.
+pub(crate) trait TensorStore {
+    /// The file or folder, for messages.
+    fn location(&self) -> PathBuf;
+    /// The file holding `name`, for messages.
+    fn file_of(&self, name: &str) -> PathBuf;
+    /// The shape of `name` (row-major, PyTorch order), `None` when absent.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The names of every tensor held.
+    fn names(&self) -> Vec<String>;
+    /// `name` as f32 values, and the type it was stored in.
+    fn values(&self, name: &str) -> Result<(Vec<f32>, GgmlType), ModelError>;
+    /// The type `name` is stored in (F32 for a type the kernels do not name).
+    fn stored_type(&self, name: &str) -> GgmlType;
+    /// Matrix `name` read in place, when it is stored in a type the kernels multiply by.
+    fn packed(&self, name: &str) -> Result<Option<PackedMatrix>, ModelError>;
+    /// Drops `name`'s pages from memory.
+    fn release(&self, _name: &str) {}
+}
+
+/// A [`TensorStore`] read through a family's name map.
+pub(crate) struct NamedSource<'a> {
+    store: &'a dyn TensorStore,
+    names: NameMap,
+    /// Query heads, key/value heads, head size (for the grouped layout).
+    heads: (usize, usize, usize),
+    family: &'static str,
+    used: HashSet<String>,
+}
+
+impl<'a> NamedSource<'a> {
+    pub(crate) fn new(
+        store: &'a dyn TensorStore,
+        names: NameMap,
+        config: &ModelConfig,
+        family: &'static str,
+    ) -> Self {
+        Self {
+            store,
+            names,
+            heads: (config.n_head, config.query_groups(), config.head_size()),
+            family,
+            used: HashSet::new(),
+        }
+    }
+
+    fn mapped(&self, slot: Slot) -> Result<Mapped, ModelError> {
+        (self.names)(slot).ok_or_else(|| ModelError::Config {
+            reason: format!("no {} tensor for {slot:?}", self.family),
+        })
+    }
+
+    /// Checks `name`'s shape against `shape` and marks it read.
+    fn expect(&mut self, name: &str, shape: &[usize]) -> Result<(), ModelError> {
+        match self.store.shape(name) {
+            None => Err(ModelError::MissingKey {
+                file: self.store.location(),
+                key: name.to_string(),
+                expected: shape.to_vec(),
+            }),
+            Some(found) if found != shape => Err(ModelError::ShapeMismatch {
+                file: self.store.file_of(name),
+                key: name.to_string(),
+                expected: shape.to_vec(),
+                found,
+            }),
+            Some(_) => {
+                self.used.insert(name.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// The shapes of q, k and v for a fused slot of `shape` (`[rows, width]` or `[rows]`).
+    fn part_shapes(&self, shape: &[usize]) -> [Vec<usize>; 3] {
+        let (h, g, d) = self.heads;
+        [h * d, g * d, g * d].map(|rows| match shape.get(1) {
+            Some(&w) => vec![rows, w],
+            None => vec![rows],
+        })
+    }
+
+    fn grouped_order(&self, interleaved: bool) -> Vec<usize> {
+        fused_order(self.heads, interleaved)
+    }
+
+    fn fault(&self, names: &[&String], reason: String) -> ModelError {
+        ModelError::Format {
+            file: self.store.location(),
+            reason: format!(
+                "{}: {reason}",
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+impl ParamSource for NamedSource<'_> {
+    fn take(&mut self, slot: Slot, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        match self.mapped(slot)? {
+            Mapped::One(name) => {
+                self.expect(&name, shape)?;
+                Ok(self.store.values(&name)?.0)
+            }
+            Mapped::Grouped {
+                q,
+                k,
+                v,
+                interleaved,
+            } => {
+                let mut stacked = Vec::new();
+                for (name, part) in [&q, &k, &v].into_iter().zip(self.part_shapes(shape)) {
+                    self.expect(name, &part)?;
+                    stacked.extend(self.store.values(name)?.0);
+                }
+                let width = shape.get(1).copied().unwrap_or(1);
+                let mut fused = Vec::with_capacity(stacked.len());
+                for row in self.grouped_order(interleaved) {
+                    fused.extend_from_slice(&stacked[row * width..(row + 1) * width]);
+                }
+                Ok(fused)
+            }
+        }
+    }
+
+    fn take_matrix(&mut self, slot: Slot, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
+        let (parts, interleaved) = match self.mapped(slot)? {
+            Mapped::One(name) => {
+                self.expect(&name, shape)?;
+                return Ok(match self.store.packed(&name)? {
+                    Some(packed) => StoredMatrix::Packed(packed),
+                    None => {
+                        let (values, stored) = self.store.values(&name)?;
+                        StoredMatrix::Values(values, stored)
+                    }
+                });
+            }
+            Mapped::Grouped {
+                q,
+                k,
+                v,
+                interleaved,
+            } => ([q, k, v], interleaved),
+        };
+        let names: Vec<&String> = parts.iter().collect();
+        let mut packed = Vec::with_capacity(3);
+        for (name, part) in names.iter().zip(self.part_shapes(shape)) {
+            self.expect(name, &part)?;
+            packed.push(self.store.packed(name)?);
+        }
+        let order = self.grouped_order(interleaved);
+        if let Some(packed) = packed.into_iter().collect::<Option<Vec<_>>>() {
+            let fused = same_type(packed)
+                .and_then(|p| PackedMatrix::stack(&p.iter().collect::<Vec<_>>()))
+                .and_then(|m| m.permute_rows(&order))
+                .map_err(|reason| self.fault(&names, reason))?;
+            return Ok(StoredMatrix::Packed(fused));
+        }
+        let stored = self.store.stored_type(names[0]);
+        Ok(StoredMatrix::Values(self.take(slot, shape)?, stored))
+    }
+
+    fn release(&mut self, slot: Slot) {
+        match (self.names)(slot) {
+            Some(Mapped::One(name)) => self.store.release(&name),
+            Some(Mapped::Grouped { q, k, v, .. }) => {
+                for name in [q, k, v] {
+                    self.store.release(&name);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ModelError> {
+        let mut names = self.store.names();
+        names.sort();
+        match names.into_iter().find(|n| !self.used.contains(n)) {
+            Some(name) => Err(ModelError::UnexpectedKey {
+                file: self.store.file_of(&name),
+                found: self.store.shape(&name).unwrap_or_default(),
+                key: name,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The rows of the fused grouped q/k/v matrix in the stack `[q; k; v]` (`H D`, `G D`, `G D` rows):
+/// for each key/value group its `H / G` query heads, its key, its value. `qk_row` maps a q or k
+/// row (within its part) to the row the stack holds it at (the identity, or the undoing of a
+/// permutation a converter applied).
+fn grouped_rows((h, g, d): (usize, usize, usize), qk_row: impl Fn(usize) -> usize) -> Vec<usize> {
+    let p = h / g;
+    let mut order = Vec::with_capacity((h + 2 * g) * d);
+    for group in 0..g {
+        order.extend((group * p * d..(group + 1) * p * d).map(&qk_row));
+        order.extend((group * d..(group + 1) * d).map(|r| h * d + qk_row(r)));
+        order.extend((group * d..(group + 1) * d).map(|r| (h + g) * d + r));
+    }
+    order
+}
+
+/// The rows of the fused q/k/v matrix in the stack `[q; k; v]` as a file holds them (see
+/// [`Mapped::Grouped`] for `interleaved`): fused row `i` is stacked row `order[i]`.
+pub(crate) fn fused_order((h, g, d): (usize, usize, usize), interleaved: bool) -> Vec<usize> {
+    grouped_rows((h, g, d), move |row| {
+        if !interleaved {
+            return row;
+        }
+        let (head, within) = (row / d, row % d);
+        let (a, j) = (within / (d / 2), within % (d / 2));
+        head * d + 2 * j + a
+    })
+}
+
+/// q, k and v in one type, to be fused: as they are when they agree; otherwise (llama.cpp's mixes:
+/// Q4_K_M keeps `attn_v` in Q6_K) each widened and quantized to Q8_0, which holds every type read
+/// here but f32 and f16 within its own rounding (f32 and f16 parts go to f16).
+fn same_type(parts: Vec<PackedMatrix>) -> Result<Vec<PackedMatrix>, String> {
+    let first = parts.first().map(PackedMatrix::dtype);
+    if parts.iter().all(|p| Some(p.dtype()) == first) {
+        return Ok(parts);
+    }
+    let wide = parts
+        .iter()
+        .any(|p| matches!(p.dtype(), GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16));
+    let target = if wide { GgmlType::F16 } else { GgmlType::Q8_0 };
+    parts.iter().map(|p| p.requantize(target)).collect()
+}
+
+/// SMDM's initialisation (SMDM.md section 6): every matrix `N(0, sqrt(2 / (5 C)))`, except those
+/// that end a residual branch (the attention output projection and SwiGLU `w3`),
+/// `N(0, 1 / sqrt(C) / n_layer)`; norm gains 1, biases 0. Draws come from a ChaCha8 stream seeded
+/// with `seed`, in the slots' order ([`crate::slots::slots`]).
 pub(crate) struct SeededInit {
     rng: rand_chacha::ChaCha8Rng,
     std_default: f64,
@@ -57,21 +339,13 @@ impl SeededInit {
 }
 
 impl ParamSource for SeededInit {
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    fn take(&mut self, slot: Slot, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let n: usize = shape.iter().product();
-        if key.ends_with("norm_1.weight")
-            || key.ends_with("norm_2.weight")
-            || key.ends_with("ln_f.weight")
-        {
-            return Ok(vec![1.0; n]);
-        }
-        if key.ends_with(".bias") {
-            return Ok(vec![0.0; n]);
-        }
-        let std = if key.ends_with("attn.proj.weight") || key.ends_with("swiglu.w3.weight") {
-            self.std_residual
-        } else {
-            self.std_default
+        let std = match slot.role() {
+            Role::Norm => return Ok(vec![1.0; n]),
+            Role::Bias => return Ok(vec![0.0; n]),
+            Role::Matrix { residual: true } => self.std_residual,
+            Role::Matrix { residual: false } | Role::Embedding => self.std_default,
         };
         let normal = Normal::new(0.0f32, std as f32).map_err(|e| ModelError::Config {
             reason: format!("initialisation std {std}: {e}"),

@@ -89,10 +89,17 @@ impl ModelSource {
             crate::memory::check(&self.describe(), config, stored, format, packs)
         };
         let model = match self {
-            Self::Checkpoint(dir) => MaskedTransformer::load(dir, device)?.with_weights(format)?,
+            Self::Checkpoint(dir) => {
+                let meta = crate::checkpoint::read_meta(dir)?;
+                let weights =
+                    crate::hf::HfFolder::open_file(dir.join(crate::checkpoint::WEIGHTS_FILE))?;
+                check(&meta.config, weights.stored_type_by_size())?;
+                MaskedTransformer::load_as(dir, format, device)?
+            }
             Self::Smdm { file, config } => {
-                check(config, GgmlType::F32)?;
-                MaskedTransformer::load_smdm(file, config, device)?.with_weights(format)?
+                let weights = crate::hf::HfFolder::open_file(file)?;
+                check(config, weights.stored_type_by_size())?;
+                MaskedTransformer::load_smdm_as(file, config, format, device)?
             }
             Self::HuggingFace(dir) => {
                 let folder = crate::hf::HfFolder::open(dir)?;
@@ -109,7 +116,7 @@ impl ModelSource {
             }
             Self::Random { config, seed } => {
                 check(config, GgmlType::F32)?;
-                config.init_masked(*seed, device)?.with_weights(format)?
+                config.init_masked_as(*seed, format, device)?
             }
         };
         Ok(match (packs, format) {

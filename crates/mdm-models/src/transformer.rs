@@ -14,10 +14,11 @@ use crate::norm::RmsNorm;
 use crate::params::{ParamSource, StoredMatrix};
 use crate::precision::to_f32;
 use crate::rope::{Rope, RopeTables};
+use crate::slots::{slots, LayerSlot, Slot};
 use crate::{ModelConfig, ModelError};
 
-/// A weight under its SMDM name: `(name, PyTorch-layout shape, row-major values)`.
-pub(crate) type NamedWeight = (String, Vec<usize>, Vec<f32>);
+/// A weight by slot: `(slot, PyTorch-layout shape, row-major values)`.
+pub(crate) type NamedWeight = (Slot, Vec<usize>, Vec<f32>);
 
 /// The per-layer caches of one pass and how they are used (see [`CacheAccess`]).
 pub(crate) enum Caches<'a, B: Backend> {
@@ -116,22 +117,19 @@ impl Keep {
     /// on a backend that does not pack, a quantized type's values widened into a dense tensor).
     fn proj<B: Kernels>(
         self,
-        key: &str,
+        slot: Slot,
         matrix: StoredMatrix,
         (d_out, d_in): (usize, usize),
         device: &B::Device,
     ) -> Result<Proj<B>, ModelError> {
-        let stored = match &matrix {
-            StoredMatrix::Values(_, t) => *t,
-            StoredMatrix::Packed(p) => p.dtype(),
-        };
+        let stored = matrix.stored_type();
         let target = self
             .format
             .packed_type(stored)
             .map(|t| fitting_type(t, d_in, stored));
         let pack_error = |reason: String| ModelError::Config {
             reason: format!(
-                "`{key}` as {}: {reason}",
+                "{slot:?} as {}: {reason}",
                 target.map_or("f32", |t| t.name())
             ),
         };
@@ -170,6 +168,15 @@ impl Keep {
 }
 
 impl Keep {
+    /// Whether the embedding of a matrix stored as `stored` is narrowed to half precision.
+    fn narrows(self, stored: GgmlType) -> bool {
+        self.packs
+            && self
+                .format
+                .packed_type(stored)
+                .is_some_and(|t| t != GgmlType::F32)
+    }
+
     /// The token embedding: f32, or half (the projections' half type, else bf16) when the
     /// projections are packed in a type other than f32 (a lookup needs no more than half's
     /// precision, and LLaDA-8B's embedding is 2 GB as f32). The pass widens what it looks up.
@@ -179,11 +186,7 @@ impl Keep {
         shape: [usize; 2],
         device: &B::Device,
     ) -> Embedding<B> {
-        let stored = match &matrix {
-            StoredMatrix::Values(_, t) => *t,
-            StoredMatrix::Packed(p) => p.dtype(),
-        };
-        let data = match (self.packs, self.format.packed_type(stored)) {
+        let data = match (self.packs, self.format.packed_type(matrix.stored_type())) {
             (false, _) | (_, None | Some(GgmlType::F32)) => {
                 let values = match matrix {
                     StoredMatrix::Values(v, _) => v,
@@ -240,20 +243,32 @@ fn fitting_type(wanted: GgmlType, cols: usize, stored: GgmlType) -> GgmlType {
 
 fn linear<B: Kernels>(
     src: &mut dyn ParamSource,
-    key: &str,
-    (d_in, d_out): (usize, usize),
+    slot: Slot,
+    shape: &[usize],
     keep: Keep,
     device: &B::Device,
 ) -> Result<Proj<B>, ModelError> {
-    let w = src.take_matrix(key, &[d_out, d_in])?;
+    let w = src.take_matrix(slot, shape)?;
+    proj_from(src, slot, w, shape, keep, device)
+}
+
+/// The projection of `slot` from its stored matrix `w` (`shape` `[out, in]`), the source's bytes
+/// released when they were copied rather than read in place.
+fn proj_from<B: Kernels>(
+    src: &mut dyn ParamSource,
+    slot: Slot,
+    w: StoredMatrix,
+    shape: &[usize],
+    keep: Keep,
+    device: &B::Device,
+) -> Result<Proj<B>, ModelError> {
     let source = match &w {
         StoredMatrix::Packed(p) => Some(p.bytes().as_ptr()),
         StoredMatrix::Values(..) => None,
     };
-    let proj = keep.proj(key, w, (d_out, d_in), device)?;
-    // read in place: the projection keeps the source's bytes; otherwise they were copied
+    let proj = keep.proj(slot, w, (shape[0], shape[1]), device)?;
     if source.is_none() || proj.packed_weight().map(|p| p.bytes().as_ptr()) != source {
-        src.release(key);
+        src.release(slot);
     }
     Ok(proj)
 }
@@ -267,40 +282,68 @@ fn tied_head_packed<B: Kernels>(wte: &Embedding<B>, vocab: usize) -> bool {
     B::PACKS_WEIGHTS && w.dtype() != burn::tensor::DType::F32 && w.dims()[0] == vocab
 }
 
-/// The fused q/k/v projection, with its bias `[(H + 2G) D]` when the family has one.
-fn qkv<B: Kernels>(
-    src: &mut dyn ParamSource,
-    prefix: &str,
-    config: &ModelConfig,
+/// Reads the slots of a network in their order ([`slots`]), each with its shape.
+struct Reader<'a> {
+    src: &'a mut dyn ParamSource,
+    config: &'a ModelConfig,
+    rows: usize,
     keep: Keep,
-    device: &B::Device,
-) -> Result<Proj<B>, ModelError> {
-    let (c, rows) = (config.n_embd, config.qkv_rows());
-    let linear = linear(
-        src,
-        &format!("{prefix}.attn.attn.weight"),
-        (c, rows),
-        keep,
-        device,
-    )?;
-    if config.qkv_bias {
-        let b = src.take(&format!("{prefix}.attn.attn.bias"), &[rows])?;
-        return Ok(linear.with_bias(b, device));
-    }
-    Ok(linear)
 }
 
-fn norm<B: Kernels>(
-    src: &mut dyn ParamSource,
-    key: &str,
-    config: &ModelConfig,
-    device: &B::Device,
-) -> Result<RmsNorm<B>, ModelError> {
-    let c = config.n_embd;
-    Ok(RmsNorm::new(
-        tensor(src.take(key, &[c])?, [c], device),
-        config.norm_eps,
-    ))
+impl Reader<'_> {
+    fn shape(&self, slot: Slot) -> Vec<usize> {
+        slot.shape(self.config, self.rows)
+    }
+
+    fn proj<B: Kernels>(&mut self, slot: Slot, device: &B::Device) -> Result<Proj<B>, ModelError> {
+        let shape = self.shape(slot);
+        linear(self.src, slot, &shape, self.keep, device)
+    }
+
+    fn norm<B: Kernels>(
+        &mut self,
+        slot: Slot,
+        device: &B::Device,
+    ) -> Result<RmsNorm<B>, ModelError> {
+        let shape = self.shape(slot);
+        let gain = self.src.take(slot, &shape)?;
+        Ok(RmsNorm::new(
+            tensor(gain, [shape[0]], device),
+            self.config.norm_eps,
+        ))
+    }
+
+    /// The fused q/k/v projection of layer `l`, with its bias when the family has one.
+    fn qkv<B: Kernels>(&mut self, l: usize, device: &B::Device) -> Result<Proj<B>, ModelError> {
+        let proj = self.proj(Slot::Layer(l, LayerSlot::Qkv), device)?;
+        if !self.config.qkv_bias {
+            return Ok(proj);
+        }
+        let slot = Slot::Layer(l, LayerSlot::QkvBias);
+        let bias = self.src.take(slot, &self.shape(slot))?;
+        Ok(proj.with_bias(bias, device))
+    }
+
+    fn block<B: Kernels>(&mut self, l: usize, device: &B::Device) -> Result<Block<B>, ModelError> {
+        let config = self.config;
+        let at = |s| Slot::Layer(l, s);
+        Ok(Block {
+            norm_1: self.norm(at(LayerSlot::AttnNorm), device)?,
+            attn: SelfAttention {
+                qkv: self.qkv(l, device)?,
+                proj: self.proj(at(LayerSlot::AttnOut), device)?,
+                n_head: config.n_head,
+                n_query_groups: config.query_groups(),
+                head_size: config.head_size(),
+            },
+            norm_2: self.norm(at(LayerSlot::FfnNorm), device)?,
+            mlp: SwiGlu {
+                w1: self.proj(at(LayerSlot::FfnGate), device)?,
+                w2: self.proj(at(LayerSlot::FfnUp), device)?,
+                w3: self.proj(at(LayerSlot::FfnDown), device)?,
+            },
+        })
+    }
 }
 
 impl<B: Kernels> Transformer<B> {
@@ -349,23 +392,52 @@ impl<B: Kernels> Transformer<B> {
 
     /// Bytes the weights hold, at their types (packed projections at their stored size).
     pub fn weight_bytes(&self) -> usize {
-        let projections: usize = self
-            .blocks
-            .iter()
-            .map(|b| {
-                [&b.attn.qkv, &b.attn.proj, &b.mlp.w1, &b.mlp.w2, &b.mlp.w3]
-                    .iter()
-                    .map(|p| p.weight_bytes())
-                    .sum::<usize>()
-            })
+        let projections: usize = slots(&self.config)
+            .filter_map(|slot| self.proj(slot))
+            .map(Proj::weight_bytes)
             .sum();
         let wte = self.wte.weight.val();
         let embedding = wte.shape().num_elements() * wte.dtype().size();
-        projections + embedding + self.lm_head.as_ref().map_or(0, Proj::weight_bytes)
+        // a tied head packed beside a half lookup table is not in the slot list
+        let tied_packed = match (&self.lm_head, self.config.tie_embeddings) {
+            (Some(head), true) => head.weight_bytes(),
+            _ => 0,
+        };
+        projections + embedding + tied_packed
     }
 
-    /// Builds the network with `embedding_rows` embedding rows, taking every weight from `src`
-    /// (random initialisation or a checkpoint) under its SMDM name, dense f32.
+    /// The projection of `slot`, for a matrix slot.
+    fn proj(&self, slot: Slot) -> Option<&Proj<B>> {
+        use LayerSlot::*;
+        match slot {
+            Slot::Head => self.lm_head.as_ref(),
+            Slot::Layer(l, s) => {
+                let b = self.blocks.get(l)?;
+                match s {
+                    Qkv => Some(&b.attn.qkv),
+                    AttnOut => Some(&b.attn.proj),
+                    FfnGate => Some(&b.mlp.w1),
+                    FfnUp => Some(&b.mlp.w2),
+                    FfnDown => Some(&b.mlp.w3),
+                    LayerSlot::AttnNorm | LayerSlot::FfnNorm | LayerSlot::QkvBias => None,
+                }
+            }
+            Slot::Embedding | Slot::FinalNorm => None,
+        }
+    }
+
+    /// The norm of `slot`, for a norm slot.
+    fn norm(&self, slot: Slot) -> Option<&RmsNorm<B>> {
+        match slot {
+            Slot::FinalNorm => Some(&self.ln_f),
+            Slot::Layer(l, LayerSlot::AttnNorm) => self.blocks.get(l).map(|b| &b.norm_1),
+            Slot::Layer(l, LayerSlot::FfnNorm) => self.blocks.get(l).map(|b| &b.norm_2),
+            _ => None,
+        }
+    }
+
+    /// Builds the network with `embedding_rows` embedding rows, taking every slot from `src`
+    /// (seeded initialisation, a checkpoint), dense f32.
     pub(crate) fn build(
         config: &ModelConfig,
         embedding_rows: usize,
@@ -375,7 +447,8 @@ impl<B: Kernels> Transformer<B> {
         Self::build_as(config, embedding_rows, src, WeightFormat::Stored, device)
     }
 
-    /// As [`Self::build`], the projection weights kept as `format` says.
+    /// As [`Self::build`], the projection weights kept as `format` says: the one path every
+    /// origin takes (a matrix arrives in its stored type and is kept, packed or widened once).
     pub(crate) fn build_as(
         config: &ModelConfig,
         embedding_rows: usize,
@@ -388,66 +461,42 @@ impl<B: Kernels> Transformer<B> {
             format,
             packs: B::PACKS_WEIGHTS,
         };
-        let (c, i, v) = (
-            config.n_embd,
-            config.intermediate_size,
-            config.padded_vocab_size(),
-        );
-        let wte = keep.embedding(
-            src.take_matrix("transformer.wte.weight", &[embedding_rows, c])?,
-            [embedding_rows, c],
-            device,
-        );
-        src.release("transformer.wte.weight");
-        let mut blocks = Vec::with_capacity(config.n_layer);
-        for l in 0..config.n_layer {
-            let p = format!("transformer.h.{l}");
-            blocks.push(Block {
-                norm_1: norm(src, &format!("{p}.norm_1.weight"), config, device)?,
-                attn: SelfAttention {
-                    qkv: qkv(src, &p, config, keep, device)?,
-                    proj: linear(src, &format!("{p}.attn.proj.weight"), (c, c), keep, device)?,
-                    n_head: config.n_head,
-                    n_query_groups: config.query_groups(),
-                    head_size: config.head_size(),
-                },
-                norm_2: norm(src, &format!("{p}.norm_2.weight"), config, device)?,
-                mlp: SwiGlu {
-                    w1: linear(
-                        src,
-                        &format!("{p}.mlp.swiglu.w1.weight"),
-                        (c, i),
-                        keep,
-                        device,
-                    )?,
-                    w2: linear(
-                        src,
-                        &format!("{p}.mlp.swiglu.w2.weight"),
-                        (c, i),
-                        keep,
-                        device,
-                    )?,
-                    w3: linear(
-                        src,
-                        &format!("{p}.mlp.swiglu.w3.weight"),
-                        (i, c),
-                        keep,
-                        device,
-                    )?,
-                },
-            });
-        }
-        let ln_f = norm(src, "transformer.ln_f.weight", config, device)?;
-        let lm_head = if !config.tie_embeddings {
-            Some(linear(src, "lm_head.weight", (c, v), keep, device)?)
-        } else if tied_head_packed(&wte, v) {
-            // inference at a packed type: the embedding lookup holds a half copy, and the head
-            // multiplies the stored matrix in place (not a parameter; written once, as the embedding)
-            Some(linear(src, "transformer.wte.weight", (c, v), keep, device)?)
-        } else {
-            None
+        let mut read = Reader {
+            src,
+            config,
+            rows: embedding_rows,
+            keep,
         };
-        src.finish()?;
+        let shape = read.shape(Slot::Embedding);
+        let table = read.src.take_matrix(Slot::Embedding, &shape)?;
+        // a tied head kept packed beside a half lookup table multiplies the stored matrix
+        let v = config.padded_vocab_size();
+        let tied_copy =
+            (config.tie_embeddings && keep.narrows(table.stored_type()) && shape[0] == v)
+                .then(|| table.clone());
+        let wte = keep.embedding(table, [shape[0], shape[1]], device);
+        read.src.release(Slot::Embedding);
+        let blocks = (0..config.n_layer)
+            .map(|l| read.block(l, device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ln_f = read.norm(Slot::FinalNorm, device)?;
+        let lm_head = match tied_copy {
+            None if !config.tie_embeddings => Some(read.proj(Slot::Head, device)?),
+            Some(table) if tied_head_packed(&wte, v) => {
+                // not a parameter: written once, as the embedding
+                let head_shape = Slot::Head.shape(config, embedding_rows);
+                Some(proj_from(
+                    read.src,
+                    Slot::Embedding,
+                    table,
+                    &head_shape,
+                    keep,
+                    device,
+                )?)
+            }
+            _ => None,
+        };
+        read.src.finish()?;
         Ok(Self {
             wte,
             blocks,
@@ -456,73 +505,6 @@ impl<B: Kernels> Transformer<B> {
             rope: Rope::new(config, device),
             config: config.clone(),
         })
-    }
-
-    /// This network with its projection weights kept as `format` says (dense weights packed or
-    /// quantized, one at a time), for a model that was loaded dense (a checkpoint, random weights).
-    pub(crate) fn repacked(mut self, format: WeightFormat) -> Result<Self, ModelError> {
-        if format == WeightFormat::Stored {
-            return Ok(self);
-        }
-        let keep = Keep {
-            format,
-            packs: B::PACKS_WEIGHTS,
-        };
-        let device = self.device();
-        let repack = |p: &mut Proj<B>, key: &str| -> Result<(), ModelError> {
-            let (shape, values) = p.weight_f32()?;
-            let bias = p.bias();
-            let mut packed = keep.proj(
-                key,
-                StoredMatrix::Values(values, GgmlType::F32),
-                (shape[0], shape[1]),
-                &device,
-            )?;
-            if let Some(b) = bias {
-                packed = packed.with_bias_tensor(b);
-            }
-            *p = packed;
-            Ok(())
-        };
-        for (l, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("transformer.h.{l}");
-            repack(&mut b.attn.qkv, &format!("{p}.attn.attn.weight"))?;
-            repack(&mut b.attn.proj, &format!("{p}.attn.proj.weight"))?;
-            repack(&mut b.mlp.w1, &format!("{p}.mlp.swiglu.w1.weight"))?;
-            repack(&mut b.mlp.w2, &format!("{p}.mlp.swiglu.w2.weight"))?;
-            repack(&mut b.mlp.w3, &format!("{p}.mlp.swiglu.w3.weight"))?;
-        }
-        if let Some(head) = &mut self.lm_head {
-            repack(head, "lm_head.weight")?;
-        }
-        let tied = self.lm_head.is_none();
-        let wte = self.wte.weight.val();
-        let shape = wte.dims();
-        let values = wte
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| ModelError::ReadBack {
-                key: "transformer.wte.weight".into(),
-                reason: format!("{e:?}"),
-            })?;
-        let vocab = self.vocab();
-        let half = keep.packs
-            && keep
-                .format
-                .packed_type(GgmlType::F32)
-                .is_some_and(|t| t != GgmlType::F32);
-        if tied && half && shape[0] == vocab {
-            // as `build_as`: the tied head multiplies the packed matrix, the lookup a half copy
-            self.lm_head = Some(keep.proj(
-                "transformer.wte.weight",
-                StoredMatrix::Values(values.clone(), GgmlType::F32),
-                (vocab, self.config.n_embd),
-                &device,
-            )?);
-        }
-        self.wte = keep.embedding(StoredMatrix::Values(values, GgmlType::F32), shape, &device);
-        Ok(self)
     }
 
     /// The hidden states that predict each position (`[batch, seq_len, n_embd]`, after the final
@@ -590,57 +572,41 @@ impl<B: Kernels> Transformer<B> {
         Tensor::cat(vec![first, hidden.narrow(1, 0, n - 1)], 1)
     }
 
-    /// Every weight under its SMDM name, in PyTorch layout: `(name, shape, values)`.
+    /// Every weight by slot, in the slots' order and PyTorch layout: `(slot, shape, values)`.
     pub(crate) fn state(&self) -> Result<Vec<NamedWeight>, ModelError> {
-        let mut out = Vec::new();
-        let host = |key: &str, t: Tensor<B, 2>| -> Result<Vec<f32>, ModelError> {
+        let host = |slot: Slot, t: Tensor<B, 2>| -> Result<Vec<f32>, ModelError> {
             t.into_data()
                 .convert::<f32>()
                 .into_vec::<f32>()
                 .map_err(|e| ModelError::ReadBack {
-                    key: key.to_string(),
+                    key: format!("{slot:?}"),
                     reason: format!("{e:?}"),
                 })
         };
-        let push_linear = |out: &mut Vec<_>, key: String, l: &Proj<B>| {
-            let (shape, w) = l.weight_f32()?;
-            out.push((key, shape, w));
-            Ok::<(), ModelError>(())
-        };
-        let push_norm = |out: &mut Vec<_>, key: String, n: &RmsNorm<B>| {
-            let w = host(&key, n.gain.val().unsqueeze::<2>())?;
-            out.push((key, vec![w.len()], w));
-            Ok::<(), ModelError>(())
-        };
-        let wte = self.wte.weight.val();
-        let shape = wte.dims().to_vec();
-        out.push((
-            "transformer.wte.weight".into(),
-            shape,
-            host("transformer.wte.weight", wte)?,
-        ));
-        for (l, b) in self.blocks.iter().enumerate() {
-            let p = format!("transformer.h.{l}");
-            push_norm(&mut out, format!("{p}.norm_1.weight"), &b.norm_1)?;
-            push_linear(&mut out, format!("{p}.attn.attn.weight"), &b.attn.qkv)?;
-            if let Some(bias) = b.attn.qkv.bias() {
-                let key = format!("{p}.attn.attn.bias");
-                let w = host(&key, bias.unsqueeze::<2>())?;
-                out.push((key, vec![w.len()], w));
-            }
-            push_linear(&mut out, format!("{p}.attn.proj.weight"), &b.attn.proj)?;
-            push_norm(&mut out, format!("{p}.norm_2.weight"), &b.norm_2)?;
-            push_linear(&mut out, format!("{p}.mlp.swiglu.w1.weight"), &b.mlp.w1)?;
-            push_linear(&mut out, format!("{p}.mlp.swiglu.w2.weight"), &b.mlp.w2)?;
-            push_linear(&mut out, format!("{p}.mlp.swiglu.w3.weight"), &b.mlp.w3)?;
-        }
-        push_norm(&mut out, "transformer.ln_f.weight".into(), &self.ln_f)?;
-        match &self.lm_head {
-            // a tied head is the embedding, written once
-            Some(head) if !self.config.tie_embeddings => {
-                push_linear(&mut out, "lm_head.weight".into(), head)?;
-            }
-            _ => {}
+        let mut out = Vec::new();
+        for slot in slots(&self.config) {
+            let (shape, values) = match slot {
+                Slot::Embedding => {
+                    let wte = self.wte.weight.val();
+                    (wte.dims().to_vec(), host(slot, wte)?)
+                }
+                Slot::Layer(l, LayerSlot::QkvBias) => {
+                    let Some(bias) = self.blocks.get(l).and_then(|b| b.attn.qkv.bias()) else {
+                        continue;
+                    };
+                    let values = host(slot, bias.unsqueeze::<2>())?;
+                    (vec![values.len()], values)
+                }
+                _ => match (self.proj(slot), self.norm(slot)) {
+                    (Some(p), _) => p.weight_f32()?,
+                    (None, Some(n)) => {
+                        let values = host(slot, n.gain.val().unsqueeze::<2>())?;
+                        (vec![values.len()], values)
+                    }
+                    (None, None) => continue,
+                },
+            };
+            out.push((slot, shape, values));
         }
         Ok(out)
     }
@@ -657,13 +623,13 @@ mod tests {
 
     type A = burn::backend::Autodiff<burn::backend::Flex>;
 
-    /// Weights by name.
-    struct Named(HashMap<String, Vec<f32>>);
+    /// Weights by slot.
+    struct Named(HashMap<Slot, Vec<f32>>);
 
     impl ParamSource for Named {
-        fn take(&mut self, key: &str, _shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-            self.0.get(key).cloned().ok_or(ModelError::Config {
-                reason: format!("no `{key}`"),
+        fn take(&mut self, slot: Slot, _shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+            self.0.get(&slot).cloned().ok_or(ModelError::Config {
+                reason: format!("no {slot:?}"),
             })
         }
     }
@@ -686,14 +652,11 @@ mod tests {
             Transformer::build(&config, rows, &mut SeededInit::new(&config, 5), &device).unwrap();
         assert!(tied.lm_head.is_none(), "no second matrix");
         let state = tied.state().unwrap();
-        assert!(state.iter().all(|(k, _, _)| k != "lm_head.weight"));
+        assert!(state.iter().all(|(k, _, _)| *k != Slot::Head));
         // the same weights with a head of its own, equal to the embedding
-        let mut named: HashMap<String, Vec<f32>> =
+        let mut named: HashMap<Slot, Vec<f32>> =
             state.into_iter().map(|(k, _, w)| (k, w)).collect();
-        named.insert(
-            "lm_head.weight".into(),
-            named["transformer.wte.weight"].clone(),
-        );
+        named.insert(Slot::Head, named[&Slot::Embedding].clone());
         let untied_config = ModelConfig {
             tie_embeddings: false,
             ..config.clone()

@@ -46,8 +46,10 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::keys::Keys;
-use super::{layer_part, Family, Mapped};
+use super::{llama_cpp, Family, GgufLayout};
 use crate::hf::HfFolder;
+use crate::params::Mapped;
+use crate::slots::{LayerSlot, Slot};
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
 /// The hyper-parameters of a Dream checkpoint, read from its `config.json`
@@ -167,42 +169,54 @@ impl DreamConfig {
     }
 }
 
-/// Dream's tensor(s) for a shared-network name.
-fn dream_name(shared: &str) -> Option<Mapped> {
-    let one = |name: &str| Some(Mapped::One(name.to_string()));
-    match shared {
-        "transformer.wte.weight" => return one("model.embed_tokens.weight"),
-        "transformer.ln_f.weight" => return one("model.norm.weight"),
-        "lm_head.weight" => return one("lm_head.weight"),
-        _ => {}
-    }
-    let (layer, part) = layer_part(shared)?;
-    let l = format!("model.layers.{layer}.");
+/// Dream's tensor(s) of a slot (the names in the table above).
+fn dream_name(slot: Slot) -> Option<Mapped> {
+    use LayerSlot::*;
+    let Slot::Layer(l, part) = slot else {
+        let name = match slot {
+            Slot::Embedding => "model.embed_tokens.weight",
+            Slot::FinalNorm => "model.norm.weight",
+            _ => "lm_head.weight",
+        };
+        return Some(Mapped::One(name.into()));
+    };
+    let p = format!("model.layers.{l}.");
     let grouped = |what: &str| {
         Some(Mapped::Grouped {
-            q: format!("{l}self_attn.q_proj.{what}"),
-            k: format!("{l}self_attn.k_proj.{what}"),
-            v: format!("{l}self_attn.v_proj.{what}"),
+            q: format!("{p}self_attn.q_proj.{what}"),
+            k: format!("{p}self_attn.k_proj.{what}"),
+            v: format!("{p}self_attn.v_proj.{what}"),
+            interleaved: false,
         })
     };
     let name = match part {
-        "attn.attn.weight" => return grouped("weight"),
-        "attn.attn.bias" => return grouped("bias"),
-        "norm_1.weight" => "input_layernorm.weight",
-        "attn.proj.weight" => "self_attn.o_proj.weight",
-        "norm_2.weight" => "post_attention_layernorm.weight",
-        "mlp.swiglu.w1.weight" => "mlp.gate_proj.weight",
-        "mlp.swiglu.w2.weight" => "mlp.up_proj.weight",
-        "mlp.swiglu.w3.weight" => "mlp.down_proj.weight",
-        _ => return None,
+        Qkv => return grouped("weight"),
+        QkvBias => return grouped("bias"),
+        AttnNorm => "input_layernorm",
+        AttnOut => "self_attn.o_proj",
+        FfnNorm => "post_attention_layernorm",
+        FfnGate => "mlp.gate_proj",
+        FfnUp => "mlp.up_proj",
+        FfnDown => "mlp.down_proj",
     };
-    Some(Mapped::One(format!("{l}{name}")))
+    Some(Mapped::One(format!("{p}{name}.weight")))
 }
+
+/// Dream's GGUF files: llama.cpp's names as Qwen2's, nothing permuted, q/k/v biases.
+pub(crate) const GGUF: GgufLayout = GgufLayout {
+    arch: "dream",
+    names: |slot| Some(llama_cpp::tensor_name(slot, false)),
+    qkv_bias: true,
+};
 
 /// The Dream family of `folder`: its config and names.
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     let dream = DreamConfig::from_folder(folder)?;
-    Ok(Family::new("Dream", dream.model_config(), dream_name))
+    Ok(Family {
+        name: "Dream",
+        config: dream.model_config(),
+        names: dream_name,
+    })
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
@@ -263,8 +277,8 @@ mod tests {
 
     #[test]
     fn names_map_biases_and_the_tied_head() {
-        match dream_name("transformer.h.1.attn.attn.bias") {
-            Some(Mapped::Grouped { q, k, v }) => {
+        match dream_name(Slot::Layer(1, LayerSlot::QkvBias)) {
+            Some(Mapped::Grouped { q, k, v, .. }) => {
                 assert_eq!(q, "model.layers.1.self_attn.q_proj.bias");
                 assert_eq!(k, "model.layers.1.self_attn.k_proj.bias");
                 assert_eq!(v, "model.layers.1.self_attn.v_proj.bias");
@@ -272,11 +286,11 @@ mod tests {
             _ => panic!("q/k/v biases are fused"),
         }
         assert!(matches!(
-            dream_name("lm_head.weight"),
+            dream_name(Slot::Head),
             Some(Mapped::One(n)) if n == "lm_head.weight"
         ));
         assert!(matches!(
-            dream_name("transformer.h.0.mlp.swiglu.w3.weight"),
+            dream_name(Slot::Layer(0, LayerSlot::FfnDown)),
             Some(Mapped::One(n)) if n == "model.layers.0.mlp.down_proj.weight"
         ));
     }

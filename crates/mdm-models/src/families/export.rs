@@ -14,8 +14,9 @@ use mdm_kernels::Kernels;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::{family_of, Mapped};
+use super::family_of;
 use crate::hf::{HfFolder, HF_INDEX_FILE};
+use crate::params::{fused_order, Mapped};
 use crate::{MaskedTransformer, ModelError};
 
 fn io(file: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -26,19 +27,22 @@ fn io(file: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
 }
 
 /// `[(H + 2G) D, width]` in the grouped layout split back into q `[H D, width]`, k and v
-/// `[G D, width]`.
-fn ungroup(fused: &[f32], (h, g, hd): (usize, usize, usize), width: usize) -> [Vec<f32>; 3] {
-    let p = h / g;
-    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    let per_group = (p + 2) * hd * width;
-    for group in fused.chunks(per_group) {
-        let (qs, rest) = group.split_at(p * hd * width);
-        let (ks, vs) = rest.split_at(hd * width);
-        q.extend_from_slice(qs);
-        k.extend_from_slice(ks);
-        v.extend_from_slice(vs);
+/// `[G D, width]`, as the file holds them (`interleaved`: llama.cpp's q/k row order).
+fn ungroup(
+    fused: &[f32],
+    heads: (usize, usize, usize),
+    interleaved: bool,
+    width: usize,
+) -> [Vec<f32>; 3] {
+    let (h, g, d) = heads;
+    let mut stacked = vec![0.0; fused.len()];
+    for (i, row) in fused_order(heads, interleaved).into_iter().enumerate() {
+        stacked[row * width..(row + 1) * width].copy_from_slice(&fused[i * width..(i + 1) * width]);
     }
-    [q, k, v]
+    let k = stacked.split_off(h * d * width);
+    let mut k = k;
+    let v = k.split_off(g * d * width);
+    [stacked, k, v]
 }
 
 /// `values` stored as `dtype`, little-endian.
@@ -99,8 +103,9 @@ impl<B: Kernels> MaskedTransformer<B> {
         }
         // every tensor under the family's names
         let mut values: HashMap<String, Vec<f32>> = HashMap::new();
-        for (shared, shape, data) in self.net.state()? {
-            match (family.names)(&shared) {
+        let heads = (ours.n_head, ours.query_groups(), ours.head_size());
+        for (slot, shape, data) in self.net.state()? {
+            match (family.names)(slot) {
                 Some(Mapped::One(name)) => {
                     if values.insert(name.clone(), data).is_some() {
                         return Err(ModelError::Config {
@@ -108,16 +113,21 @@ impl<B: Kernels> MaskedTransformer<B> {
                         });
                     }
                 }
-                Some(Mapped::Grouped { q, k, v }) => {
+                Some(Mapped::Grouped {
+                    q,
+                    k,
+                    v,
+                    interleaved,
+                }) => {
                     let width = shape.get(1).copied().unwrap_or(1);
-                    let [qv, kv, vv] = ungroup(&data, family.heads, width);
+                    let [qv, kv, vv] = ungroup(&data, heads, interleaved, width);
                     values.insert(q, qv);
                     values.insert(k, kv);
                     values.insert(v, vv);
                 }
                 None => {
                     return Err(ModelError::Config {
-                        reason: format!("no {} tensor for `{shared}`", family.name),
+                        reason: format!("no {} tensor for {slot:?}", family.name),
                     })
                 }
             }

@@ -47,8 +47,10 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::keys::Keys;
-use super::{layer_part, Family, Mapped};
+use super::{llama_cpp, Family, GgufLayout};
 use crate::hf::HfFolder;
+use crate::params::Mapped;
+use crate::slots::{LayerSlot, Slot};
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
 /// The hyper-parameters of a LLaDA checkpoint, read from its `config.json`
@@ -216,41 +218,54 @@ impl LladaConfig {
     }
 }
 
-/// LLaDA's tensor(s) for a shared-network name.
-fn llada_name(smdm: &str) -> Option<Mapped> {
+/// LLaDA's tensor(s) of a slot (`model.transformer.` + the names in the table above).
+fn llada_name(slot: Slot) -> Option<Mapped> {
+    use LayerSlot::*;
     const T: &str = "model.transformer.";
-    let one = |name: String| Some(Mapped::One(name));
-    match smdm {
-        "transformer.wte.weight" => return one(format!("{T}wte.weight")),
-        "transformer.ln_f.weight" => return one(format!("{T}ln_f.weight")),
-        "lm_head.weight" => return one(format!("{T}ff_out.weight")),
-        _ => {}
-    }
-    let (layer, part) = layer_part(smdm)?;
-    let b = format!("{T}blocks.{layer}.");
+    let Slot::Layer(l, part) = slot else {
+        let name = match slot {
+            Slot::Embedding => "wte",
+            Slot::FinalNorm => "ln_f",
+            _ => "ff_out",
+        };
+        return Some(Mapped::One(format!("{T}{name}.weight")));
+    };
+    let b = format!("{T}blocks.{l}.");
     let name = match part {
-        "attn.attn.weight" => {
+        Qkv => {
             return Some(Mapped::Grouped {
                 q: format!("{b}q_proj.weight"),
                 k: format!("{b}k_proj.weight"),
                 v: format!("{b}v_proj.weight"),
+                interleaved: false,
             })
         }
-        "norm_1.weight" => "attn_norm.weight",
-        "attn.proj.weight" => "attn_out.weight",
-        "norm_2.weight" => "ff_norm.weight",
-        "mlp.swiglu.w1.weight" => "ff_proj.weight",
-        "mlp.swiglu.w2.weight" => "up_proj.weight",
-        "mlp.swiglu.w3.weight" => "ff_out.weight",
-        _ => return None,
+        QkvBias => return None,
+        AttnNorm => "attn_norm",
+        AttnOut => "attn_out",
+        FfnNorm => "ff_norm",
+        FfnGate => "ff_proj",
+        FfnUp => "up_proj",
+        FfnDown => "ff_out",
     };
-    one(format!("{b}{name}"))
+    Some(Mapped::One(format!("{b}{name}.weight")))
 }
+
+/// LLaDA's GGUF files: llama.cpp's names, q and k rows permuted by its converter.
+pub(crate) const GGUF: GgufLayout = GgufLayout {
+    arch: "llada",
+    names: |slot| Some(llama_cpp::tensor_name(slot, true)),
+    qkv_bias: false,
+};
 
 /// The LLaDA family of `folder`: its config and names.
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     let llada = LladaConfig::from_folder(folder)?;
-    Ok(Family::new("LLaDA", llada.model_config(), llada_name))
+    Ok(Family {
+        name: "LLaDA",
+        config: llada.model_config(),
+        names: llada_name,
+    })
 }
 
 impl<B: Kernels> MaskedTransformer<B> {
@@ -338,17 +353,17 @@ mod tests {
     #[test]
     fn names_map_both_ways_of_the_head() {
         assert_eq!(
-            one(llada_name("transformer.h.3.mlp.swiglu.w3.weight")),
+            one(llada_name(Slot::Layer(3, LayerSlot::FfnDown))),
             "model.transformer.blocks.3.ff_out.weight"
         );
         assert_eq!(
-            one(llada_name("lm_head.weight")),
+            one(llada_name(Slot::Head)),
             "model.transformer.ff_out.weight"
         );
         assert!(matches!(
-            llada_name("transformer.h.0.attn.attn.weight"),
+            llada_name(Slot::Layer(0, LayerSlot::Qkv)),
             Some(Mapped::Grouped { .. })
         ));
-        assert!(llada_name("transformer.h.0.attn.attn.bias").is_none());
+        assert!(llada_name(Slot::Layer(0, LayerSlot::QkvBias)).is_none());
     }
 }

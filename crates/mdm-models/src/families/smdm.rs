@@ -8,20 +8,71 @@ use std::path::Path;
 use mdm_kernels::Kernels;
 
 use crate::checkpoint::load_net;
-use crate::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError};
+use crate::params::Mapped;
+use crate::slots::{LayerSlot, Slot};
+use crate::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError, WeightFormat};
+
+/// A slot's SMDM name (our checkpoints' names too), PyTorch layout:
+///
+/// | slot | SMDM name |
+/// |---|---|
+/// | embedding | `transformer.wte.weight` |
+/// | block `i`'s norms | `transformer.h.{i}.norm_1.weight`, `norm_2.weight` |
+/// | fused q/k/v (grouped), bias | `transformer.h.{i}.attn.attn.weight`, `.bias` |
+/// | attention output | `transformer.h.{i}.attn.proj.weight` |
+/// | SwiGLU gate, up, down | `transformer.h.{i}.mlp.swiglu.w1.weight`, `w2`, `w3` |
+/// | final norm | `transformer.ln_f.weight` |
+/// | head | `lm_head.weight` |
+pub fn smdm_name(slot: Slot) -> String {
+    use LayerSlot::*;
+    let Slot::Layer(l, part) = slot else {
+        return match slot {
+            Slot::Embedding => "transformer.wte.weight",
+            Slot::FinalNorm => "transformer.ln_f.weight",
+            _ => "lm_head.weight",
+        }
+        .into();
+    };
+    let part = match part {
+        AttnNorm => "norm_1.weight",
+        Qkv => "attn.attn.weight",
+        QkvBias => "attn.attn.bias",
+        AttnOut => "attn.proj.weight",
+        FfnNorm => "norm_2.weight",
+        FfnGate => "mlp.swiglu.w1.weight",
+        FfnUp => "mlp.swiglu.w2.weight",
+        FfnDown => "mlp.swiglu.w3.weight",
+    };
+    format!("transformer.h.{l}.{part}")
+}
+
+/// SMDM's name map: every slot one tensor of the shared layout.
+pub(crate) fn smdm_names(slot: Slot) -> Option<Mapped> {
+    Some(Mapped::One(smdm_name(slot)))
+}
 
 impl<B: Kernels> MaskedTransformer<B> {
-    /// Loads an SMDM safetensors file (SMDM names, grouped q/k/v, f32/bf16/f16 tensors) with the
-    /// config it was trained with. Every tensor must be present with its exact shape and nothing
-    /// else may be in the file.
+    /// Loads an SMDM safetensors file (SMDM names, grouped q/k/v, f32/bf16/f16 tensors, kept in
+    /// their stored type) with the config it was trained with. Every tensor must be present with
+    /// its exact shape and nothing else may be in the file.
     pub fn load_smdm(
         path: impl AsRef<Path>,
         config: &ModelConfig,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
+        Self::load_smdm_as(path, config, WeightFormat::Stored, device)
+    }
+
+    /// As [`Self::load_smdm`], the projection weights kept as `format` says.
+    pub fn load_smdm_as(
+        path: impl AsRef<Path>,
+        config: &ModelConfig,
+        format: WeightFormat,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         let rows = config.masked_embedding_rows();
         Ok(Self {
-            net: load_net(path.as_ref(), config, rows, device)?,
+            net: load_net(path.as_ref(), config, rows, format, device)?,
         })
     }
 }
@@ -35,7 +86,7 @@ impl<B: Kernels> CausalTransformer<B> {
     ) -> Result<Self, ModelError> {
         let rows = config.padded_vocab_size();
         Ok(Self {
-            net: load_net(path.as_ref(), config, rows, device)?,
+            net: load_net(path.as_ref(), config, rows, WeightFormat::Stored, device)?,
         })
     }
 }

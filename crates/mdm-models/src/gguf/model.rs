@@ -13,43 +13,26 @@
 //! `A.vocab_size` (else `token_embd`'s rows), `tokenizer.ggml.mask_token_id`, and
 //! `diffusion.shift_logits` (llama.cpp's default when absent: true; its LLaDA files say false).
 //!
-//! | GGUF tensor | shared name |
-//! |---|---|
-//! | `token_embd.weight` | `transformer.wte.weight` |
-//! | `blk.{i}.attn_norm.weight` | `transformer.h.{i}.norm_1.weight` |
-//! | `blk.{i}.attn_q.weight`, `attn_k`, `attn_v` (and `.bias`) | `transformer.h.{i}.attn.attn.weight` (fused, grouped) |
-//! | `blk.{i}.attn_output.weight` | `transformer.h.{i}.attn.proj.weight` |
-//! | `blk.{i}.ffn_norm.weight` | `transformer.h.{i}.norm_2.weight` |
-//! | `blk.{i}.ffn_gate.weight`, `ffn_up`, `ffn_down` | `...mlp.swiglu.w1`, `w2`, `w3` |
-//! | `output_norm.weight` | `transformer.ln_f.weight` |
-//! | `output.weight` (absent: tied to `token_embd`) | `lm_head.weight` |
+//! The tensor names are llama.cpp's ([`crate::families::llama_cpp`]); each family's file says its
+//! layout (`GGUF` beside its Hugging Face names).
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use mdm_kernels::quant::GgmlType;
-use mdm_kernels::{Kernels, PackedMatrix};
+use mdm_kernels::Kernels;
 
 use super::{Gguf, Value};
-use crate::families::{grouped_rows, layer_part};
+use crate::families::{GgufLayout, GGUF_LAYOUTS};
 use crate::linear::WeightFormat;
-use crate::params::{ParamSource, StoredMatrix};
+use crate::params::{Mapped, NamedSource};
+use crate::slots::Slot;
 use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
-
-/// The diffusion architectures read from GGUF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// `llada`
-    Llada,
-    /// `dream`
-    Dream,
-}
 
 /// A GGUF model file: its config for the shared network and how its tensors map onto it.
 pub struct GgufModel {
     gguf: Gguf,
-    arch: Arch,
+    layout: &'static GgufLayout,
     config: ModelConfig,
 }
 
@@ -57,13 +40,17 @@ impl GgufModel {
     /// Opens `path` and reads its config; errors name the key that is missing or not supported.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let gguf = Gguf::open(path)?;
-        let (arch, config) = read_config(&gguf)?;
-        Ok(Self { gguf, arch, config })
+        let (layout, config) = read_config(&gguf)?;
+        Ok(Self {
+            gguf,
+            layout,
+            config,
+        })
     }
 
-    /// The architecture.
-    pub fn arch(&self) -> Arch {
-        self.arch
+    /// The architecture (`general.architecture`).
+    pub fn arch(&self) -> &'static str {
+        self.layout.arch
     }
 
     /// The shared network's config.
@@ -202,12 +189,7 @@ impl GgufModel {
         device: &B::Device,
     ) -> Result<MaskedTransformer<B>, ModelError> {
         let c = &self.config;
-        let mut source = GgufSource {
-            gguf: &self.gguf,
-            heads: (c.n_head, c.query_groups(), c.head_size()),
-            unpermute_qk: self.arch == Arch::Llada,
-            used: HashSet::new(),
-        };
+        let mut source = NamedSource::new(&self.gguf, self.layout.names, c, self.layout.arch);
         let rows = c.masked_embedding_rows();
         Ok(MaskedTransformer {
             net: Transformer::build_as(c, rows, &mut source, format, device)?,
@@ -224,20 +206,20 @@ fn fault(gguf: &Gguf, reason: String) -> ModelError {
 }
 
 /// The shared network's config from the metadata.
-fn read_config(gguf: &Gguf) -> Result<(Arch, ModelConfig), ModelError> {
+fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelError> {
     let arch_name = gguf
         .get("general.architecture")
         .and_then(Value::as_str)
         .ok_or_else(|| fault(gguf, "no string `general.architecture`".into()))?;
-    let arch = match arch_name {
-        "llada" => Arch::Llada,
-        "dream" => Arch::Dream,
-        other => {
-            return Err(fault(
-                gguf,
-                format!("`general.architecture` = \"{other}\": the diffusion models read are llada and dream"),
-            ))
-        }
+    let Some(layout) = GGUF_LAYOUTS.iter().find(|l| l.arch == arch_name) else {
+        let known: Vec<&str> = GGUF_LAYOUTS.iter().map(|l| l.arch).collect();
+        return Err(fault(
+            gguf,
+            format!(
+                "`general.architecture` = \"{arch_name}\": the diffusion models read are {}",
+                known.join(", ")
+            ),
+        ));
     };
     let key = |name: &str| format!("{arch_name}.{name}");
     let int = |k: &str| -> Result<usize, ModelError> {
@@ -262,9 +244,13 @@ fn read_config(gguf: &Gguf) -> Result<(Arch, ModelConfig), ModelError> {
         })? as usize,
         None => n_head,
     };
+    let embd_name = match (layout.names)(Slot::Embedding) {
+        Some(Mapped::One(name)) => name,
+        _ => String::new(),
+    };
     let embd = gguf
-        .tensor("token_embd.weight")
-        .ok_or_else(|| fault(gguf, "no tensor `token_embd.weight`".into()))?;
+        .tensor(&embd_name)
+        .ok_or_else(|| fault(gguf, format!("no tensor `{embd_name}`")))?;
     let rows = embd.shape().first().copied().unwrap_or(0);
     let vocab = match gguf.get(&key("vocab_size")) {
         Some(v) => v.as_u64().unwrap_or(rows as u64) as usize,
@@ -321,194 +307,13 @@ fn read_config(gguf: &Gguf) -> Result<(Arch, ModelConfig), ModelError> {
         condense_ratio: 1,
         rope_bf16_tables: false,
         mask_token_id: Some(mask),
-        qkv_bias: arch == Arch::Dream,
+        qkv_bias: layout.qkv_bias,
         shift_logits,
-        tie_embeddings: gguf.tensor("output.weight").is_none(),
+        tie_embeddings: match (layout.names)(Slot::Head) {
+            Some(Mapped::One(name)) => gguf.tensor(&name).is_none(),
+            _ => true,
+        },
     };
     config.validate()?;
-    Ok((arch, config))
-}
-
-/// Where the GGUF keeps a shared name.
-enum Mapped {
-    One(String),
-    Grouped(String),
-}
-
-/// The GGUF tensor(s) of a shared-network name (`Grouped(layer)`: `blk.{layer}.attn_q/k/v`).
-fn gguf_name(shared: &str) -> Option<Mapped> {
-    let one = |name: &str| Some(Mapped::One(name.to_string()));
-    match shared {
-        "transformer.wte.weight" => return one("token_embd.weight"),
-        "transformer.ln_f.weight" => return one("output_norm.weight"),
-        "lm_head.weight" => return one("output.weight"),
-        _ => {}
-    }
-    let (layer, part) = layer_part(shared)?;
-    let name = match part {
-        "attn.attn.weight" => return Some(Mapped::Grouped(format!("blk.{layer}.{{}}.weight"))),
-        "attn.attn.bias" => return Some(Mapped::Grouped(format!("blk.{layer}.{{}}.bias"))),
-        "norm_1.weight" => "attn_norm.weight",
-        "attn.proj.weight" => "attn_output.weight",
-        "norm_2.weight" => "ffn_norm.weight",
-        "mlp.swiglu.w1.weight" => "ffn_gate.weight",
-        "mlp.swiglu.w2.weight" => "ffn_up.weight",
-        "mlp.swiglu.w3.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(Mapped::One(format!("blk.{layer}.{name}")))
-}
-
-/// q, k and v in one type, to be fused: as they are when they agree; otherwise (llama.cpp's mixes:
-/// Q4_K_M keeps `attn_v` in Q6_K) each widened and quantized to Q8_0, which holds every type read
-/// here but f32 and f16 within its own rounding (f32 and f16 parts go to f16).
-fn same_type(parts: Vec<PackedMatrix>) -> Result<Vec<PackedMatrix>, String> {
-    let first = parts.first().map(PackedMatrix::dtype);
-    if parts.iter().all(|p| Some(p.dtype()) == first) {
-        return Ok(parts);
-    }
-    let wide = parts
-        .iter()
-        .any(|p| matches!(p.dtype(), GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16));
-    let target = if wide { GgmlType::F16 } else { GgmlType::Q8_0 };
-    parts.iter().map(|p| p.requantize(target)).collect()
-}
-
-/// A GGUF file as the shared network's parameter source.
-struct GgufSource<'a> {
-    gguf: &'a Gguf,
-    /// Query heads, key/value heads, head size.
-    heads: (usize, usize, usize),
-    /// LLaDA: the converter's q/k row permutation is undone.
-    unpermute_qk: bool,
-    used: HashSet<String>,
-}
-
-impl GgufSource<'_> {
-    fn fault(&self, reason: String) -> ModelError {
-        fault(self.gguf, reason)
-    }
-
-    fn mapped(&self, key: &str) -> Result<Mapped, ModelError> {
-        gguf_name(key).ok_or_else(|| self.fault(format!("no GGUF tensor for `{key}`")))
-    }
-
-    /// Checks `name`'s shape against `shape` and marks it read.
-    fn expect(&mut self, name: &str, shape: &[usize]) -> Result<(), ModelError> {
-        let info = self
-            .gguf
-            .tensor(name)
-            .ok_or_else(|| ModelError::MissingKey {
-                file: self.gguf.path().to_path_buf(),
-                key: name.to_string(),
-                expected: shape.to_vec(),
-            })?;
-        if info.shape() != shape {
-            return Err(ModelError::ShapeMismatch {
-                file: self.gguf.path().to_path_buf(),
-                key: name.to_string(),
-                expected: shape.to_vec(),
-                found: info.shape(),
-            });
-        }
-        self.used.insert(name.to_string());
-        Ok(())
-    }
-
-    /// The order of the fused grouped rows in the stack `[q; k; v]` as the file holds them: for
-    /// each key/value group its query heads, its key, its value; LLaDA's q and k rows permuted
-    /// back from llama.cpp's interleaved-RoPE order (file row `h D + 2 j + a` holds the original
-    /// row `h D + a D / 2 + j`).
-    fn grouped_order(&self) -> Vec<usize> {
-        let d = self.heads.2;
-        let unpermute = self.unpermute_qk;
-        grouped_rows(self.heads, move |row| {
-            if !unpermute {
-                return row;
-            }
-            let (head, within) = (row / d, row % d);
-            let (a, j) = (within / (d / 2), within % (d / 2));
-            head * d + 2 * j + a
-        })
-    }
-
-    fn names(pattern: &str) -> [String; 3] {
-        ["attn_q", "attn_k", "attn_v"].map(|part| pattern.replace("{}", part))
-    }
-
-    fn part_shapes(&self, width: Option<usize>) -> [Vec<usize>; 3] {
-        let (h, g, d) = self.heads;
-        [h * d, g * d, g * d].map(|rows| match width {
-            Some(w) => vec![rows, w],
-            None => vec![rows],
-        })
-    }
-}
-
-impl ParamSource for GgufSource<'_> {
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        match self.mapped(key)? {
-            Mapped::One(name) => {
-                self.expect(&name, shape)?;
-                Ok(self.gguf.dequantize(&name)?.0)
-            }
-            Mapped::Grouped(pattern) => {
-                // biases (Dream; LLaDA has none, so no permutation)
-                let names = Self::names(&pattern);
-                let shapes = self.part_shapes(shape.get(1).copied());
-                let mut stacked = Vec::new();
-                for (name, shape) in names.iter().zip(&shapes) {
-                    self.expect(name, shape)?;
-                    stacked.extend(self.gguf.dequantize(name)?.0);
-                }
-                let width = shape.get(1).copied().unwrap_or(1);
-                let mut fused = Vec::with_capacity(stacked.len());
-                for row in self.grouped_order() {
-                    fused.extend_from_slice(&stacked[row * width..(row + 1) * width]);
-                }
-                Ok(fused)
-            }
-        }
-    }
-
-    fn take_matrix(&mut self, key: &str, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
-        let packed = match self.mapped(key)? {
-            Mapped::One(name) => {
-                self.expect(&name, shape)?;
-                self.gguf.packed(&name)?
-            }
-            Mapped::Grouped(pattern) => {
-                let names = Self::names(&pattern);
-                let shapes = self.part_shapes(shape.get(1).copied());
-                let mut parts = Vec::with_capacity(3);
-                for (name, shape) in names.iter().zip(&shapes) {
-                    self.expect(name, shape)?;
-                    parts.push(self.gguf.packed(name)?);
-                }
-                let parts = same_type(parts)
-                    .map_err(|reason| self.fault(format!("{}: {reason}", names.join(", "))))?;
-                let refs: Vec<&PackedMatrix> = parts.iter().collect();
-                PackedMatrix::stack(&refs)
-                    .and_then(|m| m.permute_rows(&self.grouped_order()))
-                    .map_err(|reason| self.fault(format!("{}: {reason}", names.join(", "))))?
-            }
-        };
-        Ok(StoredMatrix::Packed(packed))
-    }
-
-    fn finish(&mut self) -> Result<(), ModelError> {
-        match self
-            .gguf
-            .tensors
-            .iter()
-            .find(|t| !self.used.contains(&t.name))
-        {
-            Some(t) => Err(ModelError::UnexpectedKey {
-                file: self.gguf.path().to_path_buf(),
-                key: t.name.clone(),
-                found: t.shape(),
-            }),
-            None => Ok(()),
-        }
-    }
+    Ok((layout, config))
 }

@@ -1,0 +1,47 @@
+//! llama.cpp's tensor names (its `LLM_TENSOR_NAMES`, one table for every architecture), by slot:
+//! the GGUF layout of the families whose files its converter writes.
+//!
+//! | GGUF tensor | slot |
+//! |---|---|
+//! | `token_embd.weight` | embedding |
+//! | `blk.{i}.attn_norm.weight` | block `i`'s attention norm |
+//! | `blk.{i}.attn_q.weight`, `attn_k`, `attn_v` (and `.bias`) | fused q/k/v (grouped), its bias |
+//! | `blk.{i}.attn_output.weight` | attention output |
+//! | `blk.{i}.ffn_norm.weight` | feed-forward norm |
+//! | `blk.{i}.ffn_gate.weight`, `ffn_up`, `ffn_down` | SwiGLU gate, up, down |
+//! | `output_norm.weight` | final norm |
+//! | `output.weight` (absent: tied to `token_embd`) | head |
+
+use crate::params::Mapped;
+use crate::slots::{LayerSlot, Slot};
+
+/// The GGUF tensor(s) of `slot`; `interleaved`: the converter permuted the q and k rows of each
+/// head for llama.cpp's interleaved RoPE (LLaDA's files).
+pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Mapped {
+    use LayerSlot::*;
+    let Slot::Layer(l, part) = slot else {
+        let name = match slot {
+            Slot::Embedding => "token_embd.weight",
+            Slot::FinalNorm => "output_norm.weight",
+            _ => "output.weight",
+        };
+        return Mapped::One(name.into());
+    };
+    let grouped = |what: &str| Mapped::Grouped {
+        q: format!("blk.{l}.attn_q.{what}"),
+        k: format!("blk.{l}.attn_k.{what}"),
+        v: format!("blk.{l}.attn_v.{what}"),
+        interleaved,
+    };
+    let name = match part {
+        Qkv => return grouped("weight"),
+        QkvBias => return grouped("bias"),
+        AttnNorm => "attn_norm",
+        AttnOut => "attn_output",
+        FfnNorm => "ffn_norm",
+        FfnGate => "ffn_gate",
+        FfnUp => "ffn_up",
+        FfnDown => "ffn_down",
+    };
+    Mapped::One(format!("blk.{l}.{name}.weight"))
+}
