@@ -39,24 +39,10 @@ enum EstimatorArg {
     about = "Benchmark scores of a checkpoint (acc, acc_norm, LAMBADA, GSM8K, exact match, BLEU)"
 )]
 struct Args {
-    /// A checkpoint folder (ours: model.safetensors + meta.json).
-    #[arg(long, required_unless_present_any = ["smdm", "hf"])]
-    checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
-    /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
-    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
-    /// the byte-level BPE vocabulary and chat template it holds.
-    #[arg(long, conflicts_with_all = ["checkpoint", "smdm"])]
-    hf: Option<PathBuf>,
-    /// A published SMDM safetensors file (an MDM; give `--config` and `--tokenizer`).
-    #[arg(long, conflicts_with = "checkpoint")]
-    smdm: Option<PathBuf>,
-    /// Diff_LLaMA name or config JSON of `--smdm`.
-    #[arg(long, default_value = "170M")]
-    config: String,
-    /// HF tokenizer.json (default: tokenizer.json in the checkpoint folder).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    /// The model: --checkpoint (masked or causal), --hf, or --smdm with --config; its
+    /// --tokenizer, and --dtype / --quant.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Comma-separated task specs: `name[:key=value]...` (keys estimator, cfg, mc, gen, steps).
     #[arg(long, value_delimiter = ',', default_value = "piqa,lambada")]
     tasks: Vec<String>,
@@ -110,21 +96,15 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
-    let source = ModelSource::from_flags(
-        args.checkpoint.as_deref(),
-        args.hf.as_deref(),
-        args.smdm.as_deref(),
-        &args.config,
-        0,
-    )?;
+    let source = args.model.source(0)?;
     let model = match &source {
         ModelSource::Checkpoint(dir) if read_meta(dir)?.kind == ModelKind::Causal => {
             Loaded::Causal(CausalTransformer::load(dir, &device)?)
         }
         ModelSource::Random { .. } => bail!("give --checkpoint, --hf or --smdm"),
-        _ => Loaded::Masked(source.load_masked(&device)?),
+        _ => Loaded::Masked(source.load_masked_as(args.model.weight_format()?, &device)?),
     };
-    let tokenizer = source.tokenizer(args.tokenizer.as_deref())?
+    let tokenizer = args.model.tokenizer(&source)?
         .context("no tokenizer with the model (tokenizer.json, or vocab.json + merges.txt): pass --tokenizer FILE")?;
     let eval_model = match &model {
         Loaded::Masked(m) => EvalModel::Masked(m),

@@ -23,31 +23,16 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mdm::data::chat::Message;
 use mdm::data::Tokenizer;
-use mdm::models::WeightFormat;
 use mdm::prelude::*;
 use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler, StepTiming};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate with a masked diffusion model")]
 struct Args {
-    /// A checkpoint folder written by this library.
-    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
-    checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
-    /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
-    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
-    /// the byte-level BPE vocabulary and chat template it holds.
-    #[arg(long, conflicts_with = "smdm")]
-    hf: Option<PathBuf>,
-    /// An SMDM safetensors file (with `--config`).
-    #[arg(long)]
-    smdm: Option<PathBuf>,
-    /// A Diff_LLaMA name or a config JSON file (for `--smdm` or random weights).
-    #[arg(long, default_value = "6M")]
-    config: String,
-    /// A HF tokenizer.json: prompts are then text (default: the model folder's, or a GGUF file's).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    /// The model: --checkpoint, --hf, --smdm with --config, or random weights of --config; its
+    /// --tokenizer, and --dtype / --quant.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Wrap each prompt as a user message in the model folder's chat template
     /// (`tokenizer_config.json`'s `chat_template`), or a plain `user: ... assistant:` one.
     #[arg(long)]
@@ -69,14 +54,6 @@ struct Args {
     /// Also print the prompt's and the output's token ids (`prompt ids:` / `output ids:` lines).
     #[arg(long)]
     show_ids: bool,
-    /// Weights converted to f32, f16 or bf16 on load (default: as stored). On the CPU they stay
-    /// in that type and the activations in f32; on wgpu/CUDA the network runs in it
-    /// (mdm::models::precision).
-    #[arg(long, conflicts_with = "quant")]
-    dtype: Option<String>,
-    /// Weights quantized on load: q8_0 or q4_k (GGUF's formats; on the CPU multiplied in place).
-    #[arg(long)]
-    quant: Option<String>,
 }
 
 fn parse_ids(line: &str, what: &str) -> Result<Vec<usize>> {
@@ -125,18 +102,12 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
-    let source = ModelSource::from_flags(
-        args.checkpoint.as_deref(),
-        args.hf.as_deref(),
-        args.smdm.as_deref(),
-        &args.config,
-        args.decoding.seed,
-    )?;
-    let format = WeightFormat::from_flags(args.dtype.as_deref(), args.quant.as_deref())?;
+    let source = args.model.source(args.decoding.seed)?;
+    let format = args.model.weight_format()?;
     let loading = std::time::Instant::now();
     let model: MaskedTransformer<DefaultBackend> = source.load_masked_as(format, &device)?;
     let loaded_in = loading.elapsed();
-    let tokenizer = source.tokenizer(args.tokenizer.as_deref())?;
+    let tokenizer = args.model.tokenizer(&source)?;
     let tok = tokenizer.as_ref();
     let chat = match args.chat {
         false => None,

@@ -13,7 +13,6 @@
 #[global_allocator]
 static ALLOCATOR: mdm::Allocator = mdm::Allocator;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -25,19 +24,10 @@ use mdm::prelude::*;
 #[derive(Parser, Debug)]
 #[command(about = "Predict the masked positions of a prompt with a masked diffusion model")]
 struct Args {
-    /// A checkpoint folder written by this library (`model.safetensors` + `config.json`).
-    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
-    checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
-    /// cache): LLaDA or Dream by its `model_type`.
-    #[arg(long, conflicts_with = "smdm")]
-    hf: Option<PathBuf>,
-    /// An SMDM safetensors file (needs `--config`).
-    #[arg(long)]
-    smdm: Option<PathBuf>,
-    /// A Diff_LLaMA name (`6M`, `Diff_LLaMA_170M`, ...) or a config JSON file.
-    #[arg(long, default_value = "6M")]
-    config: String,
+    /// The model: --checkpoint, --hf, --smdm with --config, or random weights of --config; and
+    /// --dtype / --quant.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Token ids separated by spaces; `?` marks a masked position.
     #[arg(
         long,
@@ -60,14 +50,8 @@ fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let started = Instant::now();
-    let source = ModelSource::from_flags(
-        args.checkpoint.as_deref(),
-        args.hf.as_deref(),
-        args.smdm.as_deref(),
-        &args.config,
-        args.seed,
-    )?;
-    let model = source.load_masked::<DefaultBackend>(&device)?;
+    let source = args.model.source(args.seed)?;
+    let model = source.load_masked_as::<DefaultBackend>(args.model.weight_format()?, &device)?;
     let source = source.describe();
     let config = model.config().clone();
     println!(

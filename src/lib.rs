@@ -53,7 +53,8 @@ pub mod prelude {
         loss::pretrain_loss, rng_from_seed, MdmRng,
     };
     pub use mdm_models::{
-        CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError, ModelSource,
+        CausalTransformer, KvCache, MaskedTransformer, ModelArgs, ModelConfig, ModelError,
+        ModelSource,
     };
 }
 

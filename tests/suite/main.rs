@@ -20,6 +20,7 @@ mod determinism;
 mod families;
 mod hub;
 mod kill;
+mod own_family;
 mod parity;
 mod parity_dream;
 mod parity_eval;

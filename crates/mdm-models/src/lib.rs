@@ -67,4 +67,6 @@ pub use linear::{Proj, WeightFormat};
 pub use masked::MaskedTransformer;
 pub use precision::Precision;
 pub use predictor::MaskPredictor;
+#[cfg(feature = "clap")]
+pub use source::ModelArgs;
 pub use source::ModelSource;

@@ -61,7 +61,7 @@ pub(crate) trait ParamSource {
 
 /// Where a family keeps one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Mapped {
+pub enum Mapped {
     /// One tensor of the slot's layout.
     One(String),
     /// Separate q, k and v tensors (weights `[rows, C]` or biases `[rows]`), fused into the
@@ -80,7 +80,7 @@ pub(crate) enum Mapped {
 }
 
 /// A family's name map: the tensor(s) of a slot, `None` where the family has none.
-pub(crate) type NameMap = fn(Slot) -> Option<Mapped>;
+pub type NameMap = fn(Slot) -> Option<Mapped>;
 
 /// A file (or folder) of named tensors.
 pub(crate) trait TensorStore {

@@ -180,3 +180,77 @@ impl ModelSource {
         }
     }
 }
+
+/// The model flags every program takes (`#[command(flatten)]`, feature `clap`): where the model
+/// comes from, its tokenizer and the precision its weights are kept at.
+///
+/// ```
+/// use clap::Parser;
+/// use mdm_models::{ModelArgs, ModelSource};
+///
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     model: ModelArgs,
+/// }
+/// let args = Args::parse_from(["prog", "--config", "6M", "--quant", "q8_0"]);
+/// assert!(matches!(args.model.source(0)?, ModelSource::Random { .. }));
+/// assert_eq!(args.model.weight_format()?.to_string(), "q8_0");
+/// # Ok::<(), mdm_models::ModelError>(())
+/// ```
+#[cfg(feature = "clap")]
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// A checkpoint folder written by this library (`model.safetensors` + `config.json`).
+    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
+    pub checkpoint: Option<PathBuf>,
+    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
+    /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
+    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
+    /// the byte-level BPE vocabulary and chat template it holds.
+    #[arg(long, conflicts_with = "smdm")]
+    pub hf: Option<PathBuf>,
+    /// An SMDM safetensors file (with `--config`).
+    #[arg(long)]
+    pub smdm: Option<PathBuf>,
+    /// A Diff_LLaMA name (`6M`, `Diff_LLaMA_170M`, ...) or a config JSON file (for `--smdm`, or
+    /// random weights alone).
+    #[arg(long, default_value = "6M")]
+    pub config: String,
+    /// A HF tokenizer.json: prompts are then text (default: the model folder's, or a GGUF
+    /// file's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Weights converted to f32, f16 or bf16 on load (default: as stored). On the CPU they stay
+    /// in that type and the activations in f32; on wgpu/CUDA the network runs in it
+    /// (`mdm_models::precision`).
+    #[arg(long, conflicts_with = "quant")]
+    pub dtype: Option<String>,
+    /// Weights quantized on load: q8_0 or q4_k (GGUF's formats; on the CPU multiplied in place).
+    #[arg(long)]
+    pub quant: Option<String>,
+}
+
+#[cfg(feature = "clap")]
+impl ModelArgs {
+    /// The model the flags name (random weights drawn from `seed` when none is given).
+    pub fn source(&self, seed: u64) -> Result<ModelSource, ModelError> {
+        ModelSource::from_flags(
+            self.checkpoint.as_deref(),
+            self.hf.as_deref(),
+            self.smdm.as_deref(),
+            &self.config,
+            seed,
+        )
+    }
+
+    /// The format `--dtype` / `--quant` ask for.
+    pub fn weight_format(&self) -> Result<WeightFormat, ModelError> {
+        WeightFormat::from_flags(self.dtype.as_deref(), self.quant.as_deref())
+    }
+
+    /// The model's tokenizer: `--tokenizer`, else the one `source` carries.
+    pub fn tokenizer(&self, source: &ModelSource) -> Result<Option<Tokenizer>, ModelError> {
+        source.tokenizer(self.tokenizer.as_deref())
+    }
+}

@@ -221,6 +221,74 @@ pub struct DecodingOptions {
     pub profile: bool,
 }
 
+impl DecodingOptions {
+    /// The first option (by its JSON name) set away from its default that only the masked
+    /// sampler reads: the autoregressive baseline takes `gen_length`, `temperature`, `seed` and
+    /// `eos_id` alone (and `profile`, which prints timings), so a server or program running it
+    /// refuses the rest rather than ignoring them.
+    pub fn masked_only_field(&self) -> Option<&'static str> {
+        let d = Self::default();
+        // every field named: a new option must say here whether the baseline reads it
+        let Self {
+            gen_length: _,
+            temperature: _,
+            seed: _,
+            eos_id: _,
+            profile: _,
+            steps: _,
+            block_length: _,
+            top_p: _,
+            top_k: _,
+            min_p: _,
+            remasking: _,
+            alg_temp: _,
+            schedule: _,
+            eps: _,
+            threshold: _,
+            factor: _,
+            factor_as_stated: _,
+            threshold_carry: _,
+            cache: _,
+            cfg_scale: _,
+            tempered_confidence: _,
+            ties: _,
+            joint_counting: _,
+            mean_counting: _,
+            no_reuse: _,
+        } = self;
+        [
+            ("steps", self.steps != d.steps),
+            ("block_length", self.block_length != d.block_length),
+            ("top_p", self.top_p != d.top_p),
+            ("top_k", self.top_k != d.top_k),
+            ("min_p", self.min_p != d.min_p),
+            ("remasking", self.remasking != d.remasking),
+            ("alg_temp", self.alg_temp != d.alg_temp),
+            ("schedule", self.schedule != d.schedule),
+            ("eps", self.eps != d.eps),
+            ("threshold", self.threshold != d.threshold),
+            ("factor", self.factor != d.factor),
+            (
+                "factor_as_stated",
+                self.factor_as_stated != d.factor_as_stated,
+            ),
+            ("threshold_carry", self.threshold_carry != d.threshold_carry),
+            ("cache", self.cache != d.cache),
+            ("cfg_scale", self.cfg_scale != d.cfg_scale),
+            (
+                "tempered_confidence",
+                self.tempered_confidence != d.tempered_confidence,
+            ),
+            ("ties", self.ties != d.ties),
+            ("joint_counting", self.joint_counting != d.joint_counting),
+            ("mean_counting", self.mean_counting != d.mean_counting),
+            ("no_reuse", self.no_reuse != d.no_reuse),
+        ]
+        .into_iter()
+        .find_map(|(name, differs)| differs.then_some(name))
+    }
+}
+
 impl Default for DecodingOptions {
     fn default() -> Self {
         Self {

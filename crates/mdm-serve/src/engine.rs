@@ -73,53 +73,23 @@ impl<B: Kernels, M: MaskPredictor<B>> Served<B, M> {
     }
 }
 
-/// How a generation decodes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decoding {
-    /// [`MaskedDiffusionSampler`] with these options; their `gen_length`, `seed` and `eos_id` are
-    /// the job's ([`GenerateOptions`]).
-    Masked(DecodingOptions),
-    /// The baseline, one token per pass with its KV cache.
-    Autoregressive {
-        /// Temperature.
-        temperature: f64,
-    },
+/// Whether two jobs with these options may share a batch and each get what it would alone:
+/// deterministic decoding (temperature 0, no random rule) with the masked sampler (caches
+/// included: ragged rows decode as they do alone) or the baseline. Counting over the batch
+/// (`joint_counting`, `mean_counting`) makes a row depend on the others: such jobs run alone.
+fn batchable(o: &DecodingOptions) -> bool {
+    o.temperature == 0.0
+        && !o.remasking.is_random()
+        && o.alg_temp.is_none_or(|a| a == 0.0)
+        && !o.joint_counting
+        && !o.mean_counting
 }
 
-/// Options of one generation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateOptions {
-    /// Tokens to generate.
-    pub max_tokens: usize,
-    /// How.
-    pub decoding: Decoding,
-    /// Seed.
-    pub seed: u64,
-    /// End of sequence: the generation stops there (excluded).
-    pub eos_id: Option<usize>,
-}
-
-impl GenerateOptions {
-    /// Whether two jobs with these options may share a batch and each get what it would alone:
-    /// deterministic decoding (temperature 0, no random rule) with the masked sampler (caches
-    /// included: ragged rows decode as they do alone) or the baseline. Counting over the batch
-    /// (`joint_counting`, `mean_counting`) makes a row depend on the others: such jobs run alone.
-    fn batchable(&self) -> bool {
-        match &self.decoding {
-            Decoding::Masked(o) => {
-                o.temperature == 0.0
-                    && !o.remasking.is_random()
-                    && o.alg_temp.is_none_or(|a| a == 0.0)
-                    && !o.joint_counting
-                    && !o.mean_counting
-            }
-            Decoding::Autoregressive { temperature } => *temperature == 0.0,
-        }
-    }
-
-    /// The options with the seed left out (what must be equal within a batch).
-    fn batch_key(&self) -> (usize, &Decoding, Option<usize>) {
-        (self.max_tokens, &self.decoding, self.eos_id)
+/// Whether a job with options `b` may join a batch of `a`: the same options but the seed.
+fn same_batch(a: &DecodingOptions, b: &DecodingOptions) -> bool {
+    a == &DecodingOptions {
+        seed: a.seed,
+        ..b.clone()
     }
 }
 
@@ -148,7 +118,10 @@ pub struct GenerateJob {
     /// Prompt ids (checked against the vocabulary and the positions by the handler).
     pub prompt: Vec<usize>,
     /// Options.
-    pub options: GenerateOptions,
+    /// How: `gen_length` the tokens to generate (0: none), `seed` and `eos_id` the job's. The
+    /// baseline reads `gen_length`, `temperature`, `seed` and `eos_id` (the server refuses the
+    /// others for it: [`DecodingOptions::masked_only_field`]).
+    pub options: DecodingOptions,
     /// Send [`GenEvent::Canvas`] after every step.
     pub canvas: bool,
     /// Where the events go; the job is cancelled when the receiver is dropped.
@@ -456,7 +429,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
     /// `first` and the pending jobs that may share its batch (waiting up to `batch_wait` for more).
     fn gather(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
         let mut batch = vec![first];
-        if !batch[0].options.batchable() || self.config.max_batch == 1 {
+        if !batchable(&batch[0].options) || self.config.max_batch == 1 {
             return batch;
         }
         let deadline = Instant::now() + self.config.batch_wait;
@@ -464,7 +437,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             let mut i = 0;
             while i < self.pending.len() && batch.len() < self.config.max_batch {
                 let fits = matches!(&self.pending[i], Job::Generate(j)
-                    if j.options.batch_key() == batch[0].options.batch_key());
+                    if same_batch(&batch[0].options, &j.options));
                 if fits {
                     if let Some(Job::Generate(j)) = self.pending.remove(i) {
                         self.counters.queued.fetch_sub(1, Ordering::SeqCst);
@@ -576,23 +549,17 @@ fn generate<B: Kernels, M: MaskPredictor<B>>(
     batch: &[GenerateJob],
 ) -> Result<Vec<(Vec<usize>, bool)>, ApiError> {
     let options = &batch[0].options;
-    if options.max_tokens == 0 {
+    if options.gen_length == 0 {
         return Ok(batch.iter().map(|_| (Vec::new(), false)).collect());
     }
     let prompts: Vec<Vec<usize>> = batch.iter().map(|j| j.prompt.clone()).collect();
     let ended = |tokens: Vec<usize>| {
-        let hit_eos = tokens.len() < options.max_tokens;
+        let hit_eos = tokens.len() < options.gen_length;
         (tokens, hit_eos)
     };
-    match (model, &options.decoding) {
-        (Served::Masked(m), Decoding::Masked(decoding)) => {
-            let config = DecodingOptions {
-                gen_length: options.max_tokens,
-                seed: options.seed,
-                eos_id: options.eos_id,
-                ..decoding.clone()
-            };
-            let sampler = MaskedDiffusionSampler::new(m, config);
+    match model {
+        Served::Masked(m) => {
+            let sampler = MaskedDiffusionSampler::new(m, options.clone());
             let mask_id = m.mask_id();
             let mut sent = vec![0usize; batch.len()];
             let rows = sampler
@@ -602,19 +569,16 @@ fn generate<B: Kernels, M: MaskPredictor<B>>(
                 .map_err(sampler_error)?;
             Ok(rows.into_iter().map(ended).collect())
         }
-        (Served::Causal(m), Decoding::Autoregressive { temperature }) => {
+        Served::Causal(m) => {
             let config = AutoregressiveConfig {
-                max_new_tokens: options.max_tokens,
-                temperature: *temperature,
+                max_new_tokens: options.gen_length,
+                temperature: options.temperature,
                 eos_id: options.eos_id,
                 seed: options.seed,
             };
             let rows = generate_autoregressive(m, &prompts, &config).map_err(sampler_error)?;
             Ok(rows.into_iter().map(ended).collect())
         }
-        _ => Err(ApiError::internal(
-            "the decoding does not match the model's kind",
-        )),
     }
 }
 

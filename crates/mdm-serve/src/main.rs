@@ -6,13 +6,12 @@
 //! cargo run --release -p mdm-serve -- --hf path/to/LLaDA-8B-Instruct --api-key secret --host 0.0.0.0
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use mdm_models::checkpoint::{read_meta, ModelKind};
-use mdm_models::{CausalTransformer, ModelSource, WeightFormat};
+use mdm_models::{CausalTransformer, ModelArgs, ModelSource};
 use mdm_serve::engine::{Engine, EngineConfig, Served};
 use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
 use mdm_serve::ServeError;
@@ -34,35 +33,14 @@ type Backend = burn::backend::NdArray;
     about = "Serve a masked diffusion model (or its autoregressive baseline) over OpenAI's HTTP API"
 )]
 struct Args {
-    /// A checkpoint folder written by this library (masked or causal).
-    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
-    checkpoint: Option<PathBuf>,
-    /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
-    /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or
-    /// vocab.json + merges.txt) unless `--tokenizer`; or a llama.cpp GGUF file (`.gguf`), with
-    /// the byte-level BPE vocabulary and chat template it holds.
-    #[arg(long, conflicts_with = "smdm")]
-    hf: Option<PathBuf>,
-    /// An SMDM safetensors file (with `--config`).
-    #[arg(long)]
-    smdm: Option<PathBuf>,
-    /// Weights converted to f32, f16 or bf16 on load (default: as stored; on the CPU kept in that
-    /// type, activations f32).
-    #[arg(long, conflicts_with = "quant")]
-    dtype: Option<String>,
-    /// Weights quantized on load: q8_0 or q4_k (GGUF's formats).
-    #[arg(long)]
-    quant: Option<String>,
-    /// A Diff_LLaMA name or a config JSON file (for `--smdm`, or random weights alone).
-    #[arg(long, default_value = "6M")]
-    config: String,
+    /// The model: --checkpoint (masked or causal), --hf, --smdm with --config, or random weights
+    /// of --config; its --tokenizer (without one, prompts must be token ids), and --dtype /
+    /// --quant.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Seed of random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// A HF tokenizer.json (default: the model folder's, or a GGUF file's). Without one, prompts
-    /// must be token ids.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
     /// The name clients give as `model` (default: the folder's or file's name, or the config's).
     #[arg(long)]
     model_name: Option<String>,
@@ -120,26 +98,20 @@ fn default_name(source: &ModelSource, config: &str) -> String {
 }
 
 async fn run(args: Args) -> Result<(), ServeError> {
-    let source = ModelSource::from_flags(
-        args.checkpoint.as_deref(),
-        args.hf.as_deref(),
-        args.smdm.as_deref(),
-        &args.config,
-        args.seed,
-    )?;
+    let source = args.model.source(args.seed)?;
     if !(args.request_timeout > 0.0 && args.request_timeout.is_finite()) {
         return Err(ServeError::Config(
             "--request-timeout must be positive".into(),
         ));
     }
-    let tokenizer = source.tokenizer(args.tokenizer.as_deref())?;
+    let tokenizer = args.model.tokenizer(&source)?;
     let chat = source.chat_prompt()?;
     let causal = match &source {
         ModelSource::Checkpoint(dir) => read_meta(dir)?.kind == ModelKind::Causal,
         _ => false,
     };
     eprintln!("loading {} ...", source.describe());
-    let format = WeightFormat::from_flags(args.dtype.as_deref(), args.quant.as_deref())?;
+    let format = args.model.weight_format()?;
     let load_source = source.clone();
     let engine = Engine::start::<Backend, _, _>(
         move || {
@@ -169,7 +141,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
     let model_name = args
         .model_name
         .clone()
-        .unwrap_or_else(|| default_name(&source, &args.config));
+        .unwrap_or_else(|| default_name(&source, &args.model.config));
     let config = ServerConfig {
         model_name: model_name.clone(),
         api_key: args.api_key.clone(),

@@ -28,8 +28,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::*;
 use crate::engine::{
-    Decoding, Engine, Estimator, GenEvent, GenerateJob, GenerateOptions, Job, LoglikelihoodJob,
-    LogprobJob, TokenLogprob,
+    Engine, Estimator, GenEvent, GenerateJob, Job, LoglikelihoodJob, LogprobJob, TokenLogprob,
 };
 use crate::error::ApiError;
 use crate::text::{find_stop, Detokenizer, StreamedText};
@@ -328,7 +327,7 @@ fn prompts_of(state: &AppState, prompt: &PromptInput) -> Result<Vec<Vec<usize>>,
 
 /// What a generating request asks, checked.
 struct Plan {
-    options: GenerateOptions,
+    options: DecodingOptions,
     n: usize,
     stops: Vec<String>,
     stream: bool,
@@ -385,19 +384,11 @@ fn plan(
     decoding
         .validate_for(info.vocab_size)
         .map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
-    let (seed, eos_id, temperature) = (decoding.seed, decoding.eos_id, decoding.temperature);
-    let decoding = if info.kind == ModelKind::Causal {
+    if info.kind == ModelKind::Causal {
         // the baseline takes the temperature, the seed and EOS: any other option is refused
-        let plain = DecodingOptions {
-            gen_length: decoding.gen_length,
-            temperature,
-            seed,
-            eos_id,
-            ..DecodingOptions::default()
-        };
-        if let Some(field) = first_difference(&decoding, &plain) {
+        if let Some(field) = decoding.masked_only_field() {
             return Err(ApiError::invalid(
-                field.clone(),
+                field,
                 format!("`{field}` is an option of masked diffusion models; this server serves the autoregressive baseline"),
             ));
         }
@@ -407,34 +398,16 @@ fn plan(
                 "`stream_canvas` shows a masked model's canvas; this server serves the autoregressive baseline",
             ));
         }
-        Decoding::Autoregressive { temperature }
-    } else {
-        Decoding::Masked(decoding)
-    };
+    }
+    // validated as one token at least; `max_tokens: 0` then generates nothing
+    decoding.gen_length = max_tokens;
     Ok(Plan {
-        options: GenerateOptions {
-            max_tokens,
-            decoding,
-            seed,
-            eos_id,
-        },
+        options: decoding,
         n,
         stops,
         stream: f.stream,
         canvas: f.stream_canvas,
     })
-}
-
-/// The first field (by its JSON name) whose value differs between `a` and `b`.
-fn first_difference(a: &DecodingOptions, b: &DecodingOptions) -> Option<String> {
-    let (serde_json::Value::Object(a), Ok(b)) =
-        (serde_json::to_value(a).ok()?, serde_json::to_value(b))
-    else {
-        return None;
-    };
-    a.into_iter()
-        .find(|(k, v)| b.get(k) != Some(v))
-        .map(|(k, _)| k)
 }
 
 fn check_length(
@@ -466,7 +439,7 @@ struct Running {
 fn start_choice(
     state: &AppState,
     prompt: &[usize],
-    options: &GenerateOptions,
+    options: &DecodingOptions,
     choice: usize,
     canvas: bool,
 ) -> Result<Running, ApiError> {
@@ -607,7 +580,7 @@ async fn completions(
         } else {
             format!("prompt[{i}]")
         };
-        check_length(&state, p, plan.options.max_tokens, &param)?;
+        check_length(&state, p, plan.options.gen_length, &param)?;
     }
     let deadline = Instant::now() + state.config.request_timeout;
     let id = state.id("cmpl");
@@ -922,7 +895,7 @@ async fn chat_completions(
     let prompt = encode_text(&state, &text, "messages")?;
     let max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
     let plan = plan(&state, &sampling, decoding, &body, max_tokens, 128)?;
-    check_length(&state, &prompt, plan.options.max_tokens, "messages")?;
+    check_length(&state, &prompt, plan.options.gen_length, "messages")?;
     let deadline = Instant::now() + state.config.request_timeout;
     let id = state.id("chatcmpl");
     let runs = (0..plan.n)

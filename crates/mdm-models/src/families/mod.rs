@@ -21,7 +21,8 @@ use mdm_kernels::Kernels;
 
 use crate::hf::HfFolder;
 use crate::linear::WeightFormat;
-use crate::params::{NameMap, NamedSource};
+use crate::params::NamedSource;
+pub use crate::params::{Mapped, NameMap};
 use crate::transformer::Transformer;
 use crate::{MaskedTransformer, ModelConfig, ModelError};
 
@@ -70,19 +71,38 @@ pub fn hf_model_config(dir: impl AsRef<Path>) -> Result<ModelConfig, ModelError>
     Ok(family_of(&HfFolder::open(dir)?)?.config)
 }
 
-/// What a family needs to load or write a folder: the shared network's config and its names.
-pub(crate) struct Family {
+/// A family: its name, the shared network's config read from its `config.json`, and its name
+/// map. The families here are built by their files' `family()`; a family of one's own is a value
+/// of this type (see `docs/families.md` and `tests/suite/families.rs`).
+///
+/// ```
+/// use mdm_models::families::{Family, Mapped};
+/// use mdm_models::slots::Slot;
+///
+/// // every slot under our checkpoints' names: the SMDM family
+/// fn names(slot: Slot) -> Option<Mapped> {
+///     Some(Mapped::One(mdm_models::smdm::smdm_name(slot)))
+/// }
+/// let family = Family {
+///     name: "mine",
+///     config: mdm_models::ModelConfig::named("6M").unwrap(),
+///     names,
+/// };
+/// assert_eq!((family.names)(Slot::Head), Some(Mapped::One("lm_head.weight".into())));
+/// ```
+pub struct Family {
     /// The family's name, for messages.
-    pub(crate) name: &'static str,
+    pub name: &'static str,
     /// The shared network's config.
-    pub(crate) config: ModelConfig,
+    pub config: ModelConfig,
     /// Slot -> the family's tensor(s).
-    pub(crate) names: NameMap,
+    pub names: NameMap,
 }
 
 impl Family {
-    /// The network with every weight read from `folder`.
-    pub(crate) fn build<B: Kernels>(
+    /// The masked network with every weight read from `folder` (any dtype, sharded or not), kept
+    /// as `format` says. Every slot's tensor must be there with its shape, and nothing else.
+    pub fn build<B: Kernels>(
         &self,
         folder: &HfFolder,
         format: WeightFormat,
@@ -112,7 +132,7 @@ pub(crate) struct GgufLayout {
 pub(crate) const GGUF_LAYOUTS: &[GgufLayout] = &[llada::GGUF, dream::GGUF];
 
 /// The family of `folder`, by its `config.json`'s `model_type`.
-pub(crate) fn family_of(folder: &HfFolder) -> Result<Family, ModelError> {
+pub fn family_of(folder: &HfFolder) -> Result<Family, ModelError> {
     match folder.model_type()? {
         "llada" => llada::family(folder),
         "Dream" | "dream" => dream::family(folder),

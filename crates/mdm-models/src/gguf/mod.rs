@@ -510,6 +510,41 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, ModelError> {
     Ok((version, metadata, tensors, alignment, data_offset))
 }
 
+impl crate::params::TensorStore for Gguf {
+    fn location(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn file_of(&self, _name: &str) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensor(name).map(TensorInfo::shape)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+
+    fn values(&self, name: &str) -> Result<(Vec<f32>, GgmlType), ModelError> {
+        let stored = crate::params::TensorStore::stored_type(self, name);
+        Ok((self.dequantize(name)?.0, stored))
+    }
+
+    fn stored_type(&self, name: &str) -> GgmlType {
+        self.tensor(name).map_or(GgmlType::F32, |t| t.dtype)
+    }
+
+    fn packed(&self, name: &str) -> Result<Option<mdm_kernels::PackedMatrix>, ModelError> {
+        Gguf::packed(self, name).map(Some)
+    }
+
+    fn release(&self, name: &str) {
+        Gguf::release(self, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,40 +693,5 @@ mod tests {
             "{error}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-impl crate::params::TensorStore for Gguf {
-    fn location(&self) -> PathBuf {
-        self.path.clone()
-    }
-
-    fn file_of(&self, _name: &str) -> PathBuf {
-        self.path.clone()
-    }
-
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensor(name).map(TensorInfo::shape)
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.tensors.iter().map(|t| t.name.clone()).collect()
-    }
-
-    fn values(&self, name: &str) -> Result<(Vec<f32>, GgmlType), ModelError> {
-        let stored = crate::params::TensorStore::stored_type(self, name);
-        Ok((self.dequantize(name)?.0, stored))
-    }
-
-    fn stored_type(&self, name: &str) -> GgmlType {
-        self.tensor(name).map_or(GgmlType::F32, |t| t.dtype)
-    }
-
-    fn packed(&self, name: &str) -> Result<Option<mdm_kernels::PackedMatrix>, ModelError> {
-        Gguf::packed(self, name).map(Some)
-    }
-
-    fn release(&self, name: &str) {
-        Gguf::release(self, name)
     }
 }
