@@ -123,7 +123,7 @@ fn main_inner() -> Result<()> {
 fn run(args: &Args, session: &parallel::Session) -> Result<()> {
     let (init, kind, model_config) = match (&args.init, &args.hf) {
         (_, Some(arg)) => {
-            let dir = mdm::models::hub::resolve(arg)?;
+            let dir = mdm::hub::hub::resolve(arg)?;
             let config = hf_model_config(&dir)?;
             (dir, ModelKind::Masked, config)
         }

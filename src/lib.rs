@@ -34,6 +34,7 @@ pub use burn;
 pub use mdm_core as diffusion;
 pub use mdm_data as data;
 pub use mdm_eval as eval;
+pub use mdm_hub as hub;
 pub use mdm_kernels as kernels;
 pub use mdm_models as models;
 pub use mdm_samplers as samplers;
@@ -52,10 +53,8 @@ pub mod prelude {
         cfg::cfg_combine, forward_process::ForwardProcess, gumbel::sample_tokens,
         loss::pretrain_loss, rng_from_seed, MdmRng,
     };
-    pub use mdm_models::{
-        CausalTransformer, KvCache, MaskedTransformer, ModelArgs, ModelConfig, ModelError,
-        ModelSource,
-    };
+    pub use mdm_hub::{ModelArgs, ModelSource};
+    pub use mdm_models::{CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError};
 }
 
 /// The README's Rust example, compiled by `cargo test` (not run: it needs a published checkpoint).

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mdm::backend::{self, Default as B};
-use mdm::models::{Hub, MaskedTransformer, ModelError};
+use mdm::hub::Hub;
+use mdm::models::{MaskedTransformer, ModelError};
 
 const REPO: &str = "dream-org/tiny-dream";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";

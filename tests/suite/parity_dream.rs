@@ -442,10 +442,12 @@ fn a_model_written_back_as_its_folder_is_that_folder_in(dir: &Path) {
 
 #[test]
 fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back() {
-    for dir in fixture_dirs() {
-        eprintln!("{}", dir.display());
-        a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back_in(&dir);
-    }
+    // the last set only: the tied one holds all the published one trains (Dream's shifted
+    // logits, biases) and a tied head too (CI time: each fine-tune costs about 30 s on lavapipe)
+    let dirs = fixture_dirs();
+    let dir = dirs.last().expect("a Dream set");
+    eprintln!("{}", dir.display());
+    a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back_in(dir);
 }
 
 fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back_in(dir: &Path) {
@@ -475,10 +477,11 @@ fn a_dream_folder_fine_tunes_with_the_prompt_kept_and_is_written_back_in(dir: &P
 
 #[test]
 fn a_dream_folder_is_evaluated() {
-    for dir in fixture_dirs() {
-        eprintln!("{}", dir.display());
-        a_dream_folder_is_evaluated_in(&dir);
-    }
+    // the first set only: the harness reads logits through the seam, whatever the head
+    let dirs = fixture_dirs();
+    let dir = dirs.first().expect("a Dream set");
+    eprintln!("{}", dir.display());
+    a_dream_folder_is_evaluated_in(dir);
 }
 
 fn a_dream_folder_is_evaluated_in(dir: &Path) {

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use mdm::backend::{self, Default as B};
 use mdm::burn::tensor::{Int, Tensor, TensorData};
+use mdm::hub::ModelSource;
 use mdm::models::gguf::GgmlType;
-use mdm::models::{MaskPredictor, MaskedTransformer, ModelSource, WeightFormat};
+use mdm::models::{MaskPredictor, MaskedTransformer, WeightFormat};
 
 fn fixture_dir() -> PathBuf {
     common::fixture_dir("MDM_GGUF_PARITY_DIR", "gguf-parity", "llada/model-f16.gguf")

@@ -42,7 +42,6 @@ pub mod error;
 pub mod families;
 pub mod gguf;
 pub mod hf;
-pub mod hub;
 pub mod linear;
 pub mod masked;
 pub mod memory;
@@ -53,7 +52,6 @@ pub mod precision;
 pub mod predictor;
 pub mod rope;
 pub mod slots;
-pub mod source;
 pub mod transformer;
 
 pub use block_cache::BlockCache;
@@ -62,11 +60,7 @@ pub use checkpoint::{CheckpointMeta, ModelKind};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use families::{dream, hf_model_config, is_hf_folder, llada, load_hf, smdm};
-pub use hub::Hub;
 pub use linear::{Proj, WeightFormat};
 pub use masked::MaskedTransformer;
 pub use precision::Precision;
 pub use predictor::MaskPredictor;
-#[cfg(feature = "clap")]
-pub use source::ModelArgs;
-pub use source::ModelSource;

@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mdm_hub::{ModelArgs, ModelSource};
 use mdm_models::checkpoint::{read_meta, ModelKind};
-use mdm_models::{CausalTransformer, ModelArgs, ModelSource};
+use mdm_models::CausalTransformer;
 use mdm_serve::engine::{Engine, EngineConfig, Served};
 use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
 use mdm_serve::ServeError;

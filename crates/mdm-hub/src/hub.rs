@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::Cache;
 
-use crate::ModelError;
+use mdm_models::ModelError;
 
 /// The files of a repository a model folder needs: the config, the weights as safetensors (one
 /// file or shards with their index) and the tokenizer in either form; other formats (`.bin`,

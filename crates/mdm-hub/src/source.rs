@@ -8,8 +8,8 @@ use mdm_data::Tokenizer;
 use mdm_kernels::Kernels;
 use std::path::{Path, PathBuf};
 
-use crate::gguf::GgmlType;
-use crate::{MaskedTransformer, ModelConfig, ModelError, Precision, WeightFormat};
+use mdm_models::gguf::GgmlType;
+use mdm_models::{MaskedTransformer, ModelConfig, ModelError, Precision, WeightFormat};
 
 /// A masked model to load.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +27,7 @@ pub enum ModelSource {
     /// fetched into the Hugging Face cache, see [`crate::hub`]).
     HuggingFace(PathBuf),
     /// A GGUF file of llama.cpp's converter (`--hf FILE.gguf`): LLaDA or Dream, weights read in
-    /// place in their stored types ([`crate::gguf::model`]).
+    /// place in their stored types ([`mdm_models::gguf::model`]).
     Gguf(PathBuf),
     /// Random weights (`--config NAME` alone).
     Random {
@@ -75,9 +75,9 @@ impl ModelSource {
     }
 
     /// Loads (or initialises) the model with its projection weights kept as `format` says, after
-    /// checking that it fits in the memory available ([`crate::memory`]: a typed error naming the
+    /// checking that it fits in the memory available ([`mdm_models::memory`]: a typed error naming the
     /// formats that would fit, before anything is read). On a backend that does not pack weights,
-    /// f16 and bf16 become burn half tensors ([`crate::Precision`]) and quantized types are
+    /// f16 and bf16 become burn half tensors ([`mdm_models::Precision`]) and quantized types are
     /// widened into f32 tensors.
     pub fn load_masked_as<B: Kernels>(
         &self,
@@ -86,31 +86,32 @@ impl ModelSource {
     ) -> Result<MaskedTransformer<B>, ModelError> {
         let packs = B::PACKS_WEIGHTS;
         let check = |config: &ModelConfig, stored: GgmlType| {
-            crate::memory::check(&self.describe(), config, stored, format, packs)
+            mdm_models::memory::check(&self.describe(), config, stored, format, packs)
         };
         let model = match self {
             Self::Checkpoint(dir) => {
-                let meta = crate::checkpoint::read_meta(dir)?;
-                let weights =
-                    crate::hf::HfFolder::open_file(dir.join(crate::checkpoint::WEIGHTS_FILE))?;
+                let meta = mdm_models::checkpoint::read_meta(dir)?;
+                let weights = mdm_models::hf::HfFolder::open_file(
+                    dir.join(mdm_models::checkpoint::WEIGHTS_FILE),
+                )?;
                 check(&meta.config, weights.stored_type_by_size())?;
                 MaskedTransformer::load_as(dir, format, device)?
             }
             Self::Smdm { file, config } => {
-                let weights = crate::hf::HfFolder::open_file(file)?;
+                let weights = mdm_models::hf::HfFolder::open_file(file)?;
                 check(config, weights.stored_type_by_size())?;
                 MaskedTransformer::load_smdm_as(file, config, format, device)?
             }
             Self::HuggingFace(dir) => {
-                let folder = crate::hf::HfFolder::open(dir)?;
+                let folder = mdm_models::hf::HfFolder::open(dir)?;
                 check(
-                    &crate::families::hf_model_config(dir)?,
+                    &mdm_models::families::hf_model_config(dir)?,
                     folder.stored_type_by_size(),
                 )?;
-                crate::families::load_hf_as(dir, format, device)?
+                mdm_models::families::load_hf_as(dir, format, device)?
             }
             Self::Gguf(file) => {
-                let model = crate::gguf::model::GgufModel::open(file)?;
+                let model = mdm_models::gguf::model::GgufModel::open(file)?;
                 check(model.config(), model.stored_type())?;
                 model.load(format, device)?
             }
@@ -128,14 +129,14 @@ impl ModelSource {
 
     /// The tokenizer to use with this model: `file` (a `tokenizer.json`) when given, else the
     /// model folder's ([`Tokenizer::from_folder`]) or the GGUF file's own vocabulary
-    /// ([`crate::gguf::model::GgufModel::bpe_vocab`]) when it has one; `None` when none of these.
+    /// ([`mdm_models::gguf::model::GgufModel::bpe_vocab`]) when it has one; `None` when none of these.
     pub fn tokenizer(&self, file: Option<&Path>) -> Result<Option<Tokenizer>, ModelError> {
         if file.is_some() {
             return Ok(Tokenizer::for_model(file, None)?);
         }
         match self {
             Self::Gguf(path) => {
-                let model = crate::gguf::model::GgufModel::open(path)?;
+                let model = mdm_models::gguf::model::GgufModel::open(path)?;
                 match model.bpe_vocab()? {
                     Some(vocab) => Ok(Some(Tokenizer::from_bpe_vocab(vocab, path)?)),
                     None => Ok(None),
@@ -151,7 +152,7 @@ impl ModelSource {
     pub fn chat_prompt(&self) -> Result<ChatPrompt, ModelError> {
         match self {
             Self::Gguf(path) => {
-                let model = crate::gguf::model::GgufModel::open(path)?;
+                let model = mdm_models::gguf::model::GgufModel::open(path)?;
                 Ok(model.chat_prompt().unwrap_or_else(ChatPrompt::plain))
             }
             _ => match self.folder() {
@@ -186,7 +187,7 @@ impl ModelSource {
 ///
 /// ```
 /// use clap::Parser;
-/// use mdm_models::{ModelArgs, ModelSource};
+/// use mdm_hub::{ModelArgs, ModelSource};
 ///
 /// #[derive(Parser)]
 /// struct Args {
