@@ -20,6 +20,7 @@ mod determinism;
 mod families;
 mod hub;
 mod kill;
+mod moe_families;
 mod own_family;
 mod parity;
 mod parity_dream;

@@ -5,12 +5,67 @@
 //! Query head `h` attends with the key/value of group `h / P`.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
 use mdm_kernels::Kernels;
 
 use crate::linear::Proj;
+use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
 use crate::ModelError;
+
+/// Which keys a query sees, as an architecture or a decoder asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionMask {
+    /// Every key (masked diffusion models).
+    Bidirectional,
+    /// Keys at or before the query (the autoregressive baseline).
+    Causal,
+    /// Blocks of this many positions counted from position 0: a query sees every key of its own
+    /// block and of the blocks before it (LLaDA2's block diffusion: `k / block <= q / block`).
+    BlockCausal(usize),
+}
+
+impl AttentionMask {
+    /// The additive bias `[1, 1, new, start + new]` (0 where a key is seen, `-inf` where not) of
+    /// queries at positions `start..start + new` over keys at `0..start + new`; `None` when every
+    /// key is seen.
+    pub fn bias<B: Backend>(
+        self,
+        start: usize,
+        new: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 4>> {
+        let keys = start + new;
+        match self {
+            Self::Bidirectional => None,
+            Self::Causal => {
+                let future = Tensor::<B, 2, Bool>::tril_mask([new, keys], start as i64, device);
+                Some(
+                    Tensor::<B, 2>::zeros([new, keys], device)
+                        .mask_fill(future, f32::NEG_INFINITY)
+                        .unsqueeze::<4>(),
+                )
+            }
+            Self::BlockCausal(block) => {
+                let block = block.max(1);
+                let values: Vec<f32> = (0..new * keys)
+                    .map(|i| {
+                        let (q, k) = (start + i / keys, i % keys);
+                        if k / block <= q / block {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                Some(Tensor::from_data(
+                    TensorData::new(values, [1, 1, new, keys]),
+                    device,
+                ))
+            }
+        }
+    }
+}
 
 /// Cached keys and values of one layer: `[batch, groups, cached_len, head_size]` each.
 #[derive(Debug, Clone)]
@@ -96,8 +151,12 @@ fn splice_rows<B: Kernels>(
 pub struct SelfAttention<B: Backend> {
     /// `[n_embd, (H + 2G) D]`, fused q/k/v in SMDM's grouped layout.
     pub qkv: Proj<B>,
-    /// `[n_embd, n_embd]`, output projection (heads concatenated head-major).
+    /// `[H D, n_embd]`, output projection (heads concatenated head-major).
     pub proj: Proj<B>,
+    /// Per-head RMSNorm of the queries (gain `[D]`), before RoPE, when the family has one.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Per-head RMSNorm of the keys.
+    pub k_norm: Option<RmsNorm<B>>,
     /// `H`
     pub n_head: usize,
     /// `G`
@@ -118,12 +177,16 @@ impl<B: Kernels> SelfAttention<B> {
         bias: Option<Tensor<B, 4>>,
         cache: Option<CacheAccess<'_, B>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        let [batch, seq_len, n_embd] = x.dims();
+        let [batch, seq_len, _] = x.dims();
         let (h, g, d) = (self.n_head, self.n_query_groups, self.head_size);
         let per_group = h / g;
-        let qkv = rope
-            .apply(self.qkv.forward(x))
-            .reshape([batch, seq_len, g, per_group + 2, d]);
+        let qkv = rope.apply(self.qk_normed(self.qkv.forward(x))).reshape([
+            batch,
+            seq_len,
+            g,
+            per_group + 2,
+            d,
+        ]);
         // [B, T, G, P, D] -> [B, H, T, D]
         let q = qkv
             .clone()
@@ -186,7 +249,23 @@ impl<B: Kernels> SelfAttention<B> {
             }
         }
         let scale = 1.0 / (d as f64).sqrt();
-        let y = <B as Kernels>::attention(q, k, v, bias, scale).reshape([batch, seq_len, n_embd]);
+        let y = <B as Kernels>::attention(q, k, v, bias, scale).reshape([batch, seq_len, h * d]);
         Ok(self.proj.forward(y))
+    }
+
+    /// The fused projection's output `[batch, seq_len, (H + 2G) D]` with each query and key head
+    /// normalised by its RMSNorm (values untouched), when the family has q/k norms.
+    fn qk_normed(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (Some(q_norm), Some(k_norm)) = (&self.q_norm, &self.k_norm) else {
+            return qkv;
+        };
+        let [batch, seq_len, rows] = qkv.dims();
+        let (g, d) = (self.n_query_groups, self.head_size);
+        let p = self.n_head / g;
+        let grouped = qkv.reshape([batch, seq_len, g, p + 2, d]);
+        let q = q_norm.forward(grouped.clone().narrow(3, 0, p));
+        let k = k_norm.forward(grouped.clone().narrow(3, p, 1));
+        let v = grouped.narrow(3, p + 1, 1);
+        Tensor::cat(vec![q, k, v], 3).reshape([batch, seq_len, rows])
     }
 }

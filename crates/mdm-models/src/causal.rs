@@ -1,7 +1,7 @@
 //! The autoregressive baseline: the same network with a causal mask, and a KV cache.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor};
 use mdm_kernels::Kernels;
 
 use crate::attention::LayerCache;
@@ -66,11 +66,8 @@ impl ModelConfig {
 
 /// `[1, 1, new, start + new]` additive bias: `-inf` where key position > query position.
 fn causal_bias<B: Kernels>(start: usize, new: usize, device: &B::Device) -> Tensor<B, 4> {
-    let keys = start + new;
-    let future = Tensor::<B, 2, Bool>::tril_mask([new, keys], start as i64, device);
-    Tensor::<B, 2>::zeros([new, keys], device)
-        .mask_fill(future, f32::NEG_INFINITY)
-        .unsqueeze::<4>()
+    let bias = crate::attention::AttentionMask::Causal.bias(start, new, device);
+    bias.unwrap_or_else(|| Tensor::zeros([1, 1, new, start + new], device))
 }
 
 impl<B: Kernels> CausalTransformer<B> {

@@ -77,6 +77,133 @@ pub struct ModelConfig {
     /// matrix serves both, in training too; checkpoints and written-back folders hold it once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tie_embeddings: bool,
+    /// The head size `D` when it is not `C / H` (Qwen3's and LLaDA2's `head_dim`): q/k/v heads of
+    /// `D` values and an output projection `[C, H D]`. Absent: `C / H`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// A per-head RMSNorm (gain `[D]`, epsilon `norm_eps`) of the queries and of the keys, before
+    /// RoPE (LLaDA2's `use_qk_norm`, LLaDA-MoE's `qk_layernorm`, Qwen3 and so RND1).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
+    /// A Mixture-of-Experts feed-forward in every layer but [`MoeConfig::dense_layers`] (those keep
+    /// the dense SwiGLU of `intermediate_size`). Absent: every layer is dense.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
+}
+
+/// How a Mixture-of-Experts layer scores its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterScore {
+    /// `softmax(u W^T)` over the experts (LLaDA-MoE, Qwen3-MoE / RND1).
+    Softmax,
+    /// `sigmoid(u W^T)` per expert (LLaDA2, DeepSeek-V3).
+    Sigmoid,
+}
+
+/// Where a router's expert bias (a learned per-expert offset) is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertBias {
+    /// No bias.
+    None,
+    /// Added to the scores to choose the experts only; the weights use the unbiased scores
+    /// (LLaDA2's `expert_bias`, DeepSeek-V3's `e_score_correction_bias`).
+    Selection,
+    /// Added to the scores, used to choose and as the weights (LLaDA-MoE's
+    /// `moe_router_enable_expert_bias`).
+    Weights,
+}
+
+/// A Mixture-of-Experts feed-forward: `y = scaling * sum_j w_j E_{i_j}(u) + S(u)` over the `top_k`
+/// experts a router chooses per token, `S` the shared expert(s) when there are any. Every expert
+/// is a SwiGLU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    /// Routed experts `E`.
+    pub n_experts: usize,
+    /// Experts per token `k`.
+    pub top_k: usize,
+    /// SwiGLU hidden size of each routed expert.
+    pub expert_size: usize,
+    /// SwiGLU hidden size of the shared expert (`moe_intermediate_size * num_shared_experts`); 0:
+    /// none.
+    #[serde(default)]
+    pub shared_size: usize,
+    /// Softmax or sigmoid scores.
+    pub score: RouterScore,
+    /// The `k` weights are divided by their sum.
+    #[serde(default)]
+    pub renormalize: bool,
+    /// The weights are multiplied by this (`routed_scaling_factor`).
+    #[serde(default = "default_scaling")]
+    pub scaling: f64,
+    /// The experts form this many consecutive groups; each group is scored by the sum of its two
+    /// highest (biased) scores and only the `topk_groups` best groups are chosen from (1: no group
+    /// limit).
+    #[serde(default = "default_one")]
+    pub groups: usize,
+    /// Groups kept.
+    #[serde(default = "default_one")]
+    pub topk_groups: usize,
+    /// The expert bias, if any.
+    #[serde(default = "default_expert_bias")]
+    pub expert_bias: ExpertBias,
+    /// Layers whose feed-forward is the dense SwiGLU (LLaDA2's `first_k_dense_replace` first
+    /// layers, LLaDA-MoE's `moe_layer_freq` zeros).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dense_layers: Vec<usize>,
+}
+
+fn default_scaling() -> f64 {
+    1.0
+}
+fn default_one() -> usize {
+    1
+}
+fn default_expert_bias() -> ExpertBias {
+    ExpertBias::None
+}
+
+impl MoeConfig {
+    /// Checks that the sizes fit together.
+    pub fn validate(&self, n_layer: usize) -> Result<(), ModelError> {
+        let bad = |reason: String| Err(ModelError::Config { reason });
+        if self.n_experts == 0 || self.expert_size == 0 {
+            return bad("a Mixture of Experts needs experts of a positive size".into());
+        }
+        if self.top_k == 0 || self.top_k > self.n_experts {
+            return bad(format!(
+                "top_k {} must be between 1 and the {} experts",
+                self.top_k, self.n_experts
+            ));
+        }
+        if self.groups == 0 || !self.n_experts.is_multiple_of(self.groups) {
+            return bad(format!(
+                "{} expert groups do not divide the {} experts",
+                self.groups, self.n_experts
+            ));
+        }
+        let per_group = self.n_experts / self.groups;
+        if self.groups > 1 && per_group < 2 {
+            return bad(
+                "a group of experts is scored by its two best: groups need 2 experts".into(),
+            );
+        }
+        if self.topk_groups == 0
+            || self.topk_groups > self.groups
+            || self.topk_groups * per_group < self.top_k
+        {
+            return bad(format!(
+                "topk_groups {} of {} groups cannot hold the top_k {} experts",
+                self.topk_groups, self.groups, self.top_k
+            ));
+        }
+        if let Some(l) = self.dense_layers.iter().find(|&&l| l >= n_layer) {
+            return bad(format!("dense layer {l} is beyond the {n_layer} layers"));
+        }
+        Ok(())
+    }
 }
 
 fn default_padding_multiple() -> usize {
@@ -188,7 +315,17 @@ impl ModelConfig {
             qkv_bias: false,
             shift_logits: false,
             tie_embeddings: false,
+            head_dim: None,
+            qk_norm: false,
+            moe: None,
         }
+    }
+
+    /// Whether layer `l`'s feed-forward is a Mixture of Experts (else the dense SwiGLU).
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|moe| !moe.dense_layers.contains(&l))
     }
 
     /// Builder: grouped-query attention with `groups` key/value groups.
@@ -265,9 +402,9 @@ impl ModelConfig {
         }
     }
 
-    /// `D = C / H`.
+    /// `D`: [`Self::head_dim`] when set, else `C / H`.
     pub fn head_size(&self) -> usize {
-        self.n_embd / self.n_head.max(1)
+        self.head_dim.unwrap_or(self.n_embd / self.n_head.max(1))
     }
 
     /// `G`, the number of key/value groups (`H` when not set).
@@ -291,6 +428,12 @@ impl ModelConfig {
         crate::slots::non_embedding_values(self)
     }
 
+    /// As [`Self::non_embedding_params`], counting of the routed experts only the `top_k` a token
+    /// passes through (equal for a dense network): the weights behind a token's FLOPs.
+    pub fn active_non_embedding_params(&self) -> usize {
+        crate::slots::active_non_embedding_values(self)
+    }
+
     /// All parameters of the masked model (embedding of `V + 1` rows, or `V` when the mask token
     /// is in the vocabulary, and head of `V` columns unless it is tied to the embedding).
     pub fn masked_params(&self) -> usize {
@@ -308,7 +451,13 @@ impl ModelConfig {
         if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.block_size == 0 {
             return bad("n_layer, n_head, n_embd and block_size must be positive".into());
         }
-        if !self.n_embd.is_multiple_of(self.n_head) {
+        if let Some(moe) = &self.moe {
+            moe.validate(self.n_layer)?;
+        }
+        if self.head_dim == Some(0) {
+            return bad("head_dim must be positive".into());
+        }
+        if self.head_dim.is_none() && !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd {} is not divisible by n_head {}",
                 self.n_embd, self.n_head

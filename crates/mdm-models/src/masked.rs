@@ -61,6 +61,17 @@ impl<B: Kernels> MaskedTransformer<B> {
         Ok(self.head(self.forward_hidden(ids)?))
     }
 
+    /// Logits `[batch, seq_len, V]` for `ids` at positions `0..seq_len` under `mask` (LLaDA2's
+    /// block-causal generation, say; [`Self::forward`] is `AttentionMask::Bidirectional`).
+    pub fn forward_masked(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: crate::attention::AttentionMask,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let bias = mask.bias(0, ids.dims()[1], &ids.device());
+        Ok(self.head(self.net.hidden(ids, 0, bias, Caches::None)?))
+    }
+
     /// Final normalised hidden states `[batch, seq_len, C]`: apply [`Self::head`] to the positions
     /// you need (only masked positions need logits, which saves most of the head's cost).
     pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {

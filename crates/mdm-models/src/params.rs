@@ -61,6 +61,7 @@ pub(crate) trait ParamSource {
 
 /// Where a family keeps one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mapped {
     /// One tensor of the slot's layout.
     One(String),
@@ -77,6 +78,10 @@ pub enum Mapped {
         /// permutes LLaDA's): file row `h D + 2 j + a` holds the original row `h D + a D / 2 + j`.
         interleaved: bool,
     },
+    /// One tensor holding q, k and v stacked (`[q; k; v]`: `H D`, then `G D`, then `G D` rows;
+    /// LLaDA2's `query_key_value`), regrouped into the layout of
+    /// [`crate::slots::LayerSlot::Qkv`].
+    Stacked(String),
 }
 
 /// A family's name map: the tensor(s) of a slot, `None` where the family has none.
@@ -190,6 +195,16 @@ impl ParamSource for NamedSource<'_> {
                 self.expect(&name, shape)?;
                 Ok(self.store.values(&name)?.0)
             }
+            Mapped::Stacked(name) => {
+                self.expect(&name, shape)?;
+                let stacked = self.store.values(&name)?.0;
+                let width = shape.get(1).copied().unwrap_or(1);
+                let mut fused = Vec::with_capacity(stacked.len());
+                for row in self.grouped_order(false) {
+                    fused.extend_from_slice(&stacked[row * width..(row + 1) * width]);
+                }
+                Ok(fused)
+            }
             Mapped::Grouped {
                 q,
                 k,
@@ -223,6 +238,21 @@ impl ParamSource for NamedSource<'_> {
                     }
                 });
             }
+            Mapped::Stacked(name) => {
+                self.expect(&name, shape)?;
+                let order = self.grouped_order(false);
+                return Ok(match self.store.packed(&name)? {
+                    Some(packed) => StoredMatrix::Packed(
+                        packed
+                            .permute_rows(&order)
+                            .map_err(|reason| self.fault(&[&name], reason))?,
+                    ),
+                    None => {
+                        let stored = self.store.stored_type(&name);
+                        StoredMatrix::Values(self.take(slot, shape)?, stored)
+                    }
+                });
+            }
             Mapped::Grouped {
                 q,
                 k,
@@ -250,7 +280,7 @@ impl ParamSource for NamedSource<'_> {
 
     fn release(&mut self, slot: Slot) {
         match (self.names)(slot) {
-            Some(Mapped::One(name)) => self.store.release(&name),
+            Some(Mapped::One(name) | Mapped::Stacked(name)) => self.store.release(&name),
             Some(Mapped::Grouped { q, k, v, .. }) => {
                 for name in [q, k, v] {
                     self.store.release(&name);

@@ -10,6 +10,7 @@ use mdm_kernels::PackedMatrix;
 use crate::attention::{CacheAccess, LayerCache, SelfAttention};
 use crate::linear::{Proj, WeightFormat};
 use crate::mlp::SwiGlu;
+use crate::moe::Moe;
 use crate::norm::RmsNorm;
 use crate::params::{ParamSource, StoredMatrix};
 use crate::precision::to_f32;
@@ -33,7 +34,7 @@ pub(crate) enum Caches<'a, B: Backend> {
     Replace(&'a mut [LayerCache<B>]),
 }
 
-/// `x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))`.
+/// `x = x + Attn(RMSNorm(x)); x = x + FFN(RMSNorm(x))`.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// Norm before attention.
@@ -43,7 +44,50 @@ pub struct Block<B: Backend> {
     /// Norm before the MLP.
     pub norm_2: RmsNorm<B>,
     /// Feed-forward.
-    pub mlp: SwiGlu<B>,
+    pub mlp: Ffn<B>,
+}
+
+/// A block's feed-forward, as the architecture chooses it for the layer
+/// ([`ModelConfig::is_moe_layer`]).
+#[derive(Module, Debug)]
+// one per block, built once: the variants' sizes do not matter
+#[allow(clippy::large_enum_variant)]
+pub enum Ffn<B: Backend> {
+    /// A dense SwiGLU.
+    Dense(SwiGlu<B>),
+    /// A Mixture of Experts.
+    Moe(Moe<B>),
+}
+
+impl<B: Kernels> Ffn<B> {
+    /// `[batch, seq_len, C]` → same shape.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, ModelError> {
+        match self {
+            Self::Dense(mlp) => Ok(mlp.forward(x)),
+            Self::Moe(moe) => moe.forward(x),
+        }
+    }
+
+    /// The projection of a feed-forward slot.
+    fn proj(&self, slot: LayerSlot) -> Option<&Proj<B>> {
+        use LayerSlot::*;
+        fn swiglu<B: Backend>(m: &SwiGlu<B>, s: usize) -> Option<&Proj<B>> {
+            Some([&m.w1, &m.w2, &m.w3][s])
+        }
+        match (self, slot) {
+            (Self::Dense(m), FfnGate) => swiglu(m, 0),
+            (Self::Dense(m), FfnUp) => swiglu(m, 1),
+            (Self::Dense(m), FfnDown) => swiglu(m, 2),
+            (Self::Moe(m), Router) => Some(&m.router),
+            (Self::Moe(m), ExpertGate(e)) => swiglu(m.experts.get(e)?, 0),
+            (Self::Moe(m), ExpertUp(e)) => swiglu(m.experts.get(e)?, 1),
+            (Self::Moe(m), ExpertDown(e)) => swiglu(m.experts.get(e)?, 2),
+            (Self::Moe(m), SharedGate) => swiglu(m.shared.as_ref()?, 0),
+            (Self::Moe(m), SharedUp) => swiglu(m.shared.as_ref()?, 1),
+            (Self::Moe(m), SharedDown) => swiglu(m.shared.as_ref()?, 2),
+            _ => None,
+        }
+    }
 }
 
 impl<B: Kernels> Block<B> {
@@ -58,7 +102,7 @@ impl<B: Kernels> Block<B> {
             + self
                 .attn
                 .forward(self.norm_1.forward(x), rope, bias, cache)?;
-        Ok(x.clone() + self.mlp.forward(self.norm_2.forward(x)))
+        Ok(x.clone() + self.mlp.forward(self.norm_2.forward(x))?)
     }
 }
 
@@ -327,22 +371,87 @@ impl Reader<'_> {
     fn block<B: Kernels>(&mut self, l: usize, device: &B::Device) -> Result<Block<B>, ModelError> {
         let config = self.config;
         let at = |s| Slot::Layer(l, s);
+        let norm_1 = self.norm(at(LayerSlot::AttnNorm), device)?;
+        let qkv = self.qkv(l, device)?;
+        let (q_norm, k_norm) = if config.qk_norm {
+            (
+                Some(self.norm(at(LayerSlot::QNorm), device)?),
+                Some(self.norm(at(LayerSlot::KNorm), device)?),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Block {
-            norm_1: self.norm(at(LayerSlot::AttnNorm), device)?,
+            norm_1,
             attn: SelfAttention {
-                qkv: self.qkv(l, device)?,
+                qkv,
                 proj: self.proj(at(LayerSlot::AttnOut), device)?,
+                q_norm,
+                k_norm,
                 n_head: config.n_head,
                 n_query_groups: config.query_groups(),
                 head_size: config.head_size(),
             },
             norm_2: self.norm(at(LayerSlot::FfnNorm), device)?,
-            mlp: SwiGlu {
-                w1: self.proj(at(LayerSlot::FfnGate), device)?,
-                w2: self.proj(at(LayerSlot::FfnUp), device)?,
-                w3: self.proj(at(LayerSlot::FfnDown), device)?,
-            },
+            mlp: self.ffn(l, device)?,
         })
+    }
+
+    /// A SwiGLU from its three slots.
+    fn swiglu<B: Kernels>(
+        &mut self,
+        [gate, up, down]: [Slot; 3],
+        device: &B::Device,
+    ) -> Result<SwiGlu<B>, ModelError> {
+        Ok(SwiGlu {
+            w1: self.proj(gate, device)?,
+            w2: self.proj(up, device)?,
+            w3: self.proj(down, device)?,
+        })
+    }
+
+    /// Layer `l`'s feed-forward: the dense SwiGLU or the Mixture of Experts.
+    fn ffn<B: Kernels>(&mut self, l: usize, device: &B::Device) -> Result<Ffn<B>, ModelError> {
+        use LayerSlot::*;
+        let at = |s| Slot::Layer(l, s);
+        let Some(moe) = self
+            .config
+            .moe
+            .as_ref()
+            .filter(|_| self.config.is_moe_layer(l))
+        else {
+            return Ok(Ffn::Dense(
+                self.swiglu([at(FfnGate), at(FfnUp), at(FfnDown)], device)?,
+            ));
+        };
+        // the router stays f32 whatever the format (the references score in f32)
+        let router_shape = self.shape(at(Router));
+        let router = self.src.take(at(Router), &router_shape)?;
+        let router = Proj::dense(&router, router_shape[0], router_shape[1], device);
+        let expert_bias = match moe.expert_bias {
+            crate::ExpertBias::None => None,
+            _ => Some(self.src.take(at(RouterBias), &self.shape(at(RouterBias)))?),
+        };
+        let experts = (0..moe.n_experts)
+            .map(|e| {
+                self.swiglu(
+                    [at(ExpertGate(e)), at(ExpertUp(e)), at(ExpertDown(e))],
+                    device,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = if moe.shared_size > 0 {
+            Some(self.swiglu([at(SharedGate), at(SharedUp), at(SharedDown)], device)?)
+        } else {
+            None
+        };
+        Ok(Ffn::Moe(Moe {
+            router,
+            experts,
+            shared,
+            expert_bias,
+            config: moe.clone(),
+        }))
     }
 }
 
@@ -416,10 +525,7 @@ impl<B: Kernels> Transformer<B> {
                 match s {
                     Qkv => Some(&b.attn.qkv),
                     AttnOut => Some(&b.attn.proj),
-                    FfnGate => Some(&b.mlp.w1),
-                    FfnUp => Some(&b.mlp.w2),
-                    FfnDown => Some(&b.mlp.w3),
-                    LayerSlot::AttnNorm | LayerSlot::FfnNorm | LayerSlot::QkvBias => None,
+                    s => b.mlp.proj(s),
                 }
             }
             Slot::Embedding | Slot::FinalNorm => None,
@@ -432,6 +538,8 @@ impl<B: Kernels> Transformer<B> {
             Slot::FinalNorm => Some(&self.ln_f),
             Slot::Layer(l, LayerSlot::AttnNorm) => self.blocks.get(l).map(|b| &b.norm_1),
             Slot::Layer(l, LayerSlot::FfnNorm) => self.blocks.get(l).map(|b| &b.norm_2),
+            Slot::Layer(l, LayerSlot::QNorm) => self.blocks.get(l)?.attn.q_norm.as_ref(),
+            Slot::Layer(l, LayerSlot::KNorm) => self.blocks.get(l)?.attn.k_norm.as_ref(),
             _ => None,
         }
     }
@@ -595,6 +703,14 @@ impl<B: Kernels> Transformer<B> {
                         continue;
                     };
                     let values = host(slot, bias.unsqueeze::<2>())?;
+                    (vec![values.len()], values)
+                }
+                Slot::Layer(l, LayerSlot::RouterBias) => {
+                    let bias = match self.blocks.get(l).map(|b| &b.mlp) {
+                        Some(Ffn::Moe(moe)) => moe.expert_bias.clone(),
+                        _ => None,
+                    };
+                    let Some(values) = bias else { continue };
                     (vec![values.len()], values)
                 }
                 _ => match (self.proj(slot), self.norm(slot)) {

@@ -4,8 +4,9 @@
 //! the forward cost of sampling for speed-quality comparisons.
 //!
 //! Per token, one forward pass costs
-//! - `2 N` for the matrix multiplications of the blocks (the paper's `N`),
-//! - `4 n_layer n_ctx d` for the attention scores and their weighted sum over `n_ctx` positions,
+//! - `2 N` for the matrix multiplications of the blocks (the paper's `N`; of a Mixture of Experts
+//!   only the `top_k` experts a token passes through count),
+//! - `4 n_layer n_ctx H D` (`d` for most families) for the attention scores and their weighted sum over `n_ctx` positions,
 //! - `2 d V` for the output head (the embedding lookup is free).
 //!
 //! ```
@@ -39,12 +40,14 @@ pub struct FlopsBreakdown {
 
 /// Forward FLOPs per token at context `n_ctx`: `(blocks, attention, head)`.
 fn forward_per_token(config: &ModelConfig, n_ctx: f64) -> (f64, f64, f64) {
-    let n = config.non_embedding_params() as f64;
+    let n = config.active_non_embedding_params() as f64;
+    // the attention's width is `H D` (`C` unless a family sets its head size apart)
+    let attn = (config.n_head * config.head_size()) as f64;
     let d = config.n_embd as f64;
     let v = config.padded_vocab_size() as f64;
     (
         2.0 * n,
-        4.0 * config.n_layer as f64 * n_ctx * d,
+        4.0 * config.n_layer as f64 * n_ctx * attn,
         2.0 * d * v,
     )
 }

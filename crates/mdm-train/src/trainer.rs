@@ -656,7 +656,7 @@ impl Job {
         let config = &self.config;
         let mut model = self.model::<B, M>(device)?;
         let model_config = model.model_config().clone();
-        let n_params = model_config.non_embedding_params();
+        let n_params = model_config.active_non_embedding_params();
         let total_steps = config.total_steps(n_params)?;
         let block_len = M::block_len(config.seq_len);
         let (mut source, valid_blocks) = open_data(

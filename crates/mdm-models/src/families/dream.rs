@@ -165,12 +165,20 @@ impl DreamConfig {
             qkv_bias: true,
             shift_logits: true,
             tie_embeddings: self.tie_word_embeddings,
+            head_dim: None,
+            qk_norm: false,
+            moe: None,
         }
     }
 }
 
 /// Dream's tensor(s) of a slot (the names in the table above).
-fn dream_name(slot: Slot) -> Option<Mapped> {
+///
+/// The Qwen / OLMoE-style names Dream shares with RND1 (Qwen3-MoE) and LLaDA-MoE: their q/k
+/// norms (`self_attn.q_norm`, `k_norm`), routers (`mlp.gate`), routed experts
+/// (`mlp.experts.{e}.{gate,up,down}_proj`) and LLaDA-MoE's shared expert (`shared_expert.*`, on the
+/// layer) are named here too; a family reads only the slots its config has.
+pub(crate) fn qwen_name(slot: Slot) -> Option<Mapped> {
     use LayerSlot::*;
     let Slot::Layer(l, part) = slot else {
         let name = match slot {
@@ -193,11 +201,21 @@ fn dream_name(slot: Slot) -> Option<Mapped> {
         Qkv => return grouped("weight"),
         QkvBias => return grouped("bias"),
         AttnNorm => "input_layernorm",
+        QNorm => "self_attn.q_norm",
+        KNorm => "self_attn.k_norm",
         AttnOut => "self_attn.o_proj",
         FfnNorm => "post_attention_layernorm",
         FfnGate => "mlp.gate_proj",
         FfnUp => "mlp.up_proj",
         FfnDown => "mlp.down_proj",
+        Router => "mlp.gate",
+        ExpertGate(e) => return Some(Mapped::One(format!("{p}mlp.experts.{e}.gate_proj.weight"))),
+        ExpertUp(e) => return Some(Mapped::One(format!("{p}mlp.experts.{e}.up_proj.weight"))),
+        ExpertDown(e) => return Some(Mapped::One(format!("{p}mlp.experts.{e}.down_proj.weight"))),
+        SharedGate => "shared_expert.gate_proj",
+        SharedUp => "shared_expert.up_proj",
+        SharedDown => "shared_expert.down_proj",
+        RouterBias => return None,
     };
     Some(Mapped::One(format!("{p}{name}.weight")))
 }
@@ -205,7 +223,7 @@ fn dream_name(slot: Slot) -> Option<Mapped> {
 /// Dream's GGUF files: llama.cpp's names as Qwen2's, nothing permuted, q/k/v biases.
 pub(crate) const GGUF: GgufLayout = GgufLayout {
     arch: "dream",
-    names: |slot| Some(llama_cpp::tensor_name(slot, false)),
+    names: |slot| llama_cpp::tensor_name(slot, false),
     qkv_bias: true,
 };
 
@@ -215,7 +233,7 @@ pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {
     Ok(Family {
         name: "Dream",
         config: dream.model_config(),
-        names: dream_name,
+        names: qwen_name,
     })
 }
 
@@ -277,7 +295,7 @@ mod tests {
 
     #[test]
     fn names_map_biases_and_the_tied_head() {
-        match dream_name(Slot::Layer(1, LayerSlot::QkvBias)) {
+        match qwen_name(Slot::Layer(1, LayerSlot::QkvBias)) {
             Some(Mapped::Grouped { q, k, v, .. }) => {
                 assert_eq!(q, "model.layers.1.self_attn.q_proj.bias");
                 assert_eq!(k, "model.layers.1.self_attn.k_proj.bias");
@@ -286,11 +304,11 @@ mod tests {
             _ => panic!("q/k/v biases are fused"),
         }
         assert!(matches!(
-            dream_name(Slot::Head),
+            qwen_name(Slot::Head),
             Some(Mapped::One(n)) if n == "lm_head.weight"
         ));
         assert!(matches!(
-            dream_name(Slot::Layer(0, LayerSlot::FfnDown)),
+            qwen_name(Slot::Layer(0, LayerSlot::FfnDown)),
             Some(Mapped::One(n)) if n == "model.layers.0.mlp.down_proj.weight"
         ));
     }

@@ -87,13 +87,13 @@ impl<B: Kernels> MaskedTransformer<B> {
         let folder = HfFolder::open(like.as_ref())?;
         let family = family_of(&folder)?;
         let ours = self.config();
-        if family.config.qkv_rows() != ours.qkv_rows()
-            || family.config.n_layer != ours.n_layer
-            || family.config.n_embd != ours.n_embd
-            || family.config.intermediate_size != ours.intermediate_size
-            || family.config.padded_vocab_size() != ours.padded_vocab_size()
-            || family.config.tie_embeddings != ours.tie_embeddings
-        {
+        // the same slots with the same shapes (a tie, experts, norms and sizes alike)
+        let layout = |c: &crate::ModelConfig| {
+            crate::slots::slots(c)
+                .map(|s| (s, s.shape(c, c.masked_embedding_rows())))
+                .collect::<Vec<_>>()
+        };
+        if layout(&family.config) != layout(ours) {
             return Err(ModelError::Config {
                 reason: format!(
                     "the model's shape differs from the folder {}'s: it cannot be written like it",
@@ -124,6 +124,10 @@ impl<B: Kernels> MaskedTransformer<B> {
                     values.insert(q, qv);
                     values.insert(k, kv);
                     values.insert(v, vv);
+                }
+                Some(Mapped::Stacked(name)) => {
+                    let width = shape.get(1).copied().unwrap_or(1);
+                    values.insert(name, ungroup(&data, heads, false, width).concat());
                 }
                 None => {
                     return Err(ModelError::Config {

@@ -8,9 +8,11 @@ use crate::ModelError;
 
 /// A `config.json` read key by key: every value this network does not compute is an
 /// [`ModelError::Unsupported`] naming the file and the key.
-pub(crate) struct Keys<'a> {
-    pub(crate) json: &'a Value,
-    pub(crate) file: PathBuf,
+pub struct Keys<'a> {
+    /// The parsed `config.json`.
+    pub json: &'a Value,
+    /// Its path, for messages.
+    pub file: PathBuf,
 }
 
 impl Keys<'_> {

@@ -214,6 +214,9 @@ impl LladaConfig {
             qkv_bias: false,
             shift_logits: false,
             tie_embeddings: self.weight_tying,
+            head_dim: None,
+            qk_norm: false,
+            moe: None,
         }
     }
 }
@@ -247,6 +250,7 @@ fn llada_name(slot: Slot) -> Option<Mapped> {
         FfnGate => "ff_proj",
         FfnUp => "up_proj",
         FfnDown => "ff_out",
+        _ => return None,
     };
     Some(Mapped::One(format!("{b}{name}.weight")))
 }
@@ -254,7 +258,7 @@ fn llada_name(slot: Slot) -> Option<Mapped> {
 /// LLaDA's GGUF files: llama.cpp's names, q and k rows permuted by its converter.
 pub(crate) const GGUF: GgufLayout = GgufLayout {
     arch: "llada",
-    names: |slot| Some(llama_cpp::tensor_name(slot, true)),
+    names: |slot| llama_cpp::tensor_name(slot, true),
     qkv_bias: false,
 };
 

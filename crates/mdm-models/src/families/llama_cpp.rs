@@ -16,8 +16,9 @@ use crate::params::Mapped;
 use crate::slots::{LayerSlot, Slot};
 
 /// The GGUF tensor(s) of `slot`; `interleaved`: the converter permuted the q and k rows of each
-/// head for llama.cpp's interleaved RoPE (LLaDA's files).
-pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Mapped {
+/// head for llama.cpp's interleaved RoPE (LLaDA's files). `None` for the routed experts, which
+/// llama.cpp stacks in one tensor per projection (`ffn_gate_exps`: not read yet).
+pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Option<Mapped> {
     use LayerSlot::*;
     let Slot::Layer(l, part) = slot else {
         let name = match slot {
@@ -25,7 +26,7 @@ pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Mapped {
             Slot::FinalNorm => "output_norm.weight",
             _ => "output.weight",
         };
-        return Mapped::One(name.into());
+        return Some(Mapped::One(name.into()));
     };
     let grouped = |what: &str| Mapped::Grouped {
         q: format!("blk.{l}.attn_q.{what}"),
@@ -34,14 +35,22 @@ pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Mapped {
         interleaved,
     };
     let name = match part {
-        Qkv => return grouped("weight"),
-        QkvBias => return grouped("bias"),
+        Qkv => return Some(grouped("weight")),
+        QkvBias => return Some(grouped("bias")),
+        RouterBias => return Some(Mapped::One(format!("blk.{l}.exp_probs_b.bias"))),
         AttnNorm => "attn_norm",
+        QNorm => "attn_q_norm",
+        KNorm => "attn_k_norm",
         AttnOut => "attn_output",
         FfnNorm => "ffn_norm",
         FfnGate => "ffn_gate",
         FfnUp => "ffn_up",
         FfnDown => "ffn_down",
+        Router => "ffn_gate_inp",
+        SharedGate => "ffn_gate_shexp",
+        SharedUp => "ffn_up_shexp",
+        SharedDown => "ffn_down_shexp",
+        ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return None,
     };
-    Mapped::One(format!("blk.{l}.{name}.weight"))
+    Some(Mapped::One(format!("blk.{l}.{name}.weight")))
 }

@@ -7,6 +7,9 @@
 //! | SMDM (Diff_LLaMA) | [`smdm`] | (our names, no HF folder) | nothing: its names are the shared names |
 //! | LLaDA, LLaDA-1.5 | [`llada`] | `llada` | names; q/k/v fused on load; mask id inside the vocabulary |
 //! | Dream, Dream-Coder, DiffuCoder | [`dream`] | `Dream` | names; q/k/v biases; shifted logits |
+//! | LLaDA2.0, LLaDA2.1 | [`llada2`] | `llada2_moe`, `llada21_moe` | stacked q/k/v; q/k norms; partial RoPE; `head_dim`; dense-first layers then sigmoid, group-limited MoE with an expert bias and a shared expert |
+//! | LLaDA-MoE | [`lladamoe`] | `lladamoe` | q/k norms; softmax MoE, weights not renormalised |
+//! | RND1 | [`rnd1`] | `rnd1` | q/k norms; `head_dim`; softmax MoE, renormalised; shifted logits |
 //!
 //! A family's file holds all it knows: its config reader (every key it does not compute is an
 //! `Unsupported` error naming file and key, through [`keys`]), its name map from the network's
@@ -30,11 +33,14 @@ pub mod dream;
 mod export;
 pub(crate) mod keys;
 pub mod llada;
+pub mod llada2;
+pub mod lladamoe;
 pub mod llama_cpp;
+pub mod rnd1;
 pub mod smdm;
 
 /// The `model_type`s [`load_hf`] reads, for messages.
-pub const KNOWN_MODEL_TYPES: &str = "llada, Dream";
+pub const KNOWN_MODEL_TYPES: &str = "llada, Dream, llada2_moe, llada21_moe, lladamoe, rnd1";
 
 /// Loads a Hugging Face folder of a family we know, chosen by `config.json`'s `model_type`.
 pub fn load_hf<B: Kernels>(
@@ -136,6 +142,9 @@ pub fn family_of(folder: &HfFolder) -> Result<Family, ModelError> {
     match folder.model_type()? {
         "llada" => llada::family(folder),
         "Dream" | "dream" => dream::family(folder),
+        "llada2_moe" | "llada21_moe" => llada2::family(folder),
+        "lladamoe" => lladamoe::family(folder),
+        "rnd1" => rnd1::family(folder),
         other => Err(ModelError::Unsupported {
             file: folder.config_file(),
             key: "model_type".into(),

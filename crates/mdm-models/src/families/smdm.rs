@@ -20,7 +20,10 @@ use crate::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError, Weigh
 /// | block `i`'s norms | `transformer.h.{i}.norm_1.weight`, `norm_2.weight` |
 /// | fused q/k/v (grouped), bias | `transformer.h.{i}.attn.attn.weight`, `.bias` |
 /// | attention output | `transformer.h.{i}.attn.proj.weight` |
+/// | q/k norms | `transformer.h.{i}.attn.q_norm.weight`, `k_norm` |
 /// | SwiGLU gate, up, down | `transformer.h.{i}.mlp.swiglu.w1.weight`, `w2`, `w3` |
+/// | router, expert bias | `transformer.h.{i}.mlp.router.weight`, `.expert_bias` |
+/// | expert `e`'s / the shared expert's gate, up, down | `transformer.h.{i}.mlp.experts.{e}.w1.weight`, ... / `mlp.shared.w1.weight`, ... |
 /// | final norm | `transformer.ln_f.weight` |
 /// | head | `lm_head.weight` |
 pub fn smdm_name(slot: Slot) -> String {
@@ -33,15 +36,26 @@ pub fn smdm_name(slot: Slot) -> String {
         }
         .into();
     };
+    let expert = |e: usize, w: &str| format!("transformer.h.{l}.mlp.experts.{e}.{w}.weight");
     let part = match part {
         AttnNorm => "norm_1.weight",
         Qkv => "attn.attn.weight",
         QkvBias => "attn.attn.bias",
+        QNorm => "attn.q_norm.weight",
+        KNorm => "attn.k_norm.weight",
         AttnOut => "attn.proj.weight",
         FfnNorm => "norm_2.weight",
         FfnGate => "mlp.swiglu.w1.weight",
         FfnUp => "mlp.swiglu.w2.weight",
         FfnDown => "mlp.swiglu.w3.weight",
+        Router => "mlp.router.weight",
+        RouterBias => "mlp.router.expert_bias",
+        SharedGate => "mlp.shared.w1.weight",
+        SharedUp => "mlp.shared.w2.weight",
+        SharedDown => "mlp.shared.w3.weight",
+        ExpertGate(e) => return expert(e, "w1"),
+        ExpertUp(e) => return expert(e, "w2"),
+        ExpertDown(e) => return expert(e, "w3"),
     };
     format!("transformer.h.{l}.{part}")
 }

@@ -313,6 +313,9 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
             Some(Mapped::One(name)) => gguf.tensor(&name).is_none(),
             _ => true,
         },
+        head_dim: None,
+        qk_norm: false,
+        moe: None,
     };
     config.validate()?;
     Ok((layout, config))

@@ -1,0 +1,304 @@
+//! Parity with the Mixture-of-Experts families' own modeling code (fixtures made by running it in
+//! float32 on CPU, `../shared/fixtures/README.md`): LLaDA2 (`modeling_llada2_moe.py`), LLaDA-MoE
+//! (`modeling_lladamoe.py`) and RND1 (`modeling_rnd.py`). Each published-layout folder loads by its
+//! `model_type`; its logits match (bidirectional, LLaDA2's block-causal mask with two block sizes,
+//! LLaDA-MoE's key-padding mask; RND1's as its sampler shifts them); the router of one layer
+//! chooses the same experts with the same weights from the reference's gate logits. The folders
+//! come from `MDM_LLADA2_PARITY_DIR`, `MDM_LLADAMOE_PARITY_DIR`, `MDM_RND1_PARITY_DIR` (default:
+//! the copies in `tests/data`); every size is read from their files. The tests named `..._parity`
+//! also run on wgpu in CI (its filter); fine-tuning runs on the default backend only.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use common::{max_abs_diff, read_tensors, HostTensor};
+use mdm::backend::{self, Default as B};
+use mdm::burn::tensor::{Bool, Int, Tensor, TensorData};
+use mdm::models::attention::AttentionMask;
+use mdm::models::transformer::Ffn;
+use mdm::models::{MaskPredictor, MaskedTransformer};
+
+/// Logits reach about 20; the references' own attention paths differ by up to 6e-5.
+const LOGIT_TOL: f64 = 1e-4;
+
+struct Set {
+    dir: PathBuf,
+    cases: HashMap<String, HostTensor>,
+    manifest: serde_json::Value,
+    model: MaskedTransformer<B>,
+}
+
+fn open(var: &str, name: &str) -> Set {
+    let dir = common::fixture_dir(var, name, "model/config.json");
+    eprintln!("{}", dir.display());
+    let manifest = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest.json"),
+    )
+    .expect("manifest is JSON");
+    Set {
+        cases: read_tensors(&dir.join("cases.safetensors")),
+        model: MaskedTransformer::<B>::load_hf(dir.join("model"), &backend::device())
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
+        dir,
+        manifest,
+    }
+}
+
+fn ids(t: &HostTensor) -> Tensor<B, 2, Int> {
+    let [rows, cols] = [t.shape[0], t.shape[1]];
+    Tensor::from_data(TensorData::new(t.i64(), [rows, cols]), &backend::device())
+}
+
+fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Raw logits `[rows, cols, V]` as a shifting model serves them: position `i` from `i - 1`.
+fn shifted(raw: &[f32], rows: usize, cols: usize, vocab: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(raw.len());
+    for r in 0..rows {
+        for c in 0..cols {
+            let from = r * cols + c.saturating_sub(1);
+            out.extend_from_slice(&raw[from * vocab..(from + 1) * vocab]);
+        }
+    }
+    out
+}
+
+impl Set {
+    fn case(&self, name: &str) -> &HostTensor {
+        self.cases
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no case {name}", self.dir.display()))
+    }
+
+    /// `forward.ids` -> `forward.logits` (shifted as the model serves them when it shifts).
+    fn forward_matches(&self) {
+        let input = self.case("forward.ids");
+        let expected = self.case("forward.logits");
+        let [rows, cols, vocab] = [expected.shape[0], expected.shape[1], expected.shape[2]];
+        assert_eq!(self.model.vocab_size(), vocab);
+        assert_eq!(
+            self.model.mask_id() as u64,
+            self.manifest["mask_id"].as_u64().unwrap()
+        );
+        let ours = host(self.model.logits(ids(input)).unwrap());
+        let expected = if self.model.shifts_logits() {
+            shifted(&expected.f32(), rows, cols, vocab)
+        } else {
+            expected.f32()
+        };
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(
+            diff < LOGIT_TOL,
+            "{}: logits differ by {diff}",
+            self.dir.display()
+        );
+    }
+
+    /// The reference's gate logits of one layer, routed by that layer of ours: the same experts
+    /// (as a set per token) with the same weights.
+    fn router_matches(&self) {
+        let layer = self.case("forward.router.layer").scalar() as usize;
+        let logits = self.case("forward.router.logits");
+        let (n, e) = (logits.shape[0], logits.shape[1]);
+        let idx = self.case("forward.router.topk_idx").i64();
+        let weight = self.case("forward.router.topk_weight").f32();
+        let k = idx.len() / n;
+        let Ffn::Moe(moe) = &self.model.net.blocks[layer].mlp else {
+            panic!("layer {layer} is not a Mixture of Experts");
+        };
+        let device = backend::device();
+        let input = Tensor::<B, 2>::from_data(TensorData::new(logits.f32(), [n, e]), &device);
+        let (routing, weights) = moe.route_logits(input).unwrap();
+        assert_eq!(routing.k, k);
+        let weights = host(weights);
+        let mut worst = 0.0f64;
+        for t in 0..n {
+            let mut ours: Vec<usize> = routing.experts[t * k..(t + 1) * k].to_vec();
+            let mut theirs: Vec<usize> = idx[t * k..(t + 1) * k]
+                .iter()
+                .map(|&x| x as usize)
+                .collect();
+            for j in 0..k {
+                let w = weights[t * e + theirs[j]] as f64;
+                worst = worst.max((w - weight[t * k + j] as f64).abs());
+            }
+            ours.sort();
+            theirs.sort();
+            assert_eq!(ours, theirs, "token {t}: experts differ");
+        }
+        assert!(worst < LOGIT_TOL, "router weights differ by {worst}");
+    }
+}
+
+#[test]
+fn llada2_logits_and_router_parity() {
+    let set = open("MDM_LLADA2_PARITY_DIR", "llada2-parity");
+    set.forward_matches();
+    set.router_matches();
+    // the block-causal mask of generation, blocks counted from position 0
+    for case in ["forward_block", "forward_block4"] {
+        let input = set.case(&format!("{case}.ids"));
+        let block = set.case(&format!("{case}.block_length")).scalar() as usize;
+        let expected = set.case(&format!("{case}.logits")).f32();
+        let ours = host(
+            set.model
+                .forward_masked(ids(input), AttentionMask::BlockCausal(block))
+                .unwrap(),
+        );
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(diff < LOGIT_TOL, "{case}: logits differ by {diff}");
+        // and the mask matters: bidirectional logits of the same ids differ
+        let free = host(set.model.logits(ids(input)).unwrap());
+        assert!(
+            max_abs_diff(&free, &expected) > 1e-2,
+            "{case}: the mask changed nothing"
+        );
+    }
+}
+
+#[test]
+fn lladamoe_logits_router_and_padding_parity() {
+    let set = open("MDM_LLADAMOE_PARITY_DIR", "lladamoe-parity");
+    set.forward_matches();
+    set.router_matches();
+    // a left-padded row: padding keys hidden, positions 0..N-1, every logit compared
+    let input = set.case("forward_padded.ids");
+    let keep = set.case("forward_padded.attention_mask").bool();
+    let expected = set.case("forward_padded.logits");
+    let [rows, cols] = [input.shape[0], input.shape[1]];
+    let device = backend::device();
+    let padding = Tensor::<B, 2, Bool>::from_data(
+        TensorData::new(keep.iter().map(|k| !k).collect::<Vec<_>>(), [rows, cols]),
+        &device,
+    );
+    let index = Tensor::<B, 1, Int>::arange(0..(rows * cols) as i64, &device);
+    let ours = host(
+        set.model
+            .logits_at(ids(input), Some(padding), index)
+            .unwrap(),
+    );
+    let diff = max_abs_diff(&ours, &expected.f32());
+    assert!(diff < LOGIT_TOL, "padded logits differ by {diff}");
+}
+
+#[test]
+fn rnd1_logits_and_router_parity() {
+    let set = open("MDM_RND1_PARITY_DIR", "rnd1-parity");
+    assert!(
+        set.model.shifts_logits(),
+        "RND1's sampler reads position i at i - 1"
+    );
+    set.forward_matches();
+    set.router_matches();
+}
+
+#[test]
+fn a_moe_folder_whose_config_disagrees_names_the_tensor() {
+    let src = common::fixture_dir("MDM_RND1_PARITY_DIR", "rnd1-parity", "model/config.json");
+    let dir = std::env::temp_dir().join(format!("mdm-moe-broken-{}", std::process::id()));
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(src.join("model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    // one expert more in the config than in the shards
+    let config_path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let experts = config["num_experts"].as_u64().unwrap();
+    config["num_experts"] = (experts + 1).into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = MaskedTransformer::<B>::load_hf(&model, &backend::device())
+        .expect_err("a config that disagrees with the weights is refused")
+        .to_string();
+    let router = format!("[{}, {}]", experts + 1, config["hidden_size"]);
+    assert!(
+        err.contains("model.layers.0.mlp.gate.weight") && err.contains(&router),
+        "the message names the router and its shape: {err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// LLaDA's `generate` (ML-GSAI/LLaDA `generate.py`, low confidence, temperature 0) on LLaDA-MoE:
+/// blocks after the prompt, LLaDA's even schedule, a batch, classifier-free guidance, and a
+/// left-padded pair (its padding dropped: a row of ours holds its own prompt, and RoPE sees only
+/// relative positions, which the padding does not change). Every token and pass count exact.
+#[test]
+fn lladamoe_generations_parity_with_llada_generate() {
+    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Schedule};
+
+    let set = open("MDM_LLADAMOE_PARITY_DIR", "lladamoe-parity");
+    let generations = set.manifest["generations"].as_array().expect("generations");
+    assert!(!generations.is_empty());
+    let mut failures = Vec::new();
+    for g in generations {
+        let name = g["name"].as_str().unwrap();
+        assert_eq!(g["function"], "llada.generate", "{name}");
+        assert_eq!(g["remasking"], "low_confidence", "{name}");
+        assert_eq!(g["temperature"].as_f64(), Some(0.0), "{name}");
+        let field = |k: &str| g[k].as_u64().unwrap() as usize;
+        let options = DecodingOptions {
+            cfg_scale: g["cfg_scale"].as_f64().filter(|&c| c > 0.0),
+            ..DecodingOptions::default()
+                .with_gen_length(field("gen_length"))
+                .with_block_length(field("block_length"))
+                .with_steps(field("steps"))
+                .with_schedule(Schedule::Even)
+                .with_cache(CacheMode::None)
+        };
+        let prompt = set.case(&format!("{name}.prompt"));
+        let x = set.case(&format!("{name}.x"));
+        let (rows, p, n) = (prompt.shape[0], prompt.shape[1], x.shape[1]);
+        // the prompt's attention mask (`[rows, P]`, 0 at left padding); generated positions count
+        let keep: Vec<bool> = match set.cases.get(&format!("{name}.attention_mask")) {
+            Some(mask) => mask.bool(),
+            None => vec![true; rows * p],
+        };
+        let kept = |values: &[i64], len: usize, r: usize| -> Vec<usize> {
+            (0..len)
+                .filter(|&i| i >= p || keep[r * p + i])
+                .map(|i| values[r * len + i] as usize)
+                .collect()
+        };
+        let prompts: Vec<Vec<usize>> = (0..rows).map(|r| kept(&prompt.i64(), p, r)).collect();
+        let expected: Vec<Vec<usize>> = (0..rows).map(|r| kept(&x.i64(), n, r)).collect();
+        let out = MaskedDiffusionSampler::new(&set.model, options)
+            .decode(&prompts, |_| {})
+            .unwrap();
+        if out.rows != expected || out.forward_passes != field("nfe") {
+            failures.push(format!(
+                "{name}: nfe {} vs {}, tokens equal: {}",
+                out.forward_passes,
+                field("nfe"),
+                out.rows == expected
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} generations differ:\n{}",
+        failures.len(),
+        generations.len(),
+        failures.join("\n")
+    );
+}
+
+/// Training goes through the experts (the router's gradient through the chosen experts' weights,
+/// the shared expert, the dense first layer), and the folder is written back under LLaDA2's names
+/// (q/k/v stacked again, the expert bias kept).
+#[test]
+fn a_llada2_folder_fine_tunes_through_its_experts_and_is_written_back() {
+    let src = common::fixture_dir(
+        "MDM_LLADA2_PARITY_DIR",
+        "llada2-parity",
+        "model/config.json",
+    )
+    .join("model");
+    let config = mdm::models::hf_model_config(&src).unwrap();
+    common::fine_tune_and_write_back(&src, crate::parity_llada::id_rows(&config));
+}
