@@ -302,3 +302,85 @@ fn a_llada2_folder_fine_tunes_through_its_experts_and_is_written_back() {
     let config = mdm::models::hf_model_config(&src).unwrap();
     common::fine_tune_and_write_back(&src, crate::parity_llada::id_rows(&config));
 }
+
+/// The generated part of a row as LLaDA2 returns it: `gen_length` tokens cut after the first EOS.
+fn cut_after_eos(row: &[usize], prompt: usize, gen: usize, eos: Option<usize>) -> Vec<usize> {
+    let part = &row[prompt..(prompt + gen).min(row.len())];
+    match eos.and_then(|e| part.iter().position(|&t| t == e)) {
+        Some(i) => part[..=i].to_vec(),
+        None => part.to_vec(),
+    }
+}
+
+/// LLaDA2.0's block diffusion (`generate` of `modeling_llada2_moe.py`): blocks counted from
+/// position 0 under the block-causal mask, its quota + threshold rule, `minimal_topk`, its EOS
+/// stops; every token and pass count exact, without a cache and with the exact cache of the
+/// earlier blocks.
+#[test]
+fn llada2_generations_parity_with_block_diffusion() {
+    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Schedule};
+
+    let set = open("MDM_LLADA2_PARITY_DIR", "llada2-parity");
+    let generations = set.manifest["generations"].as_array().expect("generations");
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for g in generations {
+        let name = g["name"].as_str().unwrap();
+        if g["function"] != "llada2.generate" {
+            continue;
+        }
+        assert_eq!(g["temperature"].as_f64(), Some(0.0), "{name}");
+        let field = |k: &str| g[k].as_u64().unwrap() as usize;
+        let gen = field("gen_length");
+        let minimal_topk = g["minimal_topk"].as_u64().unwrap_or(1) as usize;
+        let steps = field("steps").min(gen / minimal_topk);
+        let eos = g["eos_id"].as_u64().map(|e| e as usize);
+        let prompt: Vec<usize> = set
+            .case(&format!("{name}.prompt"))
+            .i64()
+            .iter()
+            .map(|&t| t as usize)
+            .collect();
+        let expected: Vec<usize> = set
+            .case(&format!("{name}.x"))
+            .i64()
+            .iter()
+            .map(|&t| t as usize)
+            .collect();
+        for cache in [CacheMode::None, CacheMode::Prefix] {
+            let options = DecodingOptions {
+                threshold: g["threshold"].as_f64(),
+                eos_id: eos,
+                block_causal: true,
+                eos_early_stop: g["eos_early_stop"].as_bool().unwrap_or(false),
+                ..DecodingOptions::default()
+                    .with_gen_length(gen)
+                    .with_block_length(field("block_length"))
+                    .with_steps(steps)
+                    .with_schedule(Schedule::Quota)
+                    .with_cache(cache)
+            };
+            let out = MaskedDiffusionSampler::new(&set.model, options)
+                .decode(std::slice::from_ref(&prompt), |_| {})
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ours = cut_after_eos(&out.rows[0], prompt.len(), gen, eos);
+            if ours != expected || out.forward_passes != field("nfe") {
+                failures.push(format!(
+                    "{name} ({cache:?}): nfe {} vs {}, tokens equal: {}\n  ours   {ours:?}\n  theirs {expected:?}",
+                    out.forward_passes,
+                    field("nfe"),
+                    ours == expected
+                ));
+            }
+        }
+        ran += 1;
+    }
+    assert!(ran > 0, "no LLaDA2.0 generation in the set");
+    assert!(
+        failures.is_empty(),
+        "{} of {} runs differ:\n{}",
+        failures.len(),
+        2 * ran,
+        failures.join("\n")
+    );
+}

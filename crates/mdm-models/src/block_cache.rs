@@ -20,6 +20,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use mdm_kernels::Kernels;
 
+use crate::attention::AttentionMask;
 use crate::attention::LayerCache;
 use crate::transformer::Caches;
 use crate::{MaskedTransformer, ModelError};
@@ -71,6 +72,11 @@ impl<B: Kernels> BlockCache<B> {
             });
         }
         let keep = starts.iter().copied().max().unwrap_or(0);
+        if keep == 0 {
+            return Err(ModelError::Config {
+                reason: "a prefix cache of no position: every row's block starts at 0".into(),
+            });
+        }
         Ok(Self {
             layers: self.layers.iter().map(|l| l.truncate(keep)).collect(),
             lengths: starts.to_vec(),
@@ -85,9 +91,20 @@ impl<B: Kernels> BlockCache<B> {
     }
 }
 
+/// Two additive attention biases as one (broadcast to `[batch, 1, queries, keys]`).
+pub(crate) fn combined<B: Kernels>(
+    a: Option<Tensor<B, 4>>,
+    b: Option<Tensor<B, 4>>,
+) -> Option<Tensor<B, 4>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
 /// `[batch, 1, 1, total + extra]`: `-inf` at positions `lengths[r]..total` of row `r`, 0 elsewhere;
 /// `None` when every row is `total` long.
-fn padding_bias<B: Kernels>(
+pub(crate) fn padding_bias<B: Kernels>(
     lengths: &[usize],
     total: usize,
     extra: usize,
@@ -124,6 +141,17 @@ impl<B: Kernels> MaskedTransformer<B> {
         ids: Tensor<B, 2, Int>,
         lengths: Option<&[usize]>,
     ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
+        self.hidden_caching_under(ids, lengths, AttentionMask::Bidirectional)
+    }
+
+    /// As [`Self::hidden_caching`] under `mask` (block-causal: every block's keys/values are then
+    /// exactly those of the blocks up to it, the cache of LLaDA2's block diffusion).
+    pub(crate) fn hidden_caching_under(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
+        mask: AttentionMask,
+    ) -> Result<(Tensor<B, 3>, BlockCache<B>), ModelError> {
         let [batch, seq_len] = ids.dims();
         let lengths = match lengths {
             Some(l) if l.len() != batch => {
@@ -144,7 +172,11 @@ impl<B: Kernels> MaskedTransformer<B> {
             }
             None => vec![seq_len; batch],
         };
-        let bias = padding_bias(&lengths, seq_len, 0, &ids.device());
+        let device = ids.device();
+        let bias = combined(
+            padding_bias(&lengths, seq_len, 0, &device),
+            mask.bias(0, seq_len, &device),
+        );
         let mut slots = vec![None; self.net.blocks.len()];
         let hidden = self.net.hidden(ids, 0, bias, Caches::Append(&mut slots))?;
         let layers = slots.into_iter().flatten().collect::<Vec<_>>();

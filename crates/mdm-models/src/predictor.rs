@@ -8,6 +8,7 @@
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use mdm_kernels::Kernels;
 
+use crate::attention::AttentionMask;
 use crate::{BlockCache, MaskedTransformer, ModelError};
 
 /// A network that predicts every masked position of a sequence (bidirectional, no time input).
@@ -53,6 +54,32 @@ pub trait MaskPredictor<B: Backend> {
         lengths: Option<&[usize]>,
         index: Tensor<B, 1, Int>,
     ) -> Result<(Tensor<B, 2>, BlockCache<B>), ModelError>;
+    /// As [`Self::logits_at`] under an attention mask other than bidirectional (LLaDA2's
+    /// block-causal mask of block diffusion), the rows right-padded to their `lengths` (`None`:
+    /// every row is `seq_len` long). A network that takes only bidirectional attention keeps the
+    /// default, which refuses any other mask.
+    fn logits_at_under(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
+        mask: AttentionMask,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let _ = (ids, lengths, index);
+        Err(unsupported_mask(mask))
+    }
+    /// As [`Self::logits_caching`] under `mask` (block-causal: the keys/values of every block are
+    /// then exact for the blocks after it). The default refuses any mask.
+    fn logits_caching_under(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
+        mask: AttentionMask,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<(Tensor<B, 2>, BlockCache<B>), ModelError> {
+        let _ = (ids, lengths, index);
+        Err(unsupported_mask(mask))
+    }
     /// Logits `[k, V]` at the flat positions `index` (into `[batch * n]`) of the `n` positions
     /// that follow a cached prefix (prefix cache): row `r` at positions `prefix.lengths()[r]..`
     /// (see [`BlockCache::prefix_rows`]); the cache is unchanged.
@@ -72,6 +99,13 @@ pub trait MaskPredictor<B: Backend> {
         cache: &mut BlockCache<B>,
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError>;
+}
+
+/// The error of a network asked for an attention mask it does not take.
+fn unsupported_mask(mask: AttentionMask) -> ModelError {
+    ModelError::Config {
+        reason: format!("this network takes bidirectional attention only, not {mask:?}"),
+    }
 }
 
 impl<B: Kernels> MaskPredictor<B> for MaskedTransformer<B> {
@@ -128,6 +162,29 @@ impl<B: Kernels> MaskPredictor<B> for MaskedTransformer<B> {
         index: Tensor<B, 1, Int>,
     ) -> Result<Tensor<B, 2>, ModelError> {
         Ok(self.head_at(self.hidden_after_prefix(ids, prefix)?, index))
+    }
+
+    fn logits_at_under(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
+        mask: AttentionMask,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        // a caching pass whose cache is dropped: the same bias, one path
+        let (logits, _) = self.logits_caching_under(ids, lengths, mask, index)?;
+        Ok(logits)
+    }
+
+    fn logits_caching_under(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        lengths: Option<&[usize]>,
+        mask: AttentionMask,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<(Tensor<B, 2>, BlockCache<B>), ModelError> {
+        let (hidden, cache) = self.hidden_caching_under(ids, lengths, mask)?;
+        Ok((self.head_at(hidden, index), cache))
     }
 
     fn logits_in_window(

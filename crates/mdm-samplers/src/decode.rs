@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::{rng_from_seed, MdmRng};
 use mdm_kernels::Kernels;
+use mdm_models::attention::AttentionMask;
 use mdm_models::{BlockCache, MaskPredictor};
 
 use crate::draw::proposals;
@@ -252,9 +253,12 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
         if rows.is_empty() {
             break;
         }
+        // a row with fewer blocks than the run (block diffusion's rows end where their own
+        // generation does) has an empty region past its end
+        let x_lens: Vec<usize> = decoder.x.iter().map(Vec::len).collect();
         let region = |r: usize| {
-            let start = canvas.starts[r] + block * canvas.lengths[r];
-            start..start + canvas.lengths[r]
+            let start = (canvas.starts[r] + block * canvas.lengths[r]).min(x_lens[r]);
+            start..(start + canvas.lengths[r]).min(x_lens[r])
         };
         let regions: Vec<_> = (0..batch).map(region).collect();
         if !decoder.block(
@@ -267,6 +271,9 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
         )? {
             stopped = true;
             break;
+        }
+        if options.block_causal {
+            decoder.finish_blocks(&rows, &regions, &mut done);
         }
     }
     Ok(Decoded {
@@ -316,7 +323,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         done: &mut [bool],
         on_step: &mut impl FnMut(&StepEvent) -> C,
     ) -> Result<bool, SamplerError> {
-        let cached = self.options.cache != CacheMode::None;
+        // a block at position 0 has no prefix to cache
+        let no_prefix = self.options.block_causal && rows.iter().all(|&r| regions[r].start == 0);
+        let cached = self.options.cache != CacheMode::None && !no_prefix;
         let scheduled = self.rule.scheduled();
         let grid = timesteps(steps, self.options.eps as f32);
         let joint = self.options.joint_counting;
@@ -337,6 +346,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             let started = Instant::now();
             let pass = match (self.options.cache, step) {
                 (CacheMode::None, _) => Pass::Full,
+                _ if no_prefix => Pass::Full,
                 (_, 0) => Pass::Caching,
                 (CacheMode::Prefix, _) => Pass::AfterPrefix,
                 (CacheMode::Dual, _) => Pass::Window,
@@ -432,6 +442,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 match schedule {
                     Schedule::TimeGrid => transfer_count(n, times.0, times.1, last),
                     Schedule::Even => transfer_schedule(masks, steps)[step],
+                    Schedule::Quota => transfer_schedule(regions[row].len(), steps)[step],
                 }
             };
             let counting = if joint {
@@ -477,7 +488,11 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 }),
                 _ => None,
             };
-            self.finish_rows(&batch.rows, done);
+            if self.options.block_causal {
+                self.stop_early(&batch.rows, &revealed, regions, done);
+            } else {
+                self.finish_rows(&batch.rows, done);
+            }
             let timing = forward.map(|forward| StepTiming {
                 forward,
                 sampler: started.elapsed().saturating_sub(forward),
@@ -497,9 +512,10 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             let open = batch
                 .rows
                 .iter()
-                .any(|&r| self.wants(r, &regions[r], step + 1, steps, &held));
+                .any(|&r| !done[r] && self.wants(r, &regions[r], step + 1, steps, &held));
             // a block finished by its caching pass still runs one cached pass (as the references)
-            if !open && pass != Pass::Caching {
+            // (block diffusion tests its block before every pass, as LLaDA2 does)
+            if !open && (pass != Pass::Caching || self.options.block_causal) {
                 break;
             }
             // a parallel rule waits for a full block; at temperature 0 a model that proposes its
@@ -520,7 +536,8 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             // (it reveals the first position); Fast-dLLM's Dream loop then runs the model once
             // more before it tests its step count and discards those logits: that pass is not
             // made here (docs/decoding.md)
-            if scheduled && step + 1 >= steps && (pass != Pass::Caching || first_only) {
+            let counts_as_step = pass != Pass::Caching || first_only || self.options.block_causal;
+            if scheduled && step + 1 >= steps && counts_as_step {
                 break;
             }
         }
@@ -562,9 +579,77 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         }
     }
 
-    /// The pass's rows with their block starts, lengths and padded width.
+    /// LLaDA2's `eos_early_stop`, after a step of block diffusion: a row that revealed `eos_id`
+    /// and whose first EOS (looked for from position 0, as the reference does) has nothing masked
+    /// between its prompt and it, ends now; its masks after that EOS become EOS.
+    fn stop_early(
+        &mut self,
+        rows: &[usize],
+        revealed: &[Proposal],
+        regions: &[std::ops::Range<usize>],
+        done: &mut [bool],
+    ) {
+        let Some(eos) = self.options.eos_id.filter(|_| self.options.eos_early_stop) else {
+            return;
+        };
+        for &r in rows {
+            if !revealed.iter().any(|p| p.slot.row == r && p.token == eos) {
+                continue;
+            }
+            let window = &self.x[r][..regions[r].end];
+            let Some(e) = window.iter().position(|&t| t == eos) else {
+                continue;
+            };
+            let p = self.prompt_lens[r].min(e);
+            if self.x[r][p..e].iter().all(|&t| t != self.mask_id) {
+                self.close_row(r, e, eos, done);
+            }
+        }
+    }
+
+    /// After a block of block diffusion: a row whose generated part so far holds `eos_id` ends.
+    fn finish_blocks(
+        &mut self,
+        rows: &[usize],
+        regions: &[std::ops::Range<usize>],
+        done: &mut [bool],
+    ) {
+        let Some(eos) = self.options.eos_id else {
+            return;
+        };
+        for &r in rows {
+            if done[r] {
+                continue;
+            }
+            let (p, end) = (self.prompt_lens[r], regions[r].end.max(self.prompt_lens[r]));
+            if let Some(e) = self.x[r][p..end].iter().position(|&t| t == eos) {
+                self.close_row(r, p + e, eos, done);
+            }
+        }
+    }
+
+    /// Row `r` ends at its EOS at `e`: the masks after it become EOS.
+    fn close_row(&mut self, r: usize, e: usize, eos: usize, done: &mut [bool]) {
+        done[r] = true;
+        let mask_id = self.mask_id;
+        for t in self.x[r][e..].iter_mut().filter(|t| **t == mask_id) {
+            *t = eos;
+        }
+    }
+
+    /// The pass's rows with their block starts, lengths and padded width (block diffusion: each
+    /// row up to its block's end).
     fn batch(&self, rows: &[usize], regions: &[std::ops::Range<usize>]) -> Batch {
-        let lengths: Vec<usize> = rows.iter().map(|&r| self.x[r].len()).collect();
+        let lengths: Vec<usize> = rows
+            .iter()
+            .map(|&r| {
+                if self.options.block_causal {
+                    regions[r].end
+                } else {
+                    self.x[r].len()
+                }
+            })
+            .collect();
         Batch {
             starts: rows.iter().map(|&r| regions[r].start).collect(),
             width: lengths.iter().copied().max().unwrap_or(0),
@@ -665,6 +750,12 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         let index = self.slot_index(slots, per_row, &offset);
         let started = Instant::now();
         let logits = match pass {
+            Pass::Full if self.options.block_causal => {
+                let ids = self.ids(batch, |_| 0, batch.width);
+                let mask = AttentionMask::BlockCausal(block_len);
+                self.model
+                    .logits_at_under(ids, Some(&lengths), mask, index)?
+            }
             Pass::Full => {
                 let ids = self.ids(batch, |_| 0, batch.width);
                 let ragged = batch.lengths.iter().any(|&l| l != batch.width);
@@ -674,7 +765,13 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             }
             Pass::Caching => {
                 let ids = self.ids(batch, |_| 0, batch.width);
-                let (picked, full) = self.model.logits_caching(ids, Some(&lengths), index)?;
+                let (picked, full) = if self.options.block_causal {
+                    let mask = AttentionMask::BlockCausal(block_len);
+                    self.model
+                        .logits_caching_under(ids, Some(&lengths), mask, index)?
+                } else {
+                    self.model.logits_caching(ids, Some(&lengths), index)?
+                };
                 *cache = Some(match self.options.cache {
                     CacheMode::Prefix => full.prefix_rows(&starts)?,
                     _ => full,

@@ -104,6 +104,9 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             gen,
             self.model.max_positions(),
         )?;
+        if self.options.block_causal {
+            return self.decode_blocks_from_zero(prompts, blocks, on_step);
+        }
         let canvas = Canvas {
             rows: masked_rows(prompts, gen, self.model.mask_id()),
             prompt_lens: prompts.iter().map(Vec::len).collect(),
@@ -112,6 +115,61 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             blocks,
         };
         self.run(canvas, on_step)
+    }
+
+    /// Block diffusion ([`DecodingOptions::block_causal`]): each row's blocks counted from
+    /// position 0, from the one its prompt ends in to the one its generation ends in, decoded
+    /// whole; the rows are cut to `prompt + gen_length` after the run.
+    fn decode_blocks_from_zero<C: Into<StepControl>>(
+        &self,
+        prompts: &[Vec<usize>],
+        blocks: Blocks,
+        on_step: impl FnMut(&StepEvent) -> C,
+    ) -> Result<Decoded, SamplerError> {
+        let (gen, bl) = (self.options.gen_length, blocks.length);
+        let ends: Vec<usize> = prompts
+            .iter()
+            .map(|p| (p.len() + gen).div_ceil(bl) * bl)
+            .collect();
+        // the canvas holds whole blocks: a row's last block may reach past its generation
+        let longest = ends.iter().copied().max().unwrap_or(0);
+        if longest > self.model.max_positions() {
+            return Err(SamplerError::Config {
+                reason: format!(
+                    "block diffusion decodes whole blocks of {bl}: {longest} positions exceed the {} the model allows",
+                    self.model.max_positions()
+                ),
+            });
+        }
+        let mask_id = self.model.mask_id();
+        let rows: Vec<Vec<usize>> = prompts
+            .iter()
+            .zip(&ends)
+            .map(|(p, &end)| {
+                let mut row = p.clone();
+                row.resize(end, mask_id);
+                row
+            })
+            .collect();
+        let starts: Vec<usize> = prompts.iter().map(|p| p.len() / bl * bl).collect();
+        let count = ends
+            .iter()
+            .zip(&starts)
+            .map(|(end, start)| (end - start) / bl)
+            .max()
+            .unwrap_or(0);
+        let canvas = Canvas {
+            rows,
+            prompt_lens: prompts.iter().map(Vec::len).collect(),
+            starts,
+            lengths: vec![bl; prompts.len()],
+            blocks: Blocks { count, ..blocks },
+        };
+        let mut out = self.run(canvas, on_step)?;
+        for (row, p) in out.rows.iter_mut().zip(prompts) {
+            row.truncate(p.len() + gen);
+        }
+        Ok(out)
     }
 
     fn run<C: Into<StepControl>>(

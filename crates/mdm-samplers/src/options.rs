@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::remasking::{
-    Ancestral, CarriedThreshold, Factor, LowConfidence, NamedRule, RandomRemasking, Remasking,
-    StochasticConfidence, Threshold,
+    Ancestral, CarriedThreshold, Factor, LowConfidence, NamedRule, QuotaThreshold, RandomRemasking,
+    Remasking, StochasticConfidence, Threshold,
 };
 use crate::schedule::DEFAULT_EPS;
 use crate::ties::Ties;
@@ -63,6 +63,12 @@ pub enum Schedule {
     /// steps, the first `masks % steps` steps one more.
     #[serde(alias = "uniform")]
     Even,
+    /// LLaDA2's per-step quota: a block of `L` positions over its `steps` steps gets `L / steps`
+    /// a step, one more for the first `L % steps` (counted on the block's length, prompt
+    /// positions included, not on its masks). With `threshold`, a step reveals every slot above
+    /// the threshold when there are at least the quota of them, else the quota's most confident
+    /// (LLaDA2's `generate`).
+    Quota,
 }
 
 /// How many slots a step reveals once the proposals are ranked: the schedule, or a parallel rule
@@ -219,6 +225,18 @@ pub struct DecodingOptions {
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(skip)]
     pub profile: bool,
+    /// Block diffusion (LLaDA2, SDAR, Fast-dLLM v2): blocks of `block_length` counted from
+    /// position 0 (the prompt fills the first ones; the last is decoded whole, the output cut at
+    /// `gen_length`), each step a pass over the positions up to its block's end under the
+    /// block-causal mask (a block sees itself and the blocks before it), `steps` counted per
+    /// block. With `cache = prefix` the earlier blocks' keys/values are cached: exactly, as they
+    /// never see later blocks. A row stops after a block whose generated part holds `eos_id`.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub block_causal: bool,
+    /// With `block_causal`: a step that reveals `eos_id` ends the row at once when nothing before
+    /// its first EOS is still masked (LLaDA2's `eos_early_stop`).
+    #[cfg_attr(feature = "clap", arg(long, requires = "block_causal"))]
+    pub eos_early_stop: bool,
 }
 
 impl DecodingOptions {
@@ -255,6 +273,8 @@ impl DecodingOptions {
             joint_counting: _,
             mean_counting: _,
             no_reuse: _,
+            block_causal: _,
+            eos_early_stop: _,
         } = self;
         [
             ("steps", self.steps != d.steps),
@@ -283,6 +303,8 @@ impl DecodingOptions {
             ("joint_counting", self.joint_counting != d.joint_counting),
             ("mean_counting", self.mean_counting != d.mean_counting),
             ("no_reuse", self.no_reuse != d.no_reuse),
+            ("block_causal", self.block_causal != d.block_causal),
+            ("eos_early_stop", self.eos_early_stop != d.eos_early_stop),
         ]
         .into_iter()
         .find_map(|(name, differs)| differs.then_some(name))
@@ -317,6 +339,8 @@ impl Default for DecodingOptions {
             seed: 0,
             no_reuse: false,
             profile: false,
+            block_causal: false,
+            eos_early_stop: false,
         }
     }
 }
@@ -469,6 +493,9 @@ impl DecodingOptions {
             Parallel::Threshold(tau) if self.threshold_carry => {
                 return Box::new(CarriedThreshold(tau))
             }
+            Parallel::Threshold(tau) if self.schedule == Schedule::Quota => {
+                return Box::new(QuotaThreshold(tau))
+            }
             Parallel::Threshold(tau) => return Box::new(Threshold(tau)),
             Parallel::Factor {
                 factor,
@@ -500,18 +527,25 @@ impl DecodingOptions {
             return bad("steps", "must be at least 1");
         }
         let length = self.block_length.unwrap_or(self.gen_length);
-        if length == 0 || !self.gen_length.is_multiple_of(length) {
-            return bad(
-                "block_length",
-                format!(
-                    "{length} must be positive and divide gen_length {}",
-                    self.gen_length
-                ),
-            );
-        }
-        let count = self.gen_length / length;
         let parallel = self.threshold.is_some() || self.factor.is_some();
-        if !parallel && !steps.is_multiple_of(count) {
+        let count = if self.block_causal {
+            self.validate_block_causal(length)?
+        } else {
+            if self.eos_early_stop {
+                return bad("eos_early_stop", "applies to `block_causal` decoding");
+            }
+            if length == 0 || !self.gen_length.is_multiple_of(length) {
+                return bad(
+                    "block_length",
+                    format!(
+                        "{length} must be positive and divide gen_length {}",
+                        self.gen_length
+                    ),
+                );
+            }
+            self.gen_length / length
+        };
+        if !parallel && !self.block_causal && !steps.is_multiple_of(count) {
             return bad(
                 "steps",
                 format!("{steps} must be a multiple of the number of blocks {count}"),
@@ -600,8 +634,46 @@ impl DecodingOptions {
         Ok(Blocks {
             count,
             length,
-            steps: (steps / count).max(1),
+            steps: if self.block_causal {
+                steps
+            } else {
+                (steps / count).max(1)
+            },
         })
+    }
+
+    /// Block diffusion's options (see [`Self::block_causal`]); the most blocks a prompt can need
+    /// (blocks are counted from position 0, so `gen_length` need not be whole blocks and the
+    /// number of blocks depends on the prompt; `steps` is per block).
+    fn validate_block_causal(&self, length: usize) -> Result<usize, OptionError> {
+        if self.block_length.is_none_or(|l| l == 0) {
+            return bad(
+                "block_length",
+                "block diffusion needs a positive block length",
+            );
+        }
+        if self.cache == CacheMode::Dual {
+            return bad(
+                "cache",
+                "block diffusion caches the earlier blocks exactly: `prefix` (a dual cache would keep later blocks it never sees)",
+            );
+        }
+        for (field, set) in [
+            ("cfg_scale", self.cfg_scale.is_some()),
+            ("factor", self.factor.is_some()),
+            ("threshold_carry", self.threshold_carry),
+            ("joint_counting", self.joint_counting),
+            ("mean_counting", self.mean_counting),
+        ] {
+            if set {
+                return bad(field, "not with `block_causal`");
+            }
+        }
+        if self.eos_early_stop && self.eos_id.is_none() {
+            return bad("eos_early_stop", "stops at `eos_id`: give it");
+        }
+        // a prompt inside block b needs blocks b.. up to the end of its generation
+        Ok(self.gen_length.div_ceil(length) + 1)
     }
 
     /// [`Self::validate`], and the options that depend on the model: `eos_id` inside its

@@ -243,6 +243,29 @@ impl Remasking for CarriedThreshold {
     }
 }
 
+/// LLaDA2's threshold with a quota (`generate` of `modeling_llada2_moe.py`): when at least the
+/// step's count `k` of proposals are more than `tau` confident (strictly), every one of them is
+/// revealed; otherwise the `k` most confident (all, if fewer). In confidence order. The count is
+/// [`Schedule::Quota`](crate::Schedule::Quota)'s, and the block ends after its steps.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaThreshold(pub f64);
+
+impl Remasking for QuotaThreshold {
+    fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
+        let order = ranked(proposals, step.order, proposals.len());
+        let above = order
+            .iter()
+            .take_while(|&&i| proposals[i].confidence > self.0)
+            .count();
+        let take = if above >= step.k {
+            above
+        } else {
+            step.k.min(order.len())
+        };
+        order.into_iter().take(take).collect()
+    }
+}
+
 /// Fast-dLLM's factor rule (`get_transfer_index_dynamic`): with the confidences sorted,
 /// `c_1 >= c_2 >= ...`, rank `n` passes when `c_n >= 1 - factor / (n + 1)` (rank 1 always); the
 /// ranks before the first failure are revealed.
