@@ -318,47 +318,66 @@ fn cut_after_eos(row: &[usize], prompt: usize, gen: usize, eos: Option<usize>) -
 /// earlier blocks.
 #[test]
 fn llada2_generations_parity_with_block_diffusion() {
-    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Schedule};
+    use mdm::samplers::{DecodingOptions, Schedule};
+
+    block_diffusion_parity("llada2.generate", |g| {
+        let field = |k: &str| g[k].as_u64().unwrap() as usize;
+        let minimal_topk = g["minimal_topk"].as_u64().unwrap_or(1) as usize;
+        DecodingOptions::default()
+            .with_steps(field("steps").min(field("gen_length") / minimal_topk))
+            .with_schedule(Schedule::Quota)
+    });
+}
+
+#[test]
+fn llada21_generations_parity_with_token_editing() {
+    use mdm::samplers::DecodingOptions;
+
+    block_diffusion_parity("llada21.generate", |g| DecodingOptions {
+        per_step: g["num_to_transfer"].as_u64().map(|k| k as usize),
+        edit_threshold: g["editing_threshold"].as_f64(),
+        max_post_steps: g["max_post_steps"].as_u64().unwrap() as usize,
+        ..DecodingOptions::default()
+    });
+}
+
+/// Every generation of the LLaDA2 set made by `function`, decoded as block diffusion with the
+/// options `specific` adds to the shared ones (block length, threshold, EOS), with and without
+/// the exact prefix cache: tokens (cut after the first EOS) and forward passes as the reference.
+fn block_diffusion_parity(
+    function: &str,
+    specific: impl Fn(&serde_json::Value) -> mdm::samplers::DecodingOptions,
+) {
+    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
 
     let set = open("MDM_LLADA2_PARITY_DIR", "llada2-parity");
     let generations = set.manifest["generations"].as_array().expect("generations");
     let mut failures = Vec::new();
     let mut ran = 0;
-    for g in generations {
+    for g in generations.iter().filter(|g| g["function"] == function) {
         let name = g["name"].as_str().unwrap();
-        if g["function"] != "llada2.generate" {
-            continue;
-        }
         assert_eq!(g["temperature"].as_f64(), Some(0.0), "{name}");
         let field = |k: &str| g[k].as_u64().unwrap() as usize;
         let gen = field("gen_length");
-        let minimal_topk = g["minimal_topk"].as_u64().unwrap_or(1) as usize;
-        let steps = field("steps").min(gen / minimal_topk);
         let eos = g["eos_id"].as_u64().map(|e| e as usize);
-        let prompt: Vec<usize> = set
-            .case(&format!("{name}.prompt"))
-            .i64()
-            .iter()
-            .map(|&t| t as usize)
-            .collect();
-        let expected: Vec<usize> = set
-            .case(&format!("{name}.x"))
-            .i64()
-            .iter()
-            .map(|&t| t as usize)
-            .collect();
+        let ids = |key: &str| -> Vec<usize> {
+            set.case(&format!("{name}.{key}"))
+                .i64()
+                .iter()
+                .map(|&t| t as usize)
+                .collect()
+        };
+        let (prompt, expected) = (ids("prompt"), ids("x"));
         for cache in [CacheMode::None, CacheMode::Prefix] {
             let options = DecodingOptions {
                 threshold: g["threshold"].as_f64(),
                 eos_id: eos,
                 block_causal: true,
                 eos_early_stop: g["eos_early_stop"].as_bool().unwrap_or(false),
-                ..DecodingOptions::default()
-                    .with_gen_length(gen)
-                    .with_block_length(field("block_length"))
-                    .with_steps(steps)
-                    .with_schedule(Schedule::Quota)
-                    .with_cache(cache)
+                gen_length: gen,
+                block_length: Some(field("block_length")),
+                cache,
+                ..specific(g)
             };
             let out = MaskedDiffusionSampler::new(&set.model, options)
                 .decode(std::slice::from_ref(&prompt), |_| {})
@@ -375,7 +394,7 @@ fn llada2_generations_parity_with_block_diffusion() {
         }
         ran += 1;
     }
-    assert!(ran > 0, "no LLaDA2.0 generation in the set");
+    assert!(ran > 0, "no {function} generation in the set");
     assert!(
         failures.is_empty(),
         "{} of {} runs differ:\n{}",

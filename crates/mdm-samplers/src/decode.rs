@@ -72,6 +72,9 @@ pub struct StepEvent<'a> {
     pub tokens: &'a [Vec<usize>],
     /// Slots revealed by this step, with their tokens and confidences.
     pub revealed: &'a [Proposal],
+    /// Decoded tokens this step replaced (token editing), with their new tokens and
+    /// probabilities.
+    pub edited: &'a [Proposal],
     /// Where the step's time went, when [`DecodingOptions::profile`] is on.
     pub timing: Option<StepTiming>,
     /// What the step's forward pass computed.
@@ -183,6 +186,32 @@ struct Reusable<B: burn::tensor::backend::Backend> {
     logits: Tensor<B, 2>,
 }
 
+/// LLaDA2.1's token editing in the block being decoded: per canvas row, the passes run on its
+/// full block, and whether its block has ended.
+struct Editing {
+    threshold: f64,
+    max_post: usize,
+    post: Vec<usize>,
+    ended: Vec<bool>,
+}
+
+impl Editing {
+    fn new(threshold: f64, max_post: usize, rows: usize) -> Self {
+        Self {
+            threshold,
+            max_post,
+            post: vec![0; rows],
+            ended: vec![false; rows],
+        }
+    }
+
+    /// Whether `row`, with `masked` masks in its block, takes another pass: while it has masks,
+    /// then while its passes edited and it has not had `max_post` passes on a full block.
+    fn wants(&self, row: usize, masked: usize) -> bool {
+        !self.ended[row] && (masked > 0 || self.post[row] < self.max_post)
+    }
+}
+
 /// The random streams a run owns (see [`Streams`]): one per row, or under joint counting one.
 struct Rngs {
     joint: bool,
@@ -211,6 +240,7 @@ struct Decoder<'a, B: Kernels, M: MaskPredictor<B>> {
     positions: usize,
     device: B::Device,
     reusable: Option<Reusable<B>>,
+    editing: Option<Editing>,
 }
 
 /// Decodes `canvas` with `options` (validated by the caller) and `rule`; `on_step` sees every
@@ -245,6 +275,7 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
         positions: 0,
         device: model.device(),
         reusable: None,
+        editing: None,
     };
     let mut done = vec![false; batch];
     let mut stopped = false;
@@ -272,7 +303,7 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
             stopped = true;
             break;
         }
-        if options.block_causal {
+        if options.block_causal && (options.edit_threshold.is_none() || options.eos_early_stop) {
             decoder.finish_blocks(&rows, &regions, &mut done);
         }
     }
@@ -305,6 +336,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         steps: usize,
         held: &[usize],
     ) -> bool {
+        if let Some(editing) = &self.editing {
+            return editing.wants(row, self.masked_in(row, region));
+        }
         let holding = if self.options.joint_counting {
             held.iter().any(|&h| h > 0)
         } else {
@@ -342,6 +376,10 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         let mut held = vec![0usize; self.x.len()];
         // passes in a row that changed no token (every reveal was the mask token itself)
         let mut idle = 0;
+        self.editing = self
+            .options
+            .edit_threshold
+            .map(|e| Editing::new(e, self.options.max_post_steps, self.x.len()));
         for step in 0.. {
             let started = Instant::now();
             let pass = match (self.options.cache, step) {
@@ -365,6 +403,25 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     self.batch(&active, regions)
                 }
             };
+            // the rows this pass decodes (a fixed batch may hold rows whose block has ended) and
+            // their masks before it
+            let stepping: Vec<bool> = batch
+                .rows
+                .iter()
+                .map(|&r| !done[r] && self.wants(r, &regions[r], step, steps, &held))
+                .collect();
+            let masks_before: Vec<usize> = batch
+                .rows
+                .iter()
+                .map(|&r| self.masked_in(r, &regions[r]))
+                .collect();
+            if let Some(editing) = &mut self.editing {
+                for (i, &r) in batch.rows.iter().enumerate() {
+                    if stepping[i] && masks_before[i] == 0 {
+                        editing.post[r] += 1;
+                    }
+                }
+            }
             // a shifted model's cached passes cannot predict a window's first position: the
             // caching pass reveals it, and only it (Fast-dLLM's Dream block decoding)
             let first_only = pass == Pass::Caching && self.model.shifts_logits();
@@ -386,6 +443,8 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                         .map(move |c| (i, c))
                 })
                 .collect();
+            let masked_slots = slots.len();
+            let slots = [slots, self.editable(&batch, &stepping, regions)].concat();
             let (logits, cost, forward) = self.forward(pass, &batch, &mut cache, &slots)?;
             let slot_list: Vec<Slot> = slots
                 .iter()
@@ -394,8 +453,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     pos,
                 })
                 .collect();
-            let kept = (pass == Pass::Full && !self.options.no_reuse).then(|| logits.clone());
-            let proposed = proposals(
+            let kept = (pass == Pass::Full && !self.options.no_reuse && self.editing.is_none())
+                .then(|| logits.clone());
+            let mut proposed = proposals(
                 logits,
                 &slot_list,
                 self.options.cfg_scale,
@@ -403,6 +463,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 self.options.remasking.confidence(),
                 &mut self.rngs.streams(),
             )?;
+            let replacements = proposed.split_off(masked_slots);
             let within = step < steps;
             let times = if within {
                 (grid[step], grid[step + 1])
@@ -411,6 +472,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             };
             let last = step + 1 == steps;
             let schedule = self.options.schedule;
+            let quota = self.options.step_quota();
             // Dream's batch count: the mean masked count over the block's rows, in f32
             let mean_masks = self.options.mean_counting.then(|| {
                 let total: usize = rows.iter().map(|&r| self.masked_in(r, &regions[r])).sum();
@@ -431,6 +493,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     let share = transfer_schedule(masks, steps).get(step).copied();
                     let k = share.unwrap_or(0) + held[row];
                     given.borrow_mut()[row] = Some(k);
+                    return k;
+                }
+                if let Some(k) = quota {
                     return k;
                 }
                 if !within {
@@ -488,7 +553,10 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 }),
                 _ => None,
             };
-            if self.options.block_causal {
+            let edited = self.edit(&batch.rows, &masks_before, replacements);
+            if self.editing.is_some() {
+                // LLaDA2.1 stops at an EOS only after a block
+            } else if self.options.block_causal {
                 self.stop_early(&batch.rows, &revealed, regions, done);
             } else {
                 self.finish_rows(&batch.rows, done);
@@ -502,6 +570,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 step,
                 tokens: &self.x,
                 revealed: &revealed,
+                edited: &edited,
                 timing,
                 cost,
             })
@@ -522,7 +591,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             // mask token at every remaining slot would make the same pass forever (the
             // references never return): after two cached or full passes that changed nothing,
             // the block ends with those slots masked
-            let changed = revealed.iter().any(|p| p.token != self.mask_id);
+            let changed = revealed.iter().any(|p| p.token != self.mask_id) || !edited.is_empty();
             idle = if changed || pass == Pass::Caching {
                 0
             } else {
@@ -558,6 +627,61 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
             Pass::Window => (region.start, region.end),
         };
         Order::Torch { start, end }
+    }
+
+    /// Token editing's candidates: the decoded, non-prompt positions of the blocks of the batch
+    /// rows that take this pass (none without editing).
+    fn editable(
+        &self,
+        batch: &Batch,
+        stepping: &[bool],
+        regions: &[std::ops::Range<usize>],
+    ) -> Vec<(usize, usize)> {
+        if self.editing.is_none() {
+            return Vec::new();
+        }
+        let mut slots = Vec::new();
+        for (i, &r) in batch.rows.iter().enumerate() {
+            if !stepping[i] {
+                continue;
+            }
+            let region = regions[r].start.max(self.prompt_lens[r])..regions[r].end;
+            slots.extend(
+                region
+                    .filter(|&c| self.x[r][c] != self.mask_id)
+                    .map(|c| (i, c)),
+            );
+        }
+        slots
+    }
+
+    /// Applies token editing's `replacements` (proposals at the editable positions): a token whose
+    /// proposal differs and is more than the edit threshold probable is replaced. A row whose
+    /// block was full before this pass and that nothing edited ends its block. Returns the edits.
+    fn edit(
+        &mut self,
+        rows: &[usize],
+        masks_before: &[usize],
+        replacements: Vec<Proposal>,
+    ) -> Vec<Proposal> {
+        let Some(editing) = &mut self.editing else {
+            return Vec::new();
+        };
+        let edited: Vec<Proposal> = replacements
+            .into_iter()
+            .filter(|p| {
+                p.confidence > editing.threshold && p.token != self.x[p.slot.row][p.slot.pos]
+            })
+            .collect();
+        for p in &edited {
+            self.x[p.slot.row][p.slot.pos] = p.token;
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            if masks_before[i] == 0 && !edited.iter().any(|p| p.slot.row == r) {
+                editing.ended[r] = true;
+            }
+        }
+        edited
     }
 
     /// Marks complete the rows of `rows` whose first generated EOS has nothing masked before it,

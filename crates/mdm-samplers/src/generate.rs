@@ -168,6 +168,16 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         let mut out = self.run(canvas, on_step)?;
         for (row, p) in out.rows.iter_mut().zip(prompts) {
             row.truncate(p.len() + gen);
+            // token editing decodes past an EOS: a completed row ends at its first
+            let mask_id = self.model.mask_id();
+            if let Some(eos) = self.options.eos_id {
+                let gen = &mut row[p.len()..];
+                if let Some(e) = gen.iter().position(|&t| t == eos) {
+                    if !gen[..e].contains(&mask_id) {
+                        gen[e..].fill(eos);
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -237,6 +237,22 @@ pub struct DecodingOptions {
     /// its first EOS is still masked (LLaDA2's `eos_early_stop`).
     #[cfg_attr(feature = "clap", arg(long, requires = "block_causal"))]
     pub eos_early_stop: bool,
+    /// With `block_causal` and `threshold`: every step reveals at least this many slots (all
+    /// those above the threshold when there are that many, else this many of the most
+    /// confident) and the block runs until it is full, `steps` unused (LLaDA2.1's
+    /// `num_to_transfer`).
+    #[cfg_attr(feature = "clap", arg(long, requires = "block_causal"))]
+    pub per_step: Option<usize>,
+    /// Token editing (LLaDA2.1), with `block_causal`: after each pass, a token already decoded in
+    /// the current block (not the prompt, not revealed by this pass) whose most likely
+    /// replacement differs and is more than this probable is replaced by it; when the block is
+    /// full, passes go on while they edit (at most `max_post_steps`). A row then stops at an EOS
+    /// only with `eos_early_stop`, after a block.
+    #[cfg_attr(feature = "clap", arg(long, requires = "block_causal"))]
+    pub edit_threshold: Option<f64>,
+    /// With `edit_threshold`: the most passes a full block gets (LLaDA2.1's `max_post_steps`).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
+    pub max_post_steps: usize,
 }
 
 impl DecodingOptions {
@@ -275,6 +291,9 @@ impl DecodingOptions {
             no_reuse: _,
             block_causal: _,
             eos_early_stop: _,
+            per_step: _,
+            edit_threshold: _,
+            max_post_steps: _,
         } = self;
         [
             ("steps", self.steps != d.steps),
@@ -305,6 +324,9 @@ impl DecodingOptions {
             ("no_reuse", self.no_reuse != d.no_reuse),
             ("block_causal", self.block_causal != d.block_causal),
             ("eos_early_stop", self.eos_early_stop != d.eos_early_stop),
+            ("per_step", self.per_step != d.per_step),
+            ("edit_threshold", self.edit_threshold != d.edit_threshold),
+            ("max_post_steps", self.max_post_steps != d.max_post_steps),
         ]
         .into_iter()
         .find_map(|(name, differs)| differs.then_some(name))
@@ -341,6 +363,9 @@ impl Default for DecodingOptions {
             profile: false,
             block_causal: false,
             eos_early_stop: false,
+            per_step: None,
+            edit_threshold: None,
+            max_post_steps: 16,
         }
     }
 }
@@ -487,14 +512,29 @@ impl DecodingOptions {
         }
     }
 
+    /// The fixed count every step of a block reveals at least, the block running until it is
+    /// full: `per_step`, or 1 with token editing (LLaDA2.1's `num_to_transfer` default).
+    pub fn step_quota(&self) -> Option<usize> {
+        self.per_step.or(self.edit_threshold.map(|_| 1))
+    }
+
     /// The remasking rule: which of a group's proposals a step reveals.
     pub fn rule(&self) -> Box<dyn Remasking> {
         match self.parallel() {
             Parallel::Threshold(tau) if self.threshold_carry => {
                 return Box::new(CarriedThreshold(tau))
             }
+            Parallel::Threshold(tau) if self.step_quota().is_some() => {
+                return Box::new(QuotaThreshold {
+                    tau,
+                    until_full: true,
+                })
+            }
             Parallel::Threshold(tau) if self.schedule == Schedule::Quota => {
-                return Box::new(QuotaThreshold(tau))
+                return Box::new(QuotaThreshold {
+                    tau,
+                    until_full: false,
+                })
             }
             Parallel::Threshold(tau) => return Box::new(Threshold(tau)),
             Parallel::Factor {
@@ -531,8 +571,14 @@ impl DecodingOptions {
         let count = if self.block_causal {
             self.validate_block_causal(length)?
         } else {
-            if self.eos_early_stop {
-                return bad("eos_early_stop", "applies to `block_causal` decoding");
+            for (field, set) in [
+                ("eos_early_stop", self.eos_early_stop),
+                ("per_step", self.per_step.is_some()),
+                ("edit_threshold", self.edit_threshold.is_some()),
+            ] {
+                if set {
+                    return bad(field, "applies to `block_causal` decoding");
+                }
             }
             if length == 0 || !self.gen_length.is_multiple_of(length) {
                 return bad(
@@ -671,6 +717,36 @@ impl DecodingOptions {
         }
         if self.eos_early_stop && self.eos_id.is_none() {
             return bad("eos_early_stop", "stops at `eos_id`: give it");
+        }
+        match self.per_step {
+            Some(0) => return bad("per_step", "must be at least 1"),
+            Some(_) if self.threshold.is_none() => {
+                return bad(
+                    "per_step",
+                    "is the least a `threshold` step reveals: give one",
+                )
+            }
+            _ => {}
+        }
+        if let Some(e) = self.edit_threshold {
+            if self.threshold.is_none() {
+                return bad(
+                    "edit_threshold",
+                    "token editing fills masks by `threshold` (LLaDA2.1's): give one",
+                );
+            }
+            if !(0.0..=1.0).contains(&e) {
+                return bad(
+                    "edit_threshold",
+                    format!("{e} is not a probability in [0, 1]"),
+                );
+            }
+            if self.remasking != NamedRule::LowConfidence {
+                return bad(
+                    "edit_threshold",
+                    "edits by the replacement's probability: `remasking` must be `low_confidence`",
+                );
+            }
         }
         // a prompt inside block b needs blocks b.. up to the end of its generation
         Ok(self.gen_length.div_ceil(length) + 1)

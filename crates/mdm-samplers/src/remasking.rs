@@ -246,16 +246,22 @@ impl Remasking for CarriedThreshold {
 /// LLaDA2's threshold with a quota (`generate` of `modeling_llada2_moe.py`): when at least the
 /// step's count `k` of proposals are more than `tau` confident (strictly), every one of them is
 /// revealed; otherwise the `k` most confident (all, if fewer). In confidence order. The count is
-/// [`Schedule::Quota`](crate::Schedule::Quota)'s, and the block ends after its steps.
+/// [`Schedule::Quota`](crate::Schedule::Quota)'s, and the block ends after its steps; or, `until_full`,
+/// a fixed count every step until the block is full (LLaDA2.1's `num_to_transfer`).
 #[derive(Debug, Clone, Copy)]
-pub struct QuotaThreshold(pub f64);
+pub struct QuotaThreshold {
+    /// The threshold (strict).
+    pub tau: f64,
+    /// The block runs until it is full instead of for its scheduled steps.
+    pub until_full: bool,
+}
 
 impl Remasking for QuotaThreshold {
     fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
         let order = ranked(proposals, step.order, proposals.len());
         let above = order
             .iter()
-            .take_while(|&&i| proposals[i].confidence > self.0)
+            .take_while(|&&i| proposals[i].confidence > self.tau)
             .count();
         let take = if above >= step.k {
             above
@@ -263,6 +269,10 @@ impl Remasking for QuotaThreshold {
             step.k.min(order.len())
         };
         order.into_iter().take(take).collect()
+    }
+
+    fn scheduled(&self) -> bool {
+        !self.until_full
     }
 }
 
