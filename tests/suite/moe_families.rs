@@ -196,6 +196,114 @@ fn rnd1_logits_and_router_parity() {
     set.router_matches();
 }
 
+/// RND1's `diffusion_sample` (greedy) as infilling: its canvas (prefix, masks, suffix, padding;
+/// a reserved EOS slot) decoded with RND1's schedule ([`Schedule::Fraction`]), entropy-ranked
+/// reveals (or, with `eb_gamma`, entropy-bounded ones) measured at the run's temperature, and the
+/// shifted logits; every token and forward
+/// pass as the reference (every pass run, as it runs them), and the same tokens when passes that
+/// would see an unchanged canvas are skipped.
+#[test]
+fn rnd1_generations_parity_with_its_sampler() {
+    use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler, NamedRule, Schedule};
+
+    let set = open("MDM_RND1_PARITY_DIR", "rnd1-parity");
+    let generations = set.manifest["generations"].as_array().expect("generations");
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for g in generations {
+        let name = g["name"].as_str().unwrap();
+        let field = |k: &str| g[k].as_u64().map(|v| v as usize);
+        let ids = |key: &str| -> Vec<usize> {
+            set.cases
+                .get(&format!("{name}.{key}"))
+                .map(|t| t.i64().iter().map(|&v| v as usize).collect())
+                .unwrap_or_default()
+        };
+        let canvas = rnd1_canvas(
+            &ids("prompt"),
+            &ids("suffix"),
+            field("seq_len").unwrap(),
+            field("infill_length"),
+            g["add_eos_at_end"].as_bool().unwrap_or(false),
+            [
+                field("mask_token_id").unwrap(),
+                field("eos_token_id").unwrap(),
+                field("pad_token_id").unwrap(),
+            ],
+            field("bos_token_id"),
+        );
+        let expected = ids("x");
+        for no_reuse in [true, false] {
+            let options = DecodingOptions {
+                confidence_temperature: g["temperature"].as_f64(),
+                eb_gamma: g["eb_gamma"].as_f64(),
+                no_reuse,
+                ..DecodingOptions::default()
+                    .with_steps(field("num_steps").unwrap())
+                    .with_schedule(Schedule::Fraction)
+                    .with_remasking(if g.get("eb_gamma").is_some() {
+                        NamedRule::LowConfidence
+                    } else {
+                        NamedRule::Entropy
+                    })
+            };
+            let out = MaskedDiffusionSampler::new(&set.model, options)
+                .decode_infill(std::slice::from_ref(&canvas), |_| {})
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let nfe = field("nfe").unwrap();
+            let passes_ok = if no_reuse {
+                out.forward_passes == nfe
+            } else {
+                out.forward_passes <= nfe
+            };
+            if out.rows[0] != expected || !passes_ok {
+                failures.push(format!(
+                    "{name} (no_reuse {no_reuse}): nfe {} vs {nfe}\n  ours   {:?}\n  theirs {expected:?}",
+                    out.forward_passes, out.rows[0]
+                ));
+            }
+        }
+        ran += 1;
+    }
+    assert!(ran > 0, "no RND1 generation in the set");
+    assert!(
+        failures.is_empty(),
+        "{} runs differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// RND1's initial canvas (`diffusion_sample`): with a prefix or suffix, padding of `seq_len` with
+/// the prefix, `infill` masks (at most what is left after one slot reserved for EOS), the suffix,
+/// and EOS last with `eos_at_end`; without, masks with BOS first and EOS last when given.
+fn rnd1_canvas(
+    prefix: &[usize],
+    suffix: &[usize],
+    seq_len: usize,
+    infill: Option<usize>,
+    eos_at_end: bool,
+    [mask, eos, pad]: [usize; 3],
+    bos: Option<usize>,
+) -> Vec<usize> {
+    let mut x;
+    if prefix.is_empty() && suffix.is_empty() {
+        x = vec![mask; seq_len];
+        if let Some(bos) = bos {
+            x[0] = bos;
+        }
+    } else {
+        let room = seq_len - prefix.len() - suffix.len() - 1;
+        let infill = infill.unwrap_or(room).min(room);
+        x = [prefix, &vec![mask; infill][..], suffix].concat();
+        x.resize(seq_len, pad);
+    }
+    if eos_at_end {
+        x[seq_len - 1] = eos;
+    }
+    x
+}
+
 #[test]
 fn a_moe_folder_whose_config_disagrees_names_the_tensor() {
     let src = common::fixture_dir("MDM_RND1_PARITY_DIR", "rnd1-parity", "model/config.json");

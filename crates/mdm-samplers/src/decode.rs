@@ -38,7 +38,7 @@ use crate::host::device_error;
 use crate::options::{Blocks, CacheMode, DecodingOptions, Schedule};
 use crate::proposal::{Proposal, Slot};
 use crate::remasking::{Order, Remasking};
-use crate::schedule::{mean_count, timesteps, transfer_count, transfer_schedule};
+use crate::schedule::{fraction_kept, mean_count, timesteps, transfer_count, transfer_schedule};
 use crate::step::{padding_mask, reveal_groups, Counting, SamplerError, StepTimes, Streams};
 use crate::ties::Ties;
 
@@ -460,7 +460,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                 &slot_list,
                 self.options.cfg_scale,
                 &self.options.sampling(),
-                self.options.remasking.confidence(),
+                self.options.confidence(),
                 &mut self.rngs.streams(),
             )?;
             let replacements = proposed.split_off(masked_slots);
@@ -508,6 +508,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
                     Schedule::TimeGrid => transfer_count(n, times.0, times.1, last),
                     Schedule::Even => transfer_schedule(masks, steps)[step],
                     Schedule::Quota => transfer_schedule(regions[row].len(), steps)[step],
+                    Schedule::Fraction => n.saturating_sub(fraction_kept(masks, step, steps)),
                 }
             };
             let counting = if joint {

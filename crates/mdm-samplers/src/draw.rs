@@ -45,8 +45,10 @@ pub fn proposals<B: Kernels>(
     confidence: Confidence,
     streams: &mut Streams<'_>,
 ) -> Result<Vec<Proposal>, SamplerError> {
-    let greedy =
-        sampling.temperature == 0.0 && confidence == Confidence::Probability && !sampling.filters();
+    let greedy = sampling.temperature == 0.0
+        && confidence == Confidence::Probability
+        && !sampling.filters()
+        && sampling.confidence_temperature.is_none();
     let [rows, vocab] = logits.dims();
     let halves = if cfg_scale.is_some() { 2 } else { 1 };
     if rows != halves * slots.len() {
@@ -89,7 +91,8 @@ pub fn proposals<B: Kernels>(
 /// A token and a confidence for every slot from host logits (`slots.len() x vocab`, row-major),
 /// drawn with `sampling`'s temperature (0 = argmax, first index on ties) among the tokens its
 /// filters keep, and measured by `confidence` on the kept tokens' renormalised distribution (at
-/// temperature 1, or at the temperature with [`Sampling::tempered_confidence`]). The
+/// temperature 1, or at the temperature with [`Sampling::tempered_confidence`], or at
+/// [`Sampling::confidence_temperature`] at temperature 0). The
 /// uniforms are taken from each slot's row stream in slot order before the rows are processed in
 /// parallel, so the same seed gives the same tokens. A row holding NaN or `+inf`, or only `-inf`,
 /// is an error naming its slot; a `-inf` logit is never drawn.
@@ -115,8 +118,12 @@ pub fn draw_proposals(
         vec![0.0; slots.len()]
     };
     let filtering = sampling.filters();
-    let tempered = sampling.tempered_confidence && temperature > 0.0;
-    let inverse = (1.0 / temperature) as f32;
+    // the temperature the confidences are measured at, when not 1
+    let tempered = if temperature > 0.0 {
+        sampling.tempered_confidence.then_some(temperature)
+    } else {
+        sampling.confidence_temperature
+    };
     let results = kernel::map_rows(logits, vocab, |i, row| {
         let filtered;
         let row = if filtering {
@@ -125,40 +132,57 @@ pub fn draw_proposals(
                     filtered = kept;
                     &filtered[..]
                 }
-                None => return (0, f64::NAN),
+                None => return (0, f64::NAN, None),
             }
         } else {
             row
         };
-        if tempered {
-            // Dream: the draw and the confidence both from softmax(row / T)
-            let scaled: Vec<f32> = row.iter().map(|&x| x * inverse).collect();
-            return propose_row(&scaled, uniforms[i], 1.0, confidence);
+        if let Some(t) = tempered {
+            // Dream: the draw and the confidence both from softmax(row / T); RND1: the argmax
+            // (unchanged by the scale) and the confidence at T
+            let scaled: Vec<f32> = if temperature > 0.0 {
+                let inverse = (1.0 / t) as f32;
+                row.iter().map(|&x| x * inverse).collect()
+            } else {
+                // as RND1's `logits / temperature`
+                let t = t as f32;
+                row.iter().map(|&x| x / t).collect()
+            };
+            let at = if temperature > 0.0 { 1.0 } else { 0.0 };
+            return propose_row(&scaled, uniforms[i], at, confidence);
         }
         propose_row(row, uniforms[i], temperature, confidence)
     });
     finish(slots, results.into_iter())
 }
 
-/// The token and confidence of one (filtered) row at uniform `u`.
-fn propose_row(row: &[f32], u: f64, temperature: f64, confidence: Confidence) -> (usize, f64) {
+/// The token, confidence and (with [`Confidence::ProbabilityAndEntropy`]) entropy of one
+/// (filtered) row at uniform `u`.
+fn propose_row(
+    row: &[f32],
+    u: f64,
+    temperature: f64,
+    confidence: Confidence,
+) -> (usize, f64, Option<f64>) {
     let Some((top, argmax)) = row_top(row) else {
-        return (0, f64::NAN);
+        return (0, f64::NAN, None);
     };
+    let with_entropy = confidence == Confidence::ProbabilityAndEntropy;
     // the blocks' sums of exp(x - top), with the entropy's weighted sums in the same pass
-    let (block_sums, weighted): (Vec<f64>, f64) = if confidence == Confidence::NegEntropy {
-        let sums: Vec<(f64, f64)> = row
-            .chunks(BLOCK)
-            .map(|block| kernel::entropy_sums(block, top))
-            .collect();
-        (
-            sums.iter().map(|s| s.0).collect(),
-            sums.iter().map(|s| s.1).sum(),
-        )
-    } else {
-        let sums = row.chunks(BLOCK).map(|b| kernel::exp_sum(b, top, 1.0));
-        (sums.collect(), 0.0)
-    };
+    let (block_sums, weighted): (Vec<f64>, f64) =
+        if confidence == Confidence::NegEntropy || with_entropy {
+            let sums: Vec<(f64, f64)> = row
+                .chunks(BLOCK)
+                .map(|block| kernel::entropy_sums(block, top))
+                .collect();
+            (
+                sums.iter().map(|s| s.0).collect(),
+                sums.iter().map(|s| s.1).sum(),
+            )
+        } else {
+            let sums = row.chunks(BLOCK).map(|b| kernel::exp_sum(b, top, 1.0));
+            (sums.collect(), 0.0)
+        };
     let normaliser: f64 = block_sums.iter().sum();
     let token = if temperature > 0.0 {
         sample_row(row, top, u, temperature as f32, &block_sums)
@@ -171,9 +195,10 @@ fn propose_row(row: &[f32], u: f64, temperature: f64, confidence: Confidence) ->
         normaliser,
         weighted,
     };
+    let entropy = with_entropy.then(|| -measure(row, argmax, &summary, Confidence::NegEntropy));
     match token {
-        Some(token) => (token, measure(row, token, &summary, confidence)),
-        None => (0, f64::NAN),
+        Some(token) => (token, measure(row, token, &summary, confidence), entropy),
+        None => (0, f64::NAN, None),
     }
 }
 
@@ -312,7 +337,9 @@ struct Summary {
 fn measure(row: &[f32], token: usize, summary: &Summary, confidence: Confidence) -> f64 {
     let (top, s) = (summary.top, summary.normaliser);
     match confidence {
-        Confidence::Probability => f64::from(row[token] - top).exp() / s,
+        Confidence::Probability | Confidence::ProbabilityAndEntropy => {
+            f64::from(row[token] - top).exp() / s
+        }
         Confidence::Margin => {
             let first = summary.argmax;
             let second = row[..first]

@@ -209,6 +209,16 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         rows: &[Vec<usize>],
         on_step: impl FnMut(&StepEvent) -> C,
     ) -> Result<Vec<Vec<usize>>, SamplerError> {
+        Ok(self.decode_infill(rows, on_step)?.rows)
+    }
+
+    /// [`Self::infill`] with what the run cost: forward passes (the references' `nfe`) and
+    /// positions computed.
+    pub fn decode_infill<C: Into<StepControl>>(
+        &self,
+        rows: &[Vec<usize>],
+        on_step: impl FnMut(&StepEvent) -> C,
+    ) -> Result<Decoded, SamplerError> {
         let o = &self.options;
         let refuse = |field: &'static str| {
             Err(SamplerError::Option(OptionError {
@@ -262,7 +272,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             Some(rule) => decode(self.model, canvas, &sampler.options, rule, on_step)?,
             None => sampler.run(canvas, on_step)?,
         };
-        Ok(out.rows)
+        Ok(out)
     }
 }
 

@@ -39,7 +39,10 @@ pub fn greedy_proposals_device<B: Kernels>(
     let lse: Vec<f32> = read_back(log_sum_exp.into_data(), "logsumexp")?;
     finish(
         slots,
-        (0..slots.len()).map(|i| (tokens[i] as usize, (max[i] as f64 - lse[i] as f64).exp())),
+        (0..slots.len()).map(|i| {
+            let p = (max[i] as f64 - lse[i] as f64).exp();
+            (tokens[i] as usize, p, None)
+        }),
     )
 }
 
@@ -55,24 +58,25 @@ pub fn greedy_proposals_host(
         return Err(shape_error(slots.len(), vocab, logits.len()));
     }
     let out = kernel::map_rows(logits, vocab, |_, row| kernel::greedy_row(row));
-    finish(slots, out.into_iter())
+    finish(slots, out.into_iter().map(|(t, p)| (t, p, None)))
 }
 
-/// Proposals from `(token, confidence)` per slot; a non-finite confidence (NaN or infinite logits
-/// from the model) is an error naming the slot.
+/// Proposals from `(token, confidence, entropy)` per slot; a non-finite confidence (NaN or
+/// infinite logits from the model) is an error naming the slot.
 pub(crate) fn finish(
     slots: &[Slot],
-    results: impl Iterator<Item = (usize, f64)>,
+    results: impl Iterator<Item = (usize, f64, Option<f64>)>,
 ) -> Result<Vec<Proposal>, SamplerError> {
     slots
         .iter()
         .zip(results)
-        .map(|(&slot, (token, confidence))| {
+        .map(|(&slot, (token, confidence, entropy))| {
             if confidence.is_finite() {
                 Ok(Proposal {
                     slot,
                     token,
                     confidence,
+                    entropy,
                 })
             } else {
                 Err(SamplerError::NonFiniteLogits {

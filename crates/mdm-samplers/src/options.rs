@@ -8,9 +8,10 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::proposal::Confidence;
 use crate::remasking::{
-    Ancestral, CarriedThreshold, Factor, LowConfidence, NamedRule, QuotaThreshold, RandomRemasking,
-    Remasking, StochasticConfidence, Threshold,
+    Ancestral, CarriedThreshold, EntropyBound, Factor, LowConfidence, NamedRule, QuotaThreshold,
+    RandomRemasking, Remasking, StochasticConfidence, Threshold,
 };
 use crate::schedule::DEFAULT_EPS;
 use crate::ties::Ties;
@@ -63,6 +64,10 @@ pub enum Schedule {
     /// steps, the first `masks % steps` steps one more.
     #[serde(alias = "uniform")]
     Even,
+    /// RND1's (`diffusion_sample`): after step `s` of `N`, `trunc(n s' / N)` of the block's `n`
+    /// masks at its start stay masked, `s' = N - 1 - s` (the product in f32, as the reference),
+    /// all revealed at the last step.
+    Fraction,
     /// LLaDA2's per-step quota: a block of `L` positions over its `steps` steps gets `L / steps`
     /// a step, one more for the first `L % steps` (counted on the block's length, prompt
     /// positions included, not on its masks). With `threshold`, a step reveals every slot above
@@ -253,6 +258,16 @@ pub struct DecodingOptions {
     /// With `edit_threshold`: the most passes a full block gets (LLaDA2.1's `max_post_steps`).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
     pub max_post_steps: usize,
+    /// At temperature 0, measure confidences (the entropy, the probability) under
+    /// `softmax(logits / T)` with this `T`: the tokens stay the most likely ones, the order they
+    /// are revealed in changes (RND1's greedy `diffusion_sample` at a `temperature`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub confidence_temperature: Option<f64>,
+    /// RND1's entropy-bounded reveals (`eb_gamma`): each step reveals, in order of decreasing
+    /// probability, the longest run of slots whose entropies sum to at most `gamma` more than
+    /// their largest (always one), everything at the last step; in [0, inf).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub eb_gamma: Option<f64>,
 }
 
 impl DecodingOptions {
@@ -294,6 +309,8 @@ impl DecodingOptions {
             per_step: _,
             edit_threshold: _,
             max_post_steps: _,
+            confidence_temperature: _,
+            eb_gamma: _,
         } = self;
         [
             ("steps", self.steps != d.steps),
@@ -327,6 +344,11 @@ impl DecodingOptions {
             ("per_step", self.per_step != d.per_step),
             ("edit_threshold", self.edit_threshold != d.edit_threshold),
             ("max_post_steps", self.max_post_steps != d.max_post_steps),
+            (
+                "confidence_temperature",
+                self.confidence_temperature != d.confidence_temperature,
+            ),
+            ("eb_gamma", self.eb_gamma != d.eb_gamma),
         ]
         .into_iter()
         .find_map(|(name, differs)| differs.then_some(name))
@@ -366,6 +388,8 @@ impl Default for DecodingOptions {
             per_step: None,
             edit_threshold: None,
             max_post_steps: 16,
+            confidence_temperature: None,
+            eb_gamma: None,
         }
     }
 }
@@ -395,6 +419,9 @@ pub struct Sampling {
     /// Confidences under the tempered distribution `softmax(logits / T)` (Dream) instead of at
     /// temperature 1 (SMDM, LLaDA); no effect at temperature 0.
     pub tempered_confidence: bool,
+    /// At temperature 0, confidences under `softmax(logits / T)` with this `T` (the token is the
+    /// most likely whatever it is: RND1's greedy sampler at a temperature).
+    pub confidence_temperature: Option<f64>,
 }
 
 impl Sampling {
@@ -509,6 +536,7 @@ impl DecodingOptions {
             top_k: self.top_k,
             min_p: self.min_p,
             tempered_confidence: self.tempered_confidence,
+            confidence_temperature: self.confidence_temperature,
         }
     }
 
@@ -518,8 +546,21 @@ impl DecodingOptions {
         self.per_step.or(self.edit_threshold.map(|_| 1))
     }
 
+    /// What each proposal's confidence measures: the `remasking` rule's, with the entropy beside
+    /// the probability for `eb_gamma`.
+    pub fn confidence(&self) -> Confidence {
+        if self.eb_gamma.is_some() {
+            Confidence::ProbabilityAndEntropy
+        } else {
+            self.remasking.confidence()
+        }
+    }
+
     /// The remasking rule: which of a group's proposals a step reveals.
     pub fn rule(&self) -> Box<dyn Remasking> {
+        if let Some(gamma) = self.eb_gamma {
+            return Box::new(EntropyBound(gamma));
+        }
         match self.parallel() {
             Parallel::Threshold(tau) if self.threshold_carry => {
                 return Box::new(CarriedThreshold(tau))
@@ -602,6 +643,31 @@ impl DecodingOptions {
                 "temperature",
                 format!("{} must be finite and >= 0", self.temperature),
             );
+        }
+        if let Some(g) = self.eb_gamma {
+            if !(g.is_finite() && g >= 0.0) {
+                return bad("eb_gamma", format!("{g} must be finite and >= 0"));
+            }
+            if parallel || self.remasking != NamedRule::LowConfidence {
+                return bad(
+                    "eb_gamma",
+                    "ranks by probability: not with `threshold`, `factor` or another `remasking`",
+                );
+            }
+        }
+        if let Some(t) = self.confidence_temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return bad(
+                    "confidence_temperature",
+                    format!("{t} must be finite and > 0"),
+                );
+            }
+            if self.temperature > 0.0 {
+                return bad(
+                    "confidence_temperature",
+                    "applies at temperature 0 (with a temperature, `tempered_confidence`)",
+                );
+            }
         }
         if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
             return bad("top_p", format!("{p} must lie in (0, 1]"));

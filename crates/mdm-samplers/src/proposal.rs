@@ -23,6 +23,9 @@ pub struct Proposal {
     /// Confidence of the proposal, in f64: by default the softmax probability of `token` (SMDM's);
     /// see [`Confidence`].
     pub confidence: f64,
+    /// The entropy of the slot's distribution, measured beside the probability for the rules
+    /// that need both ([`Confidence::ProbabilityAndEntropy`]); `None` otherwise.
+    pub entropy: Option<f64>,
 }
 
 /// How a proposal's confidence is measured (what low-confidence remasking ranks by).
@@ -35,13 +38,16 @@ pub enum Confidence {
     Margin,
     /// Negative entropy of the distribution (Dream's `entropy`): peaked distributions first.
     NegEntropy,
+    /// The probability, with the distribution's entropy in [`Proposal::entropy`] (the
+    /// entropy-bounded rule).
+    ProbabilityAndEntropy,
 }
 
 impl Confidence {
     /// The confidence of `token` under the logits `row`, in f64.
     pub fn measure(self, row: &[f32], token: usize) -> f64 {
         match self {
-            Confidence::Probability => softmax_prob(row, token),
+            Confidence::Probability | Confidence::ProbabilityAndEntropy => softmax_prob(row, token),
             Confidence::Margin => {
                 let probs = softmax(row);
                 let (mut first, mut second) = (0.0f64, 0.0f64);
@@ -121,6 +127,8 @@ pub fn propose_with(
             slot,
             token,
             confidence: confidence.measure(row, token),
+            entropy: (confidence == Confidence::ProbabilityAndEntropy)
+                .then(|| -Confidence::NegEntropy.measure(row, token)),
         })
         .collect())
 }

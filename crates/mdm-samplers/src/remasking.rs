@@ -276,6 +276,33 @@ impl Remasking for QuotaThreshold {
     }
 }
 
+/// RND1's entropy-bounded rule (`diffusion_sample` with `eb_gamma`): the proposals in order of
+/// decreasing probability, the longest prefix whose entropies' sum less their largest is at most
+/// `gamma` (always the first); everything at the last step. The block runs its scheduled steps.
+/// The entropies come from [`Confidence::ProbabilityAndEntropy`](crate::proposal::Confidence).
+#[derive(Debug, Clone, Copy)]
+pub struct EntropyBound(pub f64);
+
+impl Remasking for EntropyBound {
+    fn select(&self, proposals: &[Proposal], step: &StepInfo, _rng: &mut MdmRng) -> Vec<usize> {
+        let order = ranked(proposals, step.order, proposals.len());
+        if step.last_step {
+            return order;
+        }
+        let (mut sum, mut largest) = (0.0f64, 0.0f64);
+        let within = order
+            .iter()
+            .take_while(|&&i| {
+                let h = proposals[i].entropy.unwrap_or(0.0);
+                sum += h;
+                largest = largest.max(h);
+                sum - largest <= self.0
+            })
+            .count();
+        order.into_iter().take(within.max(1)).collect()
+    }
+}
+
 /// Fast-dLLM's factor rule (`get_transfer_index_dynamic`): with the confidences sorted,
 /// `c_1 >= c_2 >= ...`, rank `n` passes when `c_n >= 1 - factor / (n + 1)` (rank 1 always); the
 /// ranks before the first failure are revealed.
@@ -424,6 +451,7 @@ mod tests {
                 slot: Slot { row: 0, pos },
                 token: 0,
                 confidence,
+                entropy: None,
             })
             .collect()
     }

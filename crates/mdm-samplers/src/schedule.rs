@@ -53,8 +53,26 @@ pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
     (0..steps).map(|i| base + usize::from(i < extra)).collect()
 }
 
+/// RND1's schedule (`diffusion_sample`): of the `masks` a block had at its start, how many stay
+/// masked after step `step` of `steps`: `trunc(masks (steps - 1 - step) / steps)`, the product in
+/// f32 as the reference's (`108 x 7/12` is 62 there, not 63); 0 after the last step.
+pub fn fraction_kept(masks: usize, step: usize, steps: usize) -> usize {
+    let left = steps.saturating_sub(step + 1);
+    let rate = (left as f64 / steps as f64) as f32;
+    (masks as f32 * rate) as usize
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rnd1_fraction_is_an_f32_product() {
+        // the reference's float32 product: 108 x 7/12 rounds below 63
+        assert_eq!(super::fraction_kept(108, 4, 12), 62);
+        assert_eq!(super::fraction_kept(25, 0, 16), 23);
+        assert_eq!(super::fraction_kept(25, 15, 16), 0);
+        assert_eq!(super::fraction_kept(12, 14, 16), 0);
+    }
+
     use super::*;
 
     #[test]

@@ -196,8 +196,8 @@ pub struct LoglikelihoodJob {
 /// Work for the model's worker.
 #[derive(Debug)]
 pub enum Job {
-    /// Generate.
-    Generate(GenerateJob),
+    /// Generate (boxed: its options are large beside the other jobs).
+    Generate(Box<GenerateJob>),
     /// Per-token log-probabilities.
     Logprobs(LogprobJob),
     /// Score a continuation.
@@ -403,7 +403,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             }
             match job {
                 Job::Generate(first) => {
-                    let batch = self.gather(first);
+                    let batch = self.gather(*first);
                     self.run_batch(batch);
                 }
                 other => self.run_score(other),
@@ -445,7 +445,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
                         if j.events.is_closed() {
                             self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
                         } else {
-                            batch.push(j);
+                            batch.push(*j);
                         }
                     }
                 } else {

@@ -446,12 +446,12 @@ fn start_choice(
     let (tx, rx) = mpsc::unbounded_channel();
     let mut options = options.clone();
     options.seed = options.seed.wrapping_add(choice as u64);
-    state.engine.submit(Job::Generate(GenerateJob {
+    state.engine.submit(Job::Generate(Box::new(GenerateJob {
         prompt: prompt.to_vec(),
         options,
         canvas,
         events: tx,
-    }))?;
+    })))?;
     Ok(Running {
         prompt: prompt.to_vec(),
         events: rx,
