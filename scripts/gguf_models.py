@@ -1,7 +1,7 @@
 """GGUF files of the masked diffusion families written by llama.cpp's own converter, next to the
 Hugging Face folders they were converted from (tests/suite/parity_gguf.rs loads both and compares).
 
-For LLaDA and Dream: a tiny random Hugging Face folder (f16 safetensors, tied embeddings, a real
+For LLaDA, Dream, LLaDA-MoE and RND1 (`--families llada,dream,lladamoe,rnd1`): a tiny random Hugging Face folder (f16 safetensors, tied embeddings, a real
 tokenizer the converter recognises: GPT-2's byte-level BPE with a mask token added for LLaDA,
 Llama-2's SentencePiece for Dream), then `convert_hf_to_gguf.py --outtype f16` from the llama.cpp
 source that `../shared/tools/build-llama-diffusion.sh` unpacks. Needs torch, transformers < 5,
@@ -161,5 +161,94 @@ def dream(out):
     convert(hf, os.path.join(out, "dream", f"model-{args.outtype}.gguf"))
 
 
+def gpt2_tokenizer(hf, mask_id, mask="<|mdm_mask|>"):
+    """GPT-2's tokenizer (which the converter recognises) with the mask token at `mask_id`."""
+    tok = json.load(open(os.path.join(tokenizers, "gpt2", "tokenizer.json")))
+    tok.setdefault("added_tokens", []).append({
+        "id": mask_id, "content": mask, "single_word": False, "lstrip": False,
+        "rstrip": False, "normalized": False, "special": True})
+    json.dump(tok, open(os.path.join(hf, "tokenizer.json"), "w"))
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "mask_token": mask,
+               "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+               "model_max_length": 256}, open(os.path.join(hf, "tokenizer_config.json"), "w"))
+
+
+def moe_tensors(layers, d, heads, kv, hd, experts, expert_hidden, vocab):
+    """Qwen-named weights of a network whose every layer is a Mixture of Experts with q/k norms."""
+    tensors = {"model.embed_tokens.weight": weight(vocab, d), "model.norm.weight": gain(d),
+               "lm_head.weight": weight(vocab, d)}
+    for i in range(layers):
+        b = f"model.layers.{i}."
+        tensors.update({
+            b + "input_layernorm.weight": gain(d), b + "post_attention_layernorm.weight": gain(d),
+            b + "self_attn.q_proj.weight": weight(heads * hd, d),
+            b + "self_attn.k_proj.weight": weight(kv * hd, d),
+            b + "self_attn.v_proj.weight": weight(kv * hd, d),
+            b + "self_attn.o_proj.weight": weight(d, heads * hd),
+            b + "self_attn.q_norm.weight": gain(hd), b + "self_attn.k_norm.weight": gain(hd),
+            # a router with spread-out logits, so that the top-k choice is never a near tie
+            b + "mlp.gate.weight": (weight(experts, d).float() * 4).to(DTYPE),
+        })
+        for e in range(experts):
+            x = f"{b}mlp.experts.{e}."
+            tensors.update({
+                x + "gate_proj.weight": weight(expert_hidden, d),
+                x + "up_proj.weight": weight(expert_hidden, d),
+                x + "down_proj.weight": weight(d, expert_hidden),
+            })
+    return tensors
+
+
+def lladamoe(out):
+    """LLaDA-MoE: llama.cpp's converter writes mask id 156895 whatever the config says, so the
+    vocabulary reaches past it (GPT-2's tokens, then the converter's padding)."""
+    hf = os.path.join(out, "lladamoe", "hf")
+    os.makedirs(hf, exist_ok=True)
+    d, heads, kv, layers = args.d, args.heads, args.kv, args.layers
+    experts, top_k, expert_hidden, vocab, mask = 4, 2, args.hidden, 156928, 156895
+    config = {
+        "architectures": ["LLaDAMoEModelLM"], "model_type": "lladamoe", "attention_bias": False,
+        "attention_dropout": 0.0, "clip_qkv": None, "dense_intermediate_size": expert_hidden,
+        "eos_token_id": 50256, "pad_token_id": 50256, "expert_intermediate_size": expert_hidden,
+        "hidden_act": "silu", "hidden_size": d, "initializer_range": 0.02,
+        "mask_token_id": mask, "max_position_embeddings": 256, "moe_layer_freq": 1,
+        "moe_router_enable_expert_bias": False, "moe_router_score_function": "softmax",
+        "num_attention_heads": heads, "num_experts": experts, "num_experts_per_tok": top_k,
+        "num_hidden_layers": layers, "num_key_value_heads": kv, "partial_rotary_factor": 1.0,
+        "qk_layernorm": True, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 50000.0,
+        "tie_word_embeddings": False, "dtype": args.dtype, "use_cache": False, "vocab_size": vocab,
+    }
+    json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
+    tensors = moe_tensors(layers, d, heads, kv, d // heads, experts, expert_hidden, vocab)
+    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    gpt2_tokenizer(hf, mask)
+    convert(hf, os.path.join(out, "lladamoe", f"model-{args.outtype}.gguf"))
+
+
+def rnd1(out):
+    """RND1 (Qwen3-MoE): a head size apart from width / heads, renormalised top-k, shifted logits."""
+    hf = os.path.join(out, "rnd1", "hf")
+    os.makedirs(hf, exist_ok=True)
+    d, heads, kv, layers = args.d, args.heads, args.kv, args.layers
+    experts, top_k, expert_hidden, vocab, mask, hd = 4, 2, args.hidden, 50304, 50257, 2 * (args.d // args.heads)
+    config = {
+        "architectures": ["RND1"], "model_type": "rnd1", "attention_bias": False,
+        "attention_dropout": 0.0, "eos_token_id": 50256, "pad_token_id": 50256, "head_dim": hd,
+        "hidden_act": "silu", "hidden_size": d, "initializer_range": 0.02,
+        "intermediate_size": expert_hidden, "mask_token_id": mask, "max_position_embeddings": 256,
+        "mlp_only_layers": [], "moe_intermediate_size": expert_hidden, "norm_topk_prob": True,
+        "num_attention_heads": heads, "num_experts": experts, "num_experts_per_tok": top_k,
+        "num_hidden_layers": layers, "num_key_value_heads": kv, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None,
+        "tie_word_embeddings": False, "dtype": args.dtype, "use_cache": False,
+        "use_sliding_window": False, "vocab_size": vocab,
+    }
+    json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
+    tensors = moe_tensors(layers, d, heads, kv, hd, experts, expert_hidden, vocab)
+    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    gpt2_tokenizer(hf, mask)
+    convert(hf, os.path.join(out, "rnd1", f"model-{args.outtype}.gguf"))
+
+
 for family in args.families.split(","):
-    {"llada": llada, "dream": dream}[family](args.out)
+    {"llada": llada, "dream": dream, "lladamoe": lladamoe, "rnd1": rnd1}[family](args.out)

@@ -92,6 +92,16 @@ fn dream_gguf_from_llamas_converter_equals_its_folder() {
 /// Quantized on load (from the file's f16), against the f16 logits: the error Q8_0 and Q4_K are
 /// known for, and the same top token at most positions.
 #[test]
+fn lladamoe_gguf_from_llamas_converter_equals_its_folder() {
+    same_logits_as_the_folder("lladamoe");
+}
+
+#[test]
+fn rnd1_gguf_from_llamas_converter_equals_its_folder() {
+    same_logits_as_the_folder("rnd1");
+}
+
+#[test]
 fn quantized_on_load_stays_near_the_stored_weights() {
     let rows = 2 * 24;
     for family in ["llada", "dream"] {

@@ -204,6 +204,21 @@ impl PackedMatrix {
         Self::new(self.dtype, self.rows, self.cols, Arc::new(bytes), 0..len)
     }
 
+    /// Rows `rows` of the matrix, a view of the same bytes (one expert of a stacked expert
+    /// tensor).
+    pub fn slice_rows(&self, rows: Range<usize>) -> Result<Self, String> {
+        if rows.start > rows.end || rows.end > self.rows {
+            return Err(format!(
+                "rows {}..{} of {} rows",
+                rows.start, rows.end, self.rows
+            ));
+        }
+        let row = self.row_bytes();
+        let start = self.range.start + rows.start * row;
+        let range = start..start + rows.len() * row;
+        Self::new(self.dtype, rows.len(), self.cols, self.bytes.clone(), range)
+    }
+
     /// Several matrices of one type and width stacked row-wise into one (q, k and v fused).
     pub fn stack(parts: &[&PackedMatrix]) -> Result<Self, String> {
         let first = parts.first().ok_or("nothing to stack")?;

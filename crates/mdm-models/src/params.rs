@@ -82,6 +82,14 @@ pub enum Mapped {
     /// LLaDA2's `query_key_value`), regrouped into the layout of
     /// [`crate::slots::LayerSlot::Qkv`].
     Stacked(String),
+    /// Matrix `index` of a 3-D tensor `[n, rows, cols]` holding one per expert (llama.cpp's
+    /// `ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps`).
+    Expert {
+        /// The stacked tensor.
+        name: String,
+        /// Which matrix (the expert).
+        index: usize,
+    },
 }
 
 /// A family's name map: the tensor(s) of a slot, `None` where the family has none.
@@ -103,6 +111,11 @@ pub(crate) trait TensorStore {
     fn stored_type(&self, name: &str) -> GgmlType;
     /// Matrix `name` read in place, when it is stored in a type the kernels multiply by.
     fn packed(&self, name: &str) -> Result<Option<PackedMatrix>, ModelError>;
+    /// Matrix `index` of the stacked 3-D tensor `name`, read in place, when the store reads it so
+    /// (GGUF's experts); otherwise its values are sliced.
+    fn packed_slice(&self, _name: &str, _index: usize) -> Result<Option<PackedMatrix>, ModelError> {
+        Ok(None)
+    }
     /// Drops `name`'s pages from memory.
     fn release(&self, _name: &str) {}
 }
@@ -160,6 +173,35 @@ impl<'a> NamedSource<'a> {
         }
     }
 
+    /// Checks that `name` stacks matrices of `shape` with one at `index`, and marks it read.
+    fn expect_stacked(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        index: usize,
+    ) -> Result<(), ModelError> {
+        let found = self
+            .store
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingKey {
+                file: self.store.location(),
+                key: name.to_string(),
+                expected: [&[index + 1], shape].concat(),
+            })?;
+        match found.split_first() {
+            Some((&n, rest)) if rest == shape && index < n => {
+                self.used.insert(name.to_string());
+                Ok(())
+            }
+            _ => Err(ModelError::ShapeMismatch {
+                file: self.store.file_of(name),
+                key: name.to_string(),
+                expected: [&[index + 1], shape].concat(),
+                found,
+            }),
+        }
+    }
+
     /// The shapes of q, k and v for a fused slot of `shape` (`[rows, width]` or `[rows]`).
     fn part_shapes(&self, shape: &[usize]) -> [Vec<usize>; 3] {
         let (h, g, d) = self.heads;
@@ -194,6 +236,12 @@ impl ParamSource for NamedSource<'_> {
             Mapped::One(name) => {
                 self.expect(&name, shape)?;
                 Ok(self.store.values(&name)?.0)
+            }
+            Mapped::Expert { name, index } => {
+                self.expect_stacked(&name, shape, index)?;
+                let n: usize = shape.iter().product();
+                let all = self.store.values(&name)?.0;
+                Ok(all[index * n..(index + 1) * n].to_vec())
             }
             Mapped::Stacked(name) => {
                 self.expect(&name, shape)?;
@@ -235,6 +283,16 @@ impl ParamSource for NamedSource<'_> {
                     None => {
                         let (values, stored) = self.store.values(&name)?;
                         StoredMatrix::Values(values, stored)
+                    }
+                });
+            }
+            Mapped::Expert { name, index } => {
+                self.expect_stacked(&name, shape, index)?;
+                return Ok(match self.store.packed_slice(&name, index)? {
+                    Some(packed) => StoredMatrix::Packed(packed),
+                    None => {
+                        let stored = self.store.stored_type(&name);
+                        StoredMatrix::Values(self.take(slot, shape)?, stored)
                     }
                 });
             }
@@ -286,7 +344,8 @@ impl ParamSource for NamedSource<'_> {
                     self.store.release(&name);
                 }
             }
-            None => {}
+            // the stacked tensor holds the other experts too: its pages stay
+            Some(Mapped::Expert { .. }) | None => {}
         }
     }
 

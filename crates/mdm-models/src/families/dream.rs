@@ -225,6 +225,7 @@ pub(crate) const GGUF: GgufLayout = GgufLayout {
     arch: "dream",
     names: |slot| llama_cpp::tensor_name(slot, false),
     qkv_bias: true,
+    moe: None,
 };
 
 /// The Dream family of `folder`: its config and names.

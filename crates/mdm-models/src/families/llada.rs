@@ -260,6 +260,7 @@ pub(crate) const GGUF: GgufLayout = GgufLayout {
     arch: "llada",
     names: |slot| llama_cpp::tensor_name(slot, true),
     qkv_bias: false,
+    moe: None,
 };
 
 /// The LLaDA family of `folder`: its config and names.

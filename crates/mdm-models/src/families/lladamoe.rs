@@ -21,7 +21,7 @@
 use serde_json::Value;
 
 use super::keys::Keys;
-use super::Family;
+use super::{llama_cpp, Family, GgufLayout, GgufMoe};
 use crate::hf::HfFolder;
 use crate::{ExpertBias, ModelConfig, ModelError, MoeConfig, RouterScore};
 
@@ -138,6 +138,16 @@ fn moe_dense_sized(config: &ModelConfig) -> bool {
         .as_ref()
         .is_none_or(|m| m.dense_layers.is_empty() || config.intermediate_size > 0)
 }
+
+/// LLaDA-MoE's GGUF files (arch `llada-moe`): llama.cpp's names, nothing permuted (rotate-half
+/// RoPE), experts stacked per projection; every layer a Mixture of Experts without a shared
+/// expert and top-k weights not renormalised, as llama.cpp's graph computes it.
+pub(crate) const GGUF: GgufLayout = GgufLayout {
+    arch: "llada-moe",
+    names: |slot| llama_cpp::tensor_name(slot, false),
+    qkv_bias: false,
+    moe: Some(GgufMoe { renormalize: false }),
+};
 
 /// The LLaDA-MoE family of `folder`.
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {

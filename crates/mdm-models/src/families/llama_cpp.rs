@@ -9,6 +9,10 @@
 //! | `blk.{i}.attn_output.weight` | attention output |
 //! | `blk.{i}.ffn_norm.weight` | feed-forward norm |
 //! | `blk.{i}.ffn_gate.weight`, `ffn_up`, `ffn_down` | SwiGLU gate, up, down |
+//! | `blk.{i}.attn_q_norm.weight`, `attn_k_norm` | per-head q / k norms |
+//! | `blk.{i}.ffn_gate_inp.weight` | the router `[E, C]` |
+//! | `blk.{i}.ffn_gate_exps.weight`, `ffn_up_exps`, `ffn_down_exps` | every expert's gate, up, down, stacked `[E, rows, cols]` |
+//! | `blk.{i}.ffn_gate_shexp.weight`, `ffn_up_shexp`, `ffn_down_shexp` | the shared expert |
 //! | `output_norm.weight` | final norm |
 //! | `output.weight` (absent: tied to `token_embd`) | head |
 
@@ -16,8 +20,8 @@ use crate::params::Mapped;
 use crate::slots::{LayerSlot, Slot};
 
 /// The GGUF tensor(s) of `slot`; `interleaved`: the converter permuted the q and k rows of each
-/// head for llama.cpp's interleaved RoPE (LLaDA's files). `None` for the routed experts, which
-/// llama.cpp stacks in one tensor per projection (`ffn_gate_exps`: not read yet).
+/// head for llama.cpp's interleaved RoPE (LLaDA's files). The routed experts are one matrix each
+/// of the tensor llama.cpp stacks them in.
 pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Option<Mapped> {
     use LayerSlot::*;
     let Slot::Layer(l, part) = slot else {
@@ -50,7 +54,17 @@ pub(crate) fn tensor_name(slot: Slot, interleaved: bool) -> Option<Mapped> {
         SharedGate => "ffn_gate_shexp",
         SharedUp => "ffn_up_shexp",
         SharedDown => "ffn_down_shexp",
-        ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return None,
+        ExpertGate(e) => return Some(expert(l, "ffn_gate_exps", e)),
+        ExpertUp(e) => return Some(expert(l, "ffn_up_exps", e)),
+        ExpertDown(e) => return Some(expert(l, "ffn_down_exps", e)),
     };
     Some(Mapped::One(format!("blk.{l}.{name}.weight")))
+}
+
+/// Expert `index` of block `l`'s stacked tensor `what`.
+fn expert(l: usize, what: &str, index: usize) -> Mapped {
+    Mapped::Expert {
+        name: format!("blk.{l}.{what}.weight"),
+        index,
+    }
 }

@@ -132,10 +132,20 @@ pub(crate) struct GgufLayout {
     pub(crate) names: NameMap,
     /// Whether the blocks have q/k/v biases.
     pub(crate) qkv_bias: bool,
+    /// A Mixture-of-Experts arch: how llama.cpp's graph for it routes (its sizes are in the
+    /// metadata).
+    pub(crate) moe: Option<GgufMoe>,
+}
+
+/// What llama.cpp's graph of a Mixture-of-Experts arch fixes: softmax scores, and whether the
+/// top-k weights are renormalised (`build_moe_ffn`'s `norm_w`).
+pub(crate) struct GgufMoe {
+    pub(crate) renormalize: bool,
 }
 
 /// The GGUF layouts of the families, by architecture.
-pub(crate) const GGUF_LAYOUTS: &[GgufLayout] = &[llada::GGUF, dream::GGUF];
+pub(crate) const GGUF_LAYOUTS: &[GgufLayout] =
+    &[llada::GGUF, dream::GGUF, lladamoe::GGUF, rnd1::GGUF];
 
 /// The family of `folder`, by its `config.json`'s `model_type`.
 pub fn family_of(folder: &HfFolder) -> Result<Family, ModelError> {

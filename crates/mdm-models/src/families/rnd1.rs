@@ -19,7 +19,7 @@
 use serde_json::Value;
 
 use super::keys::Keys;
-use super::Family;
+use super::{llama_cpp, Family, GgufLayout, GgufMoe};
 use crate::hf::HfFolder;
 use crate::{ExpertBias, ModelConfig, ModelError, MoeConfig, RouterScore};
 
@@ -100,6 +100,16 @@ pub(crate) fn model_config(k: &Keys) -> Result<ModelConfig, ModelError> {
         .map_err(|e| k.unsupported("num_experts", &e.to_string()))?;
     Ok(config)
 }
+
+/// RND1's GGUF files (arch `rnd1`, Qwen3-MoE's layout): llama.cpp's names, nothing permuted,
+/// experts stacked per projection, top-k weights renormalised (llama.cpp's graph); shifted
+/// logits unless `diffusion.shift_logits` says otherwise.
+pub(crate) const GGUF: GgufLayout = GgufLayout {
+    arch: "rnd1",
+    names: |slot| llama_cpp::tensor_name(slot, false),
+    qkv_bias: false,
+    moe: Some(GgufMoe { renormalize: true }),
+};
 
 /// The RND1 family of `folder`.
 pub(crate) fn family(folder: &HfFolder) -> Result<Family, ModelError> {

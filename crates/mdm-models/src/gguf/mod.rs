@@ -324,6 +324,24 @@ impl Gguf {
     /// Tensor `name` (two dimensions: `[rows, cols]` row-major) in its stored type, read in place
     /// from the file's memory map (no copy).
     pub fn packed(&self, name: &str) -> Result<mdm_kernels::PackedMatrix, ModelError> {
+        self.packed_matrix(name, None)
+    }
+
+    /// Matrix `index` of the stacked tensor `name` (three dimensions: `[n, rows, cols]`, llama.cpp's
+    /// experts, `ffn_gate_exps`), read in place.
+    pub fn packed_slice(
+        &self,
+        name: &str,
+        index: usize,
+    ) -> Result<mdm_kernels::PackedMatrix, ModelError> {
+        self.packed_matrix(name, Some(index))
+    }
+
+    fn packed_matrix(
+        &self,
+        name: &str,
+        index: Option<usize>,
+    ) -> Result<mdm_kernels::PackedMatrix, ModelError> {
         let tensor = self.tensor(name).ok_or_else(|| ModelError::Gguf {
             file: self.path.clone(),
             offset: 0,
@@ -335,22 +353,33 @@ impl Gguf {
             offset: at,
             reason: format!("tensor `{name}`: {reason}"),
         };
-        let [cols, rows] = tensor.dims[..] else {
-            return Err(fault(format!(
-                "{} dimensions where a matrix has 2",
-                tensor.dims.len()
-            )));
+        let (cols, rows, count) = match (index, &tensor.dims[..]) {
+            (None, &[cols, rows]) => (cols, rows, 1),
+            (Some(_), &[cols, rows, count]) => (cols, rows, count),
+            (_, dims) => {
+                let wanted = if index.is_some() { 3 } else { 2 };
+                return Err(fault(format!(
+                    "{} dimensions where {wanted} are read",
+                    dims.len()
+                )));
+            }
         };
         let start = at as usize;
         let bytes: mdm_kernels::packed::SharedBytes = self.map.clone();
-        mdm_kernels::PackedMatrix::new(
+        let (rows, count) = (rows as usize, count as usize);
+        let all = mdm_kernels::PackedMatrix::new(
             tensor.dtype,
-            rows as usize,
+            rows * count,
             cols as usize,
             bytes,
             start..start + tensor.bytes as usize,
         )
-        .map_err(fault)
+        .map_err(fault)?;
+        match index {
+            None => Ok(all),
+            Some(i) if i < count => all.slice_rows(i * rows..(i + 1) * rows).map_err(fault),
+            Some(i) => Err(fault(format!("no matrix {i} of {count}"))),
+        }
     }
 
     /// Drops the pages of tensor `name` from memory (read back from the file if touched again):
@@ -538,6 +567,14 @@ impl crate::params::TensorStore for Gguf {
 
     fn packed(&self, name: &str) -> Result<Option<mdm_kernels::PackedMatrix>, ModelError> {
         Gguf::packed(self, name).map(Some)
+    }
+
+    fn packed_slice(
+        &self,
+        name: &str,
+        index: usize,
+    ) -> Result<Option<mdm_kernels::PackedMatrix>, ModelError> {
+        Gguf::packed_slice(self, name, index).map(Some)
     }
 
     fn release(&self, name: &str) {

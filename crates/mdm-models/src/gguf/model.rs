@@ -6,12 +6,18 @@
 //! |---|---|---|
 //! | `llada` | LLaDA | q/k rows permuted for llama.cpp's interleaved RoPE (undone here) |
 //! | `dream` | Dream | nothing (Qwen2's layout); q/k/v biases |
+//! | `llada-moe` | LLaDA-MoE | experts stacked per projection; every layer MoE, no shared expert |
+//! | `rnd1` | RND1 | experts stacked per projection (Qwen3-MoE's layout) |
 //!
 //! Metadata read (`A` the arch): `A.block_count`, `A.embedding_length`, `A.feed_forward_length`,
 //! `A.attention.head_count`, `A.attention.head_count_kv`, `A.attention.layer_norm_rms_epsilon`,
 //! `A.rope.freq_base`, `A.context_length`, `A.rope.dimension_count` (must be the head size),
 //! `A.vocab_size` (else `token_embd`'s rows), `tokenizer.ggml.mask_token_id`, and
-//! `diffusion.shift_logits` (llama.cpp's default when absent: true; its LLaDA files say false).
+//! `diffusion.shift_logits` (llama.cpp's default when absent: true; its LLaDA files say false);
+//! for the Mixture-of-Experts archs `A.expert_count`, `A.expert_used_count`,
+//! `A.expert_feed_forward_length`, `A.expert_shared_feed_forward_length` and
+//! `A.expert_weights_scale` when present, and `A.attention.key_length` (the head size, when it is
+//! not the width over the heads); q/k norms when block 0 has `attn_q_norm`.
 //!
 //! The tensor names are llama.cpp's ([`crate::families::llama_cpp`]); each family's file says its
 //! layout (`GGUF` beside its Hugging Face names).
@@ -27,7 +33,7 @@ use crate::linear::WeightFormat;
 use crate::params::{Mapped, NamedSource};
 use crate::slots::Slot;
 use crate::transformer::Transformer;
-use crate::{MaskedTransformer, ModelConfig, ModelError};
+use crate::{ExpertBias, MaskedTransformer, ModelConfig, ModelError, MoeConfig, RouterScore};
 
 /// A GGUF model file: its config for the shared network and how its tensors map onto it.
 pub struct GgufModel {
@@ -169,7 +175,7 @@ impl GgufModel {
     /// The type most of the projection values are stored in (for the memory check).
     pub fn stored_type(&self) -> GgmlType {
         let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
-        for t in self.gguf.tensors.iter().filter(|t| t.dims.len() == 2) {
+        for t in self.gguf.tensors.iter().filter(|t| t.dims.len() >= 2) {
             match by_type.iter_mut().find(|(d, _)| *d == t.dtype) {
                 Some((_, n)) => *n += t.len(),
                 None => by_type.push((t.dtype, t.len())),
@@ -269,13 +275,25 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
             .as_bool()
             .ok_or_else(|| fault(gguf, "`diffusion.shift_logits` is not a bool".into()))?,
     };
-    if n_head == 0 || n_kv == 0 || n_embd % n_head != 0 || n_head % n_kv != 0 {
+    let opt_int = |k: &str| -> Result<Option<usize>, ModelError> {
+        match gguf.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|v| Some(v as usize))
+                .ok_or_else(|| fault(gguf, format!("`{k}` is not an integer"))),
+        }
+    };
+    // a head size apart from the width / heads (Qwen3-MoE's)
+    let head_dim = opt_int(&key("attention.key_length"))?.filter(|&d| d * n_head != n_embd);
+    let divides = head_dim.is_some() || n_embd % n_head.max(1) == 0;
+    if n_head == 0 || n_kv == 0 || !divides || n_head % n_kv != 0 {
         return Err(fault(
             gguf,
             format!("{n_head} heads, {n_kv} key/value heads and width {n_embd} do not divide"),
         ));
     }
-    let head_size = n_embd / n_head;
+    let head_size = head_dim.unwrap_or(n_embd / n_head);
     if let Some(rot) = gguf
         .get(&key("rope.dimension_count"))
         .and_then(Value::as_u64)
@@ -290,6 +308,31 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
             ));
         }
     }
+    let moe = match &layout.moe {
+        None => None,
+        Some(m) => Some(MoeConfig {
+            n_experts: int(&key("expert_count"))?,
+            top_k: int(&key("expert_used_count"))?,
+            expert_size: int(&key("expert_feed_forward_length"))?,
+            shared_size: opt_int(&key("expert_shared_feed_forward_length"))?.unwrap_or(0),
+            score: RouterScore::Softmax,
+            renormalize: m.renormalize,
+            // llama.cpp scales only by a weight scale given and not 0
+            scaling: match gguf.get(&key("expert_weights_scale")) {
+                Some(v) => v.as_f64().filter(|&s| s != 0.0).unwrap_or(1.0),
+                None => 1.0,
+            },
+            groups: 1,
+            topk_groups: 1,
+            expert_bias: ExpertBias::None,
+            dense_layers: Vec::new(),
+        }),
+    };
+    let intermediate_size = if moe.is_some() {
+        opt_int(&key("feed_forward_length"))?.unwrap_or(0)
+    } else {
+        int(&key("feed_forward_length"))?
+    };
     let config = ModelConfig {
         name: arch_name.to_string(),
         block_size: int(&key("context_length"))?,
@@ -300,7 +343,7 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
         n_head,
         n_embd,
         n_query_groups: Some(n_kv),
-        intermediate_size: int(&key("feed_forward_length"))?,
+        intermediate_size,
         norm_eps: float(&key("attention.layer_norm_rms_epsilon"))?,
         rope_base: float(&key("rope.freq_base"))?,
         rotary_percentage: 1.0,
@@ -313,9 +356,9 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
             Some(Mapped::One(name)) => gguf.tensor(&name).is_none(),
             _ => true,
         },
-        head_dim: None,
-        qk_norm: false,
-        moe: None,
+        head_dim,
+        qk_norm: gguf.tensor("blk.0.attn_q_norm.weight").is_some(),
+        moe,
     };
     config.validate()?;
     Ok((layout, config))
