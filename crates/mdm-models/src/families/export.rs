@@ -129,12 +129,13 @@ impl<B: Kernels> MaskedTransformer<B> {
                     let width = shape.get(1).copied().unwrap_or(1);
                     values.insert(name, ungroup(&data, heads, false, width).concat());
                 }
-                Some(Mapped::Expert { name, .. }) => return Err(ModelError::Config {
-                    reason: format!(
-                        "`{name}` stacks the experts: {} folders are written one tensor per expert",
+                Some(Mapped::Expert { name, .. }) => {
+                    let reason = format!(
+                        "`{name}` stacks the experts: {} folders hold one tensor per expert",
                         family.name
-                    ),
-                }),
+                    );
+                    return Err(ModelError::Config { reason });
+                }
                 None => {
                     return Err(ModelError::Config {
                         reason: format!("no {} tensor for {slot:?}", family.name),
