@@ -210,7 +210,7 @@ fn rnd1_generations_parity_with_its_sampler() {
     let generations = set.manifest["generations"].as_array().expect("generations");
     let mut failures = Vec::new();
     let mut ran = 0;
-    for g in generations {
+    for g in on_this_backend(generations) {
         let name = g["name"].as_str().unwrap();
         let field = |k: &str| g[k].as_u64().map(|v| v as usize);
         let ids = |key: &str| -> Vec<usize> {
@@ -233,7 +233,9 @@ fn rnd1_generations_parity_with_its_sampler() {
             field("bos_token_id"),
         );
         let expected = ids("x");
-        for no_reuse in [true, false] {
+        // every pass as the reference runs them; on the CPU also with the skipped passes
+        let reuse_modes: &[bool] = if on_cpu() { &[true, false] } else { &[true] };
+        for &no_reuse in reuse_modes {
             let options = DecodingOptions {
                 confidence_temperature: g["temperature"].as_f64(),
                 eb_gamma: g["eb_gamma"].as_f64(),
@@ -449,6 +451,80 @@ fn llada21_generations_parity_with_token_editing() {
     });
 }
 
+/// Rows of different prompt lengths (their first blocks at different positions, one at position 0)
+/// decoded together by block diffusion, with and without the exact cache and with token editing,
+/// give each row what it gives alone.
+#[test]
+fn a_block_diffusion_batch_decodes_each_row_as_alone() {
+    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Schedule};
+
+    let set = open("MDM_LLADA2_PARITY_DIR", "llada2-parity");
+    let vocab = set.model.vocab_size();
+    let prompts: Vec<Vec<usize>> = [3usize, 7, 16]
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 37 + n) % (vocab - 2)).collect())
+        .collect();
+    let base = DecodingOptions {
+        threshold: Some(0.5),
+        block_causal: true,
+        ..DecodingOptions::default()
+            .with_gen_length(20)
+            .with_block_length(8)
+            .with_steps(4)
+            .with_schedule(Schedule::Quota)
+    };
+    let editing = DecodingOptions {
+        edit_threshold: Some(0.6),
+        max_post_steps: 4,
+        ..base.clone()
+    };
+    for options in [base, editing] {
+        for cache in [CacheMode::None, CacheMode::Prefix] {
+            let options = DecodingOptions {
+                cache,
+                ..options.clone()
+            };
+            let sampler = MaskedDiffusionSampler::new(&set.model, options.clone());
+            let together = sampler
+                .decode(&prompts, |_| {})
+                .unwrap_or_else(|e| panic!("{options:?}: {e}"));
+            for (r, prompt) in prompts.iter().enumerate() {
+                let alone = sampler
+                    .decode(std::slice::from_ref(prompt), |_| {})
+                    .unwrap_or_else(|e| panic!("{options:?}: {e}"));
+                assert_eq!(
+                    together.rows[r], alone.rows[0],
+                    "row {r} ({cache:?}, editing {:?})",
+                    options.edit_threshold
+                );
+            }
+        }
+    }
+}
+
+/// Whether the suite runs on a CPU backend (on CI's software Vulkan device a generation test runs
+/// its main variant only: every pass there costs milliseconds).
+fn on_cpu() -> bool {
+    mdm::backend::NAME.contains("CPU")
+}
+
+/// The generation cases a test runs: all on the CPU, every other one on a GPU backend.
+fn on_this_backend<T>(cases: &[T]) -> impl Iterator<Item = &T> {
+    let step = if on_cpu() { 1 } else { 2 };
+    cases.iter().step_by(step)
+}
+
+/// The cache modes a block-diffusion generation test runs: none (the reference's recomputation)
+/// and the exact prefix cache on the CPU; the cache alone on a GPU backend.
+fn cache_modes() -> &'static [mdm::samplers::CacheMode] {
+    use mdm::samplers::CacheMode;
+    if on_cpu() {
+        &[CacheMode::None, CacheMode::Prefix]
+    } else {
+        &[CacheMode::Prefix]
+    }
+}
+
 /// Every generation of the LLaDA2 set made by `function`, decoded as block diffusion with the
 /// options `specific` adds to the shared ones (block length, threshold, EOS), with and without
 /// the exact prefix cache: tokens (cut after the first EOS) and forward passes as the reference.
@@ -456,13 +532,17 @@ fn block_diffusion_parity(
     function: &str,
     specific: impl Fn(&serde_json::Value) -> mdm::samplers::DecodingOptions,
 ) {
-    use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
+    use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler};
 
     let set = open("MDM_LLADA2_PARITY_DIR", "llada2-parity");
     let generations = set.manifest["generations"].as_array().expect("generations");
     let mut failures = Vec::new();
     let mut ran = 0;
-    for g in generations.iter().filter(|g| g["function"] == function) {
+    let cases: Vec<&serde_json::Value> = generations
+        .iter()
+        .filter(|g| g["function"] == function)
+        .collect();
+    for g in on_this_backend(&cases) {
         let name = g["name"].as_str().unwrap();
         assert_eq!(g["temperature"].as_f64(), Some(0.0), "{name}");
         let field = |k: &str| g[k].as_u64().unwrap() as usize;
@@ -476,7 +556,7 @@ fn block_diffusion_parity(
                 .collect()
         };
         let (prompt, expected) = (ids("prompt"), ids("x"));
-        for cache in [CacheMode::None, CacheMode::Prefix] {
+        for &cache in cache_modes() {
             let options = DecodingOptions {
                 threshold: g["threshold"].as_f64(),
                 eos_id: eos,
@@ -507,7 +587,7 @@ fn block_diffusion_parity(
         failures.is_empty(),
         "{} of {} runs differ:\n{}",
         failures.len(),
-        2 * ran,
+        cache_modes().len() * ran,
         failures.join("\n")
     );
 }

@@ -7,7 +7,8 @@
 //! that packs, f32 otherwise, f16/bf16 where [`crate::Precision`] casts), the embedding and norms
 //! dense (f32 when the projections are, half otherwise), the largest single tensor once more (a loader widens one tensor at a time), and the
 //! activations of one pass over [`WORKING_POSITIONS`] positions. Available memory is Linux's
-//! `MemAvailable` (lowered to the cgroup's limit when there is one); `MDM_AVAILABLE_MEMORY`
+//! `MemAvailable` (lowered to the control group's limit when there is one: cgroup v2 or v1, the
+//! smallest over the process's group and the groups above it, [`cgroup_limit`]); `MDM_AVAILABLE_MEMORY`
 //! (bytes, or with a `KB`/`MB`/`GB` suffix) overrides it, and `MDM_MEMORY_CHECK=off` skips the
 //! check. Where neither is known the check passes.
 
@@ -115,10 +116,48 @@ pub fn available() -> Option<u64> {
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?
         * 1024;
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok());
+        .and_then(|own| cgroup_limit(std::path::Path::new("/sys/fs/cgroup"), &own));
     Some(cgroup.map_or(available, |limit| limit.min(available)))
+}
+
+/// The memory limit of this process's control group: its cgroup (`own`, the text of
+/// `/proc/self/cgroup`) and every group above it, under the hierarchy mounted at `root`; the
+/// smallest limit set. cgroup v2 (`0::/path`: `root/path/memory.max`, "max" when unlimited) and
+/// v1 (`N:...memory...:/path`: `root/memory/path/memory.limit_in_bytes`, a value near `2^63`
+/// when unlimited), still what many container hosts run. A container sees its own group as `/`:
+/// the limit is then the root's file.
+pub fn cgroup_limit(root: &std::path::Path, own: &str) -> Option<u64> {
+    let mut limits = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (base, file) = if id == "0" && controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = base.join(path.trim().trim_start_matches('/'));
+        loop {
+            if let Some(limit) = std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .filter(|&l| l < 1 << 60)
+            {
+                limits.push(limit);
+            }
+            if dir == base || !dir.pop() || !dir.starts_with(&base) {
+                break;
+            }
+        }
+    }
+    limits.into_iter().min()
 }
 
 /// Whether the check is on (`MDM_MEMORY_CHECK=off` turns it off).
@@ -200,6 +239,56 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake cgroup hierarchy under a temporary folder: `files` as (path, contents).
+    fn hierarchy(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let file = root.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn a_nested_cgroup_v2_takes_the_smallest_limit_above_it() {
+        let root = hierarchy(&[
+            ("memory.max", "max\n"),
+            ("kube/memory.max", "6000000000\n"),
+            ("kube/pod/memory.max", "max\n"),
+            ("kube/pod/app/memory.max", "max\n"),
+        ]);
+        assert_eq!(
+            cgroup_limit(root.path(), "0::/kube/pod/app\n"),
+            Some(6_000_000_000)
+        );
+        // a container sees its group as the root
+        let own = hierarchy(&[("memory.max", "2147483648\n")]);
+        assert_eq!(cgroup_limit(own.path(), "0::/\n"), Some(2_147_483_648));
+        // unlimited everywhere
+        let free = hierarchy(&[("memory.max", "max\n"), ("a/memory.max", "max\n")]);
+        assert_eq!(cgroup_limit(free.path(), "0::/a\n"), None);
+    }
+
+    #[test]
+    fn a_cgroup_v1_memory_controller_is_read() {
+        let root = hierarchy(&[
+            ("memory/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory/docker/abc/memory.limit_in_bytes", "3000000000\n"),
+            ("cpu/docker/abc/cpu.shares", "1024\n"),
+        ]);
+        let own = "12:cpu,cpuacct:/docker/abc\n7:memory:/docker/abc\n1:name=systemd:/docker/abc\n";
+        assert_eq!(cgroup_limit(root.path(), own), Some(3_000_000_000));
+        // v1's "unlimited" is a value near 2^63
+        let own_root = "7:memory:/\n";
+        assert_eq!(cgroup_limit(root.path(), own_root), None);
+        // no memory controller listed
+        assert_eq!(
+            cgroup_limit(root.path(), "12:cpu,cpuacct:/docker/abc\n"),
+            None
+        );
+    }
 
     /// LLaDA-8B's shape: 4096 wide, 32 layers, 32 heads, SwiGLU 12288, 126,464 tokens.
     fn llada_8b() -> ModelConfig {

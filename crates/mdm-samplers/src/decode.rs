@@ -869,7 +869,12 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         // the columns each row's ids cover, and where they start in the row
         let (per_row, offset) = match pass {
             Pass::Full | Pass::Caching => (batch.width, vec![0; rows]),
-            Pass::AfterPrefix => (batch.lengths[0] - batch.starts[0], batch.starts.clone()),
+            // every row's block and what follows (block diffusion: a row past its last block
+            // has none, and its columns are padding)
+            Pass::AfterPrefix => {
+                let after = batch.lengths.iter().zip(&batch.starts).map(|(l, s)| l - s);
+                (after.max().unwrap_or(0), batch.starts.clone())
+            }
             Pass::Window => (block_len, batch.starts.clone()),
         };
         let index = self.slot_index(slots, per_row, &offset);
