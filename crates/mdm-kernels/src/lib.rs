@@ -179,3 +179,55 @@ pub fn fused() -> bool {
         }
     }
 }
+
+/// How burn-flex multiplies activations by quantized weights ([`Kernels::linear_packed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizedProduct {
+    /// Integer dot products against quantized activations ([`cpu::qdot`]) on the fastest kernels
+    /// the CPU has (AVX-512, AVX2); on a CPU with neither, as [`Self::Widened`] (f32 `gemm`
+    /// there is faster than the plain integer loops).
+    Integer,
+    /// [`Self::Integer`] on the portable kernels whatever the CPU (the same bits: the tests
+    /// compare them).
+    Portable,
+    /// Weights widened to f32 panels and multiplied by f32 activations ([`cpu::packed`]).
+    Widened,
+}
+
+/// 0: not read yet; else 1 + the [`QuantizedProduct`]'s index.
+static QUANTIZED_PRODUCT: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses how quantized weights are multiplied, for the whole process.
+pub fn set_quantized_product(product: QuantizedProduct) {
+    QUANTIZED_PRODUCT.store(
+        match product {
+            QuantizedProduct::Integer => 1,
+            QuantizedProduct::Portable => 2,
+            QuantizedProduct::Widened => 3,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// [`set_quantized_product`]'s last word, else `MDM_QUANTIZED_PRODUCT` from the environment
+/// (`integer`, the default; `portable`; `widened`).
+pub fn quantized_product() -> QuantizedProduct {
+    if QUANTIZED_PRODUCT.load(Ordering::Relaxed) == 0 {
+        let from_env = match std::env::var("MDM_QUANTIZED_PRODUCT")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("portable") => 2,
+            Ok("widened") => 3,
+            _ => 1,
+        };
+        // a concurrent set_quantized_product wins over the environment
+        let _ =
+            QUANTIZED_PRODUCT.compare_exchange(0, from_env, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    match QUANTIZED_PRODUCT.load(Ordering::Relaxed) {
+        2 => QuantizedProduct::Portable,
+        3 => QuantizedProduct::Widened,
+        _ => QuantizedProduct::Integer,
+    }
+}

@@ -377,7 +377,17 @@ fn packed_linear_matches_the_dense_product_of_its_widened_weights() {
             &Default::default(),
         );
         let want = x.clone().matmul(dense.transpose().unsqueeze::<3>());
-        assert_close(dtype.name(), &values(fused), &values(want), 1e-5);
+        // quantized weights multiply quantized activations (integer dot products): off by at most
+        // half an activation step per value, about 1 % of the largest output here; the others
+        // multiply f32 activations
+        let tolerance = if mdm_kernels::cpu::qdot::path().is_some()
+            && mdm_kernels::cpu::qdot::supports(dtype)
+        {
+            1e-2
+        } else {
+            1e-5
+        };
+        assert_close(dtype.name(), &values(fused), &values(want), tolerance);
         let composed = composed::linear_packed(x.clone(), &packed);
         assert_close(
             dtype.name(),

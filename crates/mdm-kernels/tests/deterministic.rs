@@ -171,4 +171,20 @@ fn packed_linear_is_bitwise_reproducible_across_pools() {
             vec![bits(Flex::linear_packed(x.clone(), &packed))]
         });
     }
+    // every integer-kernel path this CPU has, the portable one included: the same bits in every
+    // pool and on every path
+    let values = x.into_data().to_vec::<f32>().unwrap();
+    for dtype in [GgmlType::Q8_0, GgmlType::Q4K] {
+        let packed = PackedMatrix::quantize(dtype, rows, cols, &w).unwrap();
+        let mut first: Option<Vec<u32>> = None;
+        for path in mdm_kernels::cpu::qdot::available() {
+            let run = || {
+                let y = mdm_kernels::cpu::qdot::matmul_on(path, &values, 17, &packed).unwrap();
+                vec![y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()]
+            };
+            same_bits_in_every_pool(&format!("{} {path:?}", dtype.name()), run);
+            let got = run().remove(0);
+            assert_eq!(first.get_or_insert_with(|| got.clone()), &got, "{path:?}");
+        }
+    }
 }

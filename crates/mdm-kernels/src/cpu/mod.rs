@@ -4,5 +4,6 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod norm;
 pub mod packed;
+pub mod qdot;
 pub mod rope;
 pub mod vector;

@@ -1,5 +1,6 @@
-//! `y = x W^T` with `W` a [`PackedMatrix`] (f32, f16, bf16 or quantized blocks), activations and
-//! accumulation in f32.
+//! `y = x W^T` with `W` a [`PackedMatrix`]: quantized weights by integer dot products against
+//! quantized activations ([`super::qdot`]); f32, f16 and bf16 weights (and quantized types without
+//! an integer kernel) with activations and accumulation in f32, as follows.
 //!
 //! The output features are split into panels of [`PANEL_ROWS`] rows (a constant: the split never
 //! depends on the thread count); a task widens its panel's rows of `W` to f32 in a buffer of its
@@ -22,6 +23,9 @@ pub const PANEL_ROWS: usize = 64;
 /// # Panics
 /// If `x` does not hold `m * w.cols()` values.
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
+    if let Some(y) = super::qdot::matmul(x, m, w) {
+        return y;
+    }
     let (n, k) = (w.rows(), w.cols());
     assert_eq!(x.len(), m * k, "packed matmul: x is not [{m}, {k}]");
     let mut y = vec![0f32; m * n];

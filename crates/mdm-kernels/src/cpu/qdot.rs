@@ -1,0 +1,1252 @@
+//! `y = x W^T` at the weights' precision: GGUF's quantized weights (Q8_0, Q4_K, Q5_K, Q6_K)
+//! multiplied by integer dot products against activations quantized per block, as llama.cpp does
+//! (its `vec_dot_type`: Q8_0 activations for Q8_0 weights, Q8_K for the k-quants).
+//!
+//! **Activations.** Each row of `x` is quantized once per product: to Q8_0 as llama.cpp's AVX2
+//! `quantize_row_q8_0` (`d = max |x| / 127` stored as f16, `q = round-half-even(x 127 / max |x|)`),
+//! or to Q8_K as its `quantize_row_q8_K_ref` (`d = max / -127` of the value of largest magnitude,
+//! `q = min(127, nearest(x / d))`, sums of every 16 values kept for the k-quants' minimums). A row's
+//! quantization depends on that row alone.
+//!
+//! **Exactness and the same bits on every path.** Inside a block every product and sum is an
+//! integer, computed exactly (the bounds are in each kernel's comment); the floats are then
+//! combined in one fixed order that the AVX2 kernels and the portable ones share:
+//! - Q8_0: block `b`'s eight 4-value integer sums go into f32 lanes `8 (b mod 2) .. 8 (b mod 2) + 8`
+//!   of sixteen, `lane = fma(sum, dw dx, lane)`; at the end lane `l + 8` is added to lane `l` and
+//!   the eight as `((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7))` (an AVX-512 register holds two blocks, an
+//!   AVX2 kernel keeps two registers);
+//! - k-quants: a super-block's integer total `S` (and the minimums' `M`) is one integer, and
+//!   `acc = fma(S, d dx, acc)`, `acc = fma(M, -(dmin dx), acc)` per super-block in order.
+//!
+//! So the portable kernels (plain Rust, any CPU) give the bits of the AVX2 ones, a row's result
+//! never depends on the rows beside it (a batch row equals the row alone), nor on the threads
+//! (each output is one task's, in one order). [`crate::set_quantized_product`] chooses the
+//! portable path, or no integer products at all (weights widened to f32, [`super::packed`]).
+//!
+//! Written here rather than taken from a crate because the result must be exact to a fixed order
+//! on every path; llama.cpp's `ggml-cpu` kernels (read, not copied) are the definition of the
+//! formats and of the activation quantization.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::attention::Shared;
+use crate::packed::PackedMatrix;
+use crate::quant::{GgmlType, QK_K};
+use crate::QuantizedProduct;
+
+/// Activation rows a kernel call multiplies against one weight row (they share its unpacking).
+const GROUP: usize = 4;
+/// Weight rows per task (any split gives the same bits: each output is one dot product).
+const TASK_ROWS: usize = 16;
+
+/// Which kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Plain Rust for any CPU.
+    Portable,
+    /// AVX2 + FMA (x86_64, chosen at run time).
+    Avx2,
+    /// AVX-512 F + BW (x86_64, chosen at run time).
+    Avx512,
+    /// AVX-512 F + BW with VNNI's 8-bit dot products (x86_64, chosen at run time).
+    Avx512Vnni,
+}
+
+/// The kernels this process runs ([`crate::quantized_product`]): `None` where quantized weights
+/// are widened instead (asked for, or a CPU without AVX2, where f32 `gemm` is faster than the
+/// portable integer loops).
+pub fn path() -> Option<Path> {
+    match crate::quantized_product() {
+        QuantizedProduct::Widened => None,
+        QuantizedProduct::Portable => Some(Path::Portable),
+        QuantizedProduct::Integer => Some(fastest()).filter(|&p| p != Path::Portable),
+    }
+}
+
+/// The fastest kernels the CPU has.
+pub fn fastest() -> Path {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni") {
+            return Path::Avx512Vnni;
+        }
+        if has_avx512() {
+            return Path::Avx512;
+        }
+        if super::vector::has_avx2_fma() {
+            return Path::Avx2;
+        }
+    }
+    Path::Portable
+}
+
+/// Whether the CPU has AVX-512 F and BW (and AVX2 + FMA, which every such CPU has).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && super::vector::has_avx2_fma()
+}
+
+/// Every path this CPU can run, the portable one first.
+pub fn available() -> Vec<Path> {
+    let mut paths = vec![Path::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::vector::has_avx2_fma() {
+            paths.push(Path::Avx2);
+        }
+        if has_avx512() {
+            paths.push(Path::Avx512);
+            if std::arch::is_x86_feature_detected!("avx512vnni") {
+                paths.push(Path::Avx512Vnni);
+            }
+        }
+    }
+    paths
+}
+
+/// Whether [`matmul`] multiplies weights of `dtype` by integer dot products.
+pub fn supports(dtype: GgmlType) -> bool {
+    matches!(
+        dtype,
+        GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+    )
+}
+
+/// Activation rows quantized per block: `qs` `[m, k]`, `d` one scale per block, `sums` the sum of
+/// every 16 quantized values (Q8_K only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedRows {
+    /// Values per block: 32 (Q8_0) or 256 (Q8_K).
+    pub block: usize,
+    /// Values per row.
+    pub k: usize,
+    /// The quantized values, row-major.
+    pub qs: Vec<i8>,
+    /// One scale per block, row-major.
+    pub d: Vec<f32>,
+    /// Sums of 16 consecutive quantized values (empty for Q8_0).
+    pub sums: Vec<i32>,
+    /// Sums of 32 consecutive quantized values (empty for Q8_0).
+    pub sums32: Vec<i32>,
+}
+
+impl QuantizedRows {
+    fn row<'a>(&'a self, i: usize) -> Row<'a> {
+        let blocks = self.k / self.block;
+        let part = |v: &'a [i32], per: usize| {
+            if v.is_empty() {
+                v
+            } else {
+                &v[i * self.k / per..(i + 1) * self.k / per]
+            }
+        };
+        Row {
+            qs: &self.qs[i * self.k..(i + 1) * self.k],
+            d: &self.d[i * blocks..(i + 1) * blocks],
+            sums: part(&self.sums, 16),
+            sums32: part(&self.sums32, 32),
+        }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    sums: &'a [i32],
+    sums32: &'a [i32],
+}
+
+/// `m` rows of `k` values (`k` a multiple of 32) as Q8_0.
+pub fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    let mut qs = vec![0i8; m * k];
+    let mut d = vec![0f32; m * k / 32];
+    qs.par_chunks_mut(k)
+        .zip(d.par_chunks_mut(k / 32))
+        .zip(x.par_chunks(k))
+        .for_each(|((qs, d), x)| {
+            for ((q, d), x) in qs.chunks_mut(32).zip(d).zip(x.chunks(32)) {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                *d = f16::from_f32(amax / 127.0).to_f32();
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                for (q, &v) in q.iter_mut().zip(x) {
+                    *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+                }
+            }
+        });
+    QuantizedRows {
+        block: 32,
+        k,
+        qs,
+        d,
+        sums: Vec::new(),
+        sums32: Vec::new(),
+    }
+}
+
+/// `m` rows of `k` values (`k` a multiple of 256) as Q8_K.
+pub fn quantize_q8_k(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    let mut qs = vec![0i8; m * k];
+    let mut d = vec![0f32; m * k / QK_K];
+    let mut sums = vec![0i32; m * k / 16];
+    qs.par_chunks_mut(k)
+        .zip(d.par_chunks_mut(k / QK_K))
+        .zip(sums.par_chunks_mut(k / 16))
+        .zip(x.par_chunks(k))
+        .for_each(|(((qs, d), sums), x)| {
+            for (((q, d), sums), x) in qs
+                .chunks_mut(QK_K)
+                .zip(d)
+                .zip(sums.chunks_mut(QK_K / 16))
+                .zip(x.chunks(QK_K))
+            {
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in x {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                if amax == 0.0 {
+                    *d = 0.0;
+                    q.fill(0);
+                    sums.fill(0);
+                    continue;
+                }
+                let iscale = -127.0 / max;
+                for (q, &v) in q.iter_mut().zip(x) {
+                    *q = nearest_int(iscale * v).clamp(-127, 127) as i8;
+                }
+                for (s, q) in sums.iter_mut().zip(q.chunks(16)) {
+                    *s = q.iter().map(|&v| v as i32).sum();
+                }
+                *d = 1.0 / iscale;
+            }
+        });
+    let sums32 = sums.chunks(2).map(|p| p[0] + p[1]).collect();
+    QuantizedRows {
+        block: QK_K,
+        k,
+        qs,
+        d,
+        sums,
+        sums32,
+    }
+}
+
+/// llama.cpp's `nearest_int`: round half to even through the float's mantissa (`|v| < 2^22`).
+fn nearest_int(v: f32) -> i32 {
+    let shifted = v + 12_582_912.0;
+    (shifted.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// The activations `x` (`[m, w.cols()]`) quantized for `w`'s type.
+pub fn quantize_for(dtype: GgmlType, x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    if dtype == GgmlType::Q8_0 {
+        quantize_q8_0(x, m, k)
+    } else {
+        quantize_q8_k(x, m, k)
+    }
+}
+
+/// `x` (`[m, w.cols()]` row-major) times `w^T`, `[m, w.rows()]`, by integer dot products; `None`
+/// when `w`'s type has no integer kernel ([`supports`]) or no integer path runs ([`path`]).
+///
+/// # Panics
+/// If `x` does not hold `m * w.cols()` values.
+pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix) -> Option<Vec<f32>> {
+    matmul_on(path()?, x, m, w)
+}
+
+/// [`matmul`] on the kernels of `path` (a path the CPU lacks runs the portable kernels).
+pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Vec<f32>> {
+    let dtype = w.dtype();
+    if !supports(dtype) {
+        return None;
+    }
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), m * k, "quantized matmul: x is not [{m}, {k}]");
+    let acts = quantize_for(dtype, x, m, k);
+    let mut y = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return Some(y);
+    }
+    let out = Shared(y.as_mut_ptr());
+    let path = if available().contains(&path) {
+        path
+    } else {
+        Path::Portable
+    };
+    let (row_bytes, bytes) = (w.row_bytes(), w.bytes());
+    (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each(|task| {
+        let rows = task * TASK_ROWS..((task + 1) * TASK_ROWS).min(n);
+        let write = |i: usize, r: usize, v: f32| {
+            // SAFETY: `y` is `[m, n]`; this task alone writes column `r` (its rows are disjoint
+            // from every other task's) and `i < m`.
+            unsafe { *out.get().add(i * n + r) = v }
+        };
+        let mut i = 0;
+        while i + GROUP <= m {
+            let group: [Row; GROUP] = std::array::from_fn(|t| acts.row(i + t));
+            for r in rows.clone() {
+                let v = dot(
+                    path,
+                    dtype,
+                    &bytes[r * row_bytes..(r + 1) * row_bytes],
+                    &group,
+                );
+                for (t, v) in v.into_iter().enumerate() {
+                    write(i + t, r, v);
+                }
+            }
+            i += GROUP;
+        }
+        for i in i..m {
+            let one = [acts.row(i)];
+            for r in rows.clone() {
+                let [v] = dot(
+                    path,
+                    dtype,
+                    &bytes[r * row_bytes..(r + 1) * row_bytes],
+                    &one,
+                );
+                write(i, r, v);
+            }
+        }
+    });
+    Some(y)
+}
+
+/// One weight row (whole blocks of `dtype`) against `R` activation rows.
+fn dot<const R: usize>(path: Path, dtype: GgmlType, w: &[u8], x: &[Row; R]) -> [f32; R] {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Avx512 || path == Path::Avx512Vnni {
+        // SAFETY: `Path::Avx512` is chosen only where the CPU has AVX-512 F and BW, and
+        // `Avx512Vnni` where it has VNNI too; the row lengths agree (whole blocks of one width,
+        // checked by the callers' construction).
+        return unsafe {
+            match dtype {
+                GgmlType::Q8_0 if path == Path::Avx512Vnni => avx512::q8_0_vnni(w, x),
+                GgmlType::Q8_0 => avx512::q8_0(w, x),
+                GgmlType::Q4K => avx512::q4_k(w, x),
+                GgmlType::Q5K => avx512::q5_k(w, x),
+                _ => avx512::q6_k(w, x),
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Avx2 {
+        // SAFETY: `Path::Avx2` is chosen only where the CPU has AVX2 and FMA; the row lengths
+        // agree (whole blocks of one width, checked by the callers' construction).
+        return unsafe {
+            match dtype {
+                GgmlType::Q8_0 => avx2::q8_0(w, x),
+                GgmlType::Q4K => avx2::q4_k(w, x),
+                GgmlType::Q5K => avx2::q5_k(w, x),
+                _ => avx2::q6_k(w, x),
+            }
+        };
+    }
+    let _ = path;
+    match dtype {
+        GgmlType::Q8_0 => portable::q8_0(w, x),
+        GgmlType::Q4K => portable::q4_k(w, x),
+        GgmlType::Q5K => portable::q5_k(w, x),
+        _ => portable::q6_k(w, x),
+    }
+}
+
+/// The f16 at byte `at` of `b`, as f32.
+#[inline(always)]
+fn half(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The six-bit scales and minimums of a Q4_K / Q5_K super-block's 12 scale bytes.
+#[inline(always)]
+fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0f) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+    (sc, mn)
+}
+
+/// The k-quants' auxiliary integers of one super-block: Q4_K / Q5_K's minimums (`mn[i]` times the
+/// sum of sub-block `i`'s activations, at most 63 x 32 x 127) on lanes 0..8, zeros after.
+#[inline(always)]
+fn mins_lanes(mn: &[u8; 8], sums32: &[i32]) -> [i32; 16] {
+    std::array::from_fn(|i| if i < 8 { mn[i] as i32 * sums32[i] } else { 0 })
+}
+
+/// Q6_K's offsets of one super-block: scale `t` times the sum of activations `16 t ..`, at most
+/// 128 x 16 x 127 (each then times `-32 d dx`).
+#[inline(always)]
+fn offset_lanes(scales: &[u8], sums16: &[i32]) -> [i32; 16] {
+    std::array::from_fn(|t| scales[t] as i8 as i32 * sums16[t])
+}
+
+/// The float steps of one k-quant super-block, on every path: `acc = fma(s, dd, acc)` and
+/// `aux_acc = fma(aux, ca, aux_acc)` lane by lane (every integer below 2^24: exact in f32).
+#[inline(always)]
+fn k_step(
+    (acc, aux_acc): (&mut [f32; 16], &mut [f32; 16]),
+    s: &[i32; 16],
+    aux: &[i32; 16],
+    (dd, ca): (f32, f32),
+) {
+    for l in 0..16 {
+        acc[l] = (s[l] as f32).mul_add(dd, acc[l]);
+        aux_acc[l] = (aux[l] as f32).mul_add(ca, aux_acc[l]);
+    }
+}
+
+/// The float steps every path shares: lanes `l + 8` onto `l`, then
+/// `((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7))`.
+#[inline(always)]
+fn lanes_sum(l: [f32; 16]) -> f32 {
+    let h: [f32; 8] = std::array::from_fn(|i| l[i] + l[i + 8]);
+    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+}
+
+/// The plain Rust kernels (any CPU); the same bits as [`avx2`].
+mod portable {
+    use super::*;
+
+    pub(super) fn q8_0<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let mut lanes = [[0f32; 16]; R];
+        for (b, block) in w.chunks_exact(34).enumerate() {
+            let dw = half(block, 0);
+            let qw = &block[2..34];
+            let half_ = 8 * (b % 2);
+            for (r, row) in x.iter().enumerate() {
+                let dd = dw * row.d[b];
+                let qx = &row.qs[32 * b..32 * b + 32];
+                for (l, lane) in lanes[r][half_..half_ + 8].iter_mut().enumerate() {
+                    // four products of at most 127 x 127
+                    let s: i32 = (4 * l..4 * l + 4)
+                        .map(|i| qw[i] as i8 as i32 * qx[i] as i32)
+                        .sum();
+                    *lane = (s as f32).mul_add(dd, *lane);
+                }
+            }
+        }
+        lanes.map(lanes_sum)
+    }
+
+    /// Lane `l < 8` holds values `64 j + 4 l ..+4` (low nibbles), lane `8 + l` values
+    /// `64 j + 32 + 4 l ..+4` (high nibbles), each times its sub-block's scale, over `j < 4`.
+    fn k4_lanes(q: impl Fn(usize, usize) -> u8, sc: &[u8; 8], qx: &[i8]) -> [i32; 16] {
+        let mut s = [0i32; 16];
+        for j in 0..4 {
+            for l in 0..8 {
+                let (mut lo, mut hi) = (0i32, 0i32);
+                for t in 0..4 {
+                    let i = 4 * l + t;
+                    lo += q(j, i) as i32 * qx[64 * j + i] as i32;
+                    hi += q(j, 32 + i) as i32 * qx[64 * j + 32 + i] as i32;
+                }
+                s[l] += sc[2 * j] as i32 * lo;
+                s[8 + l] += sc[2 * j + 1] as i32 * hi;
+            }
+        }
+        s
+    }
+
+    /// Q4_K / Q5_K: `bytes` per super-block, `value(block, j, i)` the level of value `64 j + i`.
+    fn k4<const R: usize>(
+        w: &[u8],
+        x: &[Row; R],
+        bytes: usize,
+        value: impl Fn(&[u8], usize, usize) -> u8,
+    ) -> [f32; R] {
+        let mut acc = [([0f32; 16], [0f32; 16]); R];
+        for (b, block) in w.chunks_exact(bytes).enumerate() {
+            let (d, dmin) = (half(block, 0), half(block, 2));
+            let (sc, mn) = scales_mins(&block[4..16]);
+            for (r, row) in x.iter().enumerate() {
+                let qx = &row.qs[QK_K * b..QK_K * (b + 1)];
+                let s = k4_lanes(|j, i| value(block, j, i), &sc, qx);
+                let aux = mins_lanes(&mn, &row.sums32[8 * b..8 * b + 8]);
+                let dx = row.d[b];
+                let (a, m) = &mut acc[r];
+                k_step((a, m), &s, &aux, (d * dx, -(dmin * dx)));
+            }
+        }
+        acc.map(|(a, m)| lanes_sum(a) + lanes_sum(m))
+    }
+
+    pub(super) fn q4_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        k4(w, x, 144, |block, j, i| {
+            let q = block[16 + 32 * j + i % 32];
+            if i < 32 {
+                q & 0x0f
+            } else {
+                q >> 4
+            }
+        })
+    }
+
+    pub(super) fn q5_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        k4(w, x, 176, |block, j, i| {
+            let (l, high) = (i % 32, i / 32);
+            let q = block[48 + 32 * j + l];
+            let nibble = if high == 0 { q & 0x0f } else { q >> 4 };
+            nibble | (((block[16 + l] >> (2 * j + high)) & 1) << 4)
+        })
+    }
+
+    /// Lane `l` holds values `128 c + 64 h + 4 l ..+4` over `c, h < 2`, each times the scale of
+    /// its 16 values.
+    pub(super) fn q6_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let mut acc = [([0f32; 16], [0f32; 16]); R];
+        for (b, block) in w.chunks_exact(210).enumerate() {
+            let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
+            let d = half(block, 208);
+            let level = |index: usize| {
+                let (c, g, l) = (index / 128, index % 128 / 32, index % 32);
+                let byte = ql[64 * c + l + 32 * (g % 2)];
+                let low = if g < 2 { byte & 0x0f } else { byte >> 4 };
+                low | (((qh[32 * c + l] >> (2 * g)) & 3) << 4)
+            };
+            for (r, row) in x.iter().enumerate() {
+                let qx = &row.qs[QK_K * b..QK_K * (b + 1)];
+                let mut s = [0i32; 16];
+                for chunk in 0..4 {
+                    for (l, lane) in s.iter_mut().enumerate() {
+                        let at = 64 * chunk + 4 * l;
+                        let part: i32 = (at..at + 4).map(|i| level(i) as i32 * qx[i] as i32).sum();
+                        *lane += scales[at / 16] as i8 as i32 * part;
+                    }
+                }
+                let aux = offset_lanes(scales, &row.sums[16 * b..16 * b + 16]);
+                let dd = d * row.d[b];
+                let (a, m) = &mut acc[r];
+                k_step((a, m), &s, &aux, (dd, dd * -32.0));
+            }
+        }
+        acc.map(|(a, m)| lanes_sum(a) + lanes_sum(m))
+    }
+}
+
+/// The AVX2 kernels: `maddubs` (unsigned 8-bit weights or their absolute values times signed 8-bit
+/// activations, pairs summed into 16 bits) then `madd` (pairs into 32 bits); every bound is below
+/// the type's range, so the integers are exact.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        // SAFETY: callers pass 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
+    }
+
+    /// Per block: `|w|` times `x` with `w`'s sign (`sign_epi8`), pairs (at most 2 x 128 x 127)
+    /// then quads into eight i32 lanes, lane `l` the sum of values `4l..4l+4`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q8_0<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        // even blocks, odd blocks
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let ones = _mm256_set1_epi16(1);
+        for (b, block) in w.chunks_exact(34).enumerate() {
+            let dw = half(block, 0);
+            // SAFETY: a block holds 2 + 32 bytes.
+            let qw = unsafe { load(block.as_ptr().add(2)) };
+            let aw = _mm256_sign_epi8(qw, qw);
+            for r in 0..R {
+                let row = &x[r];
+                // SAFETY: the row holds `32 (b + 1)` values.
+                let qx = unsafe { load(row.qs.as_ptr().add(32 * b) as *const u8) };
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
+                let dd = _mm256_set1_ps(dw * row.d[b]);
+                let a = &mut acc[r][b % 2];
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, *a);
+            }
+        }
+        acc.map(|[even, odd]| {
+            let mut l = [0f32; 16];
+            // SAFETY: 16 floats into an array of 16.
+            unsafe {
+                _mm256_storeu_ps(l.as_mut_ptr(), even);
+                _mm256_storeu_ps(l.as_mut_ptr().add(8), odd);
+            }
+            lanes_sum(l)
+        })
+    }
+
+    /// The float steps of a k-quant super-block for one row: the 16 canonical lanes in two
+    /// registers (`lo` lanes 0..8, `hi` lanes 8..16), the auxiliary integers likewise.
+    #[inline(always)]
+    unsafe fn k_step(
+        acc: &mut [__m256; 4],
+        (lo, hi): (__m256i, __m256i),
+        (aux_lo, aux_hi): (__m256i, __m256i),
+        (dd, ca): (f32, f32),
+    ) {
+        // SAFETY: register operations (AVX2 and FMA are enabled by the callers).
+        unsafe {
+            let (dd, ca) = (_mm256_set1_ps(dd), _mm256_set1_ps(ca));
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), dd, acc[0]);
+            acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), dd, acc[1]);
+            acc[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aux_lo), ca, acc[2]);
+            acc[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aux_hi), ca, acc[3]);
+        }
+    }
+
+    /// [`super::lanes_sum`] of the values and of the auxiliary lanes.
+    #[inline(always)]
+    unsafe fn k_finish(acc: &[__m256; 4]) -> f32 {
+        let mut l = [0f32; 32];
+        // SAFETY: 32 floats into an array of 32.
+        unsafe {
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(l.as_mut_ptr().add(8 * i), *a);
+            }
+        }
+        let (a, m) = l.split_at(16);
+        lanes_sum(a.try_into().expect("16")) + lanes_sum(m.try_into().expect("16"))
+    }
+
+    /// Q4_K / Q5_K for `R` rows: `levels(j)` the 64 levels of values `64 j ..` as two registers
+    /// (low nibbles, high nibbles). Nibbles (at most 31) times values (pairs at most
+    /// 2 x 31 x 128), times the six-bit scale: each lane under 4 x 4 x 31 x 128 x 63 < 2^24.
+    #[inline(always)]
+    unsafe fn k4<const R: usize>(
+        w: &[u8],
+        x: &[Row; R],
+        bytes: usize,
+        levels: impl Fn(&[u8], usize) -> (__m256i, __m256i),
+    ) -> [f32; R] {
+        // SAFETY: register operations and loads within the rows (AVX2 enabled by the callers).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            for (b, block) in w.chunks_exact(bytes).enumerate() {
+                let (d, dmin) = (half(block, 0), half(block, 2));
+                let (sc, mn) = scales_mins(&block[4..16]);
+                let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+                let mut lo = [_mm256_setzero_si256(); R];
+                let mut hi = [_mm256_setzero_si256(); R];
+                for j in 0..4 {
+                    let (q_lo, q_hi) = levels(block, j);
+                    let s_lo = _mm256_set1_epi16(sc[2 * j] as i16);
+                    let s_hi = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+                    for r in 0..R {
+                        let at = x[r].qs.as_ptr().add(QK_K * b + 64 * j) as *const u8;
+                        let (x_lo, x_hi) = (load(at), load(at.add(32)));
+                        let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(q_lo, x_lo), s_lo);
+                        let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(q_hi, x_hi), s_hi);
+                        lo[r] = _mm256_add_epi32(lo[r], p_lo);
+                        hi[r] = _mm256_add_epi32(hi[r], p_hi);
+                    }
+                }
+                for r in 0..R {
+                    let sums = load(x[r].sums32[8 * b..8 * b + 8].as_ptr() as *const u8);
+                    let aux = _mm256_mullo_epi32(mins, sums);
+                    let dx = x[r].d[b];
+                    k_step(
+                        &mut acc[r],
+                        (lo[r], hi[r]),
+                        (aux, _mm256_setzero_si256()),
+                        (d * dx, -(dmin * dx)),
+                    );
+                }
+            }
+            acc.map(|a| k_finish(&a))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q4_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let low = _mm256_set1_epi8(0x0f);
+        // SAFETY: AVX2 is enabled; each block holds its 128 value bytes at 16.
+        unsafe {
+            k4(w, x, 144, |block, j| {
+                let q = load(block.as_ptr().add(16 + 32 * j));
+                (
+                    _mm256_and_si256(q, low),
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                )
+            })
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q5_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let low = _mm256_set1_epi8(0x0f);
+        let bit = _mm256_set1_epi8(1);
+        // SAFETY: AVX2 is enabled; each block holds 32 high-bit bytes at 16, values at 48.
+        unsafe {
+            k4(w, x, 176, |block, j| {
+                let qh = load(block.as_ptr().add(16));
+                let q = load(block.as_ptr().add(48 + 32 * j));
+                let h_lo =
+                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)), bit);
+                let h_hi = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32 + 1)),
+                    bit,
+                );
+                (
+                    _mm256_or_si256(_mm256_and_si256(q, low), _mm256_slli_epi16(h_lo, 4)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                        _mm256_slli_epi16(h_hi, 4),
+                    ),
+                )
+            })
+        }
+    }
+
+    /// Six-bit levels (at most 63: pairs at most 2 x 63 x 128) times a signed 8-bit scale per 16
+    /// values: each lane under 4 x 4 x 63 x 127 x 128 < 2^24 (activations are within +-127).
+    /// Groups `g` of 32 values: even ones on the low lanes, odd ones on the high lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q6_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let low = _mm256_set1_epi8(0x0f);
+        let two = _mm256_set1_epi8(3);
+        // SAFETY: loads within each 210-byte block and within the rows; register operations.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            for (b, block) in w.chunks_exact(210).enumerate() {
+                let scales = &block[192..208];
+                let d = half(block, 208);
+                let sc_lo =
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales.as_ptr() as *const __m128i));
+                let sc_hi =
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales.as_ptr().add(8) as *const __m128i));
+                let mut lanes = [[_mm256_setzero_si256(); 2]; R];
+                for c in 0..2 {
+                    let ql_a = load(block.as_ptr().add(64 * c));
+                    let ql_b = load(block.as_ptr().add(64 * c + 32));
+                    let qh = load(block.as_ptr().add(128 + 32 * c));
+                    let highs = [
+                        qh,
+                        _mm256_srli_epi16(qh, 2),
+                        _mm256_srli_epi16(qh, 4),
+                        _mm256_srli_epi16(qh, 6),
+                    ];
+                    let lows = [
+                        _mm256_and_si256(ql_a, low),
+                        _mm256_and_si256(ql_b, low),
+                        _mm256_and_si256(_mm256_srli_epi16(ql_a, 4), low),
+                        _mm256_and_si256(_mm256_srli_epi16(ql_b, 4), low),
+                    ];
+                    for g in 0..4 {
+                        let q = _mm256_or_si256(
+                            lows[g],
+                            _mm256_slli_epi16(_mm256_and_si256(highs[g], two), 4),
+                        );
+                        let t = 8 * c + 2 * g;
+                        let s = _mm256_set_m128i(
+                            _mm_set1_epi16(scales[t + 1] as i8 as i16),
+                            _mm_set1_epi16(scales[t] as i8 as i16),
+                        );
+                        for r in 0..R {
+                            let at = x[r].qs.as_ptr().add(QK_K * b + 128 * c + 32 * g);
+                            let p = _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(q, load(at as *const u8)),
+                                s,
+                            );
+                            lanes[r][g % 2] = _mm256_add_epi32(lanes[r][g % 2], p);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let sums = x[r].sums[16 * b..16 * b + 16].as_ptr() as *const u8;
+                    let aux_lo = _mm256_mullo_epi32(sc_lo, load(sums));
+                    let aux_hi = _mm256_mullo_epi32(sc_hi, load(sums.add(32)));
+                    let dd = d * x[r].d[b];
+                    k_step(
+                        &mut acc[r],
+                        (lanes[r][0], lanes[r][1]),
+                        (aux_lo, aux_hi),
+                        (dd, dd * -32.0),
+                    );
+                }
+            }
+            acc.map(|a| k_finish(&a))
+        }
+    }
+}
+
+/// The AVX-512 kernels: AVX2's with 64 values per instruction (two Q8_0 blocks, or a k-quant's
+/// two sub-blocks of 32 side by side); the same integers, the same float steps.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn load256(p: *const u8) -> __m256i {
+        // SAFETY: callers pass 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
+    }
+
+    #[inline(always)]
+    unsafe fn load512(p: *const i8) -> __m512i {
+        // SAFETY: callers pass 64 readable bytes.
+        unsafe { _mm512_loadu_si512(p as *const __m512i) }
+    }
+
+    /// `lo` in the low 256 bits, `hi` in the high.
+    #[inline(always)]
+    unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+        // SAFETY: register operations (AVX-512 F is enabled by the callers).
+        unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1) }
+    }
+
+    /// Two blocks per step (lanes 0..8 the even block, 8..16 the odd one, as the portable
+    /// kernel's sixteen lanes); an odd last block alone on the low half.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn q8_0<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let ones = _mm512_set1_epi16(1);
+        let zero = _mm512_setzero_si512();
+        let blocks = w.len() / 34;
+        let mut b = 0;
+        while b + 2 <= blocks {
+            let (w0, w1) = (&w[34 * b..34 * b + 34], &w[34 * b + 34..34 * b + 68]);
+            // SAFETY: each block holds 2 + 32 bytes.
+            let qw = unsafe { join(load256(w0.as_ptr().add(2)), load256(w1.as_ptr().add(2))) };
+            let aw = _mm512_abs_epi8(qw);
+            let negative = _mm512_movepi8_mask(qw);
+            let (d0, d1) = (half(w0, 0), half(w1, 0));
+            for r in 0..R {
+                let row = &x[r];
+                // SAFETY: the row holds `32 (b + 2)` values.
+                let qx = unsafe { load512(row.qs.as_ptr().add(32 * b)) };
+                let sx = _mm512_mask_sub_epi8(qx, negative, zero, qx);
+                let p = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), ones);
+                let dd = join_ps(
+                    _mm256_set1_ps(d0 * row.d[b]),
+                    _mm256_set1_ps(d1 * row.d[b + 1]),
+                );
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dd, acc[r]);
+            }
+            b += 2;
+        }
+        if b < blocks {
+            let w0 = &w[34 * b..34 * b + 34];
+            // SAFETY: the block holds 2 + 32 bytes.
+            let qw = unsafe { load256(w0.as_ptr().add(2)) };
+            let aw = _mm256_sign_epi8(qw, qw);
+            let d0 = half(w0, 0);
+            for r in 0..R {
+                let row = &x[r];
+                // SAFETY: the row holds `32 (b + 1)` values.
+                let qx = unsafe { load256(row.qs.as_ptr().add(32 * b) as *const u8) };
+                let p = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)),
+                    _mm256_set1_epi16(1),
+                );
+                let low = _mm512_castps512_ps256(acc[r]);
+                let low =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d0 * row.d[b]), low);
+                acc[r] = _mm512_castpd_ps(_mm512_insertf64x4(
+                    _mm512_castps_pd(acc[r]),
+                    _mm256_castps_pd(low),
+                    0,
+                ));
+            }
+        }
+        acc.map(|a| {
+            let mut l = [0f32; 16];
+            // SAFETY: 16 floats into an array of 16.
+            unsafe { _mm512_storeu_ps(l.as_mut_ptr(), a) };
+            lanes_sum(l)
+        })
+    }
+
+    /// [`q8_0`] with VNNI's `dpbusd` (four products into each i32 lane in one instruction: the
+    /// same integers).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn q8_0_vnni<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let zero = _mm512_setzero_si512();
+        let blocks = w.len() / 34;
+        let mut b = 0;
+        while b + 2 <= blocks {
+            let (w0, w1) = (&w[34 * b..34 * b + 34], &w[34 * b + 34..34 * b + 68]);
+            // SAFETY: each block holds 2 + 32 bytes.
+            let qw = unsafe { join(load256(w0.as_ptr().add(2)), load256(w1.as_ptr().add(2))) };
+            let aw = _mm512_abs_epi8(qw);
+            let negative = _mm512_movepi8_mask(qw);
+            let (d0, d1) = (half(w0, 0), half(w1, 0));
+            for r in 0..R {
+                let row = &x[r];
+                // SAFETY: the row holds `32 (b + 2)` values.
+                let qx = unsafe { load512(row.qs.as_ptr().add(32 * b)) };
+                let sx = _mm512_mask_sub_epi8(qx, negative, zero, qx);
+                let p = _mm512_dpbusd_epi32(zero, aw, sx);
+                let dd = join_ps(
+                    _mm256_set1_ps(d0 * row.d[b]),
+                    _mm256_set1_ps(d1 * row.d[b + 1]),
+                );
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dd, acc[r]);
+            }
+            b += 2;
+        }
+        if b < blocks {
+            let w0 = &w[34 * b..34 * b + 34];
+            // SAFETY: the block holds 2 + 32 bytes.
+            let qw = unsafe { load256(w0.as_ptr().add(2)) };
+            let aw = _mm256_sign_epi8(qw, qw);
+            let d0 = half(w0, 0);
+            for r in 0..R {
+                let row = &x[r];
+                // SAFETY: the row holds `32 (b + 1)` values.
+                let qx = unsafe { load256(row.qs.as_ptr().add(32 * b) as *const u8) };
+                let p = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)),
+                    _mm256_set1_epi16(1),
+                );
+                let low = _mm512_castps512_ps256(acc[r]);
+                let low =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d0 * row.d[b]), low);
+                acc[r] = _mm512_castpd_ps(_mm512_insertf64x4(
+                    _mm512_castps_pd(acc[r]),
+                    _mm256_castps_pd(low),
+                    0,
+                ));
+            }
+        }
+        acc.map(|a| {
+            let mut l = [0f32; 16];
+            // SAFETY: 16 floats into an array of 16.
+            unsafe { _mm512_storeu_ps(l.as_mut_ptr(), a) };
+            lanes_sum(l)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
+        // SAFETY: register operations.
+        unsafe {
+            _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                _mm256_castps_pd(hi),
+                1,
+            ))
+        }
+    }
+
+    /// Scales `a` for the low 256 bits, `b` for the high, as i16.
+    #[inline(always)]
+    unsafe fn scales2(a: i16, b: i16) -> __m512i {
+        // SAFETY: register operations.
+        unsafe { join(_mm256_set1_epi16(a), _mm256_set1_epi16(b)) }
+    }
+
+    /// The float steps of a k-quant super-block for one row: the 16 canonical lanes in one
+    /// register, the auxiliary ones in another.
+    #[inline(always)]
+    unsafe fn k_step(acc: &mut [__m512; 2], s: __m512i, aux: __m512i, (dd, ca): (f32, f32)) {
+        // SAFETY: register operations (AVX-512 F is enabled by the callers).
+        unsafe {
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(dd), acc[0]);
+            acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aux), _mm512_set1_ps(ca), acc[1]);
+        }
+    }
+
+    /// [`super::lanes_sum`] of the values and of the auxiliary lanes.
+    #[inline(always)]
+    unsafe fn k_finish(acc: &[__m512; 2]) -> f32 {
+        let (mut a, mut m) = ([0f32; 16], [0f32; 16]);
+        // SAFETY: 16 floats into arrays of 16.
+        unsafe {
+            _mm512_storeu_ps(a.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(m.as_mut_ptr(), acc[1]);
+        }
+        lanes_sum(a) + lanes_sum(m)
+    }
+
+    /// Q4_K / Q5_K: `levels(j)` the 64 levels of values `64 j ..` (low nibbles on the low half,
+    /// high nibbles on the high half); the bounds of [`super::avx2::q5_k`].
+    #[inline(always)]
+    unsafe fn k4<const R: usize>(
+        w: &[u8],
+        x: &[Row; R],
+        bytes: usize,
+        levels: impl Fn(&[u8], usize) -> __m512i,
+    ) -> [f32; R] {
+        // SAFETY: register operations and loads within the rows (AVX-512 enabled by the callers).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for (b, block) in w.chunks_exact(bytes).enumerate() {
+                let (d, dmin) = (half(block, 0), half(block, 2));
+                let (sc, mn) = scales_mins(&block[4..16]);
+                let mins = _mm512_castsi256_si512(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    mn.as_ptr() as *const __m128i,
+                )));
+                let mut sums = [_mm512_setzero_si512(); R];
+                for j in 0..4 {
+                    let q = levels(block, j);
+                    let s = scales2(sc[2 * j] as i16, sc[2 * j + 1] as i16);
+                    for r in 0..R {
+                        let xv = load512(x[r].qs.as_ptr().add(QK_K * b + 64 * j));
+                        let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), s);
+                        sums[r] = _mm512_add_epi32(sums[r], p);
+                    }
+                }
+                for r in 0..R {
+                    let s32 = load256(x[r].sums32[8 * b..8 * b + 8].as_ptr() as *const u8);
+                    // the high half of `mins` is zero: so are those auxiliary lanes
+                    let aux = _mm512_mullo_epi32(mins, _mm512_castsi256_si512(s32));
+                    let aux = _mm512_maskz_mov_epi32(0x00ff, aux);
+                    let dx = x[r].d[b];
+                    k_step(&mut acc[r], sums[r], aux, (d * dx, -(dmin * dx)));
+                }
+            }
+            acc.map(|a| k_finish(&a))
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn q4_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let low = _mm512_set1_epi8(0x0f);
+        // SAFETY: AVX-512 is enabled; each block holds its 128 value bytes at 16.
+        unsafe {
+            k4(w, x, 144, |block, j| {
+                let q = load256(block.as_ptr().add(16 + 32 * j));
+                _mm512_and_si512(join(q, _mm256_srli_epi16(q, 4)), low)
+            })
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn q5_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let low = _mm512_set1_epi8(0x0f);
+        let bit = _mm512_set1_epi8(1);
+        // SAFETY: AVX-512 is enabled; each block holds 32 high-bit bytes at 16, values at 48.
+        unsafe {
+            k4(w, x, 176, |block, j| {
+                let qh = load256(block.as_ptr().add(16));
+                let q = load256(block.as_ptr().add(48 + 32 * j));
+                let nibbles = _mm512_and_si512(join(q, _mm256_srli_epi16(q, 4)), low);
+                let h = join(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)),
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32 + 1)),
+                );
+                _mm512_or_si512(nibbles, _mm512_slli_epi16(_mm512_and_si512(h, bit), 4))
+            })
+        }
+    }
+
+    /// Groups 0 and 1 (then 2 and 3) of each 128 values side by side: 64 contiguous values, a
+    /// scale per 16 (the bounds of [`super::avx2::q6_k`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn q6_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
+        let low = _mm512_set1_epi8(0x0f);
+        let two = _mm512_set1_epi8(3);
+        // SAFETY: loads within each 210-byte block and within the rows; register operations.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for (b, block) in w.chunks_exact(210).enumerate() {
+                let scales = &block[192..208];
+                let d = half(block, 208);
+                let scale = |t: usize| _mm_set1_epi16(scales[t] as i8 as i16);
+                let sc32 = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.as_ptr() as *const __m128i));
+                let mut sums = [_mm512_setzero_si512(); R];
+                for c in 0..2 {
+                    let ql_a = load256(block.as_ptr().add(64 * c));
+                    let ql_b = load256(block.as_ptr().add(64 * c + 32));
+                    let qh = load256(block.as_ptr().add(128 + 32 * c));
+                    let ql = join(ql_a, ql_b);
+                    let qh2 = join(qh, _mm256_srli_epi16(qh, 2));
+                    let first = _mm512_or_si512(
+                        _mm512_and_si512(ql, low),
+                        _mm512_slli_epi16(_mm512_and_si512(qh2, two), 4),
+                    );
+                    let second = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), low),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh2, 4), two), 4),
+                    );
+                    for (half_, q) in [first, second].into_iter().enumerate() {
+                        let t = 8 * c + 4 * half_;
+                        let s = _mm512_castsi128_si512(scale(t));
+                        let s = _mm512_inserti32x4(s, scale(t + 1), 1);
+                        let s = _mm512_inserti32x4(s, scale(t + 2), 2);
+                        let s = _mm512_inserti32x4(s, scale(t + 3), 3);
+                        for r in 0..R {
+                            let at = QK_K * b + 128 * c + 64 * half_;
+                            let xv = load512(x[r].qs.as_ptr().add(at));
+                            let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), s);
+                            sums[r] = _mm512_add_epi32(sums[r], p);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let bsums = _mm512_loadu_si512(x[r].sums[16 * b..].as_ptr() as *const __m512i);
+                    let aux = _mm512_mullo_epi32(sc32, bsums);
+                    let dd = d * x[r].d[b];
+                    k_step(&mut acc[r], sums[r], aux, (dd, dd * -32.0));
+                }
+            }
+            acc.map(|a| k_finish(&a))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::quant;
+
+    fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    const TYPES: [GgmlType; 4] = [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+
+    /// 7 activation rows (a group of 4 and 3 alone), 37 weight rows (two tasks and a part), 512
+    /// inputs (two super-blocks) or, for Q8_0, 19 blocks (an odd one after the pairs).
+    fn case(dtype: GgmlType, seed: u64) -> (Vec<f32>, usize, PackedMatrix) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let k = if dtype == GgmlType::Q8_0 { 608 } else { 512 };
+        let (m, n) = (7, 37);
+        let mut w = random(n * k, &mut rng);
+        // a row of zeros and a row with one large value: the quantizers' edge cases
+        w[..k].fill(0.0);
+        w[k + 3] = 40.0;
+        let mut x = random(m * k, &mut rng);
+        x[2 * k..3 * k].fill(0.0);
+        x[k + 100] = -25.0;
+        let mut q = quant::quantize(dtype, &w).unwrap_or_default();
+        if dtype == GgmlType::Q5K || dtype == GgmlType::Q6K {
+            // no quantizer here for these: random bytes with valid f16 scales
+            q = (0..n * dtype.bytes_of(k as u64).unwrap() as usize)
+                .map(|_| rng.random::<u8>())
+                .collect();
+            let block = dtype.block().1;
+            let scale_at: &[usize] = if dtype == GgmlType::Q5K {
+                &[0, 2]
+            } else {
+                &[208]
+            };
+            for b in q.chunks_mut(block) {
+                for &at in scale_at {
+                    let v = half::f16::from_f32(rng.random_range(0.001f32..0.01));
+                    b[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+        }
+        let len = q.len();
+        let w = PackedMatrix::new(dtype, n, k, std::sync::Arc::new(q), 0..len).unwrap();
+        (x, m, w)
+    }
+
+    /// What the integer kernels compute, in f64: the widened weights times the widened quantized
+    /// activations.
+    fn reference(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f64> {
+        let (n, k) = (w.rows(), w.cols());
+        let acts = quantize_for(w.dtype(), x, m, k);
+        let wide = w.to_f32();
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            let row = acts.row(i);
+            for r in 0..n {
+                y[i * n + r] = (0..k)
+                    .map(|c| {
+                        let xv = row.qs[c] as f64 * row.d[c / acts.block] as f64;
+                        wide[r * k + c] as f64 * xv
+                    })
+                    .sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_path_gives_the_same_bits_and_the_exact_products_value() {
+        for (seed, dtype) in TYPES.into_iter().enumerate() {
+            let (x, m, w) = case(dtype, seed as u64);
+            let portable = matmul_on(Path::Portable, &x, m, &w).unwrap();
+            let want = reference(&x, m, &w);
+            let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+            for (got, want) in portable.iter().zip(&want) {
+                // only the float steps round: a few f32 ulps of the largest product
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-5 * scale,
+                    "{}: {got} against {want}",
+                    dtype.name()
+                );
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for path in available() {
+                let fast = matmul_on(path, &x, m, &w).unwrap();
+                assert_eq!(bits(&fast), bits(&portable), "{} {path:?}", dtype.name());
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_as_in_a_batch() {
+        for (seed, dtype) in TYPES.into_iter().enumerate() {
+            let (x, m, w) = case(dtype, 10 + seed as u64);
+            let n = w.rows();
+            let all = matmul_on(fastest(), &x, m, &w).unwrap();
+            for i in 0..m {
+                let k = w.cols();
+                let alone = matmul_on(fastest(), &x[i * k..(i + 1) * k], 1, &w).unwrap();
+                let row = &all[i * n..(i + 1) * n];
+                assert!(
+                    alone
+                        .iter()
+                        .zip(row)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} row {i}",
+                    dtype.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_activations_stay_near_the_f32_product() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (m, n, k) = (5, 9, 768);
+        let x = random(m * k, &mut rng);
+        let w = random(n * k, &mut rng);
+        for dtype in [GgmlType::Q8_0, GgmlType::Q4K] {
+            let packed = PackedMatrix::quantize(dtype, n, k, &w).unwrap();
+            let wide = packed.to_f32();
+            let got = matmul_on(fastest(), &x, m, &packed).unwrap();
+            for i in 0..m {
+                for r in 0..n {
+                    let exact: f32 = (0..k).map(|c| x[i * k + c] * wide[r * k + c]).sum();
+                    // each activation off by at most half a step (max |x| / 254) per block
+                    let bound: f32 =
+                        (0..k).map(|c| wide[r * k + c].abs()).sum::<f32>() / 254.0 + 1e-4;
+                    let err = (got[i * n + r] - exact).abs();
+                    assert!(err <= bound, "{} [{i}, {r}]: {err} > {bound}", dtype.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_k_scales_the_largest_magnitude_to_127() {
+        let mut x = vec![0.5f32; 256];
+        x[7] = -2.0;
+        let q = quantize_q8_k(&x, 1, 256);
+        assert_eq!(q.qs[7], -127);
+        assert!((q.d[0] * q.qs[7] as f32 + 2.0).abs() < 1e-6);
+        assert_eq!(q.sums[0], q.qs[..16].iter().map(|&v| v as i32).sum::<i32>());
+        let zero = quantize_q8_k(&[0.0; 256], 1, 256);
+        assert!(zero.qs.iter().all(|&v| v == 0) && zero.d[0] == 0.0);
+    }
+}
