@@ -40,7 +40,6 @@ fn benches(c: &mut Criterion) {
             group.bench_function(format!("{} widened", dtype.name()), |b| {
                 b.iter(|| packed::matmul(&x, m, &q))
             });
-            mdm::kernels::set_quantized_product(mdm::kernels::QuantizedProduct::Integer);
         }
         group.bench_function("F32", |b| b.iter(|| packed::matmul(&x, m, &f32_matrix)));
         group.finish();

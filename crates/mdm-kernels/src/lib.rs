@@ -181,16 +181,22 @@ pub fn fused() -> bool {
 }
 
 /// How burn-flex multiplies activations by quantized weights ([`Kernels::linear_packed`]).
+///
+/// The default is [`Self::Widened`]: on the machines measured (docs/benchmarks.md, "Integer dot
+/// products") f32 `gemm` on widened panels is faster over a whole canvas and the integer kernels
+/// only over 32-position windows; the choice is per process, never per product size, so a row's
+/// bits never depend on the batch beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantizedProduct {
-    /// Integer dot products against quantized activations ([`cpu::qdot`]) on the fastest kernels
-    /// the CPU has (AVX-512, AVX2); on a CPU with neither, as [`Self::Widened`] (f32 `gemm`
-    /// there is faster than the plain integer loops).
+    /// Integer dot products against quantized activations ([`cpu::qdot`], as llama.cpp
+    /// computes them) on the fastest kernels the CPU has (AVX-512 VNNI, AVX-512, AVX2); on a CPU
+    /// with none, as [`Self::Widened`] (f32 `gemm` there is faster than the plain integer loops).
     Integer,
     /// [`Self::Integer`] on the portable kernels whatever the CPU (the same bits: the tests
     /// compare them).
     Portable,
-    /// Weights widened to f32 panels and multiplied by f32 activations ([`cpu::packed`]).
+    /// Weights widened to f32 panels and multiplied by f32 activations ([`cpu::packed`]): the
+    /// default.
     Widened,
 }
 
@@ -210,24 +216,24 @@ pub fn set_quantized_product(product: QuantizedProduct) {
 }
 
 /// [`set_quantized_product`]'s last word, else `MDM_QUANTIZED_PRODUCT` from the environment
-/// (`integer`, the default; `portable`; `widened`).
+/// (`integer`; `portable`; `widened`, the default).
 pub fn quantized_product() -> QuantizedProduct {
     if QUANTIZED_PRODUCT.load(Ordering::Relaxed) == 0 {
         let from_env = match std::env::var("MDM_QUANTIZED_PRODUCT")
             .as_deref()
             .map(str::trim)
         {
+            Ok("integer") => 1,
             Ok("portable") => 2,
-            Ok("widened") => 3,
-            _ => 1,
+            _ => 3,
         };
         // a concurrent set_quantized_product wins over the environment
         let _ =
             QUANTIZED_PRODUCT.compare_exchange(0, from_env, Ordering::Relaxed, Ordering::Relaxed);
     }
     match QUANTIZED_PRODUCT.load(Ordering::Relaxed) {
+        1 => QuantizedProduct::Integer,
         2 => QuantizedProduct::Portable,
-        3 => QuantizedProduct::Widened,
-        _ => QuantizedProduct::Integer,
+        _ => QuantizedProduct::Widened,
     }
 }
