@@ -182,9 +182,10 @@ pub fn fused() -> bool {
 
 /// How burn-flex multiplies activations by quantized weights ([`Kernels::linear_packed`]).
 ///
-/// The default is [`Self::Widened`]: on the machines measured (docs/benchmarks.md, "Integer dot
-/// products") f32 `gemm` on widened panels is faster over a whole canvas and the integer kernels
-/// only over 32-position windows; the choice is per process, never per product size, so a row's
+/// The default is [`Self::Integer`] on a CPU with AVX-512 VNNI (weights interleaved 16 rows to a
+/// register: 2-4x f32 `gemm`'s speed, docs/benchmarks.md, "Integer dot products") and
+/// [`Self::Widened`] elsewhere (the row-by-row AVX2 and AVX-512 integer kernels are slower than
+/// `gemm` over a whole canvas). The choice is per process, never per product size, so a row's
 /// bits never depend on the batch beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantizedProduct {
@@ -195,8 +196,7 @@ pub enum QuantizedProduct {
     /// [`Self::Integer`] on the portable kernels whatever the CPU (the same bits: the tests
     /// compare them).
     Portable,
-    /// Weights widened to f32 panels and multiplied by f32 activations ([`cpu::packed`]): the
-    /// default.
+    /// Weights widened to f32 panels and multiplied by f32 activations ([`cpu::packed`]).
     Widened,
 }
 
@@ -216,7 +216,7 @@ pub fn set_quantized_product(product: QuantizedProduct) {
 }
 
 /// [`set_quantized_product`]'s last word, else `MDM_QUANTIZED_PRODUCT` from the environment
-/// (`integer`; `portable`; `widened`, the default).
+/// (`integer`, `portable`, `widened`), else the default for this CPU (see [`QuantizedProduct`]).
 pub fn quantized_product() -> QuantizedProduct {
     if QUANTIZED_PRODUCT.load(Ordering::Relaxed) == 0 {
         let from_env = match std::env::var("MDM_QUANTIZED_PRODUCT")
@@ -225,6 +225,8 @@ pub fn quantized_product() -> QuantizedProduct {
         {
             Ok("integer") => 1,
             Ok("portable") => 2,
+            Ok("widened") => 3,
+            _ if cpu::qdot::fastest() == cpu::qdot::Path::Avx512Vnni => 1,
             _ => 3,
         };
         // a concurrent set_quantized_product wins over the environment

@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
@@ -40,6 +40,8 @@ pub struct PackedMatrix {
     cols: usize,
     bytes: SharedBytes,
     range: Range<usize>,
+    /// The bytes in a kernel's layout, made on first use ([`Self::repacked`]), shared by clones.
+    repacked: Arc<OnceLock<Arc<Vec<u8>>>>,
 }
 
 impl fmt::Debug for PackedMatrix {
@@ -84,6 +86,7 @@ impl PackedMatrix {
             cols,
             bytes,
             range,
+            repacked: Arc::default(),
         })
     }
 
@@ -176,6 +179,13 @@ impl PackedMatrix {
         let bytes = &self.bytes()[rows.start * row..rows.end * row];
         // whole rows of a matrix checked at construction: cannot fail
         let _ = quant::dequantize(self.dtype, bytes, out);
+    }
+
+    /// The matrix's bytes in the layout a kernel reads (one layout per matrix: the integer
+    /// kernels' interleaved rows, [`crate::cpu::qdot`]), made by `make` on first use and kept
+    /// with the matrix and its clones: a second copy of the weights for as long as they live.
+    pub fn repacked(&self, make: impl FnOnce(&Self) -> Vec<u8>) -> Arc<Vec<u8>> {
+        self.repacked.get_or_init(|| Arc::new(make(self))).clone()
     }
 
     /// The whole matrix widened to f32, `[rows, cols]` row-major.

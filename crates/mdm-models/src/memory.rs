@@ -4,7 +4,8 @@
 //! halfway through loading.
 //!
 //! The footprint: every projection weight at the type it is kept in (packed types on a backend
-//! that packs, f32 otherwise, f16/bf16 where [`crate::Precision`] casts), the embedding and norms
+//! that packs, f32 otherwise, f16/bf16 where [`crate::Precision`] casts; quantized ones twice
+//! where the integer kernels interleave a copy, [`mdm_kernels::cpu::qdot`]), the embedding and norms
 //! dense (f32 when the projections are, half otherwise), the largest single tensor once more (a loader widens one tensor at a time), and the
 //! activations of one pass over [`WORKING_POSITIONS`] positions. Available memory is Linux's
 //! `MemAvailable` (lowered to the control group's limit when there is one: cgroup v2 or v1, the
@@ -65,7 +66,13 @@ impl Footprint {
         };
         // the embedding and norms: half where the projections are not f32 (see `Transformer`)
         let dense_bytes = if target == GgmlType::F32 { 4 } else { 2 };
-        let weights = (projections as f64 * per_value) as u64 + (embedding + dense) * dense_bytes;
+        // the integer kernels' interleaved copy of quantized projections, where this CPU makes one
+        let interleaved = match packs {
+            true => mdm_kernels::cpu::qdot::interleaved_bytes_per_value(target).unwrap_or(0.0),
+            false => 0.0,
+        };
+        let weights = (projections as f64 * (per_value + interleaved)) as u64
+            + (embedding + dense) * dense_bytes;
         let largest = largest * 4;
         let n = WORKING_POSITIONS as u64;
         let activations = n * (8 * c + 3 * i + v) * 4 + 2 * layers * n * c * 4;
@@ -308,7 +315,13 @@ mod tests {
             true,
         );
         assert!(bf16.weights < f32.weights / 2 + 3_000_000_000, "{bf16:?}");
-        assert!(q4.weights * 5 / 2 < bf16.weights, "{q4:?} {bf16:?}");
+        // 4.5 bits a value, and the integer kernels' interleaved copy where this CPU makes one
+        let copy = mdm_kernels::cpu::qdot::interleaved_bytes_per_value(GgmlType::Q4K);
+        let share = (0.5625 + copy.unwrap_or(0.0)) / 2.0 + 0.1;
+        assert!(
+            (q4.weights as f64) < bf16.weights as f64 * share,
+            "{q4:?} {bf16:?}"
+        );
         let err = check_fits(
             "LLaDA-8B",
             &config,

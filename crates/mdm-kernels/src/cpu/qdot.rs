@@ -11,12 +11,12 @@
 //! **Exactness and the same bits on every path.** Inside a block every product and sum is an
 //! integer, computed exactly (the bounds are in each kernel's comment); the floats are then
 //! combined in one fixed order that the AVX2 kernels and the portable ones share:
-//! - Q8_0: block `b`'s eight 4-value integer sums go into f32 lanes `8 (b mod 2) .. 8 (b mod 2) + 8`
-//!   of sixteen, `lane = fma(sum, dw dx, lane)`; at the end lane `l + 8` is added to lane `l` and
-//!   the eight as `((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7))` (an AVX-512 register holds two blocks, an
-//!   AVX2 kernel keeps two registers);
-//! - k-quants: a super-block's integer total `S` (and the minimums' `M`) is one integer, and
-//!   `acc = fma(S, d dx, acc)`, `acc = fma(M, -(dmin dx), acc)` per super-block in order.
+//! - Q8_0: a block's exact sum of products `S`, `acc = fma(S, dw dx, acc)` per block in order;
+//! - Q4_K, Q5_K: a super-block's scaled products `S` and minimums term `M` are exact integers,
+//!   then `acc = fma(S, d dx, acc)`, `acc = fma(M, -(dmin dx), acc)` per super-block in order
+//!   (what a lane of the repacked kernel computes for its row);
+//! - Q6_K: a super-block's exact total `T` (levels times activations less 32 times their sums,
+//!   each 16 values times their scale), `acc = fma(T, d dx, acc)` per super-block in order.
 //!
 //! So the portable kernels (plain Rust, any CPU) give the bits of the AVX2 ones, a row's result
 //! never depends on the rows beside it (a batch row equals the row alone), nor on the threads
@@ -37,8 +37,115 @@ use crate::QuantizedProduct;
 
 /// Activation rows a kernel call multiplies against one weight row (they share its unpacking).
 const GROUP: usize = 4;
-/// Weight rows per task (any split gives the same bits: each output is one dot product).
-const TASK_ROWS: usize = 16;
+/// Weight rows per task (any split gives the same bits: each output is one dot product); a task
+/// is one interleaved group where the weights are interleaved.
+const TASK_ROWS: usize = LANES;
+/// Output rows of one interleaved group: the i32 lanes of an AVX-512 register.
+const LANES: usize = 16;
+
+/// Bytes of one interleaved block (Q8_0) or super-block of [`LANES`] rows.
+/// - Q8_0: the 16 rows' `d` (f32), then per quad `g < 8` 64 bytes: row `l`'s values `4 g ..+4`
+///   plus 128 (unsigned) at bytes `4 l ..+4`.
+/// - Q4_K: the 16 rows' `d` and `dmin` (f32), their 8 scales and 8 minimums (a byte per row), then
+///   per sub-block `j` of 32 values and quad `g < 4` 64 bytes: row `l`'s values `32 j + 4 g ..+4`
+///   in the low nibbles of bytes `4 l ..+4`, its values `32 j + 16 + 4 g ..+4` in the high ones.
+/// - Q6_K: the 16 rows' `d` (f32), their 16 scales (a byte per row per 16 values), then per 16
+///   values `t` and quad `g < 4` 64 bytes: row `l`'s levels of values `16 t + 4 g ..+4` at bytes
+///   `4 l ..+4`.
+const fn interleaved_block(dtype: GgmlType) -> usize {
+    match dtype {
+        GgmlType::Q8_0 => 4 * LANES + 8 * 64,
+        GgmlType::Q6K => 4 * LANES + 16 * LANES + 16 * 4 * 64,
+        _ => 2 * 4 * LANES + 2 * 8 * LANES + 8 * 4 * 64,
+    }
+}
+
+/// Bytes per weight value of the interleaved copy this process makes of a `dtype` matrix on its
+/// first integer product ([`PackedMatrix::repacked`], kept beside the stored bytes), or `None`
+/// where it makes none: the memory check adds it.
+pub fn interleaved_bytes_per_value(dtype: GgmlType) -> Option<f64> {
+    let interleaves = matches!(dtype, GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K)
+        && path() == Some(Path::Avx512Vnni);
+    interleaves.then(|| interleaved_block(dtype) as f64 / (LANES * dtype.block().0) as f64)
+}
+
+/// Bytes of one interleaved group of [`LANES`] rows of `k` values.
+fn interleaved_bytes(dtype: GgmlType, k: usize) -> usize {
+    k / dtype.block().0 * interleaved_block(dtype)
+}
+
+/// Q8_0's blocks interleaved ([`interleaved_block`]).
+fn interleave_q8_0(w: &PackedMatrix) -> Vec<u8> {
+    interleave(w, |block, l, out| {
+        out[4 * l..4 * l + 4].copy_from_slice(&half(block, 0).to_le_bytes());
+        for (v, &q) in block[2..34].iter().enumerate() {
+            out[64 + 64 * (v / 4) + 4 * l + v % 4] = q ^ 0x80;
+        }
+    })
+}
+
+/// The whole groups of [`LANES`] rows of `w` interleaved, `fill(block, lane, out)` writing one
+/// row's super-block into its group's interleaved super-block (the rows after the last whole
+/// group stay in the matrix's own layout).
+fn interleave(w: &PackedMatrix, fill: impl Fn(&[u8], usize, &mut [u8]) + Sync) -> Vec<u8> {
+    let (k, row_bytes, bytes) = (w.cols(), w.row_bytes(), w.bytes());
+    let (stored, size) = (w.dtype().block().1, interleaved_block(w.dtype()));
+    let groups = w.rows() / LANES;
+    let mut out = vec![0u8; groups * interleaved_bytes(w.dtype(), k)];
+    out.par_chunks_mut(interleaved_bytes(w.dtype(), k).max(1))
+        .enumerate()
+        .for_each(|(g, out)| {
+            for (b, out) in out.chunks_mut(size).enumerate() {
+                for l in 0..LANES {
+                    let row = (g * LANES + l) * row_bytes;
+                    fill(&bytes[row + stored * b..row + stored * (b + 1)], l, out);
+                }
+            }
+        });
+    out
+}
+
+/// Q6_K's super-blocks interleaved ([`interleaved_block`]).
+fn interleave_q6_k(w: &PackedMatrix) -> Vec<u8> {
+    interleave(w, |block, l, out| {
+        let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
+        out[4 * l..4 * l + 4].copy_from_slice(&half(block, 208).to_le_bytes());
+        for t in 0..16 {
+            out[64 + 16 * t + l] = scales[t];
+        }
+        for v in 0..QK_K {
+            let (c, g, i) = (v / 128, v % 128 / 32, v % 32);
+            let byte = ql[64 * c + i + 32 * (g % 2)];
+            let low = if g < 2 { byte & 0x0f } else { byte >> 4 };
+            let level = low | (((qh[32 * c + i] >> (2 * g)) & 3) << 4);
+            out[320 + 256 * (v / 16) + 64 * (v % 16 / 4) + 4 * l + v % 4] = level;
+        }
+    })
+}
+
+/// Q4_K's super-blocks interleaved ([`interleaved_block`]).
+fn interleave_q4_k(w: &PackedMatrix) -> Vec<u8> {
+    interleave(w, |block, l, out| {
+        let (d, dmin) = (half(block, 0), half(block, 2));
+        out[4 * l..4 * l + 4].copy_from_slice(&d.to_le_bytes());
+        out[64 + 4 * l..64 + 4 * l + 4].copy_from_slice(&dmin.to_le_bytes());
+        let (sc, mn) = scales_mins(&block[4..16]);
+        for j in 0..8 {
+            out[128 + 16 * j + l] = sc[j];
+            out[256 + 16 * j + l] = mn[j];
+        }
+        // the level of value `v` (< 32) of sub-block `j`
+        let level = |j: usize, v: usize| (block[16 + 32 * (j / 2) + v] >> (4 * (j % 2))) & 0x0f;
+        for j in 0..8 {
+            for q in 0..4 {
+                for t in 0..4 {
+                    out[384 + 256 * j + 64 * q + 4 * l + t] =
+                        level(j, 4 * q + t) | (level(j, 16 + 4 * q + t) << 4);
+                }
+            }
+        }
+    })
+}
 
 /// Which kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +236,7 @@ pub struct QuantizedRows {
     pub d: Vec<f32>,
     /// Sums of 16 consecutive quantized values (empty for Q8_0).
     pub sums: Vec<i32>,
-    /// Sums of 32 consecutive quantized values (empty for Q8_0).
+    /// Sums of 32 consecutive quantized values.
     pub sums32: Vec<i32>,
 }
 
@@ -165,17 +272,20 @@ struct Row<'a> {
 pub fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> QuantizedRows {
     let mut qs = vec![0i8; m * k];
     let mut d = vec![0f32; m * k / 32];
+    let mut sums32 = vec![0i32; m * k / 32];
     qs.par_chunks_mut(k)
         .zip(d.par_chunks_mut(k / 32))
+        .zip(sums32.par_chunks_mut(k / 32))
         .zip(x.par_chunks(k))
-        .for_each(|((qs, d), x)| {
-            for ((q, d), x) in qs.chunks_mut(32).zip(d).zip(x.chunks(32)) {
+        .for_each(|(((qs, d), sums), x)| {
+            for (((q, d), sum), x) in qs.chunks_mut(32).zip(d).zip(sums).zip(x.chunks(32)) {
                 let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
                 *d = f16::from_f32(amax / 127.0).to_f32();
                 let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                 for (q, &v) in q.iter_mut().zip(x) {
                     *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
                 }
+                *sum = q.iter().map(|&v| v as i32).sum();
             }
         });
     QuantizedRows {
@@ -184,7 +294,7 @@ pub fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> QuantizedRows {
         qs,
         d,
         sums: Vec::new(),
-        sums32: Vec::new(),
+        sums32,
     }
 }
 
@@ -282,6 +392,16 @@ pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Ve
         Path::Portable
     };
     let (row_bytes, bytes) = (w.row_bytes(), w.bytes());
+    // Q4_K on VNNI: groups of 16 rows interleaved once per matrix, one output row per lane
+    #[cfg(target_arch = "x86_64")]
+    let interleaved = (path == Path::Avx512Vnni && n >= LANES)
+        .then(|| match dtype {
+            GgmlType::Q4K => Some(w.repacked(interleave_q4_k)),
+            GgmlType::Q6K => Some(w.repacked(interleave_q6_k)),
+            GgmlType::Q8_0 => Some(w.repacked(interleave_q8_0)),
+            _ => None,
+        })
+        .flatten();
     (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each(|task| {
         let rows = task * TASK_ROWS..((task + 1) * TASK_ROWS).min(n);
         let write = |i: usize, r: usize, v: f32| {
@@ -289,6 +409,33 @@ pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Ve
             // from every other task's) and `i < m`.
             unsafe { *out.get().add(i * n + r) = v }
         };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = interleaved.as_deref().filter(|_| rows.len() == LANES) {
+            let size = interleaved_bytes(dtype, k);
+            let group = &packed[task * size..(task + 1) * size];
+            let store = |i: usize, v: [f32; LANES]| {
+                for (l, v) in v.into_iter().enumerate() {
+                    write(i, rows.start + l, v);
+                }
+            };
+            let mut i = 0;
+            while i + GROUP <= m {
+                let x: [Row; GROUP] = std::array::from_fn(|t| acts.row(i + t));
+                // SAFETY: `Path::Avx512Vnni` only where the CPU has it; `group` is one
+                // interleaved group of `k` columns.
+                let v = unsafe { avx512::interleaved(dtype, group, &x) };
+                for (t, v) in v.into_iter().enumerate() {
+                    store(i + t, v);
+                }
+                i += GROUP;
+            }
+            for i in i..m {
+                // SAFETY: as above.
+                let [v] = unsafe { avx512::interleaved(dtype, group, &[acts.row(i)]) };
+                store(i, v);
+            }
+            return;
+        }
         let mut i = 0;
         while i + GROUP <= m {
             let group: [Row; GROUP] = std::array::from_fn(|t| acts.row(i + t));
@@ -330,8 +477,8 @@ fn dot<const R: usize>(path: Path, dtype: GgmlType, w: &[u8], x: &[Row; R]) -> [
         // checked by the callers' construction).
         return unsafe {
             match dtype {
-                GgmlType::Q8_0 if path == Path::Avx512Vnni => avx512::q8_0_vnni(w, x),
-                GgmlType::Q8_0 => avx512::q8_0(w, x),
+                // one block of 32 per instruction is AVX2's kernel
+                GgmlType::Q8_0 => avx2::q8_0(w, x),
                 GgmlType::Q4K => avx512::q4_k(w, x),
                 GgmlType::Q5K => avx512::q5_k(w, x),
                 _ => avx512::q6_k(w, x),
@@ -380,11 +527,27 @@ fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
-/// The k-quants' auxiliary integers of one super-block: Q4_K / Q5_K's minimums (`mn[i]` times the
-/// sum of sub-block `i`'s activations, at most 63 x 32 x 127) on lanes 0..8, zeros after.
+/// The float steps of a Q4_K / Q5_K super-block for one row, on every path: its exact integer
+/// totals `s` (scaled products, under 2^25) and `m` (minimums times activation sums, under 2^21),
+/// `acc = fma(s, d dx, acc)` then `acc = fma(m, -(dmin dx), acc)`.
 #[inline(always)]
-fn mins_lanes(mn: &[u8; 8], sums32: &[i32]) -> [i32; 16] {
-    std::array::from_fn(|i| if i < 8 { mn[i] as i32 * sums32[i] } else { 0 })
+fn k4_step(acc: f32, s: i32, m: i32, d: f32, dmin: f32, dx: f32) -> f32 {
+    let acc = (s as f32).mul_add(d * dx, acc);
+    (m as f32).mul_add(-(dmin * dx), acc)
+}
+
+/// `sum_i mn[i] * sums32[i]`: a Q4_K / Q5_K super-block's minimums term (exact).
+#[inline(always)]
+fn mins_total(mn: &[u8; 8], sums32: &[i32]) -> i32 {
+    (0..8).map(|i| mn[i] as i32 * sums32[i]).sum()
+}
+
+/// The float step of a Q6_K super-block for one row, on every path: its exact integer total (the
+/// levels times the activations less 32 times their sums, each 16 times its scale: under 2^29),
+/// `acc = fma(total, d dx, acc)`.
+#[inline(always)]
+fn q6_step(acc: f32, total: i32, d: f32, dx: f32) -> f32 {
+    (total as f32).mul_add(d * dx, acc)
 }
 
 /// Q6_K's offsets of one super-block: scale `t` times the sum of activations `16 t ..`, at most
@@ -394,27 +557,11 @@ fn offset_lanes(scales: &[u8], sums16: &[i32]) -> [i32; 16] {
     std::array::from_fn(|t| scales[t] as i8 as i32 * sums16[t])
 }
 
-/// The float steps of one k-quant super-block, on every path: `acc = fma(s, dd, acc)` and
-/// `aux_acc = fma(aux, ca, aux_acc)` lane by lane (every integer below 2^24: exact in f32).
+/// The float step of a Q8_0 block for one row, on every path: its exact sum of products (at
+/// most 32 x 128 x 127), `acc = fma(sum, dw dx, acc)`.
 #[inline(always)]
-fn k_step(
-    (acc, aux_acc): (&mut [f32; 16], &mut [f32; 16]),
-    s: &[i32; 16],
-    aux: &[i32; 16],
-    (dd, ca): (f32, f32),
-) {
-    for l in 0..16 {
-        acc[l] = (s[l] as f32).mul_add(dd, acc[l]);
-        aux_acc[l] = (aux[l] as f32).mul_add(ca, aux_acc[l]);
-    }
-}
-
-/// The float steps every path shares: lanes `l + 8` onto `l`, then
-/// `((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7))`.
-#[inline(always)]
-fn lanes_sum(l: [f32; 16]) -> f32 {
-    let h: [f32; 8] = std::array::from_fn(|i| l[i] + l[i + 8]);
-    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+fn q8_step(acc: f32, sum: i32, dw: f32, dx: f32) -> f32 {
+    (sum as f32).mul_add(dw * dx, acc)
 }
 
 /// The plain Rust kernels (any CPU); the same bits as [`avx2`].
@@ -422,24 +569,21 @@ mod portable {
     use super::*;
 
     pub(super) fn q8_0<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
-        let mut lanes = [[0f32; 16]; R];
+        let mut acc = [0f32; R];
         for (b, block) in w.chunks_exact(34).enumerate() {
             let dw = half(block, 0);
             let qw = &block[2..34];
-            let half_ = 8 * (b % 2);
             for (r, row) in x.iter().enumerate() {
-                let dd = dw * row.d[b];
                 let qx = &row.qs[32 * b..32 * b + 32];
-                for (l, lane) in lanes[r][half_..half_ + 8].iter_mut().enumerate() {
-                    // four products of at most 127 x 127
-                    let s: i32 = (4 * l..4 * l + 4)
-                        .map(|i| qw[i] as i8 as i32 * qx[i] as i32)
-                        .sum();
-                    *lane = (s as f32).mul_add(dd, *lane);
-                }
+                let s: i32 = qw
+                    .iter()
+                    .zip(qx)
+                    .map(|(&w, &x)| w as i8 as i32 * x as i32)
+                    .sum();
+                acc[r] = q8_step(acc[r], s, dw, row.d[b]);
             }
         }
-        lanes.map(lanes_sum)
+        acc
     }
 
     /// Lane `l < 8` holds values `64 j + 4 l ..+4` (low nibbles), lane `8 + l` values
@@ -468,20 +612,18 @@ mod portable {
         bytes: usize,
         value: impl Fn(&[u8], usize, usize) -> u8,
     ) -> [f32; R] {
-        let mut acc = [([0f32; 16], [0f32; 16]); R];
+        let mut acc = [0f32; R];
         for (b, block) in w.chunks_exact(bytes).enumerate() {
             let (d, dmin) = (half(block, 0), half(block, 2));
             let (sc, mn) = scales_mins(&block[4..16]);
             for (r, row) in x.iter().enumerate() {
                 let qx = &row.qs[QK_K * b..QK_K * (b + 1)];
-                let s = k4_lanes(|j, i| value(block, j, i), &sc, qx);
-                let aux = mins_lanes(&mn, &row.sums32[8 * b..8 * b + 8]);
-                let dx = row.d[b];
-                let (a, m) = &mut acc[r];
-                k_step((a, m), &s, &aux, (d * dx, -(dmin * dx)));
+                let s: i32 = k4_lanes(|j, i| value(block, j, i), &sc, qx).iter().sum();
+                let m = mins_total(&mn, &row.sums32[8 * b..8 * b + 8]);
+                acc[r] = k4_step(acc[r], s, m, d, dmin, row.d[b]);
             }
         }
-        acc.map(|(a, m)| lanes_sum(a) + lanes_sum(m))
+        acc
     }
 
     pub(super) fn q4_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
@@ -504,10 +646,8 @@ mod portable {
         })
     }
 
-    /// Lane `l` holds values `128 c + 64 h + 4 l ..+4` over `c, h < 2`, each times the scale of
-    /// its 16 values.
     pub(super) fn q6_k<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
-        let mut acc = [([0f32; 16], [0f32; 16]); R];
+        let mut acc = [0f32; R];
         for (b, block) in w.chunks_exact(210).enumerate() {
             let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
             let d = half(block, 208);
@@ -527,13 +667,14 @@ mod portable {
                         *lane += scales[at / 16] as i8 as i32 * part;
                     }
                 }
-                let aux = offset_lanes(scales, &row.sums[16 * b..16 * b + 16]);
-                let dd = d * row.d[b];
-                let (a, m) = &mut acc[r];
-                k_step((a, m), &s, &aux, (dd, dd * -32.0));
+                let offsets: i32 = offset_lanes(scales, &row.sums[16 * b..16 * b + 16])
+                    .iter()
+                    .sum();
+                let total = s.iter().sum::<i32>() - 32 * offsets;
+                acc[r] = q6_step(acc[r], total, d, row.d[b]);
             }
         }
-        acc.map(|(a, m)| lanes_sum(a) + lanes_sum(m))
+        acc
     }
 }
 
@@ -553,11 +694,10 @@ mod avx2 {
     }
 
     /// Per block: `|w|` times `x` with `w`'s sign (`sign_epi8`), pairs (at most 2 x 128 x 127)
-    /// then quads into eight i32 lanes, lane `l` the sum of values `4l..4l+4`.
+    /// then quads into eight i32 lanes, added into the block's exact sum.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn q8_0<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
-        // even blocks, odd blocks
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut acc = [0f32; R];
         let ones = _mm256_set1_epi16(1);
         for (b, block) in w.chunks_exact(34).enumerate() {
             let dw = half(block, 0);
@@ -566,56 +706,30 @@ mod avx2 {
             let aw = _mm256_sign_epi8(qw, qw);
             for r in 0..R {
                 let row = &x[r];
-                // SAFETY: the row holds `32 (b + 1)` values.
-                let qx = unsafe { load(row.qs.as_ptr().add(32 * b) as *const u8) };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
-                let dd = _mm256_set1_ps(dw * row.d[b]);
-                let a = &mut acc[r][b % 2];
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dd, *a);
+                // SAFETY: the row holds `32 (b + 1)` values; register operations.
+                let s = unsafe {
+                    let qx = load(row.qs.as_ptr().add(32 * b) as *const u8);
+                    hsum_i32(_mm256_madd_epi16(
+                        _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)),
+                        ones,
+                    ))
+                };
+                acc[r] = q8_step(acc[r], s, dw, row.d[b]);
             }
         }
-        acc.map(|[even, odd]| {
-            let mut l = [0f32; 16];
-            // SAFETY: 16 floats into an array of 16.
-            unsafe {
-                _mm256_storeu_ps(l.as_mut_ptr(), even);
-                _mm256_storeu_ps(l.as_mut_ptr().add(8), odd);
-            }
-            lanes_sum(l)
-        })
+        acc
     }
 
-    /// The float steps of a k-quant super-block for one row: the 16 canonical lanes in two
-    /// registers (`lo` lanes 0..8, `hi` lanes 8..16), the auxiliary integers likewise.
+    /// The 8 lanes of an i32 vector added (exact).
     #[inline(always)]
-    unsafe fn k_step(
-        acc: &mut [__m256; 4],
-        (lo, hi): (__m256i, __m256i),
-        (aux_lo, aux_hi): (__m256i, __m256i),
-        (dd, ca): (f32, f32),
-    ) {
-        // SAFETY: register operations (AVX2 and FMA are enabled by the callers).
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        // SAFETY: register operations (AVX2 is enabled by the callers).
         unsafe {
-            let (dd, ca) = (_mm256_set1_ps(dd), _mm256_set1_ps(ca));
-            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), dd, acc[0]);
-            acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), dd, acc[1]);
-            acc[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aux_lo), ca, acc[2]);
-            acc[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aux_hi), ca, acc[3]);
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+            _mm_cvtsi128_si32(s)
         }
-    }
-
-    /// [`super::lanes_sum`] of the values and of the auxiliary lanes.
-    #[inline(always)]
-    unsafe fn k_finish(acc: &[__m256; 4]) -> f32 {
-        let mut l = [0f32; 32];
-        // SAFETY: 32 floats into an array of 32.
-        unsafe {
-            for (i, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(l.as_mut_ptr().add(8 * i), *a);
-            }
-        }
-        let (a, m) = l.split_at(16);
-        lanes_sum(a.try_into().expect("16")) + lanes_sum(m.try_into().expect("16"))
     }
 
     /// Q4_K / Q5_K for `R` rows: `levels(j)` the 64 levels of values `64 j ..` as two registers
@@ -630,11 +744,10 @@ mod avx2 {
     ) -> [f32; R] {
         // SAFETY: register operations and loads within the rows (AVX2 enabled by the callers).
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            let mut acc = [0f32; R];
             for (b, block) in w.chunks_exact(bytes).enumerate() {
                 let (d, dmin) = (half(block, 0), half(block, 2));
                 let (sc, mn) = scales_mins(&block[4..16]);
-                let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
                 let mut lo = [_mm256_setzero_si256(); R];
                 let mut hi = [_mm256_setzero_si256(); R];
                 for j in 0..4 {
@@ -651,18 +764,12 @@ mod avx2 {
                     }
                 }
                 for r in 0..R {
-                    let sums = load(x[r].sums32[8 * b..8 * b + 8].as_ptr() as *const u8);
-                    let aux = _mm256_mullo_epi32(mins, sums);
-                    let dx = x[r].d[b];
-                    k_step(
-                        &mut acc[r],
-                        (lo[r], hi[r]),
-                        (aux, _mm256_setzero_si256()),
-                        (d * dx, -(dmin * dx)),
-                    );
+                    let s = hsum_i32(_mm256_add_epi32(lo[r], hi[r]));
+                    let m = mins_total(&mn, &x[r].sums32[8 * b..8 * b + 8]);
+                    acc[r] = k4_step(acc[r], s, m, d, dmin, x[r].d[b]);
                 }
             }
-            acc.map(|a| k_finish(&a))
+            acc
         }
     }
 
@@ -716,7 +823,7 @@ mod avx2 {
         let two = _mm256_set1_epi8(3);
         // SAFETY: loads within each 210-byte block and within the rows; register operations.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            let mut acc = [0f32; R];
             for (b, block) in w.chunks_exact(210).enumerate() {
                 let scales = &block[192..208];
                 let d = half(block, 208);
@@ -765,16 +872,12 @@ mod avx2 {
                     let sums = x[r].sums[16 * b..16 * b + 16].as_ptr() as *const u8;
                     let aux_lo = _mm256_mullo_epi32(sc_lo, load(sums));
                     let aux_hi = _mm256_mullo_epi32(sc_hi, load(sums.add(32)));
-                    let dd = d * x[r].d[b];
-                    k_step(
-                        &mut acc[r],
-                        (lanes[r][0], lanes[r][1]),
-                        (aux_lo, aux_hi),
-                        (dd, dd * -32.0),
-                    );
+                    let products = hsum_i32(_mm256_add_epi32(lanes[r][0], lanes[r][1]));
+                    let offsets = hsum_i32(_mm256_add_epi32(aux_lo, aux_hi));
+                    acc[r] = q6_step(acc[r], products - 32 * offsets, d, x[r].d[b]);
                 }
             }
-            acc.map(|a| k_finish(&a))
+            acc
         }
     }
 }
@@ -806,169 +909,11 @@ mod avx512 {
         unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1) }
     }
 
-    /// Two blocks per step (lanes 0..8 the even block, 8..16 the odd one, as the portable
-    /// kernel's sixteen lanes); an odd last block alone on the low half.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub(super) unsafe fn q8_0<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let ones = _mm512_set1_epi16(1);
-        let zero = _mm512_setzero_si512();
-        let blocks = w.len() / 34;
-        let mut b = 0;
-        while b + 2 <= blocks {
-            let (w0, w1) = (&w[34 * b..34 * b + 34], &w[34 * b + 34..34 * b + 68]);
-            // SAFETY: each block holds 2 + 32 bytes.
-            let qw = unsafe { join(load256(w0.as_ptr().add(2)), load256(w1.as_ptr().add(2))) };
-            let aw = _mm512_abs_epi8(qw);
-            let negative = _mm512_movepi8_mask(qw);
-            let (d0, d1) = (half(w0, 0), half(w1, 0));
-            for r in 0..R {
-                let row = &x[r];
-                // SAFETY: the row holds `32 (b + 2)` values.
-                let qx = unsafe { load512(row.qs.as_ptr().add(32 * b)) };
-                let sx = _mm512_mask_sub_epi8(qx, negative, zero, qx);
-                let p = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), ones);
-                let dd = join_ps(
-                    _mm256_set1_ps(d0 * row.d[b]),
-                    _mm256_set1_ps(d1 * row.d[b + 1]),
-                );
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dd, acc[r]);
-            }
-            b += 2;
-        }
-        if b < blocks {
-            let w0 = &w[34 * b..34 * b + 34];
-            // SAFETY: the block holds 2 + 32 bytes.
-            let qw = unsafe { load256(w0.as_ptr().add(2)) };
-            let aw = _mm256_sign_epi8(qw, qw);
-            let d0 = half(w0, 0);
-            for r in 0..R {
-                let row = &x[r];
-                // SAFETY: the row holds `32 (b + 1)` values.
-                let qx = unsafe { load256(row.qs.as_ptr().add(32 * b) as *const u8) };
-                let p = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)),
-                    _mm256_set1_epi16(1),
-                );
-                let low = _mm512_castps512_ps256(acc[r]);
-                let low =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d0 * row.d[b]), low);
-                acc[r] = _mm512_castpd_ps(_mm512_insertf64x4(
-                    _mm512_castps_pd(acc[r]),
-                    _mm256_castps_pd(low),
-                    0,
-                ));
-            }
-        }
-        acc.map(|a| {
-            let mut l = [0f32; 16];
-            // SAFETY: 16 floats into an array of 16.
-            unsafe { _mm512_storeu_ps(l.as_mut_ptr(), a) };
-            lanes_sum(l)
-        })
-    }
-
-    /// [`q8_0`] with VNNI's `dpbusd` (four products into each i32 lane in one instruction: the
-    /// same integers).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-    pub(super) unsafe fn q8_0_vnni<const R: usize>(w: &[u8], x: &[Row; R]) -> [f32; R] {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let zero = _mm512_setzero_si512();
-        let blocks = w.len() / 34;
-        let mut b = 0;
-        while b + 2 <= blocks {
-            let (w0, w1) = (&w[34 * b..34 * b + 34], &w[34 * b + 34..34 * b + 68]);
-            // SAFETY: each block holds 2 + 32 bytes.
-            let qw = unsafe { join(load256(w0.as_ptr().add(2)), load256(w1.as_ptr().add(2))) };
-            let aw = _mm512_abs_epi8(qw);
-            let negative = _mm512_movepi8_mask(qw);
-            let (d0, d1) = (half(w0, 0), half(w1, 0));
-            for r in 0..R {
-                let row = &x[r];
-                // SAFETY: the row holds `32 (b + 2)` values.
-                let qx = unsafe { load512(row.qs.as_ptr().add(32 * b)) };
-                let sx = _mm512_mask_sub_epi8(qx, negative, zero, qx);
-                let p = _mm512_dpbusd_epi32(zero, aw, sx);
-                let dd = join_ps(
-                    _mm256_set1_ps(d0 * row.d[b]),
-                    _mm256_set1_ps(d1 * row.d[b + 1]),
-                );
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dd, acc[r]);
-            }
-            b += 2;
-        }
-        if b < blocks {
-            let w0 = &w[34 * b..34 * b + 34];
-            // SAFETY: the block holds 2 + 32 bytes.
-            let qw = unsafe { load256(w0.as_ptr().add(2)) };
-            let aw = _mm256_sign_epi8(qw, qw);
-            let d0 = half(w0, 0);
-            for r in 0..R {
-                let row = &x[r];
-                // SAFETY: the row holds `32 (b + 1)` values.
-                let qx = unsafe { load256(row.qs.as_ptr().add(32 * b) as *const u8) };
-                let p = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)),
-                    _mm256_set1_epi16(1),
-                );
-                let low = _mm512_castps512_ps256(acc[r]);
-                let low =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d0 * row.d[b]), low);
-                acc[r] = _mm512_castpd_ps(_mm512_insertf64x4(
-                    _mm512_castps_pd(acc[r]),
-                    _mm256_castps_pd(low),
-                    0,
-                ));
-            }
-        }
-        acc.map(|a| {
-            let mut l = [0f32; 16];
-            // SAFETY: 16 floats into an array of 16.
-            unsafe { _mm512_storeu_ps(l.as_mut_ptr(), a) };
-            lanes_sum(l)
-        })
-    }
-
-    #[inline(always)]
-    unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
-        // SAFETY: register operations.
-        unsafe {
-            _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
-                _mm256_castps_pd(hi),
-                1,
-            ))
-        }
-    }
-
     /// Scales `a` for the low 256 bits, `b` for the high, as i16.
     #[inline(always)]
     unsafe fn scales2(a: i16, b: i16) -> __m512i {
         // SAFETY: register operations.
         unsafe { join(_mm256_set1_epi16(a), _mm256_set1_epi16(b)) }
-    }
-
-    /// The float steps of a k-quant super-block for one row: the 16 canonical lanes in one
-    /// register, the auxiliary ones in another.
-    #[inline(always)]
-    unsafe fn k_step(acc: &mut [__m512; 2], s: __m512i, aux: __m512i, (dd, ca): (f32, f32)) {
-        // SAFETY: register operations (AVX-512 F is enabled by the callers).
-        unsafe {
-            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(dd), acc[0]);
-            acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aux), _mm512_set1_ps(ca), acc[1]);
-        }
-    }
-
-    /// [`super::lanes_sum`] of the values and of the auxiliary lanes.
-    #[inline(always)]
-    unsafe fn k_finish(acc: &[__m512; 2]) -> f32 {
-        let (mut a, mut m) = ([0f32; 16], [0f32; 16]);
-        // SAFETY: 16 floats into arrays of 16.
-        unsafe {
-            _mm512_storeu_ps(a.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(m.as_mut_ptr(), acc[1]);
-        }
-        lanes_sum(a) + lanes_sum(m)
     }
 
     /// Q4_K / Q5_K: `levels(j)` the 64 levels of values `64 j ..` (low nibbles on the low half,
@@ -982,13 +927,10 @@ mod avx512 {
     ) -> [f32; R] {
         // SAFETY: register operations and loads within the rows (AVX-512 enabled by the callers).
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            let mut acc = [0f32; R];
             for (b, block) in w.chunks_exact(bytes).enumerate() {
                 let (d, dmin) = (half(block, 0), half(block, 2));
                 let (sc, mn) = scales_mins(&block[4..16]);
-                let mins = _mm512_castsi256_si512(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    mn.as_ptr() as *const __m128i,
-                )));
                 let mut sums = [_mm512_setzero_si512(); R];
                 for j in 0..4 {
                     let q = levels(block, j);
@@ -1000,15 +942,178 @@ mod avx512 {
                     }
                 }
                 for r in 0..R {
-                    let s32 = load256(x[r].sums32[8 * b..8 * b + 8].as_ptr() as *const u8);
-                    // the high half of `mins` is zero: so are those auxiliary lanes
-                    let aux = _mm512_mullo_epi32(mins, _mm512_castsi256_si512(s32));
-                    let aux = _mm512_maskz_mov_epi32(0x00ff, aux);
-                    let dx = x[r].d[b];
-                    k_step(&mut acc[r], sums[r], aux, (d * dx, -(dmin * dx)));
+                    let s = _mm512_reduce_add_epi32(sums[r]);
+                    let m = mins_total(&mn, &x[r].sums32[8 * b..8 * b + 8]);
+                    acc[r] = k4_step(acc[r], s, m, d, dmin, x[r].d[b]);
                 }
             }
-            acc.map(|a| k_finish(&a))
+            acc
+        }
+    }
+
+    /// The interleaved kernel of `dtype` ([`super::interleaved_block`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn interleaved<const R: usize>(
+        dtype: GgmlType,
+        group: &[u8],
+        x: &[Row; R],
+    ) -> [[f32; LANES]; R] {
+        // SAFETY: forwarded (VNNI enabled, `group` one interleaved group of `dtype`).
+        unsafe {
+            match dtype {
+                GgmlType::Q8_0 => q8_0_interleaved(group, x),
+                GgmlType::Q6K => q6_k_interleaved(group, x),
+                _ => q4_k_interleaved(group, x),
+            }
+        }
+    }
+
+    /// Q8_0 on weights interleaved by [`super::interleave_q8_0`]: `dpbusd` of the weights plus 128
+    /// (unsigned) by the row's 4 activations broadcast, started at `-128` times the block's sum
+    /// of activations: the lane's exact sum of [`super::q8_step`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn q8_0_interleaved<const R: usize>(group: &[u8], x: &[Row; R]) -> [[f32; LANES]; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        // SAFETY: loads within the group and within the rows; register operations.
+        unsafe {
+            for (b, block) in group
+                .chunks_exact(interleaved_block(GgmlType::Q8_0))
+                .enumerate()
+            {
+                let base = block.as_ptr();
+                let d = _mm512_loadu_ps(base as *const f32);
+                let quads: [__m512i; 8] = std::array::from_fn(|q| {
+                    _mm512_loadu_si512(base.add(64 + 64 * q) as *const __m512i)
+                });
+                for r in 0..R {
+                    let at = x[r].qs.as_ptr().add(32 * b);
+                    let mut p = _mm512_set1_epi32(-128 * x[r].sums32[b]);
+                    for (q, quad) in quads.iter().enumerate() {
+                        let xv = _mm512_set1_epi32((at.add(4 * q) as *const i32).read_unaligned());
+                        p = _mm512_dpbusd_epi32(p, *quad, xv);
+                    }
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].d[b]));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
+                }
+            }
+            acc.map(|a| {
+                let mut out = [0f32; LANES];
+                _mm512_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
+        }
+    }
+
+    /// Q6_K on weights interleaved by [`super::interleave_q6_k`]: per 16 values, `dpbusd` of the
+    /// 64-byte quads (levels below 64) by the row's 4 activations broadcast, less 32 times their
+    /// sum, times the lane's scale: the lane's exact total of [`super::q6_step`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn q6_k_interleaved<const R: usize>(group: &[u8], x: &[Row; R]) -> [[f32; LANES]; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        // SAFETY: loads within the group and within the rows; register operations.
+        unsafe {
+            for (b, block) in group
+                .chunks_exact(interleaved_block(GgmlType::Q6K))
+                .enumerate()
+            {
+                let base = block.as_ptr();
+                let d = _mm512_loadu_ps(base as *const f32);
+                let mut totals = [_mm512_setzero_si512(); R];
+                for t in 0..16 {
+                    let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        base.add(64 + 16 * t) as *const __m128i
+                    ));
+                    let quads: [__m512i; 4] = std::array::from_fn(|q| {
+                        _mm512_loadu_si512(base.add(320 + 256 * t + 64 * q) as *const __m512i)
+                    });
+                    for r in 0..R {
+                        let at = x[r].qs.as_ptr().add(QK_K * b + 16 * t);
+                        let mut p = _mm512_set1_epi32(-32 * x[r].sums[16 * b + t]);
+                        for (q, quad) in quads.iter().enumerate() {
+                            let xv =
+                                _mm512_set1_epi32((at.add(4 * q) as *const i32).read_unaligned());
+                            p = _mm512_dpbusd_epi32(p, *quad, xv);
+                        }
+                        totals[r] = _mm512_add_epi32(totals[r], _mm512_mullo_epi32(p, sc));
+                    }
+                }
+                for r in 0..R {
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].d[b]));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totals[r]), scale, acc[r]);
+                }
+            }
+            acc.map(|a| {
+                let mut out = [0f32; LANES];
+                _mm512_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
+        }
+    }
+
+    /// Q4_K on weights interleaved by [`super::interleave_q4_k`]: lane `l` is output row `l` of
+    /// the group; per sub-block, `dpbusd` of the 64-byte quads (unsigned levels) by the row's 4
+    /// activations broadcast, times the lane's scale; minimums likewise. The lane's totals are the
+    /// exact `S` and `M` of [`super::k4_step`], and its float steps are the same.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn q4_k_interleaved<const R: usize>(group: &[u8], x: &[Row; R]) -> [[f32; LANES]; R] {
+        let per_block = interleaved_block(GgmlType::Q4K);
+        let low = _mm512_set1_epi8(0x0f);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let mut acc = [_mm512_setzero_ps(); R];
+        // SAFETY: loads within the group (`per_block` bytes per super-block) and within the
+        // rows (whole super-blocks of values, their sums); register operations.
+        unsafe {
+            for (b, block) in group.chunks_exact(per_block).enumerate() {
+                let base = block.as_ptr();
+                let d = _mm512_loadu_ps(base as *const f32);
+                let dmin = _mm512_loadu_ps(base.add(64) as *const f32);
+                let mut totals = [_mm512_setzero_si512(); R];
+                let mut mins = [_mm512_setzero_si512(); R];
+                for j in 0..8 {
+                    let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        base.add(128 + 16 * j) as *const __m128i
+                    ));
+                    let mn = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        base.add(256 + 16 * j) as *const __m128i
+                    ));
+                    let mut products = [_mm512_setzero_si512(); R];
+                    for q in 0..4 {
+                        let v =
+                            _mm512_loadu_si512(base.add(384 + 256 * j + 64 * q) as *const __m512i);
+                        let lo = _mm512_and_si512(v, low);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                        for r in 0..R {
+                            let at = x[r].qs.as_ptr().add(QK_K * b + 32 * j + 4 * q);
+                            let x_lo = _mm512_set1_epi32((at as *const i32).read_unaligned());
+                            let x_hi =
+                                _mm512_set1_epi32((at.add(16) as *const i32).read_unaligned());
+                            products[r] = _mm512_dpbusd_epi32(products[r], lo, x_lo);
+                            products[r] = _mm512_dpbusd_epi32(products[r], hi, x_hi);
+                        }
+                    }
+                    for r in 0..R {
+                        totals[r] =
+                            _mm512_add_epi32(totals[r], _mm512_mullo_epi32(products[r], sc));
+                        let sum = _mm512_set1_epi32(x[r].sums32[8 * b + j]);
+                        mins[r] = _mm512_add_epi32(mins[r], _mm512_mullo_epi32(mn, sum));
+                    }
+                }
+                for r in 0..R {
+                    let dx = _mm512_set1_ps(x[r].d[b]);
+                    let scale = _mm512_mul_ps(d, dx);
+                    let neg_min = _mm512_castsi512_ps(_mm512_xor_si512(
+                        _mm512_castps_si512(_mm512_mul_ps(dmin, dx)),
+                        sign,
+                    ));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totals[r]), scale, acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins[r]), neg_min, acc[r]);
+                }
+            }
+            acc.map(|a| {
+                let mut out = [0f32; LANES];
+                _mm512_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
         }
     }
 
@@ -1051,7 +1156,7 @@ mod avx512 {
         let two = _mm512_set1_epi8(3);
         // SAFETY: loads within each 210-byte block and within the rows; register operations.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            let mut acc = [0f32; R];
             for (b, block) in w.chunks_exact(210).enumerate() {
                 let scales = &block[192..208];
                 let d = half(block, 208);
@@ -1088,12 +1193,12 @@ mod avx512 {
                 }
                 for r in 0..R {
                     let bsums = _mm512_loadu_si512(x[r].sums[16 * b..].as_ptr() as *const __m512i);
-                    let aux = _mm512_mullo_epi32(sc32, bsums);
-                    let dd = d * x[r].d[b];
-                    k_step(&mut acc[r], sums[r], aux, (dd, dd * -32.0));
+                    let offsets = _mm512_reduce_add_epi32(_mm512_mullo_epi32(sc32, bsums));
+                    let products = _mm512_reduce_add_epi32(sums[r]);
+                    acc[r] = q6_step(acc[r], products - 32 * offsets, d, x[r].d[b]);
                 }
             }
-            acc.map(|a| k_finish(&a))
+            acc
         }
     }
 }
