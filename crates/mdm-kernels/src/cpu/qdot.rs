@@ -5,20 +5,26 @@
 //! **Activations.** Each row of `x` is quantized once per product: to Q8_0 as llama.cpp's AVX2
 //! `quantize_row_q8_0` (`d = max |x| / 127` stored as f16, `q = round-half-even(x 127 / max |x|)`),
 //! or to Q8_K as its `quantize_row_q8_K_ref` (`d = max / -127` of the value of largest magnitude,
-//! `q = min(127, nearest(x / d))`, sums of every 16 values kept for the k-quants' minimums). A row's
-//! quantization depends on that row alone.
+//! `q = min(127, nearest(x / d))`); the sums of every 16 and 32 quantized values are kept for the
+//! minimums and offsets. A row's quantization depends on that row alone.
+//!
+//! **Kernels.** With AVX-512 VNNI, Q8_0, Q4_K and Q6_K matrices are interleaved once (on their
+//! first product, [`PackedMatrix::repacked`]) 16 rows to a register: one `dpbusd` multiplies 4
+//! values of 16 output rows by 4 activations broadcast, and each lane ends as its row's result, with
+//! no horizontal sums. Row-by-row kernels (AVX-512 BW, AVX2's `maddubs` + `madd`, portable) take
+//! the other CPUs, Q5_K, and the rows after the last whole group of 16.
 //!
 //! **Exactness and the same bits on every path.** Inside a block every product and sum is an
 //! integer, computed exactly (the bounds are in each kernel's comment); the floats are then
-//! combined in one fixed order that the AVX2 kernels and the portable ones share:
+//! combined in one fixed order that every path shares:
 //! - Q8_0: a block's exact sum of products `S`, `acc = fma(S, dw dx, acc)` per block in order;
 //! - Q4_K, Q5_K: a super-block's scaled products `S` and minimums term `M` are exact integers,
 //!   then `acc = fma(S, d dx, acc)`, `acc = fma(M, -(dmin dx), acc)` per super-block in order
-//!   (what a lane of the repacked kernel computes for its row);
+//!   (what a lane of the interleaved kernel computes for its row);
 //! - Q6_K: a super-block's exact total `T` (levels times activations less 32 times their sums,
 //!   each 16 values times their scale), `acc = fma(T, d dx, acc)` per super-block in order.
 //!
-//! So the portable kernels (plain Rust, any CPU) give the bits of the AVX2 ones, a row's result
+//! So the portable kernels (plain Rust, any CPU) give the bits of the SIMD ones, a row's result
 //! never depends on the rows beside it (a batch row equals the row alone), nor on the threads
 //! (each output is one task's, in one order). [`crate::set_quantized_product`] chooses the
 //! portable path, or no integer products at all (weights widened to f32, [`super::packed`]).
