@@ -21,10 +21,19 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(model) = GgufModel::open(&path) {
         let c = model.config();
-        // a network the input could describe (its tensors are checked against the config)
-        let params = c.n_layer * (c.n_embd * (c.n_embd * 2 + c.intermediate_size * 3))
-            + c.padded_vocab_size() * c.n_embd;
-        if c.n_layer <= 4 && params <= 1 << 16 && c.block_size <= 1 << 12 {
+        // a network the input could describe (its tensors are checked against the config); the
+        // sizes are the input's, so the count is checked (a file may declare any width)
+        let params = (|| {
+            let per_layer = c
+                .n_embd
+                .checked_mul(2)?
+                .checked_add(c.intermediate_size.checked_mul(3)?)?
+                .checked_mul(c.n_embd)?;
+            c.n_layer
+                .checked_mul(per_layer)?
+                .checked_add(c.padded_vocab_size().checked_mul(c.n_embd)?)
+        })();
+        if c.n_layer <= 4 && params.is_some_and(|p| p <= 1 << 16) && c.block_size <= 1 << 12 {
             for format in [WeightFormat::Stored, WeightFormat::As(GgmlType::Q8_0)] {
                 let _ = model.load::<Flex>(format, &Default::default());
             }
