@@ -151,6 +151,8 @@ pub(crate) struct Canvas {
     pub lengths: Vec<usize>,
     /// Blocks and steps per block.
     pub blocks: Blocks,
+    /// Each row's seed (row `r`'s stream; `None`: the options' `seed + r`).
+    pub seeds: Option<Vec<u64>>,
 }
 
 /// One forward pass of a step: which positions it computes.
@@ -255,12 +257,12 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
     let batch = canvas.rows.len();
     let rngs = Rngs {
         joint: options.joint_counting,
-        streams: if options.joint_counting {
-            vec![rng_from_seed(options.seed)]
-        } else {
-            (0..batch)
+        streams: match &canvas.seeds {
+            _ if options.joint_counting => vec![rng_from_seed(options.seed)],
+            Some(seeds) => seeds.iter().map(|&s| rng_from_seed(s)).collect(),
+            None => (0..batch)
                 .map(|r| rng_from_seed(options.seed.wrapping_add(r as u64)))
-                .collect()
+                .collect(),
         },
     };
     let mut decoder = Decoder {
@@ -1033,6 +1035,46 @@ mod tests {
                 "finished rows leave the batch"
             );
         }
+    }
+
+    #[test]
+    fn sampled_rows_with_their_own_seeds_draw_as_they_would_alone() {
+        let model = tiny();
+        let prompts = prompts();
+        let base = DecodingOptions::default()
+            .with_gen_length(12)
+            .with_block_length(4)
+            .with_steps(6)
+            .with_temperature(0.9);
+        let sampled = [
+            base.clone(),
+            base.clone().with_remasking(crate::NamedRule::Random),
+            base.clone().with_remasking(crate::NamedRule::Ancestral),
+            base.clone().with_top_p(0.8).with_cache(CacheMode::Dual),
+            base.clone()
+                .with_threshold(0.04)
+                .with_cache(CacheMode::Prefix),
+        ];
+        let seeds = vec![901, 7, 7, 123_456];
+        for o in &sampled {
+            let batch = MaskedDiffusionSampler::new(&model, o.clone())
+                .with_row_seeds(seeds.clone())
+                .decode(&prompts, |_| {})
+                .unwrap();
+            for (r, p) in prompts.iter().enumerate() {
+                let seeded = o.clone().with_seed(seeds[r]);
+                assert_eq!(batch.rows[r], alone(&model, p, &seeded), "row {r}, {o:?}");
+            }
+            // the seeds matter: the same prompts from other seeds draw other tokens
+            let other = MaskedDiffusionSampler::new(&model, o.clone())
+                .with_row_seeds(vec![1, 2, 3, 4])
+                .decode(&prompts, |_| {})
+                .unwrap();
+            assert_ne!(batch.rows, other.rows, "{o:?}");
+        }
+        // a seed list of the wrong length is an error, not a guess
+        let wrong = MaskedDiffusionSampler::new(&model, base).with_row_seeds(vec![1, 2]);
+        assert!(wrong.decode(&prompts, |_| {}).is_err());
     }
 
     #[test]

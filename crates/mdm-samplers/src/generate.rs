@@ -32,6 +32,8 @@ pub struct MaskedDiffusionSampler<'a, B: Backend, M: MaskPredictor<B> = MaskedTr
     /// A caller's own rule, in place of the options' `remasking`.
     rule: Option<Box<dyn Remasking>>,
     options: DecodingOptions,
+    /// Each row's seed ([`Self::with_row_seeds`]).
+    seeds: Option<Vec<u64>>,
 }
 
 impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
@@ -42,6 +44,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             _backend: std::marker::PhantomData,
             rule: None,
             options,
+            seeds: None,
         }
     }
 
@@ -113,6 +116,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             starts: prompts.iter().map(Vec::len).collect(),
             lengths: vec![blocks.length; prompts.len()],
             blocks,
+            seeds: None,
         };
         self.run(canvas, on_step)
     }
@@ -164,6 +168,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             starts,
             lengths: vec![bl; prompts.len()],
             blocks: Blocks { count, ..blocks },
+            seeds: None,
         };
         let mut out = self.run(canvas, on_step)?;
         for (row, p) in out.rows.iter_mut().zip(prompts) {
@@ -182,11 +187,31 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         Ok(out)
     }
 
+    /// Builder: row `r` of every batch draws from `seeds[r]` (a batch of requests decoded
+    /// together, each row drawing as it would alone with its own seed); without it row `r` draws
+    /// from the options' `seed + r`. The batch must have `seeds.len()` rows. Ignored with
+    /// `joint_counting`, whose one stream is the batch's.
+    pub fn with_row_seeds(mut self, seeds: Vec<u64>) -> Self {
+        self.seeds = Some(seeds);
+        self
+    }
+
+    /// The row seeds for a batch of `rows`, checked.
+    fn row_seeds(&self, rows: usize) -> Result<Option<Vec<u64>>, SamplerError> {
+        match &self.seeds {
+            Some(s) if s.len() != rows => Err(SamplerError::Config {
+                reason: format!("{} row seeds for a batch of {rows} rows", s.len()),
+            }),
+            s => Ok(s.clone()),
+        }
+    }
+
     fn run<C: Into<StepControl>>(
         &self,
-        canvas: Canvas,
+        mut canvas: Canvas,
         on_step: impl FnMut(&StepEvent) -> C,
     ) -> Result<Decoded, SamplerError> {
+        canvas.seeds = self.row_seeds(canvas.rows.len())?;
         let own;
         let rule: &dyn Remasking = match &self.rule {
             Some(rule) => rule.as_ref(),
@@ -260,12 +285,14 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             starts: vec![0; rows.len()],
             lengths: rows.iter().map(Vec::len).collect(),
             blocks,
+            seeds: self.row_seeds(rows.len())?,
         };
         let sampler = MaskedDiffusionSampler {
             model: self.model,
             _backend: std::marker::PhantomData,
             rule: None,
             options,
+            seeds: None,
         };
         let own_rule = self.rule.as_deref();
         let out = match own_rule {

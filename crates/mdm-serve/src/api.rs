@@ -53,7 +53,7 @@ impl StopInput {
 }
 
 /// OpenAI's generation fields every generating endpoint takes (`max_tokens`, `stop`, `n`,
-/// `stream`, the penalties) and `stream_canvas`. The decoding options themselves (`temperature`,
+/// `stream`, the penalties) and `stream_steps`. The decoding options themselves (`temperature`,
 /// `top_p`, `top_k`, `min_p`, `seed`, `steps`, `block_length`, `remasking`, `alg_temp`,
 /// `schedule`, `threshold`, `factor`, `cache`, `cfg_scale`, ...) are
 /// [`DecodingOptions`](mdm_samplers::DecodingOptions), read from the same object under the same
@@ -73,9 +73,11 @@ pub struct SamplerFields {
     pub presence_penalty: Option<f64>,
     /// See `presence_penalty`.
     pub frequency_penalty: Option<f64>,
-    /// Extension: with `stream`, also send every step's whole canvas (masks shown).
-    #[serde(default)]
-    pub stream_canvas: bool,
+    /// Extension: with `stream`, also send an event after every decoding step (the canvas with
+    /// its masks, the positions revealed and their confidences, the step's index and the forward
+    /// passes so far; docs/serving.md). `stream_canvas`, its earlier name, is read too.
+    #[serde(default, alias = "stream_canvas")]
+    pub stream_steps: bool,
 }
 
 /// `POST /v1/completions` (the sampler's options, [`SamplerFields`], are read from the same

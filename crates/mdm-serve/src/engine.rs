@@ -22,11 +22,13 @@ use mdm_eval::likelihood::{
 };
 use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError, ModelKind};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
-use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler, StepControl};
+use mdm_samplers::proposal::Proposal;
+use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler, StepControl, StepEvent};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ServeError};
+use crate::metrics::Metrics;
 
 /// The model the worker serves: a masked diffusion model of any network behind the seam
 /// ([`MaskPredictor`]; by default the shared network of the SMDM, LLaDA and Dream families), or
@@ -73,19 +75,23 @@ impl<B: Kernels, M: MaskPredictor<B>> Served<B, M> {
     }
 }
 
-/// Whether two jobs with these options may share a batch and each get what it would alone:
-/// deterministic decoding (temperature 0, no random rule) with the masked sampler (caches
-/// included: ragged rows decode as they do alone) or the baseline. Counting over the batch
-/// (`joint_counting`, `mean_counting`) makes a row depend on the others: such jobs run alone.
-fn batchable(o: &DecodingOptions) -> bool {
-    o.temperature == 0.0
-        && !o.remasking.is_random()
-        && o.alg_temp.is_none_or(|a| a == 0.0)
-        && !o.joint_counting
-        && !o.mean_counting
+/// Whether a job with these options may share a batch and get what it would alone. Every row of
+/// the masked sampler draws from its own stream, seeded by its own job
+/// ([`MaskedDiffusionSampler::with_row_seeds`]), so sampled decoding (temperature, random or
+/// ancestral remasking, `alg_temp`) batches as well as greedy decoding; what must run alone is
+/// counting over the whole batch (`joint_counting`, `mean_counting`), which makes a row depend
+/// on the others. The baseline draws a batch's tokens from one stream: only its greedy decoding
+/// batches.
+fn batchable(kind: ModelKind, o: &DecodingOptions) -> bool {
+    match kind {
+        ModelKind::Masked => !o.joint_counting && !o.mean_counting,
+        ModelKind::Causal => o.temperature == 0.0,
+    }
 }
 
-/// Whether a job with options `b` may join a batch of `a`: the same options but the seed.
+/// Whether a job with options `b` may join a batch of `a`: the same options but the seed (one
+/// decoding loop runs one set of options: its schedule, block length, rule and cache are the
+/// batch's).
 fn same_batch(a: &DecodingOptions, b: &DecodingOptions) -> bool {
     a == &DecodingOptions {
         seed: a.seed,
@@ -99,8 +105,8 @@ pub enum GenEvent {
     /// The generated tokens that are final so far: the revealed prefix up to the first position
     /// still masked (cut at EOS). Sent each time it grows.
     Final(Vec<usize>),
-    /// The whole generation region after a step, `mask_id` where still masked (when asked).
-    Canvas(Vec<usize>),
+    /// One decoding step of the job's row (when asked: [`GenerateJob::steps`]).
+    Step(Box<StepReport>),
     /// The generation is complete: its tokens (EOS excluded) and whether it ended at EOS.
     Done {
         /// The tokens.
@@ -110,6 +116,37 @@ pub enum GenEvent {
     },
     /// The generation failed.
     Failed(ApiError),
+}
+
+/// A position the step decided: where in the generation (0 = its first token), the token, and
+/// the confidence the rule ranked it by (by default the token's probability).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Revealed {
+    /// Position in the generation region.
+    pub position: usize,
+    /// The token now there.
+    pub token: usize,
+    /// Its confidence.
+    pub confidence: f64,
+}
+
+/// One decoding step as one job's row saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Block index (0 without blocks).
+    pub block: usize,
+    /// Step within the block.
+    pub step: usize,
+    /// Steps of the run so far, this one included.
+    pub steps_done: usize,
+    /// Forward passes of the run so far (a step whose logits were reused costs none).
+    pub forward_passes: usize,
+    /// The generation region after the step, `mask_id` where still masked.
+    pub region: Vec<usize>,
+    /// Positions this step revealed.
+    pub revealed: Vec<Revealed>,
+    /// Decoded positions this step changed (token editing).
+    pub edited: Vec<Revealed>,
 }
 
 /// A generation request for the worker.
@@ -122,8 +159,8 @@ pub struct GenerateJob {
     /// baseline reads `gen_length`, `temperature`, `seed` and `eos_id` (the server refuses the
     /// others for it: [`DecodingOptions::masked_only_field`]).
     pub options: DecodingOptions,
-    /// Send [`GenEvent::Canvas`] after every step.
-    pub canvas: bool,
+    /// Send [`GenEvent::Step`] after every step.
+    pub steps: bool,
     /// Where the events go; the job is cancelled when the receiver is dropped.
     pub events: mpsc::UnboundedSender<GenEvent>,
 }
@@ -250,16 +287,13 @@ impl Default for EngineConfig {
     }
 }
 
-/// Counters of the worker (`GET /health` shows them).
+/// The worker's own tallies of batches (`GET /health` shows them; the rest of its counts are in
+/// [`Metrics`]).
 #[derive(Debug, Default)]
 struct Counters {
-    queued: AtomicUsize,
-    jobs: AtomicUsize,
     batches: AtomicUsize,
     batched_rows: AtomicUsize,
     largest_batch: AtomicUsize,
-    cancelled: AtomicUsize,
-    panics: AtomicUsize,
 }
 
 /// A snapshot of the worker's counters.
@@ -288,6 +322,7 @@ pub struct Engine {
     jobs: Sender<Job>,
     info: Arc<ModelInfo>,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     config: EngineConfig,
 }
 
@@ -309,6 +344,8 @@ impl Engine {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let counters = Arc::new(Counters::default());
         let worker_counters = Arc::clone(&counters);
+        let metrics = Arc::new(Metrics::new());
+        let worker_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("mdm-serve-worker".into())
             .spawn(move || {
@@ -328,6 +365,7 @@ impl Engine {
                     pending: VecDeque::new(),
                     config,
                     counters: worker_counters,
+                    metrics: worker_metrics,
                 }
                 .run();
             })
@@ -342,19 +380,21 @@ impl Engine {
             jobs,
             info: Arc::new(info),
             counters,
+            metrics,
             config,
         })
     }
 
     /// Queues a job; a full queue is a 429, a stopped worker a 503.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        let queued = self.counters.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.config.max_queue {
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        let depth = &self.metrics.queue_depth;
+        let queued = depth.inc();
+        if queued >= self.config.max_queue as i64 {
+            depth.dec();
             return Err(ApiError::queue_full(self.config.max_queue));
         }
         self.jobs.send(job).map_err(|_| {
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            depth.dec();
             ApiError::unavailable()
         })
     }
@@ -371,17 +411,22 @@ impl Engine {
 
     /// The counters now.
     pub fn stats(&self) -> Stats {
-        let c = &self.counters;
+        let (c, m) = (&self.counters, &self.metrics);
         let get = |a: &AtomicUsize| a.load(Ordering::SeqCst);
         Stats {
-            queued: get(&c.queued),
-            jobs: get(&c.jobs),
+            queued: m.queue_depth.get().max(0) as usize,
+            jobs: m.jobs.get() as usize,
             batches: get(&c.batches),
             batched_rows: get(&c.batched_rows),
             largest_batch: get(&c.largest_batch),
-            cancelled: get(&c.cancelled),
-            panics: get(&c.panics),
+            cancelled: m.cancelled.get() as usize,
+            panics: m.panics.get() as usize,
         }
+    }
+
+    /// The metrics the worker and the routes count (`GET /metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 
@@ -392,13 +437,14 @@ struct Worker<B: Backend, M> {
     pending: VecDeque<Job>,
     config: EngineConfig,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 }
 
 impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
     fn run(mut self) {
         while let Some(job) = self.next_job() {
             if job.cancelled() {
-                self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+                self.metrics.cancelled.inc();
                 continue;
             }
             match job {
@@ -421,15 +467,20 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             self.pending.push_back(job);
         }
         let job = self.pending.pop_front()?;
-        self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-        self.counters.jobs.fetch_add(1, Ordering::SeqCst);
+        self.took_job();
         Some(job)
+    }
+
+    /// A job left the queue for the worker.
+    fn took_job(&self) {
+        self.metrics.queue_depth.dec();
+        self.metrics.jobs.inc();
     }
 
     /// `first` and the pending jobs that may share its batch (waiting up to `batch_wait` for more).
     fn gather(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
         let mut batch = vec![first];
-        if !batchable(&batch[0].options) || self.config.max_batch == 1 {
+        if !batchable(self.model.info().kind, &batch[0].options) || self.config.max_batch == 1 {
             return batch;
         }
         let deadline = Instant::now() + self.config.batch_wait;
@@ -440,10 +491,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
                     if same_batch(&batch[0].options, &j.options));
                 if fits {
                     if let Some(Job::Generate(j)) = self.pending.remove(i) {
-                        self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-                        self.counters.jobs.fetch_add(1, Ordering::SeqCst);
+                        self.took_job();
                         if j.events.is_closed() {
-                            self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+                            self.metrics.cancelled.inc();
                         } else {
                             batch.push(*j);
                         }
@@ -470,23 +520,30 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
         self.counters
             .largest_batch
             .fetch_max(rows, Ordering::SeqCst);
-        let outcome = catch_unwind(AssertUnwindSafe(|| generate(&self.model, &batch)));
+        self.metrics.batch_rows.observe(rows as f64);
+        let started = Instant::now();
+        let metrics = &self.metrics;
+        let outcome = catch_unwind(AssertUnwindSafe(|| generate(&self.model, &batch, metrics)));
         let outcome = match outcome {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(e),
             Err(panic) => {
-                self.counters.panics.fetch_add(1, Ordering::SeqCst);
+                self.metrics.panics.inc();
                 Err(ApiError::internal(format!(
                     "the generation panicked: {}",
                     panic_text(&panic)
                 )))
             }
         };
+        self.metrics
+            .generation_seconds
+            .observe(started.elapsed().as_secs_f64());
         let gone = batch.iter().filter(|j| j.events.is_closed()).count();
-        self.counters.cancelled.fetch_add(gone, Ordering::SeqCst);
+        self.metrics.cancelled.inc_by(gone as u64);
         match outcome {
             Ok(results) => {
                 for (job, (tokens, hit_eos)) in batch.iter().zip(results) {
+                    self.metrics.generated_tokens.inc_by(tokens.len() as u64);
                     let _ = job.events.send(GenEvent::Done { tokens, hit_eos });
                 }
             }
@@ -506,7 +563,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             Job::Generate(_) => Err(ApiError::internal("a generation job in the scorer")),
         }));
         let outcome = outcome.unwrap_or_else(|panic| {
-            self.counters.panics.fetch_add(1, Ordering::SeqCst);
+            self.metrics.panics.inc();
             Err(ApiError::internal(format!(
                 "the request panicked: {}",
                 panic_text(&panic)
@@ -542,11 +599,12 @@ fn sampler_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("generation failed: {e}"))
 }
 
-/// Runs one batch (all with the options of the first job). Returns each job's tokens and whether
-/// it ended at EOS.
+/// Runs one batch (all with the options of the first job, each row with its own job's seed).
+/// Returns each job's tokens and whether it ended at EOS.
 fn generate<B: Kernels, M: MaskPredictor<B>>(
     model: &Served<B, M>,
     batch: &[GenerateJob],
+    metrics: &Metrics,
 ) -> Result<Vec<(Vec<usize>, bool)>, ApiError> {
     let options = &batch[0].options;
     if options.gen_length == 0 {
@@ -559,13 +617,17 @@ fn generate<B: Kernels, M: MaskPredictor<B>>(
     };
     match model {
         Served::Masked(m) => {
-            let sampler = MaskedDiffusionSampler::new(m, options.clone());
-            let mask_id = m.mask_id();
-            let mut sent = vec![0usize; batch.len()];
+            let seeds = batch.iter().map(|j| j.options.seed).collect();
+            let sampler = MaskedDiffusionSampler::new(m, options.clone()).with_row_seeds(seeds);
+            let mut progress = Progress {
+                mask_id: m.mask_id(),
+                sent: vec![0; batch.len()],
+                steps: 0,
+                passes: 0,
+                last: Instant::now(),
+            };
             let rows = sampler
-                .generate(&prompts, |event| {
-                    report_step(batch, event.tokens, mask_id, options.eos_id, &mut sent)
-                })
+                .generate(&prompts, |event| progress.report(batch, event, metrics))
                 .map_err(sampler_error)?;
             Ok(rows.into_iter().map(ended).collect())
         }
@@ -582,38 +644,84 @@ fn generate<B: Kernels, M: MaskPredictor<B>>(
     }
 }
 
-/// After a step: each live job gets its newly final tokens (and its canvas when asked); the run
-/// stops once every job's client is gone.
-fn report_step(
-    batch: &[GenerateJob],
-    tokens: &[Vec<usize>],
+/// What a batch's jobs have been told so far.
+struct Progress {
     mask_id: usize,
-    eos_id: Option<usize>,
-    sent: &mut [usize],
-) -> StepControl {
-    let mut live = 0;
-    for (i, job) in batch.iter().enumerate() {
-        if job.events.is_closed() {
-            continue;
+    /// Final tokens sent, per job.
+    sent: Vec<usize>,
+    steps: usize,
+    passes: usize,
+    /// When the last step ended (the run's start before the first).
+    last: Instant,
+}
+
+impl Progress {
+    /// After a step: the metrics count it; each live job gets its newly final tokens (and the
+    /// step when asked); the run stops once every job's client is gone.
+    fn report(
+        &mut self,
+        batch: &[GenerateJob],
+        event: &StepEvent,
+        metrics: &Metrics,
+    ) -> StepControl {
+        let now = Instant::now();
+        metrics
+            .step_seconds
+            .observe((now - self.last).as_secs_f64());
+        self.last = now;
+        self.steps += 1;
+        if event.cost.forward_rows > 0 {
+            self.passes += 1;
+            metrics.forward_passes.inc();
         }
-        live += 1;
-        let gen = &tokens[i][job.prompt.len()..];
-        let end = gen
-            .iter()
-            .position(|&t| t == mask_id || Some(t) == eos_id)
-            .unwrap_or(gen.len());
-        if end > sent[i] {
-            sent[i] = end;
-            let _ = job.events.send(GenEvent::Final(gen[..end].to_vec()));
+        let mut live = 0;
+        for (i, job) in batch.iter().enumerate() {
+            if job.events.is_closed() {
+                continue;
+            }
+            live += 1;
+            let (start, length) = (job.prompt.len(), job.options.gen_length);
+            let row = &event.tokens[i];
+            // block diffusion's canvas may hold whole blocks past the generation
+            let gen = &row[start.min(row.len())..(start + length).min(row.len())];
+            let end = gen
+                .iter()
+                .position(|&t| t == self.mask_id || Some(t) == job.options.eos_id)
+                .unwrap_or(gen.len());
+            if end > self.sent[i] {
+                self.sent[i] = end;
+                let _ = job.events.send(GenEvent::Final(gen[..end].to_vec()));
+            }
+            if job.steps {
+                let of_row = |list: &[Proposal]| -> Vec<Revealed> {
+                    list.iter()
+                        .filter(|p| {
+                            p.slot.row == i && (start..start + gen.len()).contains(&p.slot.pos)
+                        })
+                        .map(|p| Revealed {
+                            position: p.slot.pos - start,
+                            token: p.token,
+                            confidence: p.confidence,
+                        })
+                        .collect()
+                };
+                let report = StepReport {
+                    block: event.block,
+                    step: event.step,
+                    steps_done: self.steps,
+                    forward_passes: self.passes,
+                    region: gen.to_vec(),
+                    revealed: of_row(event.revealed),
+                    edited: of_row(event.edited),
+                };
+                let _ = job.events.send(GenEvent::Step(Box::new(report)));
+            }
         }
-        if job.canvas {
-            let _ = job.events.send(GenEvent::Canvas(gen.to_vec()));
+        if live == 0 {
+            StepControl::Stop
+        } else {
+            StepControl::Continue
         }
-    }
-    if live == 0 {
-        StepControl::Stop
-    } else {
-        StepControl::Continue
     }
 }
 

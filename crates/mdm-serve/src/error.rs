@@ -2,7 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`), [`ServeError`] what stops the server from
 //! starting.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -24,6 +24,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A machine-readable code (`context_length_exceeded`, `model_not_found`...).
     pub code: Option<&'static str>,
+    /// Seconds a client should wait before trying again (the `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -48,6 +50,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -108,12 +111,15 @@ impl ApiError {
 
     /// 429: the queue is full.
     pub fn queue_full(capacity: usize) -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            format!("the server's queue of {capacity} requests is full: retry later"),
-        )
-        .with_code("queue_full")
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!("the server's queue of {capacity} requests is full: retry later"),
+            )
+            .with_code("queue_full")
+        }
     }
 
     /// 504: the request ran past the server's time limit.
@@ -138,6 +144,30 @@ impl ApiError {
             "server_error",
             "the model's worker is not running (the server is shutting down)",
         )
+    }
+
+    /// 503: the server is shutting down and takes no new requests (`Retry-After` says when to try
+    /// again, at another instance or after the restart).
+    pub fn draining(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is shutting down and takes no new requests",
+            )
+            .with_code("shutting_down")
+        }
+    }
+
+    /// 408: the client sent its request body too slowly.
+    pub fn slow_body(seconds: f64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_error",
+            format!("the request body did not arrive within {seconds} s"),
+        )
+        .with_code("request_timeout")
     }
 
     /// The same error naming `param`.
@@ -169,7 +199,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body: serde_json::Value = serde_json::from_str(&self.body()).unwrap_or_default();
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -34,9 +34,10 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod text;
 
 pub use engine::{Engine, EngineConfig, Served};
 pub use error::{ApiError, ServeError};
-pub use server::{router, serve, AppState, ServerConfig};
+pub use server::{router, serve, AppState, ServerConfig, Stopped};

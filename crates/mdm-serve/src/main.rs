@@ -5,6 +5,8 @@
 //! cargo run --release -p mdm-serve -- --checkpoint runs/kjv-mdm/model --port 8001
 //! cargo run --release -p mdm-serve -- --hf path/to/LLaDA-8B-Instruct --api-key secret --host 0.0.0.0
 //! ```
+//!
+//! Open `http://127.0.0.1:8000/` for the playground; Prometheus scrapes `/metrics`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use mdm_hub::{ModelArgs, ModelSource};
 use mdm_models::checkpoint::{read_meta, ModelKind};
 use mdm_models::CausalTransformer;
 use mdm_serve::engine::{Engine, EngineConfig, Served};
-use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
+use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig, Stopped};
 use mdm_serve::ServeError;
 
 #[cfg(feature = "cuda")]
@@ -75,6 +77,30 @@ struct Args {
     /// The largest request body in bytes (413 above).
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a client has to send a request's body before it is answered 408.
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Most connections served at once (more wait unaccepted; keep it below the open-file limit).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Seconds running requests may take to finish after SIGTERM or Ctrl-C (new requests are
+    /// answered 503 meanwhile); what still runs then is cancelled.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+}
+
+/// A positive, finite number of seconds from the flag `name`.
+fn seconds(value: f64, name: &str) -> Result<Duration, ServeError> {
+    if value > 0.0 && value.is_finite() {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ServeError::Config(format!(
+            "--{name} must be a positive number of seconds, got {value}"
+        )))
+    }
 }
 
 fn default_name(source: &ModelSource, config: &str) -> String {
@@ -100,9 +126,13 @@ fn default_name(source: &ModelSource, config: &str) -> String {
 
 async fn run(args: Args) -> Result<(), ServeError> {
     let source = args.model.source(args.seed)?;
-    if !(args.request_timeout > 0.0 && args.request_timeout.is_finite()) {
+    let request_timeout = seconds(args.request_timeout, "request-timeout")?;
+    let header_timeout = seconds(args.header_timeout, "header-timeout")?;
+    let body_timeout = seconds(args.body_timeout, "body-timeout")?;
+    let shutdown_timeout = seconds(args.shutdown_timeout, "shutdown-timeout")?;
+    if args.max_connections == 0 {
         return Err(ServeError::Config(
-            "--request-timeout must be positive".into(),
+            "--max-connections must be at least 1".into(),
         ));
     }
     let tokenizer = args.model.tokenizer(&source)?;
@@ -149,7 +179,11 @@ async fn run(args: Args) -> Result<(), ServeError> {
         max_tokens: args.max_tokens,
         max_choices: args.max_choices,
         max_body: args.max_body,
-        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        request_timeout,
+        header_timeout,
+        body_timeout,
+        max_connections: args.max_connections,
+        shutdown_timeout,
     };
     let address = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&address)
@@ -172,18 +206,23 @@ async fn run(args: Args) -> Result<(), ServeError> {
     }
     let state = AppState::new(engine, tokenizer, chat, config);
     eprintln!(
-        "serving `{model_name}` ({} model, {} positions, {} ids) on http://{local}/v1 (Ctrl-C to stop)",
+        "serving `{model_name}` ({} model, {} positions, {} ids) on http://{local}/v1, playground at http://{local}/, metrics at /metrics (Ctrl-C to stop)",
         format!("{:?}", info.kind).to_lowercase(),
         info.max_positions,
         info.vocab_size
     );
-    serve(listener, state, shutdown_signal())
+    let stopped = serve(listener, state, shutdown_signal())
         .await
         .map_err(|source| ServeError::Io {
             what: "serving".into(),
             source,
         })?;
-    eprintln!("stopped: in-flight requests finished");
+    match stopped {
+        Stopped::Drained => eprintln!("stopped: in-flight requests finished"),
+        Stopped::Cancelled { connections } => eprintln!(
+            "stopped: {connections} connection(s) still running after --shutdown-timeout were cancelled"
+        ),
+    }
     Ok(())
 }
 

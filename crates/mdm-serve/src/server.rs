@@ -4,33 +4,38 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use mdm_data::chat::{ChatPrompt, Message};
 use mdm_data::Tokenizer;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::*;
 use crate::engine::{
-    Engine, Estimator, GenEvent, GenerateJob, Job, LoglikelihoodJob, LogprobJob, TokenLogprob,
+    Engine, Estimator, GenEvent, GenerateJob, Job, LoglikelihoodJob, LogprobJob, Revealed,
+    StepReport, TokenLogprob,
 };
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::text::{find_stop, Detokenizer, StreamedText};
 use mdm_models::ModelKind;
 use mdm_samplers::DecodingOptions;
@@ -50,6 +55,17 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// A request still running after this long is answered 504 (its generation cancelled).
     pub request_timeout: Duration,
+    /// A client must send a request's headers within this long (from its connection's start or
+    /// the end of its previous response), else the connection is closed.
+    pub header_timeout: Duration,
+    /// ... and its body within this long, else it is answered 408.
+    pub body_timeout: Duration,
+    /// Most connections served at once: more wait, unaccepted, in the system's listen queue
+    /// (so that slow or idle clients cannot use up the process's open files).
+    pub max_connections: usize,
+    /// After a shutdown signal (every new request is then answered 503 with `Retry-After`): the
+    /// longest the running requests may take to finish before they are cancelled.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +77,10 @@ impl Default for ServerConfig {
             max_choices: 8,
             max_body: 1 << 20,
             request_timeout: Duration::from_secs(600),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +94,9 @@ pub struct AppState {
     config: ServerConfig,
     created: u64,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// A shutdown signal came: new requests are refused.
+    draining: AtomicBool,
 }
 
 impl AppState {
@@ -86,6 +109,8 @@ impl AppState {
         config: ServerConfig,
     ) -> Arc<Self> {
         let tokenizer = tokenizer.map(Arc::new);
+        let engine_metrics = engine.metrics();
+        let engine_metrics = &Arc::clone(engine_metrics);
         Arc::new(Self {
             engine,
             detok: Detokenizer::new(tokenizer.clone()),
@@ -94,7 +119,20 @@ impl AppState {
             config,
             created: unix_now(),
             next_id: AtomicU64::new(0),
+            metrics: Arc::clone(engine_metrics),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// The metrics of the server and its worker.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A 504 for a request past its time, counted.
+    fn timed_out(&self) -> ApiError {
+        self.metrics.timeouts.inc();
+        ApiError::timeout(self.config.request_timeout.as_secs_f64())
     }
 
     fn id(&self, prefix: &str) -> String {
@@ -108,7 +146,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The routes, with the API key check, the body limit and panics answered as 500s.
+/// The routes, with the API key check, the body limit, panics answered as 500s, every request
+/// counted in the metrics, and every request refused (503) once the server drains.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body;
     let api = Router::new()
@@ -118,25 +157,170 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/loglikelihood", post(loglikelihood))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(api)
         .fallback(|req: Request| async move { ApiError::no_route(req.uri().path()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the request handler panicked").into_response()
         }))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_when_draining,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves until `shutdown` resolves, then drains: new requests are answered 503 with
+/// `Retry-After`, the running ones may finish for up to
+/// [`ServerConfig::shutdown_timeout`], and what is still running then is cancelled (its
+/// connection dropped, which cancels its generation). Connections are served by hyper with the
+/// header timeout and under the connection cap of the [`ServerConfig`].
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<Stopped> {
+    let app = router(state.clone());
+    let permits = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    // serving
+    loop {
+        tokio::select! {
+            conn = accept(&listener, &permits) => {
+                let (stream, permit) = conn;
+                let conn = connection(&state, app.clone(), stream);
+                spawn_connection(&state, graceful.watch(conn), permit);
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    // draining: the connections open now end after their running requests; new ones are
+    // answered 503
+    state.draining.store(true, Ordering::SeqCst);
+    let drained = tokio::time::timeout(state.config.shutdown_timeout, graceful.shutdown());
+    let mut drained = std::pin::pin!(drained);
+    loop {
+        tokio::select! {
+            conn = accept(&listener, &permits) => {
+                let (stream, permit) = conn;
+                spawn_connection(&state, connection(&state, app.clone(), stream), permit);
+            }
+            drained = &mut drained => {
+                return Ok(match drained {
+                    Ok(()) => Stopped::Drained,
+                    Err(_) => Stopped::Cancelled {
+                        connections: state.metrics.open_connections.get().max(0) as usize,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every request running at the shutdown signal finished.
+    Drained,
+    /// The shutdown timeout passed first: these connections were still open (their requests are
+    /// cancelled as the server's runtime ends).
+    Cancelled {
+        /// Connections open at the end (those accepted while draining included).
+        connections: usize,
+    },
+}
+
+/// The next connection, once the cap lets one more in. Accepting fails only for reasons of the
+/// moment (out of open files, a connection reset before it was taken): it is tried again.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> (TcpStream, OwnedSemaphorePermit) {
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            // the semaphore is never closed
+            std::future::pending::<()>().await;
+            continue;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, permit),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+type Connection =
+    hyper::server::conn::http1::Connection<TokioIo<TcpStream>, TowerToHyperService<Router>>;
+
+/// One HTTP/1 connection, its headers due within the header timeout.
+fn connection(state: &AppState, app: Router, stream: TcpStream) -> Connection {
+    let _ = stream.set_nodelay(true);
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+}
+
+/// Runs a connection to its end, counted as open meanwhile, its permit held.
+fn spawn_connection<F>(state: &AppState, conn: F, permit: OwnedSemaphorePermit)
+where
+    F: Future + Send + 'static,
+{
+    let metrics = Arc::clone(&state.metrics);
+    metrics.open_connections.inc();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        metrics.open_connections.dec();
+        drop(permit);
+    });
+}
+
+/// Every request's endpoint, status and time into the metrics.
+async fn count_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    state
+        .metrics
+        .observe_request(&endpoint, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Once draining, every request but a scrape of `/metrics` is answered 503 with `Retry-After`.
+async fn refuse_when_draining(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.draining.load(Ordering::SeqCst) && req.uri().path() != "/metrics" {
+        state.metrics.draining_refusals.inc();
+        let retry = state.config.shutdown_timeout.as_secs().max(1);
+        return ApiError::draining(retry).into_response();
+    }
+    next.run(req).await
+}
+
+/// The playground: a page that sends requests to this server's API and shows the canvas
+/// unmasking step by step (no build step, no outside resources: it ships inside the binary).
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+/// Prometheus' scrape.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Resolves at SIGINT (Ctrl-C) or SIGTERM.
@@ -191,13 +375,17 @@ impl FromRequest<Arc<AppState>> for JsonBody {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_body;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_body(format!("the request body could not be read: {e}"))
-            }
-        })?;
+        let read = tokio::time::timeout(state.config.body_timeout, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| ApiError::slow_body(state.config.body_timeout.as_secs_f64()))?
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large(limit)
+                } else {
+                    ApiError::bad_body(format!("the request body could not be read: {e}"))
+                }
+            })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_body(format!("the request body is not JSON: {e}")))
@@ -219,6 +407,46 @@ fn fields<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> 
             (_, Some(field)) => ApiError::invalid(format!("{path}.{field}"), message),
             _ => ApiError::invalid(path, message),
         }
+    })
+}
+
+/// A step of one choice as its server-sent event (docs/serving.md, "Every step").
+fn step_event(
+    state: &AppState,
+    id: &str,
+    index: usize,
+    report: &StepReport,
+    mask_id: usize,
+) -> serde_json::Value {
+    let piece = |t: usize| state.detok.decode(&[t]);
+    let positions = |list: &[Revealed]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|r| {
+                json!({"position": r.position, "token": r.token, "text": piece(r.token),
+                    "confidence": r.confidence})
+            })
+            .collect()
+    };
+    let tokens: Vec<Option<usize>> = report
+        .region
+        .iter()
+        .map(|&t| (t != mask_id).then_some(t))
+        .collect();
+    let pieces: Vec<Option<String>> = tokens.iter().map(|t| t.map(piece)).collect();
+    json!({
+        "id": id,
+        "object": "diffusion.step",
+        "index": index,
+        "block": report.block,
+        "step": report.step,
+        "steps_done": report.steps_done,
+        "forward_passes": report.forward_passes,
+        "masked": tokens.iter().filter(|t| t.is_none()).count(),
+        "canvas": state.detok.canvas(&report.region, mask_id),
+        "tokens": tokens,
+        "pieces": pieces,
+        "revealed": positions(&report.revealed),
+        "edited": positions(&report.edited),
     })
 }
 
@@ -331,7 +559,7 @@ struct Plan {
     n: usize,
     stops: Vec<String>,
     stream: bool,
-    canvas: bool,
+    steps: bool,
 }
 
 fn plan(
@@ -392,10 +620,10 @@ fn plan(
                 format!("`{field}` is an option of masked diffusion models; this server serves the autoregressive baseline"),
             ));
         }
-        if f.stream_canvas {
+        if f.stream_steps {
             return Err(ApiError::invalid(
-                "stream_canvas",
-                "`stream_canvas` shows a masked model's canvas; this server serves the autoregressive baseline",
+                "stream_steps",
+                "`stream_steps` shows a masked model's decoding steps; this server serves the autoregressive baseline",
             ));
         }
     }
@@ -406,7 +634,7 @@ fn plan(
         n,
         stops,
         stream: f.stream,
-        canvas: f.stream_canvas,
+        steps: f.stream_steps,
     })
 }
 
@@ -441,7 +669,7 @@ fn start_choice(
     prompt: &[usize],
     options: &DecodingOptions,
     choice: usize,
-    canvas: bool,
+    steps: bool,
 ) -> Result<Running, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut options = options.clone();
@@ -449,7 +677,7 @@ fn start_choice(
     state.engine.submit(Job::Generate(Box::new(GenerateJob {
         prompt: prompt.to_vec(),
         options,
-        canvas,
+        steps,
         events: tx,
     })))?;
     Ok(Running {
@@ -470,11 +698,7 @@ async fn finish_all(
     for mut run in runs {
         let (tokens, hit_eos) = loop {
             match timeout_at(deadline, run.events.recv()).await {
-                Err(_) => {
-                    return Err(ApiError::timeout(
-                        state.config.request_timeout.as_secs_f64(),
-                    ))
-                }
+                Err(_) => return Err(state.timed_out()),
                 Ok(None) => return Err(ApiError::unavailable()),
                 Ok(Some(GenEvent::Done { tokens, hit_eos })) => break (tokens, hit_eos),
                 Ok(Some(GenEvent::Failed(e))) => return Err(e),
@@ -503,9 +727,7 @@ async fn token_logprobs(
         reply,
     }))?;
     match timeout_at(deadline, rx).await {
-        Err(_) => Err(ApiError::timeout(
-            state.config.request_timeout.as_secs_f64(),
-        )),
+        Err(_) => Err(state.timed_out()),
         Ok(Err(_)) => Err(ApiError::unavailable()),
         Ok(Ok(r)) => r,
     }
@@ -587,7 +809,7 @@ async fn completions(
     let mut runs = Vec::new();
     for p in &prompts {
         for j in 0..plan.n {
-            runs.push(start_choice(&state, p, &plan.options, j, plan.canvas)?);
+            runs.push(start_choice(&state, p, &plan.options, j, plan.steps)?);
         }
     }
     if plan.stream {
@@ -789,9 +1011,7 @@ fn stream_choices(
             }
             loop {
                 let event = match timeout_at(deadline, run.events.recv()).await {
-                    Err(_) => Err(ApiError::timeout(
-                        state.config.request_timeout.as_secs_f64(),
-                    )),
+                    Err(_) => Err(state.timed_out()),
                     Ok(None) => Err(ApiError::unavailable()),
                     Ok(Some(e)) => Ok(e),
                 };
@@ -806,10 +1026,9 @@ fn stream_choices(
                         true,
                         hit_eos,
                     ),
-                    Ok(GenEvent::Canvas(region)) => {
-                        let canvas = json!({"id": id, "object": "canvas", "index": index,
-                            "canvas": state.detok.canvas(&region, mask_id)});
-                        if tx.send(send(canvas.to_string())).await.is_err() {
+                    Ok(GenEvent::Step(report)) => {
+                        let event = step_event(&state, &id, index, &report, mask_id);
+                        if tx.send(send(event.to_string())).await.is_err() {
                             return;
                         }
                         continue;
@@ -899,7 +1118,7 @@ async fn chat_completions(
     let deadline = Instant::now() + state.config.request_timeout;
     let id = state.id("chatcmpl");
     let runs = (0..plan.n)
-        .map(|j| start_choice(&state, &prompt, &plan.options, j, plan.canvas))
+        .map(|j| start_choice(&state, &prompt, &plan.options, j, plan.steps))
         .collect::<Result<Vec<_>, _>>()?;
     if plan.stream {
         return Ok(stream_choices(
@@ -1031,11 +1250,7 @@ async fn loglikelihood(
     }))?;
     let deadline = Instant::now() + state.config.request_timeout;
     let scored = match timeout_at(deadline, rx).await {
-        Err(_) => {
-            return Err(ApiError::timeout(
-                state.config.request_timeout.as_secs_f64(),
-            ))
-        }
+        Err(_) => return Err(state.timed_out()),
         Ok(Err(_)) => return Err(ApiError::unavailable()),
         Ok(Ok(r)) => r?,
     };

@@ -8,7 +8,7 @@ use mdm_data::chat::ChatPrompt;
 use mdm_data::Tokenizer;
 use mdm_models::ModelConfig;
 use mdm_serve::engine::{Engine, EngineConfig, Served};
-use mdm_serve::server::{serve, AppState, ServerConfig};
+use mdm_serve::server::{serve, AppState, ServerConfig, Stopped};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -31,6 +31,10 @@ struct Setup {
     /// layers, width, positions
     size: (usize, usize, usize),
     max_body: usize,
+    header_timeout_ms: u64,
+    body_timeout_ms: u64,
+    max_connections: usize,
+    shutdown_timeout_ms: u64,
 }
 
 impl Default for Setup {
@@ -43,6 +47,10 @@ impl Default for Setup {
             causal: false,
             size: (2, 32, 128),
             max_body: 1 << 16,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 512,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }
@@ -51,7 +59,7 @@ struct TestServer {
     base: String,
     client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<Stopped>>>,
 }
 
 impl TestServer {
@@ -84,6 +92,10 @@ impl TestServer {
             max_choices: 4,
             max_body: setup.max_body,
             request_timeout: Duration::from_secs(120),
+            header_timeout: Duration::from_millis(setup.header_timeout_ms),
+            body_timeout: Duration::from_millis(setup.body_timeout_ms),
+            max_connections: setup.max_connections,
+            shutdown_timeout: Duration::from_millis(setup.shutdown_timeout_ms),
         };
         let state = AppState::new(engine, Some(tok), ChatPrompt::plain(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -289,51 +301,83 @@ async fn a_batched_request_gets_the_tokens_it_gets_alone() {
         "the face of the deep",
         "light",
     ];
-    let body = |p: &str| json!({"prompt": p, "max_tokens": 10, "steps": 5});
+    // every kind of decoding that batches: greedy, sampled (temperature, nucleus), random and
+    // ancestral remasking, with and without blocks, caches and a threshold; each request its
+    // own seed
+    let combos = [
+        json!({"steps": 5}),
+        json!({"steps": 5, "temperature": 0.9}),
+        json!({"steps": 6, "temperature": 1.0, "top_p": 0.9, "remasking": "random"}),
+        json!({"steps": 10, "remasking": "ancestral", "temperature": 1.0}),
+        json!({"steps": 6, "block_length": 5, "cache": "dual", "threshold": 0.05, "temperature": 0.7}),
+    ];
+    let body = |p: &str, combo: &Value, seed: usize| {
+        let mut b = combo.clone();
+        b["prompt"] = json!(p);
+        b["max_tokens"] = json!(10);
+        b["seed"] = json!(seed);
+        b
+    };
     // alone: one row per batch
     let solo = TestServer::start(Setup {
         max_batch: 1,
         ..Setup::default()
     })
     .await;
-    let mut alone = Vec::new();
-    for p in prompts {
-        alone.push(
-            solo.post("/v1/completions", &body(p)).await.1["choices"][0]["token_ids"].clone(),
-        );
-    }
     // together: the worker waits for the batch to fill
     let s = TestServer::start(Setup {
         batch_wait_ms: 500,
         ..Setup::default()
     })
     .await;
-    let replies = futures_join(prompts.iter().map(|p| {
-        let (client, url, body) = (
-            s.client.clone(),
-            format!("{}/v1/completions", s.base),
-            body(p),
-        );
-        async move {
-            client
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
+    for (c, combo) in combos.iter().enumerate() {
+        let mut alone = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let (status, r) = solo.post("/v1/completions", &body(p, combo, 17 * i)).await;
+            assert_eq!(status, 200, "{r}");
+            alone.push(r["choices"][0]["token_ids"].clone());
         }
-    }))
-    .await;
-    for (got, want) in replies.iter().zip(&alone) {
-        assert_eq!(&got["choices"][0]["token_ids"], want, "{got}");
+        let batches_before = s.stats().await["batches"].as_u64().unwrap();
+        let replies = futures_join(prompts.iter().enumerate().map(|(i, p)| {
+            let (client, url, body) = (
+                s.client.clone(),
+                format!("{}/v1/completions", s.base),
+                body(p, combo, 17 * i),
+            );
+            async move {
+                client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        for (got, want) in replies.iter().zip(&alone) {
+            assert_eq!(&got["choices"][0]["token_ids"], want, "{combo}: {got}");
+        }
+        let batches = s.stats().await["batches"].as_u64().unwrap() - batches_before;
+        assert!(
+            batches < prompts.len() as u64,
+            "combination {c} ({combo}) was not batched: {batches} batches"
+        );
     }
-    let stats = s.stats().await;
-    assert!(
-        stats["largest_batch"].as_u64().unwrap() > 1,
-        "no batch formed: {stats}"
+    // the seeds matter: the sampled rows are not all greedy's
+    let greedy = solo
+        .post("/v1/completions", &body(prompts[0], &combos[0], 0))
+        .await
+        .1;
+    let hot = solo
+        .post("/v1/completions", &body(prompts[0], &combos[2], 0))
+        .await
+        .1;
+    assert_ne!(
+        greedy["choices"][0]["token_ids"],
+        hot["choices"][0]["token_ids"]
     );
 }
 
@@ -437,8 +481,9 @@ async fn streaming_sends_the_same_text_and_ends_with_done() {
         .collect();
     assert_eq!(reasons.len(), 1, "one final chunk");
 
-    // the live canvas: one per step, masks shown as `_`
-    streaming["stream_canvas"] = json!(true);
+    // every step: its canvas with masks, what it revealed and how sure, the passes so far; the
+    // choices' text is what it was without them
+    streaming["stream_steps"] = json!(true);
     let resp = s
         .client
         .post(format!("{}/v1/completions", s.base))
@@ -446,14 +491,61 @@ async fn streaming_sends_the_same_text_and_ends_with_done() {
         .send()
         .await
         .unwrap();
-    let events = sse_data(&resp.text().await.unwrap());
-    let canvases: Vec<Value> = events
+    let events: Vec<Value> = sse_data(&resp.text().await.unwrap())
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter(|v| v["object"] == "canvas")
         .collect();
-    assert!(!canvases.is_empty());
-    assert!(canvases[0]["canvas"].as_str().unwrap().contains('_'));
+    let steps: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["object"] == "diffusion.step")
+        .collect();
+    assert_eq!(steps.len(), 8, "one event per step");
+    let text: String = events
+        .iter()
+        .filter(|v| v["object"] == "text_completion")
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(text, whole, "the step events change nothing else");
+    assert!(steps[0]["canvas"].as_str().unwrap().contains('_'));
+    let mut seen = vec![None; 16];
+    for (k, step) in steps.iter().enumerate() {
+        assert_eq!(step["steps_done"], json!(k + 1));
+        assert_eq!(step["index"], json!(0));
+        let passes = step["forward_passes"].as_u64().unwrap();
+        assert!(passes >= 1 && passes <= k as u64 + 1, "{step}");
+        let tokens = step["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 16);
+        assert_eq!(step["block"], json!(k / 4), "8 steps over 2 blocks");
+        assert_eq!(
+            step["masked"],
+            json!(tokens.iter().filter(|t| t.is_null()).count())
+        );
+        for r in step["revealed"].as_array().unwrap() {
+            let pos = r["position"].as_u64().unwrap() as usize;
+            let c = r["confidence"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&c), "{r}");
+            assert_eq!(
+                tokens[pos], r["token"],
+                "the canvas holds what was revealed"
+            );
+            assert!(seen[pos].is_none(), "position {pos} revealed twice");
+            seen[pos] = Some(r["token"].clone());
+        }
+    }
+    let last = steps.last().unwrap();
+    assert_eq!(last["masked"], json!(0));
+    let seen: Vec<Value> = seen
+        .into_iter()
+        .map(|t| t.expect("every position revealed once"))
+        .collect();
+    assert_eq!(&Value::Array(seen), &last["tokens"]);
+    // the non-streamed answer's tokens are the last canvas (cut at EOS)
+    let mut plain = streaming.clone();
+    plain["stream"] = json!(false);
+    plain["stream_steps"] = json!(false);
+    let ids = s.post("/v1/completions", &plain).await.1["choices"][0]["token_ids"].clone();
+    let ids = ids.as_array().unwrap();
+    assert_eq!(&last["tokens"].as_array().unwrap()[..ids.len()], &ids[..]);
 
     // chat streams deltas, the first with the role
     let resp = s
@@ -477,6 +569,7 @@ async fn a_client_that_disconnects_cancels_its_generation() {
         ..Setup::default()
     })
     .await;
+    // `stream_canvas`, the extension's earlier name, still asks for the step events
     let body = json!({"prompt": [0, 7], "max_tokens": 256, "steps": 256, "stream": true, "stream_canvas": true});
     let mut resp = s
         .client
