@@ -885,7 +885,7 @@ async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_in_flight_requests_finish() {
+async fn shutdown_refuses_new_requests_and_lets_running_ones_finish() {
     let mut s = TestServer::start(Setup {
         size: (4, 128, 512),
         ..Setup::default()
@@ -909,8 +909,197 @@ async fn shutdown_lets_in_flight_requests_finish() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     s.stop.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // a new request while draining: 503, told when to come back
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/completions", s.base))
+        .json(&json!({"prompt": [0, 7], "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
     assert_eq!(in_flight.await.unwrap(), 200);
-    s.done.take().unwrap().await.unwrap().unwrap();
+    let stopped = s.done.take().unwrap().await.unwrap().unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_past_its_bound_cancels_what_still_runs() {
+    let mut s = TestServer::start(Setup {
+        size: (4, 128, 512),
+        shutdown_timeout_ms: 300,
+        ..Setup::default()
+    })
+    .await;
+    let (client, url) = (s.client.clone(), format!("{}/v1/completions", s.base));
+    let body = json!({"prompt": [0, 7], "max_tokens": 256, "steps": 256, "stream": true, "stream_steps": true});
+    let mut resp = client.post(url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // the stream has started
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("diffusion.step"));
+    s.stop.take().unwrap().send(()).unwrap();
+    let started = std::time::Instant::now();
+    let stopped = s.done.take().unwrap().await.unwrap().unwrap();
+    assert!(
+        matches!(stopped, Stopped::Cancelled { connections } if connections >= 1),
+        "{stopped:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(Setup {
+        header_timeout_ms: 500,
+        body_timeout_ms: 500,
+        max_connections: 8,
+        ..Setup::default()
+    })
+    .await;
+    let address = s.base.trim_start_matches("http://").to_string();
+    // 40 clients that send part of their headers and then nothing
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut c = tokio::net::TcpStream::connect(&address).await.unwrap();
+        c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    // a normal request still gets through: the slow ones are cut off after the header timeout,
+    // and never more than the cap are served at once
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [0, 7], "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mdm_open_connections "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open <= 8.0, "{open} connections open over a cap of 8");
+    for mut c in slow {
+        let mut buf = Vec::new();
+        // closed by the server: the read ends
+        let read = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a slow connection is still open");
+    }
+    // a body sent too slowly: 408
+    let mut c = tokio::net::TcpStream::connect(&address).await.unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_batches_passes_and_tokens() {
+    let s = TestServer::start(Setup::default()).await;
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [0, 7], "max_tokens": 6, "steps": 3}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let generated = r["choices"][0]["token_ids"].as_array().unwrap().len();
+    let (status, _) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": [0, 7], "max_tokens": -1}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let resp = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = resp.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"mdm_requests_total{endpoint="/v1/completions",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"mdm_requests_total{endpoint="/v1/completions",status="400"}"#),
+        1.0
+    );
+    assert_eq!(value("mdm_forward_passes_total"), 3.0);
+    assert_eq!(value("mdm_generated_tokens_total"), generated as f64);
+    assert_eq!(value("mdm_batch_rows_count"), 1.0);
+    assert_eq!(value("mdm_step_seconds_count"), 3.0);
+    assert_eq!(value("mdm_jobs_total"), 1.0);
+    assert_eq!(value("mdm_queue_depth"), 0.0);
+    assert_eq!(value("mdm_panics_total"), 0.0);
+    assert_eq!(
+        value("mdm_request_duration_seconds_count{endpoint=\"/v1/completions\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_is_served_and_needs_nothing_from_outside() {
+    let s = TestServer::start(Setup {
+        api_key: Some("k".into()),
+        ..Setup::default()
+    })
+    .await;
+    // the page itself needs no key (it asks for one); the API still does
+    let resp = s.client.get(format!("{}/", s.base)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = resp.text().await.unwrap();
+    for id in [
+        "id=\"prompt\"",
+        "id=\"generate\"",
+        "id=\"canvas\"",
+        "stream_steps",
+    ] {
+        assert!(page.contains(id), "{id}");
+    }
+    // offline: no script, style or font from another host
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http") && !page.contains("@import")
+    );
+    assert_eq!(s.get("/v1/models").await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
