@@ -39,7 +39,9 @@ use crate::options::{Blocks, CacheMode, DecodingOptions, Schedule};
 use crate::proposal::{Proposal, Slot};
 use crate::remasking::{Order, Remasking};
 use crate::schedule::{fraction_kept, mean_count, timesteps, transfer_count, transfer_schedule};
-use crate::step::{padding_mask, reveal_groups, Counting, SamplerError, StepTimes, Streams};
+use crate::step::{
+    masked_rows, padding_mask, reveal_groups, Counting, SamplerError, StepTimes, Streams,
+};
 use crate::ties::Ties;
 
 /// What the step callback tells the loop: go on, or stop the run here (a client that went away,
@@ -247,12 +249,17 @@ struct Decoder<'a, B: Kernels, M: MaskPredictor<B>> {
 
 /// Decodes `canvas` with `options` (validated by the caller) and `rule`; `on_step` sees every
 /// step and may stop the run.
+/// Rows that join a running batch at a block boundary: called with the index of the block about
+/// to start, it returns each joining row's prompt and seed (continuous batching).
+pub(crate) type Join<'a> = &'a mut dyn FnMut(usize) -> Vec<(Vec<usize>, u64)>;
+
 pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
     model: &M,
     canvas: Canvas,
     options: &DecodingOptions,
     rule: &dyn Remasking,
     mut on_step: impl FnMut(&StepEvent) -> C,
+    mut join: Option<Join<'_>>,
 ) -> Result<Decoded, SamplerError> {
     let batch = canvas.rows.len();
     let rngs = Rngs {
@@ -279,21 +286,29 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
         reusable: None,
         editing: None,
     };
+    let (mut starts, mut lengths) = (canvas.starts, canvas.lengths);
+    // the run's block at which each row's first block is decoded (0 but for joined rows)
+    let mut first_block = vec![0usize; batch];
+    let count = canvas.blocks.count;
     let mut done = vec![false; batch];
     let mut stopped = false;
-    for block in 0..canvas.blocks.count {
-        let rows: Vec<usize> = (0..batch).filter(|&r| !done[r]).collect();
+    let mut block = 0;
+    loop {
+        let rows: Vec<usize> = (0..decoder.x.len())
+            .filter(|&r| !done[r] && block - first_block[r] < count)
+            .collect();
         if rows.is_empty() {
             break;
         }
         // a row with fewer blocks than the run (block diffusion's rows end where their own
-        // generation does) has an empty region past its end
+        // generation does; a row that has decoded all its blocks) has an empty region past its end
         let x_lens: Vec<usize> = decoder.x.iter().map(Vec::len).collect();
         let region = |r: usize| {
-            let start = (canvas.starts[r] + block * canvas.lengths[r]).min(x_lens[r]);
-            start..(start + canvas.lengths[r]).min(x_lens[r])
+            let own = block - first_block[r];
+            let start = (starts[r] + own * lengths[r]).min(x_lens[r]);
+            start..(start + lengths[r]).min(x_lens[r])
         };
-        let regions: Vec<_> = (0..batch).map(region).collect();
+        let regions: Vec<_> = (0..decoder.x.len()).map(region).collect();
         if !decoder.block(
             block,
             &rows,
@@ -307,6 +322,23 @@ pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
         }
         if options.block_causal && (options.edit_threshold.is_none() || options.eos_early_stop) {
             decoder.finish_blocks(&rows, &regions, &mut done);
+        }
+        block += 1;
+        if let Some(join) = join.as_mut() {
+            for (prompt, seed) in join(block) {
+                let gen = count * canvas.blocks.length;
+                decoder.x.extend(masked_rows(
+                    std::slice::from_ref(&prompt),
+                    gen,
+                    decoder.mask_id,
+                ));
+                decoder.prompt_lens.push(prompt.len());
+                starts.push(prompt.len());
+                lengths.push(canvas.blocks.length);
+                first_block.push(block);
+                done.push(false);
+                decoder.rngs.streams.push(rng_from_seed(seed));
+            }
         }
     }
     Ok(Decoded {
@@ -1075,6 +1107,81 @@ mod tests {
         // a seed list of the wrong length is an error, not a guess
         let wrong = MaskedDiffusionSampler::new(&model, base).with_row_seeds(vec![1, 2]);
         assert!(wrong.decode(&prompts, |_| {}).is_err());
+    }
+
+    #[test]
+    fn rows_that_join_at_a_block_boundary_decode_as_they_would_alone() {
+        let model = tiny();
+        let prompts = prompts();
+        let base = DecodingOptions::default()
+            .with_gen_length(12)
+            .with_block_length(4)
+            .with_steps(6);
+        let combos = [
+            base.clone(),
+            base.clone()
+                .with_temperature(0.9)
+                .with_cache(CacheMode::Dual),
+            base.clone()
+                .with_threshold(0.04)
+                .with_cache(CacheMode::Dual),
+            base.clone()
+                .with_temperature(1.0)
+                .with_remasking(crate::NamedRule::Random),
+            base.clone().with_factor(2.0),
+        ];
+        let seeds = [5u64, 6, 7, 8];
+        for o in &combos {
+            let sampler =
+                MaskedDiffusionSampler::new(&model, o.clone()).with_row_seeds(seeds[..2].to_vec());
+            let mut calls = Vec::new();
+            let mut seen_rows = Vec::new();
+            let rows = sampler
+                .generate_joined(
+                    &prompts[..2],
+                    |e| seen_rows.push(e.tokens.len()),
+                    |block| {
+                        calls.push(block);
+                        // row 2 joins before the second block, row 3 before the third
+                        match block {
+                            1 | 2 => vec![(prompts[block + 1].clone(), seeds[block + 1])],
+                            _ => vec![],
+                        }
+                    },
+                )
+                .unwrap();
+            assert_eq!(rows.len(), 4);
+            // blocks 1..=4 started: the last joined row's third block is the run's fifth
+            assert_eq!(calls, vec![1, 2, 3, 4, 5], "{o:?}");
+            assert_eq!(seen_rows.first(), Some(&2));
+            assert_eq!(seen_rows.last(), Some(&4));
+            for (r, p) in prompts.iter().enumerate() {
+                let seeded = o.clone().with_seed(seeds[r]);
+                let alone = MaskedDiffusionSampler::new(&model, seeded)
+                    .generate(std::slice::from_ref(p), |_| {})
+                    .unwrap();
+                assert_eq!(rows[r], alone[0], "row {r}, {o:?}");
+            }
+        }
+        // refused where a row depends on the batch, where the prefix cache's pass (from each
+        // row's block to its end, one width for the batch) would pad rows at other blocks, and
+        // where the canvas counts blocks from 0
+        let seeded =
+            |o: DecodingOptions| MaskedDiffusionSampler::new(&model, o).with_row_seeds(vec![1]);
+        let no_join = |_: usize| Vec::new();
+        for o in [
+            base.clone().with_joint_counting(),
+            base.clone().with_mean_counting(),
+            base.clone().with_cache(CacheMode::Prefix),
+        ] {
+            assert!(seeded(o)
+                .generate_joined(&prompts[..1], |_| {}, no_join)
+                .is_err());
+        }
+        let unseeded = MaskedDiffusionSampler::new(&model, base);
+        assert!(unseeded
+            .generate_joined(&prompts[..1], |_| {}, no_join)
+            .is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use mdm_kernels::Kernels;
 use burn::tensor::backend::Backend;
 use mdm_models::{MaskPredictor, MaskedTransformer};
 
-use crate::decode::{decode, Canvas, Decoded, StepControl, StepEvent};
+use crate::decode::{decode, Canvas, Decoded, Join, StepControl, StepEvent};
 use crate::options::{Blocks, CacheMode, DecodingOptions, OptionError};
 use crate::remasking::Remasking;
 use crate::step::{check_prompts, generated_part, masked_rows, SamplerError};
@@ -84,6 +84,96 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             .collect())
     }
 
+    /// [`Self::generate`] for a batch that more rows may join while it runs (continuous
+    /// batching): before each block after the first, `join(block)` returns the rows, each a prompt
+    /// and its seed, that start their first block there; every row, joined or not, gets exactly
+    /// the tokens it would get alone with its seed. Returns the generated tokens of the first
+    /// rows and then of the joined ones, in the order they joined; `on_step` sees them all
+    /// (`StepEvent::tokens` grows as rows join, a joined row's blocks counted from the one it
+    /// joined at).
+    ///
+    /// The first rows' seeds are [`Self::with_row_seeds`]'s (required). Refused with
+    /// `block_causal` (its canvas counts blocks from position 0 per row), `joint_counting` and
+    /// `mean_counting` (they count over the whole batch) and the prefix cache (its passes run from
+    /// a row's block to the row's end: rows at different blocks would differ in width); no cache
+    /// and the dual cache (a pass over each row's own block) take joining rows. With one block (no `block_length`),
+    /// rows that join after it are decoded after the first rows, as a next batch would be. A
+    /// joined prompt the model cannot take (too long, an id outside the vocabulary) makes the run
+    /// an error.
+    pub fn generate_joined<C: Into<StepControl>>(
+        &self,
+        prompts: &[Vec<usize>],
+        on_step: impl FnMut(&StepEvent) -> C,
+        mut join: impl FnMut(usize) -> Vec<(Vec<usize>, u64)>,
+    ) -> Result<Vec<Vec<usize>>, SamplerError> {
+        let o = &self.options;
+        let refuse = |what: &str| {
+            Err(SamplerError::Config {
+                reason: format!("rows cannot join a running batch {what}"),
+            })
+        };
+        if o.block_causal {
+            return refuse("of block diffusion (`block_causal`)");
+        }
+        if o.joint_counting || o.mean_counting {
+            return refuse("that counts over the batch (`joint_counting`, `mean_counting`)");
+        }
+        if o.cache == CacheMode::Prefix {
+            // its passes run from each row's block to the row's end, one width for the batch:
+            // rows at different blocks would be padded at their ends, and the padding seen
+            return refuse("with the prefix cache (rows at different blocks differ in width)");
+        }
+        if self.seeds.is_none() {
+            return refuse("without row seeds (`with_row_seeds`)");
+        }
+        let blocks = self.validate()?;
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (gen, vocab, positions) = (
+            o.gen_length,
+            self.model.vocab_size(),
+            self.model.max_positions(),
+        );
+        check_prompts(prompts, vocab, gen, positions)?;
+        let mut all: Vec<Vec<usize>> = prompts.to_vec();
+        let mut invalid = None;
+        let mut checked = |block: usize| -> Vec<(Vec<usize>, u64)> {
+            let mut rows = join(block);
+            // a row the model cannot take is an error of the run, reported after it
+            if let Err(e) = check_prompts(
+                &rows.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+                vocab,
+                gen,
+                positions,
+            ) {
+                invalid.get_or_insert(e);
+                rows.clear();
+            }
+            all.extend(rows.iter().map(|(p, _)| p.clone()));
+            rows
+        };
+        let canvas = Canvas {
+            rows: masked_rows(prompts, gen, self.model.mask_id()),
+            prompt_lens: prompts.iter().map(Vec::len).collect(),
+            starts: prompts.iter().map(Vec::len).collect(),
+            lengths: vec![blocks.length; prompts.len()],
+            blocks,
+            seeds: None,
+        };
+        let out = self.run(canvas, on_step, Some(&mut checked))?;
+        if let Some(e) = invalid {
+            return Err(e);
+        }
+        let mask_id = self.model.mask_id();
+        Ok(out
+            .rows
+            .iter()
+            .zip(&all)
+            .map(|(row, p)| generated_part(row, p.len(), mask_id, o.eos_id, out.stopped))
+            .collect())
+    }
+
     /// [`Self::generate`] returning the whole rows (prompt, then generation) with what the run
     /// cost: forward passes (the references' `nfe`) and positions computed.
     pub fn decode<C: Into<StepControl>>(
@@ -118,7 +208,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             blocks,
             seeds: None,
         };
-        self.run(canvas, on_step)
+        self.run(canvas, on_step, None)
     }
 
     /// Block diffusion ([`DecodingOptions::block_causal`]): each row's blocks counted from
@@ -170,7 +260,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
             blocks: Blocks { count, ..blocks },
             seeds: None,
         };
-        let mut out = self.run(canvas, on_step)?;
+        let mut out = self.run(canvas, on_step, None)?;
         for (row, p) in out.rows.iter_mut().zip(prompts) {
             row.truncate(p.len() + gen);
             // token editing decodes past an EOS: a completed row ends at its first
@@ -210,6 +300,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         &self,
         mut canvas: Canvas,
         on_step: impl FnMut(&StepEvent) -> C,
+        join: Option<Join<'_>>,
     ) -> Result<Decoded, SamplerError> {
         canvas.seeds = self.row_seeds(canvas.rows.len())?;
         let own;
@@ -220,7 +311,7 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
                 own.as_ref()
             }
         };
-        decode(self.model, canvas, &self.options, rule, on_step)
+        decode(self.model, canvas, &self.options, rule, on_step, join)
     }
 
     /// Infilling: fills every `mask_id` of each row, wherever it stands, in `steps` steps with the
@@ -296,8 +387,8 @@ impl<'a, B: Kernels, M: MaskPredictor<B>> MaskedDiffusionSampler<'a, B, M> {
         };
         let own_rule = self.rule.as_deref();
         let out = match own_rule {
-            Some(rule) => decode(self.model, canvas, &sampler.options, rule, on_step)?,
-            None => sampler.run(canvas, on_step)?,
+            Some(rule) => decode(self.model, canvas, &sampler.options, rule, on_step, None)?,
+            None => sampler.run(canvas, on_step, None)?,
         };
         Ok(out)
     }

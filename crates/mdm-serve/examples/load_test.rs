@@ -32,6 +32,10 @@ struct Args {
     /// Denoising steps (masked models).
     #[arg(long)]
     steps: Option<usize>,
+    /// More request fields, a JSON object merged into every request (`'{"temperature": 0.8,
+    /// "block_length": 32, "cache": "dual"}'`); each request's `seed` is its number.
+    #[arg(long, value_parser = parse_object)]
+    fields: Option<serde_json::Map<String, Value>>,
     /// Prompts are this text followed by the request's number (so rows differ in content).
     #[arg(
         long,
@@ -47,6 +51,14 @@ struct Args {
     /// Print one Markdown table row.
     #[arg(long)]
     markdown: bool,
+}
+
+fn parse_object(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!("--fields must be a JSON object, got {other}")),
+        Err(e) => Err(format!("--fields is not JSON: {e}")),
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -82,6 +94,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 });
                 if let Some(s) = args.steps {
                     body["steps"] = json!(s);
+                }
+                if let Some(fields) = &args.fields {
+                    for (k, v) in fields {
+                        body[k] = v.clone();
+                    }
+                    body["seed"] = json!(i);
                 }
                 let mut req = client
                     .post(format!("{}/v1/completions", args.url))

@@ -62,7 +62,12 @@ async fn start_server() -> String {
         EngineConfig::default(),
     )
     .expect("engine");
-    let state = AppState::new(engine, Some(tok), ChatPrompt::plain(), ServerConfig::default());
+    let state = AppState::new(
+        engine,
+        Some(tok),
+        ChatPrompt::plain(),
+        ServerConfig::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, state, std::future::pending()));
@@ -144,7 +149,10 @@ async fn the_playground_shows_the_canvas_unmasking_and_the_final_text() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = browser
-        .execute("return document.getElementById('status').textContent", vec![])
+        .execute(
+            "return document.getElementById('status').textContent",
+            vec![],
+        )
         .await
         .unwrap();
     assert!(
@@ -170,7 +178,10 @@ async fn the_playground_shows_the_canvas_unmasking_and_the_final_text() {
         .unwrap();
     assert_eq!(drawn, json!([24, 0]));
     let shown = browser
-        .execute("return document.getElementById('final').textContent", vec![])
+        .execute(
+            "return document.getElementById('final').textContent",
+            vec![],
+        )
         .await
         .unwrap();
     // the same request without streaming
