@@ -7,6 +7,7 @@
 //! takes the next job.
 
 use mdm_kernels::Kernels;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +24,7 @@ use mdm_eval::likelihood::{
 use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError, ModelKind};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
 use mdm_samplers::proposal::Proposal;
-use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler, StepControl, StepEvent};
+use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, StepControl, StepEvent};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -514,16 +515,39 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
     }
 
     fn run_batch(&mut self, batch: Vec<GenerateJob>) {
-        let rows = batch.len();
         self.counters.batches.fetch_add(1, Ordering::SeqCst);
-        self.counters.batched_rows.fetch_add(rows, Ordering::SeqCst);
-        self.counters
-            .largest_batch
-            .fetch_max(rows, Ordering::SeqCst);
-        self.metrics.batch_rows.observe(rows as f64);
         let started = Instant::now();
-        let metrics = &self.metrics;
-        let outcome = catch_unwind(AssertUnwindSafe(|| generate(&self.model, &batch, metrics)));
+        let batch = RefCell::new(BatchJobs::new(batch));
+        let (rx, pending, metrics) = (&self.rx, &mut self.pending, &self.metrics);
+        // the jobs waiting now that may join the running batch at its next block: none while a
+        // job it cannot take waits (that one runs next, after this batch)
+        let mut take = |options: &DecodingOptions, room: usize| -> Vec<GenerateJob> {
+            while let Ok(job) = rx.try_recv() {
+                pending.push_back(job);
+            }
+            let fits = |j: &Job| matches!(j, Job::Generate(g) if same_batch(options, &g.options));
+            if !pending.iter().all(fits) {
+                return Vec::new();
+            }
+            let mut out = Vec::new();
+            while out.len() < room {
+                let Some(Job::Generate(j)) = pending.pop_front() else {
+                    break;
+                };
+                metrics.queue_depth.dec();
+                metrics.jobs.inc();
+                if j.events.is_closed() {
+                    metrics.cancelled.inc();
+                } else {
+                    out.push(*j);
+                }
+            }
+            out
+        };
+        let max_batch = self.config.max_batch;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            generate(&self.model, &batch, metrics, max_batch, &mut take)
+        }));
         let outcome = match outcome {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(e),
@@ -538,17 +562,29 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
         self.metrics
             .generation_seconds
             .observe(started.elapsed().as_secs_f64());
-        let gone = batch.iter().filter(|j| j.events.is_closed()).count();
+        let batch = batch.into_inner();
+        let rows = batch.jobs.len();
+        self.counters.batched_rows.fetch_add(rows, Ordering::SeqCst);
+        self.counters
+            .largest_batch
+            .fetch_max(rows, Ordering::SeqCst);
+        self.metrics.batch_rows.observe(rows as f64);
+        let gone = (0..rows)
+            .filter(|&i| !batch.answered[i] && batch.jobs[i].events.is_closed())
+            .count();
         self.metrics.cancelled.inc_by(gone as u64);
+        let waiting = batch.jobs.iter().zip(&batch.answered).filter(|(_, a)| !**a);
         match outcome {
             Ok(results) => {
-                for (job, (tokens, hit_eos)) in batch.iter().zip(results) {
+                let results = results.into_iter().zip(&batch.answered);
+                for ((job, _), ((tokens, hit_eos), _)) in waiting.zip(results.filter(|(_, a)| !**a))
+                {
                     self.metrics.generated_tokens.inc_by(tokens.len() as u64);
                     let _ = job.events.send(GenEvent::Done { tokens, hit_eos });
                 }
             }
             Err(e) => {
-                for job in batch {
+                for (job, _) in waiting {
                     let _ = job.events.send(GenEvent::Failed(e.clone()));
                 }
             }
@@ -599,37 +635,96 @@ fn sampler_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("generation failed: {e}"))
 }
 
-/// Runs one batch (all with the options of the first job, each row with its own job's seed).
-/// Returns each job's tokens and whether it ended at EOS.
+/// A generation batch while it runs: its jobs (more join at block boundaries) and which of them
+/// have had their answer (a row is answered as soon as its tokens are final).
+struct BatchJobs {
+    jobs: Vec<GenerateJob>,
+    answered: Vec<bool>,
+}
+
+impl BatchJobs {
+    fn new(jobs: Vec<GenerateJob>) -> Self {
+        let answered = vec![false; jobs.len()];
+        Self { jobs, answered }
+    }
+
+    /// Rows still decoding for a client.
+    fn running(&self) -> usize {
+        self.answered.iter().filter(|a| !**a).count()
+    }
+}
+
+/// Whether more requests may join a running batch of these options at its next block (the
+/// decoding loop's continuous batching, [`MaskedDiffusionSampler::generate_joined`]): a masked
+/// model's batchable decoding without block diffusion (whose canvas counts blocks from position
+/// 0) and without the prefix cache (whose passes run from each row's block to its end, one width
+/// for the batch). Elsewhere a request that arrives while a batch runs waits for the next one.
+fn joinable(o: &DecodingOptions) -> bool {
+    batchable(ModelKind::Masked, o) && !o.block_causal && o.cache != CacheMode::Prefix
+}
+
+/// Runs one batch (all with the options of the first job, each row with its own job's seed);
+/// where the options allow, jobs that `take(options, room)` gives join it at block boundaries,
+/// up to `max_batch` rows decoding at once. Returns every job's tokens and whether it ended at
+/// EOS, in the order of `batch`'s jobs at the end.
 fn generate<B: Kernels, M: MaskPredictor<B>>(
     model: &Served<B, M>,
-    batch: &[GenerateJob],
+    batch: &RefCell<BatchJobs>,
     metrics: &Metrics,
+    max_batch: usize,
+    take: &mut dyn FnMut(&DecodingOptions, usize) -> Vec<GenerateJob>,
 ) -> Result<Vec<(Vec<usize>, bool)>, ApiError> {
-    let options = &batch[0].options;
+    let (options, prompts, seeds) = {
+        let b = batch.borrow();
+        let prompts: Vec<Vec<usize>> = b.jobs.iter().map(|j| j.prompt.clone()).collect();
+        let seeds: Vec<u64> = b.jobs.iter().map(|j| j.options.seed).collect();
+        (b.jobs[0].options.clone(), prompts, seeds)
+    };
     if options.gen_length == 0 {
-        return Ok(batch.iter().map(|_| (Vec::new(), false)).collect());
+        return Ok(prompts.iter().map(|_| (Vec::new(), false)).collect());
     }
-    let prompts: Vec<Vec<usize>> = batch.iter().map(|j| j.prompt.clone()).collect();
     let ended = |tokens: Vec<usize>| {
         let hit_eos = tokens.len() < options.gen_length;
         (tokens, hit_eos)
     };
     match model {
         Served::Masked(m) => {
-            let seeds = batch.iter().map(|j| j.options.seed).collect();
             let sampler = MaskedDiffusionSampler::new(m, options.clone()).with_row_seeds(seeds);
             let mut progress = Progress {
                 mask_id: m.mask_id(),
-                sent: vec![0; batch.len()],
+                sent: Vec::new(),
+                start: Vec::new(),
                 steps: 0,
                 passes: 0,
                 last: Instant::now(),
             };
-            let rows = sampler
-                .generate(&prompts, |event| progress.report(batch, event, metrics))
-                .map_err(sampler_error)?;
-            Ok(rows.into_iter().map(ended).collect())
+            let on_step =
+                |event: &StepEvent| progress.report(&mut batch.borrow_mut(), event, metrics);
+            let rows = if joinable(&options) && max_batch > 1 {
+                sampler.generate_joined(&prompts, on_step, |_| {
+                    let mut b = batch.borrow_mut();
+                    let room = max_batch.saturating_sub(b.running());
+                    let joined = if room > 0 {
+                        take(&options, room)
+                    } else {
+                        Vec::new()
+                    };
+                    let rows = joined
+                        .iter()
+                        .map(|j| (j.prompt.clone(), j.options.seed))
+                        .collect();
+                    b.answered.extend(joined.iter().map(|_| false));
+                    b.jobs.extend(joined);
+                    rows
+                })
+            } else {
+                sampler.generate(&prompts, on_step)
+            };
+            Ok(rows
+                .map_err(sampler_error)?
+                .into_iter()
+                .map(ended)
+                .collect())
         }
         Served::Causal(m) => {
             let config = AutoregressiveConfig {
@@ -649,6 +744,9 @@ struct Progress {
     mask_id: usize,
     /// Final tokens sent, per job.
     sent: Vec<usize>,
+    /// The run's block, steps and passes before each job's first step (0 but for jobs that
+    /// joined the running batch): a job's step events count from its own start.
+    start: Vec<(usize, usize, usize)>,
     steps: usize,
     passes: usize,
     /// When the last step ended (the run's start before the first).
@@ -657,10 +755,12 @@ struct Progress {
 
 impl Progress {
     /// After a step: the metrics count it; each live job gets its newly final tokens (and the
-    /// step when asked); the run stops once every job's client is gone.
+    /// step when asked), and its answer once its tokens are final (the prefix up to its first
+    /// mask is whole or ends at EOS: revealed tokens never change again); the run stops once
+    /// every job is answered or its client gone.
     fn report(
         &mut self,
-        batch: &[GenerateJob],
+        batch: &mut BatchJobs,
         event: &StepEvent,
         metrics: &Metrics,
     ) -> StepControl {
@@ -669,14 +769,18 @@ impl Progress {
             .step_seconds
             .observe((now - self.last).as_secs_f64());
         self.last = now;
+        let jobs = batch.jobs.len();
+        self.sent.resize(jobs, 0);
+        self.start
+            .resize(jobs, (event.block, self.steps, self.passes));
         self.steps += 1;
         if event.cost.forward_rows > 0 {
             self.passes += 1;
             metrics.forward_passes.inc();
         }
         let mut live = 0;
-        for (i, job) in batch.iter().enumerate() {
-            if job.events.is_closed() {
+        for (i, job) in batch.jobs.iter().enumerate() {
+            if batch.answered[i] || job.events.is_closed() {
                 continue;
             }
             live += 1;
@@ -693,34 +797,49 @@ impl Progress {
                 let _ = job.events.send(GenEvent::Final(gen[..end].to_vec()));
             }
             if job.steps {
-                let of_row = |list: &[Proposal]| -> Vec<Revealed> {
-                    list.iter()
-                        .filter(|p| {
-                            p.slot.row == i && (start..start + gen.len()).contains(&p.slot.pos)
-                        })
-                        .map(|p| Revealed {
-                            position: p.slot.pos - start,
-                            token: p.token,
-                            confidence: p.confidence,
-                        })
-                        .collect()
-                };
-                let report = StepReport {
-                    block: event.block,
-                    step: event.step,
-                    steps_done: self.steps,
-                    forward_passes: self.passes,
-                    region: gen.to_vec(),
-                    revealed: of_row(event.revealed),
-                    edited: of_row(event.edited),
-                };
-                let _ = job.events.send(GenEvent::Step(Box::new(report)));
+                let _ = job.events.send(GenEvent::Step(Box::new(
+                    self.step_report(i, event, gen, start),
+                )));
+            }
+            // editing (LLaDA2.1) may still change revealed tokens: answered at the end
+            let edits = job.options.edit_threshold.is_some();
+            if !edits && (end == gen.len() || Some(gen[end]) == job.options.eos_id) {
+                batch.answered[i] = true;
+                metrics.generated_tokens.inc_by(end as u64);
+                let _ = job.events.send(GenEvent::Done {
+                    tokens: gen[..end].to_vec(),
+                    hit_eos: end < length,
+                });
             }
         }
         if live == 0 {
             StepControl::Stop
         } else {
             StepControl::Continue
+        }
+    }
+
+    /// Job `i`'s view of a step: its region `gen` starting at `start` in its row.
+    fn step_report(&self, i: usize, event: &StepEvent, gen: &[usize], start: usize) -> StepReport {
+        let of_row = |list: &[Proposal]| -> Vec<Revealed> {
+            list.iter()
+                .filter(|p| p.slot.row == i && (start..start + gen.len()).contains(&p.slot.pos))
+                .map(|p| Revealed {
+                    position: p.slot.pos - start,
+                    token: p.token,
+                    confidence: p.confidence,
+                })
+                .collect()
+        };
+        let (block, steps, passes) = self.start[i];
+        StepReport {
+            block: event.block - block,
+            step: event.step,
+            steps_done: self.steps - steps,
+            forward_passes: self.passes - passes,
+            region: gen.to_vec(),
+            revealed: of_row(event.revealed),
+            edited: of_row(event.edited),
         }
     }
 }

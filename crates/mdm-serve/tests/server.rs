@@ -381,6 +381,67 @@ async fn a_batched_request_gets_the_tokens_it_gets_alone() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_joins_a_running_batch_at_a_block_boundary() {
+    let size = (4, 128, 512);
+    // a long generation in blocks, sampled; another request arrives while it runs
+    let long = json!({"prompt": [0, 7, 9], "max_tokens": 256, "steps": 256, "block_length": 8,
+        "temperature": 0.8, "seed": 1});
+    let late = json!({"prompt": [0, 40, 41, 42, 43], "max_tokens": 256, "steps": 256,
+        "block_length": 8, "temperature": 0.8, "seed": 2});
+    let solo = TestServer::start(Setup {
+        size,
+        max_batch: 1,
+        ..Setup::default()
+    })
+    .await;
+    let ids = |r: &Value| r["choices"][0]["token_ids"].clone();
+    let long_alone = ids(&solo.post("/v1/completions", &long).await.1);
+    let late_alone = ids(&solo.post("/v1/completions", &late).await.1);
+    let s = TestServer::start(Setup {
+        size,
+        ..Setup::default()
+    })
+    .await;
+    let mut streaming = long.clone();
+    streaming["stream"] = json!(true);
+    streaming["stream_steps"] = json!(true);
+    let mut resp = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap();
+    // the long one has taken its first step: the late one arrives now
+    let mut body = String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()).to_string();
+    assert!(body.contains("diffusion.step"), "{body}");
+    let (status, joined) = s.post("/v1/completions", &late).await;
+    assert_eq!(status, 200, "{joined}");
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<Value> = sse_data(&body)
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    let last_step = events
+        .iter()
+        .rfind(|e| e["object"] == "diffusion.step")
+        .unwrap();
+    let streamed: Vec<Value> = last_step["tokens"].as_array().unwrap().clone();
+    let want = long_alone.as_array().unwrap();
+    assert_eq!(&streamed[..want.len()], &want[..], "the long row as alone");
+    assert_eq!(ids(&joined), late_alone, "the joined row as alone");
+    let stats = s.stats().await;
+    assert_eq!(
+        stats["batches"],
+        json!(1),
+        "the late request joined: {stats}"
+    );
+    assert_eq!(stats["largest_batch"], json!(2), "{stats}");
+}
+
 /// Runs the futures concurrently (spawned), in order of the results.
 async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
 where
