@@ -1,10 +1,12 @@
 //! The worker that owns the model and the device: jobs come in through a queue, HTTP handlers
-//! never run the model themselves. Compatible generation jobs (same options, temperature 0 with a
-//! deterministic rule) queued together are decoded as one ragged batch of up to `max_batch` rows;
-//! the rest run one by one in arrival order. A job whose client went away (its event channel
-//! closed) is skipped, and a batch whose clients have all gone is stopped at the next step
-//! ([`StepControl::Stop`]). A panic inside a job is caught: its clients get a 500 and the worker
-//! takes the next job.
+//! never run the model themselves. Generation jobs with equal options (but the seed: each row
+//! draws from its own job's seed, greedy or sampled) queued together are decoded as one ragged
+//! batch of up to `max_batch` rows, and where the batch decodes in blocks a compatible job that
+//! arrives meanwhile joins it at its next block (continuous batching); each row is answered as
+//! soon as its tokens are final; the rest run in arrival order. A job whose client went away (its
+//! event channel closed) is skipped, and a batch whose clients have all gone is stopped at the
+//! next step ([`StepControl::Stop`]). A panic inside a job is caught: its clients get a 500 and
+//! the worker takes the next job. The worker counts what it does in [`Metrics`].
 
 use mdm_kernels::Kernels;
 use std::cell::RefCell;
@@ -468,14 +470,8 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             self.pending.push_back(job);
         }
         let job = self.pending.pop_front()?;
-        self.took_job();
+        took_job(&self.metrics);
         Some(job)
-    }
-
-    /// A job left the queue for the worker.
-    fn took_job(&self) {
-        self.metrics.queue_depth.dec();
-        self.metrics.jobs.inc();
     }
 
     /// `first` and the pending jobs that may share its batch (waiting up to `batch_wait` for more).
@@ -486,23 +482,9 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
         }
         let deadline = Instant::now() + self.config.batch_wait;
         loop {
-            let mut i = 0;
-            while i < self.pending.len() && batch.len() < self.config.max_batch {
-                let fits = matches!(&self.pending[i], Job::Generate(j)
-                    if same_batch(&batch[0].options, &j.options));
-                if fits {
-                    if let Some(Job::Generate(j)) = self.pending.remove(i) {
-                        self.took_job();
-                        if j.events.is_closed() {
-                            self.metrics.cancelled.inc();
-                        } else {
-                            batch.push(*j);
-                        }
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            let room = self.config.max_batch - batch.len();
+            let fitting = take_fitting(&mut self.pending, &batch[0].options, room, &self.metrics);
+            batch.extend(fitting);
             let now = Instant::now();
             if batch.len() >= self.config.max_batch || now >= deadline {
                 return batch;
@@ -526,23 +508,11 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
                 pending.push_back(job);
             }
             let fits = |j: &Job| matches!(j, Job::Generate(g) if same_batch(options, &g.options));
-            if !pending.iter().all(fits) {
-                return Vec::new();
+            if pending.iter().all(fits) {
+                take_fitting(pending, options, room, metrics)
+            } else {
+                Vec::new()
             }
-            let mut out = Vec::new();
-            while out.len() < room {
-                let Some(Job::Generate(j)) = pending.pop_front() else {
-                    break;
-                };
-                metrics.queue_depth.dec();
-                metrics.jobs.inc();
-                if j.events.is_closed() {
-                    metrics.cancelled.inc();
-                } else {
-                    out.push(*j);
-                }
-            }
-            out
         };
         let max_batch = self.config.max_batch;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -573,19 +543,21 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             .filter(|&i| !batch.answered[i] && batch.jobs[i].events.is_closed())
             .count();
         self.metrics.cancelled.inc_by(gone as u64);
-        let waiting = batch.jobs.iter().zip(&batch.answered).filter(|(_, a)| !**a);
+        let waiting = batch.jobs.iter().zip(&batch.answered);
         match outcome {
             Ok(results) => {
-                let results = results.into_iter().zip(&batch.answered);
-                for ((job, _), ((tokens, hit_eos), _)) in waiting.zip(results.filter(|(_, a)| !**a))
-                {
-                    self.metrics.generated_tokens.inc_by(tokens.len() as u64);
-                    let _ = job.events.send(GenEvent::Done { tokens, hit_eos });
+                for ((job, &answered), (tokens, hit_eos)) in waiting.zip(results) {
+                    if !answered {
+                        self.metrics.generated_tokens.inc_by(tokens.len() as u64);
+                        let _ = job.events.send(GenEvent::Done { tokens, hit_eos });
+                    }
                 }
             }
             Err(e) => {
-                for (job, _) in waiting {
-                    let _ = job.events.send(GenEvent::Failed(e.clone()));
+                for (job, &answered) in waiting {
+                    if !answered {
+                        let _ = job.events.send(GenEvent::Failed(e.clone()));
+                    }
                 }
             }
         }
@@ -616,6 +588,40 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             (job, Ok(_)) => job.fail(ApiError::internal("mismatched answer")),
         }
     }
+}
+
+/// A job left the queue for the worker.
+fn took_job(metrics: &Metrics) {
+    metrics.queue_depth.dec();
+    metrics.jobs.inc();
+}
+
+/// Up to `room` pending generation jobs that may share a batch of `options`, taken out of
+/// `pending` in arrival order (a job whose client has gone is dropped and counted).
+fn take_fitting(
+    pending: &mut VecDeque<Job>,
+    options: &DecodingOptions,
+    room: usize,
+    metrics: &Metrics,
+) -> Vec<GenerateJob> {
+    let mut taken = Vec::new();
+    let mut i = 0;
+    while i < pending.len() && taken.len() < room {
+        let fits = matches!(&pending[i], Job::Generate(j) if same_batch(options, &j.options));
+        if !fits {
+            i += 1;
+            continue;
+        }
+        if let Some(Job::Generate(j)) = pending.remove(i) {
+            took_job(metrics);
+            if j.events.is_closed() {
+                metrics.cancelled.inc();
+            } else {
+                taken.push(*j);
+            }
+        }
+    }
+    taken
 }
 
 enum Answer {

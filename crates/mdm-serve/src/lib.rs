@@ -3,10 +3,12 @@
 //! autoregressive baseline, on axum and tokio.
 //!
 //! - [`engine`]: the worker thread that owns the model and its device; requests become jobs in a
-//!   bounded queue, compatible generations are decoded together as one ragged batch, a client
-//!   that goes away cancels its job.
-//! - [`server`]: the routes (`/health`, `/v1/models`, `/v1/completions`,
-//!   `/v1/chat/completions`, `/v1/loglikelihood`), the API key, limits, streaming.
+//!   bounded queue, compatible generations are decoded together as one ragged batch (joined by
+//!   later ones at block boundaries), a client that goes away cancels its job.
+//! - [`server`]: the routes (`/`, the playground; `/health`, `/metrics`, `/v1/models`,
+//!   `/v1/completions`, `/v1/chat/completions`, `/v1/loglikelihood`), the API key, limits,
+//!   streaming with every decoding step, connections (timeouts, a cap, the drain at shutdown).
+//! - [`metrics`]: what the worker and the routes count, in Prometheus' format.
 //! - [`api`]: the request and response shapes; [`error`]: OpenAI's error object.
 //! - [`text`]: ids to text, stop sequences, what a stream may send.
 //!

@@ -83,13 +83,39 @@ struct Args {
     /// Seconds a client has to send a request's body before it is answered 408.
     #[arg(long, default_value_t = 30.0)]
     body_timeout: f64,
-    /// Most connections served at once (more wait unaccepted; keep it below the open-file limit).
-    #[arg(long, default_value_t = 512)]
-    max_connections: usize,
+    /// Most connections served at once; more wait, unaccepted, in the listen queue. Default:
+    /// 4,096, or what the open-file limit allows (raised to its hard limit first) if less.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Seconds running requests may take to finish after SIGTERM or Ctrl-C (new requests are
     /// answered 503 meanwhile); what still runs then is cancelled.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
+}
+
+/// Files the process keeps for itself beside its connections (the model's, the runtime's).
+const RESERVED_FILES: u64 = 64;
+
+/// The connection cap: `asked`, or 4,096, within what the open-file limit leaves (the soft limit
+/// is raised to the hard one first: a server that runs out of files can accept no one).
+fn connection_cap(asked: Option<usize>) -> Result<usize, ServeError> {
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let fits = usize::try_from(files.saturating_sub(RESERVED_FILES))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    match asked {
+        Some(0) => Err(ServeError::Config(
+            "--max-connections must be at least 1".into(),
+        )),
+        Some(n) if n > fits => {
+            eprintln!(
+                "warning: --max-connections {n} is over what the open-file limit of {files} leaves: {fits} connections are served at once"
+            );
+            Ok(fits)
+        }
+        Some(n) => Ok(n),
+        None => Ok(fits.min(4096)),
+    }
 }
 
 /// A positive, finite number of seconds from the flag `name`.
@@ -130,11 +156,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
     let header_timeout = seconds(args.header_timeout, "header-timeout")?;
     let body_timeout = seconds(args.body_timeout, "body-timeout")?;
     let shutdown_timeout = seconds(args.shutdown_timeout, "shutdown-timeout")?;
-    if args.max_connections == 0 {
-        return Err(ServeError::Config(
-            "--max-connections must be at least 1".into(),
-        ));
-    }
+    let max_connections = connection_cap(args.max_connections)?;
     let tokenizer = args.model.tokenizer(&source)?;
     let chat = source.chat_prompt()?;
     let causal = match &source {
@@ -182,7 +204,7 @@ async fn run(args: Args) -> Result<(), ServeError> {
         request_timeout,
         header_timeout,
         body_timeout,
-        max_connections: args.max_connections,
+        max_connections,
         shutdown_timeout,
     };
     let address = format!("{}:{}", args.host, args.port);

@@ -49,7 +49,8 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// `mdm_jobs_total`: jobs the worker took.
     pub jobs: Counter,
-    /// `mdm_batch_rows`: rows of each generation batch (a job alone is a batch of one).
+    /// `mdm_batch_rows`: rows of each generation batch, those that joined it included (a job
+    /// alone is a batch of one).
     pub batch_rows: Histogram,
     /// `mdm_generated_tokens_total`: tokens returned by generations.
     pub generated_tokens: Counter,

@@ -61,7 +61,9 @@ pub struct ServerConfig {
     /// ... and its body within this long, else it is answered 408.
     pub body_timeout: Duration,
     /// Most connections served at once: more wait, unaccepted, in the system's listen queue
-    /// (so that slow or idle clients cannot use up the process's open files).
+    /// (so that slow or idle clients cannot use up the process's open files; the default, 1,000,
+    /// stays under the common limit of 1,024; the `mdm-serve` binary raises the limit and takes
+    /// up to 4,096).
     pub max_connections: usize,
     /// After a shutdown signal (every new request is then answered 503 with `Retry-After`): the
     /// longest the running requests may take to finish before they are cancelled.
@@ -79,7 +81,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            max_connections: 512,
+            max_connections: 1000,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
