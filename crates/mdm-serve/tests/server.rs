@@ -1233,6 +1233,114 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
 /// served: Fast-dLLM's Dream decoding as request fields gives the library's tokens, chat answers
 /// in OpenAI's shapes through the folder's template, streaming sends the same text, and the
 /// log-likelihood endpoint answers.
+/// Block diffusion over HTTP: the LLaDA2 fixture (Mixture of Experts) with LLaDA2.1's decoding
+/// (block-causal attention, the exact prefix cache, a threshold, token editing), prompts of
+/// different lengths sent together: one batch, each row as the sampler gives it alone, the
+/// edits reported in the step events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llada2_folder_is_served_with_block_diffusion_and_token_editing() {
+    use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/llada2-parity/model");
+    let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
+    let prompts = [
+        vec![5usize, 9, 17, 3],
+        vec![8usize],
+        vec![2usize, 4, 6, 8, 10, 12, 14],
+    ];
+    let mut options = DecodingOptions::default()
+        .with_gen_length(12)
+        .with_block_length(4)
+        .with_steps(12)
+        .with_threshold(0.9)
+        .with_cache(CacheMode::Prefix);
+    options.block_causal = true;
+    options.edit_threshold = Some(0.8);
+    let sampler = MaskedDiffusionSampler::new(&model, options);
+    let want: Vec<Vec<usize>> = prompts
+        .iter()
+        .map(|p| {
+            sampler
+                .generate(std::slice::from_ref(p), |_| {})
+                .unwrap()
+                .remove(0)
+        })
+        .collect();
+    let engine = Engine::start::<Flex, _, _>(
+        move || {
+            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+                &dir,
+                &Default::default(),
+            )?))
+        },
+        EngineConfig {
+            batch_wait: std::time::Duration::from_millis(300),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let stats = engine.clone();
+    let state = AppState::new(engine, None, ChatPrompt::plain(), ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::new();
+    let fields = json!({"max_tokens": 12, "block_length": 4, "steps": 12, "threshold": 0.9,
+        "cache": "prefix", "block_causal": true, "edit_threshold": 0.8});
+    let requests = prompts.iter().map(|prompt| {
+        let mut body = fields.clone();
+        body["prompt"] = json!(prompt);
+        let (client, url) = (client.clone(), format!("{base}/v1/completions"));
+        async move {
+            let r: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for (r, want) in answers.iter().zip(&want) {
+        let got: Vec<usize> = serde_json::from_value(r["choices"][0]["token_ids"].clone()).unwrap();
+        assert_eq!(&got, want, "{r}");
+    }
+    assert!(
+        stats.stats().largest_batch > 1,
+        "the requests shared a batch"
+    );
+    // streamed with its steps: the same tokens, the canvas block by block
+    let mut body = fields.clone();
+    body["prompt"] = json!(prompts[0]);
+    body["stream"] = json!(true);
+    body["stream_steps"] = json!(true);
+    let text = client
+        .post(format!("{base}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let steps: Vec<Value> = sse_data(&text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|e| e["object"] == "diffusion.step")
+        .collect();
+    assert!(!steps.is_empty());
+    let blocks: std::collections::BTreeSet<u64> =
+        steps.iter().map(|e| e["block"].as_u64().unwrap()).collect();
+    assert!(blocks.len() >= 3, "12 tokens in blocks of 4: {blocks:?}");
+    let last: Vec<Value> = steps.last().unwrap()["tokens"].as_array().unwrap().clone();
+    let want0: Vec<Value> = want[0].iter().map(|&t| json!(t)).collect();
+    assert_eq!(&last[..want0.len()], &want0[..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dream_folder_is_served_with_its_tokenizer_and_template() {
     use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, Ties};
