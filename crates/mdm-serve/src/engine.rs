@@ -497,8 +497,13 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
     }
 
     fn run_batch(&mut self, batch: Vec<GenerateJob>) {
-        self.counters.batches.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
+        let counters = &self.counters;
+        counters.batches.fetch_add(1, Ordering::SeqCst);
+        // counted as rows join (a row may be answered before the batch ends)
+        let mut rows = batch.len();
+        counters.batched_rows.fetch_add(rows, Ordering::SeqCst);
+        counters.largest_batch.fetch_max(rows, Ordering::SeqCst);
         let batch = RefCell::new(BatchJobs::new(batch));
         let (rx, pending, metrics) = (&self.rx, &mut self.pending, &self.metrics);
         // the jobs waiting now that may join the running batch at its next block: none while a
@@ -508,11 +513,16 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
                 pending.push_back(job);
             }
             let fits = |j: &Job| matches!(j, Job::Generate(g) if same_batch(options, &g.options));
-            if pending.iter().all(fits) {
-                take_fitting(pending, options, room, metrics)
-            } else {
-                Vec::new()
+            if !pending.iter().all(fits) {
+                return Vec::new();
             }
+            let taken = take_fitting(pending, options, room, metrics);
+            rows += taken.len();
+            counters
+                .batched_rows
+                .fetch_add(taken.len(), Ordering::SeqCst);
+            counters.largest_batch.fetch_max(rows, Ordering::SeqCst);
+            taken
         };
         let max_batch = self.config.max_batch;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -534,10 +544,6 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
             .observe(started.elapsed().as_secs_f64());
         let batch = batch.into_inner();
         let rows = batch.jobs.len();
-        self.counters.batched_rows.fetch_add(rows, Ordering::SeqCst);
-        self.counters
-            .largest_batch
-            .fetch_max(rows, Ordering::SeqCst);
         self.metrics.batch_rows.observe(rows as f64);
         let gone = (0..rows)
             .filter(|&i| !batch.answered[i] && batch.jobs[i].events.is_closed())

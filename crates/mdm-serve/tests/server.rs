@@ -1093,18 +1093,27 @@ async fn metrics_count_requests_batches_passes_and_tokens() {
         )
         .await;
     assert_eq!(status, 400);
-    let resp = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/openmetrics-text"));
-    let text = resp.text().await.unwrap();
+    // a row is answered as soon as its tokens are final: the worker may still be closing its
+    // batch (the batch's histograms) for a moment
+    let mut text = String::new();
+    for _ in 0..100 {
+        let resp = s
+            .client
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"));
+        text = resp.text().await.unwrap();
+        if text.contains("mdm_generation_seconds_count 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
