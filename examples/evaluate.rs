@@ -19,11 +19,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mdm::eval::harness::{
-    evaluate_task, markdown_table, Estimator, EvalModel, TaskResult, TaskSettings, TaskSpec,
+    evaluate_task, markdown_table, Estimator, TaskResult, TaskSettings, TaskSpec,
 };
 use mdm::eval::likelihood::McOptions;
 use mdm::eval::tasks::{read_task, resolve_task};
-use mdm::models::checkpoint::{read_meta, ModelKind};
 use mdm::prelude::*;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -84,11 +83,6 @@ struct Args {
     no_progress: bool,
 }
 
-enum Loaded {
-    Masked(MaskedTransformer<DefaultBackend>),
-    Causal(CausalTransformer<DefaultBackend>),
-}
-
 fn main() -> std::process::ExitCode {
     mdm::cli::exit(run())
 }
@@ -97,19 +91,12 @@ fn run() -> Result<()> {
     let args = Args::parse();
     let device = backend::device();
     let source = args.model.source(0)?;
-    let model = match &source {
-        ModelSource::Checkpoint(dir) if read_meta(dir)?.kind == ModelKind::Causal => {
-            Loaded::Causal(CausalTransformer::load(dir, &device)?)
-        }
-        ModelSource::Random { .. } => bail!("give --checkpoint, --hf or --smdm"),
-        _ => Loaded::Masked(source.load_masked_as(args.model.weight_format()?, &device)?),
-    };
+    if let ModelSource::Random { .. } = source {
+        bail!("give --checkpoint, --hf or --smdm");
+    }
+    let model = source.load_any_as::<DefaultBackend>(args.model.weight_format()?, &device)?;
     let tokenizer = args.model.tokenizer(&source)?
         .context("no tokenizer with the model (tokenizer.json, or vocab.json + merges.txt): pass --tokenizer FILE")?;
-    let eval_model = match &model {
-        Loaded::Masked(m) => EvalModel::Masked(m),
-        Loaded::Causal(m) => EvalModel::Causal(m),
-    };
     let base = TaskSettings {
         estimator: match args.estimator {
             EstimatorArg::Mc => Estimator::MonteCarlo,
@@ -149,7 +136,7 @@ fn run() -> Result<()> {
             "{msg:>14} [{elapsed_precise}] {bar:30} {pos}/{len}  ETA {eta}",
         )?);
         bar.set_message(name.clone());
-        let result = evaluate_task(eval_model, &tokenizer, &task, &settings, |done, _| {
+        let result = evaluate_task(&*model, &tokenizer, &task, &settings, |done, _| {
             bar.set_position(done as u64)
         })?;
         bar.finish_and_clear();

@@ -29,7 +29,7 @@ use clap::Parser;
 use mdm::backend::{self, Training};
 use mdm::data::corpus::TOKENIZER_FILE;
 use mdm::data::sft::{read_jsonl, ChatTemplate, SftDataset};
-use mdm::data::Tokenizer;
+use mdm::hub::{ModelArgs, ModelSource};
 use mdm::models::checkpoint::{read_meta, ModelKind};
 use mdm::models::{hf_model_config, MaskedTransformer};
 use mdm::train::{train_objective, DataSpec, Objective, RunOptions, TrainConfig};
@@ -42,23 +42,19 @@ mod parallel;
 struct Args {
     #[command(flatten)]
     parallel: parallel::ParallelArgs,
-    /// The checkpoint folder to start from (its kind decides MDM or baseline).
-    #[arg(long, required_unless_present = "hf", conflicts_with = "hf")]
-    init: Option<PathBuf>,
-    /// A Hugging Face folder to start from (LLaDA or Dream, by its `model_type`), or a repository
-    /// name (`owner/name`, fetched into the Hugging Face cache); the result is also written as a
-    /// folder like it (OUT/hf).
-    #[arg(long)]
-    hf: Option<PathBuf>,
+    /// The model to start from: `--checkpoint` (or `--init`) one of our checkpoint folders (its
+    /// kind decides MDM or baseline), or `--hf` a Hugging Face folder of any family (by its
+    /// `model_type`) or repository name (`owner/name`, fetched into the Hugging Face cache), the
+    /// result then also written as a folder like it (OUT/hf); `--tokenizer` (default: the
+    /// folder's).
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt/response JSONL files.
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
     /// Output folder (train.toml, metrics.csv, loss.png, checkpoints/, model/).
     #[arg(long)]
     out: PathBuf,
-    /// HF tokenizer.json (default: the --init / --hf folder's tokenizer).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
     /// Row length (default: the longest example plus one EOS).
     #[arg(long)]
     seq_len: Option<usize>,
@@ -121,19 +117,24 @@ fn main_inner() -> Result<()> {
 }
 
 fn run(args: &Args, session: &parallel::Session) -> Result<()> {
-    let (init, kind, model_config) = match (&args.init, &args.hf) {
-        (_, Some(arg)) => {
-            let dir = mdm::hub::hub::resolve(arg)?;
-            let config = hf_model_config(&dir)?;
-            (dir, ModelKind::Masked, config)
-        }
-        (Some(dir), None) => {
+    if args.model.dtype.is_some() || args.model.quant.is_some() {
+        bail!("fine-tuning trains f32 weights: --dtype and --quant are for inference");
+    }
+    let source = args.model.source(args.seed)?;
+    let (init, kind, model_config) = match &source {
+        ModelSource::HuggingFace(dir) => (dir.clone(), ModelKind::Masked, hf_model_config(dir)?),
+        ModelSource::Checkpoint(dir) => {
             let meta = read_meta(dir)?;
             (dir.clone(), meta.kind, meta.config)
         }
-        (None, None) => bail!("give --init DIR or --hf DIR"),
+        other => bail!(
+            "fine-tuning starts from a checkpoint folder (--checkpoint / --init) or a Hugging Face folder (--hf), not a {}",
+            other.describe()
+        ),
     };
-    let tokenizer = Tokenizer::for_model(args.tokenizer.as_deref(), Some(&init))?
+    let tokenizer = args
+        .model
+        .tokenizer(&source)?
         .context("a tokenizer is needed: pass --tokenizer FILE")?;
     let mut records = Vec::new();
     for file in &args.data {
@@ -222,7 +223,7 @@ fn run(args: &Args, session: &parallel::Session) -> Result<()> {
         Some(dir) => {
             tokenizer.save(dir.join(TOKENIZER_FILE))?;
             println!("model: {}", dir.display());
-            if args.hf.is_some() {
+            if let ModelSource::HuggingFace(_) = source {
                 let out = args.out.join("hf");
                 let model = MaskedTransformer::<backend::Default>::load(&dir, &backend::device())?;
                 model.save_hf_like(&init, &out)?;

@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use mdm::data::Tokenizer;
 use mdm::eval::perplexity::{generative_perplexity, unigram_entropy_bits};
 use mdm::prelude::*;
 use mdm::samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
@@ -38,9 +37,10 @@ use mdm::samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler};
                    and the KV-cache baseline"
 )]
 struct Args {
-    /// The masked model (a checkpoint folder).
-    #[arg(long)]
-    mdm: PathBuf,
+    /// The masked model (`--checkpoint` one of our folders, `--hf`, `--smdm`; `--dtype` /
+    /// `--quant`; `--tokenizer` for the printed samples and its EOS, default: the model's).
+    #[command(flatten)]
+    model: ModelArgs,
     /// The autoregressive baselines timed beside it (checkpoint folders), one row each.
     #[arg(long, num_args = 1.., required = true)]
     arm: Vec<PathBuf>,
@@ -48,10 +48,6 @@ struct Args {
     /// its own samples).
     #[arg(long)]
     judge: Option<PathBuf>,
-    /// HF tokenizer.json (default: tokenizer.json in the --mdm folder), for the printed samples
-    /// and its EOS.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
     /// Tokens per sample.
     #[arg(long, default_value_t = 128)]
     gen_length: usize,
@@ -177,15 +173,17 @@ fn run() -> Result<()> {
         "--samples must be at least 2 (for a standard error), --batch and --gen-length at least 1"
     );
     let device = backend::device();
-    let mdm = MaskedTransformer::<DefaultBackend>::load(&args.mdm, &device)?;
+    let source = args.model.source(args.seed)?;
+    if let ModelSource::Random { .. } = source {
+        anyhow::bail!("give the masked model: --checkpoint, --hf or --smdm");
+    }
+    let mdm = source.load_masked_as::<DefaultBackend>(args.model.weight_format()?, &device)?;
     let judge_dir = args.judge.clone().unwrap_or_else(|| args.arm[0].clone());
     let judge = CausalTransformer::<DefaultBackend>::load(&judge_dir, &device)?;
-    let tok_file = args
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| args.mdm.join("tokenizer.json"));
-    let tok = Tokenizer::from_file(&tok_file)
-        .with_context(|| format!("reading the tokenizer {}", tok_file.display()))?;
+    let tok = args
+        .model
+        .tokenizer(&source)?
+        .context("no tokenizer with the model: pass --tokenizer FILE")?;
     let mut context = vec![tok.eos_id() as usize];
     context.extend(
         tok.encode(&args.prompt, false)?

@@ -1,10 +1,11 @@
-//! Likelihood of a checkpoint on the validation shards of a data folder: the MC ELBO bound of an
-//! MDM or the exact NLL of the baseline (chosen by the checkpoint's kind), in bits per token with
+//! Likelihood of a model on the validation shards of a data folder: the MC ELBO bound of an
+//! MDM (any model the flags name) or the exact NLL of the baseline (a checkpoint saved as causal), in bits per token with
 //! standard error, beside the unigram entropy of the same blocks; for an MDM also the
 //! cross-entropy per masked token at several masking rates.
 //!
 //! ```text
 //! cargo run --release --example perplexity -- --checkpoint runs/kjv-mdm/model --data data/kjv
+//! cargo run --release --example perplexity -- --hf GSAI-ML/LLaDA-8B-Base --quant q4_k --data data/kjv
 //! ```
 
 /// mimalloc, keeping freed pages (`mdm::Allocator`: docs/benchmarks.md).
@@ -19,15 +20,16 @@ use mdm::data::shards::{find_shards, BlockLoader, LoaderOptions};
 use mdm::eval::perplexity::{
     causal_nll_per_token, masked_ce_at_rate, masked_elbo_per_token, unigram_entropy_bits,
 };
-use mdm::models::checkpoint::{read_meta, ModelKind};
+use mdm::models::checkpoint::ModelKind;
 use mdm::prelude::*;
 
 #[derive(Parser, Debug)]
-#[command(about = "Bits per token of a checkpoint on validation shards")]
+#[command(about = "Bits per token of a model on validation shards")]
 struct Args {
-    /// A checkpoint folder (`model/` of a pretrain run, or `checkpoints/step-*`).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// The model (`--checkpoint` a `model/` of a pretrain run or `checkpoints/step-*`, `--hf`,
+    /// `--smdm`; `--dtype` / `--quant`).
+    #[command(flatten)]
+    model: ModelArgs,
     /// A data folder from `prepare` (its valid_*.bin shards are read in order).
     #[arg(long)]
     data: PathBuf,
@@ -57,11 +59,8 @@ fn main() -> std::process::ExitCode {
     mdm::cli::exit(run())
 }
 
-fn run() -> Result<()> {
-    let args = Args::parse();
-    let device = backend::device();
-    let meta = read_meta(&args.checkpoint)?;
-    let vocab = meta.config.vocab_size;
+/// The first `count` blocks of `block` tokens of the split's shards, in order.
+fn read_blocks(args: &Args, vocab: usize) -> Result<Vec<Vec<u32>>> {
     let files = find_shards(&args.data, &args.split)?;
     if files.is_empty() {
         bail!("no {}_*.bin shards in {}", args.split, args.data.display());
@@ -71,23 +70,34 @@ fn run() -> Result<()> {
         LoaderOptions::new(args.block, vocab).with_shuffle(false),
     )?;
     let n = (args.blocks as u64).min(loader.blocks_per_epoch());
-    let blocks: Vec<Vec<u32>> = (0..n)
+    Ok((0..n)
         .map(|_| loader.next_block())
-        .collect::<Result<_, _>>()?;
-    let unigram = unigram_entropy_bits(blocks.iter().flatten().copied());
+        .collect::<Result<_, _>>()?)
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let device = backend::device();
+    let source = args.model.source(args.seed)?;
+    if let ModelSource::Random { .. } = source {
+        bail!("give --checkpoint, --hf or --smdm");
+    }
     let mut rng = rng_from_seed(args.seed);
-    println!(
-        "{} ({:?}, {} non-embedding parameters) on {} blocks of {} tokens from {}:",
-        args.checkpoint.display(),
-        meta.kind,
-        meta.config.non_embedding_params(),
-        blocks.len(),
-        args.block,
-        args.data.display()
-    );
-    match meta.kind {
+    let header = |blocks: &[Vec<u32>], kind: ModelKind| {
+        println!(
+            "{} ({kind:?}) on {} blocks of {} tokens from {}:",
+            source.describe(),
+            blocks.len(),
+            args.block,
+            args.data.display()
+        );
+    };
+    let blocks = match source.kind()? {
         ModelKind::Masked => {
-            let model = MaskedTransformer::<DefaultBackend>::load(&args.checkpoint, &device)?;
+            let format = args.model.weight_format()?;
+            let model = source.load_masked_as::<DefaultBackend>(format, &device)?;
+            let blocks = read_blocks(&args, MaskPredictor::vocab_size(&model))?;
+            header(&blocks, ModelKind::Masked);
             let v = masked_elbo_per_token(&model, &blocks, args.batch, args.mc, &mut rng)?;
             println!(
                 "  ELBO bound   {:.4} ± {:.4} bits/token (perplexity <= {:.2}; {} MC samples per block)",
@@ -103,9 +113,12 @@ fn run() -> Result<()> {
                     ce / std::f64::consts::LN_2
                 );
             }
+            blocks
         }
         ModelKind::Causal => {
-            let model = CausalTransformer::<DefaultBackend>::load(&args.checkpoint, &device)?;
+            let model = source.load_causal::<DefaultBackend>(&device)?;
+            let blocks = read_blocks(&args, CausalPredictor::vocab_size(&model))?;
+            header(&blocks, ModelKind::Causal);
             let v = causal_nll_per_token(&model, &blocks, args.batch)?;
             println!(
                 "  exact NLL    {:.4} ± {:.4} bits/token (perplexity {:.2})",
@@ -113,8 +126,10 @@ fn run() -> Result<()> {
                 v.stderr_bits(),
                 v.perplexity()
             );
+            blocks
         }
-    }
+    };
+    let unigram = unigram_entropy_bits(blocks.iter().flatten().copied());
     println!("  unigram entropy of these blocks {unigram:.4} bits/token");
     Ok(())
 }

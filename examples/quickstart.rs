@@ -26,7 +26,7 @@ use mdm::data::facts::FactWorld;
 use mdm::data::text::DocumentSplit;
 use mdm::data::Tokenizer;
 use mdm::eval::harness::{
-    encode_prompt, evaluate_task, infill_exact_match, EvalModel, TaskSettings,
+    encode_prompt, evaluate_task, infill_exact_match, TaskSettings,
 };
 use mdm::eval::tasks::{GenerationItem, Reference, Task, TaskItems};
 use mdm::prelude::*;
@@ -377,11 +377,11 @@ fn ask_questions(
                 cfg_scale: w,
                 ..settings.clone()
             };
-            let m = evaluate_task(EvalModel::Masked(mdm), tokenizer, t, &guided, |_, _| {})?;
+            let m = evaluate_task(&Masked(mdm), tokenizer, t, &guided, |_, _| {})?;
             cells.push(percent(&m.metrics[0]));
             example.get_or_insert(m.samples[0].clone());
         }
-        let a = evaluate_task(EvalModel::causal(arm), tokenizer, t, &settings, |_, _| {})?;
+        let a = evaluate_task(&Causal(arm), tokenizer, t, &settings, |_, _| {})?;
         let n = a.metrics[0].n;
         println!(
             "   | {} | {n} | {} | {} |",

@@ -53,8 +53,12 @@ pub mod prelude {
         cfg::cfg_combine, forward_process::ForwardProcess, gumbel::sample_tokens,
         loss::pretrain_loss, rng_from_seed, MdmRng,
     };
+    pub use mdm_eval::{Causal, LanguageModel, Masked};
     pub use mdm_hub::{ModelArgs, ModelSource};
-    pub use mdm_models::{CausalTransformer, KvCache, MaskedTransformer, ModelConfig, ModelError};
+    pub use mdm_models::{
+        CausalPredictor, CausalTransformer, KvCache, MaskPredictor, MaskedTransformer, ModelConfig,
+        ModelError,
+    };
 }
 
 /// The README's Rust example, compiled by `cargo test` (not run: it needs a published checkpoint).

@@ -486,7 +486,8 @@ fn a_dream_folder_is_evaluated() {
 
 fn a_dream_folder_is_evaluated_in(dir: &Path) {
     use mdm::data::Tokenizer;
-    use mdm::eval::harness::{evaluate_task, Estimator, EvalModel, TaskSettings};
+    use mdm::eval::harness::{evaluate_task, Estimator, TaskSettings};
+    use mdm::eval::Masked;
     use mdm::eval::tasks::{ChoiceItem, ContinuationItem, Task, TaskItems};
 
     let tokenizer = Tokenizer::from_folder(dir.join("model")).unwrap();
@@ -515,7 +516,7 @@ fn a_dream_folder_is_evaluated_in(dir: &Path) {
         for t in [&continuation, &choices] {
             let run = || {
                 evaluate_task(
-                    EvalModel::Masked(&model),
+                    &Masked(&model),
                     &tokenizer,
                     t,
                     &settings,

@@ -3,7 +3,8 @@
 //!
 //! ```
 //! use burn::backend::Flex;
-//! use mdm_eval::harness::{evaluate_task, markdown_table, EvalModel, TaskSettings};
+//! use mdm_eval::harness::{evaluate_task, markdown_table, TaskSettings};
+//! use mdm_eval::Masked;
 //! use mdm_eval::tasks::{ContinuationItem, Task, TaskItems};
 //! use mdm_models::ModelConfig;
 //!
@@ -14,7 +15,7 @@
 //! let model = config.init_masked::<Flex>(0, &Default::default())?;
 //! let item = ContinuationItem { id: "0".into(), context: "a small".into(), continuation: " world".into() };
 //! let task = Task { name: "toy".into(), file: dir.path().into(), items: TaskItems::Continuation(vec![item]) };
-//! let result = evaluate_task(EvalModel::Masked(&model), &tokenizer, &task, &TaskSettings::default(), |_, _| {})?;
+//! let result = evaluate_task(&Masked(&model), &tokenizer, &task, &TaskSettings::default(), |_, _| {})?;
 //! assert_eq!(result.metrics[0].name, "acc");
 //! println!("{}", markdown_table(&[result]));
 //! # Ok(()) }
@@ -25,56 +26,18 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use mdm_core::rng_from_seed;
 use mdm_data::Tokenizer;
-use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer};
-use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use mdm_models::{MaskPredictor, ModelKind};
 use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler};
 use serde::Serialize;
 
-use crate::likelihood::{
-    causal_score, chain_rule_cfg, greedy_suffix_matches_cfg, mc_elbo, McOptions,
-};
+use crate::likelihood::McOptions;
+use crate::model::{ForwardCost, LanguageModel, Run, Scoring};
 use crate::metrics::{
     contains_reference, gsm8k_answer, mean, mean_stderr, multiple_choice, sentence_bleu,
 };
 use crate::tasks::{Reference, Task, TaskItems};
 use crate::EvalError;
-
-/// The model under evaluation: a masked diffusion model of any family ([`MaskPredictor`]:
-/// SMDM, LLaDA), or the autoregressive baseline.
-#[derive(Debug)]
-pub enum EvalModel<'a, B: Backend, M: MaskPredictor<B> = MaskedTransformer<B>> {
-    /// A masked diffusion model.
-    Masked(&'a M),
-    /// The autoregressive baseline.
-    Causal(&'a CausalTransformer<B>),
-}
-
-impl<B: Kernels, M: MaskPredictor<B>> Clone for EvalModel<'_, B, M> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<B: Kernels, M: MaskPredictor<B>> Copy for EvalModel<'_, B, M> {}
-
-impl<'a, B: Kernels> EvalModel<'a, B> {
-    /// The autoregressive baseline (the masked-model type parameter fixed to its default, which
-    /// `EvalModel::Causal(..)` alone leaves open).
-    pub fn causal(model: &'a CausalTransformer<B>) -> Self {
-        Self::Causal(model)
-    }
-}
-
-impl<B: Kernels, M: MaskPredictor<B>> EvalModel<'_, B, M> {
-    fn block_size(&self) -> usize {
-        match self {
-            Self::Masked(m) => m.max_positions(),
-            Self::Causal(m) => m.config().block_size,
-        }
-    }
-}
 
 /// How an MDM scores a continuation (the autoregressive baseline is always exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -267,9 +230,7 @@ pub struct TaskResult {
 
 #[derive(Default)]
 struct Cost {
-    passes: usize,
-    rows: usize,
-    tokens: usize,
+    model: ForwardCost,
     truncated: usize,
 }
 
@@ -344,8 +305,8 @@ fn item_seed(seed: u64, item: usize, choice: usize) -> u64 {
 
 /// Log-likelihood (nats) of `target` after `prefix`, and whether it is the greedy continuation
 /// (only when `greedy` is asked).
-fn score<B: Kernels, M: MaskPredictor<B>>(
-    model: EvalModel<'_, B, M>,
+fn score<B: Backend, L: LanguageModel<B> + ?Sized>(
+    model: &L,
     prefix: &[usize],
     target: &[usize],
     settings: &TaskSettings,
@@ -353,43 +314,16 @@ fn score<B: Kernels, M: MaskPredictor<B>>(
     greedy: bool,
     cost: &mut Cost,
 ) -> Result<(f64, Option<bool>), EvalError> {
-    let len = prefix.len() + target.len();
-    match model {
-        EvalModel::Causal(m) => {
-            let (nll, is_greedy) = causal_score(m, prefix, target)?;
-            cost.passes += 1;
-            cost.rows += 1;
-            cost.tokens += len;
-            Ok((-nll.nll, greedy.then_some(is_greedy)))
-        }
-        EvalModel::Masked(m) => {
-            let w = settings.cfg_scale;
-            let nll = match settings.estimator {
-                Estimator::ChainRule => {
-                    cost.passes += 1;
-                    chain_rule_cfg(m, prefix, target, w)?
-                }
-                Estimator::MonteCarlo => {
-                    let options = settings.mc.with_cfg_scale(w);
-                    let est = mc_elbo(m, prefix, target, options, &mut rng_from_seed(seed))?;
-                    cost.passes += est.samples.div_ceil(options.batch.max(1));
-                    est
-                }
-            };
-            cost.rows += nll.forward_rows;
-            cost.tokens += nll.forward_rows * len;
-            let is_greedy = if greedy {
-                let factor = if w == 0.0 { 1 } else { 2 };
-                cost.passes += target.len();
-                cost.rows += target.len() * factor;
-                cost.tokens += target.len() * factor * len;
-                Some(greedy_suffix_matches_cfg(m, prefix, target, w)?)
-            } else {
-                None
-            };
-            Ok((-nll.nll, is_greedy))
-        }
-    }
+    let scoring = match settings.estimator {
+        Estimator::ChainRule => Scoring::ChainRule,
+        Estimator::MonteCarlo => Scoring::MonteCarlo {
+            options: settings.mc,
+            seed,
+        },
+    };
+    let s = model.score(prefix, target, &scoring, settings.cfg_scale, greedy)?;
+    cost.model += s.cost;
+    Ok((-s.nll, s.is_greedy))
 }
 
 fn metric(name: &str, values: &[f64]) -> Metric {
@@ -403,8 +337,8 @@ fn metric(name: &str, values: &[f64]) -> Metric {
 
 /// Runs `task` (its first `settings.limit` items) on `model`. `on_item(done, total)` is called after
 /// each item (progress bars).
-pub fn evaluate_task<B: Kernels, M: MaskPredictor<B>>(
-    model: EvalModel<'_, B, M>,
+pub fn evaluate_task<B: Backend, L: LanguageModel<B> + ?Sized>(
+    model: &L,
     tokenizer: &Tokenizer,
     task: &Task,
     settings: &TaskSettings,
@@ -416,7 +350,7 @@ pub fn evaluate_task<B: Kernels, M: MaskPredictor<B>>(
         items.truncate(limit);
     }
     let total = items.len();
-    let block = model.block_size();
+    let block = model.max_positions();
     let mut cost = Cost::default();
     let mut samples = Vec::new();
     let metrics = match &items {
@@ -507,7 +441,7 @@ pub fn evaluate_task<B: Kernels, M: MaskPredictor<B>>(
         }
     };
     let (masked, is_likelihood) = (
-        matches!(model, EvalModel::Masked(_)),
+        model.kind() == ModelKind::Masked,
         !matches!(items, TaskItems::Generation(..)),
     );
     Ok(TaskResult {
@@ -518,58 +452,36 @@ pub fn evaluate_task<B: Kernels, M: MaskPredictor<B>>(
         cfg_scale: if masked { settings.cfg_scale } else { 0.0 },
         metrics,
         truncated_contexts: cost.truncated,
-        forward_passes: cost.passes,
-        forward_rows: cost.rows,
-        tokens: cost.tokens,
+        forward_passes: cost.model.passes,
+        forward_rows: cost.model.rows,
+        tokens: cost.model.tokens,
         seconds: started.elapsed().as_secs_f64(),
         samples,
     })
 }
 
 /// Greedy (temperature 0) generations after `prompts`, cut at EOS: low-confidence remasking for an
-/// MDM, the KV-cache sampler for the baseline.
-fn generate<B: Kernels, M: MaskPredictor<B>>(
-    model: EvalModel<'_, B, M>,
+/// MDM (`settings.steps` steps, CFG at `settings.cfg_scale`), the KV-cache sampler for the
+/// baseline.
+fn generate<B: Backend, L: LanguageModel<B> + ?Sized>(
+    model: &L,
     prompts: &[Vec<usize>],
     tokenizer: &Tokenizer,
     settings: &TaskSettings,
     cost: &mut Cost,
 ) -> Result<Vec<Vec<usize>>, EvalError> {
-    let eos = tokenizer.eos_id() as usize;
     let gen = settings.gen_length;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + gen;
-    match model {
-        EvalModel::Masked(m) => {
-            let steps = settings.steps.unwrap_or(gen);
-            let mut config = DecodingOptions::default()
-                .with_gen_length(gen)
-                .with_steps(steps)
-                .with_eos(eos);
-            if settings.cfg_scale != 0.0 {
-                config = config.with_cfg_scale(settings.cfg_scale);
-            }
-            let factor = if settings.cfg_scale == 0.0 { 1 } else { 2 };
-            let mut passes = 0;
-            let out = MaskedDiffusionSampler::new(m, config).generate(prompts, |_| passes += 1)?;
-            cost.passes += passes;
-            cost.rows += passes * prompts.len() * factor;
-            cost.tokens += passes * prompts.len() * factor * longest;
-            Ok(out)
-        }
-        EvalModel::Causal(m) => {
-            let config = AutoregressiveConfig {
-                max_new_tokens: gen,
-                temperature: 0.0,
-                eos_id: Some(eos),
-                seed: settings.seed,
-            };
-            let out = generate_autoregressive(m, prompts, &config)?;
-            cost.passes += gen;
-            cost.rows += prompts.len();
-            cost.tokens += prompts.len() * longest;
-            Ok(out)
-        }
+    let mut options = DecodingOptions::default()
+        .with_gen_length(gen)
+        .with_steps(settings.steps.unwrap_or(gen))
+        .with_eos(tokenizer.eos_id() as usize)
+        .with_seed(settings.seed);
+    if settings.cfg_scale != 0.0 {
+        options = options.with_cfg_scale(settings.cfg_scale);
     }
+    let out = model.generate(prompts, &options, Run::default())?;
+    cost.model += out.cost;
+    Ok(out.rows)
 }
 
 /// Four decimals, or four significant digits in scientific notation for large values.
@@ -687,7 +599,9 @@ pub fn markdown_table(results: &[TaskResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::likelihood::causal_score;
     use crate::tasks::{ChoiceItem, ContinuationItem, GenerationItem};
+    use crate::{Causal, Masked};
     use burn::backend::Flex;
     use mdm_models::ModelConfig;
 
@@ -766,7 +680,7 @@ mod tests {
             ..Default::default()
         };
         let mut calls = vec![];
-        let r = evaluate_task(EvalModel::causal(&model), &tok, &t, &settings, |d, n| {
+        let r = evaluate_task(&Causal(&model), &tok, &t, &settings, |d, n| {
             calls.push((d, n))
         })
         .unwrap();
@@ -832,7 +746,7 @@ mod tests {
             cfg_scale: 0.5,
             ..Default::default()
         };
-        let r = evaluate_task(EvalModel::Masked(&model), &tok, &t, &settings, |_, _| {}).unwrap();
+        let r = evaluate_task(&Masked(&model), &tok, &t, &settings, |_, _| {}).unwrap();
         assert_eq!(
             r.metrics
                 .iter()
@@ -853,7 +767,7 @@ mod tests {
             gen_batch: 2,
             ..Default::default()
         };
-        let r = evaluate_task(EvalModel::Masked(&model), &tok, &t, &settings, |_, _| {}).unwrap();
+        let r = evaluate_task(&Masked(&model), &tok, &t, &settings, |_, _| {}).unwrap();
         assert_eq!(r.metrics[0].name, "exact_match");
         assert_eq!(r.samples.len(), 3);
         // identical prompts, temperature 0: identical generations

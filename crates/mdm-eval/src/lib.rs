@@ -22,7 +22,9 @@
 pub mod harness;
 pub mod likelihood;
 pub mod metrics;
+pub mod model;
 pub mod perplexity;
 pub mod tasks;
 
 pub use likelihood::{EvalError, NllEstimate};
+pub use model::{Causal, ForwardCost, Generation, LanguageModel, Masked, Run, Score, Scoring};

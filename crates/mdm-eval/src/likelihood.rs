@@ -7,7 +7,7 @@ use mdm_core::loss::cross_entropy_rows;
 use mdm_core::time::stratified_times;
 use mdm_core::{CoreError, MdmRng};
 use mdm_kernels::Kernels;
-use mdm_models::{CausalTransformer, MaskPredictor, ModelError};
+use mdm_models::{CausalPredictor, MaskPredictor, ModelError};
 use mdm_samplers::draw::proposals;
 use mdm_samplers::options::Sampling;
 use mdm_samplers::proposal::{Confidence, Slot};
@@ -442,8 +442,8 @@ fn stderr(samples: &[f64]) -> f64 {
 
 /// Exact NLL of `target` after `prefix` under the causal baseline (one pass), with per-token
 /// log-probabilities. `prefix` must not be empty (a BOS token at least).
-pub fn causal_nll<B: Kernels>(
-    model: &CausalTransformer<B>,
+pub fn causal_nll<B: Kernels, C: CausalPredictor<B>>(
+    model: &C,
     prefix: &[usize],
     target: &[usize],
 ) -> Result<NllEstimate, EvalError> {
@@ -452,21 +452,20 @@ pub fn causal_nll<B: Kernels>(
 
 /// [`causal_nll`] and lm-evaluation-harness's `is_greedy` from the same pass: whether every target
 /// token is the argmax of its next-token distribution (LAMBADA's accuracy for the baseline).
-pub fn causal_score<B: Kernels>(
-    model: &CausalTransformer<B>,
+pub fn causal_score<B: Kernels, C: CausalPredictor<B>>(
+    model: &C,
     prefix: &[usize],
     target: &[usize],
 ) -> Result<(NllEstimate, bool), EvalError> {
-    let config = model.config();
-    check(prefix, target, config.padded_vocab_size())?;
+    check(prefix, target, model.vocab_size())?;
     if prefix.is_empty() {
         return Err(EvalError::Request(
             "the causal model needs a non-empty prefix".into(),
         ));
     }
-    let device = model.net.device();
+    let device = model.device();
     let seq: Vec<i64> = prefix.iter().chain(target).map(|&t| t as i64).collect();
-    let logits = model.forward(ids_tensor(&[seq], &device))?;
+    let logits = model.logits(ids_tensor(&[seq], &device))?;
     let v = logits.dims()[2];
     // position i predicts token i + 1: the target is predicted from positions prefix.len() - 1 ..
     let n = target.len();

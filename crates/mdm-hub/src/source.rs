@@ -8,8 +8,12 @@ use mdm_data::Tokenizer;
 use mdm_kernels::Kernels;
 use std::path::{Path, PathBuf};
 
+use mdm_eval::{Causal, LanguageModel, Masked};
 use mdm_models::gguf::GgmlType;
-use mdm_models::{MaskedTransformer, ModelConfig, ModelError, Precision, WeightFormat};
+use mdm_models::{
+    CausalTransformer, MaskedTransformer, ModelConfig, ModelError, ModelKind, Precision,
+    WeightFormat,
+};
 
 /// A masked model to load.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +68,59 @@ impl ModelSource {
                 seed,
             },
         })
+    }
+
+    /// What the source holds: the autoregressive baseline only as one of our checkpoints saved
+    /// as causal; every other source is a masked model.
+    pub fn kind(&self) -> Result<ModelKind, ModelError> {
+        Ok(match self {
+            Self::Checkpoint(dir) => mdm_models::checkpoint::read_meta(dir)?.kind,
+            _ => ModelKind::Masked,
+        })
+    }
+
+    /// Loads the model whatever its kind ([`Self::kind`]), for the programs that take both (the
+    /// server, the evaluator): a masked model as [`Self::load_masked_as`], the baseline after
+    /// the same memory check.
+    pub fn load_any_as<B: Kernels>(
+        &self,
+        format: WeightFormat,
+        device: &B::Device,
+    ) -> Result<Box<dyn LanguageModel<B>>, ModelError> {
+        Ok(match self.kind()? {
+            ModelKind::Causal => Box::new(Causal(self.load_causal(device)?)),
+            ModelKind::Masked => Box::new(Masked(self.load_masked_as(format, device)?)),
+        })
+    }
+
+    /// Loads the autoregressive baseline (one of our checkpoints saved as causal, weights as
+    /// stored) after the memory check; any other source is refused naming what it holds.
+    pub fn load_causal<B: Kernels>(
+        &self,
+        device: &B::Device,
+    ) -> Result<CausalTransformer<B>, ModelError> {
+        let dir = match self {
+            Self::Checkpoint(dir) if self.kind()? == ModelKind::Causal => dir,
+            other => {
+                return Err(ModelError::Config {
+                    reason: format!(
+                        "{} holds a masked model, not the autoregressive baseline",
+                        other.describe()
+                    ),
+                })
+            }
+        };
+        let meta = mdm_models::checkpoint::read_meta(dir)?;
+        let weights =
+            mdm_models::hf::HfFolder::open_file(dir.join(mdm_models::checkpoint::WEIGHTS_FILE))?;
+        mdm_models::memory::check(
+            &self.describe(),
+            &meta.config,
+            weights.stored_type_by_size(),
+            WeightFormat::Stored,
+            B::PACKS_WEIGHTS,
+        )?;
+        CausalTransformer::load(dir, device)
     }
 
     /// Loads (or initialises) the model, weights as stored.
@@ -203,7 +260,7 @@ impl ModelSource {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ModelArgs {
     /// A checkpoint folder written by this library (`model.safetensors` + `config.json`).
-    #[arg(long, conflicts_with_all = ["smdm", "hf"])]
+    #[arg(long, visible_alias = "init", conflicts_with_all = ["smdm", "hf"])]
     pub checkpoint: Option<PathBuf>,
     /// A Hugging Face folder or repository name (`owner/name`, fetched into the Hugging Face
     /// cache): LLaDA or Dream by its `model_type`, with its tokenizer (tokenizer.json, or

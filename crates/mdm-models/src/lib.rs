@@ -64,4 +64,4 @@ pub use families::{dream, hf_model_config, is_hf_folder, llada, load_hf, smdm};
 pub use linear::{Proj, WeightFormat};
 pub use masked::MaskedTransformer;
 pub use precision::Precision;
-pub use predictor::MaskPredictor;
+pub use predictor::{CausalPredictor, DecodingCache, MaskPredictor, NoCache};

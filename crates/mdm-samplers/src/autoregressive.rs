@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::rng_from_seed;
-use mdm_models::{CausalTransformer, KvCache};
+use mdm_models::CausalPredictor;
 
 use crate::draw::proposals;
 use crate::host::read_back;
@@ -39,23 +39,23 @@ impl Default for AutoregressiveConfig {
     }
 }
 
-/// Generates continuations from a [`CausalTransformer`]: the prompt in one pass, then one token per
-/// pass reusing the keys and values of the [`KvCache`]. Rows with equal prompt lengths run as one
+/// Generates continuations from a left-to-right network (the baseline's
+/// [`mdm_models::CausalTransformer`] or any [`CausalPredictor`]): the prompt in one pass, then one
+/// token per pass reusing the keys and values of its cache. Rows with equal prompt lengths run as one
 /// batch; the draws of each group come from the seed, in prompt-length order.
-pub fn generate_autoregressive<B: Kernels>(
-    model: &CausalTransformer<B>,
+pub fn generate_autoregressive<B: Kernels, C: CausalPredictor<B>>(
+    model: &C,
     prompts: &[Vec<usize>],
     config: &AutoregressiveConfig,
 ) -> Result<Vec<Vec<usize>>, SamplerError> {
-    let model_cfg = model.config();
-    let vocab = model_cfg.padded_vocab_size();
-    let device = model.net.device();
-    // the last generated token is never fed back: block_size + 1 positions in all
+    let vocab = model.vocab_size();
+    let device = model.device();
+    // the last generated token is never fed back: one position more than a pass takes
     check_prompts(
         prompts,
         vocab,
         config.max_new_tokens,
-        model_cfg.block_size + 1,
+        model.max_positions() + 1,
     )?;
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (row, p) in prompts.iter().enumerate() {
@@ -77,10 +77,10 @@ pub fn generate_autoregressive<B: Kernels>(
             .collect();
         let mut input =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), prompt_len]), &device);
-        let mut cache = KvCache::new(model);
+        let mut cache = model.new_cache();
         let mut finished = vec![false; rows.len()];
         for step in 0..config.max_new_tokens {
-            let logits = model.forward_cached(input, &mut cache)?;
+            let logits = model.logits_cached(input, &mut cache)?;
             let [batch, len, v] = logits.dims();
             let last = logits.narrow(1, len - 1, 1).reshape([batch, v]);
             let next = if config.temperature == 0.0 {

@@ -31,7 +31,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use mdm_core::{rng_from_seed, MdmRng};
 use mdm_kernels::Kernels;
 use mdm_models::attention::AttentionMask;
-use mdm_models::{BlockCache, MaskPredictor};
+use mdm_models::{DecodingCache, MaskPredictor};
 
 use crate::draw::proposals;
 use crate::host::device_error;
@@ -247,12 +247,12 @@ struct Decoder<'a, B: Kernels, M: MaskPredictor<B>> {
     editing: Option<Editing>,
 }
 
-/// Decodes `canvas` with `options` (validated by the caller) and `rule`; `on_step` sees every
-/// step and may stop the run.
 /// Rows that join a running batch at a block boundary: called with the index of the block about
 /// to start, it returns each joining row's prompt and seed (continuous batching).
-pub(crate) type Join<'a> = &'a mut dyn FnMut(usize) -> Vec<(Vec<usize>, u64)>;
+pub type Join<'a> = &'a mut dyn FnMut(usize) -> Vec<(Vec<usize>, u64)>;
 
+/// Decodes `canvas` with `options` (validated by the caller) and `rule`; `on_step` sees every
+/// step and may stop the run.
 pub(crate) fn decode<B: Kernels, M: MaskPredictor<B>, C: Into<StepControl>>(
     model: &M,
     canvas: Canvas,
@@ -875,7 +875,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Decoder<'_, B, M> {
         &mut self,
         pass: Pass,
         batch: &Batch,
-        cache: &mut Option<BlockCache<B>>,
+        cache: &mut Option<M::Cache>,
         slots: &[(usize, usize)],
     ) -> Result<(Tensor<B, 2>, StepCost, Option<Duration>), SamplerError> {
         let profile = self.options.profile;

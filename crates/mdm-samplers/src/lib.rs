@@ -84,7 +84,7 @@ pub mod schedule;
 pub mod step;
 pub mod ties;
 
-pub use decode::{Decoded, StepControl, StepCost, StepEvent, StepTiming};
+pub use decode::{Decoded, Join, StepControl, StepCost, StepEvent, StepTiming};
 pub use generate::MaskedDiffusionSampler;
 pub use options::{CacheMode, DecodingOptions, OptionError, Parallel, Schedule};
 pub use remasking::NamedRule;

@@ -393,6 +393,7 @@ impl ProposesMask {
 }
 
 impl mdm_models::MaskPredictor<Flex> for ProposesMask {
+    type Cache = mdm_models::BlockCache<Flex>;
     fn mask_id(&self) -> usize {
         self.0.mask_id()
     }
@@ -486,4 +487,68 @@ fn a_parallel_rule_ends_a_block_the_model_fills_with_its_mask_token() {
         .decode(&[vec![1, 2, 3]], |_| {})
         .unwrap();
     assert_eq!(out.forward_passes, 4);
+}
+
+/// The least a network outside the library writes to be decoded: its sizes and `logits_at`
+/// (`logits` and the cache hooks keep their defaults, its cache is `NoCache`).
+struct Minimal(MaskedTransformer<Flex>);
+
+impl mdm_models::MaskPredictor<Flex> for Minimal {
+    type Cache = mdm_models::NoCache;
+    fn mask_id(&self) -> usize {
+        self.0.mask_id()
+    }
+    fn vocab_size(&self) -> usize {
+        mdm_models::MaskPredictor::vocab_size(&self.0)
+    }
+    fn max_positions(&self) -> usize {
+        self.0.max_positions()
+    }
+    fn device(&self) -> burn::backend::flex::FlexDevice {
+        mdm_models::MaskPredictor::device(&self.0)
+    }
+    fn logits_at(
+        &self,
+        ids: burn::tensor::Tensor<Flex, 2, burn::tensor::Int>,
+        padding: Option<burn::tensor::Tensor<Flex, 2, burn::tensor::Bool>>,
+        index: burn::tensor::Tensor<Flex, 1, burn::tensor::Int>,
+    ) -> Result<burn::tensor::Tensor<Flex, 2>, mdm_models::ModelError> {
+        mdm_models::MaskPredictor::logits_at(&self.0, ids, padding, index)
+    }
+}
+
+#[test]
+fn a_network_with_only_logits_at_decodes_and_refuses_the_caches() {
+    use mdm_models::MaskPredictor;
+    use mdm_samplers::CacheMode;
+    let minimal = Minimal(model());
+    let m = model();
+    // the default `logits` (logits_at at every position) equals the network's own
+    let ids = burn::tensor::Tensor::<Flex, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(vec![3i64, 4, 5, m.mask_id() as i64, 7, 8], [2, 3]),
+        &Default::default(),
+    );
+    let own = m.logits(ids.clone()).unwrap().into_data();
+    let default = minimal.logits(ids).unwrap().into_data();
+    assert_eq!(own.shape, default.shape);
+    assert_eq!(own.to_vec::<f32>().unwrap(), default.to_vec::<f32>().unwrap());
+
+    let prompts = vec![vec![3, 4, 5], vec![7]];
+    let options = DecodingOptions::default()
+        .with_gen_length(8)
+        .with_block_length(4)
+        .with_steps(8);
+    let want = MaskedDiffusionSampler::new(&m, options.clone())
+        .generate(&prompts, |_| {})
+        .unwrap();
+    let got = MaskedDiffusionSampler::new(&minimal, options.clone())
+        .generate(&prompts, |_| {})
+        .unwrap();
+    assert_eq!(got, want);
+    for cache in [CacheMode::Prefix, CacheMode::Dual] {
+        let err = MaskedDiffusionSampler::new(&minimal, options.clone().with_cache(cache))
+            .generate(&prompts, |_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains("no key/value cache"), "{err}");
+    }
 }

@@ -8,9 +8,9 @@
 //! next step ([`StepControl::Stop`]). A panic inside a job is caught: its clients get a 500 and
 //! the worker takes the next job. The worker counts what it does in [`Metrics`].
 
-use mdm_kernels::Kernels;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -18,32 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use mdm_core::rng_from_seed;
-use mdm_eval::likelihood::{
-    causal_score, chain_rule_cfg, chain_rule_rows, greedy_suffix_matches_cfg, mc_elbo, McOptions,
-};
-use mdm_models::{CausalTransformer, MaskPredictor, MaskedTransformer, ModelError, ModelKind};
-use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
+use burn::tensor::{backend::Backend, Tensor};
+use mdm_eval::likelihood::McOptions;
+use mdm_eval::{LanguageModel, Run, Scoring};
+use mdm_models::{ModelError, ModelKind};
 use mdm_samplers::proposal::Proposal;
-use mdm_samplers::{CacheMode, DecodingOptions, MaskedDiffusionSampler, StepControl, StepEvent};
+use mdm_samplers::{DecodingOptions, StepControl, StepEvent};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ServeError};
 use crate::metrics::Metrics;
-
-/// The model the worker serves: a masked diffusion model of any network behind the seam
-/// ([`MaskPredictor`]; by default the shared network of the SMDM, LLaDA and Dream families), or
-/// the autoregressive baseline.
-// one value for the server's lifetime: the variants' sizes do not matter
-#[allow(clippy::large_enum_variant)]
-pub enum Served<B: Backend, M = MaskedTransformer<B>> {
-    /// A masked diffusion model.
-    Masked(M),
-    /// The autoregressive baseline.
-    Causal(CausalTransformer<B>),
-}
 
 /// What the handlers know of the model without asking the worker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,37 +43,14 @@ pub struct ModelInfo {
     pub mask_id: Option<usize>,
 }
 
-impl<B: Kernels, M: MaskPredictor<B>> Served<B, M> {
-    fn info(&self) -> ModelInfo {
-        match self {
-            Self::Masked(m) => ModelInfo {
-                kind: ModelKind::Masked,
-                vocab_size: m.vocab_size(),
-                max_positions: m.max_positions(),
-                mask_id: Some(m.mask_id()),
-            },
-            Self::Causal(m) => ModelInfo {
-                kind: ModelKind::Causal,
-                vocab_size: m.config().padded_vocab_size(),
-                // the last generated token is never fed back
-                max_positions: m.config().block_size + 1,
-                mask_id: None,
-            },
+impl ModelInfo {
+    fn of<B: Backend, L: LanguageModel<B> + ?Sized>(model: &L) -> Self {
+        Self {
+            kind: model.kind(),
+            vocab_size: model.vocab_size(),
+            max_positions: model.max_sequence(),
+            mask_id: model.mask_id(),
         }
-    }
-}
-
-/// Whether a job with these options may share a batch and get what it would alone. Every row of
-/// the masked sampler draws from its own stream, seeded by its own job
-/// ([`MaskedDiffusionSampler::with_row_seeds`]), so sampled decoding (temperature, random or
-/// ancestral remasking, `alg_temp`) batches as well as greedy decoding; what must run alone is
-/// counting over the whole batch (`joint_counting`, `mean_counting`), which makes a row depend
-/// on the others. The baseline draws a batch's tokens from one stream: only its greedy decoding
-/// batches.
-fn batchable(kind: ModelKind, o: &DecodingOptions) -> bool {
-    match kind {
-        ModelKind::Masked => !o.joint_counting && !o.mean_counting,
-        ModelKind::Causal => o.temperature == 0.0,
     }
 }
 
@@ -332,11 +294,11 @@ pub struct Engine {
 impl Engine {
     /// Starts the worker thread, which builds the model with `load` (so the model and its device
     /// never leave that thread) and then serves jobs. Returns once the model is loaded.
-    pub fn start<B, M, F>(load: F, config: EngineConfig) -> Result<Self, ServeError>
+    pub fn start<B, L, F>(load: F, config: EngineConfig) -> Result<Self, ServeError>
     where
-        B: Kernels,
-        M: MaskPredictor<B> + 'static,
-        F: FnOnce() -> Result<Served<B, M>, ModelError> + Send + 'static,
+        B: Backend,
+        L: LanguageModel<B> + 'static,
+        F: FnOnce() -> Result<L, ModelError> + Send + 'static,
     {
         if config.max_batch == 0 || config.max_queue == 0 {
             return Err(ServeError::Config(
@@ -359,11 +321,12 @@ impl Engine {
                         return;
                     }
                 };
-                if ready_tx.send(Ok(model.info())).is_err() {
+                if ready_tx.send(Ok(ModelInfo::of(&model))).is_err() {
                     return;
                 }
                 Worker {
                     model,
+                    backend: PhantomData,
                     rx,
                     pending: VecDeque::new(),
                     config,
@@ -433,8 +396,9 @@ impl Engine {
     }
 }
 
-struct Worker<B: Backend, M> {
-    model: Served<B, M>,
+struct Worker<B: Backend, L> {
+    model: L,
+    backend: PhantomData<B>,
     rx: Receiver<Job>,
     /// Jobs received but not yet run (received while gathering a batch).
     pending: VecDeque<Job>,
@@ -443,7 +407,7 @@ struct Worker<B: Backend, M> {
     metrics: Arc<Metrics>,
 }
 
-impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
+impl<B: Backend, L: LanguageModel<B>> Worker<B, L> {
     fn run(mut self) {
         while let Some(job) = self.next_job() {
             if job.cancelled() {
@@ -477,7 +441,7 @@ impl<B: Kernels, M: MaskPredictor<B>> Worker<B, M> {
     /// `first` and the pending jobs that may share its batch (waiting up to `batch_wait` for more).
     fn gather(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
         let mut batch = vec![first];
-        if !batchable(self.model.info().kind, &batch[0].options) || self.config.max_batch == 1 {
+        if !self.model.batchable(&batch[0].options) || self.config.max_batch == 1 {
             return batch;
         }
         let deadline = Instant::now() + self.config.batch_wait;
@@ -666,21 +630,12 @@ impl BatchJobs {
     }
 }
 
-/// Whether more requests may join a running batch of these options at its next block (the
-/// decoding loop's continuous batching, [`MaskedDiffusionSampler::generate_joined`]): a masked
-/// model's batchable decoding without block diffusion (whose canvas counts blocks from position
-/// 0) and without the prefix cache (whose passes run from each row's block to its end, one width
-/// for the batch). Elsewhere a request that arrives while a batch runs waits for the next one.
-fn joinable(o: &DecodingOptions) -> bool {
-    batchable(ModelKind::Masked, o) && !o.block_causal && o.cache != CacheMode::Prefix
-}
-
 /// Runs one batch (all with the options of the first job, each row with its own job's seed);
 /// where the options allow, jobs that `take(options, room)` gives join it at block boundaries,
 /// up to `max_batch` rows decoding at once. Returns every job's tokens and whether it ended at
 /// EOS, in the order of `batch`'s jobs at the end.
-fn generate<B: Kernels, M: MaskPredictor<B>>(
-    model: &Served<B, M>,
+fn generate<B: Backend, L: LanguageModel<B>>(
+    model: &L,
     batch: &RefCell<BatchJobs>,
     metrics: &Metrics,
     max_batch: usize,
@@ -695,65 +650,57 @@ fn generate<B: Kernels, M: MaskPredictor<B>>(
     if options.gen_length == 0 {
         return Ok(prompts.iter().map(|_| (Vec::new(), false)).collect());
     }
-    let ended = |tokens: Vec<usize>| {
-        let hit_eos = tokens.len() < options.gen_length;
-        (tokens, hit_eos)
+    let mut progress = Progress {
+        mask_id: model.mask_id(),
+        sent: Vec::new(),
+        start: Vec::new(),
+        steps: 0,
+        passes: 0,
+        last: Instant::now(),
     };
-    match model {
-        Served::Masked(m) => {
-            let sampler = MaskedDiffusionSampler::new(m, options.clone()).with_row_seeds(seeds);
-            let mut progress = Progress {
-                mask_id: m.mask_id(),
-                sent: Vec::new(),
-                start: Vec::new(),
-                steps: 0,
-                passes: 0,
-                last: Instant::now(),
-            };
-            let on_step =
-                |event: &StepEvent| progress.report(&mut batch.borrow_mut(), event, metrics);
-            let rows = if joinable(&options) && max_batch > 1 {
-                sampler.generate_joined(&prompts, on_step, |_| {
-                    let mut b = batch.borrow_mut();
-                    let room = max_batch.saturating_sub(b.running());
-                    let joined = if room > 0 {
-                        take(&options, room)
-                    } else {
-                        Vec::new()
-                    };
-                    let rows = joined
-                        .iter()
-                        .map(|j| (j.prompt.clone(), j.options.seed))
-                        .collect();
-                    b.answered.extend(joined.iter().map(|_| false));
-                    b.jobs.extend(joined);
-                    rows
-                })
-            } else {
-                sampler.generate(&prompts, on_step)
-            };
-            Ok(rows
-                .map_err(sampler_error)?
-                .into_iter()
-                .map(ended)
-                .collect())
-        }
-        Served::Causal(m) => {
-            let config = AutoregressiveConfig {
-                max_new_tokens: options.gen_length,
-                temperature: options.temperature,
-                eos_id: options.eos_id,
-                seed: options.seed,
-            };
-            let rows = generate_autoregressive(m, &prompts, &config).map_err(sampler_error)?;
-            Ok(rows.into_iter().map(ended).collect())
-        }
-    }
+    let mut on_step =
+        |event: &StepEvent| progress.report(&mut batch.borrow_mut(), event, metrics);
+    // more requests join a running batch at its next block where the model's decoding allows
+    // (continuous batching); elsewhere a request that arrives while a batch runs waits
+    let mut join = |_block: usize| {
+        let mut b = batch.borrow_mut();
+        let room = max_batch.saturating_sub(b.running());
+        let joined = if room > 0 {
+            take(&options, room)
+        } else {
+            Vec::new()
+        };
+        let rows = joined
+            .iter()
+            .map(|j| (j.prompt.clone(), j.options.seed))
+            .collect();
+        b.answered.extend(joined.iter().map(|_| false));
+        b.jobs.extend(joined);
+        rows
+    };
+    let joins = model.joinable(&options) && max_batch > 1;
+    let run = Run {
+        seeds: Some(seeds),
+        on_step: Some(&mut on_step),
+        join: if joins { Some(&mut join) } else { None },
+    };
+    let out = model
+        .generate(&prompts, &options, run)
+        .map_err(sampler_error)?;
+    Ok(out
+        .rows
+        .into_iter()
+        .map(|tokens| {
+            let hit_eos = tokens.len() < options.gen_length;
+            (tokens, hit_eos)
+        })
+        .collect())
 }
 
 /// What a batch's jobs have been told so far.
 struct Progress {
-    mask_id: usize,
+    /// The mask token (masked models; the baseline reports no steps).
+    mask_id: Option<usize>,
     /// Final tokens sent, per job.
     sent: Vec<usize>,
     /// The run's block, steps and passes before each job's first step (0 but for jobs that
@@ -802,7 +749,7 @@ impl Progress {
             let gen = &row[start.min(row.len())..(start + length).min(row.len())];
             let end = gen
                 .iter()
-                .position(|&t| t == self.mask_id || Some(t) == job.options.eos_id)
+                .position(|&t| Some(t) == self.mask_id || Some(t) == job.options.eos_id)
                 .unwrap_or(gen.len());
             if end > self.sent[i] {
                 self.sent[i] = end;
@@ -856,66 +803,29 @@ impl Progress {
     }
 }
 
-/// Rows of the chain rule per forward pass when scoring a sequence.
-const LOGPROB_ROWS: usize = 32;
-
 fn model_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("the model failed: {e}"))
 }
 
 /// See [`LogprobJob`].
-fn logprobs<B: Kernels, M: MaskPredictor<B>>(
-    model: &Served<B, M>,
+fn logprobs<B: Backend, L: LanguageModel<B>>(
+    model: &L,
     tokens: &[usize],
     from: usize,
     top: usize,
 ) -> Result<Vec<TokenLogprob>, ApiError> {
-    let n = tokens.len();
     let from = from.max(1);
-    if from >= n {
-        return Ok(Vec::new());
+    let mut out = Vec::new();
+    for logits in model.predictions(tokens, from).map_err(model_error)? {
+        let first = from + out.len();
+        let rows = logits.dims()[0];
+        out.extend(read_logprobs(logits, &tokens[first..first + rows], top)?);
     }
-    match model {
-        Served::Masked(m) => {
-            let device = m.device();
-            // row k: tokens[..from + k], masks after it, scored at position from + k
-            let rows = chain_rule_rows(&tokens[..from], &tokens[from..], m.mask_id());
-            let mut out = Vec::with_capacity(n - from);
-            for (c, chunk) in rows.chunks(LOGPROB_ROWS).enumerate() {
-                let first = from + c * LOGPROB_ROWS;
-                let index: Vec<i64> = (0..chunk.len())
-                    .map(|r| (r * n + first + r) as i64)
-                    .collect();
-                let index =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(index, [chunk.len()]), &device);
-                let ids = Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(chunk.concat(), [chunk.len(), n]),
-                    &device,
-                );
-                let logits = m.logits_at(ids, None, index).map_err(model_error)?;
-                out.extend(read_logprobs(
-                    logits,
-                    &tokens[first..first + chunk.len()],
-                    top,
-                )?);
-            }
-            Ok(out)
-        }
-        Served::Causal(m) => {
-            let device = m.net.device();
-            let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-            let logits = m.forward(ids).map_err(model_error)?;
-            let v = logits.dims()[2];
-            // position i - 1 predicts token i
-            let logits = logits.narrow(1, from - 1, n - from).reshape([n - from, v]);
-            read_logprobs(logits, &tokens[from..], top)
-        }
-    }
+    Ok(out)
 }
 
 /// Log-softmax of `logits` `[rows, V]`, read back: each row's target and its top `k`.
-fn read_logprobs<B: Kernels>(
+fn read_logprobs<B: Backend>(
     logits: Tensor<B, 2>,
     targets: &[usize],
     top: usize,
@@ -946,47 +856,24 @@ fn read_logprobs<B: Kernels>(
 }
 
 /// See [`LoglikelihoodJob`].
-fn score<B: Kernels, M: MaskPredictor<B>>(
-    model: &Served<B, M>,
+fn score<B: Backend, L: LanguageModel<B>>(
+    model: &L,
     job: &LoglikelihoodJob,
 ) -> Result<Scored, ApiError> {
     let eval = |e: mdm_eval::EvalError| ApiError::invalid("continuation", e.to_string());
-    match model {
-        Served::Masked(m) => {
-            let (nll, stderr) = match job.estimator {
-                Estimator::Chain => {
-                    let est = chain_rule_cfg(m, &job.context, &job.continuation, job.cfg_scale)
-                        .map_err(eval)?;
-                    (est.nll, est.stderr)
-                }
-                Estimator::Mc { mc_num, seed } => {
-                    let mut options = McOptions::default().with_mc_num(mc_num);
-                    if job.cfg_scale != 0.0 {
-                        options = options.with_cfg_scale(job.cfg_scale);
-                    }
-                    let mut rng = rng_from_seed(seed);
-                    let est = mc_elbo(m, &job.context, &job.continuation, options, &mut rng)
-                        .map_err(eval)?;
-                    (est.nll, est.stderr)
-                }
-            };
-            let is_greedy =
-                greedy_suffix_matches_cfg(m, &job.context, &job.continuation, job.cfg_scale)
-                    .map_err(eval)?;
-            Ok(Scored {
-                loglikelihood: -nll,
-                stderr,
-                is_greedy,
-            })
-        }
-        Served::Causal(m) => {
-            let (est, is_greedy) =
-                causal_score(m, &job.context, &job.continuation).map_err(eval)?;
-            Ok(Scored {
-                loglikelihood: -est.nll,
-                stderr: 0.0,
-                is_greedy,
-            })
-        }
-    }
+    let scoring = match job.estimator {
+        Estimator::Chain => Scoring::ChainRule,
+        Estimator::Mc { mc_num, seed } => Scoring::MonteCarlo {
+            options: McOptions::default().with_mc_num(mc_num),
+            seed,
+        },
+    };
+    let score = model
+        .score(&job.context, &job.continuation, &scoring, job.cfg_scale, true)
+        .map_err(eval)?;
+    Ok(Scored {
+        loglikelihood: -score.nll,
+        stderr: score.stderr,
+        is_greedy: score.is_greedy.unwrap_or(false),
+    })
 }

@@ -18,12 +18,13 @@
 //! use burn::backend::Flex;
 //! use mdm_data::chat::ChatPrompt;
 //! use mdm_models::ModelConfig;
-//! use mdm_serve::engine::{Engine, EngineConfig, Served};
+//! use mdm_serve::engine::{Engine, EngineConfig};
+//! use mdm_serve::Masked;
 //! use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let engine = Engine::start::<Flex, _, _>(
-//!     || Ok(Served::Masked(ModelConfig::from_name_or_file("6M")?.init_masked(0, &Default::default())?)),
+//!     || Ok(Masked(ModelConfig::from_name_or_file("6M")?.init_masked(0, &Default::default())?)),
 //!     EngineConfig::default(),
 //! )?;
 //! let state = AppState::new(engine, None, ChatPrompt::plain(), ServerConfig::default());
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod server;
 pub mod text;
 
-pub use engine::{Engine, EngineConfig, Served};
+pub use engine::{Engine, EngineConfig};
+pub use mdm_eval::{Causal, LanguageModel, Masked};
 pub use error::{ApiError, ServeError};
 pub use server::{router, serve, AppState, ServerConfig, Stopped};

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mdm_hub::{ModelArgs, ModelSource};
-use mdm_models::checkpoint::{read_meta, ModelKind};
-use mdm_models::CausalTransformer;
-use mdm_serve::engine::{Engine, EngineConfig, Served};
+use mdm_serve::engine::{Engine, EngineConfig};
 use mdm_serve::server::{serve, shutdown_signal, AppState, ServerConfig, Stopped};
 use mdm_serve::ServeError;
 
@@ -159,23 +157,11 @@ async fn run(args: Args) -> Result<(), ServeError> {
     let max_connections = connection_cap(args.max_connections)?;
     let tokenizer = args.model.tokenizer(&source)?;
     let chat = source.chat_prompt()?;
-    let causal = match &source {
-        ModelSource::Checkpoint(dir) => read_meta(dir)?.kind == ModelKind::Causal,
-        _ => false,
-    };
     eprintln!("loading {} ...", source.describe());
     let format = args.model.weight_format()?;
     let load_source = source.clone();
     let engine = Engine::start::<Backend, _, _>(
-        move || {
-            let device = Default::default();
-            Ok(match &load_source {
-                ModelSource::Checkpoint(dir) if causal => {
-                    Served::Causal(CausalTransformer::load(dir, &device)?)
-                }
-                other => Served::Masked(other.load_masked_as(format, &device)?),
-            })
-        },
+        move || load_source.load_any_as(format, &Default::default()),
         EngineConfig {
             max_batch: args.max_batch,
             max_queue: args.max_queue,

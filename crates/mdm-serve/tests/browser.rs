@@ -15,7 +15,8 @@ use fantoccini::{ClientBuilder, Locator};
 use mdm_data::chat::ChatPrompt;
 use mdm_data::Tokenizer;
 use mdm_models::ModelConfig;
-use mdm_serve::engine::{Engine, EngineConfig, Served};
+use mdm_serve::engine::{Engine, EngineConfig};
+use mdm_serve::Masked;
 use mdm_serve::server::{serve, AppState, ServerConfig};
 use serde_json::{json, Value};
 
@@ -57,7 +58,7 @@ async fn start_server() -> String {
     let engine = Engine::start::<Flex, _, _>(
         move || {
             let config = ModelConfig::custom(vocab, 2, 2, 32, 64, 128);
-            Ok(Served::Masked(config.init_masked(1, &Default::default())?))
+            Ok(Masked(config.init_masked(1, &Default::default())?))
         },
         EngineConfig::default(),
     )

@@ -7,7 +7,8 @@ use burn::backend::Flex;
 use mdm_data::chat::ChatPrompt;
 use mdm_data::Tokenizer;
 use mdm_models::ModelConfig;
-use mdm_serve::engine::{Engine, EngineConfig, Served};
+use mdm_serve::engine::{Engine, EngineConfig};
+use mdm_serve::{Causal, LanguageModel, Masked};
 use mdm_serve::server::{serve, AppState, ServerConfig, Stopped};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -72,11 +73,12 @@ impl TestServer {
             move || {
                 let config = ModelConfig::custom(vocab, layers, 2, width, 2 * width, positions);
                 let device = Default::default();
-                Ok(if causal {
-                    Served::Causal(config.init_causal(1, &device)?)
+                let model: Box<dyn LanguageModel<Flex>> = if causal {
+                    Box::new(Causal(config.init_causal(1, &device)?))
                 } else {
-                    Served::Masked(config.init_masked(1, &device)?)
-                })
+                    Box::new(Masked(config.init_masked(1, &device)?))
+                };
+                Ok(model)
             },
             EngineConfig {
                 max_batch: setup.max_batch,
@@ -1202,7 +1204,7 @@ async fn a_llada_folder_is_served_with_fast_dllm_decoding() {
         .collect();
     let engine = Engine::start::<Flex, _, _>(
         move || {
-            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+            Ok(Masked(mdm_models::MaskedTransformer::load_hf(
                 &dir,
                 &Default::default(),
             )?))
@@ -1277,7 +1279,7 @@ async fn a_llada2_folder_is_served_with_block_diffusion_and_token_editing() {
         .collect();
     let engine = Engine::start::<Flex, _, _>(
         move || {
-            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+            Ok(Masked(mdm_models::MaskedTransformer::load_hf(
                 &dir,
                 &Default::default(),
             )?))
@@ -1374,7 +1376,7 @@ async fn a_dream_folder_is_served_with_its_tokenizer_and_template() {
     let load_dir = dir.clone();
     let engine = Engine::start::<Flex, _, _>(
         move || {
-            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+            Ok(Masked(mdm_models::MaskedTransformer::load_hf(
                 &load_dir,
                 &Default::default(),
             )?))
@@ -1458,6 +1460,7 @@ async fn a_dream_folder_is_served_with_its_tokenizer_and_template() {
 struct OwnNetwork(mdm_models::MaskedTransformer<Flex>);
 
 impl mdm_models::MaskPredictor<Flex> for OwnNetwork {
+    type Cache = mdm_models::BlockCache<Flex>;
     fn mask_id(&self) -> usize {
         self.0.mask_id()
     }
@@ -1534,7 +1537,7 @@ async fn a_network_of_its_own_is_served_through_the_seam() {
     let engine = Engine::start::<Flex, _, _>(
         move || {
             let net = mdm_models::MaskedTransformer::load_hf(&dir, &Default::default())?;
-            Ok(Served::Masked(OwnNetwork(net)))
+            Ok(Masked(OwnNetwork(net)))
         },
         EngineConfig::default(),
     )
@@ -1576,7 +1579,7 @@ async fn the_command_line_and_the_server_decode_a_request_the_same() {
     let model = mdm_models::MaskedTransformer::<Flex>::load_hf(&dir, &Default::default()).unwrap();
     let engine = Engine::start::<Flex, _, _>(
         move || {
-            Ok(Served::Masked(mdm_models::MaskedTransformer::load_hf(
+            Ok(Masked(mdm_models::MaskedTransformer::load_hf(
                 &dir,
                 &Default::default(),
             )?))
