@@ -25,9 +25,7 @@ use mdm::data::corpus::{prepare_corpus, CorpusOptions, TOKENIZER_FILE};
 use mdm::data::facts::FactWorld;
 use mdm::data::text::DocumentSplit;
 use mdm::data::Tokenizer;
-use mdm::eval::harness::{
-    encode_prompt, evaluate_task, infill_exact_match, TaskSettings,
-};
+use mdm::eval::harness::{encode_prompt, evaluate_task, infill_exact_match, TaskSettings};
 use mdm::eval::tasks::{GenerationItem, Reference, Task, TaskItems};
 use mdm::prelude::*;
 use mdm::samplers::{DecodingOptions, MaskedDiffusionSampler};

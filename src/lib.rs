@@ -7,11 +7,14 @@
 //! |---|---|---|
 //! | `mdm-kernels` | [`kernels`] | fused attention, cross-entropy, RMSNorm, SwiGLU: our own on the CPU backend |
 //! | `mdm-core` | [`diffusion`] | schedule, forward process, losses, CFG, Gumbel draws |
-//! | `mdm-models` | [`models`] | Diff_LLaMA configs, masked and causal Transformers, checkpoints |
-//! | `mdm-samplers` | [`samplers`] | the reverse process: steps, remasking rules, generation loops |
-//! | `mdm-eval` | [`eval`] | likelihoods: chain rule, Monte Carlo ELBO, causal NLL, perplexity on shards |
+//! | `mdm-models` | [`models`] | networks, the families (one file each), weight reading, the seams |
+//! | `mdm-hub` | [`hub`] | where a model comes from: `ModelSource`, the hub, the memory check, `ModelArgs` |
+//! | `mdm-samplers` | [`samplers`] | the one decoding loop and its options |
+//! | `mdm-eval` | [`eval`] | likelihoods, perplexity, tasks; `LanguageModel` (masked or causal) |
 //! | `mdm-data` | [`data`] | tokenizers, packed token shards, fine-tuning datasets |
 //! | `mdm-train` | [`train`](mod@train) | the training loop: MDM and baseline, pre-training and fine-tuning |
+//!
+//! The server, `mdm-serve`, is a crate of its own (binary `mdm-serve`).
 //!
 //! Backends (exactly as the features say; the first enabled one in this order is [`backend::Default`](type@backend::Default)):
 //! `cuda` (burn-cuda), `wgpu` (burn-wgpu), `flex` (burn-flex, pure-Rust CPU, the default),

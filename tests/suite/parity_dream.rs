@@ -487,8 +487,8 @@ fn a_dream_folder_is_evaluated() {
 fn a_dream_folder_is_evaluated_in(dir: &Path) {
     use mdm::data::Tokenizer;
     use mdm::eval::harness::{evaluate_task, Estimator, TaskSettings};
-    use mdm::eval::Masked;
     use mdm::eval::tasks::{ChoiceItem, ContinuationItem, Task, TaskItems};
+    use mdm::eval::Masked;
 
     let tokenizer = Tokenizer::from_folder(dir.join("model")).unwrap();
     let model = load(dir);
@@ -514,16 +514,8 @@ fn a_dream_folder_is_evaluated_in(dir: &Path) {
             ..TaskSettings::default()
         };
         for t in [&continuation, &choices] {
-            let run = || {
-                evaluate_task(
-                    &Masked(&model),
-                    &tokenizer,
-                    t,
-                    &settings,
-                    |_, _| {},
-                )
-                .unwrap()
-            };
+            let run =
+                || evaluate_task(&Masked(&model), &tokenizer, t, &settings, |_, _| {}).unwrap();
             let r = run();
             assert!(!r.metrics.is_empty());
             assert!(

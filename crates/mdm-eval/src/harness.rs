@@ -32,10 +32,10 @@ use mdm_samplers::{DecodingOptions, MaskedDiffusionSampler};
 use serde::Serialize;
 
 use crate::likelihood::McOptions;
-use crate::model::{ForwardCost, LanguageModel, Run, Scoring};
 use crate::metrics::{
     contains_reference, gsm8k_answer, mean, mean_stderr, multiple_choice, sentence_bleu,
 };
+use crate::model::{ForwardCost, LanguageModel, Run, Scoring};
 use crate::tasks::{Reference, Task, TaskItems};
 use crate::EvalError;
 

@@ -14,8 +14,7 @@ use mdm_kernels::Kernels;
 use mdm_models::{CausalPredictor, MaskPredictor, ModelError, ModelKind};
 use mdm_samplers::autoregressive::{generate_autoregressive, AutoregressiveConfig};
 use mdm_samplers::{
-    CacheMode, DecodingOptions, Join, MaskedDiffusionSampler, SamplerError, StepControl,
-    StepEvent,
+    CacheMode, DecodingOptions, Join, MaskedDiffusionSampler, SamplerError, StepControl, StepEvent,
 };
 
 use crate::likelihood::{

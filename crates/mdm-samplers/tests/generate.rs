@@ -531,7 +531,10 @@ fn a_network_with_only_logits_at_decodes_and_refuses_the_caches() {
     let own = m.logits(ids.clone()).unwrap().into_data();
     let default = minimal.logits(ids).unwrap().into_data();
     assert_eq!(own.shape, default.shape);
-    assert_eq!(own.to_vec::<f32>().unwrap(), default.to_vec::<f32>().unwrap());
+    assert_eq!(
+        own.to_vec::<f32>().unwrap(),
+        default.to_vec::<f32>().unwrap()
+    );
 
     let prompts = vec![vec![3, 4, 5], vec![7]];
     let options = DecodingOptions::default()

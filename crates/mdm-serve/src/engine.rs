@@ -658,8 +658,7 @@ fn generate<B: Backend, L: LanguageModel<B>>(
         passes: 0,
         last: Instant::now(),
     };
-    let mut on_step =
-        |event: &StepEvent| progress.report(&mut batch.borrow_mut(), event, metrics);
+    let mut on_step = |event: &StepEvent| progress.report(&mut batch.borrow_mut(), event, metrics);
     // more requests join a running batch at its next block where the model's decoding allows
     // (continuous batching); elsewhere a request that arrives while a batch runs waits
     let mut join = |_block: usize| {
@@ -869,7 +868,13 @@ fn score<B: Backend, L: LanguageModel<B>>(
         },
     };
     let score = model
-        .score(&job.context, &job.continuation, &scoring, job.cfg_scale, true)
+        .score(
+            &job.context,
+            &job.continuation,
+            &scoring,
+            job.cfg_scale,
+            true,
+        )
         .map_err(eval)?;
     Ok(Scored {
         loglikelihood: -score.nll,

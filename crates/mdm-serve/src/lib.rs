@@ -42,6 +42,6 @@ pub mod server;
 pub mod text;
 
 pub use engine::{Engine, EngineConfig};
-pub use mdm_eval::{Causal, LanguageModel, Masked};
 pub use error::{ApiError, ServeError};
+pub use mdm_eval::{Causal, LanguageModel, Masked};
 pub use server::{router, serve, AppState, ServerConfig, Stopped};

@@ -16,8 +16,8 @@ use mdm_data::chat::ChatPrompt;
 use mdm_data::Tokenizer;
 use mdm_models::ModelConfig;
 use mdm_serve::engine::{Engine, EngineConfig};
-use mdm_serve::Masked;
 use mdm_serve::server::{serve, AppState, ServerConfig};
+use mdm_serve::Masked;
 use serde_json::{json, Value};
 
 const TEXT: &str = "In the beginning God created the heaven and the earth. And the earth was \

@@ -8,8 +8,8 @@ use mdm_data::chat::ChatPrompt;
 use mdm_data::Tokenizer;
 use mdm_models::ModelConfig;
 use mdm_serve::engine::{Engine, EngineConfig};
-use mdm_serve::{Causal, LanguageModel, Masked};
 use mdm_serve::server::{serve, AppState, ServerConfig, Stopped};
+use mdm_serve::{Causal, LanguageModel, Masked};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
