@@ -40,6 +40,8 @@ p.add_argument("--sharded", action="store_true",
                help="one safetensors shard per layer (a model larger than memory)")
 p.add_argument("--no-convert", action="store_true", help="the Hugging Face folder alone")
 p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+p.add_argument("--experts", type=int, default=4, help="LLaDA-MoE / RND1: routed experts per layer")
+p.add_argument("--top-k", type=int, default=2, help="LLaDA-MoE / RND1: experts per token")
 args = p.parse_args()
 DTYPE = getattr(torch, args.dtype)
 tokenizers = os.path.join(args.shared, "data", "tokenizers")
@@ -59,6 +61,25 @@ def convert(folder, gguf):
     converter = os.path.join(args.llama, "src", "convert_hf_to_gguf.py")
     subprocess.run([sys.executable, converter, folder, "--outtype", args.outtype, "--outfile", gguf],
                    check=True)
+
+
+def save(hf, parts, count):
+    """The tensors `parts` yields (`count` of them) as one safetensors file, or with `--sharded`
+    one shard per part and an index (a model larger than memory is never held whole)."""
+    if args.sharded:
+        weight_map = {}
+        for n, tensors in enumerate(parts):
+            name = f"model-{n + 1:05d}-of-{count:05d}.safetensors"
+            save_file(tensors, os.path.join(hf, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in tensors})
+            del tensors
+        json.dump({"metadata": {}, "weight_map": weight_map},
+                  open(os.path.join(hf, "model.safetensors.index.json"), "w"), indent=1)
+    else:
+        tensors = {}
+        for part in parts:
+            tensors.update(part)
+        save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
 
 
 def llada(out):
@@ -99,20 +120,7 @@ def llada(out):
                 b + "ff_out.weight": weight(d, hidden),
             }
 
-    if args.sharded:
-        weight_map, parts = {}, list(range(layers + 1 + args.untied))
-        for n, tensors in enumerate(shards()):
-            name = f"model-{n + 1:05d}-of-{len(parts):05d}.safetensors"
-            save_file(tensors, os.path.join(hf, name), metadata={"format": "pt"})
-            weight_map.update({k: name for k in tensors})
-            del tensors
-        json.dump({"metadata": {}, "weight_map": weight_map},
-                  open(os.path.join(hf, "model.safetensors.index.json"), "w"), indent=1)
-    else:
-        tensors = {}
-        for part in shards():
-            tensors.update(part)
-        save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    save(hf, shards(), layers + 1 + args.untied)
     tok = json.load(open(os.path.join(tokenizers, "gpt2", "tokenizer.json")))
     tok.setdefault("added_tokens", []).append({
         "id": 50257, "content": "<|mdm_mask|>", "single_word": False, "lstrip": False,
@@ -174,11 +182,17 @@ def gpt2_tokenizer(hf, mask_id, mask="<|mdm_mask|>"):
 
 
 def moe_tensors(layers, d, heads, kv, hd, experts, expert_hidden, vocab):
-    """Qwen-named weights of a network whose every layer is a Mixture of Experts with q/k norms."""
-    tensors = {"model.embed_tokens.weight": weight(vocab, d), "model.norm.weight": gain(d),
+    """Qwen-named weights of a network whose every layer is a Mixture of Experts with q/k norms,
+    saved as `save` does (one part for the embedding, norm and head, then one per layer)."""
+    def parts():
+        yield {"model.embed_tokens.weight": weight(vocab, d), "model.norm.weight": gain(d),
                "lm_head.weight": weight(vocab, d)}
-    for i in range(layers):
+        for i in range(layers):
+            yield layer(i)
+
+    def layer(i):
         b = f"model.layers.{i}."
+        tensors = {}
         tensors.update({
             b + "input_layernorm.weight": gain(d), b + "post_attention_layernorm.weight": gain(d),
             b + "self_attn.q_proj.weight": weight(heads * hd, d),
@@ -196,7 +210,8 @@ def moe_tensors(layers, d, heads, kv, hd, experts, expert_hidden, vocab):
                 x + "up_proj.weight": weight(expert_hidden, d),
                 x + "down_proj.weight": weight(d, expert_hidden),
             })
-    return tensors
+        return tensors
+    return parts(), layers + 1
 
 
 def lladamoe(out):
@@ -205,7 +220,7 @@ def lladamoe(out):
     hf = os.path.join(out, "lladamoe", "hf")
     os.makedirs(hf, exist_ok=True)
     d, heads, kv, layers = args.d, args.heads, args.kv, args.layers
-    experts, top_k, expert_hidden, vocab, mask = 4, 2, args.hidden, 156928, 156895
+    experts, top_k, expert_hidden, vocab, mask = args.experts, args.top_k, args.hidden, 156928, 156895
     config = {
         "architectures": ["LLaDAMoEModelLM"], "model_type": "lladamoe", "attention_bias": False,
         "attention_dropout": 0.0, "clip_qkv": None, "dense_intermediate_size": expert_hidden,
@@ -219,10 +234,10 @@ def lladamoe(out):
         "tie_word_embeddings": False, "dtype": args.dtype, "use_cache": False, "vocab_size": vocab,
     }
     json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
-    tensors = moe_tensors(layers, d, heads, kv, d // heads, experts, expert_hidden, vocab)
-    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    save(hf, *moe_tensors(layers, d, heads, kv, d // heads, experts, expert_hidden, vocab))
     gpt2_tokenizer(hf, mask)
-    convert(hf, os.path.join(out, "lladamoe", f"model-{args.outtype}.gguf"))
+    if not args.no_convert:
+        convert(hf, os.path.join(out, "lladamoe", f"model-{args.outtype}.gguf"))
 
 
 def rnd1(out):
@@ -230,7 +245,8 @@ def rnd1(out):
     hf = os.path.join(out, "rnd1", "hf")
     os.makedirs(hf, exist_ok=True)
     d, heads, kv, layers = args.d, args.heads, args.kv, args.layers
-    experts, top_k, expert_hidden, vocab, mask, hd = 4, 2, args.hidden, 50304, 50257, 2 * (args.d // args.heads)
+    experts, top_k, expert_hidden = args.experts, args.top_k, args.hidden
+    vocab, mask, hd = 50304, 50257, 2 * (args.d // args.heads)
     config = {
         "architectures": ["RND1"], "model_type": "rnd1", "attention_bias": False,
         "attention_dropout": 0.0, "eos_token_id": 50256, "pad_token_id": 50256, "head_dim": hd,
@@ -244,10 +260,10 @@ def rnd1(out):
         "use_sliding_window": False, "vocab_size": vocab,
     }
     json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
-    tensors = moe_tensors(layers, d, heads, kv, hd, experts, expert_hidden, vocab)
-    save_file(tensors, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    save(hf, *moe_tensors(layers, d, heads, kv, hd, experts, expert_hidden, vocab))
     gpt2_tokenizer(hf, mask)
-    convert(hf, os.path.join(out, "rnd1", f"model-{args.outtype}.gguf"))
+    if not args.no_convert:
+        convert(hf, os.path.join(out, "rnd1", f"model-{args.outtype}.gguf"))
 
 
 for family in args.families.split(","):

@@ -143,6 +143,13 @@ pub trait LanguageModel<B: Backend> {
     ) -> Result<Score, EvalError>;
 }
 
+/// The first position [`LanguageModel::predictions`] predicts (the first token has nothing
+/// before it); `None` when none is left.
+fn first_predicted(tokens: &[usize], from: usize) -> Option<usize> {
+    let from = from.max(1);
+    (from < tokens.len()).then_some(from)
+}
+
 /// Rows of the chain rule per forward pass in [`LanguageModel::predictions`].
 const PREDICTION_ROWS: usize = 32;
 
@@ -199,11 +206,9 @@ impl<B: Kernels, M: MaskPredictor<B>> LanguageModel<B> for Masked<M> {
     }
 
     fn predictions(&self, tokens: &[usize], from: usize) -> Result<Vec<Tensor<B, 2>>, ModelError> {
-        let n = tokens.len();
-        let from = from.max(1);
-        if from >= n {
+        let (n, Some(from)) = (tokens.len(), first_predicted(tokens, from)) else {
             return Ok(Vec::new());
-        }
+        };
         let device = self.0.device();
         // row k: tokens[..from + k], masks after it, scored at position from + k
         let rows = chain_rule_rows(&tokens[..from], &tokens[from..], self.0.mask_id());
@@ -333,11 +338,9 @@ impl<B: Kernels, C: CausalPredictor<B>> LanguageModel<B> for Causal<C> {
     }
 
     fn predictions(&self, tokens: &[usize], from: usize) -> Result<Vec<Tensor<B, 2>>, ModelError> {
-        let n = tokens.len();
-        let from = from.max(1);
-        if from >= n {
+        let (n, Some(from)) = (tokens.len(), first_predicted(tokens, from)) else {
             return Ok(Vec::new());
-        }
+        };
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.0.device());
         let logits = self.0.logits(ids)?;
