@@ -31,6 +31,10 @@ use crate::quant::{self, GgmlType};
 /// Where a packed matrix's bytes live.
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+/// Frees the memory behind a byte range of a matrix's [`SharedBytes`] once nothing reads it
+/// (a memory map's `MADV_DONTNEED`: the pages are read back from the file if touched again).
+pub type Release = Arc<dyn Fn(Range<usize>) + Send + Sync>;
+
 /// A `[rows, cols]` weight matrix in PyTorch's layout (row `r` holds output feature `r`'s weights
 /// over the inputs), each row a whole number of its type's blocks.
 #[derive(Clone)]
@@ -42,6 +46,8 @@ pub struct PackedMatrix {
     range: Range<usize>,
     /// The bytes in a kernel's layout, made on first use ([`Self::repacked`]), shared by clones.
     repacked: Arc<OnceLock<Arc<Vec<u8>>>>,
+    /// How the stored bytes a repacked copy replaces are freed (mapped files).
+    release: Option<Release>,
 }
 
 impl fmt::Debug for PackedMatrix {
@@ -87,7 +93,16 @@ impl PackedMatrix {
             bytes,
             range,
             repacked: Arc::default(),
+            release: None,
         })
+    }
+
+    /// The matrix whose stored bytes, once a repacked copy holds their rows
+    /// ([`Self::repacked`]), are freed by `release` (called with the range in the shared bytes).
+    /// The bytes stay readable: a memory map reads freed pages back from its file.
+    pub fn with_release(mut self, release: Release) -> Self {
+        self.release = Some(release);
+        self
     }
 
     /// `values` (`[rows, cols]` row-major) quantized to `dtype` ([`quant::quantize`]).
@@ -183,9 +198,21 @@ impl PackedMatrix {
 
     /// The matrix's bytes in the layout a kernel reads (one layout per matrix: the integer
     /// kernels' interleaved rows, [`crate::cpu::qdot`]), made by `make` on first use and kept
-    /// with the matrix and its clones: a second copy of the weights for as long as they live.
-    pub fn repacked(&self, make: impl FnOnce(&Self) -> Vec<u8>) -> Arc<Vec<u8>> {
-        self.repacked.get_or_init(|| Arc::new(make(self))).clone()
+    /// with the matrix and its clones. The copy holds the first `covered` rows, which the
+    /// kernel reads from it alone from then on: where the matrix has a [`Release`] (a mapped
+    /// file) their stored bytes are freed, so the weights are held once; elsewhere the copy is a
+    /// second one for as long as the matrix lives.
+    pub fn repacked(&self, covered: usize, make: impl FnOnce(&Self) -> Vec<u8>) -> Arc<Vec<u8>> {
+        self.repacked
+            .get_or_init(|| {
+                let copy = Arc::new(make(self));
+                if let Some(release) = &self.release {
+                    let start = self.range.start;
+                    release(start..start + covered.min(self.rows) * self.row_bytes());
+                }
+                copy
+            })
+            .clone()
     }
 
     /// The whole matrix widened to f32, `[rows, cols]` row-major.
@@ -226,7 +253,9 @@ impl PackedMatrix {
         let row = self.row_bytes();
         let start = self.range.start + rows.start * row;
         let range = start..start + rows.len() * row;
-        Self::new(self.dtype, rows.len(), self.cols, self.bytes.clone(), range)
+        let mut view = Self::new(self.dtype, rows.len(), self.cols, self.bytes.clone(), range)?;
+        view.release = self.release.clone();
+        Ok(view)
     }
 
     /// Several matrices of one type and width stacked row-wise into one (q, k and v fused).
@@ -251,5 +280,50 @@ impl PackedMatrix {
         let rows = parts.iter().map(|p| p.rows).sum();
         let len = bytes.len();
         Self::new(first.dtype, rows, first.cols, Arc::new(bytes), 0..len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn a_repacked_copy_releases_the_stored_rows_it_covers_once() {
+        // [40 rows, 32 columns] of Q8_0 (34 bytes a row) at offset 100 of a larger buffer
+        let (rows, cols, offset) = (40, 32, 100);
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let q = PackedMatrix::quantize(GgmlType::Q8_0, rows, cols, &values).unwrap();
+        let mut buffer = vec![0u8; offset];
+        buffer.extend_from_slice(q.bytes());
+        let len = q.bytes().len();
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let log = released.clone();
+        let release: Release = Arc::new(move |r| log.lock().unwrap().push(r));
+        let w = PackedMatrix::new(
+            GgmlType::Q8_0,
+            rows,
+            cols,
+            Arc::new(buffer),
+            offset..offset + len,
+        )
+        .unwrap()
+        .with_release(release);
+        let clone = w.clone();
+        let copy = w.repacked(32, |m| m.bytes()[..32 * 34].to_vec());
+        assert_eq!(copy.len(), 32 * 34);
+        // made once: the clone shares it and releases nothing again
+        let again = clone.repacked(32, |_| unreachable!("made twice"));
+        assert!(Arc::ptr_eq(&copy, &again));
+        assert_eq!(*released.lock().unwrap(), vec![offset..offset + 32 * 34]);
+        // a view of some rows carries the release, with its own range
+        let view = w.slice_rows(8..24).unwrap();
+        view.repacked(16, |m| m.bytes().to_vec());
+        assert_eq!(
+            released.lock().unwrap()[1],
+            offset + 8 * 34..offset + 24 * 34
+        );
+        // the stored bytes stay readable (here owned: nothing is freed)
+        assert_eq!(w.to_f32(), q.to_f32());
     }
 }

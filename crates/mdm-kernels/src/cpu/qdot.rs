@@ -401,11 +401,15 @@ pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Ve
     // Q4_K on VNNI: groups of 16 rows interleaved once per matrix, one output row per lane
     #[cfg(target_arch = "x86_64")]
     let interleaved = (path == Path::Avx512Vnni && n >= LANES)
-        .then(|| match dtype {
-            GgmlType::Q4K => Some(w.repacked(interleave_q4_k)),
-            GgmlType::Q6K => Some(w.repacked(interleave_q6_k)),
-            GgmlType::Q8_0 => Some(w.repacked(interleave_q8_0)),
-            _ => None,
+        .then(|| {
+            // the whole groups: their rows are read from the copy alone from now on
+            let whole = n / LANES * LANES;
+            match dtype {
+                GgmlType::Q4K => Some(w.repacked(whole, interleave_q4_k)),
+                GgmlType::Q6K => Some(w.repacked(whole, interleave_q6_k)),
+                GgmlType::Q8_0 => Some(w.repacked(whole, interleave_q8_0)),
+                _ => None,
+            }
         })
         .flatten();
     (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each(|task| {

@@ -366,6 +366,9 @@ impl Gguf {
         };
         let start = at as usize;
         let bytes: mdm_kernels::packed::SharedBytes = self.map.clone();
+        let map = self.map.clone();
+        let release: mdm_kernels::packed::Release =
+            std::sync::Arc::new(move |range| drop_pages(&map, range));
         let (rows, count) = (rows as usize, count as usize);
         let all = mdm_kernels::PackedMatrix::new(
             tensor.dtype,
@@ -374,7 +377,8 @@ impl Gguf {
             bytes,
             start..start + tensor.bytes as usize,
         )
-        .map_err(fault)?;
+        .map_err(fault)?
+        .with_release(release);
         match index {
             None => Ok(all),
             Some(i) if i < count => all.slice_rows(i * rows..(i + 1) * rows).map_err(fault),
@@ -388,16 +392,8 @@ impl Gguf {
         let Some(tensor) = self.tensor(name) else {
             return;
         };
-        // SAFETY: the map is private and read-only: MADV_DONTNEED drops clean pages, which the
-        // kernel reads back from the unchanged file when touched again. An error leaves them.
-        #[cfg(unix)]
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                (self.data_offset + tensor.offset) as usize,
-                tensor.bytes as usize,
-            )
-        };
+        let start = (self.data_offset + tensor.offset) as usize;
+        drop_pages(&self.map, start..start + tensor.bytes as usize);
     }
 
     /// Tensor `name` as f32 values (row-major) and its row-major shape.
@@ -580,6 +576,25 @@ impl crate::params::TensorStore for Gguf {
     fn release(&self, name: &str) {
         Gguf::release(self, name)
     }
+}
+
+/// Drops from memory the pages of `map` wholly inside `range` (byte offsets into the map; pages
+/// shared with a neighbouring tensor stay). Clean pages of a private read-only map: the kernel
+/// reads them back from the unchanged file if they are touched again. An error leaves them.
+fn drop_pages(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    // a multiple of every page size in use (4, 16 and 64 KiB); the map starts on a page
+    const ALIGN: usize = 1 << 16;
+    let start = range.start.div_ceil(ALIGN) * ALIGN;
+    let end = range.end / ALIGN * ALIGN;
+    if end <= start {
+        return;
+    }
+    // SAFETY: the map is private and read-only: MADV_DONTNEED drops clean pages, which the
+    // kernel reads back from the unchanged file when touched again.
+    #[cfg(unix)]
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
 }
 
 #[cfg(test)]
