@@ -42,6 +42,11 @@ p.add_argument("--no-convert", action="store_true", help="the Hugging Face folde
 p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 p.add_argument("--experts", type=int, default=4, help="LLaDA-MoE / RND1: routed experts per layer")
 p.add_argument("--top-k", type=int, default=2, help="LLaDA-MoE / RND1: experts per token")
+p.add_argument("--groups", type=int, default=4, help="LLaDA2: expert groups")
+p.add_argument("--top-groups", type=int, default=2, help="LLaDA2: groups chosen per token")
+p.add_argument("--head-dim", type=int, default=16, help="LLaDA2: head size")
+p.add_argument("--rotary", type=float, default=0.5, help="LLaDA2: rotary fraction of each head")
+p.add_argument("--dense-hidden", type=int, default=96, help="LLaDA2: the dense first layer's SwiGLU")
 args = p.parse_args()
 DTYPE = getattr(torch, args.dtype)
 tokenizers = os.path.join(args.shared, "data", "tokenizers")
@@ -266,5 +271,63 @@ def rnd1(out):
         convert(hf, os.path.join(out, "rnd1", f"model-{args.outtype}.gguf"))
 
 
+def llada2(out):
+    """LLaDA2.0 (`llada2_moe`): fused query_key_value, q/k norms, RoPE on `--rotary` of each head,
+    the first layer dense (`--dense-hidden`), then sigmoid group-limited MoE (`--experts`,
+    `--top-k`, `--groups`, `--top-groups`) with an expert bias and one shared expert of
+    `--hidden`. A Hugging Face folder only (llama.cpp's converter writes no LLaDA2)."""
+    hf = os.path.join(out, "llada2", "hf")
+    os.makedirs(hf, exist_ok=True)
+    d, heads, kv, layers, hd = args.d, args.heads, args.kv, args.layers, args.head_dim
+    experts, top_k, expert_hidden, dense_hidden = args.experts, args.top_k, args.hidden, args.dense_hidden
+    vocab, mask, eos = 157184, 156895, 50256
+    config = {
+        "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe", "attention_dropout": 0.0,
+        "dtype": args.dtype, "embedding_dropout": 0.0, "eos_token_id": eos,
+        "first_k_dense_replace": 1, "head_dim": hd, "hidden_act": "silu", "hidden_size": d,
+        "initializer_range": 0.02, "intermediate_size": dense_hidden, "mask_token_id": mask,
+        "max_position_embeddings": 8192, "max_window_layers": 28, "moe_intermediate_size": expert_hidden,
+        "n_group": args.groups, "norm_head": False, "num_attention_heads": heads,
+        "num_experts": experts, "num_experts_per_tok": top_k, "num_hidden_layers": layers,
+        "num_key_value_heads": kv, "num_shared_experts": 1, "output_dropout": 0.0,
+        "output_router_logits": False, "pad_token_id": eos, "partial_rotary_factor": args.rotary,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 600000.0,
+        "routed_scaling_factor": 2.5, "sliding_window": 4096, "tie_word_embeddings": False,
+        "topk_group": args.top_groups, "use_bias": False, "use_cache": True, "use_qk_norm": True,
+        "use_qkv_bias": False, "use_sliding_window": False, "vocab_size": vocab,
+    }
+    json.dump(config, open(os.path.join(hf, "config.json"), "w"), indent=1)
+
+    def parts():
+        yield {"model.word_embeddings.weight": weight(vocab, d), "model.norm.weight": gain(d),
+               "lm_head.weight": weight(vocab, d)}
+        for i in range(layers):
+            b = f"model.layers.{i}."
+            t = {
+                b + "input_layernorm.weight": gain(d), b + "post_attention_layernorm.weight": gain(d),
+                b + "attention.query_key_value.weight": weight((heads + 2 * kv) * hd, d),
+                b + "attention.dense.weight": weight(d, heads * hd),
+                b + "attention.query_layernorm.weight": gain(hd),
+                b + "attention.key_layernorm.weight": gain(hd),
+            }
+            if i == 0:
+                t.update({b + "mlp.gate_proj.weight": weight(dense_hidden, d),
+                          b + "mlp.up_proj.weight": weight(dense_hidden, d),
+                          b + "mlp.down_proj.weight": weight(d, dense_hidden)})
+            else:
+                t[b + "mlp.gate.weight"] = (weight(experts, d).float() * 4).to(DTYPE)
+                t[b + "mlp.gate.expert_bias"] = (0.1 * torch.randn(experts, generator=gen)).float()
+                for w, (o, n) in {"gate_proj": (expert_hidden, d), "up_proj": (expert_hidden, d),
+                                  "down_proj": (d, expert_hidden)}.items():
+                    t[f"{b}mlp.shared_experts.{w}.weight"] = weight(o, n)
+                    for e in range(experts):
+                        t[f"{b}mlp.experts.{e}.{w}.weight"] = weight(o, n)
+            yield t
+
+    save(hf, parts(), layers + 1)
+    gpt2_tokenizer(hf, mask)
+
+
 for family in args.families.split(","):
-    {"llada": llada, "dream": dream, "lladamoe": lladamoe, "rnd1": rnd1}[family](args.out)
+    {"llada": llada, "dream": dream, "lladamoe": lladamoe, "rnd1": rnd1,
+     "llada2": llada2}[family](args.out)
