@@ -113,14 +113,15 @@ impl ChatPrompt {
         Ok(prompt)
     }
 
-    /// `dir/tokenizer_config.json`'s template when the folder has one, else the plain template.
+    /// `dir/tokenizer_config.json`'s template when the folder has one, else the plain template
+    /// (no such file, or a file without a `chat_template` key: a base model's; a template that is
+    /// there but does not parse is an error).
     pub fn for_folder(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let file = dir.as_ref().join("tokenizer_config.json");
-        if file.is_file() {
-            Self::from_tokenizer_config(file)
-        } else {
-            Ok(Self::plain())
+        if !file.is_file() || !has_template(&file) {
+            return Ok(Self::plain());
         }
+        Self::from_tokenizer_config(file)
     }
 
     /// The prompt text of `messages`; with `add_generation_prompt`, ending where the assistant's
@@ -155,6 +156,15 @@ impl ChatPrompt {
     }
 }
 
+/// Whether the JSON object in `file` has a non-null `chat_template` key (an unreadable file
+/// answers yes: reading it again reports the error).
+fn has_template(file: &Path) -> bool {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_none_or(|json| !json["chat_template"].is_null())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +175,25 @@ mod tests {
         message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = \
         bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}\
         {{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+    #[test]
+    fn a_folder_whose_config_has_no_template_is_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}"#,
+        )
+        .unwrap();
+        let prompt = ChatPrompt::for_folder(dir.path()).unwrap();
+        assert_eq!(prompt.origin, ChatPrompt::plain().origin);
+        // a template that is there but does not parse is still an error
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": "{% for m in messages %}"}"#,
+        )
+        .unwrap();
+        assert!(ChatPrompt::for_folder(dir.path()).is_err());
+    }
 
     #[test]
     fn llada_instruct_template_renders() {
