@@ -2,7 +2,7 @@
 # Block diffusion on a full-size LLaDA2 folder (docs/benchmarks.md, "A LLaDA2.0-mini shape"): the
 # model loaded once by mdm-serve (with QUANT, default q4_k, quantized on load), then the same blocks
 # decoded with the exact cache of the earlier blocks (`cache: prefix`) and without it, each request
-# timed; the server's peak memory from /usr/bin/time when it is stopped.
+# timed; the server's peak resident memory (VmHWM) before it is stopped.
 #
 #   bash scripts/bench_block_diffusion.sh LLADA2_FOLDER [PROMPT_TOKENS] [GEN_TOKENS]
 #
@@ -19,8 +19,8 @@ bin=${CARGO_TARGET_DIR:-target}/release/mdm-serve
 port=18411
 log=$(mktemp)
 started=$(date +%s.%N)
-/usr/bin/time -f "TIME %e %M" "$bin" --hf "$model" --quant "$quant" --port "$port" \
-    --max-tokens "$gen" --request-timeout 3600 2> "$log" &
+"$bin" --hf "$model" --quant "$quant" --port "$port" --max-tokens "$gen" \
+    --request-timeout 3600 2> "$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do
@@ -39,6 +39,6 @@ for cache in prefix none; do
     n=$(echo "$out" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["choices"][0]["token_ids"]))')
     echo "cache $cache: $n tokens in $t s ($(echo "scale=2; $n / $t" | bc) tokens/s)"
 done
+grep VmHWM "/proc/$pid/status" | awk '{print "server peak " int($2 / 1024) " MB"}'
 kill -TERM "$pid"
 wait "$pid" || true
-grep "^TIME" "$log" | awk '{print "server peak " int($3 / 1024) " MB"}'

@@ -357,7 +357,11 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
             _ => true,
         },
         head_dim,
-        qk_norm: gguf.tensor("blk.0.attn_q_norm.weight").is_some(),
+        // the first layer's q norm, by the layout's own names
+        qk_norm: match (layout.names)(Slot::Layer(0, crate::slots::LayerSlot::QNorm)) {
+            Some(Mapped::One(name)) => gguf.tensor(&name).is_some(),
+            _ => false,
+        },
         moe,
     };
     config.validate()?;
