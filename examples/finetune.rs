@@ -77,6 +77,11 @@ struct Args {
     /// Fraction of rows whose prompt is masked (CFG training; 0 = unsupervised CFG).
     #[arg(long, default_value_t = 0.0)]
     cfg_drop: f64,
+    /// Weight of the experts' load-balancing loss (a Mixture-of-Experts model; default: the
+    /// folder's `router_aux_loss_coef` where its config sets `output_router_logits` and its
+    /// reference computes the loss, else 0; 0 turns it off).
+    #[arg(long)]
+    router_aux_loss: Option<f64>,
     #[arg(long, default_value_t = 16)]
     micro_batch: usize,
     #[arg(long, default_value_t = 1)]
@@ -182,6 +187,7 @@ fn run(args: &Args, session: &parallel::Session) -> Result<()> {
         warmup_steps: args.warmup_steps,
         weight_decay: args.weight_decay,
         cfg_drop: args.cfg_drop,
+        router_aux_loss: args.router_aux_loss,
         seed: args.seed,
         save_every: args.save_every,
         log_every: args.log_every,

@@ -108,6 +108,10 @@ struct Args {
     /// Prompt dropout probability for CFG training (fine-tuning data only).
     #[arg(long)]
     cfg_drop: Option<f64>,
+    /// Weight of the experts' load-balancing loss (a Mixture-of-Experts model; default: the
+    /// model's own, 0 for most; 0 turns it off).
+    #[arg(long)]
+    router_aux_loss: Option<f64>,
     /// Order of the training blocks: `global` (the whole corpus in one shuffle, default) or
     /// `litgpt` (lit-gpt's buffers of --n-chunks shards, as SMDM; starves small corpora).
     #[arg(long)]
@@ -161,6 +165,9 @@ fn train_config(args: &Args) -> Result<TrainConfig> {
     );
     set!(beta1, beta2, adam_eps, mask_eps, cfg_drop, n_chunks, log_every);
     set!(data_order, lr_schedule);
+    if args.router_aux_loss.is_some() {
+        c.router_aux_loss = args.router_aux_loss;
+    }
     if args.stratified_t {
         c.stratified_t = true;
     }

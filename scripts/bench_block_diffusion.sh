@@ -30,8 +30,8 @@ done
 echo "date $(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo "loaded ($quant) in $(echo "$(date +%s.%N) - $started" | bc) s"
 prompt=$(seq -s, 1000 $((1000 + prompt_len - 1)))
-# a first request, not timed: each expert's interleaved copy is made on its first product, so that
-# neither measured request pays it
+# a first request, not timed: neither measured request pays what a first pass does once (a matrix
+# read in place from a file is interleaved on its first product; one quantized on load is already)
 for cache in warm-up prefix none; do
     body="{\"prompt\": [$prompt], \"max_tokens\": $gen, \"steps\": $gen, \"block_length\": 32,
            \"block_causal\": true, \"cache\": \"${cache/warm-up/none}\"}"

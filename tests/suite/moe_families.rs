@@ -591,3 +591,132 @@ fn block_diffusion_parity(
         failures.join("\n")
     );
 }
+
+/// The experts' load-balancing loss (`router_aux_loss` in training) and its gradient at every
+/// router equal the reference's, from the routers' logits of the same batch
+/// (`tests/data/lladamoe-aux-loss`, made by `scripts/moe_aux_loss_fixture.py` from the LLaDA-MoE
+/// folder copied in `tests/data`, whose weights it names by digest; LLaDA-MoE's own forward cannot
+/// return router logits, see the script). A fine-tuning step through it moves the routers more
+/// than one without it.
+#[test]
+fn the_load_balancing_loss_and_its_router_gradients_match_the_reference() {
+    use mdm::backend::Training as A;
+    use mdm::models::moe::load_balancing_loss;
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let cases = read_tensors(&dir.join("lladamoe-aux-loss/cases.safetensors"));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("lladamoe-aux-loss/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let device = backend::device();
+    let model = MaskedTransformer::<A>::load_hf(dir.join("lladamoe-parity/model"), &device)
+        .expect("the in-repo LLaDA-MoE folder");
+    let moe = model.config().moe.clone().expect("a Mixture of Experts");
+    assert_eq!(
+        moe.n_experts as u64,
+        manifest["n_experts"].as_u64().unwrap()
+    );
+    let ids = {
+        let t = &cases["ids"];
+        Tensor::<A, 2, Int>::from_data(TensorData::new(t.i64(), [t.shape[0], t.shape[1]]), &device)
+    };
+    let none = Tensor::<A, 1, Int>::from_data(TensorData::new(Vec::<i64>::new(), [0]), &device);
+    let (_, router_logits) = model.forward_at_routed(ids, none).unwrap();
+    let layers: Vec<usize> = manifest["moe_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(
+        router_logits.len(),
+        layers.len(),
+        "one set of logits per MoE layer"
+    );
+    for (logits, l) in router_logits.iter().zip(&layers) {
+        let diff = max_abs_diff(
+            &logits
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
+            &cases[&format!("router_logits.{l}")].f32(),
+        );
+        assert!(diff < 1e-4, "layer {l}: router logits differ by {diff}");
+    }
+    let loss = load_balancing_loss(router_logits, moe.n_experts, moe.top_k).unwrap();
+    let value = loss.clone().into_scalar() as f64;
+    let expected = cases["aux_loss"].f32()[0] as f64;
+    assert!(
+        (value - expected).abs() < 1e-5,
+        "loss {value} against the reference's {expected}"
+    );
+    let grads = loss.backward();
+    for l in &layers {
+        let Ffn::Moe(m) = &model.net.blocks[*l].mlp else {
+            panic!("layer {l} is a Mixture of Experts")
+        };
+        // ours is `[C, E]`, the reference's `gate.weight.grad` `[E, C]`
+        let grad = m
+            .router
+            .weight()
+            .unwrap()
+            .grad(&grads)
+            .expect("the router has a gradient");
+        let grad = grad.transpose().into_data().to_vec::<f32>().unwrap();
+        let expected = cases[&format!("gate_grad.{l}")].f32();
+        let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = max_abs_diff(&grad, &expected);
+        assert!(
+            scale > 0.0 && diff < 1e-5 + 1e-4 * scale as f64,
+            "layer {l}: router gradient differs by {diff} (largest {scale})"
+        );
+    }
+
+    // training adds it with the weight asked for: the same draws, weights 0, 1 and 2
+    use mdm::train::objective::{router_aux_weight, Batch, TrainModel};
+    use mdm::train::TrainConfig;
+    let t = &cases["ids"];
+    let batch = Batch {
+        ids: t.i64().iter().map(|&x| x as u32).collect(),
+        rows: t.shape[0],
+        cols: t.shape[1],
+        prompt_len: Some(vec![2; t.shape[0]]),
+    };
+    let loss_with = |weight: f64| {
+        let config = TrainConfig {
+            router_aux_loss: Some(weight),
+            ..TrainConfig::default()
+        };
+        let mut rng = mdm::diffusion::rng_from_seed(3);
+        model.loss(&batch, &config, &mut rng).unwrap().into_scalar() as f64
+    };
+    let (l0, l1, l2) = (loss_with(0.0), loss_with(1.0), loss_with(2.0));
+    assert!(
+        l1 - l0 > 0.5 && ((l2 - l1) - (l1 - l0)).abs() < 1e-4,
+        "the loss grows by the weight times the balancing loss: {l0} {l1} {l2}"
+    );
+    // a folder's own weight: LLaDA-MoE's coefficient where its config asks for router logits
+    assert_eq!(
+        router_aux_weight(&TrainConfig::default(), model.config()),
+        0.0
+    );
+    let asked = std::env::temp_dir().join(format!("mdm-aux-{}", std::process::id()));
+    std::fs::create_dir_all(&asked).unwrap();
+    for entry in std::fs::read_dir(dir.join("lladamoe-parity/model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, asked.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("lladamoe-parity/model/config.json")).unwrap(),
+    )
+    .unwrap();
+    json["output_router_logits"] = true.into();
+    json["router_aux_loss_coef"] = 0.25.into();
+    std::fs::write(asked.join("config.json"), json.to_string()).unwrap();
+    let config = mdm::models::hf_model_config(&asked).unwrap();
+    std::fs::remove_dir_all(&asked).ok();
+    assert_eq!(router_aux_weight(&TrainConfig::default(), &config), 0.25);
+}

@@ -227,6 +227,17 @@ impl Kernels for Flex {
 
     const PACKS_WEIGHTS: bool = true;
 
+    fn keep_packed(w: PackedMatrix) -> PackedMatrix {
+        crate::cpu::qdot::compact(w)
+    }
+
+    fn requantize_packed(
+        w: &PackedMatrix,
+        dtype: crate::quant::GgmlType,
+    ) -> Result<PackedMatrix, String> {
+        crate::cpu::qdot::requantize_interleaved(w, dtype).unwrap_or_else(|| w.requantize(dtype))
+    }
+
     fn linear_packed<const D: usize>(x: Tensor<Self, D>, w: &PackedMatrix) -> Tensor<Self, D> {
         let dims = x.dims();
         if !fused() || x.dtype() != DType::F32 || dims[D - 1] != w.cols() {

@@ -124,6 +124,24 @@ pub trait Kernels: Backend {
         composed::linear_packed(x, w)
     }
 
+    /// A weight about to be kept for a model's life, in the layout this backend's products read
+    /// (burn-flex: [`cpu::qdot::compact`], the integer kernels' interleaved rows held once). The
+    /// default keeps it as it is.
+    fn keep_packed(w: PackedMatrix) -> PackedMatrix {
+        w
+    }
+
+    /// `w` converted to `dtype` on load ([`PackedMatrix::requantize`]: a chunk of rows at a time),
+    /// in the layout this backend's products read (burn-flex: straight into the integer kernels'
+    /// interleaved rows, [`cpu::qdot::requantize_interleaved`], never stored whole). Errors say
+    /// what does not fit.
+    fn requantize_packed(
+        w: &PackedMatrix,
+        dtype: crate::quant::GgmlType,
+    ) -> Result<PackedMatrix, String> {
+        w.requantize(dtype)
+    }
+
     /// Whether reading a float tensor on the host costs no copy ([`Self::with_host_f32`] lends
     /// the backend's own memory): a caller may then prefer host code over a device reduction.
     const HOST_MEMORY: bool = false;

@@ -48,6 +48,33 @@ pub struct PackedMatrix {
     repacked: Arc<OnceLock<Arc<Vec<u8>>>>,
     /// How the stored bytes a repacked copy replaces are freed (mapped files).
     release: Option<Release>,
+    /// Where the matrix holds its whole groups in the repacked copy alone ([`Self::compacted`]).
+    compact: Option<Arc<Compact>>,
+}
+
+/// Rebuilds a matrix's stored rows from a kernel's repacked copy of them.
+type Unpack = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
+
+/// The row-major bytes of a matrix whose first `covered` rows are held only in a kernel's
+/// repacked copy ([`PackedMatrix::compacted`]): the rows after them kept as stored, the others
+/// rebuilt from the copy (`unpack`, exact: the copy is a rearrangement) on the first read that
+/// needs them (export, a kernel that reads the stored layout), once.
+struct Compact {
+    repacked: Arc<Vec<u8>>,
+    covered: usize,
+    tail: Vec<u8>,
+    unpack: Box<Unpack>,
+    whole: OnceLock<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Compact {
+    fn as_ref(&self) -> &[u8] {
+        self.whole.get_or_init(|| {
+            let mut bytes = (self.unpack)(&self.repacked);
+            bytes.extend_from_slice(&self.tail);
+            bytes
+        })
+    }
 }
 
 impl fmt::Debug for PackedMatrix {
@@ -94,6 +121,7 @@ impl PackedMatrix {
             range,
             repacked: Arc::default(),
             release: None,
+            compact: None,
         })
     }
 
@@ -131,30 +159,91 @@ impl PackedMatrix {
     ) -> Result<Self, String> {
         let row_bytes = dtype.bytes_of(cols as u64)? as usize;
         let chunk = (1 << 16) / cols.max(1) + 1;
-        let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
-        let parts: Vec<Result<Vec<u8>, String>> = starts
-            .par_iter()
-            .map(|&start| {
+        // each chunk quantized straight into its place: the matrix is held once
+        let mut bytes = vec![0u8; rows * row_bytes];
+        bytes
+            .par_chunks_mut((chunk * row_bytes).max(1))
+            .enumerate()
+            .try_for_each(|(i, out)| {
+                let start = i * chunk;
                 let end = (start + chunk).min(rows);
                 let mut wide = vec![0.0; (end - start) * cols];
                 widen(start..end, &mut wide);
-                quant::quantize(dtype, &wide)
-            })
-            .collect();
-        let mut bytes = Vec::with_capacity(rows * row_bytes);
-        for part in parts {
-            bytes.extend_from_slice(&part?);
-        }
+                let part = quant::quantize(dtype, &wide)?;
+                out.copy_from_slice(&part);
+                Ok::<_, String>(())
+            })?;
         let len = bytes.len();
         Self::new(dtype, rows, cols, Arc::new(bytes), 0..len)
     }
 
     /// This matrix in `dtype`: rows widened to f32 and quantized a chunk at a time (chunks fixed
     /// by the sizes, in parallel), so no f32 copy of the whole matrix is ever held; the bytes
-    /// equal [`Self::quantize`] of [`Self::to_f32`].
+    /// equal [`Self::quantize`] of [`Self::to_f32`]. A matrix with a [`Release`] (read in place
+    /// from a mapped file) frees the stored pages of each chunk once it is read: a conversion on
+    /// load holds the source's pages of a few chunks, not of the whole matrix.
     pub fn requantize(&self, dtype: GgmlType) -> Result<Self, String> {
         Self::quantized_by_chunks(dtype, self.rows, self.cols, |rows, wide| {
-            self.rows_f32(rows, wide)
+            self.rows_f32(rows.clone(), wide);
+            self.release_rows(rows);
+        })
+    }
+
+    /// Rows `rows` widened and quantized to `dtype`: their bytes as a `dtype` matrix would store
+    /// them (each row's bytes depend on that row alone).
+    pub fn quantized_rows(&self, dtype: GgmlType, rows: Range<usize>) -> Result<Vec<u8>, String> {
+        let mut wide = vec![0.0; rows.len() * self.cols];
+        self.rows_f32(rows, &mut wide);
+        quant::quantize(dtype, &wide)
+    }
+
+    /// Frees the stored pages of rows `rows` where the matrix has a [`Release`] (read in place from
+    /// a mapped file; read back from it if touched again): a conversion that has read them.
+    pub fn release_rows(&self, rows: Range<usize>) {
+        if let Some(release) = &self.release {
+            let (row, start) = (self.row_bytes(), self.range.start);
+            release(start + rows.start * row..start + rows.end * row);
+        }
+    }
+
+    /// A `[rows, cols]` matrix of `dtype` held as a kernel's repacked copy of its first `covered`
+    /// rows (`repacked`) and the stored bytes of the others (`tail`), as [`Self::compacted`] leaves
+    /// one: made straight in the kernel's layout (a conversion on load), never stored whole.
+    /// `unpack` rebuilds the `covered` rows' stored bytes from the copy exactly.
+    pub fn from_repacked(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        repacked: Vec<u8>,
+        covered: usize,
+        tail: Vec<u8>,
+        unpack: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        let row = dtype.bytes_of(cols as u64)? as usize;
+        if covered > rows || tail.len() != (rows - covered) * row {
+            return Err(format!(
+                "{} stored bytes for rows {covered}..{rows} of {} ({row} a row)",
+                tail.len(),
+                dtype.name()
+            ));
+        }
+        let repacked = Arc::new(repacked);
+        let compact = Arc::new(Compact {
+            repacked: repacked.clone(),
+            covered,
+            tail,
+            unpack: Box::new(unpack),
+            whole: OnceLock::new(),
+        });
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            bytes: compact.clone(),
+            range: 0..rows * row,
+            repacked: Arc::new(OnceLock::from(repacked)),
+            release: None,
+            compact: Some(compact),
         })
     }
 
@@ -183,15 +272,45 @@ impl PackedMatrix {
         self.range.len()
     }
 
-    /// The stored bytes.
+    /// The stored bytes (of a [compacted](Self::compacted) matrix: rebuilt from its repacked copy
+    /// on the first call, and kept).
     pub fn bytes(&self) -> &[u8] {
         &(*self.bytes).as_ref()[self.range.clone()]
     }
 
+    /// The stored bytes of rows `rows` (of a [compacted](Self::compacted) matrix, rows after the
+    /// repacked ones without rebuilding the others).
+    pub fn stored_rows(&self, rows: Range<usize>) -> &[u8] {
+        let row = self.row_bytes();
+        if let Some(c) = self.compact.as_ref().filter(|c| rows.start >= c.covered) {
+            let start = (rows.start - c.covered) * row;
+            return &c.tail[start..start + rows.len() * row];
+        }
+        &self.bytes()[rows.start * row..rows.end * row]
+    }
+
+    /// Where the stored bytes are held as stored (a compacted matrix's are its own, rebuilt on
+    /// demand: `None`): a loader compares it with its source's to tell a matrix read in place.
+    pub fn stored_at(&self) -> Option<*const u8> {
+        match self.compact {
+            Some(_) => None,
+            None => Some(self.bytes().as_ptr()),
+        }
+    }
+
+    /// Bytes held besides a repacked copy: all the stored bytes, or for a
+    /// [compacted](Self::compacted) matrix its rows outside the copy (plus the rebuilt rows once
+    /// something read them).
+    pub fn stored_bytes_held(&self) -> usize {
+        match &self.compact {
+            Some(c) => c.tail.len() + c.whole.get().map_or(0, Vec::len),
+            None => self.range.len(),
+        }
+    }
+
     /// Rows `rows` widened to f32 into `out` (`rows.len() * cols` values).
     pub fn rows_f32(&self, rows: Range<usize>, out: &mut [f32]) {
-        let row = self.row_bytes();
-        let bytes = &self.bytes()[rows.start * row..rows.end * row];
+        let bytes = self.stored_rows(rows);
         // whole rows of a matrix checked at construction: cannot fail
         let _ = quant::dequantize(self.dtype, bytes, out);
     }
@@ -213,6 +332,41 @@ impl PackedMatrix {
                 copy
             })
             .clone()
+    }
+
+    /// The matrix holding its first `covered` rows in the repacked copy alone: the copy is made
+    /// now by `make` (as [`Self::repacked`] would on the first product) and the stored bytes of
+    /// those rows dropped; `unpack` rebuilds them from the copy exactly (`covered` rows, row-major)
+    /// if something reads them later ([`Self::bytes`]). For matrices whose bytes are their own
+    /// (quantized on load, stacked, reordered): a matrix with a [`Release`] (read in place from a
+    /// mapped file) frees its pages on the first product instead and is returned as it is, as is
+    /// one already compacted or whose copy would cover no row. The products, the bytes and the
+    /// values are unchanged; the memory is the copy's and the other rows'.
+    pub fn compacted(
+        self,
+        covered: usize,
+        make: impl FnOnce(&Self) -> Vec<u8>,
+        unpack: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+    ) -> Self {
+        if self.release.is_some() || self.compact.is_some() || covered == 0 || covered > self.rows {
+            return self;
+        }
+        let repacked = self.repacked(covered, make);
+        let tail = self.bytes()[covered * self.row_bytes()..].to_vec();
+        let compact = Arc::new(Compact {
+            repacked,
+            covered,
+            tail,
+            unpack: Box::new(unpack),
+            whole: OnceLock::new(),
+        });
+        let len = self.range.len();
+        Self {
+            bytes: compact.clone(),
+            range: 0..len,
+            compact: Some(compact),
+            ..self
+        }
     }
 
     /// The whole matrix widened to f32, `[rows, cols]` row-major.
@@ -325,5 +479,40 @@ mod tests {
         );
         // the stored bytes stay readable (here owned: nothing is freed)
         assert_eq!(w.to_f32(), q.to_f32());
+    }
+
+    #[test]
+    fn a_conversion_frees_each_chunk_of_a_mapped_matrix_once_read_and_gives_the_same_bytes() {
+        // [300, 256] of f16 at offset 64: two chunks of rows (257 and 43)
+        let (rows, cols, offset) = (300, 256, 64);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let f16 = PackedMatrix::quantize(GgmlType::F16, rows, cols, &values).unwrap();
+        let mut buffer = vec![0u8; offset];
+        buffer.extend_from_slice(f16.bytes());
+        let len = f16.bytes().len();
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let log = released.clone();
+        let release: Release = Arc::new(move |r| log.lock().unwrap().push(r));
+        let w = PackedMatrix::new(
+            GgmlType::F16,
+            rows,
+            cols,
+            Arc::new(buffer),
+            offset..offset + len,
+        )
+        .unwrap()
+        .with_release(release);
+        let q = w.requantize(GgmlType::Q8_0).unwrap();
+        let whole = PackedMatrix::quantize(GgmlType::Q8_0, rows, cols, &f16.to_f32()).unwrap();
+        assert_eq!(q.bytes(), whole.bytes());
+        // every stored byte freed once, chunk by chunk
+        let mut ranges = released.lock().unwrap().clone();
+        ranges.sort_by_key(|r| r.start);
+        assert_eq!(ranges.len(), 2, "{ranges:?}");
+        assert_eq!(ranges[0].start, offset);
+        assert_eq!(ranges[0].end, ranges[1].start);
+        assert_eq!(ranges[1].end, offset + len);
     }
 }

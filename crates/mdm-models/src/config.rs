@@ -153,6 +153,12 @@ pub struct MoeConfig {
     /// layers, LLaDA-MoE's `moe_layer_freq` zeros).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dense_layers: Vec<usize>,
+    /// The weight of the auxiliary load-balancing loss training adds
+    /// ([`crate::moe::load_balancing_loss`]): a folder's `router_aux_loss_coef` where its
+    /// `config.json` sets `output_router_logits` and its modeling code computes that loss
+    /// (LLaDA-MoE); 0 otherwise (training's `router_aux_loss` overrides it).
+    #[serde(default)]
+    pub aux_loss_coef: f64,
 }
 
 fn default_scaling() -> f64 {
@@ -176,6 +182,12 @@ impl MoeConfig {
             return bad(format!(
                 "top_k {} must be between 1 and the {} experts",
                 self.top_k, self.n_experts
+            ));
+        }
+        if !(self.aux_loss_coef.is_finite() && self.aux_loss_coef >= 0.0) {
+            return bad(format!(
+                "the load-balancing loss weight {} must be finite and not negative",
+                self.aux_loss_coef
             ));
         }
         if self.groups == 0 || !self.n_experts.is_multiple_of(self.groups) {

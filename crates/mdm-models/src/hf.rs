@@ -349,8 +349,12 @@ impl HfFolder {
         let (shard, view) = self.checked_view(key, shape)?;
         let start = view.data().as_ptr() as usize - shard.map.as_ptr() as usize;
         let bytes: mdm_kernels::packed::SharedBytes = shard.map.clone();
+        let map = shard.map.clone();
+        // pages consumed by a conversion (requantized a chunk of rows at a time) are freed
+        let release: mdm_kernels::packed::Release =
+            std::sync::Arc::new(move |range| crate::gguf::drop_pages(&map, range));
         mdm_kernels::PackedMatrix::new(dtype, rows, cols, bytes, start..start + view.data().len())
-            .map(Some)
+            .map(|m| Some(m.with_release(release)))
             .map_err(|reason| ModelError::Format {
                 file: shard.file.clone(),
                 reason: format!("`{key}`: {reason}"),

@@ -42,12 +42,13 @@ impl<B: Kernels> Proj<B> {
         }
     }
 
-    /// A projection by a packed weight.
+    /// A projection by a packed weight, in the layout the backend's products read
+    /// ([`Kernels::keep_packed`]).
     pub(crate) fn packed(w: PackedMatrix) -> Self {
         Self {
             weight: None,
             bias: None,
-            packed: Some(w),
+            packed: Some(B::keep_packed(w)),
         }
     }
 

@@ -89,6 +89,18 @@ impl<B: Kernels> MaskedTransformer<B> {
         self.logits_at(ids, None, index)
     }
 
+    /// As [`Self::forward_at`], with the router logits `[batch * seq_len, E]` of every
+    /// Mixture-of-Experts layer in layer order (none for a dense network): what
+    /// [`crate::moe::load_balancing_loss`] reads.
+    pub fn forward_at_routed(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        index: Tensor<B, 1, Int>,
+    ) -> Result<(Tensor<B, 2>, Vec<Tensor<B, 2>>), ModelError> {
+        let (hidden, router_logits) = self.net.hidden_routed(ids, None)?;
+        Ok((self.head_at(hidden, index), router_logits))
+    }
+
     /// As [`Self::forward_at`] for a right-padded batch: `padding` (`[batch, seq_len]`, true at padding
     /// positions) hides those keys from every query, so a row's logits are those of the row alone
     /// (up to floating-point summation order).

@@ -66,13 +66,15 @@ impl Footprint {
         };
         // the embedding and norms: half where the projections are not f32 (see `Transformer`)
         let dense_bytes = if target == GgmlType::F32 { 4 } else { 2 };
-        // the integer kernels' interleaved copy of quantized projections, where this CPU makes one
-        let interleaved = match packs {
-            true => mdm_kernels::cpu::qdot::interleaved_bytes_per_value(target).unwrap_or(0.0),
-            false => 0.0,
+        // quantized projections are held as the integer kernels' interleaved copy where this CPU
+        // makes one, in place of their stored bytes (dropped, or a mapped file's pages freed)
+        let per_value = match packs {
+            true => {
+                mdm_kernels::cpu::qdot::interleaved_bytes_per_value(target).unwrap_or(per_value)
+            }
+            false => per_value,
         };
-        let weights = (projections as f64 * (per_value + interleaved)) as u64
-            + (embedding + dense) * dense_bytes;
+        let weights = (projections as f64 * per_value) as u64 + (embedding + dense) * dense_bytes;
         let largest = largest * 4;
         let n = WORKING_POSITIONS as u64;
         let activations = n * (8 * c + 3 * i + v) * 4 + 2 * layers * n * c * 4;
@@ -315,9 +317,10 @@ mod tests {
             true,
         );
         assert!(bf16.weights < f32.weights / 2 + 3_000_000_000, "{bf16:?}");
-        // 4.5 bits a value, and the integer kernels' interleaved copy where this CPU makes one
+        // 4.5 bits a value, or the integer kernels' interleaved copy in their place where this
+        // CPU makes one
         let copy = mdm_kernels::cpu::qdot::interleaved_bytes_per_value(GgmlType::Q4K);
-        let share = (0.5625 + copy.unwrap_or(0.0)) / 2.0 + 0.1;
+        let share = copy.unwrap_or(0.5625) / 2.0 + 0.1;
         assert!(
             (q4.weights as f64) < bf16.weights as f64 * share,
             "{q4:?} {bf16:?}"

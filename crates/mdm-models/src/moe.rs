@@ -109,15 +109,6 @@ impl MoeConfig {
 }
 
 impl<B: Kernels> Moe<B> {
-    /// The scores `[tokens, E]` (f32) of `u` (`[tokens, C]`).
-    fn scores(&self, u: Tensor<B, 2>) -> Tensor<B, 2> {
-        let logits = to_f32(self.router.forward(u));
-        match self.config.score {
-            RouterScore::Softmax => activation::softmax(logits, 1),
-            RouterScore::Sigmoid => activation::sigmoid(logits),
-        }
-    }
-
     /// The experts chosen for each row of the router's logits `[tokens, E]` and their weights
     /// `[tokens, E]` (zero where not chosen; renormalised and scaled as the family does).
     pub fn route_logits(
@@ -169,10 +160,24 @@ impl<B: Kernels> Moe<B> {
 
     /// `[batch, seq_len, C]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, ModelError> {
+        self.forward_routed(x, None)
+    }
+
+    /// As [`Self::forward`], appending the router's logits `[batch * seq_len, E]` (f32, before
+    /// softmax or sigmoid) to `router_logits` when given.
+    pub fn forward_routed(
+        &self,
+        x: Tensor<B, 3>,
+        router_logits: Option<&mut Vec<Tensor<B, 2>>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
         let [batch, seq_len, c] = x.dims();
         let n = batch * seq_len;
         let u = x.reshape([n, c]);
-        let (routing, weights) = self.route(self.scores(u.clone()))?;
+        let logits = to_f32(self.router.forward(u.clone()));
+        if let Some(sink) = router_logits {
+            sink.push(logits.clone());
+        }
+        let (routing, weights) = self.route_logits(logits)?;
         let device = u.device();
         let mut y = u.zeros_like();
         for (e, expert) in self.experts.iter().enumerate() {
@@ -200,6 +205,61 @@ impl<B: Kernels> Moe<B> {
     }
 }
 
+/// The auxiliary load-balancing loss of Switch Transformers as LLaDA-MoE's
+/// `load_balancing_loss_func` computes it (without an attention mask, as a diffusion model calls
+/// it) over the router logits of every Mixture-of-Experts layer (`[tokens, E]` each, concatenated
+/// by rows into `N` rows): with `p = softmax(logits)`, `f_e` the share of the `N` rows whose top
+/// `k` of `p` holds expert `e` and `P_e` the mean of `p[:, e]`,
+/// `loss = E * sum_e f_e P_e` (`k` when every expert is chosen and scored equally; the top `k` of
+/// the plain softmax, whatever bias or groups the router chooses with, as the reference does).
+/// The gradient flows through `P` only (the choice is a one-hot, as in the reference).
+pub fn load_balancing_loss<B: Backend>(
+    router_logits: Vec<Tensor<B, 2>>,
+    n_experts: usize,
+    top_k: usize,
+) -> Result<Tensor<B, 1>, ModelError> {
+    if router_logits.is_empty() {
+        return Err(ModelError::Config {
+            reason: "a load-balancing loss needs router logits: the model has no \
+                     Mixture-of-Experts layer"
+                .into(),
+        });
+    }
+    let probs = activation::softmax(Tensor::cat(router_logits, 0), 1);
+    let [n, e] = probs.dims();
+    if e != n_experts || top_k == 0 || top_k > e {
+        return Err(ModelError::Config {
+            reason: format!(
+                "router logits of {e} experts for a load-balancing loss over {n_experts} experts, \
+                 top {top_k}"
+            ),
+        });
+    }
+    let host = probs
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|err| ModelError::ReadBack {
+            key: "router probabilities".into(),
+            reason: format!("{err:?}"),
+        })?;
+    let mut counts = vec![0.0f32; e];
+    let mut order: Vec<usize> = Vec::with_capacity(e);
+    for row in host.chunks(e) {
+        order.clear();
+        order.extend(0..e);
+        // descending; a tie keeps the lower index first
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        for &x in &order[..top_k] {
+            counts[x] += 1.0;
+        }
+    }
+    let share: Vec<f32> = counts.iter().map(|&c| c / n as f32).collect();
+    let share = Tensor::<B, 2>::from_data(TensorData::new(share, [1, e]), &probs.device());
+    Ok((probs.mean_dim(0) * share).sum() * n_experts as f32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +277,7 @@ mod tests {
             topk_groups,
             expert_bias: ExpertBias::Selection,
             dense_layers: vec![],
+            aux_loss_coef: 0.0,
         }
     }
 

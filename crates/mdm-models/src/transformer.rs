@@ -62,9 +62,18 @@ pub enum Ffn<B: Backend> {
 impl<B: Kernels> Ffn<B> {
     /// `[batch, seq_len, C]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, ModelError> {
+        self.forward_routed(x, None)
+    }
+
+    /// As [`Self::forward`], a Mixture of Experts appending its router logits to `router_logits`.
+    pub fn forward_routed(
+        &self,
+        x: Tensor<B, 3>,
+        router_logits: Option<&mut Vec<Tensor<B, 2>>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
         match self {
             Self::Dense(mlp) => Ok(mlp.forward(x)),
-            Self::Moe(moe) => moe.forward(x),
+            Self::Moe(moe) => moe.forward_routed(x, router_logits),
         }
     }
 
@@ -97,12 +106,16 @@ impl<B: Kernels> Block<B> {
         rope: &RopeTables<B>,
         bias: Option<Tensor<B, 4>>,
         cache: Option<CacheAccess<'_, B>>,
+        router_logits: Option<&mut Vec<Tensor<B, 2>>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let x = x.clone()
             + self
                 .attn
                 .forward(self.norm_1.forward(x), rope, bias, cache)?;
-        Ok(x.clone() + self.mlp.forward(self.norm_2.forward(x))?)
+        Ok(x.clone()
+            + self
+                .mlp
+                .forward_routed(self.norm_2.forward(x), router_logits)?)
     }
 }
 
@@ -186,9 +199,9 @@ impl Keep {
                 Ok(Proj::packed(p))
             }
             // quantized a chunk of rows at a time: never the whole matrix widened to f32
-            (StoredMatrix::Packed(p), Some(t)) if t != GgmlType::F32 && self.packs => {
-                Ok(Proj::packed(p.requantize(t).map_err(pack_error)?))
-            }
+            (StoredMatrix::Packed(p), Some(t)) if t != GgmlType::F32 && self.packs => Ok(
+                Proj::packed(B::requantize_packed(&p, t).map_err(pack_error)?),
+            ),
             (matrix, target) => {
                 let values = match matrix {
                     StoredMatrix::Values(v, _) => v,
@@ -307,11 +320,11 @@ fn proj_from<B: Kernels>(
     device: &B::Device,
 ) -> Result<Proj<B>, ModelError> {
     let source = match &w {
-        StoredMatrix::Packed(p) => Some(p.bytes().as_ptr()),
+        StoredMatrix::Packed(p) => p.stored_at(),
         StoredMatrix::Values(..) => None,
     };
     let proj = keep.proj(slot, w, (shape[0], shape[1]), device)?;
-    if source.is_none() || proj.packed_weight().map(|p| p.bytes().as_ptr()) != source {
+    if source.is_none() || proj.packed_weight().and_then(|p| p.stored_at()) != source {
         src.release(slot);
     }
     Ok(proj)
@@ -637,7 +650,34 @@ impl<B: Kernels> Transformer<B> {
         ids: Tensor<B, 2, Int>,
         starts: &[usize],
         bias: Option<Tensor<B, 4>>,
+        caches: Caches<'_, B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        self.run(ids, starts, bias, caches, None)
+    }
+
+    /// As [`Self::hidden`] at positions `0..` without a cache, with the router logits `[batch *
+    /// seq_len, E]` of every Mixture-of-Experts layer in layer order (training's load-balancing
+    /// loss).
+    pub(crate) fn hidden_routed(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        bias: Option<Tensor<B, 4>>,
+    ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 2>>), ModelError> {
+        let starts = vec![0; ids.dims()[0]];
+        let mut router_logits = Vec::new();
+        let hidden = self.run(ids, &starts, bias, Caches::None, Some(&mut router_logits))?;
+        Ok((hidden, router_logits))
+    }
+
+    /// The blocks over `ids`, each row from its own start, the caches as `caches` says and the
+    /// routers' logits appended to `router_logits` when given.
+    fn run(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        starts: &[usize],
+        bias: Option<Tensor<B, 4>>,
         mut caches: Caches<'_, B>,
+        mut router_logits: Option<&mut Vec<Tensor<B, 2>>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [batch, seq_len] = ids.dims();
         if starts.len() != batch {
@@ -662,7 +702,7 @@ impl<B: Kernels> Transformer<B> {
                     starts,
                 }),
             };
-            x = block.forward(x, &rope, bias.clone(), access)?;
+            x = block.forward(x, &rope, bias.clone(), access, router_logits.as_deref_mut())?;
         }
         Ok(self.aligned(self.ln_f.forward(x)))
     }

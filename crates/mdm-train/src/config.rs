@@ -107,6 +107,11 @@ pub struct TrainConfig {
     /// Probability that the prompt of a fine-tuning batch is replaced by masks (CFG training; 0 =
     /// unsupervised CFG).
     pub cfg_drop: f64,
+    /// Weight of the auxiliary load-balancing loss added to the MDM loss of a Mixture-of-Experts
+    /// model ([`mdm_models::moe::load_balancing_loss`]); absent: the model's own
+    /// (`router_aux_loss_coef` where its `config.json` sets `output_router_logits`, as LLaDA-MoE's
+    /// code computes it; 0 for the others, whose code has none). 0 turns it off.
+    pub router_aux_loss: Option<f64>,
     /// Seed of initialisation, data order, masking and times.
     pub seed: u64,
     /// Order of the training blocks: the whole corpus in one shuffle (default), or lit-gpt's
@@ -204,6 +209,7 @@ impl Default for TrainConfig {
             stratified_t: false,
             ssl_ratio: 0.01,
             cfg_drop: 0.0,
+            router_aux_loss: None,
             seed: 0,
             data_order: BlockOrder::Global,
             n_chunks: 8,
@@ -306,6 +312,13 @@ impl TrainConfig {
         }
         if self.adam_eps <= 0.0 || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return bad("adam_eps > 0, weight_decay >= 0, grad_clip >= 0 required".into());
+        }
+        if let Some(w) = self.router_aux_loss {
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(format!(
+                    "router_aux_loss = {w} must be finite and not negative"
+                ));
+            }
         }
         if self.keep_last == 0 || self.n_chunks == 0 || self.eval_mc == 0 {
             return bad("keep_last, n_chunks and eval_mc must be positive".into());

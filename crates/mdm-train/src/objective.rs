@@ -16,6 +16,7 @@ use mdm_core::time::{stratified_times, uniform_times};
 use mdm_core::MdmRng;
 use mdm_eval::perplexity::{causal_nll_per_token, masked_elbo_per_token, PerTokenNll};
 use mdm_models::checkpoint::ModelKind;
+use mdm_models::moe::load_balancing_loss;
 use mdm_models::{CausalTransformer, MaskedTransformer, ModelConfig, ModelError};
 
 use crate::{TrainConfig, TrainError};
@@ -143,6 +144,34 @@ pub fn masked_loss<B: Kernels>(
     )?)
 }
 
+/// [`masked_loss`] plus `weight` times the load-balancing loss of the model's routers
+/// ([`mdm_models::moe::load_balancing_loss`], over every Mixture-of-Experts layer and every position
+/// of the batch); a network without experts is an error naming the option.
+pub fn masked_loss_balanced<B: Kernels>(
+    model: &MaskedTransformer<B>,
+    batch: &MaskedTrainBatch<B>,
+    weight: f64,
+) -> Result<Tensor<B, 1>, TrainError> {
+    let Some(moe) = &model.config().moe else {
+        return Err(TrainError::Config(format!(
+            "router_aux_loss = {weight}: the model has no Mixture-of-Experts layer"
+        )));
+    };
+    let (logits, router_logits) =
+        model.forward_at_routed(batch.input.clone(), batch.targets.index.clone())?;
+    let loss = sparse_masked_loss(logits, &batch.targets, batch.normaliser)?;
+    let balance = load_balancing_loss(router_logits, moe.n_experts, moe.top_k)?;
+    Ok(loss + balance * weight as f32)
+}
+
+/// The weight of the load-balancing loss a run adds: `router_aux_loss` when set, else the model's
+/// own (0 for a network without experts).
+pub fn router_aux_weight(config: &TrainConfig, model: &ModelConfig) -> f64 {
+    config
+        .router_aux_loss
+        .unwrap_or_else(|| model.moe.as_ref().map_or(0.0, |m| m.aux_loss_coef))
+}
+
 /// A model the trainer can train: its loss on a batch, checkpoint I/O and validation.
 pub trait TrainModel<B: AutodiffBackend>: AutodiffModule<B> + Sized + 'static {
     /// Which network this is (recorded in checkpoints).
@@ -211,7 +240,10 @@ impl<B: AutodiffKernels> TrainModel<B> for MaskedTransformer<B> {
     ) -> Result<Tensor<B, 1>, TrainError> {
         let device = self.net.device();
         let noised = MaskedTrainBatch::draw(batch, self.mask_id(), config, rng, &device)?;
-        masked_loss(self, &noised)
+        match router_aux_weight(config, self.config()) {
+            0.0 => masked_loss(self, &noised),
+            weight => masked_loss_balanced(self, &noised, weight),
+        }
     }
 
     fn validate(
@@ -256,9 +288,16 @@ impl<B: AutodiffKernels> TrainModel<B> for CausalTransformer<B> {
     fn loss(
         &self,
         batch: &Batch,
-        _config: &TrainConfig,
+        config: &TrainConfig,
         _rng: &mut MdmRng,
     ) -> Result<Tensor<B, 1>, TrainError> {
+        let weight = router_aux_weight(config, self.config());
+        if weight != 0.0 {
+            return Err(TrainError::Config(format!(
+                "router_aux_loss = {weight}: the load-balancing loss trains the MDM's experts; \
+                 the autoregressive baseline trains without it (set router_aux_loss = 0)"
+            )));
+        }
         let device = self.net.device();
         let ids = batch.tensor::<B>(&device);
         let (rows, n) = (batch.rows, batch.cols - 1);

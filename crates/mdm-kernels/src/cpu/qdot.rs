@@ -8,8 +8,9 @@
 //! `q = min(127, nearest(x / d))`); the sums of every 16 and 32 quantized values are kept for the
 //! minimums and offsets. A row's quantization depends on that row alone.
 //!
-//! **Kernels.** With AVX-512 VNNI, Q8_0, Q4_K and Q6_K matrices are interleaved once (on their
-//! first product, [`PackedMatrix::repacked`]) 16 rows to a register: one `dpbusd` multiplies 4
+//! **Kernels.** With AVX-512 VNNI, Q8_0, Q4_K and Q6_K matrices are interleaved once (on load,
+//! [`compact`], for matrices whose bytes are their own; on their first product,
+//! [`PackedMatrix::repacked`], for those read in place from a file) 16 rows to a register: one `dpbusd` multiplies 4
 //! values of 16 output rows by 4 activations broadcast, and each lane ends as its row's result, with
 //! no horizontal sums. Row-by-row kernels (AVX-512 BW, AVX2's `maddubs` + `madd`, portable) take
 //! the other CPUs, Q5_K, and the rows after the last whole group of 16.
@@ -66,9 +67,10 @@ const fn interleaved_block(dtype: GgmlType) -> usize {
     }
 }
 
-/// Bytes per weight value of the interleaved copy this process makes of a `dtype` matrix on its
-/// first integer product ([`PackedMatrix::repacked`], kept beside the stored bytes), or `None`
-/// where it makes none: the memory check adds it.
+/// Bytes per weight value of the interleaved copy this process holds of a `dtype` matrix in place
+/// of its stored bytes ([`compact`] on load, or on the first product of a matrix read in place
+/// from a mapped file, whose stored pages are then freed), or `None` where it makes none: the
+/// memory check counts it.
 pub fn interleaved_bytes_per_value(dtype: GgmlType) -> Option<f64> {
     let interleaves = matches!(dtype, GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K)
         && path() == Some(Path::Avx512Vnni);
@@ -80,76 +82,254 @@ fn interleaved_bytes(dtype: GgmlType, k: usize) -> usize {
     k / dtype.block().0 * interleaved_block(dtype)
 }
 
+/// Writes one row's stored block (or super-block) into lane `l` of its group's interleaved one.
+type Fill = fn(&[u8], usize, &mut [u8]);
+
 /// Q8_0's blocks interleaved ([`interleaved_block`]).
 fn interleave_q8_0(w: &PackedMatrix) -> Vec<u8> {
-    interleave(w, |block, l, out| {
-        out[4 * l..4 * l + 4].copy_from_slice(&half(block, 0).to_le_bytes());
-        for (v, &q) in block[2..34].iter().enumerate() {
-            out[64 + 64 * (v / 4) + 4 * l + v % 4] = q ^ 0x80;
-        }
-    })
+    interleave(w, fill_q8_0)
+}
+
+fn fill_q8_0(block: &[u8], l: usize, out: &mut [u8]) {
+    out[4 * l..4 * l + 4].copy_from_slice(&half(block, 0).to_le_bytes());
+    for (v, &q) in block[2..34].iter().enumerate() {
+        out[64 + 64 * (v / 4) + 4 * l + v % 4] = q ^ 0x80;
+    }
 }
 
 /// The whole groups of [`LANES`] rows of `w` interleaved, `fill(block, lane, out)` writing one
 /// row's super-block into its group's interleaved super-block (the rows after the last whole
 /// group stay in the matrix's own layout).
-fn interleave(w: &PackedMatrix, fill: impl Fn(&[u8], usize, &mut [u8]) + Sync) -> Vec<u8> {
+fn interleave(w: &PackedMatrix, fill: Fill) -> Vec<u8> {
     let (k, row_bytes, bytes) = (w.cols(), w.row_bytes(), w.bytes());
-    let (stored, size) = (w.dtype().block().1, interleaved_block(w.dtype()));
     let groups = w.rows() / LANES;
     let mut out = vec![0u8; groups * interleaved_bytes(w.dtype(), k)];
     out.par_chunks_mut(interleaved_bytes(w.dtype(), k).max(1))
         .enumerate()
         .for_each(|(g, out)| {
-            for (b, out) in out.chunks_mut(size).enumerate() {
+            let rows = &bytes[g * LANES * row_bytes..(g + 1) * LANES * row_bytes];
+            interleave_group(w.dtype(), rows, out, fill);
+        });
+    out
+}
+
+/// One group: [`LANES`] stored rows (row-major, `rows`) into their interleaved bytes `out`.
+fn interleave_group(dtype: GgmlType, rows: &[u8], out: &mut [u8], fill: Fill) {
+    let (stored, size) = (dtype.block().1, interleaved_block(dtype));
+    let row_bytes = rows.len() / LANES;
+    for (b, out) in out.chunks_mut(size).enumerate() {
+        for l in 0..LANES {
+            let row = l * row_bytes;
+            fill(&rows[row + stored * b..row + stored * (b + 1)], l, out);
+        }
+    }
+}
+
+/// Q6_K's super-blocks interleaved ([`interleaved_block`]).
+fn interleave_q6_k(w: &PackedMatrix) -> Vec<u8> {
+    interleave(w, fill_q6_k)
+}
+
+fn fill_q6_k(block: &[u8], l: usize, out: &mut [u8]) {
+    let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
+    out[4 * l..4 * l + 4].copy_from_slice(&half(block, 208).to_le_bytes());
+    for t in 0..16 {
+        out[64 + 16 * t + l] = scales[t];
+    }
+    for v in 0..QK_K {
+        let (c, g, i) = (v / 128, v % 128 / 32, v % 32);
+        let byte = ql[64 * c + i + 32 * (g % 2)];
+        let low = if g < 2 { byte & 0x0f } else { byte >> 4 };
+        let level = low | (((qh[32 * c + i] >> (2 * g)) & 3) << 4);
+        out[320 + 256 * (v / 16) + 64 * (v % 16 / 4) + 4 * l + v % 4] = level;
+    }
+}
+
+/// Q4_K's super-blocks interleaved ([`interleaved_block`]).
+fn interleave_q4_k(w: &PackedMatrix) -> Vec<u8> {
+    interleave(w, fill_q4_k)
+}
+
+fn fill_q4_k(block: &[u8], l: usize, out: &mut [u8]) {
+    let (d, dmin) = (half(block, 0), half(block, 2));
+    out[4 * l..4 * l + 4].copy_from_slice(&d.to_le_bytes());
+    out[64 + 4 * l..64 + 4 * l + 4].copy_from_slice(&dmin.to_le_bytes());
+    let (sc, mn) = scales_mins(&block[4..16]);
+    for j in 0..8 {
+        out[128 + 16 * j + l] = sc[j];
+        out[256 + 16 * j + l] = mn[j];
+    }
+    // the level of value `v` (< 32) of sub-block `j`
+    let level = |j: usize, v: usize| (block[16 + 32 * (j / 2) + v] >> (4 * (j % 2))) & 0x0f;
+    for j in 0..8 {
+        for q in 0..4 {
+            for t in 0..4 {
+                out[384 + 256 * j + 64 * q + 4 * l + t] =
+                    level(j, 4 * q + t) | (level(j, 16 + 4 * q + t) << 4);
+            }
+        }
+    }
+}
+
+/// The inverse of [`interleave`]: the row-major stored bytes of the `16 g` rows of `packed`
+/// (`g` whole interleaved groups of `cols` values), `unfill(interleaved, lane, block)` writing one
+/// row's stored super-block (zeroed) from its group's interleaved one.
+fn deinterleave(
+    dtype: GgmlType,
+    packed: &[u8],
+    cols: usize,
+    unfill: impl Fn(&[u8], usize, &mut [u8]) + Sync,
+) -> Vec<u8> {
+    let (stored, size) = (dtype.block().1, interleaved_block(dtype));
+    let group = interleaved_bytes(dtype, cols).max(1);
+    let row_bytes = cols / dtype.block().0 * stored;
+    let mut out = vec![0u8; packed.len() / group * LANES * row_bytes];
+    out.par_chunks_mut((LANES * row_bytes).max(1))
+        .zip(packed.par_chunks(group))
+        .for_each(|(rows, packed)| {
+            for (b, packed) in packed.chunks(size).enumerate() {
                 for l in 0..LANES {
-                    let row = (g * LANES + l) * row_bytes;
-                    fill(&bytes[row + stored * b..row + stored * (b + 1)], l, out);
+                    let at = l * row_bytes + stored * b;
+                    unfill(packed, l, &mut rows[at..at + stored]);
                 }
             }
         });
     out
 }
 
-/// Q6_K's super-blocks interleaved ([`interleaved_block`]).
-fn interleave_q6_k(w: &PackedMatrix) -> Vec<u8> {
-    interleave(w, |block, l, out| {
-        let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
-        out[4 * l..4 * l + 4].copy_from_slice(&half(block, 208).to_le_bytes());
-        for t in 0..16 {
-            out[64 + 16 * t + l] = scales[t];
-        }
-        for v in 0..QK_K {
-            let (c, g, i) = (v / 128, v % 128 / 32, v % 32);
-            let byte = ql[64 * c + i + 32 * (g % 2)];
-            let low = if g < 2 { byte & 0x0f } else { byte >> 4 };
-            let level = low | (((qh[32 * c + i] >> (2 * g)) & 3) << 4);
-            out[320 + 256 * (v / 16) + 64 * (v % 16 / 4) + 4 * l + v % 4] = level;
+/// The f32 at byte `at` of `b`, back to the f16 it was widened from (exact).
+fn narrow(b: &[u8], at: usize) -> [u8; 2] {
+    let v = f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    f16::from_f32(v).to_bits().to_le_bytes()
+}
+
+/// Q8_0's blocks from their interleaved copy ([`interleave_q8_0`]).
+fn deinterleave_q8_0(packed: &[u8], cols: usize) -> Vec<u8> {
+    deinterleave(GgmlType::Q8_0, packed, cols, |group, l, block| {
+        block[0..2].copy_from_slice(&narrow(group, 4 * l));
+        for v in 0..32 {
+            block[2 + v] = group[64 + 64 * (v / 4) + 4 * l + v % 4] ^ 0x80;
         }
     })
 }
 
-/// Q4_K's super-blocks interleaved ([`interleaved_block`]).
-fn interleave_q4_k(w: &PackedMatrix) -> Vec<u8> {
-    interleave(w, |block, l, out| {
-        let (d, dmin) = (half(block, 0), half(block, 2));
-        out[4 * l..4 * l + 4].copy_from_slice(&d.to_le_bytes());
-        out[64 + 4 * l..64 + 4 * l + 4].copy_from_slice(&dmin.to_le_bytes());
-        let (sc, mn) = scales_mins(&block[4..16]);
-        for j in 0..8 {
-            out[128 + 16 * j + l] = sc[j];
-            out[256 + 16 * j + l] = mn[j];
+/// Q6_K's super-blocks from their interleaved copy ([`interleave_q6_k`]).
+fn deinterleave_q6_k(packed: &[u8], cols: usize) -> Vec<u8> {
+    deinterleave(GgmlType::Q6K, packed, cols, |group, l, block| {
+        block[208..210].copy_from_slice(&narrow(group, 4 * l));
+        for t in 0..16 {
+            block[192 + t] = group[64 + 16 * t + l];
         }
-        // the level of value `v` (< 32) of sub-block `j`
-        let level = |j: usize, v: usize| (block[16 + 32 * (j / 2) + v] >> (4 * (j % 2))) & 0x0f;
+        for v in 0..QK_K {
+            let level = group[320 + 256 * (v / 16) + 64 * (v % 16 / 4) + 4 * l + v % 4];
+            let (c, g, i) = (v / 128, v % 128 / 32, v % 32);
+            block[64 * c + i + 32 * (g % 2)] |= (level & 0x0f) << if g < 2 { 0 } else { 4 };
+            block[128 + 32 * c + i] |= ((level >> 4) & 3) << (2 * g);
+        }
+    })
+}
+
+/// Q4_K's super-blocks from their interleaved copy ([`interleave_q4_k`]).
+fn deinterleave_q4_k(packed: &[u8], cols: usize) -> Vec<u8> {
+    deinterleave(GgmlType::Q4K, packed, cols, |group, l, block| {
+        block[0..2].copy_from_slice(&narrow(group, 4 * l));
+        block[2..4].copy_from_slice(&narrow(group, 64 + 4 * l));
+        let sc: [u8; 8] = std::array::from_fn(|j| group[128 + 16 * j + l]);
+        let mn: [u8; 8] = std::array::from_fn(|j| group[256 + 16 * j + l]);
+        // the six-bit packing [`scales_mins`] reads
+        for j in 0..4 {
+            block[4 + j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            block[8 + j] = mn[j] | ((mn[j + 4] >> 4) << 6);
+            block[12 + j] = (sc[j + 4] & 0x0f) | ((mn[j + 4] & 0x0f) << 4);
+        }
         for j in 0..8 {
             for q in 0..4 {
                 for t in 0..4 {
-                    out[384 + 256 * j + 64 * q + 4 * l + t] =
-                        level(j, 4 * q + t) | (level(j, 16 + 4 * q + t) << 4);
+                    let byte = group[384 + 256 * j + 64 * q + 4 * l + t];
+                    let shift = 4 * (j % 2);
+                    block[16 + 32 * (j / 2) + 4 * q + t] |= (byte & 0x0f) << shift;
+                    block[16 + 32 * (j / 2) + 16 + 4 * q + t] |= (byte >> 4) << shift;
                 }
             }
         }
+    })
+}
+
+/// `w` as this process's integer kernels will multiply it for as long as it lives: where they
+/// interleave its type (AVX-512 VNNI; Q8_0, Q4_K, Q6_K), its whole groups of 16 rows are
+/// interleaved now and their stored bytes dropped ([`PackedMatrix::compacted`]: rebuilt exactly if
+/// ever read), so a matrix quantized, stacked or reordered on load is held once rather than beside
+/// its copy. Others are returned as they are (one read in place from a mapped file frees its
+/// stored pages on its first product instead).
+pub fn compact(w: PackedMatrix) -> PackedMatrix {
+    let Some((fill, unpack)) = interleaving(w.dtype()).filter(|_| w.rows() >= LANES) else {
+        return w;
+    };
+    let (whole, cols) = (w.rows() / LANES * LANES, w.cols());
+    w.compacted(whole, |w| interleave(w, fill), move |p| unpack(p, cols))
+}
+
+/// Rebuilds a matrix's stored rows from its interleaved copy (`cols` values a row).
+type Unpack = fn(&[u8], usize) -> Vec<u8>;
+
+/// How this process interleaves `dtype` matrices, if it does (AVX-512 VNNI's kernels).
+fn interleaving(dtype: GgmlType) -> Option<(Fill, Unpack)> {
+    if path() != Some(Path::Avx512Vnni) {
+        return None;
+    }
+    match dtype {
+        GgmlType::Q4K => Some((fill_q4_k as Fill, deinterleave_q4_k as Unpack)),
+        GgmlType::Q6K => Some((fill_q6_k, deinterleave_q6_k)),
+        GgmlType::Q8_0 => Some((fill_q8_0, deinterleave_q8_0)),
+        _ => None,
+    }
+}
+
+/// `w` (any stored type) quantized to `dtype` straight into the layout [`compact`] gives: each
+/// group of 16 rows widened, quantized and interleaved on its own (in parallel; a group's bytes
+/// depend on its rows alone), so neither an f32 copy nor a stored copy of the whole matrix is
+/// ever held, and a mapped source frees its pages group by group as
+/// [`PackedMatrix::requantize`] does. The same bytes and products as
+/// `compact(w.requantize(dtype))`; `None` where this process does not interleave `dtype` (then
+/// requantize, and keep the result as it is).
+pub fn requantize_interleaved(
+    w: &PackedMatrix,
+    dtype: GgmlType,
+) -> Option<Result<PackedMatrix, String>> {
+    let (fill, unpack) = interleaving(dtype).filter(|_| w.rows() >= LANES)?;
+    Some(interleaved_from(w, dtype, fill, unpack))
+}
+
+/// [`requantize_interleaved`] with the layout given.
+fn interleaved_from(
+    w: &PackedMatrix,
+    dtype: GgmlType,
+    fill: Fill,
+    unpack: Unpack,
+) -> Result<PackedMatrix, String> {
+    // a task: 16 groups (256 rows), whose source pages are freed together once read
+    const GROUPS: usize = 16;
+    let (rows, cols) = (w.rows(), w.cols());
+    let whole = rows / LANES * LANES;
+    let group = interleaved_bytes(dtype, cols).max(1);
+    let mut packed = vec![0u8; whole / LANES * group];
+    packed
+        .par_chunks_mut(GROUPS * group)
+        .enumerate()
+        .try_for_each(|(task, out)| {
+            let first = task * GROUPS * LANES;
+            for (g, out) in out.chunks_mut(group).enumerate() {
+                let at = first + g * LANES;
+                let stored = w.quantized_rows(dtype, at..at + LANES)?;
+                interleave_group(dtype, &stored, out, fill);
+            }
+            w.release_rows(first..first + out.len() / group * LANES);
+            Ok::<_, String>(())
+        })?;
+    let tail = w.quantized_rows(dtype, whole..rows)?;
+    w.release_rows(whole..rows);
+    PackedMatrix::from_repacked(dtype, rows, cols, packed, whole, tail, move |p| {
+        unpack(p, cols)
     })
 }
 
@@ -397,7 +577,6 @@ pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Ve
     } else {
         Path::Portable
     };
-    let (row_bytes, bytes) = (w.row_bytes(), w.bytes());
     // Q4_K on VNNI: groups of 16 rows interleaved once per matrix, one output row per lane
     #[cfg(target_arch = "x86_64")]
     let interleaved = (path == Path::Avx512Vnni && n >= LANES)
@@ -450,12 +629,7 @@ pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Ve
         while i + GROUP <= m {
             let group: [Row; GROUP] = std::array::from_fn(|t| acts.row(i + t));
             for r in rows.clone() {
-                let v = dot(
-                    path,
-                    dtype,
-                    &bytes[r * row_bytes..(r + 1) * row_bytes],
-                    &group,
-                );
+                let v = dot(path, dtype, w.stored_rows(r..r + 1), &group);
                 for (t, v) in v.into_iter().enumerate() {
                     write(i + t, r, v);
                 }
@@ -465,12 +639,7 @@ pub fn matmul_on(path: Path, x: &[f32], m: usize, w: &PackedMatrix) -> Option<Ve
         for i in i..m {
             let one = [acts.row(i)];
             for r in rows.clone() {
-                let [v] = dot(
-                    path,
-                    dtype,
-                    &bytes[r * row_bytes..(r + 1) * row_bytes],
-                    &one,
-                );
+                let [v] = dot(path, dtype, w.stored_rows(r..r + 1), &one);
                 write(i, r, v);
             }
         }
@@ -1304,6 +1473,73 @@ mod tests {
             for path in available() {
                 let fast = matmul_on(path, &x, m, &w).unwrap();
                 assert_eq!(bits(&fast), bits(&portable), "{} {path:?}", dtype.name());
+            }
+        }
+    }
+
+    /// A matrix holding its whole groups in the interleaved copy alone multiplies to the same bits
+    /// on every path, keeps only its last rows as stored until something reads the others, and
+    /// then gives back exactly its stored bytes.
+    #[test]
+    fn a_compacted_matrix_gives_the_same_products_and_bytes_from_its_copy_alone() {
+        let kinds: [(GgmlType, Fill, Unpack); 3] = [
+            (GgmlType::Q8_0, fill_q8_0, deinterleave_q8_0),
+            (GgmlType::Q4K, fill_q4_k, deinterleave_q4_k),
+            (GgmlType::Q6K, fill_q6_k, deinterleave_q6_k),
+        ];
+        for (seed, (dtype, fill, unpack)) in kinds.into_iter().enumerate() {
+            let (x, m, w) = case(dtype, 20 + seed as u64);
+            let (n, k) = (w.rows(), w.cols());
+            let stored = w.bytes().to_vec();
+            let fresh = || {
+                let bytes = std::sync::Arc::new(stored.clone());
+                PackedMatrix::new(dtype, n, k, bytes, 0..stored.len()).unwrap()
+            };
+            let whole = n / LANES * LANES;
+            let tail = (n - whole) * w.row_bytes();
+            let compacted =
+                fresh().compacted(whole, |w| interleave(w, fill), move |p| unpack(p, k));
+            assert_eq!(compacted.stored_at(), None);
+            assert_eq!(compacted.stored_bytes_held(), tail, "{}", dtype.name());
+            // the interleaved path first: the row-by-row ones read the rebuilt rows
+            for path in available().into_iter().rev() {
+                let want = matmul_on(path, &x, m, &fresh()).unwrap();
+                let got = matmul_on(path, &x, m, &compacted).unwrap();
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} on {path:?}",
+                    dtype.name()
+                );
+                if path == Path::Avx512Vnni {
+                    // the copy and the stored tail serve every row: nothing rebuilt
+                    assert_eq!(compacted.stored_bytes_held(), tail);
+                }
+            }
+            assert_eq!(compacted.bytes(), &stored[..], "{} rebuilt", dtype.name());
+            assert_eq!(compacted.stored_bytes_held(), tail + n * w.row_bytes());
+
+            // converted on load straight into the copy: the bytes and products of requantizing
+            // then compacting, from an f16 source
+            // (no quantizer here for Q6_K)
+            if dtype != GgmlType::Q6K {
+                let src = PackedMatrix::quantize(GgmlType::F16, n, k, &w.to_f32()).unwrap();
+                let direct = interleaved_from(&src, dtype, fill, unpack).unwrap();
+                let via = src.requantize(dtype).unwrap();
+                assert_eq!(direct.stored_bytes_held(), tail);
+                for path in available().into_iter().rev() {
+                    let want = matmul_on(path, &x, m, &via).unwrap();
+                    let got = matmul_on(path, &x, m, &direct).unwrap();
+                    assert!(
+                        want.iter()
+                            .zip(&got)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} converted, on {path:?}",
+                        dtype.name()
+                    );
+                }
+                assert_eq!(direct.bytes(), via.bytes(), "{} converted", dtype.name());
             }
         }
     }

@@ -84,6 +84,8 @@ pub(crate) fn model_config(k: &Keys) -> Result<ModelConfig, ModelError> {
             ExpertBias::None
         },
         dense_layers: (0..first_dense.min(n_layer)).collect(),
+        // balanced by its expert bias: `modeling_llada2_moe.py`'s `aux_loss` is always None
+        aux_loss_coef: 0.0,
     };
     let vocab = k.usize("vocab_size")?;
     let config = ModelConfig {

@@ -93,6 +93,11 @@ pub(crate) fn model_config(k: &Keys) -> Result<ModelConfig, ModelError> {
         topk_groups: 1,
         expert_bias: ExpertBias::None,
         dense_layers: dense_layers(k, n_layer)?,
+        aux_loss_coef: if k.bool_or("output_router_logits", false)? {
+            k.f64_or("router_aux_loss_coef", 0.01)?
+        } else {
+            0.0
+        },
     };
     let vocab = k.usize("vocab_size")?;
     let config = ModelConfig {

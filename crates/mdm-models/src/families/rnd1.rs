@@ -69,6 +69,9 @@ pub(crate) fn model_config(k: &Keys) -> Result<ModelConfig, ModelError> {
         topk_groups: 1,
         expert_bias: ExpertBias::None,
         dense_layers: Vec::new(),
+        // `output_router_logits` changes nothing in `modeling_rnd.py` (its model returns no router
+        // logits and no auxiliary loss)
+        aux_loss_coef: 0.0,
     };
     let vocab = k.usize("vocab_size")?;
     let config = ModelConfig {

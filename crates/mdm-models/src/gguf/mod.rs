@@ -581,7 +581,7 @@ impl crate::params::TensorStore for Gguf {
 /// Drops from memory the pages of `map` wholly inside `range` (byte offsets into the map; pages
 /// shared with a neighbouring tensor stay). Clean pages of a private read-only map: the kernel
 /// reads them back from the unchanged file if they are touched again. An error leaves them.
-fn drop_pages(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+pub(crate) fn drop_pages(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
     // a multiple of every page size in use (4, 16 and 64 KiB); the map starts on a page
     const ALIGN: usize = 1 << 16;
     let start = range.start.div_ceil(ALIGN) * ALIGN;

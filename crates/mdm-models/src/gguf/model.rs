@@ -326,6 +326,7 @@ fn read_config(gguf: &Gguf) -> Result<(&'static GgufLayout, ModelConfig), ModelE
             topk_groups: 1,
             expert_bias: ExpertBias::None,
             dense_layers: Vec::new(),
+            aux_loss_coef: 0.0,
         }),
     };
     let intermediate_size = if moe.is_some() {
