@@ -442,27 +442,32 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// `stored`'s bytes at `offset` of a larger buffer, as a mapped file holds them, with a
+    /// release that logs the ranges it is called with.
+    fn mapped(
+        stored: &PackedMatrix,
+        offset: usize,
+    ) -> (PackedMatrix, Arc<Mutex<Vec<Range<usize>>>>) {
+        let mut buffer = vec![0u8; offset];
+        buffer.extend_from_slice(stored.bytes());
+        let len = stored.bytes().len();
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let log = released.clone();
+        let release: Release = Arc::new(move |r| log.lock().unwrap().push(r));
+        let (dtype, rows, cols) = (stored.dtype(), stored.rows(), stored.cols());
+        let w = PackedMatrix::new(dtype, rows, cols, Arc::new(buffer), offset..offset + len)
+            .unwrap()
+            .with_release(release);
+        (w, released)
+    }
+
     #[test]
     fn a_repacked_copy_releases_the_stored_rows_it_covers_once() {
         // [40 rows, 32 columns] of Q8_0 (34 bytes a row) at offset 100 of a larger buffer
         let (rows, cols, offset) = (40, 32, 100);
         let values: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 3.0).collect();
         let q = PackedMatrix::quantize(GgmlType::Q8_0, rows, cols, &values).unwrap();
-        let mut buffer = vec![0u8; offset];
-        buffer.extend_from_slice(q.bytes());
-        let len = q.bytes().len();
-        let released = Arc::new(Mutex::new(Vec::new()));
-        let log = released.clone();
-        let release: Release = Arc::new(move |r| log.lock().unwrap().push(r));
-        let w = PackedMatrix::new(
-            GgmlType::Q8_0,
-            rows,
-            cols,
-            Arc::new(buffer),
-            offset..offset + len,
-        )
-        .unwrap()
-        .with_release(release);
+        let (w, released) = mapped(&q, offset);
         let clone = w.clone();
         let copy = w.repacked(32, |m| m.bytes()[..32 * 34].to_vec());
         assert_eq!(copy.len(), 32 * 34);
@@ -489,21 +494,8 @@ mod tests {
             .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
             .collect();
         let f16 = PackedMatrix::quantize(GgmlType::F16, rows, cols, &values).unwrap();
-        let mut buffer = vec![0u8; offset];
-        buffer.extend_from_slice(f16.bytes());
+        let (w, released) = mapped(&f16, offset);
         let len = f16.bytes().len();
-        let released = Arc::new(Mutex::new(Vec::new()));
-        let log = released.clone();
-        let release: Release = Arc::new(move |r| log.lock().unwrap().push(r));
-        let w = PackedMatrix::new(
-            GgmlType::F16,
-            rows,
-            cols,
-            Arc::new(buffer),
-            offset..offset + len,
-        )
-        .unwrap()
-        .with_release(release);
         let q = w.requantize(GgmlType::Q8_0).unwrap();
         let whole = PackedMatrix::quantize(GgmlType::Q8_0, rows, cols, &f16.to_f32()).unwrap();
         assert_eq!(q.bytes(), whole.bytes());
