@@ -13,6 +13,9 @@
 //! is in a fixed order: the same bits run after run, whatever the threads. The weights stay on the
 //! device as `scores x (chosen mask)`, so training differentiates through the router as the
 //! references do (the gradient reaches the scores of the chosen experts; the choice itself has none).
+//! [`load_balancing_loss`] is Switch Transformers' auxiliary loss over the routers' logits, which a
+//! forward pass hands out on request ([`Moe::forward_routed`]); training adds it with the weight
+//! `router_aux_loss` gives (`mdm_train::objective::masked_loss_balanced`).
 
 use burn::module::Module;
 use burn::tensor::{activation, backend::Backend, IndexingUpdateOp, Int, Tensor, TensorData};

@@ -10,7 +10,9 @@
 //! renormalising (the block hard-codes `norm_topk_prob = False`, whatever the config says; the
 //! config's `routed_scaling_factor` and `router_num_group` are not used), plus the shared expert
 //! (`shared_expert.*`, on the layer) when `shared_expert_intermediate_size` is set. Logits
-//! unshifted.
+//! unshifted. `output_router_logits` with `router_aux_loss_coef` sets the weight of the
+//! load-balancing loss training adds (`MoeConfig::aux_loss_coef`; the reference's own forward fails
+//! when asked for it: docs/training.md).
 //!
 //! Tensor names are Qwen's ([`super::dream::qwen_name`]): `model.embed_tokens.weight`,
 //! `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight`, `self_attn.{q,k}_norm.weight`,
