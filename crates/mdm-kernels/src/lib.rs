@@ -198,12 +198,15 @@ pub fn fused() -> bool {
     }
 }
 
-/// How burn-flex multiplies activations by quantized weights ([`Kernels::linear_packed`]).
+/// How burn-flex multiplies activations by packed weights ([`Kernels::linear_packed`]):
+/// quantized ones by integer dot products ([`cpu::qdot`]), f32, f16 and bf16 ones by the float
+/// kernels ([`cpu::fdot`]), or either widened to f32 panels for `gemm` ([`cpu::packed`]).
 ///
 /// The default is [`Self::Integer`] on a CPU with AVX-512 VNNI (weights interleaved 16 rows to a
-/// register: 2-4x f32 `gemm`'s speed, docs/benchmarks.md, "Integer dot products") and
-/// [`Self::Widened`] elsewhere (the row-by-row AVX2 and AVX-512 integer kernels are slower than
-/// `gemm` over a whole canvas). The choice is per process, never per product size, so a row's
+/// register: 2-4x f32 `gemm`'s speed, docs/benchmarks.md, "Integer dot products"),
+/// [`Self::Float`] on other CPUs with AVX2, FMA and F16C (the row-by-row AVX2 and AVX-512 integer
+/// kernels are slower than `gemm` over a whole canvas; the float kernels are not) and
+/// [`Self::Widened`] elsewhere. The choice is per process, never per product size, so a row's
 /// bits never depend on the batch beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantizedProduct {
@@ -216,6 +219,9 @@ pub enum QuantizedProduct {
     Portable,
     /// Weights widened to f32 panels and multiplied by f32 activations ([`cpu::packed`]).
     Widened,
+    /// Float weights on the float kernels ([`cpu::fdot`], the fastest the CPU has), quantized
+    /// weights widened as [`Self::Widened`].
+    Float,
 }
 
 /// 0: not read yet; else 1 + the [`QuantizedProduct`]'s index.
@@ -228,13 +234,15 @@ pub fn set_quantized_product(product: QuantizedProduct) {
             QuantizedProduct::Integer => 1,
             QuantizedProduct::Portable => 2,
             QuantizedProduct::Widened => 3,
+            QuantizedProduct::Float => 4,
         },
         Ordering::Relaxed,
     );
 }
 
 /// [`set_quantized_product`]'s last word, else `MDM_QUANTIZED_PRODUCT` from the environment
-/// (`integer`, `portable`, `widened`), else the default for this CPU (see [`QuantizedProduct`]).
+/// (`integer`, `portable`, `widened`, `float`), else the default for this CPU (see
+/// [`QuantizedProduct`]).
 pub fn quantized_product() -> QuantizedProduct {
     if QUANTIZED_PRODUCT.load(Ordering::Relaxed) == 0 {
         let from_env = match std::env::var("MDM_QUANTIZED_PRODUCT")
@@ -244,7 +252,9 @@ pub fn quantized_product() -> QuantizedProduct {
             Ok("integer") => 1,
             Ok("portable") => 2,
             Ok("widened") => 3,
+            Ok("float") => 4,
             _ if cpu::qdot::fastest() == cpu::qdot::Path::Avx512Vnni => 1,
+            _ if cpu::fdot::has_kernels() => 4,
             _ => 3,
         };
         // a concurrent set_quantized_product wins over the environment
@@ -254,6 +264,7 @@ pub fn quantized_product() -> QuantizedProduct {
     match QUANTIZED_PRODUCT.load(Ordering::Relaxed) {
         1 => QuantizedProduct::Integer,
         2 => QuantizedProduct::Portable,
+        4 => QuantizedProduct::Float,
         _ => QuantizedProduct::Widened,
     }
 }

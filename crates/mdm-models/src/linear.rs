@@ -144,6 +144,12 @@ pub enum WeightFormat {
     /// f32 elsewhere.
     #[default]
     Stored,
+    /// As stored, f32 included: where the backend packs weights (burn-flex) every projection is
+    /// kept packed, so f32 weights too are multiplied by the float kernels
+    /// ([`mdm_kernels::cpu::fdot`]: 1.7x dense `gemm` at a 32-position window, docs/benchmarks.md),
+    /// elsewhere as [`Self::Stored`]. For inference only: a packed projection is not a parameter
+    /// (nothing trains it). The inference commands' default ([`Self::from_flags`] without flags).
+    Inference,
     /// Converted (f16, bf16) or quantized (Q8_0, Q4_K) on load, whatever the stored type. A
     /// weight whose rows are not whole blocks of the type falls back as llama.cpp's quantizer
     /// does: Q4_K to Q8_0, then to half precision (the stored half type, else bf16).
@@ -155,7 +161,7 @@ impl WeightFormat {
     pub fn packed_type(self, stored: GgmlType) -> Option<GgmlType> {
         match self {
             WeightFormat::Stored if stored == GgmlType::F32 => None,
-            WeightFormat::Stored => Some(stored),
+            WeightFormat::Stored | WeightFormat::Inference => Some(stored),
             WeightFormat::As(t) => Some(t),
         }
     }
@@ -169,7 +175,8 @@ impl WeightFormat {
 
 impl WeightFormat {
     /// The format the command-line flags ask for: `--dtype f32|f16|bf16` (converted) or
-    /// `--quant q8_0|q4_k` (quantized); neither keeps the stored types; both is an error.
+    /// `--quant q8_0|q4_k` (quantized); neither keeps the stored types, packed for inference
+    /// ([`Self::Inference`]); both is an error.
     pub fn from_flags(dtype: Option<&str>, quant: Option<&str>) -> Result<Self, ModelError> {
         let refuse = |flag: &str, value: &str, allowed: &str| ModelError::Config {
             reason: format!("--{flag} {value}: one of {allowed}"),
@@ -190,7 +197,7 @@ impl WeightFormat {
                 f @ WeightFormat::As(GgmlType::Q8_0 | GgmlType::Q4K) => Ok(f),
                 _ => Err(refuse("quant", q, "q8_0, q4_k")),
             },
-            (None, None) => Ok(WeightFormat::Stored),
+            (None, None) => Ok(WeightFormat::Inference),
         }
     }
 }
@@ -198,7 +205,7 @@ impl WeightFormat {
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WeightFormat::Stored => f.write_str("stored"),
+            WeightFormat::Stored | WeightFormat::Inference => f.write_str("stored"),
             WeightFormat::As(t) => f.write_str(&t.name().to_ascii_lowercase()),
         }
     }
@@ -234,8 +241,13 @@ mod tests {
     fn flags_choose_one_format() {
         assert_eq!(
             WeightFormat::from_flags(None, None).unwrap(),
-            WeightFormat::Stored
+            WeightFormat::Inference
         );
+        assert_eq!(
+            WeightFormat::Inference.packed_type(GgmlType::F32),
+            Some(GgmlType::F32)
+        );
+        assert_eq!(WeightFormat::Stored.packed_type(GgmlType::F32), None);
         assert_eq!(
             WeightFormat::from_flags(Some("bf16"), None).unwrap(),
             WeightFormat::As(GgmlType::Bf16)

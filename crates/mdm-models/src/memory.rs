@@ -179,7 +179,7 @@ fn flag(format: WeightFormat) -> String {
     match format {
         WeightFormat::As(GgmlType::Q8_0 | GgmlType::Q4K) => format!("--quant {format}"),
         WeightFormat::As(_) => format!("--dtype {format}"),
-        WeightFormat::Stored => "the stored types".into(),
+        WeightFormat::Stored | WeightFormat::Inference => "the stored types".into(),
     }
 }
 

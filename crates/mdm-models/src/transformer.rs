@@ -208,7 +208,10 @@ impl Keep {
                     StoredMatrix::Packed(p) => p.to_f32(),
                 };
                 match target {
-                    None | Some(GgmlType::F32) => Ok(Proj::dense(&values, d_out, d_in, device)),
+                    None => Ok(Proj::dense(&values, d_out, d_in, device)),
+                    Some(GgmlType::F32) if !self.packs => {
+                        Ok(Proj::dense(&values, d_out, d_in, device))
+                    }
                     Some(t) => {
                         let packed =
                             PackedMatrix::quantize(t, d_out, d_in, &values).map_err(pack_error)?;

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod fdot;
 pub mod norm;
 pub mod packed;
 pub mod qdot;

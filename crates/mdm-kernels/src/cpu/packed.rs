@@ -23,7 +23,7 @@ pub const PANEL_ROWS: usize = 64;
 /// # Panics
 /// If `x` does not hold `m * w.cols()` values.
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
-    if let Some(y) = super::qdot::matmul(x, m, w) {
+    if let Some(y) = super::qdot::matmul(x, m, w).or_else(|| super::fdot::matmul(x, m, w)) {
         return y;
     }
     let (n, k) = (w.rows(), w.cols());

@@ -38,6 +38,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::attention::Shared;
+use super::fdot;
 use crate::packed::PackedMatrix;
 use crate::quant::{GgmlType, QK_K};
 use crate::QuantizedProduct;
@@ -59,8 +60,12 @@ const LANES: usize = 16;
 /// - Q6_K: the 16 rows' `d` (f32), their 16 scales (a byte per row per 16 values), then per 16
 ///   values `t` and quad `g < 4` 64 bytes: row `l`'s levels of values `16 t + 4 g ..+4` at bytes
 ///   `4 l ..+4`.
+/// - f32, f16, bf16 ([`super::fdot`]): per unit of 32 values, value `v` of row `l` at
+///   `(16 v + l) size`.
 const fn interleaved_block(dtype: GgmlType) -> usize {
     match dtype {
+        GgmlType::F32 => 4 * fdot::UNIT * LANES,
+        GgmlType::F16 | GgmlType::Bf16 => 2 * fdot::UNIT * LANES,
         GgmlType::Q8_0 => 4 * LANES + 8 * 64,
         GgmlType::Q6K => 4 * LANES + 16 * LANES + 16 * 4 * 64,
         _ => 2 * 4 * LANES + 2 * 8 * LANES + 8 * 4 * 64,
@@ -79,7 +84,49 @@ pub fn interleaved_bytes_per_value(dtype: GgmlType) -> Option<f64> {
 
 /// Bytes of one interleaved group of [`LANES`] rows of `k` values.
 fn interleaved_bytes(dtype: GgmlType, k: usize) -> usize {
-    k / dtype.block().0 * interleaved_block(dtype)
+    k / unit(dtype).0 * interleaved_block(dtype)
+}
+
+/// The values and stored bytes of one row's part of an interleaved block: a block or
+/// super-block of a quantized type, 32 values of a float type.
+fn unit(dtype: GgmlType) -> (usize, usize) {
+    if fdot::supports(dtype) {
+        (fdot::UNIT, fdot::UNIT * dtype.block().1)
+    } else {
+        dtype.block()
+    }
+}
+
+/// A float matrix's whole groups interleaved ([`interleaved_block`]), for [`super::fdot`].
+pub(super) fn interleave_float(w: &PackedMatrix) -> Vec<u8> {
+    interleave(w, float_fill(w.dtype()))
+}
+
+/// The fill of a float type's interleaved units.
+fn float_fill(dtype: GgmlType) -> Fill {
+    if dtype == GgmlType::F32 {
+        fdot::fill::<4>
+    } else {
+        fdot::fill::<2>
+    }
+}
+
+/// The stored rows of a float matrix's interleaved groups ([`interleave_float`]).
+pub(super) fn deinterleave_float(dtype: GgmlType, packed: &[u8], cols: usize) -> Vec<u8> {
+    if dtype == GgmlType::F32 {
+        deinterleave(dtype, packed, cols, fdot::unfill::<4>)
+    } else {
+        deinterleave(dtype, packed, cols, fdot::unfill::<2>)
+    }
+}
+
+fn deinterleave_f32(packed: &[u8], cols: usize) -> Vec<u8> {
+    deinterleave_float(GgmlType::F32, packed, cols)
+}
+
+/// f16 and bf16 alike: two bytes a value.
+fn deinterleave_half(packed: &[u8], cols: usize) -> Vec<u8> {
+    deinterleave_float(GgmlType::F16, packed, cols)
 }
 
 /// Writes one row's stored block (or super-block) into lane `l` of its group's interleaved one.
@@ -115,7 +162,7 @@ fn interleave(w: &PackedMatrix, fill: Fill) -> Vec<u8> {
 
 /// One group: [`LANES`] stored rows (row-major, `rows`) into their interleaved bytes `out`.
 fn interleave_group(dtype: GgmlType, rows: &[u8], out: &mut [u8], fill: Fill) {
-    let (stored, size) = (dtype.block().1, interleaved_block(dtype));
+    let (stored, size) = (unit(dtype).1, interleaved_block(dtype));
     let row_bytes = rows.len() / LANES;
     for (b, out) in out.chunks_mut(size).enumerate() {
         for l in 0..LANES {
@@ -180,9 +227,9 @@ fn deinterleave(
     cols: usize,
     unfill: impl Fn(&[u8], usize, &mut [u8]) + Sync,
 ) -> Vec<u8> {
-    let (stored, size) = (dtype.block().1, interleaved_block(dtype));
+    let (stored, size) = (unit(dtype).1, interleaved_block(dtype));
     let group = interleaved_bytes(dtype, cols).max(1);
-    let row_bytes = cols / dtype.block().0 * stored;
+    let row_bytes = cols / unit(dtype).0 * stored;
     let mut out = vec![0u8; packed.len() / group * LANES * row_bytes];
     out.par_chunks_mut((LANES * row_bytes).max(1))
         .zip(packed.par_chunks(group))
@@ -262,7 +309,8 @@ fn deinterleave_q4_k(packed: &[u8], cols: usize) -> Vec<u8> {
 /// its copy. Others are returned as they are (one read in place from a mapped file frees its
 /// stored pages on its first product instead).
 pub fn compact(w: PackedMatrix) -> PackedMatrix {
-    let Some((fill, unpack)) = interleaving(w.dtype()).filter(|_| w.rows() >= LANES) else {
+    let Some((fill, unpack)) = interleaving(w.dtype(), w.cols()).filter(|_| w.rows() >= LANES)
+    else {
         return w;
     };
     let (whole, cols) = (w.rows() / LANES * LANES, w.cols());
@@ -272,8 +320,18 @@ pub fn compact(w: PackedMatrix) -> PackedMatrix {
 /// Rebuilds a matrix's stored rows from its interleaved copy (`cols` values a row).
 type Unpack = fn(&[u8], usize) -> Vec<u8>;
 
-/// How this process interleaves `dtype` matrices, if it does (AVX-512 VNNI's kernels).
-fn interleaving(dtype: GgmlType) -> Option<(Fill, Unpack)> {
+/// How this process interleaves `dtype` matrices of `cols` values a row, if it does (AVX-512
+/// VNNI's integer kernels; the float kernels of [`super::fdot`] on any SIMD path, rows of whole
+/// units).
+fn interleaving(dtype: GgmlType, cols: usize) -> Option<(Fill, Unpack)> {
+    if fdot::supports(dtype) {
+        let half = (float_fill(dtype), deinterleave_half as Unpack);
+        let whole = fdot::interleaves() && cols.is_multiple_of(fdot::UNIT);
+        return whole.then_some(match dtype {
+            GgmlType::F32 => (float_fill(dtype), deinterleave_f32 as Unpack),
+            _ => half,
+        });
+    }
     if path() != Some(Path::Avx512Vnni) {
         return None;
     }
@@ -296,7 +354,7 @@ pub fn requantize_interleaved(
     w: &PackedMatrix,
     dtype: GgmlType,
 ) -> Option<Result<PackedMatrix, String>> {
-    let (fill, unpack) = interleaving(dtype).filter(|_| w.rows() >= LANES)?;
+    let (fill, unpack) = interleaving(dtype, w.cols()).filter(|_| w.rows() >= LANES)?;
     Some(interleaved_from(w, dtype, fill, unpack))
 }
 
@@ -346,12 +404,12 @@ pub enum Path {
     Avx512Vnni,
 }
 
-/// The kernels this process runs ([`crate::quantized_product`]): `None` where quantized weights
-/// are widened instead (asked for, or a CPU without AVX2, where f32 `gemm` is faster than the
-/// portable integer loops).
+/// The integer kernels this process runs ([`crate::quantized_product`]): `None` where quantized
+/// weights are widened instead (asked for, or a CPU without VNNI, where f32 `gemm` is faster
+/// than the row-by-row integer loops).
 pub fn path() -> Option<Path> {
     match crate::quantized_product() {
-        QuantizedProduct::Widened => None,
+        QuantizedProduct::Widened | QuantizedProduct::Float => None,
         QuantizedProduct::Portable => Some(Path::Portable),
         QuantizedProduct::Integer => Some(fastest()).filter(|&p| p != Path::Portable),
     }
