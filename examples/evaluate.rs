@@ -94,7 +94,8 @@ fn run() -> Result<()> {
     if let ModelSource::Random { .. } = source {
         bail!("give --checkpoint, --hf or --smdm");
     }
-    let model = source.load_any_as::<DefaultBackend>(args.model.weight_format()?, &device)?;
+    let format = args.model.weight_format()?;
+    let model = mdm::Allocator::purging(|| source.load_any_as::<DefaultBackend>(format, &device))?;
     let tokenizer = args.model.tokenizer(&source)?
         .context("no tokenizer with the model (tokenizer.json, or vocab.json + merges.txt): pass --tokenizer FILE")?;
     let base = TaskSettings {

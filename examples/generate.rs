@@ -105,7 +105,8 @@ fn run() -> Result<()> {
     let source = args.model.source(args.decoding.seed)?;
     let format = args.model.weight_format()?;
     let loading = std::time::Instant::now();
-    let model: MaskedTransformer<DefaultBackend> = source.load_masked_as(format, &device)?;
+    let model: MaskedTransformer<DefaultBackend> =
+        mdm::Allocator::purging(|| source.load_masked_as(format, &device))?;
     let loaded_in = loading.elapsed();
     let tokenizer = args.model.tokenizer(&source)?;
     let tok = tokenizer.as_ref();

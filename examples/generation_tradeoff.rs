@@ -177,7 +177,8 @@ fn run() -> Result<()> {
     if let ModelSource::Random { .. } = source {
         anyhow::bail!("give the masked model: --checkpoint, --hf or --smdm");
     }
-    let mdm = source.load_masked_as::<DefaultBackend>(args.model.weight_format()?, &device)?;
+    let format = args.model.weight_format()?;
+    let mdm = mdm::Allocator::purging(|| source.load_masked_as::<DefaultBackend>(format, &device))?;
     let judge_dir = args.judge.clone().unwrap_or_else(|| args.arm[0].clone());
     let judge = CausalTransformer::<DefaultBackend>::load(&judge_dir, &device)?;
     let tok = args

@@ -95,7 +95,9 @@ fn run() -> Result<()> {
     let blocks = match source.kind()? {
         ModelKind::Masked => {
             let format = args.model.weight_format()?;
-            let model = source.load_masked_as::<DefaultBackend>(format, &device)?;
+            let model = mdm::Allocator::purging(|| {
+                source.load_masked_as::<DefaultBackend>(format, &device)
+            })?;
             let blocks = read_blocks(&args, MaskPredictor::vocab_size(&model))?;
             header(&blocks, ModelKind::Masked);
             let v = masked_elbo_per_token(&model, &blocks, args.batch, args.mc, &mut rng)?;

@@ -51,7 +51,9 @@ fn run() -> Result<()> {
     let device = backend::device();
     let started = Instant::now();
     let source = args.model.source(args.seed)?;
-    let model = source.load_masked_as::<DefaultBackend>(args.model.weight_format()?, &device)?;
+    let format = args.model.weight_format()?;
+    let model =
+        mdm::Allocator::purging(|| source.load_masked_as::<DefaultBackend>(format, &device))?;
     let source = source.describe();
     let config = model.config().clone();
     println!(

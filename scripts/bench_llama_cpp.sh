@@ -11,7 +11,7 @@
 # LLAMA_DIR (default /tmp/llama-diffusion) is what ../shared/tools/build-llama-diffusion.sh builds.
 # The other precisions are made from the f32 file with llama.cpp's llama-quantize. Each run: a
 # 128-position canvas (llama.cpp's -ub), 32 steps in blocks of 32, temperature 0, THREADS threads
-# (default 2); ours also from the f32 Hugging Face folder (dense burn tensors); ours: the same prompt (31 GPT-2 tokens; llama.cpp adds a BOS), 96 tokens in 3 blocks
+# (default 2); ours also from the f32 Hugging Face folder (its f32 matrices on the float kernels); ours: the same prompt (31 GPT-2 tokens; llama.cpp adds a BOS), 96 tokens in 3 blocks
 # of 32 with llama.cpp's 8 steps per block (a canvas of 127); time per forward pass, peak memory (/usr/bin/time's maximum resident set) and load
 # time (wall time minus the generation's own). Ours also with the dual cache, and with a threshold.
 #
@@ -55,7 +55,7 @@ measure() { # label, command...: prints label, wall s, peak MB, then the command
 echo "date $(date -u +%F) machine $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)," \
   "$(grep -m1 -o 'avx512f' /proc/cpuinfo || echo 'no avx512')"
 if [[ $family == llada ]]; then
-  measure "ours f32 HF folder (dense)" env RAYON_NUM_THREADS="$threads" "$gen" --hf "$dir/llada/hf" \
+  measure "ours f32 HF folder" env RAYON_NUM_THREADS="$threads" "$gen" --hf "$dir/llada/hf" \
     --prompt "$prompt" --gen-length "$gen_length" --steps "$our_steps" --block-length $block --no-live
   grep -h "generated in\|loaded in" /tmp/bench.out /tmp/bench.err | head -2
 fi

@@ -261,8 +261,11 @@ impl Keep {
                 TensorData::new(narrowed(&matrix, shape, half::bf16::from_f32), shape)
             }
         };
+        // created in the data's own type: burn's `from_data` would widen it to the device's
+        // default float type otherwise
+        let dtype = data.dtype;
         Embedding {
-            weight: Param::from_tensor(Tensor::from_data(data, device)),
+            weight: Param::from_tensor(Tensor::from_data(data, (device, dtype))),
         }
     }
 }

@@ -148,6 +148,16 @@ fn default_name(source: &ModelSource, config: &str) -> String {
     named.unwrap_or_else(|| format!("mdm-{}", config.trim_end_matches(".json")))
 }
 
+/// Gives the memory a load freed (conversions on load free as much as they keep) back to the
+/// system: glibc's allocator keeps freed chunks of its arenas otherwise.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free memory of the allocator's arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn run(args: Args) -> Result<(), ServeError> {
     let source = args.model.source(args.seed)?;
     let request_timeout = seconds(args.request_timeout, "request-timeout")?;
@@ -161,7 +171,11 @@ async fn run(args: Args) -> Result<(), ServeError> {
     let format = args.model.weight_format()?;
     let load_source = source.clone();
     let engine = Engine::start::<Backend, _, _>(
-        move || load_source.load_any_as(format, &Default::default()),
+        move || {
+            let model = load_source.load_any_as(format, &Default::default());
+            give_back_freed_memory();
+            model
+        },
         EngineConfig {
             max_batch: args.max_batch,
             max_queue: args.max_queue,
