@@ -21,12 +21,17 @@ fn a_tied_llada_folder_holds_one_matrix_and_is_written_back_and_fine_tuned() {
     // the head is no parameter: none (the logits multiply the embedding), or on a backend that
     // packs weights (the lookup table then kept in half precision) the stored matrix multiplied
     // where it lies, written back as the embedding
-    match &model.net.lm_head {
-        None => assert!(!<B as mdm::kernels::Kernels>::PACKS_WEIGHTS),
-        Some(head) => assert!(
+    let packs = <B as mdm::kernels::Kernels>::PACKS_WEIGHTS;
+    assert_eq!(
+        model.net.lm_head.is_some(),
+        packs,
+        "a head beside the embedding"
+    );
+    if let Some(head) = &model.net.lm_head {
+        assert!(
             head.weight().is_none() && head.packed_weight().is_some(),
             "a tied head kept as a parameter"
-        ),
+        );
     }
     let untied = mdm::models::ModelConfig {
         tie_embeddings: false,
