@@ -32,7 +32,8 @@ echo "loaded ($quant) in $(echo "$(date +%s.%N) - $started" | bc) s"
 prompt=$(seq -s, 1000 $((1000 + prompt_len - 1)))
 # a first request, not timed: neither measured request pays what a first pass does once (a matrix
 # read in place from a file is interleaved on its first product; one quantized on load is already)
-for cache in warm-up prefix none; do
+# CACHES="prefix" times the exact cache alone (the load and the peak without the slow requests)
+for cache in ${CACHES:-warm-up prefix none}; do
     body="{\"prompt\": [$prompt], \"max_tokens\": $gen, \"steps\": $gen, \"block_length\": 32,
            \"block_causal\": true, \"cache\": \"${cache/warm-up/none}\"}"
     t0=$(date +%s.%N)

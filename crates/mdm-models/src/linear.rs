@@ -146,7 +146,8 @@ pub enum WeightFormat {
     Stored,
     /// As stored, f32 included: where the backend packs weights (burn-flex) every projection is
     /// kept packed, so f32 weights too are multiplied by the float kernels
-    /// ([`mdm_kernels::cpu::fdot`]: 1.7x dense `gemm` at a 32-position window, docs/benchmarks.md),
+    /// ([`mdm_kernels::cpu::fdot`]: Dream's dual-cache decoding 1.6x as fast as on dense `gemm`,
+    /// docs/benchmarks.md, "Float weights in registers"),
     /// elsewhere as [`Self::Stored`]. For inference only: a packed projection is not a parameter
     /// (nothing trains it). The inference commands' default ([`Self::from_flags`] without flags).
     Inference,

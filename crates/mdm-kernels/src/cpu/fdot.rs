@@ -5,7 +5,7 @@
 //! weight rows to f32 in a buffer and hands it to a single-threaded `gemm`, for every product: at
 //! a 32-position window (Fast-dLLM's dual cache) that is one conversion, written and read back,
 //! per 32 multiply-adds, and the half-precision weights ran slower than the same model's dense
-//! f32 ones (docs/benchmarks.md, "Half-precision weights in registers"). Here the weights are
+//! f32 ones (docs/benchmarks.md, "Float weights in registers"). Here the weights are
 //! interleaved once, 16 rows to a register (their bytes unchanged in number), and a register of
 //! 16 rows is loaded and widened once per 8 activation rows: 8 x 2 fused multiply-adds per two
 //! loads, the activations broadcast from their rows as they are (no packing).
