@@ -165,13 +165,15 @@ fn packed_linear_is_bitwise_reproducible_across_pools() {
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
     let x: Tensor<Flex, 2> = random([17, cols], &mut rng).inner();
-    for dtype in [
+    // the integer kernels' types and the float kernels'
+    const TYPES: [GgmlType; 5] = [
         GgmlType::Q8_0,
         GgmlType::Q4K,
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Bf16,
-    ] {
+    ];
+    for dtype in TYPES {
         let packed = PackedMatrix::quantize(dtype, rows, cols, &w).unwrap();
         same_bits_in_every_pool(dtype.name(), || {
             vec![bits(Flex::linear_packed(x.clone(), &packed))]
@@ -180,13 +182,7 @@ fn packed_linear_is_bitwise_reproducible_across_pools() {
     // every integer- and float-kernel path this CPU has, the portable one included: the same
     // bits in every pool and on every path
     let values = x.into_data().to_vec::<f32>().unwrap();
-    for dtype in [
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Bf16,
-    ] {
+    for dtype in TYPES {
         let packed = PackedMatrix::quantize(dtype, rows, cols, &w).unwrap();
         let mut first: Option<Vec<u32>> = None;
         for path in mdm_kernels::cpu::qdot::available() {
